@@ -1,0 +1,528 @@
+//! The backup pipeline, top to bottom:
+//!
+//! 1. walk the sources into a sorted list of entries;
+//! 2. reuse the chunk list of every file whose stamp (size, mtime, ctime, inode) matches the file
+//!    cache, without reading it;
+//! 3. read the other files through a bounded window, cut them into chunks, hash the chunks
+//!    (BLAKE3, in parallel), skip chunks the repository already has, compress the new ones (zstd,
+//!    in parallel) and append them to packs; build each file's chunk-list tree as it goes;
+//! 4. wait until every pack is written and fsynced;
+//! 5. commit the index (blob locations, packs, the snapshot, file stamps) in one transaction;
+//! 6. write the manifest file.
+//!
+//! A crash before step 5 leaves only unreferenced pack files; after it, the snapshot is complete
+//! (step 6 is redone by the next writer if it was interrupted).
+
+use crate::chunker::{ChunkStream, CutMode, sqlite_page_size};
+use crate::compress::compress;
+use crate::error::{Error, IoContext, Result};
+use crate::id::{ChunkId, SnapshotId};
+use crate::index::{
+    BLOBS, BlobLoc, FILES, FileStamp, IndexReader, META, META_NEXT_PACK, PACKS, PackInfo, SNAPSHOTS,
+};
+use crate::manifest::{Content, Entry, EntryKind, Manifest, SnapshotStats, Source};
+use crate::pack::BlobKind;
+use crate::packer::{Packer, WrittenPack};
+use crate::repo::Repo;
+use crate::storage::Backend;
+use crate::tree::TreeBuilder;
+use crate::walk::{WalkItem, walk_sources};
+use rayon::prelude::*;
+use std::collections::HashSet;
+use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+pub struct BackupOptions<'a> {
+    pub sources: Vec<PathBuf>,
+    pub name: Option<String>,
+    pub tags: Vec<String>,
+    pub kind: String,
+    /// Called with the number of bytes just processed (for a progress bar).
+    pub progress: Option<&'a (dyn Fn(u64) + Sync)>,
+    /// Called once with the number of bytes that will be read.
+    pub on_plan: Option<&'a dyn Fn(u64)>,
+}
+
+pub struct BackupReport {
+    pub id: SnapshotId,
+    pub manifest: Manifest,
+    /// Things the user should know that did not fail the snapshot (skipped special files...).
+    pub warnings: Vec<String>,
+}
+
+impl BackupReport {
+    /// True when some files could not be read.
+    pub fn partial(&self) -> bool {
+        !self.manifest.errors.is_empty()
+    }
+}
+
+/// Files whose ctime is this close to the start of the backup are not trusted for the fast path
+/// next time: a later write within the same timestamp tick would go unnoticed.
+const RACY_WINDOW_NS: i64 = 100_000_000;
+
+/// State shared by the worker threads of one backup.
+struct Shared<'r> {
+    repo: &'r Repo,
+    reader: IndexReader,
+    key: Option<[u8; 32]>,
+    /// Blobs added by this backup (not yet in the index).
+    added: Mutex<HashSet<ChunkId>>,
+    packer: Packer,
+    new_chunks: AtomicU64,
+    new_raw: AtomicU64,
+    new_stored: AtomicU64,
+    progress: Option<&'r (dyn Fn(u64) + Sync)>,
+}
+
+impl Shared<'_> {
+    /// True if the blob must be stored; marks it as added so no other thread stores it too.
+    fn claim(&self, id: &ChunkId) -> Result<bool> {
+        if self.reader.contains(id)? {
+            return Ok(false);
+        }
+        Ok(self
+            .added
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(*id))
+    }
+
+    fn store(&self, kind: BlobKind, id: ChunkId, data: &[u8]) -> Result<()> {
+        let (compression, stored) = compress(data, self.repo.config.zstd_level)?;
+        self.new_chunks.fetch_add(1, Ordering::Relaxed);
+        if kind == BlobKind::Data {
+            self.new_raw.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        self.new_stored
+            .fetch_add(stored.len() as u64, Ordering::Relaxed);
+        self.packer
+            .add(kind, id, compression, &stored, data.len() as u32)
+    }
+
+    fn store_node(&self, id: ChunkId, bytes: Vec<u8>) -> Result<()> {
+        if self.claim(&id)? {
+            self.store(BlobKind::Node, id, &bytes)?;
+        }
+        Ok(())
+    }
+}
+
+/// Result of reading one file.
+struct ReadFile {
+    content: Content,
+    size: u64,
+    page_size: u32,
+    /// The stamp to remember, unless the file changed while it was read.
+    stamp: Option<FileStamp>,
+}
+
+pub fn backup(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
+    let started = Instant::now();
+    let start_ns = now_ns();
+    if opts.sources.is_empty() {
+        return Err(Error::invalid("nothing to back up: give at least one PATH"));
+    }
+
+    // 1. Walk.
+    let walked = walk_sources(&opts.sources, &repo.root)?;
+    let mut warnings = walked.warnings;
+    let mut errors = walked.errors;
+    let items = walked.items;
+
+    // 2. File cache.
+    let txn = repo.index.read()?;
+    let reader = IndexReader::new(&txn)?;
+    let mut to_read = Vec::new();
+    let mut contents: Vec<Option<(Content, u64, u32)>> = vec![None; items.len()];
+    let mut previous: Vec<Option<FileStamp>> = vec![None; items.len()];
+    for (i, item) in items.iter().enumerate() {
+        if item.kind != EntryKind::File {
+            continue;
+        }
+        let cached = crate::index::file_stamp(&txn, item.abs.as_os_str().as_bytes())?;
+        if let Some(stamp) = cached {
+            if stamp_matches(&stamp, &item.meta) && content_present(&reader, &stamp.content)? {
+                contents[i] = Some((stamp.content.clone(), stamp.size, stamp.page_size));
+                continue;
+            }
+            previous[i] = Some(stamp);
+        }
+        to_read.push(i);
+    }
+    let planned: u64 = to_read.iter().map(|&i| items[i].meta.len()).sum();
+    if let Some(f) = opts.on_plan {
+        f(planned);
+    }
+
+    // 3. Read, chunk, hash, dedup, compress, pack.
+    let first_pack = crate::index::meta(&txn, META_NEXT_PACK)?.unwrap_or(0) as u32;
+    let (packer, writer_thread) = Packer::new(first_pack, repo.config.pack_target);
+    let shared = Shared {
+        repo,
+        reader,
+        key: repo.id_key().copied(),
+        added: Mutex::new(HashSet::new()),
+        packer,
+        new_chunks: AtomicU64::new(0),
+        new_raw: AtomicU64::new(0),
+        new_stored: AtomicU64::new(0),
+        progress: opts.progress,
+    };
+    let (read_results, packs) = std::thread::scope(|s| {
+        let writer = s.spawn(|| writer_thread.run(&repo.backend));
+        let results: Vec<(usize, Result<ReadFile>)> = to_read
+            .par_iter()
+            .map(|&i| {
+                (
+                    i,
+                    read_file(&shared, &items[i], previous[i].as_ref(), start_ns),
+                )
+            })
+            .collect();
+        let finished = shared.packer.finish();
+        if finished.is_err() {
+            shared.packer.abandon();
+        }
+        let packs = writer
+            .join()
+            .unwrap_or_else(|_| Err(Error::invalid("pack writer thread panicked")));
+        (results, finished.and(packs))
+    });
+    // 4. Every pack is now durable (or we stop here, leaving only unreferenced packs).
+    let packs = packs?;
+
+    let mut stamps = Vec::new();
+    let mut bytes_read = 0;
+    for (i, result) in read_results {
+        match result {
+            Ok(rf) => {
+                bytes_read += rf.size;
+                if let Some(stamp) = rf.stamp {
+                    stamps.push((items[i].abs.as_os_str().as_bytes().to_vec(), stamp));
+                }
+                contents[i] = Some((rf.content, rf.size, rf.page_size));
+            }
+            Err(e)
+                if e.kind() == crate::ErrorKind::Io || e.kind() == crate::ErrorKind::NotFound =>
+            {
+                errors.push(format!("{}: {e}", items[i].abs.display()));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+
+    // 5. Manifest.
+    let mut entries = Vec::with_capacity(items.len());
+    let mut stats = SnapshotStats::default();
+    for (item, content) in items.iter().zip(contents) {
+        let (content, size, page_size) = match item.kind {
+            EntryKind::File => match content {
+                Some(c) => c,
+                None => continue, // unreadable: listed in errors
+            },
+            _ => (Content::Empty, 0, 0),
+        };
+        match item.kind {
+            EntryKind::File => {
+                stats.files += 1;
+                stats.bytes += size;
+            }
+            EntryKind::Dir => stats.dirs += 1,
+            EntryKind::Symlink => stats.symlinks += 1,
+        }
+        entries.push(Entry {
+            path: item.rel.clone(),
+            kind: item.kind,
+            mode: item.meta.mode(),
+            uid: item.meta.uid(),
+            gid: item.meta.gid(),
+            mtime_ns: mtime_ns(&item.meta),
+            size,
+            content,
+            target: item.target.clone(),
+            page_size,
+        });
+    }
+    stats.bytes_read = bytes_read;
+    stats.new_chunks = shared.new_chunks.load(Ordering::Relaxed);
+    stats.new_raw_bytes = shared.new_raw.load(Ordering::Relaxed);
+    stats.new_stored_bytes = shared.new_stored.load(Ordering::Relaxed);
+    let next_pack = shared.packer.next_pack_no();
+    drop(shared);
+    drop(txn);
+    stats.duration_ms = started.elapsed().as_millis() as u64;
+    let manifest = Manifest {
+        time_ns: start_ns,
+        hostname: crate::repo::hostname(),
+        name: opts.name.clone(),
+        kind: opts.kind.clone(),
+        tags: opts.tags.clone(),
+        sources: walked
+            .sources
+            .iter()
+            .map(|(name, path)| Source {
+                name: name.clone(),
+                path: path.display().to_string(),
+            })
+            .collect(),
+        entries,
+        stats,
+        errors,
+    };
+    let (id, framed) = manifest.encode(repo.id_key())?;
+
+    // 6. Commit the index, then write the manifest file.
+    commit(repo, &packs, next_pack, &id, &framed, &stamps)?;
+    repo.backend
+        .put(&crate::manifest::object_name(&id), &framed)?;
+    warnings.extend(
+        manifest
+            .errors
+            .iter()
+            .map(|e| format!("not backed up: {e}")),
+    );
+    Ok(BackupReport {
+        id,
+        manifest,
+        warnings,
+    })
+}
+
+fn commit(
+    repo: &Repo,
+    packs: &[WrittenPack],
+    next_pack: u32,
+    id: &SnapshotId,
+    framed: &[u8],
+    stamps: &[(Vec<u8>, FileStamp)],
+) -> Result<()> {
+    let txn = repo.index.write()?;
+    {
+        let mut blobs = txn.open_table(BLOBS)?;
+        let mut all: Vec<(ChunkId, BlobLoc)> = Vec::new();
+        for p in packs {
+            for e in &p.entries {
+                all.push((
+                    e.id,
+                    BlobLoc {
+                        pack: p.no,
+                        offset: e.offset as u32,
+                        stored_len: e.stored_len,
+                        raw_len: e.raw_len,
+                        kind: e.kind,
+                        compression: e.compression,
+                    },
+                ));
+            }
+        }
+        // Sorted inserts touch each B-tree page once.
+        all.sort_unstable_by_key(|(id, _)| *id);
+        for (id, loc) in &all {
+            blobs.insert(id.as_bytes(), &loc.encode())?;
+        }
+        let mut pack_table = txn.open_table(PACKS)?;
+        for p in packs {
+            let info = PackInfo {
+                id: p.id,
+                size: p.size,
+                blobs: p.entries.len() as u32,
+            };
+            pack_table.insert(p.no, &info.encode())?;
+        }
+        let mut meta = txn.open_table(META)?;
+        meta.insert(META_NEXT_PACK, next_pack as u64)?;
+        let mut snaps = txn.open_table(SNAPSHOTS)?;
+        snaps.insert(id.as_bytes(), framed)?;
+        let mut files = txn.open_table(FILES)?;
+        for (path, stamp) in stamps {
+            files.insert(path.as_slice(), crate::codec::encode(stamp)?.as_slice())?;
+        }
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+fn now_ns() -> i64 {
+    chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX)
+}
+
+fn mtime_ns(m: &std::fs::Metadata) -> i64 {
+    m.mtime().saturating_mul(1_000_000_000) + m.mtime_nsec()
+}
+
+fn ctime_ns(m: &std::fs::Metadata) -> i64 {
+    m.ctime().saturating_mul(1_000_000_000) + m.ctime_nsec()
+}
+
+fn stamp_matches(s: &FileStamp, m: &std::fs::Metadata) -> bool {
+    s.size == m.len()
+        && s.mtime_ns == mtime_ns(m)
+        && s.ctime_ns == ctime_ns(m)
+        && s.ino == m.ino()
+        && s.dev == m.dev()
+}
+
+fn content_present(reader: &IndexReader, content: &Content) -> Result<bool> {
+    match content {
+        Content::Empty => Ok(true),
+        Content::Chunk(id) | Content::Tree(id) => reader.contains(id),
+    }
+}
+
+/// Tracks the previous version of a file so unchanged chunks at the same offset are recognised
+/// without an index lookup.
+struct PreviousVersion<'a> {
+    walker: crate::tree::LeafWalker<'a>,
+    current: Option<(u64, ChunkId, u64)>,
+    next_offset: u64,
+    broken: bool,
+}
+
+impl PreviousVersion<'_> {
+    fn has(&mut self, offset: u64, id: &ChunkId) -> bool {
+        loop {
+            if self.broken {
+                return false;
+            }
+            if let Some((off, cid, len)) = self.current {
+                if off + len > offset {
+                    return off == offset && cid == *id;
+                }
+            }
+            match self.walker.next_leaf() {
+                Ok(Some(e)) => {
+                    self.current = Some((self.next_offset, e.id, e.bytes));
+                    self.next_offset += e.bytes;
+                }
+                // The previous version is only a hint: on its end or any error, stop using it.
+                _ => self.broken = true,
+            }
+        }
+    }
+}
+
+fn read_file(
+    shared: &Shared,
+    item: &WalkItem,
+    previous: Option<&FileStamp>,
+    start_ns: i64,
+) -> Result<ReadFile> {
+    let path = &item.abs;
+    let file = File::open(path).ctx("open", path)?;
+    let before = file.metadata().ctx("stat", path)?;
+    unsafe_advise_sequential(&file);
+    let repo = shared.repo;
+    let mut header = [0u8; 100];
+    let header_len = read_prefix(&file, &mut header).ctx("read", path)?;
+    let page_size = if repo.config.sqlite_pages {
+        sqlite_page_size(&header[..header_len]).unwrap_or(0)
+    } else {
+        0
+    };
+    let mode = if page_size > 0 {
+        CutMode::Fixed(page_size)
+    } else {
+        CutMode::Cdc
+    };
+
+    // Nodes of the previous version are read through the index as it was when we started.
+    let blob_reader = crate::restore::BlobReader::new(repo, &shared.reader)?;
+    let fetch = |id: &ChunkId| blob_reader.read(id);
+    let mut prev = match previous {
+        Some(p) if p.page_size == page_size => Some(PreviousVersion {
+            walker: crate::tree::LeafWalker::new(&p.content, p.size, &fetch)?,
+            current: None,
+            next_offset: 0,
+            broken: false,
+        }),
+        _ => None,
+    };
+
+    let mut builder = TreeBuilder::new(shared.key);
+    let mut emit = |id: ChunkId, bytes: Vec<u8>| shared.store_node(id, bytes);
+    let mut stream = ChunkStream::new(&file, repo.chunker(), mode);
+    while let Some((offset, bytes, lens)) = stream.next_batch().ctx("read", path)? {
+        let mut spans = Vec::with_capacity(lens.len());
+        let mut pos = 0usize;
+        for len in lens {
+            spans.push((pos, len));
+            pos += len;
+        }
+        let ids: Vec<ChunkId> = spans
+            .par_iter()
+            .map(|&(o, l)| ChunkId::hash(shared.key.as_ref(), &bytes[o..o + l]))
+            .collect();
+        let mut fresh = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            let known = prev
+                .as_mut()
+                .is_some_and(|p| p.has(offset + spans[i].0 as u64, id));
+            if !known && shared.claim(id)? {
+                fresh.push(i);
+            }
+        }
+        fresh.par_iter().try_for_each(|&i| {
+            let (o, l) = spans[i];
+            shared.store(BlobKind::Data, ids[i], &bytes[o..o + l])
+        })?;
+        for (i, id) in ids.iter().enumerate() {
+            builder.push(*id, spans[i].1 as u64, &mut emit)?;
+        }
+        if let Some(p) = shared.progress {
+            p(bytes.len() as u64);
+        }
+    }
+    let size = stream.bytes_read();
+    let content = builder.finish(&mut emit)?;
+    let after = std::fs::metadata(path).ctx("stat", path)?;
+    let unchanged = stamp_of(&before, content.clone(), page_size)
+        == stamp_of(&after, content.clone(), page_size)
+        && size == before.len();
+    let racy = ctime_ns(&before) >= start_ns - RACY_WINDOW_NS;
+    let stamp = (unchanged && !racy).then(|| stamp_of(&before, content.clone(), page_size));
+    Ok(ReadFile {
+        content,
+        size,
+        page_size,
+        stamp,
+    })
+}
+
+fn stamp_of(m: &std::fs::Metadata, content: Content, page_size: u32) -> FileStamp {
+    FileStamp {
+        size: m.len(),
+        mtime_ns: mtime_ns(m),
+        ctime_ns: ctime_ns(m),
+        ino: m.ino(),
+        dev: m.dev(),
+        content,
+        page_size,
+    }
+}
+
+fn read_prefix(file: &File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read_at(&mut buf[n..], n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+fn unsafe_advise_sequential(file: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: posix_fadvise only gives the kernel a hint about this open descriptor.
+    unsafe {
+        libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL);
+    }
+}

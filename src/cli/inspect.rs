@@ -1,0 +1,279 @@
+//! `strata list`, `show`, `stats` and `diff`.
+
+use super::output::{bytes, print_json};
+use anyhow::Result;
+use clap::Args;
+use std::process::ExitCode;
+use strata::manifest::{Content, EntryKind};
+use strata::repo::Repo;
+use strata::snapshots::{self, Snapshot};
+
+#[derive(Args)]
+pub struct JsonArg {
+    /// Machine-readable output
+    #[arg(long)]
+    json: bool,
+}
+
+pub type ListArgs = JsonArg;
+
+#[derive(Args)]
+pub struct ShowArgs {
+    /// Snapshot: id prefix, name or `latest`
+    snap: String,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct DiffArgs {
+    /// Older snapshot
+    a: String,
+    /// Newer snapshot
+    b: String,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(serde::Serialize)]
+struct SnapJson {
+    id: String,
+    time: String,
+    hostname: String,
+    name: Option<String>,
+    kind: String,
+    tags: Vec<String>,
+    sources: Vec<strata::manifest::Source>,
+    partial: bool,
+    stats: strata::manifest::SnapshotStats,
+}
+
+fn snap_json(s: &Snapshot) -> SnapJson {
+    let m = &s.manifest;
+    SnapJson {
+        id: s.id.to_hex(),
+        time: m.time().to_rfc3339(),
+        hostname: m.hostname.clone(),
+        name: m.name.clone(),
+        kind: m.kind.clone(),
+        tags: m.tags.clone(),
+        sources: m.sources.clone(),
+        partial: !m.errors.is_empty(),
+        stats: m.stats.clone(),
+    }
+}
+
+pub fn list(repo: &Repo, args: ListArgs) -> Result<ExitCode> {
+    let snaps = snapshots::list(repo)?;
+    if args.json {
+        print_json(&snaps.iter().map(snap_json).collect::<Vec<_>>())?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if snaps.is_empty() {
+        println!("no snapshots yet");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<8}  {:<19}  {:<13}  {:<16}  {:>7}  {:>10}  {:>10}  tags",
+        "id", "time", "kind", "name", "files", "size", "added"
+    );
+    for s in &snaps {
+        let m = &s.manifest;
+        println!(
+            "{:<8}  {:<19}  {:<13}  {:<16}  {:>7}  {:>10}  {:>10}  {}{}",
+            s.id.short(),
+            m.time().format("%Y-%m-%d %H:%M:%S"),
+            m.kind,
+            m.name.as_deref().unwrap_or("-"),
+            m.stats.files,
+            bytes(m.stats.bytes),
+            bytes(m.stats.new_stored_bytes),
+            m.tags.join(","),
+            if m.errors.is_empty() {
+                ""
+            } else {
+                " (partial)"
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(serde::Serialize)]
+struct EntryJson {
+    path: String,
+    kind: EntryKind,
+    size: u64,
+    mode: String,
+    mtime: String,
+    chunks: String,
+    target: Option<String>,
+    page_size: u32,
+}
+
+pub fn show(repo: &Repo, args: ShowArgs) -> Result<ExitCode> {
+    let snaps = snapshots::list(repo)?;
+    let s = snapshots::resolve(&snaps, &args.snap)?;
+    let m = &s.manifest;
+    let entries: Vec<EntryJson> = m
+        .entries
+        .iter()
+        .map(|e| EntryJson {
+            path: e.path_lossy(),
+            kind: e.kind,
+            size: e.size,
+            mode: format!("{:o}", e.mode & 0o7777),
+            mtime: chrono::DateTime::from_timestamp_nanos(e.mtime_ns)
+                .with_timezone(&chrono::Local)
+                .to_rfc3339(),
+            chunks: match &e.content {
+                Content::Empty => "empty".into(),
+                Content::Chunk(id) => format!("chunk {}", id.short()),
+                Content::Tree(id) => format!("tree {}", id.short()),
+            },
+            target: e
+                .target
+                .as_ref()
+                .map(|t| String::from_utf8_lossy(t).into_owned()),
+            page_size: e.page_size,
+        })
+        .collect();
+    if args.json {
+        #[derive(serde::Serialize)]
+        struct Show<'a> {
+            #[serde(flatten)]
+            snap: SnapJson,
+            errors: &'a [String],
+            entries: Vec<EntryJson>,
+        }
+        print_json(&Show {
+            snap: snap_json(s),
+            errors: &m.errors,
+            entries,
+        })?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("snapshot {}", s.id);
+    println!("time      {}", m.time().to_rfc3339());
+    println!("host      {}", m.hostname);
+    println!("kind      {}", m.kind);
+    if let Some(n) = &m.name {
+        println!("name      {n}");
+    }
+    if !m.tags.is_empty() {
+        println!("tags      {}", m.tags.join(", "));
+    }
+    for src in &m.sources {
+        println!("source    {} <- {}", src.name, src.path);
+    }
+    let st = &m.stats;
+    println!(
+        "contents  {} files, {} dirs, {} symlinks, {}",
+        st.files,
+        st.dirs,
+        st.symlinks,
+        bytes(st.bytes)
+    );
+    println!(
+        "added     {} new chunks, {} raw, {} stored; read {} in {:.2} s",
+        st.new_chunks,
+        bytes(st.new_raw_bytes),
+        bytes(st.new_stored_bytes),
+        bytes(st.bytes_read),
+        st.duration_ms as f64 / 1000.0
+    );
+    for e in &m.errors {
+        println!("not saved {e}");
+    }
+    println!();
+    for e in &entries {
+        let kind = match e.kind {
+            EntryKind::File => "file",
+            EntryKind::Dir => "dir ",
+            EntryKind::Symlink => "link",
+        };
+        let extra = match (&e.target, e.page_size) {
+            (Some(t), _) => format!(" -> {t}"),
+            (None, p) if p > 0 => format!("  (sqlite, {p}-byte pages)"),
+            _ => String::new(),
+        };
+        println!(
+            "{kind} {:>5} {:>10}  {}{extra}",
+            e.mode,
+            bytes(e.size),
+            e.path
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn stats(repo: &Repo, args: JsonArg) -> Result<ExitCode> {
+    let snaps = snapshots::list(repo)?;
+    let s = strata::stats::stats(repo, &snaps)?;
+    if args.json {
+        print_json(&s)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("repository        {}", repo.root.display());
+    println!("snapshots         {}", s.snapshots);
+    println!(
+        "oldest / newest   {} / {}",
+        s.oldest.as_deref().unwrap_or("-"),
+        s.newest.as_deref().unwrap_or("-")
+    );
+    println!("logical bytes     {}", bytes(s.logical_bytes));
+    println!(
+        "unique bytes      {} in {} chunks",
+        bytes(s.unique_bytes),
+        s.chunks
+    );
+    println!(
+        "stored bytes      {} ({} packs: {}, index: {}, manifests: {})",
+        bytes(s.stored_bytes),
+        s.packs,
+        bytes(s.pack_bytes),
+        bytes(s.index_bytes),
+        bytes(s.manifest_bytes)
+    );
+    println!("dedup ratio       {:.2}x", s.dedup_ratio);
+    println!("compression ratio {:.2}x", s.compression_ratio);
+    println!("overall           {:.2}x", s.total_ratio);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn diff(repo: &Repo, args: DiffArgs) -> Result<ExitCode> {
+    let snaps = snapshots::list(repo)?;
+    let a = snapshots::resolve(&snaps, &args.a)?;
+    let b = snapshots::resolve(&snaps, &args.b)?;
+    let d = strata::diff::diff(&a.manifest, &b.manifest);
+    if args.json {
+        print_json(&d)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    use strata::diff::Change;
+    for e in &d {
+        let (sym, size) = match e.change {
+            Change::Added => ("+", bytes(e.new_size.unwrap_or(0))),
+            Change::Removed => ("-", bytes(e.old_size.unwrap_or(0))),
+            Change::Changed => (
+                "M",
+                format!(
+                    "{} -> {}",
+                    bytes(e.old_size.unwrap_or(0)),
+                    bytes(e.new_size.unwrap_or(0))
+                ),
+            ),
+            Change::Metadata => ("U", bytes(e.new_size.unwrap_or(0))),
+        };
+        println!("{sym} {}  ({size})", e.path);
+    }
+    let count = |c: Change| d.iter().filter(|e| e.change == c).count();
+    println!(
+        "{} added, {} removed, {} changed, {} metadata only",
+        count(Change::Added),
+        count(Change::Removed),
+        count(Change::Changed),
+        count(Change::Metadata)
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,140 @@
+//! Command-line definitions and dispatch. Each command lives in its own file; output for humans
+//! and for `--json` is produced here, never in the library.
+//!
+//! Exit codes: 0 success, 1 error, 2 usage, 3 damage found (verify, restore), 4 partial backup
+//! (some files could not be read).
+
+mod backup;
+mod inspect;
+mod output;
+mod restore;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use strata::repo::{Config, Repo, default_location};
+
+pub const EXIT_ERROR: u8 = 1;
+pub const EXIT_DAMAGE: u8 = 3;
+pub const EXIT_PARTIAL: u8 = 4;
+
+#[derive(Parser)]
+#[command(
+    name = "strata",
+    version,
+    about = "Deduplicating, verifiable snapshots of application state",
+    long_about = None
+)]
+pub struct Cli {
+    /// Repository directory [default: $XDG_DATA_HOME/strata/repo]
+    #[arg(long, global = true, env = "STRATA_REPO")]
+    repo: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a repository
+    Init(backup::InitArgs),
+    /// Snapshot files and directories
+    Backup(backup::BackupArgs),
+    /// List snapshots
+    List(inspect::ListArgs),
+    /// Show one snapshot's details and entries
+    Show(inspect::ShowArgs),
+    /// Repository statistics
+    Stats(inspect::JsonArg),
+    /// Paths added, removed and changed between two snapshots
+    Diff(inspect::DiffArgs),
+    /// Restore a snapshot (or some of its paths)
+    Restore(restore::RestoreArgs),
+    /// Check the repository's integrity
+    Verify(restore::VerifyArgs),
+    /// Remove a stale repository lock
+    Unlock,
+}
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            if is_broken_pipe(&e) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("strata: error: {e:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            || c.to_string().contains("Broken pipe")
+    })
+}
+
+/// Which repository to use and whether it came from the default location.
+struct RepoPath {
+    path: PathBuf,
+    is_default: bool,
+}
+
+impl Cli {
+    fn repo_path(&self) -> RepoPath {
+        match &self.repo {
+            Some(p) => RepoPath {
+                path: p.clone(),
+                is_default: false,
+            },
+            None => RepoPath {
+                path: default_location(),
+                is_default: true,
+            },
+        }
+    }
+}
+
+fn open(rp: &RepoPath, write: bool, command: &str) -> Result<Repo> {
+    Repo::open(&rp.path, write, command)
+        .with_context(|| format!("opening repository {}", rp.path.display()))
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let rp = cli.repo_path();
+    match cli.command {
+        Command::Init(args) => backup::init(&rp, args),
+        Command::Backup(args) => backup::backup(&rp, args),
+        Command::List(args) => inspect::list(&open(&rp, false, "list")?, args),
+        Command::Show(args) => inspect::show(&open(&rp, false, "show")?, args),
+        Command::Stats(args) => inspect::stats(&open(&rp, false, "stats")?, args),
+        Command::Diff(args) => inspect::diff(&open(&rp, false, "diff")?, args),
+        Command::Restore(args) => restore::restore(&open(&rp, false, "restore")?, args),
+        Command::Verify(args) => restore::verify(&open(&rp, false, "verify")?, args),
+        Command::Unlock => {
+            if strata::repo::force_unlock(&rp.path)? {
+                println!("removed the lock of {}", rp.path.display());
+            } else {
+                println!("{} was not locked", rp.path.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Creates the repository with default settings (used by `backup` on the default location).
+fn create_default(rp: &RepoPath) -> Result<Repo> {
+    let config = Config::new(Default::default(), backup::DEFAULT_ZSTD_LEVEL)?;
+    Repo::init(&rp.path, config)
+        .with_context(|| format!("creating repository {}", rp.path.display()))
+}

@@ -1,0 +1,104 @@
+//! zstd encode/decode of single chunks, with per-thread reusable contexts.
+
+use crate::error::{Error, Result};
+use std::cell::RefCell;
+
+/// How a blob's bytes are stored in a pack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Compression {
+    None = 0,
+    Zstd = 1,
+}
+
+impl Compression {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            0 => Some(Compression::None),
+            1 => Some(Compression::Zstd),
+            _ => None,
+        }
+    }
+}
+
+thread_local! {
+    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+/// Compresses `data` at `level`; returns the raw bytes unchanged (and `Compression::None`) when
+/// compression does not make them smaller.
+pub fn compress(data: &[u8], level: i32) -> Result<(Compression, Vec<u8>)> {
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().map(|(l, _)| *l) != Some(level) {
+            let c = zstd::bulk::Compressor::new(level)
+                .map_err(|e| Error::invalid(format!("zstd level {level}: {e}")))?;
+            *slot = Some((level, c));
+        }
+        let (_, c) = slot.as_mut().expect("set above");
+        let out = c
+            .compress(data)
+            .map_err(|e| Error::io("zstd compression", e))?;
+        if out.len() < data.len() {
+            Ok((Compression::Zstd, out))
+        } else {
+            Ok((Compression::None, data.to_vec()))
+        }
+    })
+}
+
+/// Decompresses a blob that must expand to exactly `raw_len` bytes.
+pub fn decompress(stored: &[u8], compression: Compression, raw_len: usize) -> Result<Vec<u8>> {
+    match compression {
+        Compression::None => {
+            if stored.len() != raw_len {
+                return Err(Error::corrupt(format!(
+                    "stored length {} differs from raw length {raw_len}",
+                    stored.len()
+                )));
+            }
+            Ok(stored.to_vec())
+        }
+        Compression::Zstd => DECOMPRESSOR.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            if slot.is_none() {
+                *slot = Some(
+                    zstd::bulk::Decompressor::new()
+                        .map_err(|e| Error::io("zstd decompressor", e))?,
+                );
+            }
+            let d = slot.as_mut().expect("set above");
+            let out = d
+                .decompress(stored, raw_len)
+                .map_err(|e| Error::corrupt(format!("zstd: {e}")))?;
+            if out.len() != raw_len {
+                return Err(Error::corrupt(format!(
+                    "zstd produced {} bytes, expected {raw_len}",
+                    out.len()
+                )));
+            }
+            Ok(out)
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_raw_fallback() {
+        let text = b"hello hello hello hello hello hello hello".repeat(50);
+        let (c, z) = compress(&text, 3).unwrap();
+        assert_eq!(c, Compression::Zstd);
+        assert!(z.len() < text.len());
+        assert_eq!(decompress(&z, c, text.len()).unwrap(), text);
+        let noise: Vec<u8> = (0..255u8).collect();
+        let (c, z) = compress(&noise, 3).unwrap();
+        assert_eq!(c, Compression::None);
+        assert_eq!(z, noise);
+        assert!(decompress(&z, c, 10).is_err());
+        assert!(decompress(b"garbage", Compression::Zstd, 10).is_err());
+    }
+}

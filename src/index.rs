@@ -1,0 +1,328 @@
+//! The redb index: a cache of where every blob lives, the snapshot list and the file cache.
+//!
+//! Every table is defined here. The index can be rebuilt from pack trailers and manifest files;
+//! it is never the only copy of anything a restore needs.
+
+use crate::compress::Compression;
+use crate::error::{Error, Result};
+use crate::id::ChunkId;
+use crate::pack::BlobKind;
+use redb::{
+    Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable,
+    ReadableTableMetadata, TableDefinition,
+};
+use std::path::Path;
+
+/// blob id -> [`BlobLoc`] (24 bytes).
+pub const BLOBS: TableDefinition<&[u8; 32], &[u8; 24]> = TableDefinition::new("blobs");
+/// pack number -> [`PackInfo`] (48 bytes).
+pub const PACKS: TableDefinition<u32, &[u8; 48]> = TableDefinition::new("packs");
+/// snapshot id -> framed manifest bytes (the same bytes as `snapshots/<id>.snap`).
+pub const SNAPSHOTS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("snapshots");
+/// absolute path bytes -> [`FileStamp`] for the unchanged-file fast path.
+pub const FILES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("files");
+/// named counters and settings.
+pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+pub const META_NEXT_PACK: &str = "next_pack";
+pub const META_INDEX_VERSION: &str = "index_version";
+pub const INDEX_VERSION: u64 = 1;
+
+/// Where a blob is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlobLoc {
+    pub pack: u32,
+    pub offset: u32,
+    pub stored_len: u32,
+    pub raw_len: u32,
+    pub kind: BlobKind,
+    pub compression: Compression,
+}
+
+impl BlobLoc {
+    pub fn encode(&self) -> [u8; 24] {
+        let mut b = [0u8; 24];
+        b[0..4].copy_from_slice(&self.pack.to_le_bytes());
+        b[4..8].copy_from_slice(&self.offset.to_le_bytes());
+        b[8..12].copy_from_slice(&self.stored_len.to_le_bytes());
+        b[12..16].copy_from_slice(&self.raw_len.to_le_bytes());
+        b[16] = self.kind as u8;
+        b[17] = self.compression as u8;
+        b
+    }
+
+    pub fn decode(b: &[u8; 24]) -> Result<Self> {
+        let le = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
+        Ok(BlobLoc {
+            pack: le(0),
+            offset: le(4),
+            stored_len: le(8),
+            raw_len: le(12),
+            kind: BlobKind::from_u8(b[16])
+                .ok_or_else(|| Error::corrupt("index: blob entry with unknown kind"))?,
+            compression: Compression::from_u8(b[17])
+                .ok_or_else(|| Error::corrupt("index: blob entry with unknown compression"))?,
+        })
+    }
+}
+
+/// A pack as the index knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PackInfo {
+    pub id: ChunkId,
+    pub size: u64,
+    pub blobs: u32,
+}
+
+impl PackInfo {
+    pub fn encode(&self) -> [u8; 48] {
+        let mut b = [0u8; 48];
+        b[0..32].copy_from_slice(self.id.as_bytes());
+        b[32..40].copy_from_slice(&self.size.to_le_bytes());
+        b[40..44].copy_from_slice(&self.blobs.to_le_bytes());
+        b
+    }
+
+    pub fn decode(b: &[u8; 48]) -> Self {
+        PackInfo {
+            id: ChunkId(b[0..32].try_into().unwrap()),
+            size: u64::from_le_bytes(b[32..40].try_into().unwrap()),
+            blobs: u32::from_le_bytes(b[40..44].try_into().unwrap()),
+        }
+    }
+
+    /// The pack's object name in the repository.
+    pub fn object_name(&self) -> String {
+        pack_object_name(&self.id)
+    }
+}
+
+pub fn pack_object_name(id: &ChunkId) -> String {
+    let hex = id.to_hex();
+    format!("packs/{}/{}.pack", &hex[..2], hex)
+}
+
+/// What a file looked like when it was last read, and what it was stored as.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileStamp {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub ino: u64,
+    pub dev: u64,
+    pub content: crate::manifest::Content,
+    /// Whether the file was cut at database pages (a change of cut mode must re-read it).
+    pub page_size: u32,
+}
+
+enum Db {
+    Write(Database),
+    Read(ReadOnlyDatabase),
+}
+
+pub struct Index {
+    db: Db,
+}
+
+const CACHE_BYTES: usize = 16 << 20;
+
+fn map_open_error(e: redb::DatabaseError, path: &Path) -> Error {
+    match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => Error::Locked(format!(
+            "index {} is open in another process; wait for it to finish",
+            path.display()
+        )),
+        redb::DatabaseError::UpgradeRequired(v) => Error::VersionUnsupported(format!(
+            "index {}: redb file format {v} needs a different strata version",
+            path.display()
+        )),
+        other => Error::Corrupt(format!(
+            "index {}: {other}; run `strata repair index`",
+            path.display()
+        )),
+    }
+}
+
+impl Index {
+    /// Opens (creating if absent) for writing. The caller holds the repository lock.
+    pub fn open_write(path: &Path) -> Result<Self> {
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
+            .create(path)
+            .map_err(|e| map_open_error(e, path))?;
+        let index = Index { db: Db::Write(db) };
+        index.init_tables()?;
+        Ok(index)
+    }
+
+    /// Opens an existing index for reading, alongside a possible writer.
+    pub fn open_read(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            return Err(Error::corrupt(format!(
+                "index {} is missing; run `strata repair index`",
+                path.display()
+            )));
+        }
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
+            .open_read_only(path)
+            .map_err(|e| map_open_error(e, path))?;
+        Ok(Index { db: Db::Read(db) })
+    }
+
+    fn init_tables(&self) -> Result<()> {
+        let txn = self.write()?;
+        {
+            txn.open_table(BLOBS)?;
+            txn.open_table(PACKS)?;
+            txn.open_table(SNAPSHOTS)?;
+            txn.open_table(FILES)?;
+            let mut meta = txn.open_table(META)?;
+            let version = meta.get(META_INDEX_VERSION)?.map(|v| v.value());
+            match version {
+                None => {
+                    meta.insert(META_INDEX_VERSION, INDEX_VERSION)?;
+                }
+                Some(v) if v > INDEX_VERSION => {
+                    return Err(Error::VersionUnsupported(format!(
+                        "index version {v} is newer than this strata supports ({INDEX_VERSION})"
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    pub fn read(&self) -> Result<ReadTransaction> {
+        Ok(match &self.db {
+            Db::Write(db) => db.begin_read()?,
+            Db::Read(db) => db.begin_read()?,
+        })
+    }
+
+    pub fn write(&self) -> Result<redb::WriteTransaction> {
+        match &self.db {
+            Db::Write(db) => Ok(db.begin_write()?),
+            Db::Read(_) => Err(Error::invalid("index opened read-only")),
+        }
+    }
+}
+
+/// Read-side helpers over one transaction.
+pub struct IndexReader {
+    blobs: Option<redb::ReadOnlyTable<&'static [u8; 32], &'static [u8; 24]>>,
+    packs: Option<redb::ReadOnlyTable<u32, &'static [u8; 48]>>,
+}
+
+fn open_opt<K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &ReadTransaction,
+    def: TableDefinition<K, V>,
+) -> Result<Option<redb::ReadOnlyTable<K, V>>> {
+    match txn.open_table(def) {
+        Ok(t) => Ok(Some(t)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+impl IndexReader {
+    pub fn new(txn: &ReadTransaction) -> Result<Self> {
+        Ok(IndexReader {
+            blobs: open_opt(txn, BLOBS)?,
+            packs: open_opt(txn, PACKS)?,
+        })
+    }
+
+    pub fn blob(&self, id: &ChunkId) -> Result<Option<BlobLoc>> {
+        let Some(t) = &self.blobs else {
+            return Ok(None);
+        };
+        match t.get(id.as_bytes())? {
+            Some(v) => Ok(Some(BlobLoc::decode(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn contains(&self, id: &ChunkId) -> Result<bool> {
+        let Some(t) = &self.blobs else {
+            return Ok(false);
+        };
+        Ok(t.get(id.as_bytes())?.is_some())
+    }
+
+    pub fn pack(&self, no: u32) -> Result<PackInfo> {
+        let t = self
+            .packs
+            .as_ref()
+            .ok_or_else(|| Error::corrupt("index has no pack table"))?;
+        match t.get(no)? {
+            Some(v) => Ok(PackInfo::decode(v.value())),
+            None => Err(Error::corrupt(format!(
+                "index refers to pack #{no}, which it does not list; run `strata repair index`"
+            ))),
+        }
+    }
+
+    pub fn packs(&self) -> Result<Vec<(u32, PackInfo)>> {
+        let mut out = Vec::new();
+        if let Some(t) = &self.packs {
+            for item in t.iter()? {
+                let (k, v) = item?;
+                out.push((k.value(), PackInfo::decode(v.value())));
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn blob_count(&self) -> Result<u64> {
+        Ok(match &self.blobs {
+            Some(t) => t.len()?,
+            None => 0,
+        })
+    }
+
+    /// Calls `f` for every blob in the index.
+    pub fn for_each_blob(&self, mut f: impl FnMut(ChunkId, BlobLoc) -> Result<()>) -> Result<()> {
+        if let Some(t) = &self.blobs {
+            for item in t.iter()? {
+                let (k, v) = item?;
+                f(ChunkId(*k.value()), BlobLoc::decode(v.value())?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// All snapshots' framed manifests, keyed by id.
+pub fn snapshot_manifests(txn: &ReadTransaction) -> Result<Vec<(ChunkId, Vec<u8>)>> {
+    let mut out = Vec::new();
+    if let Some(t) = open_opt(txn, SNAPSHOTS)? {
+        for item in t.iter()? {
+            let (k, v) = item?;
+            out.push((ChunkId(*k.value()), v.value().to_vec()));
+        }
+    }
+    Ok(out)
+}
+
+pub fn file_stamp(txn: &ReadTransaction, path: &[u8]) -> Result<Option<FileStamp>> {
+    let Some(t) = open_opt(txn, FILES)? else {
+        return Ok(None);
+    };
+    match t.get(path)? {
+        // A damaged cache entry is not an error: the file is simply read again.
+        Some(v) => Ok(crate::codec::decode(v.value(), "file cache").ok()),
+        None => Ok(None),
+    }
+}
+
+pub fn meta(txn: &ReadTransaction, key: &str) -> Result<Option<u64>> {
+    let Some(t) = open_opt(txn, META)? else {
+        return Ok(None);
+    };
+    Ok(t.get(key)?.map(|v| v.value()))
+}

@@ -1,0 +1,34 @@
+//! strata: a content-addressed, deduplicating snapshot store for application state.
+//!
+//! A backup walks its sources, cuts every file into chunks (FastCDC for general files, page
+//! boundaries for SQLite databases), names each chunk by its BLAKE3 hash, compresses the chunks
+//! the repository does not have yet with zstd and appends them to pack files. Each file's list of
+//! chunks is itself stored as a content-defined tree of nodes, so an unchanged file costs one id.
+//! Packs are fsynced before the redb index that points into them commits; the snapshot manifest
+//! commits with the index and is also written as its own file. Restore reads chunks back through
+//! the index, checks each against its hash, and renames each finished file into place.
+
+pub mod backup;
+pub mod chunker;
+pub mod codec;
+pub mod compress;
+pub mod diff;
+pub mod error;
+pub mod id;
+pub mod index;
+pub mod manifest;
+pub mod pack;
+pub mod packer;
+pub mod repo;
+pub mod restore;
+pub mod snapshots;
+pub mod stats;
+pub mod storage;
+pub mod tree;
+pub mod verify;
+pub mod walk;
+
+pub use error::{Error, ErrorKind, Result};
+pub use id::{ChunkId, SnapshotId};
+pub use manifest::Manifest;
+pub use repo::{Config, Repo};

@@ -1,0 +1,201 @@
+//! Snapshot manifests: what a snapshot holds, file by file.
+//!
+//! A manifest is encoded with bincode (through [`crate::codec`]), compressed with zstd and framed
+//! (magic `STRASNAP`, version 1). Its id is the BLAKE3 of the encoded (uncompressed) manifest, and
+//! it is stored twice: in the index and as `snapshots/<id>.snap`.
+
+use crate::codec::{self, frame};
+use crate::error::{Error, Result};
+use crate::id::{ChunkId, SnapshotId};
+use serde::{Deserialize, Serialize};
+
+pub const MAGIC: &[u8; 8] = b"STRASNAP";
+pub const VERSION: u32 = 1;
+
+/// How a file's bytes are found.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Content {
+    /// A file of zero bytes.
+    Empty,
+    /// A file of exactly one chunk.
+    Chunk(ChunkId),
+    /// The root node of the file's chunk-list tree.
+    Tree(ChunkId),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryKind {
+    File,
+    Dir,
+    Symlink,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Relative path inside the snapshot, '/'-separated raw bytes; the first component names the
+    /// source it came from.
+    pub path: Vec<u8>,
+    pub kind: EntryKind,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime_ns: i64,
+    pub size: u64,
+    pub content: Content,
+    /// Symlink target, raw bytes.
+    pub target: Option<Vec<u8>>,
+    /// For SQLite files: the page size the file was cut at.
+    pub page_size: u32,
+}
+
+impl Entry {
+    pub fn path_lossy(&self) -> String {
+        String::from_utf8_lossy(&self.path).into_owned()
+    }
+}
+
+/// One PATH given to `strata backup`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Source {
+    /// The top-level name it has inside the snapshot.
+    pub name: String,
+    /// The absolute path it was read from.
+    pub path: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotStats {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    /// Sum of the sizes of all files.
+    pub bytes: u64,
+    /// Bytes read from disk (files not covered by the file cache).
+    pub bytes_read: u64,
+    pub new_chunks: u64,
+    /// Raw bytes of new data chunks, and stored (compressed) bytes of all blobs this snapshot
+    /// added (data chunks and chunk-list nodes).
+    pub new_raw_bytes: u64,
+    pub new_stored_bytes: u64,
+    pub duration_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Unix time in nanoseconds.
+    pub time_ns: i64,
+    pub hostname: String,
+    pub name: Option<String>,
+    pub kind: String,
+    pub tags: Vec<String>,
+    pub sources: Vec<Source>,
+    pub entries: Vec<Entry>,
+    pub stats: SnapshotStats,
+    /// Files that could not be read; a non-empty list makes the snapshot partial.
+    pub errors: Vec<String>,
+}
+
+impl Manifest {
+    /// Encodes; returns (id, framed file bytes).
+    pub fn encode(&self, key: Option<&[u8; 32]>) -> Result<(SnapshotId, Vec<u8>)> {
+        let plain = codec::encode(self)?;
+        let id = ChunkId::hash(key, &plain);
+        let packed =
+            zstd::bulk::compress(&plain, 3).map_err(|e| Error::io("compressing manifest", e))?;
+        Ok((id, frame::wrap(MAGIC, VERSION, &packed)))
+    }
+
+    /// Decodes framed bytes and checks that they hash to `expected` (when given).
+    pub fn decode(
+        bytes: &[u8],
+        expected: Option<&SnapshotId>,
+        key: Option<&[u8; 32]>,
+    ) -> Result<Manifest> {
+        let what = match expected {
+            Some(id) => format!("snapshot {}", id.short()),
+            None => "snapshot manifest".to_string(),
+        };
+        let (_, packed) = frame::unwrap(MAGIC, VERSION, bytes, &what)?;
+        let plain = zstd::bulk::decompress(packed, codec::DECODE_LIMIT)
+            .map_err(|e| Error::corrupt(format!("{what}: {e}")))?;
+        if let Some(id) = expected {
+            if ChunkId::hash(key, &plain) != *id {
+                return Err(Error::corrupt(format!(
+                    "{what}: content does not match its id"
+                )));
+            }
+        }
+        codec::decode(&plain, &what)
+    }
+
+    pub fn time(&self) -> chrono::DateTime<chrono::Local> {
+        chrono::DateTime::from_timestamp_nanos(self.time_ns).with_timezone(&chrono::Local)
+    }
+}
+
+pub fn object_name(id: &SnapshotId) -> String {
+    format!("snapshots/{}.snap", id.to_hex())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_entry() -> impl Strategy<Value = Entry> {
+        (
+            proptest::collection::vec(any::<u8>(), 1..40),
+            0u8..3,
+            any::<u32>(),
+            any::<i64>(),
+            any::<u64>(),
+            any::<[u8; 32]>(),
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..20)),
+        )
+            .prop_map(|(path, k, mode, mtime_ns, size, id, target)| Entry {
+                path,
+                kind: [EntryKind::File, EntryKind::Dir, EntryKind::Symlink][k as usize],
+                mode,
+                uid: mode / 3,
+                gid: mode / 5,
+                mtime_ns,
+                size,
+                content: match k {
+                    0 => Content::Tree(ChunkId(id)),
+                    1 => Content::Empty,
+                    _ => Content::Chunk(ChunkId(id)),
+                },
+                target,
+                page_size: 0,
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn manifest_round_trip(entries in proptest::collection::vec(arb_entry(), 0..30), name in proptest::option::of("[a-z]{1,10}"), time_ns in any::<i64>()) {
+            let m = Manifest {
+                time_ns,
+                hostname: "h".into(),
+                name,
+                kind: "manual".into(),
+                tags: vec!["t".into()],
+                sources: vec![Source { name: "a".into(), path: "/a".into() }],
+                entries,
+                stats: SnapshotStats::default(),
+                errors: vec![],
+            };
+            let (id, bytes) = m.encode(None).unwrap();
+            prop_assert_eq!(Manifest::decode(&bytes, Some(&id), None).unwrap(), m.clone());
+            let other = ChunkId::hash(None, b"other");
+            prop_assert!(Manifest::decode(&bytes, Some(&other), None).is_err());
+        }
+
+        #[test]
+        fn hostile_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = Manifest::decode(&bytes, None, None);
+            let framed = frame::wrap(MAGIC, VERSION, &bytes);
+            let _ = Manifest::decode(&framed, None, None);
+        }
+    }
+}

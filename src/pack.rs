@@ -1,0 +1,289 @@
+//! Pack files: append-only containers of compressed blobs that describe themselves.
+//!
+//! ```text
+//! header   0  8  magic "STRAPACK"
+//!          8  4  version (u32 LE) = 1
+//!          12 4  reserved, zero
+//! blobs    16 .. stored bytes of each blob, back to back
+//! trailer     N x 56-byte entries (see [`PackEntry`])
+//! footer      8  trailer offset (u64)     4 entry count (u32)   4 version (u32)
+//!             32 BLAKE3 of the trailer    8 magic "STRAPEND"
+//! ```
+//! A pack's name is the BLAKE3 of the whole file, so a pack can also be checked as a unit.
+
+use crate::compress::Compression;
+use crate::error::{Error, Result};
+use crate::id::ChunkId;
+
+pub const MAGIC: &[u8; 8] = b"STRAPACK";
+pub const END_MAGIC: &[u8; 8] = b"STRAPEND";
+pub const VERSION: u32 = 1;
+pub const HEADER_LEN: usize = 16;
+pub const ENTRY_LEN: usize = 56;
+pub const FOOTER_LEN: usize = 8 + 4 + 4 + 32 + 8;
+/// Packs never grow past this, so offsets fit in 32 bits in the index.
+pub const MAX_PACK_BYTES: u64 = 1 << 31;
+/// No blob is larger than this (the largest FastCDC chunk is 16 MiB; nodes are far smaller).
+pub const MAX_BLOB_BYTES: u32 = 32 << 20;
+
+/// What a blob holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum BlobKind {
+    Data = 0,
+    /// A node of a file's chunk-list tree.
+    Node = 1,
+}
+
+impl BlobKind {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            0 => Some(BlobKind::Data),
+            1 => Some(BlobKind::Node),
+            _ => None,
+        }
+    }
+}
+
+/// One trailer entry:
+/// `id[32] | offset u64 | stored_len u32 | raw_len u32 | kind u8 | compression u8 | reserved[6]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PackEntry {
+    pub id: ChunkId,
+    pub offset: u64,
+    pub stored_len: u32,
+    pub raw_len: u32,
+    pub kind: BlobKind,
+    pub compression: Compression,
+}
+
+impl PackEntry {
+    fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.id.as_bytes());
+        out.extend_from_slice(&self.offset.to_le_bytes());
+        out.extend_from_slice(&self.stored_len.to_le_bytes());
+        out.extend_from_slice(&self.raw_len.to_le_bytes());
+        out.push(self.kind as u8);
+        out.push(self.compression as u8);
+        out.extend_from_slice(&[0u8; 6]);
+    }
+
+    fn read(b: &[u8]) -> Option<Self> {
+        let le32 = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
+        Some(PackEntry {
+            id: ChunkId(b[0..32].try_into().unwrap()),
+            offset: u64::from_le_bytes(b[32..40].try_into().unwrap()),
+            stored_len: le32(40),
+            raw_len: le32(44),
+            kind: BlobKind::from_u8(b[48])?,
+            compression: Compression::from_u8(b[49])?,
+        })
+    }
+}
+
+/// Builds one pack in memory.
+pub struct PackWriter {
+    buf: Vec<u8>,
+    entries: Vec<PackEntry>,
+}
+
+impl Default for PackWriter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PackWriter {
+    pub fn new() -> Self {
+        let mut buf = Vec::with_capacity(1 << 20);
+        buf.extend_from_slice(MAGIC);
+        buf.extend_from_slice(&VERSION.to_le_bytes());
+        buf.extend_from_slice(&[0u8; 4]);
+        PackWriter {
+            buf,
+            entries: Vec::new(),
+        }
+    }
+
+    /// Appends a blob; returns its entry (offset within the pack).
+    pub fn add(
+        &mut self,
+        kind: BlobKind,
+        id: ChunkId,
+        compression: Compression,
+        stored: &[u8],
+        raw_len: u32,
+    ) -> PackEntry {
+        let entry = PackEntry {
+            id,
+            offset: self.buf.len() as u64,
+            stored_len: stored.len() as u32,
+            raw_len,
+            kind,
+            compression,
+        };
+        self.buf.extend_from_slice(stored);
+        self.entries.push(entry);
+        entry
+    }
+
+    /// Bytes the finished pack would have, roughly.
+    pub fn len(&self) -> usize {
+        self.buf.len() + self.entries.len() * ENTRY_LEN + FOOTER_LEN
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Appends trailer and footer; returns the pack's id (BLAKE3 of the file), its bytes and entries.
+    pub fn finish(mut self) -> (ChunkId, Vec<u8>, Vec<PackEntry>) {
+        let trailer_offset = self.buf.len() as u64;
+        let mut trailer = Vec::with_capacity(self.entries.len() * ENTRY_LEN);
+        for e in &self.entries {
+            e.write(&mut trailer);
+        }
+        let sum = blake3::hash(&trailer);
+        self.buf.extend_from_slice(&trailer);
+        self.buf.extend_from_slice(&trailer_offset.to_le_bytes());
+        self.buf
+            .extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
+        self.buf.extend_from_slice(&VERSION.to_le_bytes());
+        self.buf.extend_from_slice(sum.as_bytes());
+        self.buf.extend_from_slice(END_MAGIC);
+        let id = ChunkId(*blake3::hash(&self.buf).as_bytes());
+        (id, self.buf, self.entries)
+    }
+}
+
+/// Parses the footer at the end of a pack of `file_len` bytes: returns (trailer offset, count).
+pub fn parse_footer(footer: &[u8], file_len: u64, what: &str) -> Result<(u64, u32)> {
+    if footer.len() != FOOTER_LEN || file_len < (HEADER_LEN + FOOTER_LEN) as u64 {
+        return Err(Error::corrupt(format!("{what}: too short to be a pack")));
+    }
+    if &footer[FOOTER_LEN - 8..] != END_MAGIC {
+        return Err(Error::corrupt(format!(
+            "{what}: footer magic missing (truncated pack?)"
+        )));
+    }
+    let trailer_offset = u64::from_le_bytes(footer[0..8].try_into().unwrap());
+    let count = u32::from_le_bytes(footer[8..12].try_into().unwrap());
+    let version = u32::from_le_bytes(footer[12..16].try_into().unwrap());
+    if version != VERSION {
+        return Err(Error::VersionUnsupported(format!(
+            "{what}: pack version {version} is not supported (this strata reads {VERSION})"
+        )));
+    }
+    let expected_end = trailer_offset
+        .checked_add(count as u64 * ENTRY_LEN as u64)
+        .and_then(|v| v.checked_add(FOOTER_LEN as u64));
+    if trailer_offset < HEADER_LEN as u64 || expected_end != Some(file_len) {
+        return Err(Error::corrupt(format!(
+            "{what}: trailer offset {trailer_offset} and {count} entries do not fit a {file_len}-byte pack"
+        )));
+    }
+    Ok((trailer_offset, count))
+}
+
+/// Parses and checks a trailer (the entries between `trailer_offset` and the footer).
+pub fn parse_trailer(
+    trailer: &[u8],
+    footer: &[u8],
+    trailer_offset: u64,
+    what: &str,
+) -> Result<Vec<PackEntry>> {
+    let sum = blake3::hash(trailer);
+    if sum.as_bytes()[..] != footer[16..48] {
+        return Err(Error::corrupt(format!("{what}: trailer checksum mismatch")));
+    }
+    let mut entries = Vec::with_capacity(trailer.len() / ENTRY_LEN);
+    let mut next_free = HEADER_LEN as u64;
+    for (i, raw) in trailer.chunks_exact(ENTRY_LEN).enumerate() {
+        let e = PackEntry::read(raw)
+            .ok_or_else(|| Error::corrupt(format!("{what}: entry {i} has an unknown kind")))?;
+        let end = e.offset.checked_add(e.stored_len as u64);
+        if e.offset < next_free
+            || end.is_none_or(|end| end > trailer_offset)
+            || e.raw_len > MAX_BLOB_BYTES
+            || e.stored_len > MAX_BLOB_BYTES
+        {
+            return Err(Error::corrupt(format!(
+                "{what}: entry {i} (offset {}, {} bytes) lies outside the blob area",
+                e.offset, e.stored_len
+            )));
+        }
+        next_free = e.offset + e.stored_len as u64;
+        entries.push(e);
+    }
+    Ok(entries)
+}
+
+/// Parses a whole pack held in memory.
+pub fn parse_pack(bytes: &[u8], what: &str) -> Result<Vec<PackEntry>> {
+    if bytes.len() < HEADER_LEN + FOOTER_LEN {
+        return Err(Error::corrupt(format!("{what}: too short to be a pack")));
+    }
+    if &bytes[..8] != MAGIC {
+        return Err(Error::corrupt(format!("{what}: wrong magic bytes")));
+    }
+    let footer = &bytes[bytes.len() - FOOTER_LEN..];
+    let (off, _) = parse_footer(footer, bytes.len() as u64, what)?;
+    parse_trailer(
+        &bytes[off as usize..bytes.len() - FOOTER_LEN],
+        footer,
+        off,
+        what,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> (ChunkId, Vec<u8>, Vec<PackEntry>) {
+        let mut w = PackWriter::new();
+        for i in 0..5u8 {
+            let data = vec![i; 100 + i as usize];
+            w.add(
+                BlobKind::Data,
+                ChunkId::hash(None, &data),
+                Compression::None,
+                &data,
+                data.len() as u32,
+            );
+        }
+        w.finish()
+    }
+
+    #[test]
+    fn round_trip() {
+        let (id, bytes, entries) = sample();
+        assert_eq!(id, ChunkId(*blake3::hash(&bytes).as_bytes()));
+        assert_eq!(parse_pack(&bytes, "p").unwrap(), entries);
+        for e in &entries {
+            let blob = &bytes[e.offset as usize..(e.offset + e.stored_len as u64) as usize];
+            assert_eq!(ChunkId::hash(None, blob), e.id);
+        }
+    }
+
+    #[test]
+    fn damage_in_trailer_or_footer_is_detected() {
+        let (_, bytes, entries) = sample();
+        let trailer_start = entries
+            .last()
+            .map(|e| e.offset + e.stored_len as u64)
+            .unwrap() as usize;
+        for i in (0..8).chain(trailer_start..bytes.len()) {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x01;
+            // Reserved bytes are ignored only if they are in the header; everything else counts.
+            if (12..16).contains(&i) {
+                continue;
+            }
+            assert!(parse_pack(&bad, "p").is_err(), "flip at {i} not detected");
+        }
+        for n in 0..bytes.len() {
+            assert!(parse_pack(&bytes[..n], "p").is_err());
+        }
+    }
+}

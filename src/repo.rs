@@ -1,0 +1,375 @@
+//! A repository on disk: layout, config, lock, and opening with a version check.
+//!
+//! ```text
+//! REPO/config                 framed JSON (magic STRACONF), written once by `init`
+//! REPO/packs/ab/<id>.pack     pack files, named by the BLAKE3 of their bytes
+//! REPO/snapshots/<id>.snap    one framed manifest per snapshot
+//! REPO/index.redb             the index (a rebuildable cache)
+//! REPO/lock                   present while a writer works
+//! ```
+
+use crate::chunker::{Chunker, ChunkerParams};
+use crate::codec::frame;
+use crate::error::{Error, IoContext, Result};
+use crate::id::ChunkId;
+use crate::index::Index;
+use crate::storage::{Backend, LocalBackend};
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+pub const CONFIG_MAGIC: &[u8; 8] = b"STRACONF";
+pub const CONFIG_VERSION: u32 = 1;
+pub const CONFIG_NAME: &str = "config";
+pub const INDEX_NAME: &str = "index.redb";
+pub const LOCK_NAME: &str = "lock";
+
+/// Settings fixed when the repository is created.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Config {
+    /// Random repository id (hex).
+    pub id: String,
+    pub created: String,
+    pub chunker: ChunkerParams,
+    /// Cut SQLite database files at page boundaries.
+    pub sqlite_pages: bool,
+    pub zstd_level: i32,
+    /// Packs are closed once they reach this many bytes.
+    pub pack_target: u64,
+    /// "none" for unencrypted repositories; encryption schemes add their own names.
+    pub key_scheme: String,
+    /// How blob ids are computed: "blake3" (plain) or, with a key scheme, "blake3-keyed".
+    pub id_hash: String,
+}
+
+impl Config {
+    pub fn new(chunker: ChunkerParams, zstd_level: i32) -> Result<Self> {
+        chunker.validate()?;
+        if !(-7..=22).contains(&zstd_level) || zstd_level == 0 {
+            return Err(Error::invalid(format!(
+                "zstd level {zstd_level} is out of range (-7..=22, not 0)"
+            )));
+        }
+        let mut seed = [0u8; 16];
+        getrandom(&mut seed);
+        Ok(Config {
+            id: ChunkId(*blake3::hash(&seed).as_bytes()).to_hex()[..32].to_string(),
+            created: chrono::Local::now().to_rfc3339(),
+            chunker,
+            sqlite_pages: true,
+            zstd_level,
+            pack_target: DEFAULT_PACK_TARGET,
+            key_scheme: "none".into(),
+            id_hash: "blake3".into(),
+        })
+    }
+
+    fn encode(&self) -> Result<Vec<u8>> {
+        let json = serde_json::to_vec_pretty(self)
+            .map_err(|e| Error::invalid(format!("encoding config: {e}")))?;
+        Ok(frame::wrap(CONFIG_MAGIC, CONFIG_VERSION, &json))
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self> {
+        let (_, json) = frame::unwrap(CONFIG_MAGIC, CONFIG_VERSION, bytes, "repository config")?;
+        let config: Config = serde_json::from_slice(json)
+            .map_err(|e| Error::corrupt(format!("repository config: {e}")))?;
+        config.chunker.validate()?;
+        if config.key_scheme != "none" || config.id_hash != "blake3" {
+            return Err(Error::VersionUnsupported(format!(
+                "repository uses key scheme {:?} / id hash {:?}, which this strata cannot read",
+                config.key_scheme, config.id_hash
+            )));
+        }
+        if config.pack_target == 0 || config.pack_target > crate::pack::MAX_PACK_BYTES / 2 {
+            return Err(Error::corrupt(
+                "repository config: pack_target out of range",
+            ));
+        }
+        Ok(config)
+    }
+}
+
+pub const DEFAULT_PACK_TARGET: u64 = 16 << 20;
+
+/// Random bytes from the kernel.
+pub fn getrandom(buf: &mut [u8]) {
+    use std::io::Read;
+    let filled = fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(buf));
+    if filled.is_err() {
+        // Fall back to time and pid: ids only need to be unique, not secret, without a key scheme.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let h = blake3::hash(format!("{t}-{}", std::process::id()).as_bytes());
+        for (b, s) in buf.iter_mut().zip(h.as_bytes().iter().cycle()) {
+            *b = *s;
+        }
+    }
+}
+
+/// The repository location when none is given: `$XDG_DATA_HOME/strata/repo`, else
+/// `~/.local/share/strata/repo`.
+pub fn default_location() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("strata/repo");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/".into());
+    PathBuf::from(home).join(".local/share/strata/repo")
+}
+
+/// Held while a writer works on the repository; removes the lock file on drop.
+pub struct Lock {
+    path: PathBuf,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+struct LockInfo {
+    pid: u32,
+    host: String,
+    time: String,
+    command: String,
+}
+
+pub fn hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn pid_alive(pid: u32) -> bool {
+    // SAFETY: kill with signal 0 only checks for existence and permission.
+    let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+impl Lock {
+    pub fn acquire(root: &Path, command: &str) -> Result<Lock> {
+        let path = root.join(LOCK_NAME);
+        let info = LockInfo {
+            pid: std::process::id(),
+            host: hostname(),
+            time: chrono::Local::now().to_rfc3339(),
+            command: command.to_string(),
+        };
+        let body = serde_json::to_vec(&info).unwrap_or_default();
+        for _ in 0..3 {
+            match fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(mut f) => {
+                    use std::io::Write;
+                    f.write_all(&body).ctx("write lock", &path)?;
+                    f.sync_all().ctx("fsync lock", &path)?;
+                    return Ok(Lock { path });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let held = fs::read(&path).unwrap_or_default();
+                    match serde_json::from_slice::<LockInfo>(&held) {
+                        Ok(h) if h.host == info.host && !pid_alive(h.pid) => {
+                            // The holder died: its lock is stale.
+                            let _ = fs::remove_file(&path);
+                            continue;
+                        }
+                        Ok(h) => {
+                            return Err(Error::Locked(format!(
+                                "repository locked by pid {} on {} ({}) since {}; if that \
+                                 process is gone, run `strata unlock`",
+                                h.pid, h.host, h.command, h.time
+                            )));
+                        }
+                        Err(_) if held.is_empty() => {
+                            // A writer between create and write, or one that died there.
+                            std::thread::sleep(std::time::Duration::from_millis(50));
+                            if fs::read(&path).map(|b| b.is_empty()).unwrap_or(false) {
+                                let _ = fs::remove_file(&path);
+                            }
+                            continue;
+                        }
+                        Err(_) => {
+                            return Err(Error::Locked(format!(
+                                "repository lock file {} is unreadable; if no strata process \
+                                 is running, run `strata unlock`",
+                                path.display()
+                            )));
+                        }
+                    }
+                }
+                Err(e) => return Err(Error::io_path("create lock", &path, e)),
+            }
+        }
+        Err(Error::Locked(format!(
+            "could not take the repository lock {}",
+            path.display()
+        )))
+    }
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// Removes the lock file unconditionally (`strata unlock`).
+pub fn force_unlock(root: &Path) -> Result<bool> {
+    let path = root.join(LOCK_NAME);
+    match fs::remove_file(&path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::io_path("remove lock", &path, e)),
+    }
+}
+
+/// An open repository.
+pub struct Repo {
+    pub root: PathBuf,
+    pub backend: LocalBackend,
+    pub config: Config,
+    pub index: Index,
+    chunker: Chunker,
+    _lock: Option<Lock>,
+}
+
+impl Repo {
+    /// Creates a new repository at `root` (which must be absent or an empty directory).
+    pub fn init(root: &Path, config: Config) -> Result<Repo> {
+        if root.join(CONFIG_NAME).exists() {
+            return Err(Error::invalid(format!(
+                "{} is already a strata repository",
+                root.display()
+            )));
+        }
+        if root.exists() {
+            let mut entries = fs::read_dir(root).ctx("read", root)?;
+            if entries.next().is_some() {
+                return Err(Error::invalid(format!(
+                    "{} exists and is not empty; choose an empty or new directory",
+                    root.display()
+                )));
+            }
+        }
+        fs::create_dir_all(root).ctx("create repository directory", root)?;
+        for dir in ["packs", "snapshots"] {
+            fs::create_dir_all(root.join(dir)).ctx("create", root.join(dir))?;
+        }
+        let backend = LocalBackend::new(root);
+        let lock = Lock::acquire(root, "init")?;
+        drop(Index::open_write(&root.join(INDEX_NAME))?);
+        // The config is written last: a directory without it is not (yet) a repository.
+        backend.put(CONFIG_NAME, &config.encode()?)?;
+        drop(lock);
+        Repo::open(root, true, "init")
+    }
+
+    /// Opens an existing repository. Writers take the lock.
+    pub fn open(root: &Path, write: bool, command: &str) -> Result<Repo> {
+        let config_path = root.join(CONFIG_NAME);
+        if !config_path.exists() {
+            return Err(Error::NotFound(format!(
+                "{} is not a strata repository (no config); create one with `strata init --repo {}`",
+                root.display(),
+                root.display()
+            )));
+        }
+        let backend = LocalBackend::new(root);
+        let config = Config::decode(&backend.get(CONFIG_NAME)?)?;
+        let lock = if write {
+            Some(Lock::acquire(root, command)?)
+        } else {
+            None
+        };
+        let index_path = root.join(INDEX_NAME);
+        let index = if write {
+            Index::open_write(&index_path)?
+        } else {
+            Index::open_read(&index_path)?
+        };
+        let chunker = Chunker::new(config.chunker, 0)?;
+        let repo = Repo {
+            root: root.to_path_buf(),
+            backend,
+            config,
+            index,
+            chunker,
+            _lock: lock,
+        };
+        if write {
+            repo.finish_interrupted()?;
+        }
+        Ok(repo)
+    }
+
+    pub fn chunker(&self) -> &Chunker {
+        &self.chunker
+    }
+
+    /// The key for blob ids (`None` while the repository is unencrypted).
+    pub fn id_key(&self) -> Option<&[u8; 32]> {
+        None
+    }
+
+    /// Under the lock: removes temporary files a killed writer left, and writes manifest files
+    /// for snapshots the index committed but whose file write was interrupted.
+    fn finish_interrupted(&self) -> Result<()> {
+        for dir in ["packs", "snapshots"] {
+            for name in self.backend.list(dir)? {
+                if name.contains(".strata-tmp.") {
+                    let _ = fs::remove_file(self.root.join(&name));
+                }
+            }
+        }
+        let txn = self.index.read()?;
+        for (id, bytes) in crate::index::snapshot_manifests(&txn)? {
+            let name = crate::manifest::object_name(&id);
+            if !self.backend.exists(&name)? {
+                self.backend.put(&name, &bytes)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_round_trip_and_newer_version() {
+        let c = Config::new(ChunkerParams::default(), 3).unwrap();
+        assert_eq!(Config::decode(&c.encode().unwrap()).unwrap(), c);
+        let json = serde_json::to_vec(&c).unwrap();
+        let newer = frame::wrap(CONFIG_MAGIC, CONFIG_VERSION + 1, &json);
+        assert_eq!(
+            Config::decode(&newer).unwrap_err().kind(),
+            crate::ErrorKind::VersionUnsupported
+        );
+        assert!(Config::new(ChunkerParams::default(), 0).is_err());
+    }
+
+    #[test]
+    fn lock_excludes_and_stale_lock_is_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Lock::acquire(dir.path(), "test").unwrap();
+        let err = Lock::acquire(dir.path(), "second").err().unwrap();
+        assert_eq!(err.kind(), crate::ErrorKind::Locked);
+        assert!(err.to_string().contains(&std::process::id().to_string()));
+        drop(l);
+        // A lock left by a process that no longer exists is stale.
+        let stale = LockInfo {
+            pid: 999_999_999,
+            host: hostname(),
+            time: "then".into(),
+            command: "backup".into(),
+        };
+        fs::write(
+            dir.path().join(LOCK_NAME),
+            serde_json::to_vec(&stale).unwrap(),
+        )
+        .unwrap();
+        assert!(Lock::acquire(dir.path(), "test").is_ok());
+    }
+}

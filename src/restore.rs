@@ -1,0 +1,444 @@
+//! Restore: reassemble files from verified chunks, stage each beside its destination, fsync,
+//! rename into place. A reader of the destination sees the old file or the complete new one.
+
+use crate::compress::decompress;
+use crate::error::{Error, IoContext, Result};
+use crate::id::ChunkId;
+use crate::index::{BlobLoc, IndexReader};
+use crate::manifest::{Content, Entry, EntryKind, Manifest};
+use crate::repo::Repo;
+use crate::storage::{Backend, sync_dir, temp_name};
+use crate::tree::{LeafWalker, NodeEntry};
+use rayon::prelude::*;
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Reads blobs by id through the index, verifying each against its id.
+pub struct BlobReader<'a> {
+    repo: &'a Repo,
+    index: &'a IndexReader,
+    packs: Mutex<HashMap<u32, String>>,
+}
+
+impl<'a> BlobReader<'a> {
+    pub fn new(repo: &'a Repo, index: &'a IndexReader) -> Result<Self> {
+        Ok(BlobReader {
+            repo,
+            index,
+            packs: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn pack_name(&self, no: u32) -> Result<String> {
+        let mut packs = self.packs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = packs.get(&no) {
+            return Ok(n.clone());
+        }
+        let name = self.index.pack(no)?.object_name();
+        packs.insert(no, name.clone());
+        Ok(name)
+    }
+
+    pub fn locate(&self, id: &ChunkId) -> Result<BlobLoc> {
+        self.index.blob(id)?.ok_or_else(|| {
+            Error::corrupt(format!(
+                "chunk {id} is missing from the index; run `strata verify`"
+            ))
+        })
+    }
+
+    /// The plain bytes of blob `id`, checked against its id.
+    pub fn read(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        let loc = self.locate(id)?;
+        let pack = self.pack_name(loc.pack)?;
+        let stored = self
+            .repo
+            .backend
+            .get_range(&pack, loc.offset as u64, loc.stored_len as usize)
+            .map_err(|e| match e.kind() {
+                crate::ErrorKind::NotFound => {
+                    Error::corrupt(format!("{pack} is missing (needed for chunk {id})"))
+                }
+                _ => Error::corrupt(format!("{pack}: chunk {id} at offset {}: {e}", loc.offset)),
+            })?;
+        check_blob(&stored, &loc, id, self.repo.id_key(), &pack)
+    }
+}
+
+/// Decompresses a stored blob and checks it hashes to `id`.
+pub fn check_blob(
+    stored: &[u8],
+    loc: &BlobLoc,
+    id: &ChunkId,
+    key: Option<&[u8; 32]>,
+    pack: &str,
+) -> Result<Vec<u8>> {
+    let raw = decompress(stored, loc.compression, loc.raw_len as usize)
+        .map_err(|e| Error::corrupt(format!("{pack}: chunk {id} at offset {}: {e}", loc.offset)))?;
+    if ChunkId::hash(key, &raw) != *id {
+        return Err(Error::corrupt(format!(
+            "{pack}: chunk {id} at offset {}: hash mismatch",
+            loc.offset
+        )));
+    }
+    Ok(raw)
+}
+
+pub struct RestoreOptions {
+    pub target: PathBuf,
+    /// Only entries equal to or below these snapshot paths.
+    pub paths: Vec<String>,
+}
+
+#[derive(Default, Debug)]
+pub struct RestoreReport {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub bytes: u64,
+    /// Files that could not be restored, with the reason.
+    pub errors: Vec<String>,
+}
+
+/// Refuses paths that could escape the target: absolute, empty, `.` or `..` components, NUL.
+pub fn check_entry_path(path: &[u8]) -> Result<()> {
+    let bad = path.is_empty()
+        || path[0] == b'/'
+        || path.contains(&0)
+        || path
+            .split(|&b| b == b'/')
+            .any(|c| c.is_empty() || c == b"." || c == b"..");
+    if bad {
+        return Err(Error::corrupt(format!(
+            "snapshot contains an unsafe path {:?}; refusing to restore",
+            String::from_utf8_lossy(path)
+        )));
+    }
+    Ok(())
+}
+
+/// The entries selected by `paths` (all when empty).
+pub fn select<'m>(manifest: &'m Manifest, paths: &[String]) -> Result<Vec<&'m Entry>> {
+    let wanted: Vec<Vec<u8>> = paths
+        .iter()
+        .map(|p| p.trim_matches('/').as_bytes().to_vec())
+        .collect();
+    let selected: Vec<&Entry> = manifest
+        .entries
+        .iter()
+        .filter(|e| {
+            wanted.is_empty()
+                || wanted.iter().any(|w| {
+                    e.path == *w
+                        || (e.path.len() > w.len()
+                            && e.path.starts_with(w)
+                            && e.path[w.len()] == b'/')
+                })
+        })
+        .collect();
+    for w in &wanted {
+        let hit = selected.iter().any(|e| e.path.starts_with(w));
+        if !hit {
+            return Err(Error::not_found(format!(
+                "path {:?} is not in the snapshot (paths start with the source name, e.g. {:?})",
+                String::from_utf8_lossy(w),
+                manifest
+                    .sources
+                    .first()
+                    .map(|s| s.name.as_str())
+                    .unwrap_or("")
+            )));
+        }
+    }
+    Ok(selected)
+}
+
+/// Chunks fetched in parallel per batch while the file is written in order.
+const BATCH_BYTES: u64 = 8 << 20;
+
+/// Streams a file's verified bytes to `out` in order.
+pub fn write_content(
+    blobs: &BlobReader,
+    entry: &Entry,
+    out: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
+) -> Result<u64> {
+    let fetch = |id: &ChunkId| blobs.read(id);
+    let mut walker = LeafWalker::new(&entry.content, entry.size, &fetch)?;
+    let mut offset = 0u64;
+    loop {
+        let mut batch: Vec<NodeEntry> = Vec::new();
+        let mut batch_bytes = 0;
+        while batch_bytes < BATCH_BYTES {
+            match walker.next_leaf()? {
+                Some(e) => {
+                    batch_bytes += e.bytes;
+                    batch.push(e);
+                }
+                None => break,
+            }
+        }
+        if batch.is_empty() {
+            break;
+        }
+        let datas: Vec<Vec<u8>> = batch
+            .par_iter()
+            .map(|e| {
+                let d = blobs.read(&e.id)?;
+                if d.len() as u64 != e.bytes {
+                    return Err(Error::corrupt(format!(
+                        "chunk {}: {} bytes where the chunk list says {}",
+                        e.id,
+                        d.len(),
+                        e.bytes
+                    )));
+                }
+                Ok(d)
+            })
+            .collect::<Result<_>>()?;
+        for d in datas {
+            out(offset, &d)?;
+            offset += d.len() as u64;
+        }
+    }
+    if offset != entry.size {
+        return Err(Error::corrupt(format!(
+            "{}: restored {offset} bytes, the manifest says {}",
+            entry.path_lossy(),
+            entry.size
+        )));
+    }
+    Ok(offset)
+}
+
+/// Makes sure every existing component of `rel`'s parent below `target` is a real directory
+/// (not a symlink that could lead outside), creating missing ones.
+fn prepare_parent(target: &Path, rel: &[u8], checked: &Mutex<HashSet<PathBuf>>) -> Result<PathBuf> {
+    let comps: Vec<&[u8]> = rel.split(|&b| b == b'/').collect();
+    let mut dir = target.to_path_buf();
+    for c in &comps[..comps.len() - 1] {
+        dir.push(OsStr::from_bytes(c));
+        if checked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&dir)
+        {
+            continue;
+        }
+        match fs::symlink_metadata(&dir) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(Error::invalid(format!(
+                    "refusing to restore through symlink {}",
+                    dir.display()
+                )));
+            }
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(Error::invalid(format!(
+                    "{} exists and is not a directory",
+                    dir.display()
+                )));
+            }
+            Err(_) => fs::create_dir(&dir).ctx("create directory", &dir)?,
+        }
+        checked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(dir.clone());
+    }
+    Ok(dir.join(OsStr::from_bytes(comps[comps.len() - 1])))
+}
+
+fn set_mtime(path: &Path, mtime_ns: i64, follow: bool) -> Result<()> {
+    let ts = libc::timespec {
+        tv_sec: mtime_ns.div_euclid(1_000_000_000) as libc::time_t,
+        tv_nsec: mtime_ns.rem_euclid(1_000_000_000) as libc::c_long,
+    };
+    let times = [
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        ts,
+    ];
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| Error::invalid("path contains NUL"))?;
+    let flags = if follow { 0 } else { libc::AT_SYMLINK_NOFOLLOW };
+    // SAFETY: c is a valid NUL-terminated path and times points to two timespecs.
+    let r = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), flags) };
+    if r != 0 {
+        return Err(Error::io_path(
+            "set mtime",
+            path,
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+fn restore_file(blobs: &BlobReader, entry: &Entry, dest: &Path) -> Result<u64> {
+    if fs::symlink_metadata(dest).is_ok_and(|m| m.is_dir()) {
+        return Err(Error::invalid(format!(
+            "{} is a directory; not replacing it with a file",
+            dest.display()
+        )));
+    }
+    let tmp = temp_name(dest);
+    let result = (|| {
+        let f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .ctx("create", &tmp)?;
+        let mut writer = std::io::BufWriter::with_capacity(1 << 20, &f);
+        let written = write_content(blobs, entry, &mut |_, data| {
+            writer.write_all(data).ctx("write", &tmp)
+        })?;
+        writer.flush().ctx("write", &tmp)?;
+        drop(writer);
+        f.set_permissions(fs::Permissions::from_mode(entry.mode & 0o7777))
+            .ctx("set permissions", &tmp)?;
+        f.sync_all().ctx("fsync", &tmp)?;
+        drop(f);
+        set_mtime(&tmp, entry.mtime_ns, false)?;
+        fs::rename(&tmp, dest).ctx("rename into place", dest)?;
+        Ok(written)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn restore_symlink(entry: &Entry, dest: &Path) -> Result<()> {
+    let target = entry
+        .target
+        .as_ref()
+        .ok_or_else(|| Error::corrupt(format!("{}: symlink without target", entry.path_lossy())))?;
+    let tmp = temp_name(dest);
+    std::os::unix::fs::symlink(OsStr::from_bytes(target), &tmp).ctx("create symlink", &tmp)?;
+    set_mtime(&tmp, entry.mtime_ns, false).ok();
+    fs::rename(&tmp, dest).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        Error::io_path("rename into place", dest, e)
+    })
+}
+
+/// Restores the selected entries of `manifest` below `opts.target`.
+pub fn restore(repo: &Repo, manifest: &Manifest, opts: &RestoreOptions) -> Result<RestoreReport> {
+    let entries = select(manifest, &opts.paths)?;
+    for e in &entries {
+        check_entry_path(&e.path)?;
+    }
+    fs::create_dir_all(&opts.target).ctx("create", &opts.target)?;
+    let target = fs::canonicalize(&opts.target).ctx("resolve", &opts.target)?;
+    let txn = repo.index.read()?;
+    let index = IndexReader::new(&txn)?;
+    let blobs = BlobReader::new(repo, &index)?;
+    let checked = Mutex::new(HashSet::new());
+    let mut report = RestoreReport::default();
+
+    // Directories first, so files have somewhere to go.
+    let mut dirs = Vec::new();
+    for e in entries.iter().filter(|e| e.kind == EntryKind::Dir) {
+        let dest = prepare_parent(&target, &e.path, &checked)?;
+        match fs::symlink_metadata(&dest) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(Error::invalid(format!(
+                    "{} exists and is not a directory",
+                    dest.display()
+                )));
+            }
+            Err(_) => fs::create_dir(&dest).ctx("create directory", &dest)?,
+        }
+        checked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(dest.clone());
+        dirs.push((dest, *e));
+    }
+    report.dirs = dirs.len() as u64;
+
+    let files: Vec<&&Entry> = entries
+        .iter()
+        .filter(|e| e.kind == EntryKind::File)
+        .collect();
+    let results: Vec<(String, Result<u64>)> = files
+        .par_iter()
+        .map(|e| {
+            let r = prepare_parent(&target, &e.path, &checked)
+                .and_then(|dest| restore_file(&blobs, e, &dest));
+            (e.path_lossy(), r)
+        })
+        .collect();
+    let mut touched_dirs = HashSet::new();
+    for (path, r) in results {
+        match r {
+            Ok(n) => {
+                report.files += 1;
+                report.bytes += n;
+            }
+            Err(e) => report.errors.push(format!("{path}: {e}")),
+        }
+        if let Some(parent) = Path::new(&path).parent() {
+            touched_dirs.insert(target.join(parent));
+        }
+    }
+    // Symlinks last, so none can redirect a file written above.
+    for e in entries.iter().filter(|e| e.kind == EntryKind::Symlink) {
+        let r =
+            prepare_parent(&target, &e.path, &checked).and_then(|dest| restore_symlink(e, &dest));
+        match r {
+            Ok(()) => report.symlinks += 1,
+            Err(err) => report.errors.push(format!("{}: {err}", e.path_lossy())),
+        }
+    }
+    // Make the renames durable, then restore directory metadata, deepest first.
+    for d in touched_dirs.iter().chain(dirs.iter().map(|(d, _)| d)) {
+        if d.is_dir() {
+            sync_dir(d)?;
+        }
+    }
+    for (dest, e) in dirs.iter().rev() {
+        fs::set_permissions(dest, fs::Permissions::from_mode(e.mode & 0o7777))
+            .ctx("set permissions", dest)?;
+        set_mtime(dest, e.mtime_ns, true)?;
+    }
+    Ok(report)
+}
+
+/// Writes the selected files' bytes to `out`, one after another.
+pub fn restore_to_writer(
+    repo: &Repo,
+    manifest: &Manifest,
+    paths: &[String],
+    out: &mut dyn Write,
+) -> Result<u64> {
+    let entries = select(manifest, paths)?;
+    let txn = repo.index.read()?;
+    let index = IndexReader::new(&txn)?;
+    let blobs = BlobReader::new(repo, &index)?;
+    let mut total = 0;
+    for e in entries.iter().filter(|e| e.kind == EntryKind::File) {
+        total += write_content(&blobs, e, &mut |_, data| {
+            out.write_all(data)
+                .map_err(|e| Error::io("write to stdout", e))
+        })?;
+    }
+    out.flush().map_err(|e| Error::io("write to stdout", e))?;
+    Ok(total)
+}
+
+/// Content ids referenced by an entry, for callers that only need the root.
+pub fn content_root(c: &Content) -> Option<ChunkId> {
+    match c {
+        Content::Empty => None,
+        Content::Chunk(id) | Content::Tree(id) => Some(*id),
+    }
+}

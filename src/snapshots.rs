@@ -1,0 +1,129 @@
+//! The snapshot list and how users name snapshots: id prefix, name, `latest`, or a time.
+
+use crate::error::{Error, Result};
+use crate::id::SnapshotId;
+use crate::manifest::Manifest;
+use crate::repo::Repo;
+
+/// A snapshot with its decoded manifest.
+pub struct Snapshot {
+    pub id: SnapshotId,
+    pub manifest: Manifest,
+    /// Size of the framed manifest in bytes.
+    pub manifest_bytes: usize,
+}
+
+/// All snapshots, oldest first.
+pub fn list(repo: &Repo) -> Result<Vec<Snapshot>> {
+    let txn = repo.index.read()?;
+    let mut out = Vec::new();
+    for (id, bytes) in crate::index::snapshot_manifests(&txn)? {
+        let manifest = Manifest::decode(&bytes, Some(&id), repo.id_key())?;
+        out.push(Snapshot {
+            id,
+            manifest,
+            manifest_bytes: bytes.len(),
+        });
+    }
+    out.sort_by_key(|s| (s.manifest.time_ns, s.id));
+    Ok(out)
+}
+
+/// Parses a user's time: RFC 3339, or "YYYY-MM-DD HH:MM[:SS]" / "YYYY-MM-DD" in local time.
+pub fn parse_time(s: &str) -> Result<i64> {
+    use chrono::{NaiveDate, NaiveDateTime, TimeZone};
+    let s = s.trim();
+    let local = |n: NaiveDateTime| {
+        chrono::Local
+            .from_local_datetime(&n)
+            .earliest()
+            .and_then(|t| t.timestamp_nanos_opt())
+    };
+    let parsed = chrono::DateTime::parse_from_rfc3339(s)
+        .ok()
+        .and_then(|t| t.timestamp_nanos_opt())
+        .or_else(|| {
+            [
+                "%Y-%m-%d %H:%M:%S",
+                "%Y-%m-%d %H:%M",
+                "%Y-%m-%dT%H:%M:%S",
+                "%Y-%m-%dT%H:%M",
+            ]
+            .iter()
+            .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())
+            .and_then(local)
+        })
+        .or_else(|| {
+            NaiveDate::parse_from_str(s, "%Y-%m-%d")
+                .ok()
+                .and_then(|d| d.and_hms_opt(23, 59, 59))
+                .and_then(local)
+        });
+    parsed.ok_or_else(|| {
+        Error::invalid(format!(
+            "cannot read time {s:?}: use RFC 3339 (2026-11-20T14:00:00Z) or \"2026-11-20 14:00\""
+        ))
+    })
+}
+
+/// Finds the snapshot a user means by `spec`: `latest`, an id prefix (4+ hex digits) or a name
+/// (the newest snapshot with that name).
+pub fn resolve<'a>(snaps: &'a [Snapshot], spec: &str) -> Result<&'a Snapshot> {
+    if snaps.is_empty() {
+        return Err(Error::not_found("the repository has no snapshots yet"));
+    }
+    if spec == "latest" {
+        return Ok(snaps.last().expect("non-empty"));
+    }
+    let is_hex = spec.len() >= 4 && spec.chars().all(|c| c.is_ascii_hexdigit());
+    if is_hex {
+        let lower = spec.to_ascii_lowercase();
+        let hits: Vec<&Snapshot> = snaps
+            .iter()
+            .filter(|s| s.id.to_hex().starts_with(&lower))
+            .collect();
+        match hits.len() {
+            1 => return Ok(hits[0]),
+            n if n > 1 => {
+                return Err(Error::invalid(format!(
+                    "snapshot id prefix {spec} is ambiguous ({n} snapshots); give more digits"
+                )));
+            }
+            _ => {}
+        }
+    }
+    snaps
+        .iter()
+        .rev()
+        .find(|s| s.manifest.name.as_deref() == Some(spec))
+        .ok_or_else(|| {
+            Error::not_found(format!(
+                "no snapshot matches {spec:?} (an id prefix, a name, or `latest`); see `strata list`"
+            ))
+        })
+}
+
+/// The newest snapshot taken at or before `time_ns`.
+pub fn at_time(snaps: &[Snapshot], time_ns: i64) -> Result<&Snapshot> {
+    snaps
+        .iter()
+        .rev()
+        .find(|s| s.manifest.time_ns <= time_ns)
+        .ok_or_else(|| Error::not_found("no snapshot was taken at or before that time"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times() {
+        assert!(parse_time("2026-11-20T14:00:00Z").is_ok());
+        assert!(parse_time("2026-11-20 14:00").is_ok());
+        assert!(parse_time("2026-11-20").is_ok());
+        assert!(parse_time("yesterday-ish").is_err());
+        let a = parse_time("2026-11-20T14:00:00Z").unwrap();
+        let b = parse_time("2026-11-20T15:00:00+01:00").unwrap();
+        assert_eq!(a, b);
+    }
+}
