@@ -321,8 +321,9 @@ fn commit(
                 ));
             }
         }
-        // Sorted inserts touch each B-tree page once.
-        all.sort_unstable_by_key(|(id, _)| *id);
+        // Inserted in pack order, which is random in id order: that leaves B-tree pages with
+        // room (sorted bulk inserts fill them completely, so the next backup's few thousand
+        // scattered inserts would split, and copy, nearly every page).
         for (id, loc) in &all {
             blobs.insert(id.as_bytes(), &loc.encode())?;
         }
