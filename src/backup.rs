@@ -62,6 +62,9 @@ impl BackupReport {
     }
 }
 
+/// Files at least this large are read one at a time, with parallel hashing inside the file.
+const LARGE_FILE: u64 = 4 << 20;
+
 /// Files whose ctime is this close to the start of the backup are not trusted for the fast path
 /// next time: a later write within the same timestamp tick would go unnoticed.
 const RACY_WINDOW_NS: i64 = 100_000_000;
@@ -176,15 +179,19 @@ pub fn backup(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
     };
     let (read_results, packs) = std::thread::scope(|s| {
         let writer = s.spawn(|| writer_thread.run(&repo.backend));
-        let results: Vec<(usize, Result<ReadFile>)> = to_read
-            .par_iter()
-            .map(|&i| {
-                (
-                    i,
-                    read_file(&shared, &items[i], previous[i].as_ref(), start_ns),
-                )
-            })
-            .collect();
+        // Large files one at a time, each read with parallelism inside it; small files in
+        // parallel with each other. Either way only a few read buffers exist at once.
+        let (large, small): (Vec<usize>, Vec<usize>) = to_read
+            .iter()
+            .partition(|&&i| items[i].meta.len() >= LARGE_FILE);
+        let read = |i: usize| {
+            (
+                i,
+                read_file(&shared, &items[i], previous[i].as_ref(), start_ns),
+            )
+        };
+        let mut results: Vec<(usize, Result<ReadFile>)> = large.into_iter().map(read).collect();
+        results.extend(small.into_par_iter().map(read).collect::<Vec<_>>());
         let finished = shared.packer.finish();
         if finished.is_err() {
             shared.packer.abandon();
@@ -278,7 +285,7 @@ pub fn backup(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
     let (id, framed) = manifest.encode(repo.id_key())?;
 
     // 6. Commit the index, then write the manifest file.
-    commit(repo, &packs, next_pack, &id, &framed, &stamps)?;
+    commit(repo, packs, next_pack, &id, &framed, &stamps)?;
     repo.backend
         .put(&crate::manifest::object_name(&id), &framed)?;
     warnings.extend(
@@ -294,48 +301,32 @@ pub fn backup(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
     })
 }
 
+/// Packs whose blob entries go into one intermediate index transaction.
+const PACKS_PER_INDEX_TXN: usize = 8;
+
 fn commit(
     repo: &Repo,
-    packs: &[WrittenPack],
+    packs: Vec<WrittenPack>,
     next_pack: u32,
     id: &SnapshotId,
     framed: &[u8],
     stamps: &[(Vec<u8>, FileStamp)],
 ) -> Result<()> {
+    // Blob locations first, a few packs per transaction so the index never holds a whole
+    // backup's worth of dirty pages in memory. Blobs indexed this way without a snapshot are
+    // harmless: the packs are durable, and the blobs are reused by the next backup.
+    let mut packs = packs;
+    while packs.len() > PACKS_PER_INDEX_TXN {
+        let rest = packs.split_off(PACKS_PER_INDEX_TXN);
+        let txn = repo.index.write()?;
+        insert_packs(&txn, packs)?;
+        txn.commit()?;
+        packs = rest;
+    }
+    // The last packs, the snapshot and the file stamps commit together, durably.
     let txn = repo.index.write()?;
+    insert_packs(&txn, packs)?;
     {
-        let mut blobs = txn.open_table(BLOBS)?;
-        let mut all: Vec<(ChunkId, BlobLoc)> = Vec::new();
-        for p in packs {
-            for e in &p.entries {
-                all.push((
-                    e.id,
-                    BlobLoc {
-                        pack: p.no,
-                        offset: e.offset as u32,
-                        stored_len: e.stored_len,
-                        raw_len: e.raw_len,
-                        kind: e.kind,
-                        compression: e.compression,
-                    },
-                ));
-            }
-        }
-        // Inserted in pack order, which is random in id order: that leaves B-tree pages with
-        // room (sorted bulk inserts fill them completely, so the next backup's few thousand
-        // scattered inserts would split, and copy, nearly every page).
-        for (id, loc) in &all {
-            blobs.insert(id.as_bytes(), &loc.encode())?;
-        }
-        let mut pack_table = txn.open_table(PACKS)?;
-        for p in packs {
-            let info = PackInfo {
-                id: p.id,
-                size: p.size,
-                blobs: p.entries.len() as u32,
-            };
-            pack_table.insert(p.no, &info.encode())?;
-        }
         let mut meta = txn.open_table(META)?;
         meta.insert(META_NEXT_PACK, next_pack as u64)?;
         let mut snaps = txn.open_table(SNAPSHOTS)?;
@@ -346,6 +337,34 @@ fn commit(
         }
     }
     txn.commit()?;
+    Ok(())
+}
+
+/// Records packs and the locations of their blobs. Entries go in pack order, which is random in
+/// id order: that leaves B-tree pages with room (sorted bulk inserts fill them completely, so the
+/// next backup's few thousand scattered inserts would split, and copy, nearly every page).
+fn insert_packs(txn: &redb::WriteTransaction, packs: Vec<WrittenPack>) -> Result<()> {
+    let mut blobs = txn.open_table(BLOBS)?;
+    let mut pack_table = txn.open_table(PACKS)?;
+    for p in packs {
+        for e in &p.entries {
+            let loc = BlobLoc {
+                pack: p.no,
+                offset: e.offset as u32,
+                stored_len: e.stored_len,
+                raw_len: e.raw_len,
+                kind: e.kind,
+                compression: e.compression,
+            };
+            blobs.insert(e.id.as_bytes(), &loc.encode())?;
+        }
+        let info = PackInfo {
+            id: p.id,
+            size: p.size,
+            blobs: p.entries.len() as u32,
+        };
+        pack_table.insert(p.no, &info.encode())?;
+    }
     Ok(())
 }
 
@@ -391,10 +410,10 @@ impl PreviousVersion<'_> {
             if self.broken {
                 return false;
             }
-            if let Some((off, cid, len)) = self.current {
-                if off + len > offset {
-                    return off == offset && cid == *id;
-                }
+            if let Some((off, cid, len)) = self.current
+                && off + len > offset
+            {
+                return off == offset && cid == *id;
             }
             match self.walker.next_leaf() {
                 Ok(Some(e)) => {
@@ -420,7 +439,7 @@ fn read_file(
     unsafe_advise_sequential(&file);
     let repo = shared.repo;
     let mut header = [0u8; 100];
-    let header_len = read_prefix(&file, &mut header).ctx("read", path)?;
+    let header_len = read_full_at(&file, &mut header, 0).ctx("read", path)?;
     let page_size = if repo.config.sqlite_pages {
         sqlite_page_size(&header[..header_len]).unwrap_or(0)
     } else {
@@ -447,39 +466,42 @@ fn read_file(
 
     let mut builder = TreeBuilder::new(shared.key);
     let mut emit = |id: ChunkId, bytes: Vec<u8>| shared.store_node(id, bytes);
-    let mut stream = ChunkStream::new(&file, repo.chunker(), mode);
-    while let Some((offset, bytes, lens)) = stream.next_batch().ctx("read", path)? {
-        let mut spans = Vec::with_capacity(lens.len());
-        let mut pos = 0usize;
-        for len in lens {
-            spans.push((pos, len));
-            pos += len;
-        }
-        let ids: Vec<ChunkId> = spans
-            .par_iter()
-            .map(|&(o, l)| ChunkId::hash(shared.key.as_ref(), &bytes[o..o + l]))
-            .collect();
-        let mut fresh = Vec::new();
-        for (i, id) in ids.iter().enumerate() {
-            let known = prev
-                .as_mut()
-                .is_some_and(|p| p.has(offset + spans[i].0 as u64, id));
-            if !known && shared.claim(id)? {
-                fresh.push(i);
+    let mut state = FileState {
+        prev: prev.as_mut(),
+        builder: &mut builder,
+        emit: &mut emit,
+    };
+    let size = match mode {
+        CutMode::Fixed(page) => read_pages(shared, &file, path, page, &mut state)?,
+        CutMode::Cdc => {
+            // A window no larger than the file (plus room to decide the last cut).
+            let window = (before.len() as usize)
+                .saturating_add(1)
+                .min(crate::chunker::WINDOW);
+            let mut stream = ChunkStream::with_window(&file, repo.chunker(), mode, window);
+            while let Some((offset, bytes, lens)) = stream.next_batch().ctx("read", path)? {
+                let mut spans = Vec::with_capacity(lens.len());
+                let mut pos = 0usize;
+                for len in lens {
+                    spans.push(Span {
+                        seg: 0,
+                        start: pos,
+                        len,
+                        offset: offset + pos as u64,
+                    });
+                    pos += len;
+                }
+                let ids: Vec<ChunkId> = spans
+                    .par_iter()
+                    .map(|sp| {
+                        ChunkId::hash(shared.key.as_ref(), &bytes[sp.start..sp.start + sp.len])
+                    })
+                    .collect();
+                process_batch(shared, &[bytes], &spans, &ids, &mut state)?;
             }
+            stream.bytes_read()
         }
-        fresh.par_iter().try_for_each(|&i| {
-            let (o, l) = spans[i];
-            shared.store(BlobKind::Data, ids[i], &bytes[o..o + l])
-        })?;
-        for (i, id) in ids.iter().enumerate() {
-            builder.push(*id, spans[i].1 as u64, &mut emit)?;
-        }
-        if let Some(p) = shared.progress {
-            p(bytes.len() as u64);
-        }
-    }
-    let size = stream.bytes_read();
+    };
     let content = builder.finish(&mut emit)?;
     let after = std::fs::metadata(path).ctx("stat", path)?;
     let unchanged = stamp_of(&before, content.clone(), page_size)
@@ -495,6 +517,141 @@ fn read_file(
     })
 }
 
+/// A chunk inside one of a batch's buffers.
+struct Span {
+    seg: usize,
+    start: usize,
+    len: usize,
+    /// Offset of the chunk in the file.
+    offset: u64,
+}
+
+/// Per-file state carried from batch to batch.
+struct FileState<'s, 'p, 'e> {
+    prev: Option<&'s mut PreviousVersion<'p>>,
+    builder: &'s mut TreeBuilder,
+    emit: &'s mut (dyn FnMut(ChunkId, Vec<u8>) -> Result<()> + 'e),
+}
+
+/// Dedups a batch of hashed chunks, stores the new ones (compressing in parallel) and appends
+/// all of them, in order, to the file's chunk-list tree.
+fn process_batch(
+    shared: &Shared,
+    bufs: &[&[u8]],
+    spans: &[Span],
+    ids: &[ChunkId],
+    state: &mut FileState,
+) -> Result<()> {
+    // Chunks at the same offset as in the previous version are known without a lookup.
+    let candidates: Vec<usize> = match state.prev.as_mut() {
+        Some(p) => (0..spans.len())
+            .filter(|&i| !p.has(spans[i].offset, &ids[i]))
+            .collect(),
+        None => (0..spans.len()).collect(),
+    };
+    candidates.par_iter().try_for_each(|&i| {
+        if shared.claim(&ids[i])? {
+            let sp = &spans[i];
+            shared.store(
+                BlobKind::Data,
+                ids[i],
+                &bufs[sp.seg][sp.start..sp.start + sp.len],
+            )?;
+        }
+        Ok::<_, Error>(())
+    })?;
+    let mut bytes = 0;
+    for (sp, id) in spans.iter().zip(ids) {
+        state.builder.push(*id, sp.len as u64, state.emit)?;
+        bytes += sp.len as u64;
+    }
+    if let Some(p) = shared.progress {
+        p(bytes);
+    }
+    Ok(())
+}
+
+/// Segment of a page-aligned file read by one task.
+const SEGMENT: usize = 1 << 20;
+/// Segments per batch.
+const SEGMENTS_PER_BATCH: usize = 8;
+
+/// Reads a file cut at fixed page boundaries. Boundaries do not depend on content, so segments
+/// are read and hashed in parallel (each hashed while still in cache).
+fn read_pages(
+    shared: &Shared,
+    file: &File,
+    path: &std::path::Path,
+    page: u32,
+    state: &mut FileState,
+) -> Result<u64> {
+    let page = page as usize;
+    let len = file.metadata().ctx("stat", path)?.len() as usize;
+    // Enough segments for the file as it is now (reading goes on if it grows meanwhile).
+    let count = len.div_ceil(SEGMENT).clamp(1, SEGMENTS_PER_BATCH);
+    let mut bufs: Vec<Vec<u8>> = (0..count).map(|_| vec![0u8; SEGMENT]).collect();
+    let mut offset = 0u64;
+    loop {
+        let results: Vec<(usize, Vec<ChunkId>)> = bufs
+            .par_iter_mut()
+            .enumerate()
+            .map(|(k, buf)| {
+                let at = offset + (k * SEGMENT) as u64;
+                let n = read_full_at(file, buf, at).ctx("read", path)?;
+                let ids = buf[..n]
+                    .chunks(page)
+                    .map(|c| ChunkId::hash(shared.key.as_ref(), c))
+                    .collect();
+                Ok((n, ids))
+            })
+            .collect::<Result<_>>()?;
+        // Stop at the first short segment: that is the end of the file.
+        let mut spans = Vec::new();
+        let mut ids = Vec::new();
+        let mut batch_bytes = 0u64;
+        let mut at_end = false;
+        for (k, (n, seg_ids)) in results.into_iter().enumerate() {
+            let mut start = 0;
+            for id in seg_ids {
+                let len = page.min(n - start);
+                spans.push(Span {
+                    seg: k,
+                    start,
+                    len,
+                    offset: offset + (k * SEGMENT + start) as u64,
+                });
+                ids.push(id);
+                start += len;
+            }
+            batch_bytes += n as u64;
+            if n < SEGMENT {
+                at_end = true;
+                break;
+            }
+        }
+        let views: Vec<&[u8]> = bufs.iter().map(|b| b.as_slice()).collect();
+        process_batch(shared, &views, &spans, &ids, state)?;
+        offset += batch_bytes;
+        if at_end {
+            return Ok(offset);
+        }
+    }
+}
+
+/// Reads until `buf` is full or the file ends; returns the bytes read.
+fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read_at(&mut buf[n..], offset + n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
 fn stamp_of(m: &std::fs::Metadata, content: Content, page_size: u32) -> FileStamp {
     FileStamp {
         size: m.len(),
@@ -505,19 +662,6 @@ fn stamp_of(m: &std::fs::Metadata, content: Content, page_size: u32) -> FileStam
         content,
         page_size,
     }
-}
-
-fn read_prefix(file: &File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match file.read_at(&mut buf[n..], n as u64) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 fn unsafe_advise_sequential(file: &File) {

@@ -142,6 +142,9 @@ impl Chunker {
     }
 }
 
+/// A batch of whole chunks: file offset of the first byte, the bytes, and the chunk lengths.
+pub type Batch<'a> = (u64, &'a [u8], Vec<usize>);
+
 /// Reads from `R` through a window of bounded size and hands out batches of whole chunks.
 pub struct ChunkStream<'c, R> {
     reader: R,
@@ -196,7 +199,7 @@ impl<'c, R: Read> ChunkStream<'c, R> {
 
     /// The next batch: the file offset of its first byte, the bytes, and the chunk lengths that
     /// tile them. `None` at end of input.
-    pub fn next_batch(&mut self) -> std::io::Result<Option<(u64, &[u8], Vec<usize>)>> {
+    pub fn next_batch(&mut self) -> std::io::Result<Option<Batch<'_>>> {
         self.fill()?;
         let mut lens = Vec::new();
         let mut pos = self.start;

@@ -83,6 +83,43 @@ pub fn decompress(stored: &[u8], compression: Compression, raw_len: usize) -> Re
     }
 }
 
+/// Decompresses a blob into `dst`, which must be exactly its raw length.
+pub fn decompress_into(stored: &[u8], compression: Compression, dst: &mut [u8]) -> Result<()> {
+    match compression {
+        Compression::None => {
+            if stored.len() != dst.len() {
+                return Err(Error::corrupt(format!(
+                    "stored length {} differs from raw length {}",
+                    stored.len(),
+                    dst.len()
+                )));
+            }
+            dst.copy_from_slice(stored);
+            Ok(())
+        }
+        Compression::Zstd => DECOMPRESSOR.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            if slot.is_none() {
+                *slot = Some(
+                    zstd::bulk::Decompressor::new()
+                        .map_err(|e| Error::io("zstd decompressor", e))?,
+                );
+            }
+            let d = slot.as_mut().expect("set above");
+            let n = d
+                .decompress_to_buffer(stored, dst)
+                .map_err(|e| Error::corrupt(format!("zstd: {e}")))?;
+            if n != dst.len() {
+                return Err(Error::corrupt(format!(
+                    "zstd produced {n} bytes, expected {}",
+                    dst.len()
+                )));
+            }
+            Ok(())
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,5 +137,11 @@ mod tests {
         assert_eq!(z, noise);
         assert!(decompress(&z, c, 10).is_err());
         assert!(decompress(b"garbage", Compression::Zstd, 10).is_err());
+        let mut dst = vec![0; text.len()];
+        let (c, z) = compress(&text, 1).unwrap();
+        decompress_into(&z, c, &mut dst).unwrap();
+        assert_eq!(dst, text);
+        let mut short = vec![0; text.len() - 1];
+        assert!(decompress_into(&z, c, &mut short).is_err());
     }
 }

@@ -118,12 +118,12 @@ impl Manifest {
         let (_, packed) = frame::unwrap(MAGIC, VERSION, bytes, &what)?;
         let plain = zstd::bulk::decompress(packed, codec::DECODE_LIMIT)
             .map_err(|e| Error::corrupt(format!("{what}: {e}")))?;
-        if let Some(id) = expected {
-            if ChunkId::hash(key, &plain) != *id {
-                return Err(Error::corrupt(format!(
-                    "{what}: content does not match its id"
-                )));
-            }
+        if let Some(id) = expected
+            && ChunkId::hash(key, &plain) != *id
+        {
+            return Err(Error::corrupt(format!(
+                "{what}: content does not match its id"
+            )));
         }
         codec::decode(&plain, &what)
     }

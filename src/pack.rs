@@ -95,7 +95,13 @@ impl Default for PackWriter {
 
 impl PackWriter {
     pub fn new() -> Self {
-        let mut buf = Vec::with_capacity(1 << 20);
+        Self::with_capacity(1 << 20)
+    }
+
+    /// A writer whose buffer will not need to grow below `bytes` (untouched capacity costs no
+    /// memory, while growing by doubling would briefly hold two copies).
+    pub fn with_capacity(bytes: usize) -> Self {
+        let mut buf = Vec::with_capacity(bytes);
         buf.extend_from_slice(MAGIC);
         buf.extend_from_slice(&VERSION.to_le_bytes());
         buf.extend_from_slice(&[0u8; 4]);

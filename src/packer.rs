@@ -103,7 +103,8 @@ impl Packer {
             let mut next = self.next_no.lock().unwrap_or_else(|p| p.into_inner());
             *slot = Some(Filling {
                 no: *next,
-                writer: PackWriter::new(),
+                // Room for the target, one more blob of the largest size and the trailer.
+                writer: PackWriter::with_capacity(self.target + (self.target >> 4) + (2 << 20)),
             });
             *next += 1;
         }

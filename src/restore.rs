@@ -45,6 +45,31 @@ impl<'a> BlobReader<'a> {
         Ok(name)
     }
 
+    /// Reads `len` stored bytes at `offset` of pack object `pack`.
+    pub fn read_span(&self, pack: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
+        self.repo
+            .backend
+            .get_range(pack, offset, len)
+            .map_err(|e| match e.kind() {
+                crate::ErrorKind::NotFound => Error::corrupt(format!("{pack} is missing")),
+                _ => Error::corrupt(format!("{pack}: {len} bytes at offset {offset}: {e}")),
+            })
+    }
+
+    /// Like [`Self::read_span`], into a buffer of exactly the wanted length.
+    pub fn read_span_into(&self, pack: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.repo
+            .backend
+            .read_into(pack, offset, buf)
+            .map_err(|e| match e.kind() {
+                crate::ErrorKind::NotFound => Error::corrupt(format!("{pack} is missing")),
+                _ => Error::corrupt(format!(
+                    "{pack}: {} bytes at offset {offset}: {e}",
+                    buf.len()
+                )),
+            })
+    }
+
     pub fn locate(&self, id: &ChunkId) -> Result<BlobLoc> {
         self.index.blob(id)?.ok_or_else(|| {
             Error::corrupt(format!(
@@ -69,6 +94,26 @@ impl<'a> BlobReader<'a> {
             })?;
         check_blob(&stored, &loc, id, self.repo.id_key(), &pack)
     }
+}
+
+/// Decompresses a stored blob into `dst` (exactly its raw length) and checks it hashes to `id`.
+pub fn check_blob_into(
+    stored: &[u8],
+    loc: &BlobLoc,
+    id: &ChunkId,
+    key: Option<&[u8; 32]>,
+    pack: &str,
+    dst: &mut [u8],
+) -> Result<()> {
+    crate::compress::decompress_into(stored, loc.compression, dst)
+        .map_err(|e| Error::corrupt(format!("{pack}: chunk {id} at offset {}: {e}", loc.offset)))?;
+    if ChunkId::hash(key, dst) != *id {
+        return Err(Error::corrupt(format!(
+            "{pack}: chunk {id} at offset {}: hash mismatch",
+            loc.offset
+        )));
+    }
+    Ok(())
 }
 
 /// Decompresses a stored blob and checks it hashes to `id`.
@@ -161,59 +206,175 @@ pub fn select<'m>(manifest: &'m Manifest, paths: &[String]) -> Result<Vec<&'m En
 
 /// Chunks fetched in parallel per batch while the file is written in order.
 const BATCH_BYTES: u64 = 8 << 20;
+/// Consecutive chunks handled by one task: read with as few reads as possible, written with one.
+const GROUP_BYTES: u64 = 512 << 10;
 
-/// Streams a file's verified bytes to `out` in order.
-pub fn write_content(
+/// A run of consecutive chunks of one file.
+struct Group {
+    offset: u64,
+    leaves: Vec<NodeEntry>,
+}
+
+/// Walks a file's chunk list in batches of consecutive groups, calling `f` per batch.
+fn for_each_batch(
     blobs: &BlobReader,
     entry: &Entry,
-    out: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
+    f: &mut dyn FnMut(Vec<Group>) -> Result<()>,
 ) -> Result<u64> {
     let fetch = |id: &ChunkId| blobs.read(id);
     let mut walker = LeafWalker::new(&entry.content, entry.size, &fetch)?;
     let mut offset = 0u64;
-    loop {
-        let mut batch: Vec<NodeEntry> = Vec::new();
+    let mut done = false;
+    while !done {
+        let mut batch: Vec<Group> = Vec::new();
         let mut batch_bytes = 0;
+        let mut group = Group {
+            offset,
+            leaves: Vec::new(),
+        };
+        let mut group_bytes = 0;
         while batch_bytes < BATCH_BYTES {
             match walker.next_leaf()? {
                 Some(e) => {
                     batch_bytes += e.bytes;
-                    batch.push(e);
+                    group_bytes += e.bytes;
+                    offset = offset
+                        .checked_add(e.bytes)
+                        .ok_or_else(|| Error::corrupt("chunk list sizes overflow"))?;
+                    group.leaves.push(e);
+                    if group_bytes >= GROUP_BYTES {
+                        batch.push(std::mem::replace(
+                            &mut group,
+                            Group {
+                                offset,
+                                leaves: Vec::new(),
+                            },
+                        ));
+                        group_bytes = 0;
+                    }
                 }
-                None => break,
+                None => {
+                    done = true;
+                    break;
+                }
             }
         }
-        if batch.is_empty() {
-            break;
+        if !group.leaves.is_empty() {
+            batch.push(group);
         }
-        let datas: Vec<Vec<u8>> = batch
-            .par_iter()
-            .map(|e| {
-                let d = blobs.read(&e.id)?;
-                if d.len() as u64 != e.bytes {
-                    return Err(Error::corrupt(format!(
-                        "chunk {}: {} bytes where the chunk list says {}",
-                        e.id,
-                        d.len(),
-                        e.bytes
-                    )));
-                }
-                Ok(d)
-            })
-            .collect::<Result<_>>()?;
-        for d in datas {
-            out(offset, &d)?;
-            offset += d.len() as u64;
+        if !batch.is_empty() {
+            f(batch)?;
         }
     }
     if offset != entry.size {
         return Err(Error::corrupt(format!(
-            "{}: restored {offset} bytes, the manifest says {}",
+            "{}: chunk list covers {offset} bytes, the manifest says {}",
             entry.path_lossy(),
             entry.size
         )));
     }
     Ok(offset)
+}
+
+thread_local! {
+    static SPAN: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    static GROUP: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Calls `f` with the verified bytes of a group. Runs of chunks stored back to back are read
+/// with one read; buffers are reused per thread.
+fn with_group<T>(
+    blobs: &BlobReader,
+    group: &Group,
+    f: impl FnOnce(&[u8]) -> Result<T>,
+) -> Result<T> {
+    let total: u64 = group.leaves.iter().map(|e| e.bytes).sum();
+    let locs: Vec<BlobLoc> = group
+        .leaves
+        .iter()
+        .map(|e| blobs.locate(&e.id))
+        .collect::<Result<_>>()?;
+    for (loc, leaf) in locs.iter().zip(&group.leaves) {
+        if loc.raw_len as u64 != leaf.bytes {
+            return Err(Error::corrupt(format!(
+                "chunk {}: {} bytes in the index where the chunk list says {}",
+                leaf.id, loc.raw_len, leaf.bytes
+            )));
+        }
+    }
+    GROUP.with(|out| {
+        let mut out = out.borrow_mut();
+        if out.len() < total as usize {
+            out.resize(total as usize, 0);
+        }
+        let mut filled = 0usize;
+        let mut i = 0;
+        while i < locs.len() {
+            // Extend the run while the next chunk follows this one in the same pack.
+            let mut j = i + 1;
+            let start = locs[i].offset as u64;
+            let mut end = start + locs[i].stored_len as u64;
+            while j < locs.len()
+                && locs[j].pack == locs[i].pack
+                && locs[j].offset as u64 == end
+                && end - start <= GROUP_BYTES * 2
+            {
+                end += locs[j].stored_len as u64;
+                j += 1;
+            }
+            let pack = blobs.pack_name(locs[i].pack)?;
+            SPAN.with(|span| -> Result<()> {
+                let mut span = span.borrow_mut();
+                span.resize((end - start) as usize, 0);
+                blobs.read_span_into(&pack, start, &mut span)?;
+                for (loc, leaf) in locs[i..j].iter().zip(&group.leaves[i..j]) {
+                    let rel = (loc.offset as u64 - start) as usize;
+                    let stored = &span[rel..rel + loc.stored_len as usize];
+                    let dst = &mut out[filled..filled + loc.raw_len as usize];
+                    check_blob_into(stored, loc, &leaf.id, blobs.repo.id_key(), &pack, dst)?;
+                    filled += loc.raw_len as usize;
+                }
+                Ok(())
+            })?;
+            i = j;
+        }
+        f(&out[..filled])
+    })
+}
+
+/// Streams a file's verified bytes to `out` in order.
+pub fn write_content(
+    blobs: &BlobReader,
+    entry: &Entry,
+    out: &mut dyn FnMut(&[u8]) -> Result<()>,
+) -> Result<u64> {
+    for_each_batch(blobs, entry, &mut |batch| {
+        let datas: Vec<Vec<u8>> = batch
+            .par_iter()
+            .map(|g| with_group(blobs, g, |d| Ok(d.to_vec())))
+            .collect::<Result<_>>()?;
+        for d in datas {
+            out(&d)?;
+        }
+        Ok(())
+    })
+}
+
+/// Writes a file's verified bytes into `file` at their offsets, groups in parallel.
+fn write_content_at(
+    blobs: &BlobReader,
+    entry: &Entry,
+    file: &std::fs::File,
+    path: &Path,
+) -> Result<u64> {
+    use std::os::unix::fs::FileExt;
+    for_each_batch(blobs, entry, &mut |batch| {
+        batch.par_iter().try_for_each(|g| {
+            with_group(blobs, g, |data| {
+                file.write_all_at(data, g.offset).ctx("write", path)
+            })
+        })
+    })
 }
 
 /// Makes sure every existing component of `rel`'s parent below `target` is a real directory
@@ -295,12 +456,7 @@ fn restore_file(blobs: &BlobReader, entry: &Entry, dest: &Path) -> Result<u64> {
             .create_new(true)
             .open(&tmp)
             .ctx("create", &tmp)?;
-        let mut writer = std::io::BufWriter::with_capacity(1 << 20, &f);
-        let written = write_content(blobs, entry, &mut |_, data| {
-            writer.write_all(data).ctx("write", &tmp)
-        })?;
-        writer.flush().ctx("write", &tmp)?;
-        drop(writer);
+        let written = write_content_at(blobs, entry, &f, &tmp)?;
         f.set_permissions(fs::Permissions::from_mode(entry.mode & 0o7777))
             .ctx("set permissions", &tmp)?;
         f.sync_all().ctx("fsync", &tmp)?;
@@ -426,7 +582,7 @@ pub fn restore_to_writer(
     let blobs = BlobReader::new(repo, &index)?;
     let mut total = 0;
     for e in entries.iter().filter(|e| e.kind == EntryKind::File) {
-        total += write_content(&blobs, e, &mut |_, data| {
+        total += write_content(&blobs, e, &mut |data| {
             out.write_all(data)
                 .map_err(|e| Error::io("write to stdout", e))
         })?;

@@ -16,7 +16,13 @@ pub trait Backend: Send + Sync {
     /// (if the process dies before) or complete, and survives a power loss.
     fn put(&self, name: &str, data: &[u8]) -> Result<()>;
     fn get(&self, name: &str) -> Result<Vec<u8>>;
-    fn get_range(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>>;
+    fn get_range(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let mut buf = vec![0; len];
+        self.read_into(name, offset, &mut buf)?;
+        Ok(buf)
+    }
+    /// Reads exactly `buf.len()` bytes at `offset`.
+    fn read_into(&self, name: &str, offset: u64, buf: &mut [u8]) -> Result<()>;
     fn size(&self, name: &str) -> Result<u64>;
     /// Object names under `prefix` (a directory-like path such as `packs`), recursively.
     fn list(&self, prefix: &str) -> Result<Vec<String>>;
@@ -98,10 +104,8 @@ impl Backend for LocalBackend {
             f.sync_all().ctx("fsync", &tmp)?;
             fs::rename(&tmp, &path).ctx("rename into place", &path)?;
             sync_dir(dir)?;
-            if created_dir {
-                if let Some(parent) = dir.parent() {
-                    sync_dir(parent)?;
-                }
+            if created_dir && let Some(parent) = dir.parent() {
+                sync_dir(parent)?;
             }
             Ok(())
         })();
@@ -116,12 +120,10 @@ impl Backend for LocalBackend {
         fs::read(&path).ctx("read", &path)
     }
 
-    fn get_range(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
+    fn read_into(&self, name: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
         let path = self.path(name);
         let f = self.handle(name, &path)?;
-        let mut buf = vec![0; len];
-        f.read_exact_at(&mut buf, offset).ctx("read", &path)?;
-        Ok(buf)
+        f.read_exact_at(buf, offset).ctx("read", &path)
     }
 
     fn size(&self, name: &str) -> Result<u64> {

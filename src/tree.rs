@@ -88,7 +88,7 @@ impl Node {
 }
 
 fn is_cut(id: &ChunkId, len: usize) -> bool {
-    len >= MAX_ENTRIES || id.cut_bits() % FANOUT == 0
+    len >= MAX_ENTRIES || id.cut_bits().is_multiple_of(FANOUT)
 }
 
 /// Builds a tree from chunks pushed in file order. Each finished node is handed to `emit`
@@ -220,14 +220,14 @@ impl<'a> LeafWalker<'a> {
     fn load(&self, id: &ChunkId, expected_level: Option<u8>) -> Result<Node> {
         let bytes = (self.fetch)(id)?;
         let node = Node::decode(&bytes, &format_args!("chunk-list node {}", id.short()))?;
-        if let Some(l) = expected_level {
-            if node.level != l {
-                return Err(Error::corrupt(format!(
-                    "chunk-list node {}: level {} where {l} was expected",
-                    id.short(),
-                    node.level
-                )));
-            }
+        if let Some(l) = expected_level
+            && node.level != l
+        {
+            return Err(Error::corrupt(format!(
+                "chunk-list node {}: level {} where {l} was expected",
+                id.short(),
+                node.level
+            )));
         }
         Ok(node)
     }

@@ -207,6 +207,10 @@ pub fn verify(repo: &Repo, read_data: bool) -> Result<VerifyReport> {
     Ok(report)
 }
 
+/// Memo of verdicts per blob id: `None` when fine, else what is wrong.
+type Memo = HashMap<ChunkId, Option<String>>;
+type ChunkVerdict<'a> = dyn FnMut(&ChunkId, &mut Memo) -> Option<String> + 'a;
+
 /// Checks a tree below `root`, memoising verdicts per node so trees shared between snapshots are
 /// checked once.
 fn check_tree(
@@ -214,10 +218,7 @@ fn check_tree(
     blobs: &BlobReader,
     bad_blobs: &HashSet<ChunkId>,
     memo: &mut HashMap<ChunkId, Option<String>>,
-    chunk_verdict: &mut dyn FnMut(
-        &ChunkId,
-        &mut HashMap<ChunkId, Option<String>>,
-    ) -> Option<String>,
+    chunk_verdict: &mut ChunkVerdict,
 ) -> Option<String> {
     if let Some(v) = memo.get(root) {
         return v.clone();
@@ -233,12 +234,12 @@ fn check_tree(
             Ok(n) => n,
             Err(e) => return Some(e.to_string()),
         };
-        if let Ok(loc) = blobs.locate(root) {
-            if loc.kind != BlobKind::Node {
-                return Some(format!(
-                    "{root} is stored as data, not as a chunk-list node"
-                ));
-            }
+        if let Ok(loc) = blobs.locate(root)
+            && loc.kind != BlobKind::Node
+        {
+            return Some(format!(
+                "{root} is stored as data, not as a chunk-list node"
+            ));
         }
         for e in &node.entries {
             let v = if node.level == 0 {

@@ -12,7 +12,7 @@ use strata::backup::{BackupOptions, backup as run_backup};
 use strata::chunker::ChunkerParams;
 use strata::repo::{Config, Repo};
 
-pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
 
 #[derive(Args)]
 pub struct InitArgs {

@@ -56,7 +56,20 @@ enum Command {
     Unlock,
 }
 
+/// glibc raises its mmap threshold each time a large block is freed, after which pack and read
+/// buffers come from per-thread heaps that are never returned to the system: peak memory then
+/// grows with the number of threads instead of staying bounded. A fixed threshold keeps large
+/// buffers in their own mappings, released on free.
+fn bound_allocator() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes allocator tuning; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10);
+    }
+}
+
 pub fn main() -> ExitCode {
+    bound_allocator();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
