@@ -277,7 +277,7 @@ impl Repo {
         }
         let backend = LocalBackend::new(root);
         let config = Config::decode(&backend.get(CONFIG_NAME)?)?;
-        let lock = if write {
+        let mut lock = if write {
             Some(Lock::acquire(root, command)?)
         } else {
             None
@@ -286,7 +286,16 @@ impl Repo {
         let index = if write {
             Index::open_write(&index_path)?
         } else {
-            Index::open_read(&index_path)?
+            match Index::open_read(&index_path) {
+                Ok(index) => index,
+                Err(e) if e.needs_recovery() => {
+                    // A writer was killed: recover the index (which needs write access, so the
+                    // lock) and carry on with that handle.
+                    lock = Some(Lock::acquire(root, command)?);
+                    Index::open_write(&index_path)?
+                }
+                Err(e) => return Err(e),
+            }
         };
         let chunker = Chunker::new(config.chunker, 0)?;
         let repo = Repo {

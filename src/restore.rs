@@ -504,6 +504,12 @@ pub fn restore(repo: &Repo, manifest: &Manifest, opts: &RestoreOptions) -> Resul
     for e in entries.iter().filter(|e| e.kind == EntryKind::Dir) {
         let dest = prepare_parent(&target, &e.path, &checked)?;
         match fs::symlink_metadata(&dest) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(Error::invalid(format!(
+                    "refusing to restore through symlink {}",
+                    dest.display()
+                )));
+            }
             Ok(m) if m.is_dir() => {}
             Ok(_) => {
                 return Err(Error::invalid(format!(

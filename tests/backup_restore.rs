@@ -1,0 +1,213 @@
+//! Round trips through the real binary: what goes in comes out byte for byte, with metadata.
+
+mod common;
+use common::*;
+use std::fs;
+use std::os::unix::fs::{PermissionsExt, symlink};
+
+fn build_tree(root: &std::path::Path) {
+    write(&root.join("empty"), b"");
+    write(&root.join("small.txt"), b"hello strata\n");
+    write(&root.join("text/notes.md"), &text(300_000, 1));
+    write(&root.join("bin/noise.bin"), &noise(2_000_000, 2));
+    let mut deep = root.to_path_buf();
+    for i in 0..30 {
+        deep.push(format!("d{i}"));
+    }
+    write(&deep.join("leaf"), b"deep");
+    write(
+        &root.join("ünïcödé/日本語 ファイル.txt"),
+        "こんにちは".as_bytes(),
+    );
+    fs::create_dir_all(root.join("empty-dir/inner")).unwrap();
+    symlink("small.txt", root.join("link-rel")).unwrap();
+    symlink("/nonexistent/target", root.join("link-dangling")).unwrap();
+    let exe = root.join("run.sh");
+    write(&exe, b"#!/bin/sh\necho hi\n");
+    fs::set_permissions(&exe, fs::Permissions::from_mode(0o750)).unwrap();
+    fs::set_permissions(root.join("text"), fs::Permissions::from_mode(0o700)).unwrap();
+}
+
+#[test]
+fn round_trip_of_a_mixed_tree() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    build_tree(&src);
+    let id = env.backup(&[&src]);
+    let out = env.path("out");
+    env.ok(&["restore", &id[..8], out.to_str().unwrap()]);
+    assert_same_tree(&src, &out.join("src"));
+    // verify, with and without reading data, finds nothing wrong.
+    assert!(
+        env.ok(&["verify", "--read-data"])
+            .contains("no problems found")
+    );
+}
+
+#[test]
+fn large_file_round_trip() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("big");
+    // 110 MiB: half noise, half text, so both stored-raw and compressed chunks occur.
+    let mut data = noise(55 << 20, 5);
+    data.extend(text(55 << 20, 6));
+    write(&src.join("large.bin"), &data);
+    drop(data);
+    env.backup(&[&src]);
+    let out = env.path("out");
+    env.ok(&["restore", "latest", out.to_str().unwrap()]);
+    assert_same_tree(&src, &out.join("big"));
+    // The same bytes again through stdout.
+    let piped = env
+        .cmd()
+        .args([
+            "restore",
+            "latest",
+            "--path",
+            "big/large.bin",
+            "--to-stdout",
+        ])
+        .output()
+        .unwrap();
+    assert!(piped.status.success());
+    assert!(piped.stdout == fs::read(src.join("large.bin")).unwrap());
+}
+
+#[test]
+fn several_paths_make_one_snapshot() {
+    let env = Env::new();
+    env.init();
+    let a = env.path("a");
+    let b = env.path("x/a"); // same base name: stored as a-2
+    write(&a.join("f"), b"one");
+    write(&b.join("g"), b"two");
+    let single = env.path("single.txt");
+    write(&single, b"three");
+    env.backup(&[&a, &b, &single]);
+    let list = env.json(&["list"]);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let show = env.json(&["show", "latest"]);
+    let paths: Vec<&str> = show["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["a", "a-2", "a-2/g", "a/f", "single.txt"]);
+    let out = env.path("out");
+    env.ok(&["restore", "latest", out.to_str().unwrap(), "--path", "a-2"]);
+    assert_eq!(fs::read(out.join("a-2/g")).unwrap(), b"two");
+    assert!(!out.join("a").exists());
+}
+
+#[test]
+fn snapshots_by_name_latest_and_time() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("data");
+    write(&src.join("f"), b"version 1");
+    env.ok(&[
+        "backup",
+        src.to_str().unwrap(),
+        "--name",
+        "first",
+        "--tag",
+        "t1",
+    ]);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let between = chrono::Local::now().format("%Y-%m-%d %H:%M:%S").to_string();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    write(&src.join("f"), b"version 2 is longer");
+    env.ok(&["backup", src.to_str().unwrap(), "--kind", "hourly"]);
+
+    let get = |args: &[&str]| {
+        let out = env.cmd().args(args).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        out.stdout
+    };
+    assert_eq!(
+        get(&["restore", "first", "--path", "data/f", "--to-stdout"]),
+        b"version 1"
+    );
+    assert_eq!(
+        get(&["restore", "latest", "--path", "data/f", "--to-stdout"]),
+        b"version 2 is longer"
+    );
+    assert_eq!(
+        get(&[
+            "restore",
+            "--at",
+            &between,
+            "--path",
+            "data/f",
+            "--to-stdout"
+        ]),
+        b"version 1"
+    );
+    let list = env.json(&["list"]);
+    assert_eq!(list[0]["name"], "first");
+    assert_eq!(list[0]["tags"][0], "t1");
+    assert_eq!(list[1]["kind"], "hourly");
+    let diff = env.json(&["diff", "first", "latest"]);
+    assert_eq!(diff[0]["path"], "data/f");
+    assert_eq!(diff[0]["change"], "Changed");
+    assert_eq!(diff[0]["new_size"], 19);
+    // Restoring over an existing tree replaces the file atomically (no temp files left).
+    let out = env.path("out");
+    env.ok(&["restore", "first", out.to_str().unwrap()]);
+    env.ok(&["restore", "latest", out.to_str().unwrap()]);
+    assert_eq!(
+        fs::read(out.join("data/f")).unwrap(),
+        b"version 2 is longer"
+    );
+    let leftovers: Vec<_> = fs::read_dir(out.join("data"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().contains("strata-tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn restore_refuses_to_write_through_a_symlink() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    write(&src.join("sub/file"), b"payload");
+    env.backup(&[&src]);
+    let outside = env.path("outside");
+    fs::create_dir_all(&outside).unwrap();
+    let out = env.path("out");
+    fs::create_dir_all(out.join("src")).unwrap();
+    symlink(&outside, out.join("src/sub")).unwrap();
+    let r = env.run(&["restore", "latest", out.to_str().unwrap()]);
+    assert_ne!(code(&r), 0);
+    assert!(stderr(&r).contains("symlink"), "{}", stderr(&r));
+    assert!(!outside.join("file").exists(), "wrote through the symlink");
+}
+
+#[test]
+fn default_repository_is_created_on_first_backup() {
+    let env = Env::new();
+    let src = env.path("src");
+    write(&src.join("f"), b"x");
+    let out = env
+        .cmd()
+        .env_remove("STRATA_REPO")
+        .args(["backup", src.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("created repository"));
+    assert!(env.path("xdg/strata/repo/config").exists());
+    let list = env
+        .cmd()
+        .env_remove("STRATA_REPO")
+        .args(["list", "--json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1);
+}

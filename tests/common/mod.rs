@@ -1,0 +1,207 @@
+//! Helpers shared by the behaviour tests: run the real binary, build trees, compare trees.
+#![allow(dead_code)]
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_strata")
+}
+
+/// A scratch area with a repository path inside.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub repo: PathBuf,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = dir.path().join("repo");
+        Env { dir, repo }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(bin());
+        c.env("STRATA_REPO", &self.repo);
+        c.env("XDG_DATA_HOME", self.dir.path().join("xdg"));
+        c.env("HOME", self.dir.path());
+        c
+    }
+
+    /// Runs strata with `args`; returns the output whatever the exit code.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().expect("run strata")
+    }
+
+    /// Runs strata and insists on success.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "strata {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        serde_json::from_str(&self.ok(&a)).expect("valid JSON")
+    }
+
+    pub fn init(&self) {
+        self.ok(&["init"]);
+    }
+
+    /// Backs up `paths`; returns the snapshot id.
+    pub fn backup(&self, paths: &[&Path]) -> String {
+        let mut args = vec!["backup".to_string(), "--json".to_string()];
+        args.extend(paths.iter().map(|p| p.display().to_string()));
+        let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        let out = self.run(&a);
+        assert!(
+            out.status.success(),
+            "backup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        v["id"].as_str().expect("id").to_string()
+    }
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Compressible text-like bytes.
+pub fn text(len: usize, seed: u64) -> Vec<u8> {
+    let words = [
+        "alpha ",
+        "beta ",
+        "memory ",
+        "vector ",
+        "user: ",
+        "assistant: ",
+        "\n",
+    ];
+    let n = noise(len / 4 + 16, seed);
+    let mut out = Vec::with_capacity(len + 16);
+    let mut i = 0;
+    while out.len() < len {
+        out.extend_from_slice(words[n[i % n.len()] as usize % words.len()].as_bytes());
+        i += 1;
+    }
+    out.truncate(len);
+    out
+}
+
+pub fn write(path: &Path, data: &[u8]) {
+    if let Some(p) = path.parent() {
+        fs::create_dir_all(p).unwrap();
+    }
+    fs::write(path, data).unwrap();
+}
+
+/// Asserts that two trees have the same entries, bytes, symlink targets, modes and file mtimes.
+pub fn assert_same_tree(a: &Path, b: &Path) {
+    let la = listing(a);
+    let lb = listing(b);
+    let names_a: Vec<&PathBuf> = la.iter().map(|x| &x.0).collect();
+    let names_b: Vec<&PathBuf> = lb.iter().map(|x| &x.0).collect();
+    assert_eq!(names_a, names_b, "entries differ between {a:?} and {b:?}");
+    for ((rel, ma), (_, mb)) in la.iter().zip(lb.iter()) {
+        let (pa, pb) = (a.join(rel), b.join(rel));
+        assert_eq!(
+            ma.file_type().is_symlink(),
+            mb.file_type().is_symlink(),
+            "{rel:?} kind"
+        );
+        assert_eq!(ma.is_dir(), mb.is_dir(), "{rel:?} kind");
+        if ma.file_type().is_symlink() {
+            assert_eq!(
+                fs::read_link(&pa).unwrap(),
+                fs::read_link(&pb).unwrap(),
+                "{rel:?} target"
+            );
+            continue;
+        }
+        assert_eq!(
+            ma.permissions().mode() & 0o7777,
+            mb.permissions().mode() & 0o7777,
+            "{rel:?} mode"
+        );
+        if ma.is_file() {
+            assert_eq!(ma.len(), mb.len(), "{rel:?} size");
+            assert!(
+                fs::read(&pa).unwrap() == fs::read(&pb).unwrap(),
+                "{rel:?} bytes differ"
+            );
+            assert_eq!(
+                (ma.mtime(), ma.mtime_nsec()),
+                (mb.mtime(), mb.mtime_nsec()),
+                "{rel:?} mtime"
+            );
+        }
+    }
+}
+
+fn listing(root: &Path) -> Vec<(PathBuf, fs::Metadata)> {
+    let mut out = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let dir = root.join(&rel);
+        for e in fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            let r = rel.join(e.file_name());
+            let m = fs::symlink_metadata(e.path()).unwrap();
+            if m.is_dir() {
+                stack.push(r.clone());
+            }
+            out.push((r, m));
+        }
+    }
+    out.sort_by(|x, y| x.0.cmp(&y.0));
+    out
+}
+
+/// Paths of all pack files of a repository.
+pub fn packs(repo: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for d in fs::read_dir(repo.join("packs")).unwrap() {
+        let d = d.unwrap().path();
+        if d.is_dir() {
+            for f in fs::read_dir(&d).unwrap() {
+                out.push(f.unwrap().path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+pub fn code(out: &Output) -> i32 {
+    out.status.code().unwrap_or(-1)
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}

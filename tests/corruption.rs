@@ -1,0 +1,125 @@
+//! Damage in packs and manifests is found, named, and never restored as wrong bytes.
+
+mod common;
+use common::*;
+use std::fs;
+
+#[test]
+fn flipped_byte_in_a_pack_is_detected_and_contained() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    // Two files in separate backups, so they land in separate packs.
+    write(&src.join("victim.bin"), &noise(200_000, 1));
+    env.backup(&[&src]);
+    let first_packs = packs(&env.repo);
+    assert_eq!(first_packs.len(), 1);
+    write(&env.path("other/safe.txt"), &text(100_000, 2));
+    env.backup(&[&env.path("other")]);
+
+    // Flip a byte in the middle of the first pack's blob area.
+    let pack = &first_packs[0];
+    let mut bytes = fs::read(pack).unwrap();
+    let at = 16 + 50_000;
+    bytes[at] ^= 0x40;
+    fs::write(pack, &bytes).unwrap();
+
+    // Without reading data the structure still looks fine; with it, the damage is found.
+    let r = env.run(&["verify", "--read-data"]);
+    assert_eq!(code(&r), 3, "verify must exit 3 on damage");
+    let stdout = String::from_utf8_lossy(&r.stdout);
+    assert!(
+        stdout.contains("src/victim.bin"),
+        "names the path: {stdout}"
+    );
+    let snaps = env.json(&["list"]);
+    let first_id = snaps[0]["id"].as_str().unwrap();
+    assert!(
+        stdout.contains(&first_id[..8]),
+        "names the snapshot: {stdout}"
+    );
+    assert!(
+        stdout.contains("hash mismatch") || stdout.contains("zstd"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("safe.txt"),
+        "undamaged file reported: {stdout}"
+    );
+
+    // Restore refuses the damaged file, names pack and chunk, and writes no wrong bytes.
+    let out = env.path("out");
+    let r = env.run(&["restore", first_id, out.to_str().unwrap()]);
+    assert_eq!(code(&r), 3);
+    let err = stderr(&r);
+    assert!(
+        err.contains("victim.bin") && err.contains(".pack") && err.contains("chunk"),
+        "{err}"
+    );
+    assert!(!out.join("src/victim.bin").exists());
+    // The other snapshot is unharmed.
+    let out2 = env.path("out2");
+    env.ok(&["restore", "latest", out2.to_str().unwrap()]);
+    assert_eq!(
+        fs::read(out2.join("other/safe.txt")).unwrap(),
+        text(100_000, 2)
+    );
+}
+
+#[test]
+fn truncated_or_missing_pack_is_reported() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    write(&src.join("f"), &noise(100_000, 3));
+    env.backup(&[&src]);
+    let pack = packs(&env.repo).remove(0);
+    let len = fs::metadata(&pack).unwrap().len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&pack)
+        .unwrap()
+        .set_len(len - 10)
+        .unwrap();
+    let r = env.run(&["verify"]);
+    assert_eq!(code(&r), 3);
+    fs::remove_file(&pack).unwrap();
+    let r = env.run(&["verify", "--json"]);
+    assert_eq!(code(&r), 3);
+    let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    let problems = v["problems"].as_array().unwrap();
+    assert!(
+        problems.iter().any(|p| p["path"] == "src/f"),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn damaged_manifest_file_and_config_are_reported() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    write(&src.join("f"), b"data");
+    env.backup(&[&src]);
+    let snap = fs::read_dir(env.repo.join("snapshots"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut b = fs::read(&snap).unwrap();
+    let n = b.len();
+    b[n / 2] ^= 1;
+    fs::write(&snap, &b).unwrap();
+    let r = env.run(&["verify"]);
+    assert_eq!(code(&r), 3);
+    assert!(String::from_utf8_lossy(&r.stdout).contains("manifest file"));
+
+    let cfg = env.repo.join("config");
+    let mut c = fs::read(&cfg).unwrap();
+    c[30] ^= 1;
+    fs::write(&cfg, &c).unwrap();
+    let r = env.run(&["list"]);
+    assert_eq!(code(&r), 1);
+    assert!(stderr(&r).contains("config"), "{}", stderr(&r));
+}

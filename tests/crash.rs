@@ -1,0 +1,66 @@
+//! A backup killed with SIGKILL at any moment leaves a repository that verifies, keeps every
+//! earlier snapshot restorable, and accepts the next backup.
+
+mod common;
+use common::*;
+use std::time::{Duration, Instant};
+
+#[test]
+fn killed_backup_leaves_a_valid_repository() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    write(&src.join("base.txt"), &text(500_000, 1));
+    env.backup(&[&src]);
+    let baseline = env.path("baseline");
+    env.ok(&["restore", "latest", baseline.to_str().unwrap()]);
+
+    // Enough new data that a backup takes a while, so kills land in every phase.
+    for i in 0..6 {
+        write(&src.join(format!("big{i}.bin")), &noise(12 << 20, 100 + i));
+    }
+    let mut killed = 0;
+    for delay_ms in [5u64, 30, 80, 150, 250, 400, 600, 900] {
+        let mut child = env
+            .cmd()
+            .args(["backup", src.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(delay_ms) {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            killed += 1;
+        }
+        child.wait().unwrap();
+
+        let v = env.run(&["verify", "--read-data"]);
+        assert_eq!(
+            code(&v),
+            0,
+            "after kill at {delay_ms} ms: {}",
+            String::from_utf8_lossy(&v.stdout)
+        );
+        let out = env.path(&format!("check-{delay_ms}"));
+        env.ok(&[
+            "restore",
+            &env.json(&["list"])[0]["id"].as_str().unwrap()[..8],
+            out.to_str().unwrap(),
+        ]);
+        assert_same_tree(&baseline.join("src"), &out.join("src"));
+    }
+    assert!(killed >= 3, "only {killed} backups were actually killed");
+    // The next backup takes over the dead writer's lock and succeeds.
+    env.backup(&[&src]);
+    let out = env.path("final");
+    env.ok(&["restore", "latest", out.to_str().unwrap()]);
+    assert_same_tree(&src, &out.join("src"));
+    assert_eq!(code(&env.run(&["verify", "--read-data"])), 0);
+}

@@ -1,0 +1,118 @@
+//! What a snapshot costs: unchanged data adds (almost) nothing, a database with a few updated
+//! rows adds about the changed pages.
+
+mod common;
+use common::*;
+use std::process::Command;
+
+fn added(env: &Env) -> (u64, u64, u64) {
+    let show = env.json(&["show", "latest"]);
+    let s = &show["stats"];
+    (
+        s["new_chunks"].as_u64().unwrap(),
+        s["new_raw_bytes"].as_u64().unwrap(),
+        s["new_stored_bytes"].as_u64().unwrap(),
+    )
+}
+
+#[test]
+fn unchanged_data_adds_almost_nothing() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    write(&src.join("a.bin"), &noise(3_000_000, 1));
+    write(&src.join("b.txt"), &text(1_000_000, 2));
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    env.backup(&[&src]);
+    let (chunks, raw, _) = added(&env);
+    assert!(chunks > 100 && raw >= 4_000_000);
+    let packs_before = packs(&env.repo).len();
+    env.backup(&[&src]);
+    let (chunks, raw, stored) = added(&env);
+    assert_eq!((chunks, raw, stored), (0, 0, 0));
+    assert_eq!(packs(&env.repo).len(), packs_before);
+    // The second snapshot read nothing: the file cache answered.
+    let show = env.json(&["show", "latest"]);
+    assert_eq!(show["stats"]["bytes_read"], 0);
+
+    // Touching a file (new mtime, same bytes) makes it be read again, and still adds no data.
+    let f = src.join("a.bin");
+    let data = std::fs::read(&f).unwrap();
+    std::fs::write(&f, &data).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    env.backup(&[&src]);
+    let (chunks, _, _) = added(&env);
+    assert_eq!(chunks, 0);
+}
+
+#[test]
+fn an_insert_in_the_middle_adds_only_nearby_chunks() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    let mut data = noise(4_000_000, 9);
+    write(&src.join("f"), &data);
+    env.backup(&[&src]);
+    data.splice(2_000_000..2_000_000, b"inserted bytes".iter().copied());
+    write(&src.join("f"), &data);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    env.backup(&[&src]);
+    let (chunks, raw, _) = added(&env);
+    // One or two data chunks around the edit (avg 8 KiB, max 32 KiB).
+    assert!(chunks <= 8, "{chunks} new blobs");
+    assert!(raw <= 2 * 32 * 1024, "{raw} new bytes");
+}
+
+fn python_sqlite(db: &std::path::Path, script: &str) {
+    let status = Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import sqlite3,sys\ncon=sqlite3.connect(sys.argv[1])\n{script}\ncon.commit()\ncon.close()"
+        ))
+        .arg(db)
+        .status()
+        .expect("python3 with sqlite3 is needed for this test");
+    assert!(status.success());
+}
+
+#[test]
+fn sqlite_update_adds_about_the_changed_pages() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let db = src.join("app.db");
+    python_sqlite(
+        &db,
+        "con.execute('create table t(id integer primary key, body text)')\n\
+         con.executemany('insert into t values(?,?)', [(i, ('row %d ' % i) * 40) for i in range(20000)])",
+    );
+    let size = std::fs::metadata(&db).unwrap().len();
+    env.backup(&[&src]);
+    let show = env.json(&["show", "latest"]);
+    let entry = show["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["path"] == "src/app.db")
+        .unwrap();
+    assert_eq!(
+        entry["page_size"], 4096,
+        "SQLite file detected and cut at pages"
+    );
+
+    // Update 10 rows spread over the table: about 10 leaf pages plus the header page change.
+    python_sqlite(
+        &db,
+        "for i in range(0, 20000, 2000): con.execute('update t set body=? where id=?', ('changed %d' % i * 40, i))",
+    );
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    env.backup(&[&src]);
+    let (chunks, raw, stored) = added(&env);
+    let pages = size / 4096;
+    assert!(pages > 1000, "database has {pages} pages");
+    // Data: the changed pages. Blobs also count the chunk-list nodes that changed.
+    assert!(raw <= 30 * 4096, "{raw} new bytes for 10 updated rows");
+    assert!(chunks <= 60, "{chunks} new blobs");
+    assert!(stored < 200_000, "{stored} bytes stored");
+}

@@ -1,0 +1,122 @@
+//! Bad input gets a clear message and a non-zero exit, never a panic.
+
+mod common;
+use common::*;
+use std::fs;
+
+fn no_panic(out: &std::process::Output) {
+    let e = stderr(out);
+    assert!(!e.contains("panicked"), "panic: {e}");
+}
+
+#[test]
+fn missing_source_path() {
+    let env = Env::new();
+    env.init();
+    let r = env.run(&["backup", env.path("nope").to_str().unwrap()]);
+    assert_eq!(code(&r), 1);
+    assert!(stderr(&r).contains("no such file"), "{}", stderr(&r));
+    no_panic(&r);
+    assert_eq!(env.json(&["list"]).as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn not_a_repository() {
+    let env = Env::new();
+    let r = env.run(&["list"]);
+    assert_eq!(code(&r), 1);
+    assert!(
+        stderr(&r).contains("not a strata repository"),
+        "{}",
+        stderr(&r)
+    );
+    no_panic(&r);
+}
+
+#[test]
+fn newer_format_version_is_refused() {
+    let env = Env::new();
+    env.init();
+    let cfg = env.repo.join("config");
+    let mut b = fs::read(&cfg).unwrap();
+    b[8] = 99; // version field
+    // Recompute the checksum so only the version is "wrong".
+    let body = b.len() - 32;
+    let sum = blake3::hash(&b[..body]);
+    b[body..].copy_from_slice(sum.as_bytes());
+    fs::write(&cfg, &b).unwrap();
+    let r = env.run(&["list"]);
+    assert_eq!(code(&r), 1);
+    assert!(stderr(&r).contains("version 99"), "{}", stderr(&r));
+}
+
+#[test]
+fn locked_repository_names_the_holder() {
+    let env = Env::new();
+    env.init();
+    // A live process holds the lock: this test's own pid.
+    let info = format!(
+        r#"{{"pid":{},"host":"{}","time":"now","command":"backup"}}"#,
+        std::process::id(),
+        fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap()
+            .trim()
+    );
+    fs::write(env.repo.join("lock"), info).unwrap();
+    let src = env.path("src");
+    write(&src.join("f"), b"x");
+    let r = env.run(&["backup", src.to_str().unwrap()]);
+    assert_eq!(code(&r), 1);
+    let e = stderr(&r);
+    assert!(
+        e.contains("locked by pid") && e.contains("strata unlock"),
+        "{e}"
+    );
+    env.ok(&["unlock"]);
+    env.ok(&["backup", src.to_str().unwrap()]);
+}
+
+#[test]
+fn unreadable_file_gives_partial_snapshot() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    write(&src.join("ok"), b"fine");
+    // /proc/self/mem is a regular file whose first page cannot be read (EIO), even as root.
+    let r = env.run(&["backup", src.to_str().unwrap(), "/proc/self/mem"]);
+    assert_eq!(
+        code(&r),
+        4,
+        "partial backup exit code; stderr: {}",
+        stderr(&r)
+    );
+    assert!(stderr(&r).contains("partial"));
+    let list = env.json(&["list"]);
+    assert_eq!(list[0]["partial"], true);
+    let out = env.path("out");
+    env.ok(&["restore", "latest", out.to_str().unwrap()]);
+    assert_eq!(fs::read(out.join("src/ok")).unwrap(), b"fine");
+}
+
+#[test]
+fn bad_arguments() {
+    let env = Env::new();
+    env.init();
+    let r = env.run(&["restore", "latest"]);
+    assert_ne!(code(&r), 0);
+    no_panic(&r);
+    let r = env.run(&["restore", "zzzz-no-such", env.path("o").to_str().unwrap()]);
+    assert_eq!(code(&r), 1);
+    assert!(stderr(&r).contains("no snapshot") || stderr(&r).contains("no snapshots"));
+    let r = env.run(&[
+        "init",
+        "--repo",
+        env.path("r2").to_str().unwrap(),
+        "--chunk-avg",
+        "1000",
+    ]);
+    assert_eq!(code(&r), 1);
+    assert!(stderr(&r).contains("power of two"), "{}", stderr(&r));
+    let r = env.run(&["backup"]);
+    assert_eq!(code(&r), 2);
+}
