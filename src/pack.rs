@@ -272,6 +272,17 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn hostile_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
+            if let Ok(entries) = parse_pack(&bytes, "p") {
+                for e in entries {
+                    proptest::prop_assert!(e.offset + e.stored_len as u64 <= bytes.len() as u64);
+                }
+            }
+        }
+    }
+
     #[test]
     fn damage_in_trailer_or_footer_is_detected() {
         let (_, bytes, entries) = sample();
