@@ -25,7 +25,14 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
 }
 
 fn mixed(len: usize) -> Vec<u8> {
-    let words: [&[u8]; 6] = [b"user ", b"assistant ", b"memory ", b"the ", b"vector ", b"\n"];
+    let words: [&[u8]; 6] = [
+        b"user ",
+        b"assistant ",
+        b"memory ",
+        b"the ",
+        b"vector ",
+        b"\n",
+    ];
     let n = noise(len, 7);
     let mut out = Vec::with_capacity(len);
     let mut i = 0;
@@ -112,7 +119,11 @@ fn end_to_end(c: &mut Criterion) {
     });
 
     let repo_path = dir.path().join("restore-repo");
-    let repo = Repo::init(&repo_path, Config::new(ChunkerParams::default(), 1).unwrap()).unwrap();
+    let repo = Repo::init(
+        &repo_path,
+        Config::new(ChunkerParams::default(), 1).unwrap(),
+    )
+    .unwrap();
     let opts = BackupOptions {
         sources: vec![src.clone()],
         name: None,

@@ -137,7 +137,6 @@ pub fn backup(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
     let mut warnings = walked.warnings;
     let mut errors = walked.errors;
     let items = walked.items;
-
     // 2. File cache.
     let txn = repo.index.read()?;
     let reader = IndexReader::new(&txn)?;
@@ -162,7 +161,6 @@ pub fn backup(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
     if let Some(f) = opts.on_plan {
         f(planned);
     }
-
     // 3. Read, chunk, hash, dedup, compress, pack.
     let first_pack = crate::index::meta(&txn, META_NEXT_PACK)?.unwrap_or(0) as u32;
     let (packer, writer_thread) = Packer::new(first_pack, repo.config.pack_target);
@@ -283,7 +281,6 @@ pub fn backup(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
         errors,
     };
     let (id, framed) = manifest.encode(repo.id_key())?;
-
     // 6. Commit the index, then write the manifest file.
     commit(repo, packs, next_pack, &id, &framed, &stamps)?;
     repo.backend
@@ -340,23 +337,33 @@ fn commit(
     Ok(())
 }
 
-/// Records packs and the locations of their blobs. Entries go in pack order, which is random in
-/// id order: that leaves B-tree pages with room (sorted bulk inserts fill them completely, so the
-/// next backup's few thousand scattered inserts would split, and copy, nearly every page).
+/// Below this many new blobs, index inserts are sorted by id.
+const SORTED_INSERT_MAX: usize = 100_000;
+
+/// Records packs and the locations of their blobs.
+///
+/// A small batch (an hourly backup's few thousand blobs) is inserted in id order, so the B-tree
+/// pages it touches are visited once each, in order. A large batch (a first backup) goes in pack
+/// order, which is random in id order: that leaves pages with room, where sorted bulk inserts
+/// would fill them completely and the next backup's scattered inserts would split (and copy)
+/// nearly every page.
 fn insert_packs(txn: &redb::WriteTransaction, packs: Vec<WrittenPack>) -> Result<()> {
     let mut blobs = txn.open_table(BLOBS)?;
     let mut pack_table = txn.open_table(PACKS)?;
+    let mut locs: Vec<(ChunkId, BlobLoc)> = Vec::new();
     for p in packs {
         for e in &p.entries {
-            let loc = BlobLoc {
-                pack: p.no,
-                offset: e.offset as u32,
-                stored_len: e.stored_len,
-                raw_len: e.raw_len,
-                kind: e.kind,
-                compression: e.compression,
-            };
-            blobs.insert(e.id.as_bytes(), &loc.encode())?;
+            locs.push((
+                e.id,
+                BlobLoc {
+                    pack: p.no,
+                    offset: e.offset as u32,
+                    stored_len: e.stored_len,
+                    raw_len: e.raw_len,
+                    kind: e.kind,
+                    compression: e.compression,
+                },
+            ));
         }
         let info = PackInfo {
             id: p.id,
@@ -364,6 +371,12 @@ fn insert_packs(txn: &redb::WriteTransaction, packs: Vec<WrittenPack>) -> Result
             blobs: p.entries.len() as u32,
         };
         pack_table.insert(p.no, &info.encode())?;
+    }
+    if locs.len() < SORTED_INSERT_MAX {
+        locs.sort_unstable_by_key(|(id, _)| *id);
+    }
+    for (id, loc) in &locs {
+        blobs.insert(id.as_bytes(), &loc.encode())?;
     }
     Ok(())
 }
@@ -530,7 +543,7 @@ struct Span {
 struct FileState<'s, 'p, 'e> {
     prev: Option<&'s mut PreviousVersion<'p>>,
     builder: &'s mut TreeBuilder,
-    emit: &'s mut (dyn FnMut(ChunkId, Vec<u8>) -> Result<()> + 'e),
+    emit: &'s mut (dyn FnMut(ChunkId, Vec<u8>) -> Result<()> + Send + 'e),
 }
 
 /// Dedups a batch of hashed chunks, stores the new ones (compressing in parallel) and appends
@@ -576,8 +589,68 @@ const SEGMENT: usize = 1 << 20;
 /// Segments per batch.
 const SEGMENTS_PER_BATCH: usize = 8;
 
+/// One batch of segments read and hashed.
+struct PageBatch {
+    spans: Vec<Span>,
+    ids: Vec<ChunkId>,
+    bytes: u64,
+    at_end: bool,
+}
+
+/// Reads and hashes the segments of `bufs` starting at `offset`, in parallel.
+fn read_page_batch(
+    shared: &Shared,
+    file: &File,
+    path: &std::path::Path,
+    page: usize,
+    bufs: &mut [Vec<u8>],
+    offset: u64,
+) -> Result<PageBatch> {
+    let results: Vec<(usize, Vec<ChunkId>)> = bufs
+        .par_iter_mut()
+        .enumerate()
+        .map(|(k, buf)| {
+            let at = offset + (k * SEGMENT) as u64;
+            let n = read_full_at(file, buf, at).ctx("read", path)?;
+            let ids = buf[..n]
+                .chunks(page)
+                .map(|c| ChunkId::hash(shared.key.as_ref(), c))
+                .collect();
+            Ok((n, ids))
+        })
+        .collect::<Result<_>>()?;
+    // Stop at the first short segment: that is the end of the file.
+    let mut batch = PageBatch {
+        spans: Vec::new(),
+        ids: Vec::new(),
+        bytes: 0,
+        at_end: false,
+    };
+    for (k, (n, seg_ids)) in results.into_iter().enumerate() {
+        let mut start = 0;
+        for id in seg_ids {
+            let len = page.min(n - start);
+            batch.spans.push(Span {
+                seg: k,
+                start,
+                len,
+                offset: offset + (k * SEGMENT + start) as u64,
+            });
+            batch.ids.push(id);
+            start += len;
+        }
+        batch.bytes += n as u64;
+        if n < SEGMENT {
+            batch.at_end = true;
+            break;
+        }
+    }
+    Ok(batch)
+}
+
 /// Reads a file cut at fixed page boundaries. Boundaries do not depend on content, so segments
-/// are read and hashed in parallel (each hashed while still in cache).
+/// are read and hashed in parallel (each hashed while still in cache), and the next batch is read
+/// while the current one is deduplicated and added to the chunk-list tree.
 fn read_pages(
     shared: &Shared,
     file: &File,
@@ -589,52 +662,30 @@ fn read_pages(
     let len = file.metadata().ctx("stat", path)?.len() as usize;
     // Enough segments for the file as it is now (reading goes on if it grows meanwhile).
     let count = len.div_ceil(SEGMENT).clamp(1, SEGMENTS_PER_BATCH);
-    let mut bufs: Vec<Vec<u8>> = (0..count).map(|_| vec![0u8; SEGMENT]).collect();
+    let mut cur_bufs: Vec<Vec<u8>> = (0..count).map(|_| vec![0u8; SEGMENT]).collect();
+    let mut next_bufs: Vec<Vec<u8>> = Vec::new();
     let mut offset = 0u64;
+    let mut cur = read_page_batch(shared, file, path, page, &mut cur_bufs, offset)?;
     loop {
-        let results: Vec<(usize, Vec<ChunkId>)> = bufs
-            .par_iter_mut()
-            .enumerate()
-            .map(|(k, buf)| {
-                let at = offset + (k * SEGMENT) as u64;
-                let n = read_full_at(file, buf, at).ctx("read", path)?;
-                let ids = buf[..n]
-                    .chunks(page)
-                    .map(|c| ChunkId::hash(shared.key.as_ref(), c))
-                    .collect();
-                Ok((n, ids))
-            })
-            .collect::<Result<_>>()?;
-        // Stop at the first short segment: that is the end of the file.
-        let mut spans = Vec::new();
-        let mut ids = Vec::new();
-        let mut batch_bytes = 0u64;
-        let mut at_end = false;
-        for (k, (n, seg_ids)) in results.into_iter().enumerate() {
-            let mut start = 0;
-            for id in seg_ids {
-                let len = page.min(n - start);
-                spans.push(Span {
-                    seg: k,
-                    start,
-                    len,
-                    offset: offset + (k * SEGMENT + start) as u64,
-                });
-                ids.push(id);
-                start += len;
-            }
-            batch_bytes += n as u64;
-            if n < SEGMENT {
-                at_end = true;
-                break;
-            }
+        let next_offset = offset + cur.bytes;
+        if cur.at_end {
+            let views: Vec<&[u8]> = cur_bufs.iter().map(|b| b.as_slice()).collect();
+            process_batch(shared, &views, &cur.spans, &cur.ids, state)?;
+            return Ok(next_offset);
         }
-        let views: Vec<&[u8]> = bufs.iter().map(|b| b.as_slice()).collect();
-        process_batch(shared, &views, &spans, &ids, state)?;
-        offset += batch_bytes;
-        if at_end {
-            return Ok(offset);
+        if next_bufs.is_empty() {
+            next_bufs = (0..count).map(|_| vec![0u8; SEGMENT]).collect();
         }
+        let views: Vec<&[u8]> = cur_bufs.iter().map(|b| b.as_slice()).collect();
+        let (next, processed) = rayon::join(
+            || read_page_batch(shared, file, path, page, &mut next_bufs, next_offset),
+            || process_batch(shared, &views, &cur.spans, &cur.ids, state),
+        );
+        processed?;
+        cur = next?;
+        drop(views);
+        std::mem::swap(&mut cur_bufs, &mut next_bufs);
+        offset = next_offset;
     }
 }
 

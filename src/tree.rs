@@ -186,7 +186,7 @@ impl TreeBuilder {
 
 /// Reads the leaves of a tree in order, holding one node per level in memory.
 pub struct LeafWalker<'a> {
-    fetch: &'a dyn Fn(&ChunkId) -> Result<Vec<u8>>,
+    fetch: &'a (dyn Fn(&ChunkId) -> Result<Vec<u8>> + Sync),
     stack: Vec<(Node, usize)>,
     pending_single: Option<ChunkId>,
     single_len: u64,
@@ -198,7 +198,7 @@ impl<'a> LeafWalker<'a> {
     pub fn new(
         content: &Content,
         size: u64,
-        fetch: &'a dyn Fn(&ChunkId) -> Result<Vec<u8>>,
+        fetch: &'a (dyn Fn(&ChunkId) -> Result<Vec<u8>> + Sync),
     ) -> Result<Self> {
         let mut w = LeafWalker {
             fetch,
