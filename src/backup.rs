@@ -96,21 +96,40 @@ impl Shared<'_> {
             .insert(*id))
     }
 
-    fn store(&self, kind: BlobKind, id: ChunkId, data: &[u8]) -> Result<()> {
-        let (compression, stored) = compress(data, self.repo.config.zstd_level)?;
-        self.new_chunks.fetch_add(1, Ordering::Relaxed);
+    /// Compresses `members` (consecutive blobs of one file) together into one frame and adds it
+    /// to the current pack.
+    fn store(&self, kind: BlobKind, members: &[(ChunkId, &[u8])]) -> Result<()> {
+        let joined;
+        let raw: &[u8] = if let [(_, data)] = members {
+            data
+        } else {
+            joined = members
+                .iter()
+                .flat_map(|(_, d)| d.iter().copied())
+                .collect::<Vec<u8>>();
+            &joined
+        };
+        let (compression, stored) = compress(raw, self.repo.config.zstd_level)?;
+        let mut placed = Vec::with_capacity(members.len());
+        let mut at = 0u32;
+        for (id, data) in members {
+            placed.push((*id, at, data.len() as u32));
+            at += data.len() as u32;
+        }
+        self.new_chunks
+            .fetch_add(members.len() as u64, Ordering::Relaxed);
         if kind == BlobKind::Data {
-            self.new_raw.fetch_add(data.len() as u64, Ordering::Relaxed);
+            self.new_raw.fetch_add(raw.len() as u64, Ordering::Relaxed);
         }
         self.new_stored
             .fetch_add(stored.len() as u64, Ordering::Relaxed);
         self.packer
-            .add(kind, id, compression, &stored, data.len() as u32)
+            .add_frame(kind, compression, &stored, raw.len() as u32, &placed)
     }
 
     fn store_node(&self, id: ChunkId, bytes: Vec<u8>) -> Result<()> {
         if self.claim(&id)? {
-            self.store(BlobKind::Node, id, &bytes)?;
+            self.store(BlobKind::Node, &[(id, &bytes)])?;
         }
         Ok(())
     }
@@ -353,17 +372,7 @@ fn insert_packs(txn: &redb::WriteTransaction, packs: Vec<WrittenPack>) -> Result
     let mut locs: Vec<(ChunkId, BlobLoc)> = Vec::new();
     for p in packs {
         for e in &p.entries {
-            locs.push((
-                e.id,
-                BlobLoc {
-                    pack: p.no,
-                    offset: e.offset as u32,
-                    stored_len: e.stored_len,
-                    raw_len: e.raw_len,
-                    kind: e.kind,
-                    compression: e.compression,
-                },
-            ));
+            locs.push((e.id, BlobLoc::from_entry(p.no, e)));
         }
         let info = PackInfo {
             id: p.id,
@@ -562,16 +571,42 @@ fn process_batch(
             .collect(),
         None => (0..spans.len()).collect(),
     };
-    candidates.par_iter().try_for_each(|&i| {
-        if shared.claim(&ids[i])? {
-            let sp = &spans[i];
-            shared.store(
-                BlobKind::Data,
-                ids[i],
-                &bufs[sp.seg][sp.start..sp.start + sp.len],
-            )?;
+    let fresh: Vec<usize> = candidates
+        .par_iter()
+        .filter_map(|&i| match shared.claim(&ids[i]) {
+            Ok(true) => Some(Ok(i)),
+            Ok(false) => None,
+            Err(e) => Some(Err(e)),
+        })
+        .collect::<Result<_>>()?;
+    // Runs of new chunks that follow each other in the file are compressed together.
+    let mut frames: Vec<Vec<usize>> = Vec::new();
+    let mut frame_bytes = 0;
+    for i in fresh {
+        let len = spans[i].len;
+        match frames.last_mut() {
+            Some(f)
+                if *f.last().expect("frames are never empty") + 1 == i
+                    && frame_bytes + len <= FRAME_TARGET =>
+            {
+                f.push(i);
+                frame_bytes += len;
+            }
+            _ => {
+                frames.push(vec![i]);
+                frame_bytes = len;
+            }
         }
-        Ok::<_, Error>(())
+    }
+    frames.par_iter().try_for_each(|f| {
+        let members: Vec<(ChunkId, &[u8])> = f
+            .iter()
+            .map(|&i| {
+                let sp = &spans[i];
+                (ids[i], &bufs[sp.seg][sp.start..sp.start + sp.len])
+            })
+            .collect();
+        shared.store(BlobKind::Data, &members)
     })?;
     let mut bytes = 0;
     for (sp, id) in spans.iter().zip(ids) {
@@ -583,6 +618,9 @@ fn process_batch(
     }
     Ok(())
 }
+
+/// Consecutive new chunks are compressed together up to this many raw bytes.
+const FRAME_TARGET: usize = 64 << 10;
 
 /// Segment of a page-aligned file read by one task.
 const SEGMENT: usize = 1 << 20;

@@ -4,7 +4,7 @@ use crate::error::{Error, Result};
 use std::cell::RefCell;
 
 /// How a blob's bytes are stored in a pack.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum Compression {
     None = 0,

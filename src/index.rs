@@ -13,8 +13,8 @@ use redb::{
 };
 use std::path::Path;
 
-/// blob id -> [`BlobLoc`] (24 bytes).
-pub const BLOBS: TableDefinition<&[u8; 32], &[u8; 24]> = TableDefinition::new("blobs");
+/// blob id -> [`BlobLoc`] (28 bytes).
+pub const BLOBS: TableDefinition<&[u8; 32], &[u8; BLOB_LOC_LEN]> = TableDefinition::new("blobs");
 /// pack number -> [`PackInfo`] (48 bytes).
 pub const PACKS: TableDefinition<u32, &[u8; 48]> = TableDefinition::new("packs");
 /// snapshot id -> framed manifest bytes (the same bytes as `snapshots/<id>.snap`).
@@ -28,41 +28,82 @@ pub const META_NEXT_PACK: &str = "next_pack";
 pub const META_INDEX_VERSION: &str = "index_version";
 pub const INDEX_VERSION: u64 = 1;
 
-/// Where a blob is stored.
+/// Where a blob is stored: its frame in a pack, and its place inside the frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BlobLoc {
     pub pack: u32,
-    pub offset: u32,
-    pub stored_len: u32,
+    pub frame_offset: u32,
+    pub frame_stored_len: u32,
+    pub frame_raw_len: u32,
+    pub offset_in_frame: u32,
     pub raw_len: u32,
     pub kind: BlobKind,
     pub compression: Compression,
 }
 
+/// Encoded size of a [`BlobLoc`].
+pub const BLOB_LOC_LEN: usize = 28;
+
 impl BlobLoc {
-    pub fn encode(&self) -> [u8; 24] {
-        let mut b = [0u8; 24];
-        b[0..4].copy_from_slice(&self.pack.to_le_bytes());
-        b[4..8].copy_from_slice(&self.offset.to_le_bytes());
-        b[8..12].copy_from_slice(&self.stored_len.to_le_bytes());
-        b[12..16].copy_from_slice(&self.raw_len.to_le_bytes());
-        b[16] = self.kind as u8;
-        b[17] = self.compression as u8;
+    pub fn from_entry(pack: u32, e: &crate::pack::PackEntry) -> Self {
+        BlobLoc {
+            pack,
+            frame_offset: e.frame.offset as u32,
+            frame_stored_len: e.frame.stored_len,
+            frame_raw_len: e.frame.raw_len,
+            offset_in_frame: e.offset_in_frame,
+            raw_len: e.raw_len,
+            kind: e.kind,
+            compression: e.frame.compression,
+        }
+    }
+
+    pub fn encode(&self) -> [u8; BLOB_LOC_LEN] {
+        let mut b = [0u8; BLOB_LOC_LEN];
+        for (i, v) in [
+            self.pack,
+            self.frame_offset,
+            self.frame_stored_len,
+            self.frame_raw_len,
+            self.offset_in_frame,
+            self.raw_len,
+        ]
+        .iter()
+        .enumerate()
+        {
+            b[4 * i..4 * i + 4].copy_from_slice(&v.to_le_bytes());
+        }
+        b[24] = self.kind as u8;
+        b[25] = self.compression as u8;
         b
     }
 
-    pub fn decode(b: &[u8; 24]) -> Result<Self> {
+    pub fn decode(b: &[u8; BLOB_LOC_LEN]) -> Result<Self> {
         let le = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
-        Ok(BlobLoc {
+        let loc = BlobLoc {
             pack: le(0),
-            offset: le(4),
-            stored_len: le(8),
-            raw_len: le(12),
-            kind: BlobKind::from_u8(b[16])
+            frame_offset: le(4),
+            frame_stored_len: le(8),
+            frame_raw_len: le(12),
+            offset_in_frame: le(16),
+            raw_len: le(20),
+            kind: BlobKind::from_u8(b[24])
                 .ok_or_else(|| Error::corrupt("index: blob entry with unknown kind"))?,
-            compression: Compression::from_u8(b[17])
+            compression: Compression::from_u8(b[25])
                 .ok_or_else(|| Error::corrupt("index: blob entry with unknown compression"))?,
-        })
+        };
+        if loc.offset_in_frame as u64 + loc.raw_len as u64 > loc.frame_raw_len as u64
+            || loc.frame_raw_len > crate::pack::MAX_BLOB_BYTES
+            || loc.frame_stored_len > crate::pack::MAX_BLOB_BYTES
+        {
+            return Err(Error::corrupt("index: blob entry lies outside its frame"));
+        }
+        Ok(loc)
+    }
+
+    /// The frame this blob is in, as a key for caching decompressed frames.
+    pub fn frame_key(&self) -> (u32, u32) {
+        (self.pack, self.frame_offset)
     }
 }
 
@@ -225,7 +266,7 @@ impl Index {
 
 /// Read-side helpers over one transaction.
 pub struct IndexReader {
-    blobs: Option<redb::ReadOnlyTable<&'static [u8; 32], &'static [u8; 24]>>,
+    blobs: Option<redb::ReadOnlyTable<&'static [u8; 32], &'static [u8; BLOB_LOC_LEN]>>,
     packs: Option<redb::ReadOnlyTable<u32, &'static [u8; 48]>>,
 }
 

@@ -1,11 +1,15 @@
 //! Pack files: append-only containers of compressed blobs that describe themselves.
 //!
+//! Blobs are stored in frames: a frame is one zstd frame (or raw bytes) holding one blob, or
+//! several consecutive small blobs compressed together, which compresses better and much faster
+//! than compressing each 4 KiB page on its own.
+//!
 //! ```text
 //! header   0  8  magic "STRAPACK"
 //!          8  4  version (u32 LE) = 1
 //!          12 4  reserved, zero
-//! blobs    16 .. stored bytes of each blob, back to back
-//! trailer     N x 56-byte entries (see [`PackEntry`])
+//! frames   16 .. stored bytes of each frame, back to back
+//! trailer     N x 64-byte blob entries (see [`PackEntry`])
 //! footer      8  trailer offset (u64)     4 entry count (u32)   4 version (u32)
 //!             32 BLAKE3 of the trailer    8 magic "STRAPEND"
 //! ```
@@ -19,11 +23,11 @@ pub const MAGIC: &[u8; 8] = b"STRAPACK";
 pub const END_MAGIC: &[u8; 8] = b"STRAPEND";
 pub const VERSION: u32 = 1;
 pub const HEADER_LEN: usize = 16;
-pub const ENTRY_LEN: usize = 56;
+pub const ENTRY_LEN: usize = 64;
 pub const FOOTER_LEN: usize = 8 + 4 + 4 + 32 + 8;
 /// Packs never grow past this, so offsets fit in 32 bits in the index.
 pub const MAX_PACK_BYTES: u64 = 1 << 31;
-/// No blob is larger than this (the largest FastCDC chunk is 16 MiB; nodes are far smaller).
+/// No blob or frame is larger than this (the largest FastCDC chunk is 16 MiB).
 pub const MAX_BLOB_BYTES: u32 = 32 << 20;
 
 /// What a blob holds.
@@ -45,26 +49,38 @@ impl BlobKind {
     }
 }
 
-/// One trailer entry:
-/// `id[32] | offset u64 | stored_len u32 | raw_len u32 | kind u8 | compression u8 | reserved[6]`.
+/// One trailer entry, per blob:
+/// `id[32] | frame offset u64 | frame stored_len u32 | frame raw_len u32 | offset in frame u32 |
+///  raw_len u32 | kind u8 | compression u8 | reserved[6]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PackEntry {
     pub id: ChunkId,
+    pub frame: Frame,
+    /// Where the blob starts inside the frame's decompressed bytes.
+    pub offset_in_frame: u32,
+    pub raw_len: u32,
+    pub kind: BlobKind,
+}
+
+/// A run of stored bytes in a pack that decompresses on its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Frame {
     pub offset: u64,
     pub stored_len: u32,
     pub raw_len: u32,
-    pub kind: BlobKind,
     pub compression: Compression,
 }
 
 impl PackEntry {
     fn write(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(self.id.as_bytes());
-        out.extend_from_slice(&self.offset.to_le_bytes());
-        out.extend_from_slice(&self.stored_len.to_le_bytes());
+        out.extend_from_slice(&self.frame.offset.to_le_bytes());
+        out.extend_from_slice(&self.frame.stored_len.to_le_bytes());
+        out.extend_from_slice(&self.frame.raw_len.to_le_bytes());
+        out.extend_from_slice(&self.offset_in_frame.to_le_bytes());
         out.extend_from_slice(&self.raw_len.to_le_bytes());
         out.push(self.kind as u8);
-        out.push(self.compression as u8);
+        out.push(self.frame.compression as u8);
         out.extend_from_slice(&[0u8; 6]);
     }
 
@@ -72,14 +88,21 @@ impl PackEntry {
         let le32 = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
         Some(PackEntry {
             id: ChunkId(b[0..32].try_into().unwrap()),
-            offset: u64::from_le_bytes(b[32..40].try_into().unwrap()),
-            stored_len: le32(40),
-            raw_len: le32(44),
-            kind: BlobKind::from_u8(b[48])?,
-            compression: Compression::from_u8(b[49])?,
+            frame: Frame {
+                offset: u64::from_le_bytes(b[32..40].try_into().unwrap()),
+                stored_len: le32(40),
+                raw_len: le32(44),
+                compression: Compression::from_u8(b[57])?,
+            },
+            offset_in_frame: le32(48),
+            raw_len: le32(52),
+            kind: BlobKind::from_u8(b[56])?,
         })
     }
 }
+
+/// A blob inside a frame being added: id, offset in the frame's raw bytes, raw length.
+pub type Member = (ChunkId, u32, u32);
 
 /// Builds one pack in memory.
 pub struct PackWriter {
@@ -111,7 +134,34 @@ impl PackWriter {
         }
     }
 
-    /// Appends a blob; returns its entry (offset within the pack).
+    /// Appends a frame holding `members` (all of `kind`).
+    pub fn add_frame(
+        &mut self,
+        kind: BlobKind,
+        compression: Compression,
+        stored: &[u8],
+        raw_len: u32,
+        members: &[Member],
+    ) {
+        let frame = Frame {
+            offset: self.buf.len() as u64,
+            stored_len: stored.len() as u32,
+            raw_len,
+            compression,
+        };
+        self.buf.extend_from_slice(stored);
+        for &(id, offset_in_frame, len) in members {
+            self.entries.push(PackEntry {
+                id,
+                frame,
+                offset_in_frame,
+                raw_len: len,
+                kind,
+            });
+        }
+    }
+
+    /// Appends a frame holding one blob.
     pub fn add(
         &mut self,
         kind: BlobKind,
@@ -119,18 +169,8 @@ impl PackWriter {
         compression: Compression,
         stored: &[u8],
         raw_len: u32,
-    ) -> PackEntry {
-        let entry = PackEntry {
-            id,
-            offset: self.buf.len() as u64,
-            stored_len: stored.len() as u32,
-            raw_len,
-            kind,
-            compression,
-        };
-        self.buf.extend_from_slice(stored);
-        self.entries.push(entry);
-        entry
+    ) {
+        self.add_frame(kind, compression, stored, raw_len, &[(id, 0, raw_len)]);
     }
 
     /// Bytes the finished pack would have, roughly.
@@ -202,23 +242,42 @@ pub fn parse_trailer(
     if sum.as_bytes()[..] != footer[16..48] {
         return Err(Error::corrupt(format!("{what}: trailer checksum mismatch")));
     }
-    let mut entries = Vec::with_capacity(trailer.len() / ENTRY_LEN);
+    let mut entries: Vec<PackEntry> = Vec::with_capacity(trailer.len() / ENTRY_LEN);
     let mut next_free = HEADER_LEN as u64;
     for (i, raw) in trailer.chunks_exact(ENTRY_LEN).enumerate() {
         let e = PackEntry::read(raw)
             .ok_or_else(|| Error::corrupt(format!("{what}: entry {i} has an unknown kind")))?;
-        let end = e.offset.checked_add(e.stored_len as u64);
-        if e.offset < next_free
-            || end.is_none_or(|end| end > trailer_offset)
-            || e.raw_len > MAX_BLOB_BYTES
-            || e.stored_len > MAX_BLOB_BYTES
-        {
-            return Err(Error::corrupt(format!(
-                "{what}: entry {i} (offset {}, {} bytes) lies outside the blob area",
-                e.offset, e.stored_len
-            )));
+        let bad = |why: &str| {
+            Error::corrupt(format!(
+                "{what}: entry {i} (frame at {}, {} bytes): {why}",
+                e.frame.offset, e.frame.stored_len
+            ))
+        };
+        if e.frame.raw_len > MAX_BLOB_BYTES || e.frame.stored_len > MAX_BLOB_BYTES {
+            return Err(bad("too large"));
         }
-        next_free = e.offset + e.stored_len as u64;
+        if e.frame.compression == Compression::None && e.frame.stored_len != e.frame.raw_len {
+            return Err(bad("raw frame with differing lengths"));
+        }
+        let member_end = e.offset_in_frame as u64 + e.raw_len as u64;
+        if member_end > e.frame.raw_len as u64 {
+            return Err(bad("blob lies outside its frame"));
+        }
+        match entries.last() {
+            // Another blob of the frame before it: must follow it inside the frame.
+            Some(prev) if prev.frame == e.frame => {
+                if (e.offset_in_frame as u64) < prev.offset_in_frame as u64 + prev.raw_len as u64 {
+                    return Err(bad("blobs of a frame overlap"));
+                }
+            }
+            _ => {
+                let end = e.frame.offset.checked_add(e.frame.stored_len as u64);
+                if e.frame.offset < next_free || end.is_none_or(|end| end > trailer_offset) {
+                    return Err(bad("frame lies outside the frame area or overlaps another"));
+                }
+                next_free = e.frame.offset + e.frame.stored_len as u64;
+            }
+        }
         entries.push(e);
     }
     Ok(entries)
@@ -258,6 +317,15 @@ mod tests {
                 data.len() as u32,
             );
         }
+        // A frame of three blobs.
+        let parts: Vec<Vec<u8>> = (0..3u8).map(|i| vec![100 + i; 50]).collect();
+        let joined = parts.concat();
+        let members: Vec<Member> = parts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (ChunkId::hash(None, p), (i * 50) as u32, 50))
+            .collect();
+        w.add_frame(BlobKind::Data, Compression::None, &joined, 150, &members);
         w.finish()
     }
 
@@ -267,7 +335,9 @@ mod tests {
         assert_eq!(id, ChunkId(*blake3::hash(&bytes).as_bytes()));
         assert_eq!(parse_pack(&bytes, "p").unwrap(), entries);
         for e in &entries {
-            let blob = &bytes[e.offset as usize..(e.offset + e.stored_len as u64) as usize];
+            let f = e.frame;
+            let frame = &bytes[f.offset as usize..(f.offset + f.stored_len as u64) as usize];
+            let blob = &frame[e.offset_in_frame as usize..(e.offset_in_frame + e.raw_len) as usize];
             assert_eq!(ChunkId::hash(None, blob), e.id);
         }
     }
@@ -277,7 +347,7 @@ mod tests {
         fn hostile_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
             if let Ok(entries) = parse_pack(&bytes, "p") {
                 for e in entries {
-                    proptest::prop_assert!(e.offset + e.stored_len as u64 <= bytes.len() as u64);
+                    proptest::prop_assert!(e.frame.offset + e.frame.stored_len as u64 <= bytes.len() as u64);
                 }
             }
         }
@@ -288,7 +358,7 @@ mod tests {
         let (_, bytes, entries) = sample();
         let trailer_start = entries
             .last()
-            .map(|e| e.offset + e.stored_len as u64)
+            .map(|e| e.frame.offset + e.frame.stored_len as u64)
             .unwrap() as usize;
         for i in (0..8).chain(trailer_start..bytes.len()) {
             let mut bad = bytes.clone();

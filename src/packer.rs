@@ -8,7 +8,7 @@ use crate::compress::Compression;
 use crate::error::{Error, Result};
 use crate::id::ChunkId;
 use crate::index::pack_object_name;
-use crate::pack::{BlobKind, PackEntry, PackWriter};
+use crate::pack::{BlobKind, Member, PackEntry, PackWriter};
 use crate::storage::Backend;
 use std::sync::Mutex;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -90,13 +90,14 @@ impl Packer {
         }
     }
 
-    pub fn add(
+    /// Adds a frame holding `members` (see [`PackWriter::add_frame`]).
+    pub fn add_frame(
         &self,
         kind: BlobKind,
-        id: ChunkId,
         compression: Compression,
         stored: &[u8],
         raw_len: u32,
+        members: &[Member],
     ) -> Result<()> {
         let mut slot = self.filling.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_none() {
@@ -109,7 +110,9 @@ impl Packer {
             *next += 1;
         }
         let filling = slot.as_mut().expect("set above");
-        filling.writer.add(kind, id, compression, stored, raw_len);
+        filling
+            .writer
+            .add_frame(kind, compression, stored, raw_len, members);
         if filling.writer.len() >= self.target {
             let full = slot.take().expect("present");
             // Sending under the lock gives back-pressure: nobody fills a new pack until the

@@ -1,7 +1,6 @@
 //! Restore: reassemble files from verified chunks, stage each beside its destination, fsync,
 //! rename into place. A reader of the destination sees the old file or the complete new one.
 
-use crate::compress::decompress;
 use crate::error::{Error, IoContext, Result};
 use crate::id::ChunkId;
 use crate::index::{BlobLoc, IndexReader};
@@ -82,57 +81,52 @@ impl<'a> BlobReader<'a> {
     pub fn read(&self, id: &ChunkId) -> Result<Vec<u8>> {
         let loc = self.locate(id)?;
         let pack = self.pack_name(loc.pack)?;
-        let stored = self
-            .repo
-            .backend
-            .get_range(&pack, loc.offset as u64, loc.stored_len as usize)
-            .map_err(|e| match e.kind() {
-                crate::ErrorKind::NotFound => {
-                    Error::corrupt(format!("{pack} is missing (needed for chunk {id})"))
-                }
-                _ => Error::corrupt(format!("{pack}: chunk {id} at offset {}: {e}", loc.offset)),
-            })?;
+        let stored = self.read_span(
+            &pack,
+            loc.frame_offset as u64,
+            loc.frame_stored_len as usize,
+        )?;
         check_blob(&stored, &loc, id, self.repo.id_key(), &pack)
     }
 }
 
-/// Decompresses a stored blob into `dst` (exactly its raw length) and checks it hashes to `id`.
-pub fn check_blob_into(
-    stored: &[u8],
+/// Decompresses a frame into `dst` (exactly its raw length).
+fn decode_frame(stored: &[u8], loc: &BlobLoc, pack: &str, dst: &mut [u8]) -> Result<()> {
+    crate::compress::decompress_into(stored, loc.compression, dst)
+        .map_err(|e| Error::corrupt(format!("{pack}: frame at offset {}: {e}", loc.frame_offset)))
+}
+
+/// Checks that `data` (a blob taken from its frame) hashes to `id`.
+pub fn check_hash(
+    data: &[u8],
     loc: &BlobLoc,
     id: &ChunkId,
     key: Option<&[u8; 32]>,
     pack: &str,
-    dst: &mut [u8],
 ) -> Result<()> {
-    crate::compress::decompress_into(stored, loc.compression, dst)
-        .map_err(|e| Error::corrupt(format!("{pack}: chunk {id} at offset {}: {e}", loc.offset)))?;
-    if ChunkId::hash(key, dst) != *id {
+    if ChunkId::hash(key, data) != *id {
         return Err(Error::corrupt(format!(
-            "{pack}: chunk {id} at offset {}: hash mismatch",
-            loc.offset
+            "{pack}: chunk {id} in frame at offset {}: hash mismatch",
+            loc.frame_offset
         )));
     }
     Ok(())
 }
 
-/// Decompresses a stored blob and checks it hashes to `id`.
+/// Decompresses a stored frame and returns blob `id` from it, checked against its id.
 pub fn check_blob(
-    stored: &[u8],
+    frame: &[u8],
     loc: &BlobLoc,
     id: &ChunkId,
     key: Option<&[u8; 32]>,
     pack: &str,
 ) -> Result<Vec<u8>> {
-    let raw = decompress(stored, loc.compression, loc.raw_len as usize)
-        .map_err(|e| Error::corrupt(format!("{pack}: chunk {id} at offset {}: {e}", loc.offset)))?;
-    if ChunkId::hash(key, &raw) != *id {
-        return Err(Error::corrupt(format!(
-            "{pack}: chunk {id} at offset {}: hash mismatch",
-            loc.offset
-        )));
-    }
-    Ok(raw)
+    let mut raw = vec![0u8; loc.frame_raw_len as usize];
+    decode_frame(frame, loc, pack, &mut raw)?;
+    let start = loc.offset_in_frame as usize;
+    let blob = &raw[start..start + loc.raw_len as usize];
+    check_hash(blob, loc, id, key, pack)?;
+    Ok(blob.to_vec())
 }
 
 pub struct RestoreOptions {
@@ -279,10 +273,12 @@ fn for_each_batch(
 thread_local! {
     static SPAN: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     static GROUP: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    static FRAME: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Calls `f` with the verified bytes of a group. Runs of chunks stored back to back are read
-/// with one read; buffers are reused per thread.
+/// Calls `f` with the verified bytes of a group. Frames stored back to back are read with one
+/// read, each frame is decompressed once, every chunk is checked against its id, and buffers are
+/// reused per thread.
 fn with_group<T>(
     blobs: &BlobReader,
     group: &Group,
@@ -302,6 +298,7 @@ fn with_group<T>(
             )));
         }
     }
+    let key = blobs.repo.id_key();
     GROUP.with(|out| {
         let mut out = out.borrow_mut();
         if out.len() < total as usize {
@@ -310,29 +307,58 @@ fn with_group<T>(
         let mut filled = 0usize;
         let mut i = 0;
         while i < locs.len() {
-            // Extend the run while the next chunk follows this one in the same pack.
+            // A run of chunks whose frames follow each other in one pack: one read.
+            let start = locs[i].frame_offset as u64;
+            let mut end = start + locs[i].frame_stored_len as u64;
             let mut j = i + 1;
-            let start = locs[i].offset as u64;
-            let mut end = start + locs[i].stored_len as u64;
-            while j < locs.len()
-                && locs[j].pack == locs[i].pack
-                && locs[j].offset as u64 == end
-                && end - start <= GROUP_BYTES * 2
-            {
-                end += locs[j].stored_len as u64;
-                j += 1;
+            while j < locs.len() && locs[j].pack == locs[i].pack {
+                if locs[j].frame_key() == locs[j - 1].frame_key() {
+                    j += 1;
+                } else if locs[j].frame_offset as u64 == end && end - start <= GROUP_BYTES * 2 {
+                    end += locs[j].frame_stored_len as u64;
+                    j += 1;
+                } else {
+                    break;
+                }
             }
             let pack = blobs.pack_name(locs[i].pack)?;
             SPAN.with(|span| -> Result<()> {
                 let mut span = span.borrow_mut();
                 span.resize((end - start) as usize, 0);
                 blobs.read_span_into(&pack, start, &mut span)?;
-                for (loc, leaf) in locs[i..j].iter().zip(&group.leaves[i..j]) {
-                    let rel = (loc.offset as u64 - start) as usize;
-                    let stored = &span[rel..rel + loc.stored_len as usize];
-                    let dst = &mut out[filled..filled + loc.raw_len as usize];
-                    check_blob_into(stored, loc, &leaf.id, blobs.repo.id_key(), &pack, dst)?;
-                    filled += loc.raw_len as usize;
+                let mut k = i;
+                while k < j {
+                    let loc = locs[k];
+                    let mut m = k + 1;
+                    while m < j && locs[m].frame_key() == loc.frame_key() {
+                        m += 1;
+                    }
+                    let rel = (loc.frame_offset as u64 - start) as usize;
+                    let stored = &span[rel..rel + loc.frame_stored_len as usize];
+                    let whole =
+                        m == k + 1 && loc.offset_in_frame == 0 && loc.raw_len == loc.frame_raw_len;
+                    if whole {
+                        // A frame of one chunk: decompress straight into place.
+                        let dst = &mut out[filled..filled + loc.raw_len as usize];
+                        decode_frame(stored, &loc, &pack, dst)?;
+                        check_hash(dst, &loc, &group.leaves[k].id, key, &pack)?;
+                        filled += loc.raw_len as usize;
+                    } else {
+                        FRAME.with(|frame| -> Result<()> {
+                            let mut frame = frame.borrow_mut();
+                            frame.resize(loc.frame_raw_len as usize, 0);
+                            decode_frame(stored, &loc, &pack, &mut frame)?;
+                            for (l, leaf) in locs[k..m].iter().zip(&group.leaves[k..m]) {
+                                let s = l.offset_in_frame as usize;
+                                let blob = &frame[s..s + l.raw_len as usize];
+                                check_hash(blob, l, &leaf.id, key, &pack)?;
+                                out[filled..filled + blob.len()].copy_from_slice(blob);
+                                filled += blob.len();
+                            }
+                            Ok(())
+                        })?;
+                    }
+                    k = m;
                 }
                 Ok(())
             })?;

@@ -12,7 +12,7 @@ pub struct RepoStats {
     pub logical_bytes: u64,
     /// Raw bytes of all unique blobs.
     pub unique_bytes: u64,
-    /// Compressed bytes of all unique blobs.
+    /// Compressed bytes of all unique blobs (each blob's share of its frame).
     pub compressed_bytes: u64,
     /// Bytes of pack files, manifests and the index on disk.
     pub stored_bytes: u64,
@@ -45,7 +45,10 @@ pub fn stats(repo: &Repo, snaps: &[Snapshot]) -> Result<RepoStats> {
     index.for_each_blob(|_, loc| {
         s.chunks += 1;
         s.unique_bytes += loc.raw_len as u64;
-        s.compressed_bytes += loc.stored_len as u64;
+        // A blob's share of its frame's stored bytes.
+        s.compressed_bytes += (loc.frame_stored_len as u64 * loc.raw_len as u64)
+            .checked_div(loc.frame_raw_len as u64)
+            .unwrap_or(0);
         Ok(())
     })?;
     for (_, p) in index.packs()? {

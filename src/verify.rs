@@ -1,13 +1,13 @@
 //! Verification: every snapshot's manifest, chunk-list trees and chunks are accounted for; with
 //! `read_data`, every pack is read and every blob decompressed and checked against its id.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::id::ChunkId;
 use crate::index::IndexReader;
 use crate::manifest::{Content, EntryKind, Manifest};
 use crate::pack::{BlobKind, parse_pack};
 use crate::repo::Repo;
-use crate::restore::{BlobReader, check_blob, check_entry_path};
+use crate::restore::{BlobReader, check_entry_path, check_hash};
 use crate::storage::Backend;
 use crate::tree::Node;
 use rayon::prelude::*;
@@ -102,19 +102,40 @@ pub fn verify(repo: &Repo, read_data: bool) -> Result<VerifyReport> {
                     }
                 };
                 let mut count = 0;
+                let mut frame_cache: Option<(u64, Result<Vec<u8>>)> = None;
                 for e in &entries {
                     count += 1;
-                    let loc = crate::index::BlobLoc {
-                        pack: *no,
-                        offset: e.offset as u32,
-                        stored_len: e.stored_len,
-                        raw_len: e.raw_len,
-                        kind: e.kind,
-                        compression: e.compression,
+                    let loc = crate::index::BlobLoc::from_entry(*no, e);
+                    let f = e.frame;
+                    if frame_cache.as_ref().map(|c| c.0) != Some(f.offset) {
+                        let stored =
+                            &bytes[f.offset as usize..(f.offset + f.stored_len as u64) as usize];
+                        let mut raw = vec![0u8; f.raw_len as usize];
+                        let decoded =
+                            crate::compress::decompress_into(stored, f.compression, &mut raw)
+                                .map(|()| raw)
+                                .map_err(|err| {
+                                    Error::corrupt(format!(
+                                        "{name}: frame at offset {}: {err}",
+                                        f.offset
+                                    ))
+                                });
+                        frame_cache = Some((f.offset, decoded));
+                    }
+                    let checked = match &frame_cache.as_ref().expect("set above").1 {
+                        Ok(raw) => {
+                            let s = e.offset_in_frame as usize;
+                            check_hash(
+                                &raw[s..s + e.raw_len as usize],
+                                &loc,
+                                &e.id,
+                                key.as_ref(),
+                                &name,
+                            )
+                        }
+                        Err(err) => Err(Error::corrupt(format!("{err} (chunk {})", e.id))),
                     };
-                    let stored =
-                        &bytes[e.offset as usize..(e.offset + e.stored_len as u64) as usize];
-                    if let Err(err) = check_blob(stored, &loc, &e.id, key.as_ref(), &name) {
+                    if let Err(err) = checked {
                         bad.push(e.id);
                         msgs.push(err.to_string());
                     }
