@@ -103,10 +103,7 @@ impl Shared<'_> {
         let raw: &[u8] = if let [(_, data)] = members {
             data
         } else {
-            joined = members
-                .iter()
-                .flat_map(|(_, d)| d.iter().copied())
-                .collect::<Vec<u8>>();
+            joined = members.iter().map(|(_, d)| *d).collect::<Vec<&[u8]>>().concat();
             &joined
         };
         let (compression, stored) = compress(raw, self.repo.config.zstd_level)?;
