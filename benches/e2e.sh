@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end benchmark of strata on the W1 history (see docs/PERFORMANCE.md).
 #
-#   benches/e2e.sh [--runs N] [--size-mb MB] [--steps K] [--level L] [--out CSV]
+#   benches/e2e.sh [--runs N] [--size-mb MB] [--steps K] [--level L] [--init "ARGS"] [--out CSV]
 #
 # Builds the W1 corpus once with ../shared/corpus/gen_corpus.py (cached in $BENCH_CACHE,
 # default ~/.cache/strata-bench), then per run: first backup, no-change backup, K x (mutate step,
@@ -10,13 +10,14 @@
 # operation into a CSV, and prints medians over the runs. Page cache is warm (not dropped).
 set -euo pipefail
 
-runs=3 size_mb=1024 steps=5 level="" out=""
+runs=3 size_mb=1024 steps=5 level="" out="" init_args=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --runs) runs=$2; shift 2 ;;
     --size-mb) size_mb=$2; shift 2 ;;
     --steps) steps=$2; shift 2 ;;
     --level) level=$2; shift 2 ;;
+    --init) init_args=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
@@ -63,7 +64,8 @@ for run in $(seq 1 "$runs"); do
   mkdir -p "$scratch"
   cp -a "$base" "$work"
   rm -f "$work/.complete"
-  "$strata" init --repo "$repo" ${level:+--zstd-level=$level} >/dev/null
+  # shellcheck disable=SC2086
+  "$strata" init --repo "$repo" ${level:+--zstd-level=$level} $init_args >/dev/null
   sleep 1   # let the copy's timestamps age past strata's racy-file window
   measure "$run" first "$strata" backup --repo "$repo" "$work"
   measure "$run" nochange "$strata" backup --repo "$repo" "$work"
