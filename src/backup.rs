@@ -103,7 +103,11 @@ impl Shared<'_> {
         let raw: &[u8] = if let [(_, data)] = members {
             data
         } else {
-            joined = members.iter().map(|(_, d)| *d).collect::<Vec<&[u8]>>().concat();
+            joined = members
+                .iter()
+                .map(|(_, d)| *d)
+                .collect::<Vec<&[u8]>>()
+                .concat();
             &joined
         };
         let (compression, stored) = compress(raw, self.repo.config.zstd_level)?;

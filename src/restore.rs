@@ -483,6 +483,8 @@ fn restore_file(blobs: &BlobReader, entry: &Entry, dest: &Path) -> Result<u64> {
             .open(&tmp)
             .ctx("create", &tmp)?;
         let written = write_content_at(blobs, entry, &f, &tmp)?;
+        // Owner first: chown clears set-id bits, which the mode then restores.
+        restore_owner(&tmp, entry)?;
         f.set_permissions(fs::Permissions::from_mode(entry.mode & 0o7777))
             .ctx("set permissions", &tmp)?;
         f.sync_all().ctx("fsync", &tmp)?;
@@ -497,6 +499,16 @@ fn restore_file(blobs: &BlobReader, entry: &Entry, dest: &Path) -> Result<u64> {
     result
 }
 
+/// Restores owner and group when running as root (ownership cannot be given away otherwise).
+/// Does not follow symlinks.
+fn restore_owner(path: &Path, entry: &Entry) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(());
+    }
+    std::os::unix::fs::lchown(path, Some(entry.uid), Some(entry.gid)).ctx("set owner", path)
+}
+
 fn restore_symlink(entry: &Entry, dest: &Path) -> Result<()> {
     let target = entry
         .target
@@ -504,6 +516,7 @@ fn restore_symlink(entry: &Entry, dest: &Path) -> Result<()> {
         .ok_or_else(|| Error::corrupt(format!("{}: symlink without target", entry.path_lossy())))?;
     let tmp = temp_name(dest);
     std::os::unix::fs::symlink(OsStr::from_bytes(target), &tmp).ctx("create symlink", &tmp)?;
+    restore_owner(&tmp, entry)?;
     set_mtime(&tmp, entry.mtime_ns, false).ok();
     fs::rename(&tmp, dest).map_err(|e| {
         let _ = fs::remove_file(&tmp);
@@ -594,6 +607,7 @@ pub fn restore(repo: &Repo, manifest: &Manifest, opts: &RestoreOptions) -> Resul
         }
     }
     for (dest, e) in dirs.iter().rev() {
+        restore_owner(dest, e)?;
         fs::set_permissions(dest, fs::Permissions::from_mode(e.mode & 0o7777))
             .ctx("set permissions", dest)?;
         set_mtime(dest, e.mtime_ns, true)?;

@@ -46,6 +46,35 @@ fn round_trip_of_a_mixed_tree() {
 }
 
 #[test]
+fn special_files_are_skipped_with_a_warning() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    write(&src.join("regular"), b"kept");
+    let fifo = src.join("pipe");
+    let status = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let r = env.run(&["backup", src.to_str().unwrap()]);
+    assert_eq!(code(&r), 0, "{}", stderr(&r));
+    assert!(
+        stderr(&r).contains("pipe: skipped (fifo)"),
+        "{}",
+        stderr(&r)
+    );
+    let show = env.json(&["show", "latest"]);
+    let paths: Vec<&str> = show["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["src", "src/regular"]);
+}
+
+#[test]
 fn large_file_round_trip() {
     let env = Env::new();
     env.init();
