@@ -28,6 +28,7 @@ use crate::storage::Backend;
 use crate::tree::TreeBuilder;
 use crate::walk::{WalkItem, walk_sources};
 use rayon::prelude::*;
+use redb::ReadableTable;
 use std::collections::HashSet;
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
@@ -196,7 +197,18 @@ pub fn backup(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
         progress: opts.progress,
     };
     let (read_results, packs) = std::thread::scope(|s| {
-        let writer = s.spawn(|| writer_thread.run(&repo.backend));
+        // Full packs are recorded in the index while reading goes on, a few per transaction, so
+        // the index never holds a whole backup's dirty pages and the commit at the end is small.
+        // Blobs indexed without a snapshot are harmless: their packs are durable, and the next
+        // backup reuses them.
+        let writer = s.spawn(|| {
+            writer_thread.run(&repo.backend, PACKS_PER_INDEX_TXN, &mut |packs| {
+                let txn = repo.index.write()?;
+                insert_packs(&txn, packs)?;
+                txn.commit()?;
+                Ok(())
+            })
+        });
         // Large files one at a time, each read with parallelism inside it; small files in
         // parallel with each other. Either way only a few read buffers exist at once.
         let (large, small): (Vec<usize>, Vec<usize>) = to_read
@@ -329,23 +341,13 @@ fn commit(
     framed: &[u8],
     stamps: &[(Vec<u8>, FileStamp)],
 ) -> Result<()> {
-    // Blob locations first, a few packs per transaction so the index never holds a whole
-    // backup's worth of dirty pages in memory. Blobs indexed this way without a snapshot are
-    // harmless: the packs are durable, and the blobs are reused by the next backup.
-    let mut packs = packs;
-    while packs.len() > PACKS_PER_INDEX_TXN {
-        let rest = packs.split_off(PACKS_PER_INDEX_TXN);
-        let txn = repo.index.write()?;
-        insert_packs(&txn, packs)?;
-        txn.commit()?;
-        packs = rest;
-    }
     // The last packs, the snapshot and the file stamps commit together, durably.
     let txn = repo.index.write()?;
     insert_packs(&txn, packs)?;
     {
         let mut meta = txn.open_table(META)?;
-        meta.insert(META_NEXT_PACK, next_pack as u64)?;
+        let recorded = meta.get(META_NEXT_PACK)?.map(|v| v.value()).unwrap_or(0);
+        meta.insert(META_NEXT_PACK, recorded.max(next_pack as u64))?;
         let mut snaps = txn.open_table(SNAPSHOTS)?;
         snaps.insert(id.as_bytes(), framed)?;
         let mut files = txn.open_table(FILES)?;
@@ -371,6 +373,7 @@ fn insert_packs(txn: &redb::WriteTransaction, packs: Vec<WrittenPack>) -> Result
     let mut blobs = txn.open_table(BLOBS)?;
     let mut pack_table = txn.open_table(PACKS)?;
     let mut locs: Vec<(ChunkId, BlobLoc)> = Vec::new();
+    let max_no = packs.iter().map(|p| p.no).max();
     for p in packs {
         for e in &p.entries {
             locs.push((e.id, BlobLoc::from_entry(p.no, e)));
@@ -381,6 +384,12 @@ fn insert_packs(txn: &redb::WriteTransaction, packs: Vec<WrittenPack>) -> Result
             blobs: p.entries.len() as u32,
         };
         pack_table.insert(p.no, &info.encode())?;
+    }
+    // Pack numbers are never reused, even if this backup dies before its final commit.
+    if let Some(max) = max_no {
+        let mut meta = txn.open_table(META)?;
+        let next = meta.get(META_NEXT_PACK)?.map(|v| v.value()).unwrap_or(0);
+        meta.insert(META_NEXT_PACK, next.max(max as u64 + 1))?;
     }
     if locs.len() < SORTED_INSERT_MAX {
         locs.sort_unstable_by_key(|(id, _)| *id);

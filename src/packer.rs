@@ -40,8 +40,15 @@ pub struct PackWriterThread {
 }
 
 impl PackWriterThread {
-    /// Runs until the packer is finished; returns every pack written, or the first error.
-    pub fn run(self, backend: &dyn Backend) -> Result<Vec<WrittenPack>> {
+    /// Runs until the packer is finished. Every `batch` written packs are handed to `on_batch`
+    /// (which records them in the index while the backup goes on); returns the packs written
+    /// since the last batch, or the first error.
+    pub fn run(
+        self,
+        backend: &dyn Backend,
+        batch: usize,
+        on_batch: &mut dyn FnMut(Vec<WrittenPack>) -> Result<()>,
+    ) -> Result<Vec<WrittenPack>> {
         let mut done = Vec::new();
         let mut first_error = None;
         for (no, writer) in self.rx {
@@ -57,6 +64,11 @@ impl PackWriterThread {
                     entries,
                 }),
                 Err(e) => first_error = Some(e),
+            }
+            if first_error.is_none() && done.len() >= batch {
+                if let Err(e) = on_batch(std::mem::take(&mut done)) {
+                    first_error = Some(e);
+                }
             }
         }
         match first_error {
