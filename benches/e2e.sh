@@ -7,7 +7,8 @@
 # default ~/.cache/strata-bench), then per run: first backup, no-change backup, K x (mutate step,
 # backup), restore of the latest snapshot with a byte-exact comparison. Records wall/CPU seconds,
 # peak RSS (/usr/bin/time) and repository growth (apparent bytes and allocated disk blocks) per
-# operation into a CSV, and prints medians over the runs. Page cache is warm (not dropped).
+# operation into a CSV, and prints medians over the runs. Page cache is warm (not dropped); the
+# data is synced to disk before each backup.
 set -euo pipefail
 
 runs=3 size_mb=1024 steps=5 level="" out="" init_args=""
@@ -66,11 +67,16 @@ for run in $(seq 1 "$runs"); do
   rm -f "$work/.complete"
   # shellcheck disable=SC2086
   "$strata" init --repo "$repo" ${level:+--zstd-level=$level} $init_args >/dev/null
-  sleep 1   # let the copy's timestamps age past strata's racy-file window
+  # Flush the copy, so the backup does not compete with 1.2 GB of writeback (data an
+  # application wrote more than ~30 s ago is already on disk), and let its timestamps age past
+  # strata's racy-file window.
+  sync
+  sleep 1
   measure "$run" first "$strata" backup --repo "$repo" "$work"
   measure "$run" nochange "$strata" backup --repo "$repo" "$work"
   for k in $(seq 1 "$steps"); do
     python3 "$gen" mutate --out "$work" --step "$k" >/dev/null
+    sync
     sleep 1
     measure "$run" hourly "$strata" backup --repo "$repo" "$work"
   done
