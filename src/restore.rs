@@ -335,14 +335,25 @@ fn with_group<T>(
                     }
                     let rel = (loc.frame_offset as u64 - start) as usize;
                     let stored = &span[rel..rel + loc.frame_stored_len as usize];
-                    let whole =
-                        m == k + 1 && loc.offset_in_frame == 0 && loc.raw_len == loc.frame_raw_len;
+                    // Do these chunks make up the whole frame, in order? (The usual case: a
+                    // run of a file's chunks stored together.)
+                    let mut expect = 0u32;
+                    let whole = locs[k..m].iter().all(|l| {
+                        let ok = l.offset_in_frame == expect;
+                        expect = expect.saturating_add(l.raw_len);
+                        ok
+                    }) && expect == loc.frame_raw_len;
                     if whole {
-                        // A frame of one chunk: decompress straight into place.
-                        let dst = &mut out[filled..filled + loc.raw_len as usize];
+                        // Decompress straight into place, then check each chunk there.
+                        let dst = &mut out[filled..filled + loc.frame_raw_len as usize];
                         decode_frame(stored, &loc, &pack, dst)?;
-                        check_hash(dst, &loc, &group.leaves[k].id, key, &pack)?;
-                        filled += loc.raw_len as usize;
+                        let mut at = 0usize;
+                        for (l, leaf) in locs[k..m].iter().zip(&group.leaves[k..m]) {
+                            let blob = &dst[at..at + l.raw_len as usize];
+                            check_hash(blob, l, &leaf.id, key, &pack)?;
+                            at += l.raw_len as usize;
+                        }
+                        filled += loc.frame_raw_len as usize;
                     } else {
                         FRAME.with(|frame| -> Result<()> {
                             let mut frame = frame.borrow_mut();
