@@ -65,10 +65,11 @@ impl PackWriterThread {
                 }),
                 Err(e) => first_error = Some(e),
             }
-            if first_error.is_none() && done.len() >= batch {
-                if let Err(e) = on_batch(std::mem::take(&mut done)) {
-                    first_error = Some(e);
-                }
+            if first_error.is_none()
+                && done.len() >= batch
+                && let Err(e) = on_batch(std::mem::take(&mut done))
+            {
+                first_error = Some(e);
             }
         }
         match first_error {
