@@ -86,6 +86,17 @@ fn stages(c: &mut Criterion) {
     g.finish();
 }
 
+fn options(src: &std::path::Path) -> BackupOptions<'static> {
+    BackupOptions {
+        sources: vec![src.to_path_buf()],
+        name: None,
+        tags: vec![],
+        kind: "manual".into(),
+        progress: None,
+        on_plan: None,
+    }
+}
+
 fn end_to_end(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
@@ -104,17 +115,7 @@ fn end_to_end(c: &mut Criterion) {
                 let _ = std::fs::remove_dir_all(&repo);
                 Repo::init(&repo, Config::new(ChunkerParams::default(), 1).unwrap()).unwrap()
             },
-            |repo| {
-                let opts = BackupOptions {
-                    sources: vec![src.clone()],
-                    name: None,
-                    tags: vec![],
-                    kind: "manual".into(),
-                    progress: None,
-                    on_plan: None,
-                };
-                black_box(backup(&repo, &opts).unwrap().id)
-            },
+            |repo| black_box(backup(&repo, &options(&src)).unwrap().id),
         )
     });
 
@@ -124,15 +125,7 @@ fn end_to_end(c: &mut Criterion) {
         Config::new(ChunkerParams::default(), 1).unwrap(),
     )
     .unwrap();
-    let opts = BackupOptions {
-        sources: vec![src.clone()],
-        name: None,
-        tags: vec![],
-        kind: "manual".into(),
-        progress: None,
-        on_plan: None,
-    };
-    let report = backup(&repo, &opts).unwrap();
+    let report = backup(&repo, &options(&src)).unwrap();
     g.bench_function("restore 256 MiB", |b| {
         b.iter(|| {
             let target = dir.path().join("restored");

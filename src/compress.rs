@@ -50,37 +50,9 @@ pub fn compress(data: &[u8], level: i32) -> Result<(Compression, Vec<u8>)> {
 
 /// Decompresses a blob that must expand to exactly `raw_len` bytes.
 pub fn decompress(stored: &[u8], compression: Compression, raw_len: usize) -> Result<Vec<u8>> {
-    match compression {
-        Compression::None => {
-            if stored.len() != raw_len {
-                return Err(Error::corrupt(format!(
-                    "stored length {} differs from raw length {raw_len}",
-                    stored.len()
-                )));
-            }
-            Ok(stored.to_vec())
-        }
-        Compression::Zstd => DECOMPRESSOR.with(|cell| {
-            let mut slot = cell.borrow_mut();
-            if slot.is_none() {
-                *slot = Some(
-                    zstd::bulk::Decompressor::new()
-                        .map_err(|e| Error::io("zstd decompressor", e))?,
-                );
-            }
-            let d = slot.as_mut().expect("set above");
-            let out = d
-                .decompress(stored, raw_len)
-                .map_err(|e| Error::corrupt(format!("zstd: {e}")))?;
-            if out.len() != raw_len {
-                return Err(Error::corrupt(format!(
-                    "zstd produced {} bytes, expected {raw_len}",
-                    out.len()
-                )));
-            }
-            Ok(out)
-        }),
-    }
+    let mut out = vec![0u8; raw_len];
+    decompress_into(stored, compression, &mut out)?;
+    Ok(out)
 }
 
 /// Decompresses a blob into `dst`, which must be exactly its raw length.

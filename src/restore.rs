@@ -414,6 +414,32 @@ fn write_content_at(
     })
 }
 
+/// Makes `dir` a real directory: creates it if missing, refuses a symlink or a non-directory in
+/// its place, and remembers it as checked.
+fn ensure_dir(dir: &Path, checked: &Mutex<HashSet<PathBuf>>) -> Result<()> {
+    match fs::symlink_metadata(dir) {
+        Ok(m) if m.file_type().is_symlink() => {
+            return Err(Error::invalid(format!(
+                "refusing to restore through symlink {}",
+                dir.display()
+            )));
+        }
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(Error::invalid(format!(
+                "{} exists and is not a directory",
+                dir.display()
+            )));
+        }
+        Err(_) => fs::create_dir(dir).ctx("create directory", dir)?,
+    }
+    checked
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(dir.to_path_buf());
+    Ok(())
+}
+
 /// Makes sure every existing component of `rel`'s parent below `target` is a real directory
 /// (not a symlink that could lead outside), creating missing ones.
 fn prepare_parent(target: &Path, rel: &[u8], checked: &Mutex<HashSet<PathBuf>>) -> Result<PathBuf> {
@@ -428,26 +454,7 @@ fn prepare_parent(target: &Path, rel: &[u8], checked: &Mutex<HashSet<PathBuf>>) 
         {
             continue;
         }
-        match fs::symlink_metadata(&dir) {
-            Ok(m) if m.file_type().is_symlink() => {
-                return Err(Error::invalid(format!(
-                    "refusing to restore through symlink {}",
-                    dir.display()
-                )));
-            }
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => {
-                return Err(Error::invalid(format!(
-                    "{} exists and is not a directory",
-                    dir.display()
-                )));
-            }
-            Err(_) => fs::create_dir(&dir).ctx("create directory", &dir)?,
-        }
-        checked
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(dir.clone());
+        ensure_dir(&dir, checked)?;
     }
     Ok(dir.join(OsStr::from_bytes(comps[comps.len() - 1])))
 }
@@ -553,26 +560,7 @@ pub fn restore(repo: &Repo, manifest: &Manifest, opts: &RestoreOptions) -> Resul
     let mut dirs = Vec::new();
     for e in entries.iter().filter(|e| e.kind == EntryKind::Dir) {
         let dest = prepare_parent(&target, &e.path, &checked)?;
-        match fs::symlink_metadata(&dest) {
-            Ok(m) if m.file_type().is_symlink() => {
-                return Err(Error::invalid(format!(
-                    "refusing to restore through symlink {}",
-                    dest.display()
-                )));
-            }
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => {
-                return Err(Error::invalid(format!(
-                    "{} exists and is not a directory",
-                    dest.display()
-                )));
-            }
-            Err(_) => fs::create_dir(&dest).ctx("create directory", &dest)?,
-        }
-        checked
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(dest.clone());
+        ensure_dir(&dest, &checked)?;
         dirs.push((dest, *e));
     }
     report.dirs = dirs.len() as u64;

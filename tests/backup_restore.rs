@@ -65,12 +65,7 @@ fn special_files_are_skipped_with_a_warning() {
         stderr(&r)
     );
     let show = env.json(&["show", "latest"]);
-    let paths: Vec<&str> = show["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["path"].as_str().unwrap())
-        .collect();
+    let paths = entry_paths(&show);
     assert_eq!(paths, ["src", "src/regular"]);
 }
 
@@ -118,12 +113,7 @@ fn several_paths_make_one_snapshot() {
     let list = env.json(&["list"]);
     assert_eq!(list.as_array().unwrap().len(), 1);
     let show = env.json(&["show", "latest"]);
-    let paths: Vec<&str> = show["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["path"].as_str().unwrap())
-        .collect();
+    let paths = entry_paths(&show);
     assert_eq!(paths, ["a", "a-2", "a-2/g", "a/f", "single.txt"]);
     let out = env.path("out");
     env.ok(&["restore", "latest", out.to_str().unwrap(), "--path", "a-2"]);

@@ -198,6 +198,16 @@ pub fn packs(repo: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// The entry paths of a `show --json` answer.
+pub fn entry_paths(show: &serde_json::Value) -> Vec<String> {
+    show["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| e["path"].as_str().expect("path").to_string())
+        .collect()
+}
+
 pub fn code(out: &Output) -> i32 {
     out.status.code().unwrap_or(-1)
 }
