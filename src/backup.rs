@@ -34,7 +34,7 @@ use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -73,9 +73,11 @@ const RACY_WINDOW_NS: i64 = 100_000_000;
 /// State shared by the worker threads of one backup.
 struct Shared<'r> {
     repo: &'r Repo,
-    reader: IndexReader,
+    /// The index as of the last commit this backup made (swapped as packs are indexed).
+    reader: RwLock<Arc<IndexReader>>,
     key: Option<[u8; 32]>,
-    /// Blobs added by this backup (not yet in the index).
+    /// Blobs added by this backup and not yet in `reader`: bounded by the packs in flight, not by
+    /// the size of the backup.
     added: Mutex<HashSet<ChunkId>>,
     packer: Packer,
     new_chunks: AtomicU64,
@@ -86,8 +88,15 @@ struct Shared<'r> {
 
 impl Shared<'_> {
     /// True if the blob must be stored; marks it as added so no other thread stores it too.
+    /// (A blob whose pack is indexed between the two checks can be stored twice; the index then
+    /// points at the second copy and the first is garbage: wasteful, never wrong.)
     fn claim(&self, id: &ChunkId) -> Result<bool> {
-        if self.reader.contains(id)? {
+        let reader = self
+            .reader
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if reader.contains(id)? {
             return Ok(false);
         }
         Ok(self
@@ -187,7 +196,7 @@ pub fn backup(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
     let (packer, writer_thread) = Packer::new(first_pack, repo.config.pack_target);
     let shared = Shared {
         repo,
-        reader,
+        reader: RwLock::new(Arc::new(reader)),
         key: repo.id_key().copied(),
         added: Mutex::new(HashSet::new()),
         packer,
@@ -203,9 +212,20 @@ pub fn backup(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
         // backup reuses them.
         let writer = s.spawn(|| {
             writer_thread.run(&repo.backend, PACKS_PER_INDEX_TXN, &mut |packs| {
+                let ids: Vec<ChunkId> = packs
+                    .iter()
+                    .flat_map(|p| p.entries.iter().map(|e| e.id))
+                    .collect();
                 let txn = repo.index.write()?;
                 insert_packs(&txn, packs)?;
                 txn.commit()?;
+                // Readers see the new blobs first, then they leave the in-memory set.
+                let fresh = Arc::new(IndexReader::new(&repo.index.read()?)?);
+                *shared.reader.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+                let mut added = shared.added.lock().unwrap_or_else(|p| p.into_inner());
+                for id in &ids {
+                    added.remove(id);
+                }
                 Ok(())
             })
         });
@@ -484,8 +504,18 @@ fn read_file(
     };
 
     // Nodes of the previous version are read through the index as it was when we started.
-    let blob_reader = crate::restore::BlobReader::new(repo, &shared.reader)?;
-    let fetch = |id: &ChunkId| blob_reader.read(id);
+    let prev_index = match previous {
+        Some(_) => Some(IndexReader::new(&repo.index.read()?)?),
+        None => None,
+    };
+    let blob_reader = match &prev_index {
+        Some(index) => Some(crate::restore::BlobReader::new(repo, index)?),
+        None => None,
+    };
+    let fetch = |id: &ChunkId| match &blob_reader {
+        Some(r) => r.read(id),
+        None => Err(Error::not_found("no previous version")),
+    };
     let mut prev = match previous {
         Some(p) if p.page_size == page_size => Some(PreviousVersion {
             walker: crate::tree::LeafWalker::new(&p.content, p.size, &fetch)?,
