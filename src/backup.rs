@@ -665,7 +665,7 @@ const FRAME_TARGET: usize = 64 << 10;
 /// Segment of a page-aligned file read by one task.
 const SEGMENT: usize = 1 << 20;
 /// Segments per batch.
-const SEGMENTS_PER_BATCH: usize = 8;
+const SEGMENTS_PER_BATCH: usize = 4;
 
 /// One batch of segments read and hashed.
 struct PageBatch {

@@ -8,8 +8,7 @@ use crate::error::{Error, Result};
 use crate::id::ChunkId;
 use crate::pack::BlobKind;
 use redb::{
-    Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable,
-    ReadableTableMetadata, TableDefinition,
+    Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
 };
 use std::path::Path;
 
@@ -328,13 +327,6 @@ impl IndexReader {
             }
         }
         Ok(out)
-    }
-
-    pub fn blob_count(&self) -> Result<u64> {
-        Ok(match &self.blobs {
-            Some(t) => t.len()?,
-            None => 0,
-        })
     }
 
     /// Calls `f` for every blob in the index.

@@ -4,7 +4,7 @@
 use crate::error::{Error, IoContext, Result};
 use crate::id::ChunkId;
 use crate::index::{BlobLoc, IndexReader};
-use crate::manifest::{Content, Entry, EntryKind, Manifest};
+use crate::manifest::{Entry, EntryKind, Manifest};
 use crate::repo::Repo;
 use crate::storage::{Backend, sync_dir, temp_name};
 use crate::tree::{LeafWalker, NodeEntry};
@@ -651,12 +651,4 @@ pub fn restore_to_writer(
     }
     out.flush().map_err(|e| Error::io("write to stdout", e))?;
     Ok(total)
-}
-
-/// Content ids referenced by an entry, for callers that only need the root.
-pub fn content_root(c: &Content) -> Option<ChunkId> {
-    match c {
-        Content::Empty => None,
-        Content::Chunk(id) | Content::Tree(id) => Some(*id),
-    }
 }

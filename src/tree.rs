@@ -266,28 +266,6 @@ impl<'a> LeafWalker<'a> {
     }
 }
 
-/// Every node id of a tree (for verification and reachability), children after parents.
-pub fn visit_nodes(
-    content: &Content,
-    fetch: &dyn Fn(&ChunkId) -> Result<Vec<u8>>,
-    visit: &mut dyn FnMut(&ChunkId, &Node) -> Result<bool>,
-) -> Result<()> {
-    let Content::Tree(root) = content else {
-        return Ok(());
-    };
-    let mut stack = vec![*root];
-    while let Some(id) = stack.pop() {
-        let node = Node::decode(
-            &fetch(&id)?,
-            &format_args!("chunk-list node {}", id.short()),
-        )?;
-        if visit(&id, &node)? && node.level > 0 {
-            stack.extend(node.entries.iter().rev().map(|e| e.id));
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
