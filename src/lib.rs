@@ -19,6 +19,7 @@ pub mod index;
 pub mod manifest;
 pub mod pack;
 pub mod packer;
+pub mod repair;
 pub mod repo;
 pub mod restore;
 pub mod snapshots;

@@ -92,6 +92,18 @@ impl Config {
 
 pub const DEFAULT_PACK_TARGET: u64 = 16 << 20;
 
+/// Reads and checks the repository config.
+pub fn load_config(backend: &LocalBackend) -> Result<Config> {
+    if !backend.exists(CONFIG_NAME)? {
+        return Err(Error::NotFound(format!(
+            "{} is not a strata repository (no config); create one with `strata init --repo {}`",
+            backend.path("").display(),
+            backend.path("").display()
+        )));
+    }
+    Config::decode(&backend.get(CONFIG_NAME)?)
+}
+
 /// Random bytes from the kernel.
 pub fn getrandom(buf: &mut [u8]) {
     use std::io::Read;
@@ -267,16 +279,8 @@ impl Repo {
 
     /// Opens an existing repository. Writers take the lock.
     pub fn open(root: &Path, write: bool, command: &str) -> Result<Repo> {
-        let config_path = root.join(CONFIG_NAME);
-        if !config_path.exists() {
-            return Err(Error::NotFound(format!(
-                "{} is not a strata repository (no config); create one with `strata init --repo {}`",
-                root.display(),
-                root.display()
-            )));
-        }
         let backend = LocalBackend::new(root);
-        let config = Config::decode(&backend.get(CONFIG_NAME)?)?;
+        let config = load_config(&backend)?;
         let mut lock = if write {
             Some(Lock::acquire(root, command)?)
         } else {

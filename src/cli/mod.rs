@@ -7,6 +7,7 @@
 mod backup;
 mod inspect;
 mod output;
+mod repair;
 mod restore;
 
 use anyhow::{Context, Result};
@@ -52,6 +53,8 @@ enum Command {
     Restore(restore::RestoreArgs),
     /// Check the repository's integrity
     Verify(restore::VerifyArgs),
+    /// Rebuild repository metadata from the repository's own files
+    Repair(repair::RepairArgs),
     /// Remove a stale repository lock
     Unlock,
 }
@@ -134,6 +137,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Diff(args) => inspect::diff(&open(&rp, false, "diff")?, args),
         Command::Restore(args) => restore::restore(&open(&rp, false, "restore")?, args),
         Command::Verify(args) => restore::verify(&open(&rp, false, "verify")?, args),
+        Command::Repair(args) => repair::repair(&rp, args),
         Command::Unlock => {
             if strata::repo::force_unlock(&rp.path)? {
                 println!("removed the lock of {}", rp.path.display());

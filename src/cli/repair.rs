@@ -1,0 +1,52 @@
+//! `strata repair index`.
+
+use super::RepoPath;
+use super::output::print_json;
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Args)]
+pub struct RepairArgs {
+    #[command(subcommand)]
+    what: RepairWhat,
+}
+
+#[derive(Subcommand)]
+enum RepairWhat {
+    /// Rebuild index.redb from the pack trailers and snapshot manifest files
+    Index {
+        /// Only report what would be rebuilt
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn repair(rp: &RepoPath, args: RepairArgs) -> Result<ExitCode> {
+    let RepairWhat::Index { dry_run, json } = args.what;
+    let report = strata::repair::rebuild_index(&rp.path, dry_run)
+        .with_context(|| format!("repairing the index of {}", rp.path.display()))?;
+    if json {
+        print_json(&report)?;
+    } else {
+        for d in &report.damaged {
+            eprintln!("skipped: {d}");
+        }
+        println!(
+            "{} {} packs ({} blobs, {} duplicates) and {} snapshots{}",
+            if dry_run { "would index" } else { "indexed" },
+            report.packs,
+            report.blobs,
+            report.duplicate_blobs,
+            report.snapshots,
+            if dry_run {
+                ""
+            } else {
+                "; run `strata verify` to check every snapshot"
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,86 @@
+//! The index is a cache: `strata repair index` rebuilds it from packs and manifest files.
+
+mod common;
+use common::*;
+use std::fs;
+
+#[test]
+fn lost_or_damaged_index_is_rebuilt() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    write(&src.join("a.bin"), &noise(700_000, 1));
+    write(&src.join("b.txt"), &text(200_000, 2));
+    let first = env.backup(&[&src]);
+    write(&src.join("c.txt"), &text(50_000, 3));
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let second = env.backup(&[&src]);
+    let index = env.repo.join("index.redb");
+
+    // Missing: readers say what to do.
+    fs::remove_file(&index).unwrap();
+    let r = env.run(&["list"]);
+    assert_eq!(code(&r), 1);
+    assert!(stderr(&r).contains("strata repair index"), "{}", stderr(&r));
+
+    // A dry run changes nothing.
+    let dry = env.json(&["repair", "index", "--dry-run"]);
+    assert_eq!(dry["snapshots"], 2);
+    assert!(!index.exists());
+
+    let report = env.json(&["repair", "index"]);
+    assert_eq!(report["snapshots"], 2);
+    assert!(report["packs"].as_u64().unwrap() >= 2);
+    assert!(
+        env.ok(&["verify", "--read-data"])
+            .contains("no problems found")
+    );
+    for id in [&first, &second] {
+        let out = env.path(&format!("out-{}", &id[..8]));
+        env.ok(&["restore", &id[..8], out.to_str().unwrap()]);
+    }
+    assert_same_tree(
+        &src,
+        &env.path(&format!("out-{}", &second[..8])).join("src"),
+    );
+    // Backups go on after a repair (and pack numbers are not reused).
+    write(&src.join("d.txt"), b"after repair");
+    env.backup(&[&src]);
+    assert!(
+        env.ok(&["verify", "--read-data"])
+            .contains("no problems found")
+    );
+
+    // Garbage in place of the index: also rebuilt.
+    fs::write(&index, noise(100_000, 9)).unwrap();
+    assert_ne!(code(&env.run(&["list"])), 0);
+    env.ok(&["repair", "index"]);
+    assert_eq!(env.json(&["list"]).as_array().unwrap().len(), 3);
+    let out = env.path("final");
+    env.ok(&["restore", "latest", out.to_str().unwrap()]);
+    assert_same_tree(&src, &out.join("src"));
+}
+
+#[test]
+fn damaged_pack_is_reported_and_skipped() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    write(&src.join("f"), &noise(100_000, 4));
+    env.backup(&[&src]);
+    let pack = packs(&env.repo).remove(0);
+    let len = fs::metadata(&pack).unwrap().len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&pack)
+        .unwrap()
+        .set_len(len - 3)
+        .unwrap();
+    let r = env.run(&["repair", "index"]);
+    assert_eq!(code(&r), 0);
+    assert!(stderr(&r).contains("skipped"), "{}", stderr(&r));
+    // The snapshot whose data was in that pack is now reported by verify.
+    let v = env.run(&["verify"]);
+    assert_eq!(code(&v), 3);
+    assert!(String::from_utf8_lossy(&v.stdout).contains("src/f"));
+}
