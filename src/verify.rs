@@ -214,6 +214,7 @@ pub fn verify(repo: &Repo, read_data: bool) -> Result<VerifyReport> {
                 Content::Chunk(c) => chunk_verdict(c, &mut node_verdict),
                 Content::Tree(root) => check_tree(
                     root,
+                    None,
                     &blobs,
                     &bad_blobs,
                     &mut node_verdict,
@@ -236,6 +237,7 @@ type ChunkVerdict<'a> = dyn FnMut(&ChunkId, &mut Memo) -> Option<String> + 'a;
 /// checked once.
 fn check_tree(
     root: &ChunkId,
+    expected_level: Option<u8>,
     blobs: &BlobReader,
     bad_blobs: &HashSet<ChunkId>,
     memo: &mut HashMap<ChunkId, Option<String>>,
@@ -255,6 +257,15 @@ fn check_tree(
             Ok(n) => n,
             Err(e) => return Some(e.to_string()),
         };
+        // Levels go down by one per step, which also bounds the recursion depth.
+        if expected_level.is_some_and(|l| l != node.level) {
+            return Some(format!(
+                "chunk-list node {}: level {} where {} was expected",
+                root.short(),
+                node.level,
+                expected_level.unwrap_or_default()
+            ));
+        }
         if let Ok(loc) = blobs.locate(root)
             && loc.kind != BlobKind::Node
         {
@@ -266,7 +277,14 @@ fn check_tree(
             let v = if node.level == 0 {
                 chunk_verdict(&e.id, memo)
             } else {
-                check_tree(&e.id, blobs, bad_blobs, memo, chunk_verdict)
+                check_tree(
+                    &e.id,
+                    Some(node.level - 1),
+                    blobs,
+                    bad_blobs,
+                    memo,
+                    chunk_verdict,
+                )
             };
             if v.is_some() {
                 return v;

@@ -123,3 +123,61 @@ fn damaged_manifest_file_and_config_are_reported() {
     assert_eq!(code(&r), 1);
     assert!(stderr(&r).contains("config"), "{}", stderr(&r));
 }
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            fs::copy(e.path(), &dest).unwrap();
+        }
+    }
+}
+
+#[test]
+fn damaged_index_never_crashes_and_repair_recovers() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    write(&src.join("a.bin"), &noise(300_000, 7));
+    write(&src.join("b.txt"), &text(100_000, 8));
+    env.backup(&[&src]);
+    let len = fs::metadata(env.repo.join("index.redb")).unwrap().len() as usize;
+    let mut cases = 0;
+    for pos in (0..len).step_by(2003) {
+        let repo = env.path(&format!("flip-{pos}"));
+        copy_dir(&env.repo, &repo);
+        let index = repo.join("index.redb");
+        let mut b = fs::read(&index).unwrap();
+        b[pos] ^= 0x55;
+        fs::write(&index, &b).unwrap();
+        let run = |args: &[&str]| {
+            let mut a = args.to_vec();
+            a.extend(["--repo", repo.to_str().unwrap()]);
+            env.run(&a)
+        };
+        for args in [&["list"][..], &["verify"][..]] {
+            let r = run(args);
+            let e = stderr(&r);
+            assert!(
+                !e.contains("internal error") && !e.contains("panicked"),
+                "flip at {pos}, {args:?}: {e}"
+            );
+            assert!(
+                [0, 1, 3].contains(&code(&r)),
+                "flip at {pos}: exit {}",
+                code(&r)
+            );
+        }
+        let r = run(&["repair", "index"]);
+        assert_eq!(code(&r), 0, "repair after flip at {pos}: {}", stderr(&r));
+        let v = run(&["verify", "--read-data"]);
+        assert_eq!(code(&v), 0, "verify after repair, flip at {pos}");
+        let _ = fs::remove_dir_all(&repo);
+        cases += 1;
+    }
+    assert!(cases >= 10);
+}

@@ -80,15 +80,34 @@ pub fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    match run(cli) {
-        Ok(code) => code,
-        Err(e) => {
+    // A panic (a bug, or a library tripping over damaged input such as a corrupt index) ends
+    // the command with one clear line and the error exit code, not a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        eprintln!(
+            "strata: internal error: {msg}{at}\nstrata: committed snapshots are not affected by this \
+             failure; run `strata verify`, and `strata repair index` if it reports a damaged index"
+        );
+    }));
+    match std::panic::catch_unwind(|| run(cli)) {
+        Ok(Ok(code)) => code,
+        Ok(Err(e)) => {
             if is_broken_pipe(&e) {
                 return ExitCode::SUCCESS;
             }
             eprintln!("strata: error: {e:#}");
             ExitCode::from(EXIT_ERROR)
         }
+        Err(_) => ExitCode::from(EXIT_ERROR),
     }
 }
 
