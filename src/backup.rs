@@ -350,7 +350,10 @@ pub fn backup(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
     })
 }
 
-/// Packs whose blob entries go into one intermediate index transaction.
+/// Packs whose blob entries go into one intermediate index transaction. Few large transactions
+/// keep the index file small: each transaction of scattered inserts copies most B-tree leaves, and
+/// redb reuses the freed pages only later. Measured on W1's first backup: one transaction per
+/// pack left a 570 MB index file, eight packs per transaction 79 MB.
 const PACKS_PER_INDEX_TXN: usize = 8;
 
 fn commit(
