@@ -26,6 +26,7 @@ pub mod snapshots;
 pub mod stats;
 pub mod storage;
 pub mod tree;
+pub mod tune;
 pub mod verify;
 pub mod walk;
 

@@ -9,6 +9,7 @@ mod inspect;
 mod output;
 mod repair;
 mod restore;
+mod tune;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -53,6 +54,8 @@ enum Command {
     Restore(restore::RestoreArgs),
     /// Check the repository's integrity
     Verify(restore::VerifyArgs),
+    /// Measure chunking and compression settings on your data (writes nothing)
+    Tune(tune::TuneArgs),
     /// Rebuild repository metadata from the repository's own files
     Repair(repair::RepairArgs),
     /// Remove a stale repository lock
@@ -157,6 +160,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Restore(args) => restore::restore(&open(&rp, false, "restore")?, args),
         Command::Verify(args) => restore::verify(&open(&rp, false, "verify")?, args),
         Command::Repair(args) => repair::repair(&rp, args),
+        Command::Tune(args) => tune::tune(args),
         Command::Unlock => {
             if strata::repo::force_unlock(&rp.path)? {
                 println!("removed the lock of {}", rp.path.display());
