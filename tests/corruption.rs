@@ -124,19 +124,6 @@ fn damaged_manifest_file_and_config_are_reported() {
     assert!(stderr(&r).contains("config"), "{}", stderr(&r));
 }
 
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    fs::create_dir_all(to).unwrap();
-    for e in fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dest = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &dest);
-        } else {
-            fs::copy(e.path(), &dest).unwrap();
-        }
-    }
-}
-
 #[test]
 fn damaged_index_never_crashes_and_repair_recovers() {
     let env = Env::new();
