@@ -559,6 +559,24 @@ fn restore_symlink(entry: &Entry, dest: &Path) -> Result<()> {
     })
 }
 
+/// Removes `.NAME.strata-tmp.PID.N` files in `dir` whose process no longer exists.
+fn remove_stale_temp_files(dir: &Path) {
+    let Ok(listing) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in listing.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let Some((_, rest)) = name.rsplit_once(".strata-tmp.") else {
+            continue;
+        };
+        let pid = rest.split('.').next().and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(|p| !crate::repo::pid_alive(p)) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Restores the selected entries of `manifest` below `opts.target`.
 pub fn restore(repo: &Repo, manifest: &Manifest, opts: &RestoreOptions) -> Result<RestoreReport> {
     let entries = select(manifest, &opts.paths)?;
@@ -616,9 +634,11 @@ pub fn restore(repo: &Repo, manifest: &Manifest, opts: &RestoreOptions) -> Resul
             Err(err) => report.errors.push(format!("{}: {err}", e.path_lossy())),
         }
     }
-    // Make the renames durable, then restore directory metadata, deepest first.
+    // Make the renames durable, then restore directory metadata, deepest first. Temporary files
+    // that an earlier, killed restore left in these directories go too.
     for d in touched_dirs.iter().chain(dirs.iter().map(|(d, _)| d)) {
         if d.is_dir() {
+            remove_stale_temp_files(d);
             sync_dir(d)?;
         }
     }

@@ -64,3 +64,60 @@ fn killed_backup_leaves_a_valid_repository() {
     assert_same_tree(&src, &out.join("src"));
     assert_eq!(code(&env.run(&["verify", "--read-data"])), 0);
 }
+
+#[test]
+fn killed_restore_leaves_old_or_new_files_never_a_mix() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    let names: Vec<String> = (0..6).map(|i| format!("f{i}.bin")).collect();
+    for (i, n) in names.iter().enumerate() {
+        write(&src.join(n), &noise(6 << 20, i as u64));
+    }
+    let v1 = env.backup(&[&src]);
+    for (i, n) in names.iter().enumerate() {
+        write(&src.join(n), &noise(6 << 20, 100 + i as u64));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let v2 = env.backup(&[&src]);
+    let old: Vec<Vec<u8>> = (0..6).map(|i| noise(6 << 20, i)).collect();
+    let new: Vec<Vec<u8>> = (0..6).map(|i| noise(6 << 20, 100 + i)).collect();
+
+    let target = env.path("target");
+    env.ok(&["restore", &v1[..8], target.to_str().unwrap()]);
+    let mut killed = 0;
+    for delay_ms in [5u64, 20, 50, 100, 200, 400] {
+        let mut child = env
+            .cmd()
+            .args(["restore", &v2[..8], target.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            killed += 1;
+        }
+        child.wait().unwrap();
+        for (i, n) in names.iter().enumerate() {
+            let got = std::fs::read(target.join("src").join(n)).unwrap();
+            assert!(
+                got == old[i] || got == new[i],
+                "{n} is neither version after a kill at {delay_ms} ms"
+            );
+        }
+        // Put the old version back for the next round.
+        env.ok(&["restore", &v1[..8], target.to_str().unwrap()]);
+    }
+    assert!(killed >= 2, "only {killed} restores were killed");
+    // A completed restore leaves no temporary files behind, including those of killed runs.
+    env.ok(&["restore", &v2[..8], target.to_str().unwrap()]);
+    let left: Vec<String> = std::fs::read_dir(target.join("src"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("strata-tmp"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert_same_tree(&src, &target.join("src"));
+}
