@@ -92,6 +92,7 @@ fn options(src: &std::path::Path) -> BackupOptions<'static> {
         name: None,
         tags: vec![],
         kind: "manual".into(),
+        excludes: vec![],
         progress: None,
         on_plan: None,
     }

@@ -26,7 +26,7 @@ use crate::packer::{Packer, WrittenPack};
 use crate::repo::Repo;
 use crate::storage::Backend;
 use crate::tree::TreeBuilder;
-use crate::walk::{WalkItem, walk_sources};
+use crate::walk::{WalkItem, walk_sources_excluding};
 use rayon::prelude::*;
 use redb::ReadableTable;
 use std::collections::HashSet;
@@ -43,6 +43,8 @@ pub struct BackupOptions<'a> {
     pub name: Option<String>,
     pub tags: Vec<String>,
     pub kind: String,
+    /// Patterns of paths not to back up (see [`crate::walk::Excludes`]).
+    pub excludes: Vec<String>,
     /// Called with the number of bytes just processed (for a progress bar).
     pub progress: Option<&'a (dyn Fn(u64) + Sync)>,
     /// Called once with the number of bytes that will be read.
@@ -163,7 +165,11 @@ pub fn backup(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
     }
 
     // 1. Walk.
-    let walked = walk_sources(&opts.sources, &repo.root)?;
+    let walked = walk_sources_excluding(
+        &opts.sources,
+        &repo.root,
+        &crate::walk::Excludes::new(&opts.excludes),
+    )?;
     let mut warnings = walked.warnings;
     let mut errors = walked.errors;
     let items = walked.items;

@@ -26,7 +26,66 @@ pub struct Walked {
     pub errors: Vec<String>,
 }
 
+/// Whether `pattern` matches `text`: `*` any run of characters but `/`, `**` any run including
+/// `/`, `?` one character but `/`. Everything else matches itself.
+pub fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+    match pattern.first() {
+        None => text.is_empty(),
+        Some(b'*') if pattern.get(1) == Some(&b'*') => {
+            let rest = &pattern[2..];
+            (0..=text.len()).any(|i| glob_match(rest, &text[i..]))
+        }
+        Some(b'*') => {
+            let rest = &pattern[1..];
+            for i in 0..=text.len() {
+                if glob_match(rest, &text[i..]) {
+                    return true;
+                }
+                if text.get(i) == Some(&b'/') {
+                    break;
+                }
+            }
+            false
+        }
+        Some(b'?') => !text.is_empty() && text[0] != b'/' && glob_match(&pattern[1..], &text[1..]),
+        Some(&c) => text.first() == Some(&c) && glob_match(&pattern[1..], &text[1..]),
+    }
+}
+
+/// Exclusion patterns: one without `/` matches a file or directory name anywhere; one with `/`
+/// matches the path below the source (`logs/*.jsonl`, `**/cache`).
+pub struct Excludes(Vec<Vec<u8>>);
+
+impl Excludes {
+    pub fn new(patterns: &[String]) -> Self {
+        Excludes(
+            patterns
+                .iter()
+                .map(|p| p.trim_matches('/').as_bytes().to_vec())
+                .collect(),
+        )
+    }
+
+    fn excluded(&self, below_source: &[u8], name: &[u8]) -> bool {
+        self.0.iter().any(|p| {
+            if p.contains(&b'/') {
+                glob_match(p, below_source)
+            } else {
+                glob_match(p, name)
+            }
+        })
+    }
+}
+
 pub fn walk_sources(sources: &[PathBuf], repo_root: &Path) -> Result<Walked> {
+    walk_sources_excluding(sources, repo_root, &Excludes::new(&[]))
+}
+
+pub fn walk_sources_excluding(
+    sources: &[PathBuf],
+    repo_root: &Path,
+    excludes: &Excludes,
+) -> Result<Walked> {
     let repo_canon = fs::canonicalize(repo_root).ok();
     let mut w = Walked {
         items: Vec::new(),
@@ -55,13 +114,27 @@ pub fn walk_sources(sources: &[PathBuf], repo_root: &Path) -> Result<Walked> {
             n += 1;
         }
         w.sources.push((name.clone(), abs.clone()));
-        visit(&abs, name.into_bytes(), meta, repo_canon.as_deref(), &mut w);
+        let prefix = name.len() + 1;
+        let ctx = Ctx {
+            repo: repo_canon.as_deref(),
+            excludes,
+            prefix,
+        };
+        visit(&abs, name.into_bytes(), meta, &ctx, &mut w);
     }
     w.items.sort_by(|a, b| a.rel.cmp(&b.rel));
     Ok(w)
 }
 
-fn visit(abs: &Path, rel: Vec<u8>, meta: Metadata, repo: Option<&Path>, w: &mut Walked) {
+struct Ctx<'a> {
+    repo: Option<&'a Path>,
+    excludes: &'a Excludes,
+    /// Length of "source-name/" at the start of every path below the source.
+    prefix: usize,
+}
+
+fn visit(abs: &Path, rel: Vec<u8>, meta: Metadata, ctx: &Ctx, w: &mut Walked) {
+    let repo = ctx.repo;
     let ft = meta.file_type();
     if ft.is_dir() {
         if repo.is_some_and(|r| fs::canonicalize(abs).ok().as_deref() == Some(r)) {
@@ -101,10 +174,14 @@ fn visit(abs: &Path, rel: Vec<u8>, meta: Metadata, repo: Option<&Path>, w: &mut 
                     continue;
                 }
             };
+            let name = child.file_name().unwrap_or_default().as_bytes();
             let mut child_rel = rel.clone();
             child_rel.push(b'/');
-            child_rel.extend_from_slice(child.file_name().unwrap_or_default().as_bytes());
-            visit(&child, child_rel, meta, repo, w);
+            child_rel.extend_from_slice(name);
+            if ctx.excludes.excluded(&child_rel[ctx.prefix..], name) {
+                continue;
+            }
+            visit(&child, child_rel, meta, ctx, w);
         }
     } else if ft.is_file() {
         w.items.push(WalkItem {
@@ -135,5 +212,25 @@ fn visit(abs: &Path, rel: Vec<u8>, meta: Metadata, repo: Option<&Path>, w: &mut 
         };
         w.warnings
             .push(format!("{}: skipped ({what})", abs.display()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match(b"*.tmp", b"a.tmp"));
+        assert!(!glob_match(b"*.tmp", b"dir/a.tmp"));
+        assert!(glob_match(b"**/*.tmp", b"dir/sub/a.tmp"));
+        assert!(glob_match(b"logs/*.jsonl", b"logs/events.jsonl"));
+        assert!(!glob_match(b"logs/*.jsonl", b"logs/old/events.jsonl"));
+        assert!(glob_match(b"cach?", b"cache"));
+        assert!(!glob_match(b"cache", b"cache2"));
+        let ex = Excludes::new(&["*.tmp".into(), "vector_store/**/*.bin".into()]);
+        assert!(ex.excluded(b"x/y.tmp", b"y.tmp"));
+        assert!(ex.excluded(b"vector_store/u/data.bin", b"data.bin"));
+        assert!(!ex.excluded(b"app.db", b"app.db"));
     }
 }

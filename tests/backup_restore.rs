@@ -230,3 +230,39 @@ fn default_repository_is_created_on_first_backup() {
     let v: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn excluded_paths_are_left_out() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    write(&src.join("keep.json"), b"{}");
+    write(&src.join("scratch.tmp"), b"x");
+    write(&src.join("deep/er/also.tmp"), b"x");
+    write(&src.join("cache/blob"), b"x");
+    write(&src.join("logs/a.jsonl"), b"x");
+    write(&src.join("logs/old/b.jsonl"), b"x");
+    env.ok(&[
+        "backup",
+        src.to_str().unwrap(),
+        "--exclude",
+        "*.tmp",
+        "--exclude",
+        "cache",
+        "--exclude",
+        "logs/*.jsonl",
+    ]);
+    let paths = entry_paths(&env.json(&["show", "latest"]));
+    assert_eq!(
+        paths,
+        [
+            "src",
+            "src/deep",
+            "src/deep/er",
+            "src/keep.json",
+            "src/logs",
+            "src/logs/old",
+            "src/logs/old/b.jsonl"
+        ]
+    );
+}

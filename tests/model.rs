@@ -144,6 +144,7 @@ proptest! {
                     name: None,
                     tags: vec![],
                     kind: "manual".into(),
+                    excludes: vec![],
                     progress: None,
                     on_plan: None,
                 }).unwrap();

@@ -84,6 +84,10 @@ pub struct BackupArgs {
     /// Kind of snapshot, used by retention policies
     #[arg(long, default_value = "manual", value_parser = ["manual", "hourly", "daily", "weekly", "monthly", "restore-point"])]
     kind: String,
+    /// Leave out paths matching this pattern (repeatable): `*.tmp` matches names anywhere,
+    /// `logs/*.gz` paths below a source, `**` any depth
+    #[arg(long = "exclude")]
+    excludes: Vec<String>,
     /// Machine-readable output
     #[arg(long)]
     json: bool,
@@ -139,6 +143,7 @@ pub fn backup(rp: &RepoPath, args: BackupArgs) -> Result<ExitCode> {
         name: args.name.clone(),
         tags: args.tags.clone(),
         kind: args.kind.clone(),
+        excludes: args.excludes.clone(),
         progress: Some(&progress),
         on_plan: Some(&plan),
     };
