@@ -87,15 +87,7 @@ fn stages(c: &mut Criterion) {
 }
 
 fn options(src: &std::path::Path) -> BackupOptions<'static> {
-    BackupOptions {
-        sources: vec![src.to_path_buf()],
-        name: None,
-        tags: vec![],
-        kind: "manual".into(),
-        excludes: vec![],
-        progress: None,
-        on_plan: None,
-    }
+    BackupOptions::new(vec![src.to_path_buf()])
 }
 
 fn end_to_end(c: &mut Criterion) {

@@ -51,6 +51,21 @@ pub struct BackupOptions<'a> {
     pub on_plan: Option<&'a dyn Fn(u64)>,
 }
 
+impl BackupOptions<'_> {
+    /// A manual snapshot of `sources` with no name, tags, exclusions or progress reporting.
+    pub fn new(sources: Vec<PathBuf>) -> Self {
+        BackupOptions {
+            sources,
+            name: None,
+            tags: vec![],
+            kind: "manual".into(),
+            excludes: vec![],
+            progress: None,
+            on_plan: None,
+        }
+    }
+}
+
 pub struct BackupReport {
     pub id: SnapshotId,
     pub manifest: Manifest,

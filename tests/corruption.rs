@@ -74,13 +74,7 @@ fn truncated_or_missing_pack_is_reported() {
     write(&src.join("f"), &noise(100_000, 3));
     env.backup(&[&src]);
     let pack = packs(&env.repo).remove(0);
-    let len = fs::metadata(&pack).unwrap().len();
-    fs::OpenOptions::new()
-        .write(true)
-        .open(&pack)
-        .unwrap()
-        .set_len(len - 10)
-        .unwrap();
+    truncate_by(&pack, 10);
     let r = env.run(&["verify"]);
     assert_eq!(code(&r), 3);
     fs::remove_file(&pack).unwrap();

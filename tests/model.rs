@@ -139,15 +139,7 @@ proptest! {
         for op in ops.iter().chain([Op::Backup].iter()) {
             apply(op, &src, &mut model);
             if let Op::Backup = op {
-                let report = backup(&repo, &BackupOptions {
-                    sources: vec![src.clone()],
-                    name: None,
-                    tags: vec![],
-                    kind: "manual".into(),
-                    excludes: vec![],
-                    progress: None,
-                    on_plan: None,
-                }).unwrap();
+                let report = backup(&repo, &BackupOptions::new(vec![src.clone()])).unwrap();
                 taken.push((report.manifest, model.clone()));
             }
         }

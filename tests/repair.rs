@@ -69,13 +69,7 @@ fn damaged_pack_is_reported_and_skipped() {
     write(&src.join("f"), &noise(100_000, 4));
     env.backup(&[&src]);
     let pack = packs(&env.repo).remove(0);
-    let len = fs::metadata(&pack).unwrap().len();
-    fs::OpenOptions::new()
-        .write(true)
-        .open(&pack)
-        .unwrap()
-        .set_len(len - 3)
-        .unwrap();
+    truncate_by(&pack, 3);
     let r = env.run(&["repair", "index"]);
     assert_eq!(code(&r), 0);
     assert!(stderr(&r).contains("skipped"), "{}", stderr(&r));
