@@ -96,7 +96,7 @@ struct Shared<'r> {
     /// Blobs added by this backup and not yet in `reader`: bounded by the packs in flight, not by
     /// the size of the backup.
     added: Mutex<HashSet<ChunkId>>,
-    packer: Packer,
+    packer: Packer<'r>,
     new_chunks: AtomicU64,
     new_raw: AtomicU64,
     new_stored: AtomicU64,
@@ -123,26 +123,16 @@ impl Shared<'_> {
             .insert(*id))
     }
 
-    /// Compresses `members` (consecutive blobs of one file) together into one frame and adds it
-    /// to the current pack.
-    fn store(&self, kind: BlobKind, members: &[(ChunkId, &[u8])]) -> Result<()> {
-        let joined;
-        let raw: &[u8] = if let [(_, data)] = members {
-            data
-        } else {
-            joined = members
-                .iter()
-                .map(|(_, d)| *d)
-                .collect::<Vec<&[u8]>>()
-                .concat();
-            &joined
-        };
+    /// Compresses `raw`, the consecutive blobs `members` (id and length) of one file, into one
+    /// frame and adds it to the current pack.
+    fn store(&self, kind: BlobKind, members: &[(ChunkId, usize)], raw: &[u8]) -> Result<()> {
+        debug_assert_eq!(members.iter().map(|m| m.1).sum::<usize>(), raw.len());
         let (compression, stored) = compress(raw, self.repo.config.zstd_level)?;
         let mut placed = Vec::with_capacity(members.len());
         let mut at = 0u32;
-        for (id, data) in members {
-            placed.push((*id, at, data.len() as u32));
-            at += data.len() as u32;
+        for (id, len) in members {
+            placed.push((*id, at, *len as u32));
+            at += *len as u32;
         }
         self.new_chunks
             .fetch_add(members.len() as u64, Ordering::Relaxed);
@@ -157,7 +147,7 @@ impl Shared<'_> {
 
     fn store_node(&self, id: ChunkId, bytes: Vec<u8>) -> Result<()> {
         if self.claim(&id)? {
-            self.store(BlobKind::Node, &[(id, &bytes)])?;
+            self.store(BlobKind::Node, &[(id, bytes.len())], &bytes)?;
         }
         Ok(())
     }
@@ -214,7 +204,7 @@ pub fn backup(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
     }
     // 3. Read, chunk, hash, dedup, compress, pack.
     let first_pack = crate::index::meta(&txn, META_NEXT_PACK)?.unwrap_or(0) as u32;
-    let (packer, writer_thread) = Packer::new(first_pack, repo.config.pack_target);
+    let (packer, writer_thread) = Packer::new(&repo.backend, first_pack, repo.config.pack_target);
     let shared = Shared {
         repo,
         reader: RwLock::new(Arc::new(reader)),
@@ -232,7 +222,7 @@ pub fn backup(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
         // Blobs indexed without a snapshot are harmless: their packs are durable, and the next
         // backup reuses them.
         let writer = s.spawn(|| {
-            writer_thread.run(&repo.backend, PACKS_PER_INDEX_TXN, &mut |packs| {
+            writer_thread.run(PACKS_PER_INDEX_TXN, &mut |packs| {
                 let ids: Vec<ChunkId> = packs
                     .iter()
                     .flat_map(|p| p.entries.iter().map(|e| e.id))
@@ -481,6 +471,40 @@ struct PreviousVersion<'a> {
 }
 
 impl PreviousVersion<'_> {
+    /// The chunks of the previous version that start in `[start, end)`, by ascending offset.
+    /// Calls must ask for ranges in ascending order.
+    fn chunks_in(&mut self, start: u64, end: u64) -> Vec<(u64, ChunkId)> {
+        let mut out = Vec::new();
+        loop {
+            if self.current.is_none() {
+                if self.broken {
+                    return out;
+                }
+                self.advance();
+                continue;
+            }
+            let (off, id, _) = self.current.expect("checked above");
+            if off >= end {
+                return out;
+            }
+            if off >= start {
+                out.push((off, id));
+            }
+            self.current = None;
+        }
+    }
+
+    fn advance(&mut self) {
+        match self.walker.next_leaf() {
+            Ok(Some(e)) => {
+                self.current = Some((self.next_offset, e.id, e.bytes));
+                self.next_offset += e.bytes;
+            }
+            // The previous version is only a hint: on its end or any error, stop using it.
+            _ => self.broken = true,
+        }
+    }
+
     fn has(&mut self, offset: u64, id: &ChunkId) -> bool {
         loop {
             if self.broken {
@@ -491,14 +515,7 @@ impl PreviousVersion<'_> {
             {
                 return off == offset && cid == *id;
             }
-            match self.walker.next_leaf() {
-                Ok(Some(e)) => {
-                    self.current = Some((self.next_offset, e.id, e.bytes));
-                    self.next_offset += e.bytes;
-                }
-                // The previous version is only a hint: on its end or any error, stop using it.
-                _ => self.broken = true,
-            }
+            self.advance();
         }
     }
 }
@@ -651,6 +668,7 @@ fn process_batch(
         match frames.last_mut() {
             Some(f)
                 if *f.last().expect("frames are never empty") + 1 == i
+                    && spans[i - 1].seg == spans[i].seg
                     && frame_bytes + len <= FRAME_TARGET =>
             {
                 f.push(i);
@@ -663,14 +681,13 @@ fn process_batch(
         }
     }
     frames.par_iter().try_for_each(|f| {
-        let members: Vec<(ChunkId, &[u8])> = f
-            .iter()
-            .map(|&i| {
-                let sp = &spans[i];
-                (ids[i], &bufs[sp.seg][sp.start..sp.start + sp.len])
-            })
-            .collect();
-        shared.store(BlobKind::Data, &members)
+        let members: Vec<(ChunkId, usize)> = f.iter().map(|&i| (ids[i], spans[i].len)).collect();
+        let (first, last) = (&spans[f[0]], &spans[f[f.len() - 1]]);
+        shared.store(
+            BlobKind::Data,
+            &members,
+            &bufs[first.seg][first.start..last.start + last.len],
+        )
     })?;
     let mut bytes = 0;
     for (sp, id) in spans.iter().zip(ids) {
@@ -686,73 +703,18 @@ fn process_batch(
 /// Consecutive new chunks are compressed together up to this many raw bytes.
 const FRAME_TARGET: usize = 64 << 10;
 
-/// Segment of a page-aligned file read by one task.
+/// Segment of a page-aligned file read and hashed by one task.
 const SEGMENT: usize = 1 << 20;
-/// Segments per batch.
-const SEGMENTS_PER_BATCH: usize = 4;
+/// Segments handed out per round; the file's chunk list is extended in order after each round.
+const SEGMENTS_PER_ROUND: usize = 64;
 
-/// One batch of segments read and hashed.
-struct PageBatch {
-    spans: Vec<Span>,
-    ids: Vec<ChunkId>,
-    bytes: u64,
-    at_end: bool,
+thread_local! {
+    static SEGMENT_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Reads and hashes the segments of `bufs` starting at `offset`, in parallel.
-fn read_page_batch(
-    shared: &Shared,
-    file: &File,
-    path: &std::path::Path,
-    page: usize,
-    bufs: &mut [Vec<u8>],
-    offset: u64,
-) -> Result<PageBatch> {
-    let results: Vec<(usize, Vec<ChunkId>)> = bufs
-        .par_iter_mut()
-        .enumerate()
-        .map(|(k, buf)| {
-            let at = offset + (k * SEGMENT) as u64;
-            let n = read_full_at(file, buf, at).ctx("read", path)?;
-            let ids = buf[..n]
-                .chunks(page)
-                .map(|c| ChunkId::hash(shared.key.as_ref(), c))
-                .collect();
-            Ok((n, ids))
-        })
-        .collect::<Result<_>>()?;
-    // Stop at the first short segment: that is the end of the file.
-    let mut batch = PageBatch {
-        spans: Vec::new(),
-        ids: Vec::new(),
-        bytes: 0,
-        at_end: false,
-    };
-    for (k, (n, seg_ids)) in results.into_iter().enumerate() {
-        let mut start = 0;
-        for id in seg_ids {
-            let len = page.min(n - start);
-            batch.spans.push(Span {
-                seg: k,
-                start,
-                len,
-                offset: offset + (k * SEGMENT + start) as u64,
-            });
-            batch.ids.push(id);
-            start += len;
-        }
-        batch.bytes += n as u64;
-        if n < SEGMENT {
-            batch.at_end = true;
-            break;
-        }
-    }
-    Ok(batch)
-}
-
-/// Reads a file cut at fixed page boundaries. Boundaries do not depend on content, so segments
-/// are read and hashed in parallel (each hashed while still in cache), and the next batch is read
-/// while the current one is deduplicated and added to the chunk-list tree.
+/// Reads a file cut at fixed page boundaries. Boundaries do not depend on content, so every
+/// segment is read, hashed, deduplicated and compressed by its own task, in parallel, with one
+/// reused buffer per thread; only extending the chunk-list tree is done in file order.
 fn read_pages(
     shared: &Shared,
     file: &File,
@@ -761,34 +723,99 @@ fn read_pages(
     state: &mut FileState,
 ) -> Result<u64> {
     let page = page as usize;
-    let len = file.metadata().ctx("stat", path)?.len() as usize;
-    // Enough segments for the file as it is now (reading goes on if it grows meanwhile).
-    let count = len.div_ceil(SEGMENT).clamp(1, SEGMENTS_PER_BATCH);
-    let mut cur_bufs: Vec<Vec<u8>> = (0..count).map(|_| vec![0u8; SEGMENT]).collect();
-    let mut next_bufs: Vec<Vec<u8>> = Vec::new();
     let mut offset = 0u64;
-    let mut cur = read_page_batch(shared, file, path, page, &mut cur_bufs, offset)?;
     loop {
-        let next_offset = offset + cur.bytes;
-        if cur.at_end {
-            let views: Vec<&[u8]> = cur_bufs.iter().map(|b| b.as_slice()).collect();
-            process_batch(shared, &views, &cur.spans, &cur.ids, state)?;
-            return Ok(next_offset);
+        let round_end = offset + (SEGMENTS_PER_ROUND * SEGMENT) as u64;
+        // The previous version's pages in this round: the same page at the same offset needs
+        // no index lookup.
+        let known = match state.prev.as_mut() {
+            Some(p) => p.chunks_in(offset, round_end),
+            None => Vec::new(),
+        };
+        let segments: Vec<Result<(usize, Vec<ChunkId>)>> = (0..SEGMENTS_PER_ROUND)
+            .into_par_iter()
+            .map(|k| {
+                let at = offset + (k * SEGMENT) as u64;
+                SEGMENT_BUF.with(|buf| {
+                    let mut buf = buf.borrow_mut();
+                    buf.resize(SEGMENT, 0);
+                    let n = read_full_at(file, &mut buf, at).ctx("read", path)?;
+                    let data = &buf[..n];
+                    let ids: Vec<ChunkId> = data
+                        .chunks(page)
+                        .map(|c| ChunkId::hash(shared.key.as_ref(), c))
+                        .collect();
+                    store_new_pages(shared, data, page, at, &ids, &known)?;
+                    Ok((n, ids))
+                })
+            })
+            .collect();
+        for segment in segments {
+            let (n, ids) = segment?;
+            let mut left = n;
+            for id in ids {
+                let len = page.min(left);
+                state.builder.push(id, len as u64, state.emit)?;
+                left -= len;
+            }
+            offset += n as u64;
+            if let Some(p) = shared.progress {
+                p(n as u64);
+            }
+            // The first short segment is the end of the file.
+            if n < SEGMENT {
+                return Ok(offset);
+            }
         }
-        if next_bufs.is_empty() {
-            next_bufs = (0..count).map(|_| vec![0u8; SEGMENT]).collect();
-        }
-        let views: Vec<&[u8]> = cur_bufs.iter().map(|b| b.as_slice()).collect();
-        let (next, processed) = rayon::join(
-            || read_page_batch(shared, file, path, page, &mut next_bufs, next_offset),
-            || process_batch(shared, &views, &cur.spans, &cur.ids, state),
-        );
-        processed?;
-        cur = next?;
-        drop(views);
-        std::mem::swap(&mut cur_bufs, &mut next_bufs);
-        offset = next_offset;
     }
+}
+
+/// Stores the pages of one segment (`data`, at file offset `at`) that are new, runs of
+/// consecutive new pages compressed together.
+fn store_new_pages(
+    shared: &Shared,
+    data: &[u8],
+    page: usize,
+    at: u64,
+    ids: &[ChunkId],
+    known: &[(u64, ChunkId)],
+) -> Result<()> {
+    let mut run: Vec<(ChunkId, usize)> = Vec::new();
+    let mut run_start = 0usize;
+    let mut run_bytes = 0usize;
+    for (j, id) in ids.iter().enumerate() {
+        let start = j * page;
+        let len = page.min(data.len() - start);
+        let off = at + start as u64;
+        let unchanged = known
+            .binary_search_by_key(&off, |k| k.0)
+            .is_ok_and(|p| known[p].1 == *id);
+        let fresh = !unchanged && shared.claim(id)?;
+        if !run.is_empty() && (!fresh || run_bytes + len > FRAME_TARGET) {
+            shared.store(
+                BlobKind::Data,
+                &run,
+                &data[run_start..run_start + run_bytes],
+            )?;
+            run.clear();
+        }
+        if fresh {
+            if run.is_empty() {
+                run_start = start;
+                run_bytes = 0;
+            }
+            run.push((*id, len));
+            run_bytes += len;
+        }
+    }
+    if !run.is_empty() {
+        shared.store(
+            BlobKind::Data,
+            &run,
+            &data[run_start..run_start + run_bytes],
+        )?;
+    }
+    Ok(())
 }
 
 /// Reads until `buf` is full or the file ends; returns the bytes read.

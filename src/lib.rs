@@ -13,6 +13,7 @@ pub mod chunker;
 pub mod codec;
 pub mod compress;
 pub mod diff;
+pub mod direct;
 pub mod error;
 pub mod id;
 pub mod index;

@@ -18,6 +18,7 @@
 use crate::compress::Compression;
 use crate::error::{Error, Result};
 use crate::id::ChunkId;
+use crate::storage::ObjectWriter;
 
 pub const MAGIC: &[u8; 8] = b"STRAPACK";
 pub const END_MAGIC: &[u8; 8] = b"STRAPEND";
@@ -104,9 +105,30 @@ impl PackEntry {
 /// A blob inside a frame being added: id, offset in the frame's raw bytes, raw length.
 pub type Member = (ChunkId, u32, u32);
 
-/// Builds one pack in memory.
-pub struct PackWriter {
-    buf: Vec<u8>,
+/// Where a pack's bytes go as it is built.
+pub trait PackSink {
+    fn put(&mut self, data: &[u8]) -> Result<()>;
+}
+
+impl PackSink for Vec<u8> {
+    fn put(&mut self, data: &[u8]) -> Result<()> {
+        self.extend_from_slice(data);
+        Ok(())
+    }
+}
+
+impl PackSink for Box<dyn ObjectWriter + '_> {
+    fn put(&mut self, data: &[u8]) -> Result<()> {
+        self.write(data)
+    }
+}
+
+/// Builds one pack front to back into a sink (memory, or an object being stored as it grows),
+/// hashing it on the way for its id.
+pub struct PackWriter<S: PackSink = Vec<u8>> {
+    out: S,
+    len: u64,
+    hasher: blake3::Hasher,
     entries: Vec<PackEntry>,
 }
 
@@ -117,21 +139,32 @@ impl Default for PackWriter {
 }
 
 impl PackWriter {
+    /// A pack built in memory.
     pub fn new() -> Self {
-        Self::with_capacity(1 << 20)
+        Self::to_sink(Vec::with_capacity(1 << 20)).expect("writing to memory cannot fail")
+    }
+}
+
+impl<S: PackSink> PackWriter<S> {
+    pub fn to_sink(out: S) -> Result<Self> {
+        let mut w = PackWriter {
+            out,
+            len: 0,
+            hasher: blake3::Hasher::new(),
+            entries: Vec::new(),
+        };
+        let mut header = [0u8; HEADER_LEN];
+        header[..8].copy_from_slice(MAGIC);
+        header[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        w.emit(&header)?;
+        Ok(w)
     }
 
-    /// A writer whose buffer will not need to grow below `bytes` (untouched capacity costs no
-    /// memory, while growing by doubling would briefly hold two copies).
-    pub fn with_capacity(bytes: usize) -> Self {
-        let mut buf = Vec::with_capacity(bytes);
-        buf.extend_from_slice(MAGIC);
-        buf.extend_from_slice(&VERSION.to_le_bytes());
-        buf.extend_from_slice(&[0u8; 4]);
-        PackWriter {
-            buf,
-            entries: Vec::new(),
-        }
+    fn emit(&mut self, data: &[u8]) -> Result<()> {
+        self.out.put(data)?;
+        self.hasher.update(data);
+        self.len += data.len() as u64;
+        Ok(())
     }
 
     /// Appends a frame holding `members` (all of `kind`).
@@ -142,14 +175,14 @@ impl PackWriter {
         stored: &[u8],
         raw_len: u32,
         members: &[Member],
-    ) {
+    ) -> Result<()> {
         let frame = Frame {
-            offset: self.buf.len() as u64,
+            offset: self.len,
             stored_len: stored.len() as u32,
             raw_len,
             compression,
         };
-        self.buf.extend_from_slice(stored);
+        self.emit(stored)?;
         for &(id, offset_in_frame, len) in members {
             self.entries.push(PackEntry {
                 id,
@@ -159,6 +192,7 @@ impl PackWriter {
                 kind,
             });
         }
+        Ok(())
     }
 
     /// Appends a frame holding one blob.
@@ -169,36 +203,36 @@ impl PackWriter {
         compression: Compression,
         stored: &[u8],
         raw_len: u32,
-    ) {
-        self.add_frame(kind, compression, stored, raw_len, &[(id, 0, raw_len)]);
+    ) -> Result<()> {
+        self.add_frame(kind, compression, stored, raw_len, &[(id, 0, raw_len)])
     }
 
     /// Bytes the finished pack would have, roughly.
     pub fn len(&self) -> usize {
-        self.buf.len() + self.entries.len() * ENTRY_LEN + FOOTER_LEN
+        self.len as usize + self.entries.len() * ENTRY_LEN + FOOTER_LEN
     }
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
-    /// Appends trailer and footer; returns the pack's id (BLAKE3 of the file), its bytes and entries.
-    pub fn finish(mut self) -> (ChunkId, Vec<u8>, Vec<PackEntry>) {
-        let trailer_offset = self.buf.len() as u64;
-        let mut trailer = Vec::with_capacity(self.entries.len() * ENTRY_LEN);
+    /// Appends trailer and footer; returns the pack's id (BLAKE3 of the file), the sink, the
+    /// pack's size and its entries.
+    pub fn finish(mut self) -> Result<(ChunkId, S, u64, Vec<PackEntry>)> {
+        let trailer_offset = self.len;
+        let mut tail = Vec::with_capacity(self.entries.len() * ENTRY_LEN + FOOTER_LEN);
         for e in &self.entries {
-            e.write(&mut trailer);
+            e.write(&mut tail);
         }
-        let sum = blake3::hash(&trailer);
-        self.buf.extend_from_slice(&trailer);
-        self.buf.extend_from_slice(&trailer_offset.to_le_bytes());
-        self.buf
-            .extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
-        self.buf.extend_from_slice(&VERSION.to_le_bytes());
-        self.buf.extend_from_slice(sum.as_bytes());
-        self.buf.extend_from_slice(END_MAGIC);
-        let id = ChunkId(*blake3::hash(&self.buf).as_bytes());
-        (id, self.buf, self.entries)
+        let sum = blake3::hash(&tail);
+        tail.extend_from_slice(&trailer_offset.to_le_bytes());
+        tail.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
+        tail.extend_from_slice(&VERSION.to_le_bytes());
+        tail.extend_from_slice(sum.as_bytes());
+        tail.extend_from_slice(END_MAGIC);
+        self.emit(&tail)?;
+        let id = ChunkId(*self.hasher.finalize().as_bytes());
+        Ok((id, self.out, self.len, self.entries))
     }
 }
 
@@ -315,7 +349,8 @@ mod tests {
                 Compression::None,
                 &data,
                 data.len() as u32,
-            );
+            )
+            .unwrap();
         }
         // A frame of three blobs.
         let parts: Vec<Vec<u8>> = (0..3u8).map(|i| vec![100 + i; 50]).collect();
@@ -325,8 +360,11 @@ mod tests {
             .enumerate()
             .map(|(i, p)| (ChunkId::hash(None, p), (i * 50) as u32, 50))
             .collect();
-        w.add_frame(BlobKind::Data, Compression::None, &joined, 150, &members);
-        w.finish()
+        w.add_frame(BlobKind::Data, Compression::None, &joined, 150, &members)
+            .unwrap();
+        let (id, bytes, size, entries) = w.finish().unwrap();
+        assert_eq!(size, bytes.len() as u64);
+        (id, bytes, entries)
     }
 
     #[test]

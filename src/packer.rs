@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::id::ChunkId;
 use crate::index::pack_object_name;
 use crate::pack::{BlobKind, Member, PackEntry, PackWriter};
-use crate::storage::Backend;
+use crate::storage::{Backend, ObjectWriter};
 use std::sync::Mutex;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
@@ -22,68 +22,93 @@ pub struct WrittenPack {
     pub entries: Vec<PackEntry>,
 }
 
-struct Filling {
+/// A pack being filled, its bytes stored as they come.
+type Stream<'b> = PackWriter<Box<dyn ObjectWriter + 'b>>;
+
+struct Filling<'b> {
     no: u32,
-    writer: PackWriter,
+    writer: Stream<'b>,
 }
 
-pub struct Packer {
+pub struct Packer<'b> {
+    backend: &'b dyn Backend,
     target: usize,
     next_no: Mutex<u32>,
-    filling: Mutex<Option<Filling>>,
-    tx: Mutex<Option<SyncSender<(u32, PackWriter)>>>,
+    filling: Mutex<Option<Filling<'b>>>,
+    tx: Mutex<Option<SyncSender<(u32, Stream<'b>)>>>,
 }
 
-/// The background half: writes packs handed over by [`Packer`].
-pub struct PackWriterThread {
-    rx: Receiver<(u32, PackWriter)>,
+/// The background half: completes packs handed over by [`Packer`].
+pub struct PackWriterThread<'b> {
+    rx: Receiver<(u32, Stream<'b>)>,
 }
 
-impl PackWriterThread {
+impl PackWriterThread<'_> {
     /// Runs until the packer is finished. Every `batch` written packs are handed to `on_batch`
-    /// (which records them in the index while the backup goes on); returns the packs written
-    /// since the last batch, or the first error.
+    /// on a thread of its own (it records them in the index while packs go on being written);
+    /// returns the packs written since the last batch, or the first error.
     pub fn run(
         self,
-        backend: &dyn Backend,
         batch: usize,
-        on_batch: &mut dyn FnMut(Vec<WrittenPack>) -> Result<()>,
+        on_batch: &mut (dyn FnMut(Vec<WrittenPack>) -> Result<()> + Send),
     ) -> Result<Vec<WrittenPack>> {
-        let mut done = Vec::new();
-        let mut first_error = None;
-        for (no, writer) in self.rx {
-            if first_error.is_some() {
-                continue; // keep draining so senders never block forever
+        let (batches, indexer_rx) = sync_channel::<Vec<WrittenPack>>(1);
+        std::thread::scope(|s| {
+            let indexer = s.spawn(move || -> Result<()> {
+                for packs in indexer_rx {
+                    on_batch(packs)?;
+                }
+                Ok(())
+            });
+            let mut done = Vec::new();
+            let mut first_error = None;
+            for (no, writer) in self.rx {
+                if first_error.is_some() {
+                    continue; // keep draining so senders never block forever
+                }
+                let written = writer.finish().and_then(|(id, object, size, entries)| {
+                    object.commit(&pack_object_name(&id))?;
+                    Ok(WrittenPack {
+                        no,
+                        id,
+                        size,
+                        entries,
+                    })
+                });
+                match written {
+                    Ok(w) => done.push(w),
+                    Err(e) => first_error = Some(e),
+                }
+                if first_error.is_none()
+                    && done.len() >= batch
+                    && batches.send(std::mem::take(&mut done)).is_err()
+                {
+                    // The indexer stopped; its error is returned below.
+                    first_error = Some(Error::invalid("indexing stopped"));
+                }
             }
-            let (id, bytes, entries) = writer.finish();
-            match backend.put(&pack_object_name(&id), &bytes) {
-                Ok(()) => done.push(WrittenPack {
-                    no,
-                    id,
-                    size: bytes.len() as u64,
-                    entries,
-                }),
-                Err(e) => first_error = Some(e),
+            drop(batches);
+            let indexed = indexer
+                .join()
+                .unwrap_or_else(|_| Err(Error::invalid("indexing thread panicked")));
+            match (indexed, first_error) {
+                (Err(e), _) | (Ok(()), Some(e)) => Err(e),
+                (Ok(()), None) => Ok(done),
             }
-            if first_error.is_none()
-                && done.len() >= batch
-                && let Err(e) = on_batch(std::mem::take(&mut done))
-            {
-                first_error = Some(e);
-            }
-        }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(done),
-        }
+        })
     }
 }
 
-impl Packer {
-    pub fn new(first_no: u32, target: u64) -> (Packer, PackWriterThread) {
+impl<'b> Packer<'b> {
+    pub fn new(
+        backend: &'b dyn Backend,
+        first_no: u32,
+        target: u64,
+    ) -> (Packer<'b>, PackWriterThread<'b>) {
         let (tx, rx) = sync_channel(0);
         (
             Packer {
+                backend,
                 target: target as usize,
                 next_no: Mutex::new(first_no),
                 filling: Mutex::new(None),
@@ -93,7 +118,7 @@ impl Packer {
         )
     }
 
-    fn send(&self, no: u32, writer: PackWriter) -> Result<()> {
+    fn send(&self, no: u32, writer: Stream<'b>) -> Result<()> {
         let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
         match tx.as_ref() {
             Some(tx) => tx
@@ -117,15 +142,14 @@ impl Packer {
             let mut next = self.next_no.lock().unwrap_or_else(|p| p.into_inner());
             *slot = Some(Filling {
                 no: *next,
-                // Room for the target, one more blob of the largest size and the trailer.
-                writer: PackWriter::with_capacity(self.target + (self.target >> 4) + (2 << 20)),
+                writer: PackWriter::to_sink(self.backend.create("packs")?)?,
             });
             *next += 1;
         }
         let filling = slot.as_mut().expect("set above");
         filling
             .writer
-            .add_frame(kind, compression, stored, raw_len, members);
+            .add_frame(kind, compression, stored, raw_len, members)?;
         if filling.writer.len() >= self.target {
             let full = slot.take().expect("present");
             // Sending under the lock gives back-pressure: nobody fills a new pack until the

@@ -209,6 +209,12 @@ struct Group {
     leaves: Vec<NodeEntry>,
 }
 
+impl Group {
+    fn bytes(&self) -> u64 {
+        self.leaves.iter().map(|e| e.bytes).sum()
+    }
+}
+
 /// Walks a file's chunk list in batches of consecutive groups, calling `f` per batch.
 fn for_each_batch(
     blobs: &BlobReader,
@@ -276,15 +282,27 @@ thread_local! {
     static FRAME: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Calls `f` with the verified bytes of a group. Frames stored back to back are read with one
-/// read, each frame is decompressed once, every chunk is checked against its id, and buffers are
-/// reused per thread.
+/// Calls `f` with the verified bytes of a group, assembled in a buffer reused per thread.
 fn with_group<T>(
     blobs: &BlobReader,
     group: &Group,
     f: impl FnOnce(&[u8]) -> Result<T>,
 ) -> Result<T> {
-    let total: u64 = group.leaves.iter().map(|e| e.bytes).sum();
+    let total = group.bytes() as usize;
+    GROUP.with(|out| {
+        let mut out = out.borrow_mut();
+        if out.len() < total {
+            out.resize(total, 0);
+        }
+        fill_group(blobs, group, &mut out[..total])?;
+        f(&out[..total])
+    })
+}
+
+/// Fills `out` (exactly the group's size) with the verified bytes of a group. Frames stored back
+/// to back are read with one read, each frame is decompressed once (straight into `out` when the
+/// group holds all of it) and every chunk is checked against its id.
+fn fill_group(blobs: &BlobReader, group: &Group, out: &mut [u8]) -> Result<()> {
     let locs: Vec<BlobLoc> = group
         .leaves
         .iter()
@@ -299,11 +317,7 @@ fn with_group<T>(
         }
     }
     let key = blobs.repo.id_key();
-    GROUP.with(|out| {
-        let mut out = out.borrow_mut();
-        if out.len() < total as usize {
-            out.resize(total as usize, 0);
-        }
+    {
         let mut filled = 0usize;
         let mut i = 0;
         while i < locs.len() {
@@ -375,8 +389,13 @@ fn with_group<T>(
             })?;
             i = j;
         }
-        f(&out[..filled])
-    })
+        if filled != out.len() {
+            return Err(Error::corrupt(
+                "chunk sizes do not add up to the group's size",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Streams a file's verified bytes to `out` in order.

@@ -2,6 +2,7 @@
 //! [`Backend`], so other stores and fault-injecting test backends can be added without touching
 //! the pipeline. The redb index is a local file managed by redb itself.
 
+use crate::direct::{DirectWriter, MIN_DIRECT_BYTES};
 use crate::error::{IoContext, Result};
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -28,6 +29,105 @@ pub trait Backend: Send + Sync {
     fn list(&self, prefix: &str) -> Result<Vec<String>>;
     fn delete(&self, name: &str) -> Result<()>;
     fn exists(&self, name: &str) -> Result<bool>;
+
+    /// Starts an object whose name is known only when it is complete (a pack is named by its
+    /// hash). Its bytes may be stored as they come; it becomes visible, with the same guarantees
+    /// as [`Backend::put`], only at [`ObjectWriter::commit`]. `prefix` is where it will be named.
+    fn create(&self, prefix: &str) -> Result<Box<dyn ObjectWriter + '_>> {
+        let _ = prefix;
+        Ok(Box::new(BufferedObject {
+            backend: self,
+            data: Vec::new(),
+        }))
+    }
+}
+
+/// An object being written; see [`Backend::create`]. Dropped without a commit, it leaves nothing
+/// visible.
+pub trait ObjectWriter: Send {
+    fn write(&mut self, data: &[u8]) -> Result<()>;
+    /// Makes the object durable under `name`.
+    fn commit(self: Box<Self>, name: &str) -> Result<()>;
+}
+
+/// Collects the object in memory and stores it with one `put`.
+struct BufferedObject<'b, B: Backend + ?Sized> {
+    backend: &'b B,
+    data: Vec<u8>,
+}
+
+impl<B: Backend + ?Sized> ObjectWriter for BufferedObject<'_, B> {
+    fn write(&mut self, data: &[u8]) -> Result<()> {
+        self.data.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn commit(self: Box<Self>, name: &str) -> Result<()> {
+        self.backend.put(name, &self.data)
+    }
+}
+
+/// A local object streamed to a temporary file (with `O_DIRECT` where the filesystem has it),
+/// then fsynced and renamed into place.
+struct LocalObject {
+    root: PathBuf,
+    tmp: PathBuf,
+    out: LocalOut,
+}
+
+enum LocalOut {
+    Direct(DirectWriter),
+    Plain(std::io::BufWriter<File>),
+    Done,
+}
+
+impl ObjectWriter for LocalObject {
+    fn write(&mut self, data: &[u8]) -> Result<()> {
+        match &mut self.out {
+            LocalOut::Direct(w) => w.write(data),
+            LocalOut::Plain(w) => w.write_all(data).ctx("write", &self.tmp),
+            LocalOut::Done => Err(crate::Error::invalid("object already committed")),
+        }
+    }
+
+    fn commit(mut self: Box<Self>, name: &str) -> Result<()> {
+        let file = match std::mem::replace(&mut self.out, LocalOut::Done) {
+            LocalOut::Direct(w) => w.finish()?,
+            LocalOut::Plain(w) => w
+                .into_inner()
+                .map_err(|e| crate::Error::io_path("write", &self.tmp, e.into_error()))?,
+            LocalOut::Done => return Err(crate::Error::invalid("object already committed")),
+        };
+        file.sync_all().ctx("fsync", &self.tmp)?;
+        drop(file);
+        let path = self.root.join(name);
+        let dir = path.parent().expect("object names have a parent");
+        let created_dir = ensure_object_dir(dir)?;
+        fs::rename(&self.tmp, &path).ctx("rename into place", &path)?;
+        sync_dir(dir)?;
+        if created_dir && let Some(parent) = dir.parent() {
+            sync_dir(parent)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for LocalObject {
+    fn drop(&mut self) {
+        if !matches!(self.out, LocalOut::Done) {
+            self.out = LocalOut::Done; // stops the writer thread first
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Creates an object directory if missing; true if it was created.
+fn ensure_object_dir(dir: &Path) -> Result<bool> {
+    if dir.exists() {
+        return Ok(false);
+    }
+    fs::create_dir_all(dir).ctx("create directory", dir)?;
+    Ok(true)
 }
 
 /// A repository in a local directory.
@@ -38,6 +138,8 @@ pub struct LocalBackend {
 }
 
 const MAX_OPEN_HANDLES: usize = 256;
+/// Buffer size for objects written with `O_DIRECT` (packs).
+const DIRECT_BUFFER: usize = 4 << 20;
 
 impl LocalBackend {
     pub fn new(root: impl Into<PathBuf>) -> Self {
@@ -84,23 +186,39 @@ pub fn temp_name(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.strata-tmp.{}.{n}", std::process::id()))
 }
 
+/// True for names made by [`temp_name`].
+pub fn is_temp_name(name: &std::ffi::OsStr) -> bool {
+    let name = name.to_string_lossy();
+    name.starts_with('.') && name.contains(".strata-tmp.")
+}
+
 impl Backend for LocalBackend {
     fn put(&self, name: &str, data: &[u8]) -> Result<()> {
         let path = self.path(name);
         let dir = path.parent().expect("object names have a parent");
-        let mut created_dir = false;
-        if !dir.exists() {
-            fs::create_dir_all(dir).ctx("create directory", dir)?;
-            created_dir = true;
-        }
+        let created_dir = ensure_object_dir(dir)?;
         let tmp = temp_name(&path);
         let result = (|| {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&tmp)
-                .ctx("create", &tmp)?;
-            f.write_all(data).ctx("write", &tmp)?;
+            let direct = if data.len() as u64 >= MIN_DIRECT_BYTES {
+                DirectWriter::create(&tmp, DIRECT_BUFFER)?
+            } else {
+                None
+            };
+            let f = match direct {
+                Some(mut w) => {
+                    w.write(data)?;
+                    w.finish()?
+                }
+                None => {
+                    let mut f = OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(&tmp)
+                        .ctx("create", &tmp)?;
+                    f.write_all(data).ctx("write", &tmp)?;
+                    f
+                }
+            };
             f.sync_all().ctx("fsync", &tmp)?;
             fs::rename(&tmp, &path).ctx("rename into place", &path)?;
             sync_dir(dir)?;
@@ -144,6 +262,8 @@ impl Backend for LocalBackend {
                 let path = entry.path();
                 if entry.file_type().ctx("stat", &path)?.is_dir() {
                     stack.push(path);
+                } else if is_temp_name(&entry.file_name()) {
+                    // An object still being written, or left by a killed process.
                 } else if let Ok(rel) = path.strip_prefix(&self.root) {
                     out.push(rel.to_string_lossy().into_owned());
                 }
@@ -168,5 +288,27 @@ impl Backend for LocalBackend {
 
     fn exists(&self, name: &str) -> Result<bool> {
         Ok(self.path(name).exists())
+    }
+
+    fn create(&self, prefix: &str) -> Result<Box<dyn ObjectWriter + '_>> {
+        let dir = self.path(prefix);
+        ensure_object_dir(&dir)?;
+        let tmp = temp_name(&dir.join("object"));
+        let out = match DirectWriter::create(&tmp, DIRECT_BUFFER)? {
+            Some(w) => LocalOut::Direct(w),
+            None => LocalOut::Plain(std::io::BufWriter::with_capacity(
+                1 << 20,
+                OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&tmp)
+                    .ctx("create", &tmp)?,
+            )),
+        };
+        Ok(Box::new(LocalObject {
+            root: self.root.clone(),
+            tmp,
+            out,
+        }))
     }
 }
