@@ -330,11 +330,7 @@ impl Repo {
     /// for snapshots the index committed but whose file write was interrupted.
     fn finish_interrupted(&self) -> Result<()> {
         for dir in ["packs", "snapshots"] {
-            for name in self.backend.list(dir)? {
-                if name.contains(".strata-tmp.") {
-                    let _ = fs::remove_file(self.root.join(&name));
-                }
-            }
+            self.backend.remove_unfinished(dir)?;
         }
         let txn = self.index.read()?;
         for (id, bytes) in crate::index::snapshot_manifests(&txn)? {
