@@ -23,6 +23,7 @@ pub mod packer;
 pub mod repair;
 pub mod repo;
 pub mod restore;
+pub mod retention;
 pub mod snapshots;
 pub mod stats;
 pub mod storage;
