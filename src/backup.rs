@@ -403,7 +403,7 @@ const SORTED_INSERT_MAX: usize = 100_000;
 /// order, which is random in id order: that leaves pages with room, where sorted bulk inserts
 /// would fill them completely and the next backup's scattered inserts would split (and copy)
 /// nearly every page.
-fn insert_packs(txn: &redb::WriteTransaction, packs: Vec<WrittenPack>) -> Result<()> {
+pub(crate) fn insert_packs(txn: &redb::WriteTransaction, packs: Vec<WrittenPack>) -> Result<()> {
     let mut blobs = txn.open_table(BLOBS)?;
     let mut pack_table = txn.open_table(PACKS)?;
     let mut locs: Vec<(ChunkId, BlobLoc)> = Vec::new();

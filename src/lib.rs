@@ -15,6 +15,7 @@ pub mod compress;
 pub mod diff;
 pub mod direct;
 pub mod error;
+pub mod gc;
 pub mod id;
 pub mod index;
 pub mod manifest;

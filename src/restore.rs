@@ -91,7 +91,7 @@ impl<'a> BlobReader<'a> {
 }
 
 /// Decompresses a frame into `dst` (exactly its raw length).
-fn decode_frame(stored: &[u8], loc: &BlobLoc, pack: &str, dst: &mut [u8]) -> Result<()> {
+pub fn decode_frame(stored: &[u8], loc: &BlobLoc, pack: &str, dst: &mut [u8]) -> Result<()> {
     crate::compress::decompress_into(stored, loc.compression, dst)
         .map_err(|e| Error::corrupt(format!("{pack}: frame at offset {}: {e}", loc.frame_offset)))
 }
@@ -123,10 +123,21 @@ pub fn check_blob(
 ) -> Result<Vec<u8>> {
     let mut raw = vec![0u8; loc.frame_raw_len as usize];
     decode_frame(frame, loc, pack, &mut raw)?;
-    let start = loc.offset_in_frame as usize;
-    let blob = &raw[start..start + loc.raw_len as usize];
+    let blob = blob_in_frame(&raw, loc, pack)?;
     check_hash(blob, loc, id, key, pack)?;
     Ok(blob.to_vec())
+}
+
+/// The bytes of the blob at `loc` inside its decompressed frame; an index entry pointing outside
+/// the frame is damage, not a reason to panic.
+pub fn blob_in_frame<'f>(raw: &'f [u8], loc: &BlobLoc, pack: &str) -> Result<&'f [u8]> {
+    let start = loc.offset_in_frame as usize;
+    raw.get(start..start + loc.raw_len as usize).ok_or_else(|| {
+        Error::corrupt(format!(
+            "{pack}: blob at {start}+{} lies outside its frame at offset {}",
+            loc.raw_len, loc.frame_offset
+        ))
+    })
 }
 
 pub struct RestoreOptions {

@@ -5,6 +5,7 @@
 //! (some files could not be read).
 
 mod backup;
+mod gc;
 mod inspect;
 mod output;
 mod repair;
@@ -52,6 +53,12 @@ enum Command {
     Diff(inspect::DiffArgs),
     /// Restore a snapshot (or some of its paths)
     Restore(restore::RestoreArgs),
+    /// Remove snapshots by retention policy (or by name); `gc` then reclaims their space
+    Forget(gc::ForgetArgs),
+    /// Remove the named snapshots
+    Delete(gc::DeleteArgs),
+    /// Reclaim the space of data no snapshot references
+    Gc(gc::GcArgs),
     /// Check the repository's integrity
     Verify(restore::VerifyArgs),
     /// Measure chunking and compression settings on your data (writes nothing)
@@ -158,6 +165,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Stats(args) => inspect::stats(&open(&rp, false, "stats")?, args),
         Command::Diff(args) => inspect::diff(&open(&rp, false, "diff")?, args),
         Command::Restore(args) => restore::restore(&open(&rp, false, "restore")?, args),
+        Command::Forget(args) => gc::forget(&open(&rp, true, "forget")?, args),
+        Command::Delete(args) => gc::delete(&open(&rp, true, "delete")?, args),
+        Command::Gc(args) => gc::run_gc(&open(&rp, true, "gc")?, args),
         Command::Verify(args) => restore::verify(&open(&rp, false, "verify")?, args),
         Command::Repair(args) => repair::repair(&rp, args),
         Command::Tune(args) => tune::tune(args),
