@@ -98,7 +98,18 @@ impl ObjectWriter for LocalObject {
     }
 
     fn commit(mut self: Box<Self>, name: &str) -> Result<()> {
-        let file = match std::mem::replace(&mut self.out, LocalOut::Done) {
+        let out = std::mem::replace(&mut self.out, LocalOut::Done);
+        let result = self.finish_into(out, name);
+        if result.is_err() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+        result
+    }
+}
+
+impl LocalObject {
+    fn finish_into(&self, out: LocalOut, name: &str) -> Result<()> {
+        let file = match out {
             LocalOut::Direct(w) => w.finish()?,
             LocalOut::Plain(w) => w
                 .into_inner()
