@@ -557,13 +557,19 @@ fn read_file(
         Some(r) => r.read(id),
         None => Err(Error::not_found("no previous version")),
     };
+    // The previous version is only a hint: if it cannot be read (its snapshots were forgotten
+    // and collected), the file is simply deduplicated through the index.
     let mut prev = match previous {
-        Some(p) if p.page_size == page_size => Some(PreviousVersion {
-            walker: crate::tree::LeafWalker::new(&p.content, p.size, &fetch)?,
-            current: None,
-            next_offset: 0,
-            broken: false,
-        }),
+        Some(p) if p.page_size == page_size => {
+            crate::tree::LeafWalker::new(&p.content, p.size, &fetch)
+                .ok()
+                .map(|walker| PreviousVersion {
+                    walker,
+                    current: None,
+                    next_offset: 0,
+                    broken: false,
+                })
+        }
         _ => None,
     };
 

@@ -7,7 +7,8 @@
 //!    trees, every node read and checked) is live. Any failure to read a node stops gc before it
 //!    changes anything.
 //! 2. Plan, per pack, from the index: packs with no live blob are deleted; packs whose unused
-//!    share exceeds `max_unused` are rewritten with only their live blobs; pack files the index
+//!    bytes exceed `max_unused` times their live bytes are rewritten with only their live blobs
+//!    (so afterwards packs hold at most live x (1 + max_unused) bytes); pack files the index
 //!    does not know (left by an interrupted backup or gc) are deleted.
 //! 3. Rewritten packs are written and fsynced; then one index transaction points moved blobs at
 //!    their new packs, drops every dead blob (so nothing can deduplicate against a blob whose
@@ -56,7 +57,7 @@ pub fn remove_snapshots(repo: &Repo, ids: &[SnapshotId]) -> Result<()> {
 #[derive(Clone, Debug)]
 pub struct GcOptions {
     pub dry_run: bool,
-    /// Rewrite packs whose unused share is above this fraction (0.0 to 1.0).
+    /// Rewrite packs whose unused bytes exceed this fraction of their live bytes (0.0 to 1.0).
     pub max_unused: f64,
 }
 
@@ -83,6 +84,9 @@ pub struct GcReport {
     pub bytes_before: u64,
     pub bytes_after: u64,
     pub bytes_reclaimed: u64,
+    /// After gc: bytes of compressed chunk data in packs, and the part of it that is live.
+    pub frame_bytes_after: u64,
+    pub live_bytes_after: u64,
 }
 
 /// Every blob reachable from the index's snapshots.
@@ -198,22 +202,22 @@ pub fn gc(repo: &Repo, opts: &GcOptions) -> Result<GcReport> {
 
     let mut delete = Vec::new();
     let mut rewrite = Vec::new();
+    // Frame bytes and live frame bytes of the packs that stay as they are.
+    let (mut kept_frames, mut kept_live) = (0f64, 0f64);
     for (no, info) in &packs {
         let u = &usage[no];
         report.bytes_before += info.size;
-        // Frame bytes: the file without header, trailer and footer.
-        let overhead = (crate::pack::HEADER_LEN + crate::pack::FOOTER_LEN) as u64
-            + info.blobs as u64 * crate::pack::ENTRY_LEN as u64;
-        let payload = info.size.saturating_sub(overhead) as f64;
-        let unused = if payload > 0.0 {
-            1.0 - u.live_stored / payload
-        } else {
-            0.0
-        };
+        let frames = frame_bytes(info.size, info.blobs) as f64;
+        // Unused bytes may be at most `max_unused` times the live ones, so that after gc the
+        // packs hold at most live x (1 + max_unused) frame bytes.
+        let unused = (frames - u.live_stored).max(0.0);
         if u.live.is_empty() {
             delete.push(*no);
-        } else if !u.dead.is_empty() && unused > opts.max_unused {
+        } else if !u.dead.is_empty() && unused > opts.max_unused * u.live_stored {
             rewrite.push(*no);
+        } else {
+            kept_frames += frames;
+            kept_live += u.live_stored.min(frames);
         }
     }
     report.bytes_before += unknown_bytes;
@@ -227,6 +231,8 @@ pub fn gc(repo: &Repo, opts: &GcOptions) -> Result<GcReport> {
         + unknown_bytes;
     if opts.dry_run {
         let rewritten_live: f64 = rewrite.iter().map(|no| usage[no].live_stored).sum();
+        report.frame_bytes_after = (kept_frames + rewritten_live) as u64;
+        report.live_bytes_after = (kept_live + rewritten_live) as u64;
         report.bytes_after = report.bytes_before - removed_bytes + rewritten_live as u64;
         report.bytes_reclaimed = report.bytes_before - report.bytes_after;
         return Ok(report);
@@ -281,6 +287,10 @@ pub fn gc(repo: &Repo, opts: &GcOptions) -> Result<GcReport> {
         .map(|p| crate::index::pack_object_name(&p.id))
         .collect();
     let new_bytes: u64 = written.iter().map(|p| p.size).sum();
+    let new_frames: u64 = written
+        .iter()
+        .map(|p| frame_bytes(p.size, p.entries.len() as u32))
+        .sum();
     drop(blobs);
     drop(index);
     drop(txn);
@@ -318,7 +328,16 @@ pub fn gc(repo: &Repo, opts: &GcOptions) -> Result<GcReport> {
     }
     report.bytes_after = report.bytes_before - removed_bytes + new_bytes;
     report.bytes_reclaimed = report.bytes_before - report.bytes_after;
+    report.frame_bytes_after = kept_frames as u64 + new_frames;
+    report.live_bytes_after = kept_live as u64 + new_frames;
     Ok(report)
+}
+
+/// Bytes of a pack that hold frames: the file without header, trailer and footer.
+fn frame_bytes(size: u64, blobs: u32) -> u64 {
+    let overhead = (crate::pack::HEADER_LEN + crate::pack::FOOTER_LEN) as u64
+        + blobs as u64 * crate::pack::ENTRY_LEN as u64;
+    size.saturating_sub(overhead)
 }
 
 fn seal(

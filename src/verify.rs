@@ -28,6 +28,14 @@ pub struct VerifyReport {
     pub blobs_read: u64,
     pub bytes_read: u64,
     pub problems: Vec<Problem>,
+    /// Observations that are not damage (nothing is lost), such as a manifest file that the next
+    /// writer will restore from the index.
+    pub notes: Vec<String>,
+    /// Recount: distinct blobs the snapshots reference, and indexed blobs none references (with
+    /// their share of stored bytes): what `gc` would reclaim.
+    pub referenced_blobs: u64,
+    pub unreferenced_blobs: u64,
+    pub unreferenced_bytes: u64,
 }
 
 impl VerifyReport {
@@ -193,6 +201,11 @@ pub fn verify(repo: &Repo, read_data: bool) -> Result<VerifyReport> {
                 None,
                 "manifest file differs from the index copy".into(),
             ),
+            Err(e) if e.kind() == crate::ErrorKind::NotFound => report.notes.push(format!(
+                "snapshot {}: manifest file missing (a backup or forget was interrupted); the \
+                 next backup, forget or gc writes it again from the index",
+                id.short()
+            )),
             Err(e) => problem(&mut report, Some(&id), None, format!("manifest file: {e}")),
         }
         for entry in &manifest.entries {
@@ -226,6 +239,17 @@ pub fn verify(repo: &Repo, read_data: bool) -> Result<VerifyReport> {
             }
         }
     }
+    // Recount: every blob reached above is referenced; indexed blobs that were not are leaks
+    // until gc reclaims them, and referenced ones missing from the index were reported above.
+    report.referenced_blobs = node_verdict.len() as u64;
+    index.for_each_blob(|id, loc| {
+        if !node_verdict.contains_key(&id) {
+            report.unreferenced_blobs += 1;
+            report.unreferenced_bytes += (loc.frame_stored_len as u64 * loc.raw_len as u64)
+                / (loc.frame_raw_len as u64).max(1);
+        }
+        Ok(())
+    })?;
     Ok(report)
 }
 

@@ -132,6 +132,16 @@ pub fn verify(repo: &Repo, args: VerifyArgs) -> Result<ExitCode> {
             }
             println!("damaged: {where_}{}", p.message);
         }
+        for n in &report.notes {
+            println!("note: {n}");
+        }
+        if report.unreferenced_blobs > 0 {
+            println!(
+                "{} stored chunks ({}) are referenced by no snapshot; `strata gc` reclaims them",
+                report.unreferenced_blobs,
+                bytes(report.unreferenced_bytes)
+            );
+        }
         println!(
             "checked {} snapshots, {} files, {} packs{}: {}",
             report.snapshots,
