@@ -6,13 +6,18 @@
 //! it, and every rule that kept it is reported. Snapshots of kind `manual` or `restore-point` are
 //! never removed by a policy; they go only when named explicitly.
 
+use crate::codec::frame;
+use crate::error::{Error, Result};
 use crate::id::SnapshotId;
+use crate::storage::Backend;
 use chrono::{Datelike, TimeZone, Timelike};
+use std::collections::BTreeMap;
 
 /// Kinds a policy never removes.
 pub const PROTECTED_KINDS: [&str; 2] = ["manual", "restore-point"];
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Policy {
     pub keep_last: Option<usize>,
     pub keep_hourly: Option<usize>,
@@ -29,6 +34,143 @@ impl Policy {
     /// True if no rule is set (such a policy would keep nothing).
     pub fn is_empty(&self) -> bool {
         *self == Policy::default()
+    }
+}
+
+impl Policy {
+    /// Parses rules written as `keep-last=24,keep-daily=7,keep-within=7d,keep-tag=release`
+    /// (`within=7d` for short).
+    pub fn parse(rules: &str) -> Result<Policy> {
+        let mut p = Policy::default();
+        for rule in rules.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+            let (key, value) = rule.split_once('=').ok_or_else(|| {
+                Error::invalid(format!("retention rule {rule:?}: expected NAME=VALUE"))
+            })?;
+            let count = || {
+                value.parse::<usize>().map_err(|_| {
+                    Error::invalid(format!("retention rule {rule:?}: expected a count"))
+                })
+            };
+            match key.trim() {
+                "keep-last" => p.keep_last = Some(count()?),
+                "keep-hourly" => p.keep_hourly = Some(count()?),
+                "keep-daily" => p.keep_daily = Some(count()?),
+                "keep-weekly" => p.keep_weekly = Some(count()?),
+                "keep-monthly" => p.keep_monthly = Some(count()?),
+                "keep-yearly" => p.keep_yearly = Some(count()?),
+                "keep-within" | "within" => {
+                    p.keep_within_ns = Some(parse_duration(value).ok_or_else(|| {
+                        Error::invalid(format!(
+                            "retention rule {rule:?}: expected a duration such as 7d or 12h"
+                        ))
+                    })?)
+                }
+                "keep-tag" => p.keep_tags.push(value.trim().to_string()),
+                other => {
+                    return Err(Error::invalid(format!(
+                        "unknown retention rule {other:?} (keep-last, keep-hourly, keep-daily, \
+                         keep-weekly, keep-monthly, keep-yearly, keep-within, keep-tag)"
+                    )));
+                }
+            }
+        }
+        if p.is_empty() {
+            return Err(Error::invalid("a retention policy needs at least one rule"));
+        }
+        Ok(p)
+    }
+}
+
+/// Retention settings kept in the repository (`strata config set`): a policy per snapshot kind
+/// and a cap on the number of snapshots of kinds that are not protected.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub policies: BTreeMap<String, Policy>,
+    /// At most this many snapshots of policy-governed kinds; the oldest go first.
+    pub max_snapshots: Option<usize>,
+}
+
+pub const SETTINGS_NAME: &str = "retention";
+pub const SETTINGS_MAGIC: &[u8; 8] = b"STRARETN";
+pub const SETTINGS_VERSION: u32 = 1;
+
+impl Settings {
+    pub fn load(backend: &dyn Backend) -> Result<Settings> {
+        if !backend.exists(SETTINGS_NAME)? {
+            return Ok(Settings::default());
+        }
+        let bytes = backend.get(SETTINGS_NAME)?;
+        let (_, json) = frame::unwrap(
+            SETTINGS_MAGIC,
+            SETTINGS_VERSION,
+            &bytes,
+            "retention settings",
+        )?;
+        serde_json::from_slice(json).map_err(|e| Error::corrupt(format!("retention settings: {e}")))
+    }
+
+    /// Writes the settings atomically (the caller holds the repository lock).
+    pub fn store(&self, backend: &dyn Backend) -> Result<()> {
+        let json = serde_json::to_vec_pretty(self)
+            .map_err(|e| Error::invalid(format!("encoding retention settings: {e}")))?;
+        backend.put(
+            SETTINGS_NAME,
+            &frame::wrap(SETTINGS_MAGIC, SETTINGS_VERSION, &json),
+        )
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.policies.is_empty() && self.max_snapshots.is_none()
+    }
+}
+
+/// Decides with the stored settings: each kind's snapshots by that kind's policy (kinds without
+/// one are kept), then `max_snapshots`. Newest first.
+pub fn decide_with_settings<Tz: TimeZone>(
+    snaps: &[Candidate],
+    settings: &Settings,
+    now_ns: i64,
+    tz: &Tz,
+) -> Vec<Decision> {
+    let kept = |s: &Candidate, why: String| Decision {
+        id: s.id,
+        time_ns: s.time_ns,
+        kind: s.kind.clone(),
+        keep: true,
+        reasons: vec![why],
+    };
+    let mut out = Vec::with_capacity(snaps.len());
+    for s in snaps {
+        if PROTECTED_KINDS.contains(&s.kind.as_str()) {
+            out.push(kept(s, format!("kind {}: kept until deleted", s.kind)));
+        } else if !settings.policies.contains_key(&s.kind) {
+            out.push(kept(s, format!("kind {}: no policy", s.kind)));
+        }
+    }
+    for (kind, policy) in &settings.policies {
+        let of_kind: Vec<Candidate> = snaps.iter().filter(|s| &s.kind == kind).cloned().collect();
+        out.extend(decide(&of_kind, policy, None, now_ns, tz));
+    }
+    out.sort_by(|a, b| b.time_ns.cmp(&a.time_ns).then(b.id.cmp(&a.id)));
+    if let Some(max) = settings.max_snapshots {
+        cap(&mut out, max);
+    }
+    out
+}
+
+/// Removes the oldest kept, policy-governed snapshots beyond `max` (decisions newest first).
+pub fn cap(decisions: &mut [Decision], max: usize) {
+    let mut kept = 0;
+    for d in decisions.iter_mut() {
+        if !d.keep || PROTECTED_KINDS.contains(&d.kind.as_str()) {
+            continue;
+        }
+        kept += 1;
+        if kept > max {
+            d.keep = false;
+            d.reasons = vec![format!("beyond max-snapshots {max}")];
+        }
     }
 }
 
@@ -330,6 +472,60 @@ mod tests {
         assert_eq!(d[0].reasons, vec!["last 1", "daily 1"]);
         let reversed: Vec<Candidate> = s.iter().rev().cloned().collect();
         assert_eq!(decide(&reversed, &p, None, 0, &Utc), d);
+    }
+
+    #[test]
+    fn stored_settings_per_kind_and_cap() {
+        let mut s = hourly(30);
+        for c in s.iter_mut().skip(20) {
+            c.kind = "daily".into();
+        }
+        s[0].kind = "manual".into();
+        let mut settings = Settings::default();
+        settings
+            .policies
+            .insert("hourly".into(), Policy::parse("keep-last=5").unwrap());
+        let d = decide_with_settings(&s, &settings, 0, &Utc);
+        // Hourly 1..19: the newest five; daily 20..29: no policy; manual 0: kept.
+        let mut want: Vec<u8> = (15..30).collect();
+        want.insert(0, 0);
+        assert_eq!(kept(&d), want);
+        settings.max_snapshots = Some(7);
+        let d = decide_with_settings(&s, &settings, 0, &Utc);
+        // The seven newest governed ones (all daily), and the manual one.
+        let mut want: Vec<u8> = (23..30).collect();
+        want.insert(0, 0);
+        assert_eq!(kept(&d), want);
+        let why = d.iter().find(|d| d.id.0[0] == 22).unwrap();
+        assert_eq!(why.reasons, vec!["beyond max-snapshots 7"]);
+    }
+
+    #[test]
+    fn rules_parse_and_settings_round_trip() {
+        let p = Policy::parse("keep-last=24, keep-daily=7,within=2w,keep-tag=v1").unwrap();
+        assert_eq!(p.keep_last, Some(24));
+        assert_eq!(p.keep_daily, Some(7));
+        assert_eq!(p.keep_within_ns, Some(14 * D));
+        assert_eq!(p.keep_tags, vec!["v1"]);
+        for bad in [
+            "",
+            "keep-last",
+            "keep-last=x",
+            "keep-often=3",
+            "within=soon",
+        ] {
+            assert!(Policy::parse(bad).is_err(), "{bad}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let b = crate::storage::LocalBackend::new(dir.path());
+        assert_eq!(Settings::load(&b).unwrap(), Settings::default());
+        let mut s = Settings::default();
+        s.policies.insert("daily".into(), p);
+        s.max_snapshots = Some(100);
+        s.store(&b).unwrap();
+        assert_eq!(Settings::load(&b).unwrap(), s);
+        std::fs::write(dir.path().join(SETTINGS_NAME), b"garbage").unwrap();
+        assert!(Settings::load(&b).is_err());
     }
 
     #[test]

@@ -403,3 +403,60 @@ fn random_histories_of_backup_forget_delete_and_gc() {
         env.ok(&["verify", "--read-data"]);
     }
 }
+
+#[test]
+fn stored_policies_drive_forget() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    for (i, kind) in ["manual", "hourly", "hourly", "hourly", "daily", "daily"]
+        .iter()
+        .enumerate()
+    {
+        write(&src.join("a.txt"), &text(5_000, i as u64));
+        env.ok(&["backup", "--kind", kind, src.to_str().unwrap()]);
+    }
+    let none = env.run(&["forget"]);
+    assert_ne!(code(&none), 0);
+    assert!(stderr(&none).contains("config set"));
+
+    env.ok(&["config", "set", "retention.hourly", "keep-last=1"]);
+    for bad in [
+        &["config", "set", "retention.manual", "keep-last=1"][..],
+        &["config", "set", "retention.hourly", "keep-sometimes=1"],
+        &["config", "set", "colour", "blue"],
+        &["config", "set", "max-snapshots", "0"],
+        &["config", "unset", "retention.daily"],
+    ] {
+        assert_ne!(code(&env.run(bad)), 0, "{bad:?}");
+    }
+    let shown = env.json(&["config", "show"]);
+    assert_eq!(shown["retention"]["policies"]["hourly"]["keep_last"], 1);
+    assert!(
+        env.ok(&["config", "show"])
+            .contains("retention.hourly: keep-last=1")
+    );
+
+    let kinds = |env: &Env| -> Vec<String> {
+        env.json(&["list"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["kind"].as_str().unwrap().to_string())
+            .collect()
+    };
+    env.ok(&["forget"]);
+    // Two older hourly snapshots go; daily (no policy) and manual stay.
+    assert_eq!(kinds(&env), vec!["manual", "hourly", "daily", "daily"]);
+
+    env.ok(&["config", "set", "max-snapshots", "2"]);
+    env.ok(&["forget"]);
+    assert_eq!(kinds(&env), vec!["manual", "daily", "daily"]);
+    env.ok(&["config", "unset", "retention.hourly"]);
+    env.ok(&["config", "unset", "max-snapshots"]);
+    assert_ne!(code(&env.run(&["forget"])), 0);
+    env.ok(&["forget", "--max-snapshots", "1"]);
+    assert_eq!(kinds(&env), vec!["manual", "daily"]);
+    env.ok(&["gc"]);
+    env.ok(&["verify", "--read-data"]);
+}

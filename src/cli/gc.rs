@@ -6,7 +6,9 @@ use clap::Args;
 use std::process::ExitCode;
 use strata::gc::{GcOptions, GcReport, gc, remove_snapshots};
 use strata::repo::Repo;
-use strata::retention::{Candidate, Policy, decide, parse_duration};
+use strata::retention::{
+    Candidate, PROTECTED_KINDS, Policy, Settings, cap, decide, decide_with_settings, parse_duration,
+};
 use strata::snapshots;
 
 #[derive(Args)]
@@ -40,6 +42,9 @@ pub struct ForgetArgs {
     /// Apply the policy only to snapshots of this kind
     #[arg(long)]
     kind: Option<String>,
+    /// Keep at most N snapshots (of kinds that are not protected); the oldest go first
+    #[arg(long)]
+    max_snapshots: Option<usize>,
     /// Show what would be removed; change nothing
     #[arg(long)]
     dry_run: bool,
@@ -64,6 +69,141 @@ pub struct GcArgs {
     max_unused: String,
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args)]
+pub struct ConfigArgs {
+    #[command(subcommand)]
+    action: ConfigAction,
+}
+
+#[derive(clap::Subcommand)]
+enum ConfigAction {
+    /// Show the repository's settings
+    Show {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set `retention.KIND RULES` (e.g. `retention.daily keep-within=7d`) or `max-snapshots N`
+    Set { key: String, value: String },
+    /// Remove a retention setting
+    Unset { key: String },
+}
+
+impl ConfigArgs {
+    /// Whether the command changes the repository (and so needs the lock).
+    pub fn writes(&self) -> bool {
+        !matches!(self.action, ConfigAction::Show { .. })
+    }
+}
+
+/// Kinds a stored policy can govern.
+const POLICY_KINDS: [&str; 4] = ["hourly", "daily", "weekly", "monthly"];
+
+pub fn config(repo: &Repo, args: ConfigArgs) -> Result<ExitCode> {
+    let mut settings = Settings::load(&repo.backend)?;
+    match args.action {
+        ConfigAction::Show { json } => {
+            if json {
+                #[derive(serde::Serialize)]
+                struct Out<'a> {
+                    repository: &'a strata::repo::Config,
+                    retention: &'a Settings,
+                }
+                print_json(&Out {
+                    repository: &repo.config,
+                    retention: &settings,
+                })?;
+            } else {
+                let c = &repo.config;
+                println!(
+                    "chunks: {}/{}/{} bytes (min/avg/max){}, zstd level {}, packs of {}",
+                    c.chunker.min,
+                    c.chunker.avg,
+                    c.chunker.max,
+                    if c.sqlite_pages {
+                        ", SQLite files cut at pages"
+                    } else {
+                        ""
+                    },
+                    c.zstd_level,
+                    bytes(c.pack_target)
+                );
+                if settings.is_empty() {
+                    println!("retention: none stored (`strata forget` needs rules or snapshots)");
+                }
+                for (kind, p) in &settings.policies {
+                    println!("retention.{kind}: {}", describe(p));
+                }
+                if let Some(n) = settings.max_snapshots {
+                    println!("max-snapshots: {n}");
+                }
+                for k in PROTECTED_KINDS {
+                    println!("{k} snapshots: kept until deleted");
+                }
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        ConfigAction::Set { key, value } => match key.as_str() {
+            "max-snapshots" => match value.parse::<usize>() {
+                Ok(n) if n > 0 => settings.max_snapshots = Some(n),
+                _ => bail!("max-snapshots: expected a positive count, got {value:?}"),
+            },
+            _ => {
+                let kind = policy_kind(&key)?;
+                settings.policies.insert(kind, Policy::parse(&value)?);
+            }
+        },
+        ConfigAction::Unset { key } => {
+            if key == "max-snapshots" {
+                settings.max_snapshots = None;
+            } else {
+                let kind = policy_kind(&key)?;
+                if settings.policies.remove(&kind).is_none() {
+                    bail!("{key} is not set");
+                }
+            }
+        }
+    }
+    settings.store(&repo.backend)?;
+    println!("saved; `strata forget` without rules now applies it (try --dry-run)");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn policy_kind(key: &str) -> Result<String> {
+    match key.strip_prefix("retention.") {
+        Some(k) if POLICY_KINDS.contains(&k) => Ok(k.to_string()),
+        Some(k) if PROTECTED_KINDS.contains(&k) => {
+            bail!("{k} snapshots are kept until deleted; no policy applies to them")
+        }
+        _ => bail!(
+            "unknown setting {key:?}: use retention.hourly, retention.daily, retention.weekly, \
+             retention.monthly or max-snapshots"
+        ),
+    }
+}
+
+fn describe(p: &Policy) -> String {
+    let mut parts = Vec::new();
+    for (name, v) in [
+        ("keep-last", p.keep_last),
+        ("keep-hourly", p.keep_hourly),
+        ("keep-daily", p.keep_daily),
+        ("keep-weekly", p.keep_weekly),
+        ("keep-monthly", p.keep_monthly),
+        ("keep-yearly", p.keep_yearly),
+    ] {
+        if let Some(n) = v {
+            parts.push(format!("{name}={n}"));
+        }
+    }
+    if let Some(ns) = p.keep_within_ns {
+        parts.push(format!("keep-within={}s", ns / 1_000_000_000));
+    }
+    for t in &p.keep_tags {
+        parts.push(format!("keep-tag={t}"));
+    }
+    parts.join(",")
 }
 
 #[derive(serde::Serialize)]
@@ -93,8 +233,13 @@ pub fn forget(repo: &Repo, args: ForgetArgs) -> Result<ExitCode> {
         keep_within_ns,
         keep_tags: args.keep_tags.clone(),
     };
-    if policy.is_empty() && args.snaps.is_empty() {
-        bail!("nothing to forget: name snapshots or give a policy such as --keep-last 24");
+    let settings = Settings::load(&repo.backend)?;
+    let use_settings = policy.is_empty() && args.max_snapshots.is_none() && args.snaps.is_empty();
+    if use_settings && settings.is_empty() {
+        bail!(
+            "nothing to forget: name snapshots, give a policy such as --keep-last 24, or store \
+             one with `strata config set retention.hourly keep-last=24`"
+        );
     }
     let snaps = snapshots::list(repo)?;
     let mut named = Vec::new();
@@ -111,8 +256,10 @@ pub fn forget(repo: &Repo, args: ForgetArgs) -> Result<ExitCode> {
         })
         .collect();
     let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
-    let mut decisions = if policy.is_empty() {
-        // Only named snapshots go; the rest stay without a policy reason.
+    let mut decisions = if use_settings {
+        decide_with_settings(&candidates, &settings, now, &chrono::Local)
+    } else if policy.is_empty() {
+        // Only named snapshots go (and the cap, if given); the rest stay.
         candidates
             .iter()
             .rev()
@@ -133,6 +280,9 @@ pub fn forget(repo: &Repo, args: ForgetArgs) -> Result<ExitCode> {
             &chrono::Local,
         )
     };
+    if let Some(max) = args.max_snapshots {
+        cap(&mut decisions, max);
+    }
     for d in &mut decisions {
         if named.contains(&d.id) {
             d.keep = false;

@@ -59,6 +59,8 @@ enum Command {
     Delete(gc::DeleteArgs),
     /// Reclaim the space of data no snapshot references
     Gc(gc::GcArgs),
+    /// Show or change repository settings (retention policies per kind)
+    Config(gc::ConfigArgs),
     /// Check the repository's integrity
     Verify(restore::VerifyArgs),
     /// Measure chunking and compression settings on your data (writes nothing)
@@ -168,6 +170,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Forget(args) => gc::forget(&open(&rp, true, "forget")?, args),
         Command::Delete(args) => gc::delete(&open(&rp, true, "delete")?, args),
         Command::Gc(args) => gc::run_gc(&open(&rp, true, "gc")?, args),
+        Command::Config(args) => gc::config(&open(&rp, args.writes(), "config")?, args),
         Command::Verify(args) => restore::verify(&open(&rp, false, "verify")?, args),
         Command::Repair(args) => repair::repair(&rp, args),
         Command::Tune(args) => tune::tune(args),
