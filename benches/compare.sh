@@ -7,13 +7,14 @@
 # to pass, so page-cache and machine drift do not favour one tool): first backup, no-change backup,
 # then K x (one `mutate` step, a backup by every tool), then a restore of the latest snapshot by
 # every tool with a byte-exact comparison, then "forget everything but the latest and reclaim
-# space" where the tool has it (restic forget --prune, borg prune + compact; strata has no
-# retention yet: recorded as n/a). Each operation's wall and CPU seconds and peak RSS come from
+# space" (strata forget --keep-last 1 + gc, restic forget --prune, borg prune + compact). Each
+# operation's wall and CPU seconds and peak RSS come from
 # /usr/bin/time; repository and source bytes from du. Results go to a CSV; a markdown table of
 # medians, and of the per-pass ratio strata/peer, is printed.
 #
 # Settings: restic repository version 2 (zstd, compression "auto"; restic always encrypts),
-# borg `-e none --compression zstd,3`, strata defaults. Source data is synced before each step.
+# borg `-e none --compression zstd,3`, strata defaults (backups of kind hourly, as a scheduled job
+# would make them). Source data is synced before each step.
 set -euo pipefail
 
 runs=3 size_mb=1024 steps=5 rustic=0 out=""
@@ -79,7 +80,7 @@ init_tool() {
 backup_cmd() { # tool -> command line for a backup of $work
   local r; r=$(repo_of "$1")
   case "$1" in
-    strata) echo "$strata backup --repo $r $work" ;;
+    strata) echo "$strata backup --repo $r --kind hourly $work" ;;
     restic) echo "restic -r $r backup -q $work" ;;
     rustic) echo "rustic -r $r backup $work" ;;
     borg) echo "borg create --compression zstd,3 $r::{now:%Y-%m-%dT%H:%M:%S.%f} $work" ;;
@@ -99,7 +100,7 @@ restore_cmd() { # tool target
 reclaim_cmd() {
   local r; r=$(repo_of "$1")
   case "$1" in
-    strata) echo "" ;;
+    strata) echo "sh -c '$strata forget --repo $r --keep-last 1 && $strata gc --repo $r'" ;;
     restic) echo "restic -r $r forget -q --keep-last 1 --prune" ;;
     rustic) echo "rustic -r $r forget --keep-last 1 --prune" ;;
     borg) echo "sh -c 'borg prune --keep-last 1 $r && borg compact $r'" ;;
