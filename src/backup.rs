@@ -71,6 +71,8 @@ pub struct BackupReport {
     pub manifest: Manifest,
     /// Things the user should know that did not fail the snapshot (skipped special files...).
     pub warnings: Vec<String>,
+    /// Wall time of each phase in milliseconds, in order (for tuning).
+    pub phases_ms: Vec<(&'static str, f64)>,
 }
 
 impl BackupReport {
@@ -153,6 +155,28 @@ impl Shared<'_> {
     }
 }
 
+/// Wall time per phase.
+struct Phases {
+    last: Instant,
+    done: Vec<(&'static str, f64)>,
+}
+
+impl Phases {
+    fn new(start: Instant) -> Phases {
+        Phases {
+            last: start,
+            done: Vec::new(),
+        }
+    }
+
+    fn mark(&mut self, name: &'static str) {
+        let now = Instant::now();
+        self.done
+            .push((name, (now - self.last).as_secs_f64() * 1000.0));
+        self.last = now;
+    }
+}
+
 /// Result of reading one file.
 struct ReadFile {
     content: Content,
@@ -198,6 +222,8 @@ pub fn backup(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
         }
         to_read.push(i);
     }
+    let mut phases = Phases::new(started);
+    phases.mark("walk and file cache");
     let planned: u64 = to_read.iter().map(|&i| items[i].meta.len()).sum();
     if let Some(f) = opts.on_plan {
         f(planned);
@@ -251,7 +277,17 @@ pub fn backup(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
                 read_file(&shared, &items[i], previous[i].as_ref(), start_ns),
             )
         };
-        let mut results: Vec<(usize, Result<ReadFile>)> = large.into_iter().map(read).collect();
+        // Two lanes of large files side by side: page-aligned databases (parallel inside, but
+        // with a barrier per round) and the rest (cut by content, which is sequential), so each
+        // fills the other's idle time. Still at most one large file per lane at a time.
+        let (paged, streamed): (Vec<usize>, Vec<usize>) = large
+            .into_iter()
+            .partition(|&i| repo.config.sqlite_pages && looks_paged(&items[i].abs));
+        let (mut results, streamed): (Vec<(usize, Result<ReadFile>)>, Vec<_>) = rayon::join(
+            || paged.into_iter().map(read).collect(),
+            || streamed.into_iter().map(read).collect(),
+        );
+        results.extend(streamed);
         results.extend(small.into_par_iter().map(read).collect::<Vec<_>>());
         let finished = shared.packer.finish();
         if finished.is_err() {
@@ -264,6 +300,7 @@ pub fn backup(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
     });
     // 4. Every pack is now durable (or we stop here, leaving only unreferenced packs).
     let packs = packs?;
+    phases.mark("read, chunk, store");
 
     let mut stamps = Vec::new();
     let mut bytes_read = 0;
@@ -344,10 +381,13 @@ pub fn backup(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
         errors,
     };
     let (id, framed) = manifest.encode(repo.id_key())?;
+    phases.mark("manifest");
     // 6. Commit the index, then write the manifest file.
     commit(repo, packs, next_pack, &id, &framed, &stamps)?;
+    phases.mark("index commit");
     repo.backend
         .put(&crate::manifest::object_name(&id), &framed)?;
+    phases.mark("manifest file");
     warnings.extend(
         manifest
             .errors
@@ -358,6 +398,7 @@ pub fn backup(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
         id,
         manifest,
         warnings,
+        phases_ms: phases.done,
     })
 }
 
@@ -720,7 +761,8 @@ thread_local! {
 
 /// Reads a file cut at fixed page boundaries. Boundaries do not depend on content, so every
 /// segment is read, hashed, deduplicated and compressed by its own task, in parallel, with one
-/// reused buffer per thread; only extending the chunk-list tree is done in file order.
+/// reused buffer per thread. Extending the chunk-list tree (in file order) and walking the
+/// previous version for the next round run beside the current round's segments.
 fn read_pages(
     shared: &Shared,
     file: &File,
@@ -729,80 +771,142 @@ fn read_pages(
     state: &mut FileState,
 ) -> Result<u64> {
     let page = page as usize;
-    let mut offset = 0u64;
-    loop {
-        let round_end = offset + (SEGMENTS_PER_ROUND * SEGMENT) as u64;
-        // The previous version's pages in this round: the same page at the same offset needs
-        // no index lookup.
-        let known = match state.prev.as_mut() {
-            Some(p) => p.chunks_in(offset, round_end),
-            None => Vec::new(),
-        };
-        let segments: Vec<Result<(usize, Vec<ChunkId>)>> = (0..SEGMENTS_PER_ROUND)
-            .into_par_iter()
-            .map(|k| {
-                let at = offset + (k * SEGMENT) as u64;
-                SEGMENT_BUF.with(|buf| {
-                    let mut buf = buf.borrow_mut();
-                    buf.resize(SEGMENT, 0);
-                    let n = read_full_at(file, &mut buf, at).ctx("read", path)?;
-                    let data = &buf[..n];
-                    let ids: Vec<ChunkId> = data
-                        .chunks(page)
-                        .map(|c| ChunkId::hash(shared.key.as_ref(), c))
-                        .collect();
-                    store_new_pages(shared, data, page, at, &ids, &known)?;
-                    Ok((n, ids))
-                })
-            })
-            .collect();
-        for segment in segments {
-            let (n, ids) = segment?;
+    let round_bytes = (SEGMENTS_PER_ROUND * SEGMENT) as u64;
+    let mut prev = state.prev.take();
+    let builder = &mut *state.builder;
+    let emit = &mut *state.emit;
+    // Bytes that may be read through mappings: the file as it is now, when there is a previous
+    // version to compare with (a first backup stores nearly every page and reads into buffers).
+    let mapped_len = match prev {
+        Some(_) => file.metadata().ctx("stat", path)?.len(),
+        None => 0,
+    };
+    // The previous version's pages in a round: the same page at the same offset needs no index
+    // lookup.
+    let mut known = match prev.as_mut() {
+        Some(p) => p.chunks_in(0, round_bytes),
+        None => Vec::new(),
+    };
+    let mut push = |segments: Vec<(usize, Vec<ChunkId>)>| -> Result<()> {
+        for (n, ids) in segments {
             let mut left = n;
             for id in ids {
                 let len = page.min(left);
-                state.builder.push(id, len as u64, state.emit)?;
+                builder.push(id, len as u64, emit)?;
                 left -= len;
             }
+        }
+        Ok(())
+    };
+    let mut pending: Vec<(usize, Vec<ChunkId>)> = Vec::new();
+    let mut offset = 0u64;
+    loop {
+        let next_start = offset + round_bytes;
+        let to_push = std::mem::take(&mut pending);
+        let ((pushed, next_known), segments) = rayon::join(
+            || {
+                let pushed = push(to_push);
+                let next_known = match prev.as_mut() {
+                    Some(p) => p.chunks_in(next_start, next_start + round_bytes),
+                    None => Vec::new(),
+                };
+                (pushed, next_known)
+            },
+            || {
+                (0..SEGMENTS_PER_ROUND)
+                    .into_par_iter()
+                    .map(|k| {
+                        read_segment(
+                            shared,
+                            file,
+                            path,
+                            page,
+                            offset + (k * SEGMENT) as u64,
+                            mapped_len,
+                            &known,
+                        )
+                    })
+                    .collect::<Vec<Result<(usize, Vec<ChunkId>)>>>()
+            },
+        );
+        pushed?;
+        known = next_known;
+        for segment in segments {
+            let (n, ids) = segment?;
             offset += n as u64;
             if let Some(p) = shared.progress {
                 p(n as u64);
             }
+            pending.push((n, ids));
             // The first short segment is the end of the file.
             if n < SEGMENT {
+                push(pending)?;
                 return Ok(offset);
             }
         }
     }
 }
 
-/// Stores the pages of one segment (`data`, at file offset `at`) that are new, runs of
-/// consecutive new pages compressed together.
-fn store_new_pages(
+/// Reads, hashes and stores one segment at `at`; returns its length and page ids.
+fn read_segment(
     shared: &Shared,
-    data: &[u8],
+    file: &File,
+    path: &std::path::Path,
     page: usize,
     at: u64,
-    ids: &[ChunkId],
+    mapped_len: u64,
     known: &[(u64, ChunkId)],
-) -> Result<()> {
+) -> Result<(usize, Vec<ChunkId>)> {
+    // With a previous version most pages are unchanged: hash them in place.
+    if at + SEGMENT as u64 <= mapped_len
+        && let Some(done) = mapped_segment(shared, file, page, at, known)?
+    {
+        return Ok(done);
+    }
+    SEGMENT_BUF.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        buf.resize(SEGMENT, 0);
+        let n = read_full_at(file, &mut buf, at).ctx("read", path)?;
+        let data = &buf[..n];
+        let ids: Vec<ChunkId> = data
+            .chunks(page)
+            .map(|c| ChunkId::hash(shared.key.as_ref(), c))
+            .collect();
+        let pages: Vec<Candidate> = ids
+            .iter()
+            .enumerate()
+            .map(|(j, id)| {
+                let len = page.min(n - j * page);
+                (j * page, len, at + (j * page) as u64, *id)
+            })
+            .filter(|&(_, _, off, id)| !is_known(known, off, &id))
+            .collect();
+        store_fresh(shared, data, &pages)?;
+        Ok((n, ids))
+    })
+}
+
+/// True if the previous version had the page `id` at file offset `off`.
+fn is_known(known: &[(u64, ChunkId)], off: u64, id: &ChunkId) -> bool {
+    known
+        .binary_search_by_key(&off, |k| k.0)
+        .is_ok_and(|p| known[p].1 == *id)
+}
+
+/// A page that may be new: where it is in a buffer, its length, its file offset and its id.
+type Candidate = (usize, usize, u64, ChunkId);
+
+/// Stores the candidates that are new. Runs of new pages that follow each other both in `buf`
+/// and in the file are compressed together.
+fn store_fresh(shared: &Shared, buf: &[u8], pages: &[Candidate]) -> Result<()> {
     let mut run: Vec<(ChunkId, usize)> = Vec::new();
-    let mut run_start = 0usize;
-    let mut run_bytes = 0usize;
-    for (j, id) in ids.iter().enumerate() {
-        let start = j * page;
-        let len = page.min(data.len() - start);
-        let off = at + start as u64;
-        let unchanged = known
-            .binary_search_by_key(&off, |k| k.0)
-            .is_ok_and(|p| known[p].1 == *id);
-        let fresh = !unchanged && shared.claim(id)?;
-        if !run.is_empty() && (!fresh || run_bytes + len > FRAME_TARGET) {
-            shared.store(
-                BlobKind::Data,
-                &run,
-                &data[run_start..run_start + run_bytes],
-            )?;
+    let (mut run_start, mut run_bytes, mut run_end_off) = (0usize, 0usize, 0u64);
+    for &(start, len, off, id) in pages {
+        let fresh = shared.claim(&id)?;
+        let follows = run_start + run_bytes == start && run_end_off == off;
+        if !run.is_empty() && (!fresh || !follows || run_bytes + len > FRAME_TARGET) {
+            let raw = &buf[run_start..run_start + run_bytes];
+            shared.store(BlobKind::Data, &run, raw)?;
             run.clear();
         }
         if fresh {
@@ -810,18 +914,66 @@ fn store_new_pages(
                 run_start = start;
                 run_bytes = 0;
             }
-            run.push((*id, len));
+            run.push((id, len));
             run_bytes += len;
+            run_end_off = off + len as u64;
         }
     }
     if !run.is_empty() {
-        shared.store(
-            BlobKind::Data,
-            &run,
-            &data[run_start..run_start + run_bytes],
-        )?;
+        shared.store(BlobKind::Data, &run, &buf[run_start..run_start + run_bytes])?;
     }
     Ok(())
+}
+
+/// Reads a segment that lies wholly inside the file through a mapping: every page is hashed in
+/// place; pages that differ from the previous version are copied out and hashed again from the
+/// copy (the file may be changing), and that copy is what gets stored. `None` if the mapping
+/// could not be made or the file shrank meanwhile: the caller then reads with `pread`.
+fn mapped_segment(
+    shared: &Shared,
+    file: &File,
+    page: usize,
+    at: u64,
+    known: &[(u64, ChunkId)],
+) -> Result<Option<(usize, Vec<ChunkId>)>> {
+    let Ok(map) = crate::mapped::Mapping::new(file, at, SEGMENT) else {
+        return Ok(None);
+    };
+    let key = shared.key.as_ref();
+    let Some((mut ids, changed, copies)) = map.read(|data| {
+        let ids: Vec<ChunkId> = data.chunks(page).map(|c| ChunkId::hash(key, c)).collect();
+        let changed: Vec<usize> = (0..ids.len())
+            .filter(|&j| !is_known(known, at + (j * page) as u64, &ids[j]))
+            .collect();
+        let mut copies = Vec::with_capacity(changed.len() * page);
+        for &j in &changed {
+            copies.extend_from_slice(&data[j * page..((j + 1) * page).min(data.len())]);
+        }
+        (ids, changed, copies)
+    }) else {
+        return Ok(None);
+    };
+    drop(map);
+    let mut pages = Vec::with_capacity(changed.len());
+    let mut pos = 0;
+    for &j in &changed {
+        let len = page.min(SEGMENT - j * page);
+        let id = ChunkId::hash(key, &copies[pos..pos + len]);
+        ids[j] = id;
+        pages.push((pos, len, at + (j * page) as u64, id));
+        pos += len;
+    }
+    store_fresh(shared, &copies, &pages)?;
+    Ok(Some((SEGMENT, ids)))
+}
+
+/// Whether a file starts like a SQLite database (it is then read page-aligned). Only a guess for
+/// scheduling: `read_file` decides for itself.
+fn looks_paged(path: &std::path::Path) -> bool {
+    let mut header = [0u8; 100];
+    File::open(path)
+        .and_then(|f| read_full_at(&f, &mut header, 0))
+        .is_ok_and(|n| sqlite_page_size(&header[..n]).is_some())
 }
 
 /// Reads until `buf` is full or the file ends; returns the bytes read.

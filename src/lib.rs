@@ -19,6 +19,7 @@ pub mod gc;
 pub mod id;
 pub mod index;
 pub mod manifest;
+pub mod mapped;
 pub mod pack;
 pub mod packer;
 pub mod repair;

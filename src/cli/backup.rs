@@ -101,6 +101,14 @@ struct BackupJson<'a> {
     stats: &'a strata::manifest::SnapshotStats,
     warnings: &'a [String],
     errors: &'a [String],
+    /// Wall milliseconds per phase, in order.
+    phases: Vec<PhaseJson>,
+}
+
+#[derive(serde::Serialize)]
+struct PhaseJson {
+    phase: &'static str,
+    ms: f64,
 }
 
 pub fn backup(rp: &RepoPath, args: BackupArgs) -> Result<ExitCode> {
@@ -161,6 +169,11 @@ pub fn backup(rp: &RepoPath, args: BackupArgs) -> Result<ExitCode> {
             stats: s,
             warnings: &report.warnings,
             errors: &m.errors,
+            phases: report
+                .phases_ms
+                .iter()
+                .map(|&(phase, ms)| PhaseJson { phase, ms })
+                .collect(),
         })?;
     } else {
         for w in &report.warnings {
