@@ -49,6 +49,9 @@ pub struct BackupOptions<'a> {
     pub progress: Option<&'a (dyn Fn(u64) + Sync)>,
     /// Called once with the number of bytes that will be read.
     pub on_plan: Option<&'a dyn Fn(u64)>,
+    /// Copy SQLite databases as plain files instead of reading a consistent image through
+    /// SQLite (and back up their -wal/-shm/-journal files too).
+    pub raw_sqlite: bool,
 }
 
 impl BackupOptions<'_> {
@@ -62,6 +65,7 @@ impl BackupOptions<'_> {
             excludes: vec![],
             progress: None,
             on_plan: None,
+            raw_sqlite: false,
         }
     }
 }
@@ -103,6 +107,7 @@ struct Shared<'r> {
     new_raw: AtomicU64,
     new_stored: AtomicU64,
     progress: Option<&'r (dyn Fn(u64) + Sync)>,
+    raw_sqlite: bool,
 }
 
 impl Shared<'_> {
@@ -184,6 +189,8 @@ struct ReadFile {
     page_size: u32,
     /// The stamp to remember, unless the file changed while it was read.
     stamp: Option<FileStamp>,
+    /// Worth telling the user (a database that had to be copied raw...).
+    notes: Vec<String>,
 }
 
 pub fn backup(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
@@ -201,7 +208,11 @@ pub fn backup(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
     )?;
     let mut warnings = walked.warnings;
     let mut errors = walked.errors;
-    let items = walked.items;
+    let items = if opts.raw_sqlite {
+        walked.items
+    } else {
+        without_sqlite_siblings(walked.items)
+    };
     // 2. File cache.
     let txn = repo.index.read()?;
     let reader = IndexReader::new(&txn)?;
@@ -214,7 +225,10 @@ pub fn backup(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
         }
         let cached = crate::index::file_stamp(&txn, item.abs.as_os_str().as_bytes())?;
         if let Some(stamp) = cached {
-            if stamp_matches(&stamp, &item.meta) && content_present(&reader, &stamp.content)? {
+            if stamp_matches(&stamp, &item.meta)
+                && stamp.wal == wal_stamp(&item.abs, stamp.page_size)
+                && content_present(&reader, &stamp.content)?
+            {
                 contents[i] = Some((stamp.content.clone(), stamp.size, stamp.page_size));
                 continue;
             }
@@ -241,6 +255,7 @@ pub fn backup(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
         new_raw: AtomicU64::new(0),
         new_stored: AtomicU64::new(0),
         progress: opts.progress,
+        raw_sqlite: opts.raw_sqlite,
     };
     let (read_results, packs) = std::thread::scope(|s| {
         // Full packs are recorded in the index while reading goes on, a few per transaction, so
@@ -307,15 +322,21 @@ pub fn backup(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
     for (i, result) in read_results {
         match result {
             Ok(rf) => {
+                warnings.extend(rf.notes);
                 bytes_read += rf.size;
                 if let Some(stamp) = rf.stamp {
                     stamps.push((items[i].abs.as_os_str().as_bytes().to_vec(), stamp));
                 }
                 contents[i] = Some((rf.content, rf.size, rf.page_size));
             }
-            Err(e)
-                if e.kind() == crate::ErrorKind::Io || e.kind() == crate::ErrorKind::NotFound =>
-            {
+            // Removed between the walk and the read: left out, with a warning.
+            Err(e) if e.kind() == crate::ErrorKind::NotFound => {
+                warnings.push(format!(
+                    "{}: vanished during the backup; not in the snapshot",
+                    items[i].abs.display()
+                ));
+            }
+            Err(e) if e.kind() == crate::ErrorKind::Io => {
                 errors.push(format!("{}: {e}", items[i].abs.display()));
             }
             Err(e) => return Err(e),
@@ -329,7 +350,7 @@ pub fn backup(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
         let (content, size, page_size) = match item.kind {
             EntryKind::File => match content {
                 Some(c) => c,
-                None => continue, // unreadable: listed in errors
+                None => continue, // unreadable or vanished: listed in errors or warnings
             },
             _ => (Content::Empty, 0, 0),
         };
@@ -621,8 +642,60 @@ fn read_file(
         builder: &mut builder,
         emit: &mut emit,
     };
+    let wal_before = wal_stamp(path, page_size);
+    let mut notes = Vec::new();
+    let mut captured = false;
     let size = match mode {
-        CutMode::Fixed(page) => read_pages(shared, &file, path, page, &mut state)?,
+        CutMode::Fixed(page) if !shared.raw_sqlite => {
+            let read = crate::sqlite::ReadSnapshot::begin(path).and_then(|snap| {
+                if snap.page_size != page {
+                    return Err(Error::invalid(format!(
+                        "{}: page size {} where the header says {page}",
+                        path.display(),
+                        snap.page_size
+                    )));
+                }
+                if snap.wal {
+                    read_sqlite(shared, snap, path, page, &mut state)
+                } else {
+                    // Rollback journal: the file is the image while the snapshot holds.
+                    let size =
+                        read_pages(shared, &file, path, page, &mut state, snap.image().bytes())?;
+                    if size != snap.image().bytes() {
+                        return Err(Error::invalid(format!(
+                            "{}: {size} bytes read of a {}-byte image",
+                            path.display(),
+                            snap.image().bytes()
+                        )));
+                    }
+                    Ok(size)
+                }
+            });
+            match read {
+                Ok(size) => {
+                    captured = true;
+                    size
+                }
+                // SQLite could not open it (damaged, or only looks like a database): the
+                // bytes as they are are still worth keeping.
+                // Failing part-way: this file is not backed up (the snapshot is partial).
+                Err(e) if !state.builder.is_empty() => {
+                    return Err(Error::io_path(
+                        "read",
+                        path,
+                        std::io::Error::other(e.to_string()),
+                    ));
+                }
+                Err(e) => {
+                    notes.push(format!(
+                        "{}: not readable as a SQLite database ({e}); copied as a plain file",
+                        path.display()
+                    ));
+                    read_pages(shared, &file, path, page, &mut state, u64::MAX)?
+                }
+            }
+        }
+        CutMode::Fixed(page) => read_pages(shared, &file, path, page, &mut state, u64::MAX)?,
         CutMode::Cdc => {
             // A window no larger than the file (plus room to decide the last cut).
             let window = (before.len() as usize)
@@ -654,16 +727,24 @@ fn read_file(
     };
     let content = builder.finish(&mut emit)?;
     let after = std::fs::metadata(path).ctx("stat", path)?;
+    let wal_after = wal_stamp(path, page_size);
+    // A captured image can be longer than the main file (pages still in the WAL).
     let unchanged = stamp_of(&before, content.clone(), page_size)
         == stamp_of(&after, content.clone(), page_size)
-        && size == before.len();
-    let racy = ctime_ns(&before) >= start_ns - RACY_WINDOW_NS;
-    let stamp = (unchanged && !racy).then(|| stamp_of(&before, content.clone(), page_size));
+        && wal_before == wal_after
+        && (captured || size == before.len());
+    let racy = ctime_ns(&before) >= start_ns - RACY_WINDOW_NS
+        || wal_before.is_some_and(|w| w.2 >= start_ns - RACY_WINDOW_NS);
+    let stamp = (unchanged && !racy).then(|| FileStamp {
+        wal: wal_before,
+        ..stamp_of(&before, content.clone(), page_size)
+    });
     Ok(ReadFile {
         content,
         size,
         page_size,
         stamp,
+        notes,
     })
 }
 
@@ -769,6 +850,7 @@ fn read_pages(
     path: &std::path::Path,
     page: u32,
     state: &mut FileState,
+    limit: u64,
 ) -> Result<u64> {
     let page = page as usize;
     let round_bytes = (SEGMENTS_PER_ROUND * SEGMENT) as u64;
@@ -778,7 +860,7 @@ fn read_pages(
     // Bytes that may be read through mappings: the file as it is now, when there is a previous
     // version to compare with (a first backup stores nearly every page and reads into buffers).
     let mapped_len = match prev {
-        Some(_) => file.metadata().ctx("stat", path)?.len(),
+        Some(_) => file.metadata().ctx("stat", path)?.len().min(limit),
         None => 0,
     };
     // The previous version's pages in a round: the same page at the same offset needs no index
@@ -822,6 +904,7 @@ fn read_pages(
                             path,
                             page,
                             offset + (k * SEGMENT) as u64,
+                            limit,
                             mapped_len,
                             &known,
                         )
@@ -847,13 +930,16 @@ fn read_pages(
     }
 }
 
-/// Reads, hashes and stores one segment at `at`; returns its length and page ids.
+/// Reads, hashes and stores one segment at `at` (nothing at or past `limit`); returns its
+/// length and page ids.
+#[allow(clippy::too_many_arguments)]
 fn read_segment(
     shared: &Shared,
     file: &File,
     path: &std::path::Path,
     page: usize,
     at: u64,
+    limit: u64,
     mapped_len: u64,
     known: &[(u64, ChunkId)],
 ) -> Result<(usize, Vec<ChunkId>)> {
@@ -865,8 +951,9 @@ fn read_segment(
     }
     SEGMENT_BUF.with(|buf| {
         let mut buf = buf.borrow_mut();
+        let want = limit.saturating_sub(at).min(SEGMENT as u64) as usize;
         buf.resize(SEGMENT, 0);
-        let n = read_full_at(file, &mut buf, at).ctx("read", path)?;
+        let n = read_full_at(file, &mut buf[..want], at).ctx("read", path)?;
         let data = &buf[..n];
         let ids: Vec<ChunkId> = data
             .chunks(page)
@@ -967,6 +1054,132 @@ fn mapped_segment(
     Ok(Some((SEGMENT, ids)))
 }
 
+/// Segments of a captured database processed per round (bounded memory: a round's buffers
+/// plus the few the reader has filled ahead).
+const SQLITE_ROUND: usize = 8;
+
+/// Reads a SQLite database as one consistent image through SQLite (see [`crate::sqlite`]): a
+/// reader thread fills 1 MiB segments of whole pages in order, and each round of segments is
+/// hashed, deduplicated and stored in parallel as for any page-aligned file.
+fn read_sqlite(
+    shared: &Shared,
+    snapshot: crate::sqlite::ReadSnapshot,
+    path: &std::path::Path,
+    page: u32,
+    state: &mut FileState,
+) -> Result<u64> {
+    use std::sync::mpsc::sync_channel;
+    let (full_tx, full_rx) = sync_channel::<Vec<u8>>(4);
+    let (free_tx, free_rx) = sync_channel::<Vec<u8>>(SQLITE_ROUND + 6);
+    let page_len = page as usize;
+    std::thread::scope(|s| {
+        let reader = s.spawn(move || -> Result<crate::sqlite::Image> {
+            let take = || {
+                free_rx
+                    .try_recv()
+                    .unwrap_or_else(|_| Vec::with_capacity(SEGMENT))
+            };
+            let mut buf = take();
+            let image = snapshot.read_pages(&mut |p| {
+                if p.len() != page_len {
+                    return Err(Error::invalid(format!(
+                        "{}: page size changed to {} while reading",
+                        path.display(),
+                        p.len()
+                    )));
+                }
+                buf.extend_from_slice(p);
+                if buf.len() >= SEGMENT {
+                    let full = std::mem::replace(&mut buf, take());
+                    full_tx
+                        .send(full)
+                        .map_err(|_| Error::invalid("backup stopped reading"))?;
+                }
+                Ok(())
+            })?;
+            if !buf.is_empty() {
+                let _ = full_tx.send(buf);
+            }
+            Ok(image)
+        });
+        let processed = (|| -> Result<u64> {
+            let mut offset = 0u64;
+            loop {
+                let mut round: Vec<Vec<u8>> = Vec::with_capacity(SQLITE_ROUND);
+                while round.len() < SQLITE_ROUND {
+                    match full_rx.recv() {
+                        Ok(b) => round.push(b),
+                        Err(_) => break,
+                    }
+                }
+                if round.is_empty() {
+                    return Ok(offset);
+                }
+                let round_len: u64 = round.iter().map(|b| b.len() as u64).sum();
+                let known = match state.prev.as_mut() {
+                    Some(p) => p.chunks_in(offset, offset + round_len),
+                    None => Vec::new(),
+                };
+                let mut starts = Vec::with_capacity(round.len());
+                let mut at = offset;
+                for b in &round {
+                    starts.push(at);
+                    at += b.len() as u64;
+                }
+                let results: Vec<Result<Vec<ChunkId>>> = round
+                    .par_iter()
+                    .zip(starts.par_iter())
+                    .map(|(data, &at)| {
+                        let ids: Vec<ChunkId> = data
+                            .chunks(page_len)
+                            .map(|c| ChunkId::hash(shared.key.as_ref(), c))
+                            .collect();
+                        let pages: Vec<Candidate> = ids
+                            .iter()
+                            .enumerate()
+                            .map(|(j, id)| {
+                                (j * page_len, page_len, at + (j * page_len) as u64, *id)
+                            })
+                            .filter(|&(_, _, off, id)| !is_known(&known, off, &id))
+                            .collect();
+                        store_fresh(shared, data, &pages)?;
+                        Ok(ids)
+                    })
+                    .collect();
+                for (ids, data) in results.into_iter().zip(&round) {
+                    for id in ids? {
+                        state.builder.push(id, page_len as u64, state.emit)?;
+                    }
+                    if let Some(p) = shared.progress {
+                        p(data.len() as u64);
+                    }
+                }
+                offset += round_len;
+                for mut b in round {
+                    b.clear();
+                    let _ = free_tx.try_send(b);
+                }
+            }
+        })();
+        // Stop the reader if processing failed, then collect its result.
+        drop(full_rx);
+        let image = reader
+            .join()
+            .unwrap_or_else(|_| Err(Error::invalid("SQLite reader thread panicked")));
+        let size = processed?;
+        let image = image?;
+        if image.page_size != page || image.bytes() != size {
+            return Err(Error::invalid(format!(
+                "{}: SQLite image of {} pages of {} bytes, {size} bytes stored",
+                path.display(),
+                image.pages,
+                image.page_size
+            )));
+        }
+        Ok(size)
+    })
+}
+
 /// Whether a file starts like a SQLite database (it is then read page-aligned). Only a guess for
 /// scheduling: `read_file` decides for itself.
 fn looks_paged(path: &std::path::Path) -> bool {
@@ -999,7 +1212,55 @@ fn stamp_of(m: &std::fs::Metadata, content: Content, page_size: u32) -> FileStam
         dev: m.dev(),
         content,
         page_size,
+        wal: None,
     }
+}
+
+/// The stamp of a database's write-ahead log (`None` when the file is not cut at pages or has
+/// no log).
+fn wal_stamp(db: &std::path::Path, page_size: u32) -> Option<(u64, i64, i64, u64)> {
+    if page_size == 0 {
+        return None;
+    }
+    let mut name = db.as_os_str().to_os_string();
+    name.push("-wal");
+    std::fs::metadata(&name)
+        .ok()
+        .map(|m| (m.len(), mtime_ns(&m), ctime_ns(&m), m.ino()))
+}
+
+/// Drops the -wal, -shm and -journal files of SQLite databases that are backed up: the
+/// database is read through SQLite as one consistent image, and a log restored beside that
+/// image would be replayed over it.
+fn without_sqlite_siblings(items: Vec<WalkItem>) -> Vec<WalkItem> {
+    let files: HashSet<&std::path::Path> = items
+        .iter()
+        .filter(|i| i.kind == EntryKind::File)
+        .map(|i| i.abs.as_path())
+        .collect();
+    let mut drop = HashSet::new();
+    for item in items.iter().filter(|i| i.kind == EntryKind::File) {
+        let name = item.abs.as_os_str().as_bytes();
+        for suffix in crate::sqlite::SIBLING_SUFFIXES {
+            if let Some(base) = name.strip_suffix(suffix.as_bytes()) {
+                let base = std::path::Path::new(std::ffi::OsStr::from_bytes(base));
+                if files.contains(base) && looks_paged(base) {
+                    drop.insert(item.abs.clone());
+                }
+            }
+        }
+    }
+    drop_items(items, &drop)
+}
+
+fn drop_items(items: Vec<WalkItem>, drop: &HashSet<PathBuf>) -> Vec<WalkItem> {
+    if drop.is_empty() {
+        return items;
+    }
+    items
+        .into_iter()
+        .filter(|i| !drop.contains(&i.abs))
+        .collect()
 }
 
 fn unsafe_advise_sequential(file: &File) {

@@ -153,6 +153,9 @@ pub struct FileStamp {
     pub content: crate::manifest::Content,
     /// Whether the file was cut at database pages (a change of cut mode must re-read it).
     pub page_size: u32,
+    /// For a SQLite database read through SQLite: its write-ahead log as it was then (size,
+    /// mtime, ctime, inode), or `None` if it had none. A commit in WAL mode changes only the log.
+    pub wal: Option<(u64, i64, i64, u64)>,
 }
 
 enum Db {

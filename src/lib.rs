@@ -27,6 +27,7 @@ pub mod repo;
 pub mod restore;
 pub mod retention;
 pub mod snapshots;
+pub mod sqlite;
 pub mod stats;
 pub mod storage;
 pub mod tree;

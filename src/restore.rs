@@ -555,6 +555,9 @@ fn restore_file(blobs: &BlobReader, entry: &Entry, dest: &Path) -> Result<u64> {
         f.sync_all().ctx("fsync", &tmp)?;
         drop(f);
         set_mtime(&tmp, entry.mtime_ns, false)?;
+        if entry.page_size > 0 {
+            remove_stale_sqlite_siblings(dest)?;
+        }
         fs::rename(&tmp, dest).ctx("rename into place", dest)?;
         Ok(written)
     })();
@@ -562,6 +565,22 @@ fn restore_file(blobs: &BlobReader, entry: &Entry, dest: &Path) -> Result<u64> {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// A database's -wal, -shm or -journal file left beside the destination belongs to the file
+/// being replaced; SQLite would replay it over the restored image, so it goes first.
+fn remove_stale_sqlite_siblings(dest: &Path) -> Result<()> {
+    for suffix in crate::sqlite::SIBLING_SUFFIXES {
+        let mut name = dest.as_os_str().to_os_string();
+        name.push(suffix);
+        let sibling = PathBuf::from(name);
+        match fs::remove_file(&sibling) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io_path("remove stale", &sibling, e)),
+        }
+    }
+    Ok(())
 }
 
 /// Restores owner and group when running as root (ownership cannot be given away otherwise).

@@ -110,6 +110,11 @@ impl TreeBuilder {
         }
     }
 
+    /// True until the first chunk is pushed.
+    pub fn is_empty(&self) -> bool {
+        self.chunks == 0
+    }
+
     pub fn push(
         &mut self,
         id: ChunkId,

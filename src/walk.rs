@@ -169,6 +169,9 @@ fn visit(abs: &Path, rel: Vec<u8>, meta: Metadata, ctx: &Ctx, w: &mut Walked) {
         for child in children {
             let meta = match fs::symlink_metadata(&child) {
                 Ok(m) => m,
+                // Gone since the directory was listed (a temporary file, a database's
+                // journal): the snapshot is of the directory without it.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => {
                     w.errors.push(format!("{}: {e}", child.display()));
                     continue;

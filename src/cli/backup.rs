@@ -88,6 +88,10 @@ pub struct BackupArgs {
     /// `logs/*.gz` paths below a source, `**` any depth
     #[arg(long = "exclude")]
     excludes: Vec<String>,
+    /// Copy SQLite databases as plain files (with their -wal/-shm/-journal files) instead of
+    /// reading a consistent image through SQLite
+    #[arg(long)]
+    raw_sqlite: bool,
     /// Machine-readable output
     #[arg(long)]
     json: bool,
@@ -154,6 +158,7 @@ pub fn backup(rp: &RepoPath, args: BackupArgs) -> Result<ExitCode> {
         excludes: args.excludes.clone(),
         progress: Some(&progress),
         on_plan: Some(&plan),
+        raw_sqlite: args.raw_sqlite,
     };
     let report = run_backup(&repo, &opts).context("backup failed; nothing was recorded")?;
     if let Some(b) = &bar {

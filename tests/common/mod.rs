@@ -70,8 +70,9 @@ impl Env {
         let out = self.run(&a);
         assert!(
             out.status.success(),
-            "backup failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+            "backup failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
         );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
         v["id"].as_str().expect("id").to_string()
