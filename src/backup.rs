@@ -52,6 +52,8 @@ pub struct BackupOptions<'a> {
     /// Copy SQLite databases as plain files instead of reading a consistent image through
     /// SQLite (and back up their -wal/-shm/-journal files too).
     pub raw_sqlite: bool,
+    /// Named streams (command output, standard input) stored as files of the snapshot.
+    pub streams: Vec<StreamSource>,
 }
 
 impl BackupOptions<'_> {
@@ -66,6 +68,7 @@ impl BackupOptions<'_> {
             progress: None,
             on_plan: None,
             raw_sqlite: false,
+            streams: vec![],
         }
     }
 }
@@ -196,7 +199,7 @@ struct ReadFile {
 pub fn backup(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
     let started = Instant::now();
     let start_ns = now_ns();
-    if opts.sources.is_empty() {
+    if opts.sources.is_empty() && opts.streams.is_empty() {
         return Err(Error::invalid("nothing to back up: give at least one PATH"));
     }
 
@@ -206,6 +209,22 @@ pub fn backup(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
         &repo.root,
         &crate::walk::Excludes::new(&opts.excludes),
     )?;
+    for (i, st) in opts.streams.iter().enumerate() {
+        let clash = walked.sources.iter().any(|(n, _)| n == &st.name)
+            || opts.streams[..i].iter().any(|o| o.name == st.name);
+        if st.name.is_empty() || st.name.contains('/') || st.name == "." || st.name == ".." {
+            return Err(Error::invalid(format!(
+                "source name {:?}: use a plain file name such as db.sql",
+                st.name
+            )));
+        }
+        if clash {
+            return Err(Error::invalid(format!(
+                "two sources are named {:?}; give each its own NAME",
+                st.name
+            )));
+        }
+    }
     let mut warnings = walked.warnings;
     let mut errors = walked.errors;
     let items = if opts.raw_sqlite {
@@ -257,7 +276,7 @@ pub fn backup(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
         progress: opts.progress,
         raw_sqlite: opts.raw_sqlite,
     };
-    let (read_results, packs) = std::thread::scope(|s| {
+    let (read_results, streamed, packs) = std::thread::scope(|s| {
         // Full packs are recorded in the index while reading goes on, a few per transaction, so
         // the index never holds a whole backup's dirty pages and the commit at the end is small.
         // Blobs indexed without a snapshot are harmless: their packs are durable, and the next
@@ -304,6 +323,12 @@ pub fn backup(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
         );
         results.extend(streamed);
         results.extend(small.into_par_iter().map(read).collect::<Vec<_>>());
+        // Streams last, one at a time; any failure fails the whole snapshot.
+        let streamed: Result<Vec<(Content, u64)>> = opts
+            .streams
+            .iter()
+            .map(|st| read_stream_source(&shared, st))
+            .collect();
         let finished = shared.packer.finish();
         if finished.is_err() {
             shared.packer.abandon();
@@ -311,10 +336,11 @@ pub fn backup(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
         let packs = writer
             .join()
             .unwrap_or_else(|_| Err(Error::invalid("pack writer thread panicked")));
-        (results, finished.and(packs))
+        (results, streamed, finished.and(packs))
     });
     // 4. Every pack is now durable (or we stop here, leaving only unreferenced packs).
     let packs = packs?;
+    let streamed = streamed?;
     phases.mark("read, chunk, store");
 
     let mut stamps = Vec::new();
@@ -375,6 +401,24 @@ pub fn backup(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
             page_size,
         });
     }
+    for (st, (content, size)) in opts.streams.iter().zip(streamed) {
+        stats.files += 1;
+        stats.bytes += size;
+        bytes_read += size;
+        entries.push(Entry {
+            path: st.name.as_bytes().to_vec(),
+            kind: EntryKind::File,
+            mode: libc::S_IFREG | 0o600,
+            // SAFETY: geteuid and getegid have no preconditions.
+            uid: unsafe { libc::geteuid() },
+            gid: unsafe { libc::getegid() },
+            mtime_ns: start_ns,
+            size,
+            content,
+            target: None,
+            page_size: 0,
+        });
+    }
     stats.bytes_read = bytes_read;
     stats.new_chunks = shared.new_chunks.load(Ordering::Relaxed);
     stats.new_raw_bytes = shared.new_raw.load(Ordering::Relaxed);
@@ -396,6 +440,10 @@ pub fn backup(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
                 name: name.clone(),
                 path: path.display().to_string(),
             })
+            .chain(opts.streams.iter().map(|st| Source {
+                name: st.name.clone(),
+                path: st.describe(),
+            }))
             .collect(),
         entries,
         stats,
@@ -701,28 +749,7 @@ fn read_file(
             let window = (before.len() as usize)
                 .saturating_add(1)
                 .min(crate::chunker::WINDOW);
-            let mut stream = ChunkStream::with_window(&file, repo.chunker(), mode, window);
-            while let Some((offset, bytes, lens)) = stream.next_batch().ctx("read", path)? {
-                let mut spans = Vec::with_capacity(lens.len());
-                let mut pos = 0usize;
-                for len in lens {
-                    spans.push(Span {
-                        seg: 0,
-                        start: pos,
-                        len,
-                        offset: offset + pos as u64,
-                    });
-                    pos += len;
-                }
-                let ids: Vec<ChunkId> = spans
-                    .par_iter()
-                    .map(|sp| {
-                        ChunkId::hash(shared.key.as_ref(), &bytes[sp.start..sp.start + sp.len])
-                    })
-                    .collect();
-                process_batch(shared, &[bytes], &spans, &ids, &mut state)?;
-            }
-            stream.bytes_read()
+            read_cdc(shared, &file, window, &mut state).ctx("read", path)?
         }
     };
     let content = builder.finish(&mut emit)?;
@@ -746,6 +773,130 @@ fn read_file(
         stamp,
         notes,
     })
+}
+
+/// Cuts what `reader` yields by content and stores it; returns the bytes read. I/O errors come
+/// back as `std::io::Error` for the caller to name the source.
+fn read_cdc(
+    shared: &Shared,
+    reader: impl std::io::Read,
+    window: usize,
+    state: &mut FileState,
+) -> std::result::Result<u64, ReadError> {
+    let mut stream = ChunkStream::with_window(reader, shared.repo.chunker(), CutMode::Cdc, window);
+    while let Some((offset, bytes, lens)) = stream.next_batch().map_err(ReadError::Io)? {
+        let mut spans = Vec::with_capacity(lens.len());
+        let mut pos = 0usize;
+        for len in lens {
+            spans.push(Span {
+                seg: 0,
+                start: pos,
+                len,
+                offset: offset + pos as u64,
+            });
+            pos += len;
+        }
+        let ids: Vec<ChunkId> = spans
+            .par_iter()
+            .map(|sp| ChunkId::hash(shared.key.as_ref(), &bytes[sp.start..sp.start + sp.len]))
+            .collect();
+        process_batch(shared, &[bytes], &spans, &ids, state).map_err(ReadError::Store)?;
+    }
+    Ok(stream.bytes_read())
+}
+
+/// Why reading a source failed: its own I/O, or storing what was read.
+enum ReadError {
+    Io(std::io::Error),
+    Store(Error),
+}
+
+trait ReadContext<T> {
+    fn ctx(self, what: &str, path: &std::path::Path) -> Result<T>;
+}
+
+impl<T> ReadContext<T> for std::result::Result<T, ReadError> {
+    fn ctx(self, what: &str, path: &std::path::Path) -> Result<T> {
+        self.map_err(|e| match e {
+            ReadError::Io(io) => Error::io_path(what, path, io),
+            ReadError::Store(e) => e,
+        })
+    }
+}
+
+/// A named stream stored as one file of the snapshot.
+#[derive(Clone, Debug)]
+pub struct StreamSource {
+    /// Its name (a top-level name in the snapshot).
+    pub name: String,
+    pub from: StreamFrom,
+}
+
+#[derive(Clone, Debug)]
+pub enum StreamFrom {
+    /// Standard output of `sh -c COMMAND`; the snapshot fails if the command fails.
+    Command(String),
+    Stdin,
+}
+
+impl StreamSource {
+    /// How the manifest records where it came from.
+    fn describe(&self) -> String {
+        match &self.from {
+            StreamFrom::Command(c) => format!("command: {c}"),
+            StreamFrom::Stdin => "standard input".into(),
+        }
+    }
+}
+
+/// Reads a stream source to its end; returns its content and size.
+fn read_stream_source(shared: &Shared, src: &StreamSource) -> Result<(Content, u64)> {
+    let mut builder = TreeBuilder::new(shared.key);
+    let mut emit = |id: ChunkId, bytes: Vec<u8>| shared.store_node(id, bytes);
+    let mut state = FileState {
+        prev: None,
+        builder: &mut builder,
+        emit: &mut emit,
+    };
+    let what = std::path::PathBuf::from(&src.name);
+    let size = match &src.from {
+        StreamFrom::Stdin => read_cdc(
+            shared,
+            std::io::stdin().lock(),
+            crate::chunker::WINDOW,
+            &mut state,
+        )
+        .ctx("read standard input for", &what)?,
+        StreamFrom::Command(cmd) => {
+            let mut child = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(cmd)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .map_err(|e| {
+                    Error::invalid(format!("source {}: cannot run `{cmd}`: {e}", src.name))
+                })?;
+            let out = child.stdout.take().expect("stdout is piped");
+            let read = read_cdc(shared, out, crate::chunker::WINDOW, &mut state);
+            if read.is_err() {
+                let _ = child.kill();
+            }
+            let status = child.wait().map_err(|e| {
+                Error::invalid(format!("source {}: waiting for `{cmd}`: {e}", src.name))
+            })?;
+            let size = read.ctx("read the output of the command for", &what)?;
+            if !status.success() {
+                return Err(Error::invalid(format!(
+                    "source {}: `{cmd}` failed ({status})",
+                    src.name
+                )));
+            }
+            size
+        }
+    };
+    let content = builder.finish(&mut emit)?;
+    Ok((content, size))
 }
 
 /// A chunk inside one of a batch's buffers.

@@ -13,7 +13,6 @@
 
 use std::cell::Cell;
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::sync::Once;
 
 thread_local! {
@@ -87,13 +86,8 @@ fn install() {
 
 /// A read-only mapping of part of a file.
 pub struct Mapping {
-    ptr: *mut libc::c_void,
-    len: usize,
+    map: memmap2::Mmap,
 }
-
-// SAFETY: the mapping is read-only and owned; it may be read from any thread.
-unsafe impl Send for Mapping {}
-unsafe impl Sync for Mapping {}
 
 impl Mapping {
     /// Maps `len` bytes of `file` at `offset` (a multiple of the page size), pages prefaulted
@@ -103,47 +97,31 @@ impl Mapping {
             return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
         }
         install();
-        // SAFETY: a fresh read-only shared mapping of an open file; checked for failure.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_SHARED | libc::MAP_POPULATE,
-                file.as_raw_fd(),
-                offset as libc::off_t,
-            )
+        // SAFETY: the mapping is only read through `read`, which survives the file shrinking
+        // (see the module documentation); changing bytes are the caller's documented concern.
+        let map = unsafe {
+            memmap2::MmapOptions::new()
+                .offset(offset)
+                .len(len)
+                .populate()
+                .map(file)?
         };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(Mapping { ptr, len })
+        Ok(Mapping { map })
     }
 
     /// Calls `f` with the mapped bytes; `None` if the file shrank while they were read (some
     /// then read as zeros, and `f`'s result is thrown away).
     pub fn read<T>(&self, f: impl FnOnce(&[u8]) -> T) -> Option<T> {
-        let start = self.ptr as usize;
-        ARMED.with(|a| a.set((start, start + self.len)));
+        let bytes: &[u8] = &self.map;
+        let start = bytes.as_ptr() as usize;
+        ARMED.with(|a| a.set((start, start + bytes.len())));
         TORN.with(|t| t.set(false));
-        // SAFETY: the mapping is valid for len bytes until drop; a page that disappears is
-        // replaced by zeros by the handler armed above.
-        let bytes = unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.len) };
         let out = f(bytes);
         ARMED.with(|a| a.set((0, 0)));
         if TORN.with(|t| t.get()) {
             None
         } else {
             Some(out)
-        }
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping created in `new`.
-        unsafe {
-            libc::munmap(self.ptr, self.len);
         }
     }
 }

@@ -266,3 +266,79 @@ fn excluded_paths_are_left_out() {
         ]
     );
 }
+
+#[test]
+fn command_output_and_stdin_are_stored_as_named_files_in_the_same_snapshot() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    write(&src.join("a.txt"), &text(20_000, 3));
+    let id = env.backup_args(&[
+        src.to_str().unwrap(),
+        "--from-command",
+        "seq 1 200000=numbers.txt",
+        "--from-command",
+        // The name follows the last '=': commands may contain '=' themselves.
+        "printf 'x=1\\n'=sign.txt",
+    ]);
+    let show = env.json(&["show", &id[..12]]);
+    let paths = entry_paths(&show);
+    for p in ["src/a.txt", "numbers.txt", "sign.txt"] {
+        assert!(paths.iter().any(|x| x == p), "{p} in {paths:?}");
+    }
+    let out = env.path("out");
+    env.ok(&["restore", &id[..12], out.to_str().unwrap()]);
+    let expected: String = (1..=200000).map(|i| format!("{i}\n")).collect();
+    assert_eq!(
+        std::fs::read_to_string(out.join("numbers.txt")).unwrap(),
+        expected
+    );
+    assert_eq!(std::fs::read(out.join("sign.txt")).unwrap(), b"x=1\n");
+    assert_same_tree(&src, &out.join("src"));
+
+    // Standard input, with no paths at all.
+    let mut child = env
+        .cmd()
+        .args(["backup", "--stdin", "dump.bin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let data = noise(3 << 20, 9);
+    {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(&data).unwrap();
+    }
+    assert!(child.wait().unwrap().success());
+    let restored = env
+        .cmd()
+        .args(["restore", "latest", "--path", "dump.bin", "--to-stdout"])
+        .output()
+        .unwrap();
+    assert!(restored.status.success());
+    assert_eq!(restored.stdout, data);
+
+    // A failing command fails the whole snapshot: nothing is recorded.
+    let before = env.json(&["list"]).as_array().unwrap().len();
+    let bad = env.run(&[
+        "backup",
+        src.to_str().unwrap(),
+        "--from-command",
+        "echo half; exit 7=bad.sql",
+    ]);
+    assert_ne!(code(&bad), 0);
+    assert!(stderr(&bad).contains("bad.sql"), "{}", stderr(&bad));
+    assert_eq!(env.json(&["list"]).as_array().unwrap().len(), before);
+    // Names must be plain and distinct.
+    for args in [
+        &["--from-command", "true=../x"][..],
+        &["--from-command", "true=src"],
+        &["--from-command", "true=a", "--from-command", "true=a"],
+        &["--from-command", "no-name"],
+    ] {
+        let mut a = vec!["backup", src.to_str().unwrap()];
+        a.extend_from_slice(args);
+        assert_ne!(code(&env.run(&a)), 0, "{args:?}");
+    }
+    env.ok(&["verify", "--read-data"]);
+}

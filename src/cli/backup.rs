@@ -8,7 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use strata::backup::{BackupOptions, backup as run_backup};
+use strata::backup::{BackupOptions, StreamFrom, StreamSource, backup as run_backup};
 use strata::chunker::ChunkerParams;
 use strata::repo::{Config, Repo};
 
@@ -73,8 +73,16 @@ pub fn init(rp: &RepoPath, args: InitArgs) -> Result<ExitCode> {
 #[derive(Args)]
 pub struct BackupArgs {
     /// Files and directories to snapshot (one snapshot holds them all)
-    #[arg(required = true)]
+    #[arg(required_unless_present_any = ["from_command", "stdin"])]
     paths: Vec<PathBuf>,
+    /// Also store the standard output of a shell command as NAME, e.g.
+    /// `--from-command 'pg_dump mydb'=mydb.sql`; the snapshot fails if the command does
+    /// (repeatable)
+    #[arg(long = "from-command", value_name = "'CMD'=NAME")]
+    from_command: Vec<String>,
+    /// Also store standard input as NAME
+    #[arg(long, value_name = "NAME")]
+    stdin: Option<String>,
     /// A name to find the snapshot by
     #[arg(long)]
     name: Option<String>,
@@ -121,6 +129,24 @@ pub fn backup(rp: &RepoPath, args: BackupArgs) -> Result<ExitCode> {
             bail!("{}: no such file or directory", p.display());
         }
     }
+    let mut streams = Vec::new();
+    for spec in &args.from_command {
+        match spec.rsplit_once('=') {
+            Some((cmd, name)) if !cmd.trim().is_empty() && !name.is_empty() => {
+                streams.push(StreamSource {
+                    name: name.to_string(),
+                    from: StreamFrom::Command(cmd.to_string()),
+                })
+            }
+            _ => bail!("--from-command {spec:?}: expected 'COMMAND'=NAME"),
+        }
+    }
+    if let Some(name) = &args.stdin {
+        streams.push(StreamSource {
+            name: name.clone(),
+            from: StreamFrom::Stdin,
+        });
+    }
     let repo = if rp.is_default && !rp.path.join(strata::repo::CONFIG_NAME).exists() {
         let repo = create_default(rp)?;
         eprintln!("created repository {}", rp.path.display());
@@ -159,6 +185,7 @@ pub fn backup(rp: &RepoPath, args: BackupArgs) -> Result<ExitCode> {
         progress: Some(&progress),
         on_plan: Some(&plan),
         raw_sqlite: args.raw_sqlite,
+        streams,
     };
     let report = run_backup(&repo, &opts).context("backup failed; nothing was recorded")?;
     if let Some(b) = &bar {

@@ -64,9 +64,15 @@ impl Env {
 
     /// Backs up `paths`; returns the snapshot id.
     pub fn backup(&self, paths: &[&Path]) -> String {
-        let mut args = vec!["backup".to_string(), "--json".to_string()];
-        args.extend(paths.iter().map(|p| p.display().to_string()));
+        let args: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
         let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        self.backup_args(&a)
+    }
+
+    /// Runs `backup --json` with `args`; returns the snapshot id.
+    pub fn backup_args(&self, args: &[&str]) -> String {
+        let mut a = vec!["backup", "--json"];
+        a.extend_from_slice(args);
         let out = self.run(&a);
         assert!(
             out.status.success(),
