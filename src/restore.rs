@@ -154,6 +154,8 @@ pub struct RestoreReport {
     pub bytes: u64,
     /// Files that could not be restored, with the reason.
     pub errors: Vec<String>,
+    /// Restored files that were SQLite databases when backed up (their destinations).
+    pub databases: Vec<PathBuf>,
 }
 
 /// Refuses paths that could escape the target: absolute, empty, `.` or `..` components, NUL.
@@ -653,20 +655,23 @@ pub fn restore(repo: &Repo, manifest: &Manifest, opts: &RestoreOptions) -> Resul
         .iter()
         .filter(|e| e.kind == EntryKind::File)
         .collect();
-    let results: Vec<(String, Result<u64>)> = files
+    let results: Vec<(String, Result<(u64, PathBuf)>)> = files
         .par_iter()
         .map(|e| {
             let r = prepare_parent(&target, &e.path, &checked)
-                .and_then(|dest| restore_file(&blobs, e, &dest));
+                .and_then(|dest| restore_file(&blobs, e, &dest).map(|n| (n, dest)));
             (e.path_lossy(), r)
         })
         .collect();
     let mut touched_dirs = HashSet::new();
-    for (path, r) in results {
+    for ((path, r), e) in results.into_iter().zip(&files) {
         match r {
-            Ok(n) => {
+            Ok((n, dest)) => {
                 report.files += 1;
                 report.bytes += n;
+                if e.page_size > 0 {
+                    report.databases.push(dest);
+                }
             }
             Err(e) => report.errors.push(format!("{path}: {e}")),
         }

@@ -122,6 +122,30 @@ fn live_snapshots(wal: bool) {
     }
     assert!(previous > 3000);
     env.ok(&["verify", "--read-data"]);
+    // restore --check-sqlite runs SQLite's own check on each restored database.
+    let out = env.path("checked");
+    let r = env.json(&["restore", "latest", out.to_str().unwrap(), "--check-sqlite"]);
+    assert_eq!(r["integrity"].as_array().unwrap().len(), 1);
+    assert_eq!(r["integrity"][0]["ok"], true);
+    // A damaged database is reported and fails the command.
+    let db = out.join("app/app.db");
+    let mut bytes = std::fs::read(&db).unwrap();
+    let page = 4096;
+    for b in &mut bytes[5 * page + 100..5 * page + 3000] {
+        *b = 0x5A;
+    }
+    std::fs::write(&db, &bytes).unwrap();
+    assert!(strata::sqlite::integrity_check(&db).unwrap().is_err());
+    let damaged = env.backup(&[&out.join("app")]);
+    let again = env.path("again");
+    let r = env.run(&[
+        "restore",
+        &damaged[..12],
+        again.to_str().unwrap(),
+        "--check-sqlite",
+    ]);
+    assert_eq!(code(&r), 3, "{}", String::from_utf8_lossy(&r.stdout));
+    assert!(String::from_utf8_lossy(&r.stdout).contains("integrity_check FAILED"));
 }
 
 #[test]

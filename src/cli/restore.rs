@@ -25,6 +25,9 @@ pub struct RestoreArgs {
     /// Write the selected files' bytes to standard output
     #[arg(long)]
     to_stdout: bool,
+    /// Run `PRAGMA integrity_check` on every restored SQLite database and report it
+    #[arg(long)]
+    check_sqlite: bool,
     #[arg(long)]
     json: bool,
 }
@@ -63,7 +66,25 @@ pub fn restore(repo: &Repo, args: RestoreArgs) -> Result<ExitCode> {
             paths: args.paths.clone(),
         },
     )?;
+    // Databases: integrity of each restored image, when asked.
+    let mut checks: Vec<(String, std::result::Result<(), String>)> = Vec::new();
+    if args.check_sqlite {
+        for db in &report.databases {
+            let verdict = match strata::sqlite::integrity_check(db) {
+                Ok(v) => v,
+                Err(e) => Err(e.to_string()),
+            };
+            checks.push((db.display().to_string(), verdict));
+        }
+    }
+    let bad_checks = checks.iter().filter(|(_, v)| v.is_err()).count();
     if args.json {
+        #[derive(serde::Serialize)]
+        struct Check<'a> {
+            database: &'a str,
+            ok: bool,
+            problems: Option<&'a str>,
+        }
         #[derive(serde::Serialize)]
         struct Out<'a> {
             snapshot: String,
@@ -73,6 +94,7 @@ pub fn restore(repo: &Repo, args: RestoreArgs) -> Result<ExitCode> {
             symlinks: u64,
             bytes: u64,
             errors: &'a [String],
+            integrity: Vec<Check<'a>>,
         }
         print_json(&Out {
             snapshot: snap.id.to_hex(),
@@ -82,6 +104,14 @@ pub fn restore(repo: &Repo, args: RestoreArgs) -> Result<ExitCode> {
             symlinks: report.symlinks,
             bytes: report.bytes,
             errors: &report.errors,
+            integrity: checks
+                .iter()
+                .map(|(d, v)| Check {
+                    database: d,
+                    ok: v.is_ok(),
+                    problems: v.as_ref().err().map(|s| s.as_str()),
+                })
+                .collect(),
         })?;
     } else {
         for e in &report.errors {
@@ -97,6 +127,16 @@ pub fn restore(repo: &Repo, args: RestoreArgs) -> Result<ExitCode> {
             bytes(report.bytes),
             started.elapsed().as_secs_f64()
         );
+        for (db, v) in &checks {
+            match v {
+                Ok(()) => println!("{db}: integrity_check ok"),
+                Err(problems) => println!("{db}: integrity_check FAILED: {problems}"),
+            }
+        }
+    }
+    if bad_checks > 0 {
+        eprintln!("strata: {bad_checks} restored database(s) failed their integrity check");
+        return Ok(ExitCode::from(EXIT_DAMAGE));
     }
     if !report.errors.is_empty() {
         eprintln!(
