@@ -705,6 +705,34 @@ pub fn restore(repo: &Repo, manifest: &Manifest, opts: &RestoreOptions) -> Resul
     Ok(report)
 }
 
+/// What a restore into `target` would replace.
+#[derive(Debug, Default)]
+pub struct Replaced {
+    /// Existing top-level paths (target/NAME) the selected entries fall under.
+    pub existing: Vec<PathBuf>,
+    /// Destinations of selected files and symlinks that do not exist yet.
+    pub absent: Vec<PathBuf>,
+}
+
+/// Looks at `target` before a restore of `paths` (all when empty) of `manifest`.
+pub fn replaced(manifest: &Manifest, paths: &[String], target: &Path) -> Result<Replaced> {
+    let mut out = Replaced::default();
+    let mut roots = HashSet::new();
+    for e in select(manifest, paths)? {
+        check_entry_path(&e.path)?;
+        let first = e.path.split(|&b| b == b'/').next().unwrap_or_default();
+        let root = target.join(OsStr::from_bytes(first));
+        if roots.insert(root.clone()) && fs::symlink_metadata(&root).is_ok() {
+            out.existing.push(root);
+        }
+        let dest = target.join(OsStr::from_bytes(&e.path));
+        if e.kind != EntryKind::Dir && fs::symlink_metadata(&dest).is_err() {
+            out.absent.push(dest);
+        }
+    }
+    Ok(out)
+}
+
 /// Writes the selected files' bytes to `out`, one after another.
 pub fn restore_to_writer(
     repo: &Repo,

@@ -13,6 +13,9 @@ pub struct Snapshot {
     pub manifest_bytes: usize,
 }
 
+/// The kind of the snapshots restore takes of what it replaces.
+pub const RESTORE_POINT: &str = "restore-point";
+
 /// All snapshots, oldest first.
 pub fn list(repo: &Repo) -> Result<Vec<Snapshot>> {
     let txn = repo.index.read()?;
@@ -73,7 +76,12 @@ pub fn resolve<'a>(snaps: &'a [Snapshot], spec: &str) -> Result<&'a Snapshot> {
         return Err(Error::not_found("the repository has no snapshots yet"));
     }
     if spec == "latest" {
-        return Ok(snaps.last().expect("non-empty"));
+        // Restore points are safety copies taken by restore, not new states of the data.
+        return Ok(snaps
+            .iter()
+            .rev()
+            .find(|s| s.manifest.kind != RESTORE_POINT)
+            .unwrap_or_else(|| snaps.last().expect("non-empty")));
     }
     let is_hex = spec.len() >= 4 && spec.chars().all(|c| c.is_ascii_hexdigit());
     if is_hex {
@@ -108,7 +116,7 @@ pub fn at_time(snaps: &[Snapshot], time_ns: i64) -> Result<&Snapshot> {
     snaps
         .iter()
         .rev()
-        .find(|s| s.manifest.time_ns <= time_ns)
+        .find(|s| s.manifest.time_ns <= time_ns && s.manifest.kind != RESTORE_POINT)
         .ok_or_else(|| Error::not_found("no snapshot was taken at or before that time"))
 }
 

@@ -342,3 +342,109 @@ fn command_output_and_stdin_are_stored_as_named_files_in_the_same_snapshot() {
     }
     env.ok(&["verify", "--read-data"]);
 }
+
+/// Every file below `dir` with its bytes.
+fn contents(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(dir).unwrap().display().to_string();
+                out.insert(rel, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn restore_over_existing_data_saves_it_first_and_puts_it_back_on_failure() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    write(&src.join("a.txt"), &text(50_000, 1));
+    write(&src.join("new.bin"), &noise(300_000, 2));
+    let snap = env.backup(&[&src]);
+
+    // The target holds other data under the same name.
+    let target = env.path("target");
+    write(&target.join("src/a.txt"), b"what the app has now");
+    write(&target.join("src/only-here.txt"), b"not in the snapshot");
+    let before = contents(&target);
+
+    let out = env.run(&["restore", &snap[..12], target.to_str().unwrap()]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stderr(&out).contains("restore point"));
+    // Restored files replace theirs; files the snapshot does not have stay.
+    for f in ["a.txt", "new.bin"] {
+        assert_eq!(
+            std::fs::read(target.join("src").join(f)).unwrap(),
+            std::fs::read(src.join(f)).unwrap()
+        );
+    }
+    assert!(target.join("src/only-here.txt").exists());
+    let list = env.json(&["list"]);
+    let point = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["kind"] == "restore-point")
+        .expect("a restore point was taken");
+    // `latest` still means the newest real snapshot; the point restores what was there.
+    assert_eq!(env.json(&["show", "latest"])["id"].as_str().unwrap(), snap);
+    let undo = env.path("undo");
+    env.ok(&[
+        "restore",
+        &point["id"].as_str().unwrap()[..12],
+        undo.to_str().unwrap(),
+    ]);
+    assert_eq!(contents(&undo), before);
+    // Policies never remove it.
+    env.ok(&["forget", "--keep-last", "1"]);
+    assert!(
+        env.json(&["list"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["kind"] == "restore-point")
+    );
+
+    // A restore that fails part-way puts the target back as it was.
+    let target2 = env.path("target2");
+    write(&target2.join("src/a.txt"), b"precious");
+    let before2 = contents(&target2);
+    // Damage the snapshot's data (the largest pack), so one of its files cannot be restored.
+    let biggest = packs(&env.repo)
+        .into_iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = std::fs::read(&biggest).unwrap();
+    for b in &mut bytes[200..260] {
+        *b ^= 0xFF;
+    }
+    std::fs::write(&biggest, bytes).unwrap();
+    let failed = env.run(&["restore", &snap[..12], target2.to_str().unwrap()]);
+    assert_ne!(code(&failed), 0);
+    assert!(
+        stderr(&failed).contains("back as it was"),
+        "{}",
+        stderr(&failed)
+    );
+    assert_eq!(contents(&target2), before2);
+
+    // --no-restore-point takes none.
+    let n = env.json(&["list"]).as_array().unwrap().len();
+    let target3 = env.path("target3");
+    write(&target3.join("x"), b"x");
+    let _ = env.run(&[
+        "restore",
+        &snap[..12],
+        target3.to_str().unwrap(),
+        "--no-restore-point",
+    ]);
+    assert_eq!(env.json(&["list"]).as_array().unwrap().len(), n);
+}

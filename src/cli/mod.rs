@@ -166,7 +166,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Show(args) => inspect::show(&open(&rp, false, "show")?, args),
         Command::Stats(args) => inspect::stats(&open(&rp, false, "stats")?, args),
         Command::Diff(args) => inspect::diff(&open(&rp, false, "diff")?, args),
-        Command::Restore(args) => restore::restore(&open(&rp, false, "restore")?, args),
+        Command::Restore(args) => {
+            restore::restore(&open(&rp, args.may_replace(), "restore")?, args)
+        }
         Command::Forget(args) => gc::forget(&open(&rp, true, "forget")?, args),
         Command::Delete(args) => gc::delete(&open(&rp, true, "delete")?, args),
         Command::Gc(args) => gc::run_gc(&open(&rp, true, "gc")?, args),

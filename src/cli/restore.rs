@@ -2,10 +2,11 @@
 
 use super::EXIT_DAMAGE;
 use super::output::{bytes, print_json};
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use strata::backup::BackupOptions;
 use strata::repo::Repo;
 use strata::restore::RestoreOptions;
 use strata::snapshots;
@@ -28,11 +29,37 @@ pub struct RestoreArgs {
     /// Run `PRAGMA integrity_check` on every restored SQLite database and report it
     #[arg(long)]
     check_sqlite: bool,
+    /// Do not snapshot what the restore replaces first (by default a snapshot of kind
+    /// restore-point is taken, and used to put the target back if the restore fails)
+    #[arg(long)]
+    no_restore_point: bool,
     #[arg(long)]
     json: bool,
 }
 
+impl RestoreArgs {
+    /// The target directory, wherever it was given.
+    fn target_arg(&self) -> Option<PathBuf> {
+        match &self.at {
+            Some(_) => self.snap.as_ref().map(PathBuf::from),
+            None => self.target.clone(),
+        }
+    }
+
+    /// Whether this restore may replace existing files and so take a restore point (which
+    /// needs the repository lock).
+    pub fn may_replace(&self) -> bool {
+        !self.to_stdout
+            && !self.no_restore_point
+            && self
+                .target_arg()
+                .and_then(|t| std::fs::read_dir(t).ok())
+                .is_some_and(|mut d| d.next().is_some())
+    }
+}
+
 pub fn restore(repo: &Repo, args: RestoreArgs) -> Result<ExitCode> {
+    let take_point = args.may_replace();
     let snaps = snapshots::list(repo)?;
     // With --at, the one positional argument is the target.
     let (snap, target) = match (&args.at, args.snap, args.target) {
@@ -58,14 +85,62 @@ pub fn restore(repo: &Repo, args: RestoreArgs) -> Result<ExitCode> {
         bail!("where to? give a TARGET directory (or --to-stdout)");
     };
     let started = std::time::Instant::now();
-    let report = strata::restore::restore(
+    // Safe restore: what is about to be replaced is saved first.
+    let replaced = strata::restore::replaced(&snap.manifest, &args.paths, &target)?;
+    let mut point = None;
+    if take_point && !replaced.existing.is_empty() {
+        let mut opts = BackupOptions::new(replaced.existing.clone());
+        opts.kind = snapshots::RESTORE_POINT.into();
+        opts.name = Some(format!("before-restore-{}", snap.id.short()));
+        let saved = strata::backup::backup(repo, &opts)
+            .context("saving what the restore would replace (use --no-restore-point to skip)")?;
+        eprintln!(
+            "restore point {}: what this restore replaces is saved (kind restore-point)",
+            saved.id.short()
+        );
+        point = Some(saved);
+    }
+    let result = strata::restore::restore(
         repo,
         &snap.manifest,
         &RestoreOptions {
             target: target.clone(),
             paths: args.paths.clone(),
         },
-    )?;
+    );
+    let failed = match &result {
+        Ok(r) => !r.errors.is_empty(),
+        Err(_) => true,
+    };
+    if failed && let Some(point) = &point {
+        // Put the target back as it was: remove what the restore added, restore the point.
+        for p in &replaced.absent {
+            if std::fs::symlink_metadata(p).is_ok_and(|m| !m.is_dir()) {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        let back = strata::restore::restore(
+            repo,
+            &point.manifest,
+            &RestoreOptions {
+                target: target.clone(),
+                paths: vec![],
+            },
+        );
+        match back {
+            Ok(r) if r.errors.is_empty() => eprintln!(
+                "strata: the restore failed; {} is back as it was (restore point {})",
+                target.display(),
+                point.id.short()
+            ),
+            _ => eprintln!(
+                "strata: the restore failed and putting the target back failed too; restore \
+                 point {} holds what was there",
+                point.id.short()
+            ),
+        }
+    }
+    let report = result?;
     // Databases: integrity of each restored image, when asked.
     let mut checks: Vec<(String, std::result::Result<(), String>)> = Vec::new();
     if args.check_sqlite {
