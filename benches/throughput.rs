@@ -1,6 +1,7 @@
 //! Throughput of each pipeline stage and of backup/restore end to end, in bytes per second.
 //!
 //!     cargo bench --bench throughput
+//!     STRATA_BENCH_INDEX_MAX=10000000 cargo bench --bench throughput -- index   # up to 10^7 entries
 //!
 //! The data is half text-like (compressible) and half noise, like an application database.
 
@@ -61,6 +62,16 @@ fn stages(c: &mut Criterion) {
             black_box(n)
         })
     });
+    g.bench_function("page-aligned cut 4 KiB", |b| {
+        b.iter(|| {
+            let mut s = ChunkStream::new(&data[..], &chunker, CutMode::Fixed(4096));
+            let mut n = 0;
+            while let Some((_, _, lens)) = s.next_batch().unwrap() {
+                n += lens.len();
+            }
+            black_box(n)
+        })
+    });
     g.bench_function("blake3 per 4 KiB chunk", |b| {
         b.iter(|| {
             for c in data.chunks(4096) {
@@ -82,6 +93,143 @@ fn stages(c: &mut Criterion) {
                 })
             },
         );
+    }
+    // What the pipeline does: runs of new chunks compressed together in 64 KiB frames.
+    for level in [1, 3] {
+        g.bench_with_input(
+            BenchmarkId::new("zstd per 64 KiB frame", level),
+            &level,
+            |b, &level| {
+                b.iter(|| {
+                    let mut out = 0;
+                    for c in data.chunks(64 << 10) {
+                        out += strata::compress::compress(c, level).unwrap().1.len();
+                    }
+                    black_box(out)
+                })
+            },
+        );
+    }
+    // Packs: frames appended to a pack streamed to disk, fsynced and renamed into place.
+    use strata::storage::Backend;
+    let dir = tempfile::tempdir().unwrap();
+    let backend = strata::storage::LocalBackend::new(dir.path());
+    let frame = &data[..64 << 10];
+    g.bench_function("pack write to disk (16 MiB packs)", |b| {
+        b.iter(|| {
+            let mut packs = 0;
+            for part in data.chunks(16 << 20) {
+                let mut w =
+                    strata::pack::PackWriter::to_sink(backend.create("packs").unwrap()).unwrap();
+                for (i, f) in part.chunks(frame.len()).enumerate() {
+                    let id = ChunkId::hash(None, &(i as u64).to_le_bytes());
+                    w.add(
+                        strata::pack::BlobKind::Data,
+                        id,
+                        strata::compress::Compression::None,
+                        f,
+                        f.len() as u32,
+                    )
+                    .unwrap();
+                }
+                let (id, object, _, _) = w.finish().unwrap();
+                object
+                    .commit(&strata::index::pack_object_name(&id))
+                    .unwrap();
+                packs += 1;
+            }
+            black_box(packs)
+        })
+    });
+    g.finish();
+}
+
+/// Blob index lookups and inserts at different index sizes (entries per second).
+fn index(c: &mut Criterion) {
+    use strata::index::{BLOBS, BlobLoc, Index, IndexReader};
+    let mut g = c.benchmark_group("index");
+    g.sample_size(10);
+    let sizes: Vec<u64> = match std::env::var("STRATA_BENCH_INDEX_MAX") {
+        Ok(v) => {
+            let max: u64 = v.parse().unwrap();
+            [10_000u64, 100_000, 1_000_000, 10_000_000]
+                .into_iter()
+                .filter(|&n| n <= max)
+                .collect()
+        }
+        Err(_) => vec![10_000, 100_000, 1_000_000],
+    };
+    let loc = |i: u64| BlobLoc {
+        pack: (i / 4000) as u32,
+        frame_offset: (i % 4000) as u32 * 4096,
+        frame_stored_len: 4096,
+        frame_raw_len: 4096,
+        offset_in_frame: 0,
+        raw_len: 4096,
+        kind: strata::pack::BlobKind::Data,
+        compression: strata::compress::Compression::None,
+    };
+    let id = |i: u64| ChunkId::hash(None, &i.to_le_bytes());
+    for &n in &sizes {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open_write(&dir.path().join("index.redb")).unwrap();
+        // Filled in sorted batches of 100,000, as backups insert them.
+        let mut next = 0u64;
+        while next < n {
+            let end = (next + 100_000).min(n);
+            let mut batch: Vec<(ChunkId, BlobLoc)> = (next..end).map(|i| (id(i), loc(i))).collect();
+            batch.sort_unstable_by_key(|(k, _)| *k);
+            let txn = index.write().unwrap();
+            {
+                let mut t = txn.open_table(BLOBS).unwrap();
+                for (k, v) in &batch {
+                    t.insert(k.as_bytes(), &v.encode()).unwrap();
+                }
+            }
+            txn.commit().unwrap();
+            next = end;
+        }
+        g.throughput(Throughput::Elements(10_000));
+        let rtxn = index.read().unwrap();
+        let reader = IndexReader::new(&rtxn).unwrap();
+        g.bench_with_input(BenchmarkId::new("lookup 10k present", n), &n, |b, &n| {
+            b.iter(|| {
+                let mut found = 0;
+                for i in 0..10_000u64 {
+                    found += reader.contains(&id(i * 7919 % n)).unwrap() as u32;
+                }
+                black_box(found)
+            })
+        });
+        g.bench_with_input(BenchmarkId::new("lookup 10k absent", n), &n, |b, _| {
+            b.iter(|| {
+                let mut found = 0;
+                for i in 0..10_000u64 {
+                    found += reader.contains(&id(u64::MAX - i)).unwrap() as u32;
+                }
+                black_box(found)
+            })
+        });
+        drop(reader);
+        drop(rtxn);
+        let mut round = 0u64;
+        g.bench_with_input(BenchmarkId::new("insert 10k + commit", n), &n, |b, _| {
+            b.iter(|| {
+                round += 1;
+                let mut batch: Vec<(ChunkId, BlobLoc)> = (0..10_000u64)
+                    .map(|i| (id(u64::MAX / 2 + round * 10_000 + i), loc(i)))
+                    .collect();
+                batch.sort_unstable_by_key(|(k, _)| *k);
+                let txn = index.write().unwrap();
+                {
+                    let mut t = txn.open_table(BLOBS).unwrap();
+                    for (k, v) in &batch {
+                        t.insert(k.as_bytes(), &v.encode()).unwrap();
+                    }
+                }
+                txn.commit().unwrap();
+            })
+        });
     }
     g.finish();
 }
@@ -138,5 +286,5 @@ fn end_to_end(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, stages, end_to_end);
+criterion_group!(benches, stages, index, end_to_end);
 criterion_main!(benches);
