@@ -356,6 +356,25 @@ pub fn snapshot_manifests(txn: &ReadTransaction) -> Result<Vec<(ChunkId, Vec<u8>
     Ok(out)
 }
 
+/// Ids of the snapshots in the index (without reading their manifests).
+pub fn snapshot_ids(txn: &ReadTransaction) -> Result<Vec<ChunkId>> {
+    let mut out = Vec::new();
+    if let Some(t) = open_opt(txn, SNAPSHOTS)? {
+        for item in t.iter()? {
+            out.push(ChunkId(*item?.0.value()));
+        }
+    }
+    Ok(out)
+}
+
+/// The manifest bytes of one snapshot.
+pub fn snapshot_manifest(txn: &ReadTransaction, id: &ChunkId) -> Result<Option<Vec<u8>>> {
+    match open_opt(txn, SNAPSHOTS)? {
+        Some(t) => Ok(t.get(id.as_bytes())?.map(|v| v.value().to_vec())),
+        None => Ok(None),
+    }
+}
+
 pub fn file_stamp(txn: &ReadTransaction, path: &[u8]) -> Result<Option<FileStamp>> {
     let Some(t) = open_opt(txn, FILES)? else {
         return Ok(None);

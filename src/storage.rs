@@ -309,22 +309,19 @@ impl Backend for LocalBackend {
     }
 
     fn remove_unfinished(&self, prefix: &str) -> Result<u64> {
+        // Objects are written directly under their prefix (see `create` and `put`), so only
+        // that directory is looked at, whatever the number of objects below it.
         let mut removed = 0;
         let base = self.path(prefix);
-        if !base.exists() {
+        let Ok(listing) = fs::read_dir(&base) else {
             return Ok(0);
-        }
-        let mut stack = vec![base];
-        while let Some(dir) = stack.pop() {
-            for entry in fs::read_dir(&dir).ctx("list", &dir)? {
-                let entry = entry.ctx("list", &dir)?;
+        };
+        for entry in listing {
+            let entry = entry.ctx("list", &base)?;
+            if is_temp_name(&entry.file_name()) {
                 let path = entry.path();
-                if entry.file_type().ctx("stat", &path)?.is_dir() {
-                    stack.push(path);
-                } else if is_temp_name(&entry.file_name()) {
-                    fs::remove_file(&path).ctx("remove", &path)?;
-                    removed += 1;
-                }
+                fs::remove_file(&path).ctx("remove", &path)?;
+                removed += 1;
             }
         }
         Ok(removed)
