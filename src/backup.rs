@@ -151,8 +151,11 @@ impl Shared<'_> {
         }
         self.new_stored
             .fetch_add(stored.len() as u64, Ordering::Relaxed);
+        // A failure here is the repository's (a full disk...), not the source file's: it ends
+        // the backup instead of being reported as an unreadable file.
         self.packer
             .add_frame(kind, compression, &stored, raw.len() as u32, &placed)
+            .map_err(|e| Error::invalid(format!("writing to the repository: {e}")))
     }
 
     fn store_node(&self, id: ChunkId, bytes: Vec<u8>) -> Result<()> {

@@ -73,6 +73,8 @@ pub struct DirectWriter {
     jobs: Option<SyncSender<Job>>,
     free: Receiver<AlignedBuf>,
     thread: Option<JoinHandle<Result<()>>>,
+    /// Why the writer thread stopped, once it has.
+    failure: Option<String>,
 }
 
 impl DirectWriter {
@@ -116,6 +118,7 @@ impl DirectWriter {
             jobs: Some(jobs_tx),
             free: free_rx,
             thread: Some(thread),
+            failure: None,
         }))
     }
 
@@ -189,8 +192,15 @@ impl DirectWriter {
     fn writer_error(&mut self) -> Error {
         self.jobs = None;
         match self.thread.take().map(|t| t.join()) {
-            Some(Ok(Err(e))) => e,
-            _ => Error::invalid(format!("writing {}: writer stopped", self.path.display())),
+            Some(Ok(Err(e))) => {
+                self.failure = Some(e.to_string());
+                e
+            }
+            // Asked again after the first failure: the same reason.
+            _ => Error::invalid(match &self.failure {
+                Some(f) => f.clone(),
+                None => format!("writing {}: writer stopped", self.path.display()),
+            }),
         }
     }
 

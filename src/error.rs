@@ -33,12 +33,10 @@ pub enum Error {
     VersionUnsupported(String),
     #[error("{0}")]
     InvalidInput(String),
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: io::Error,
-    },
+    /// The message includes the cause, so the cause is not also exposed as `source()` (error
+    /// chains would print it twice).
+    #[error("{context}: {cause}")]
+    Io { context: String, cause: io::Error },
     #[error("index database: {0}")]
     Index(String),
 }
@@ -51,7 +49,7 @@ impl Error {
             Error::Locked(_) => ErrorKind::Locked,
             Error::VersionUnsupported(_) => ErrorKind::VersionUnsupported,
             Error::InvalidInput(_) => ErrorKind::InvalidInput,
-            Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => {
+            Error::Io { cause, .. } if cause.kind() == io::ErrorKind::NotFound => {
                 ErrorKind::NotFound
             }
             Error::Io { .. } => ErrorKind::Io,
@@ -74,7 +72,7 @@ impl Error {
     pub fn io(context: impl fmt::Display, source: io::Error) -> Self {
         Error::Io {
             context: context.to_string(),
-            source,
+            cause: source,
         }
     }
 

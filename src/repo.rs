@@ -338,11 +338,8 @@ impl Repo {
         // missing and the (per-snapshot) check is skipped.
         let txn = self.index.read()?;
         let ids = crate::index::snapshot_ids(&txn)?;
-        let files: std::collections::HashSet<String> = self
-            .backend
-            .list("snapshots")?
-            .into_iter()
-            .collect();
+        let files: std::collections::HashSet<String> =
+            self.backend.list("snapshots")?.into_iter().collect();
         if files.len() >= ids.len() {
             return Ok(());
         }

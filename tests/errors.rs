@@ -120,3 +120,50 @@ fn bad_arguments() {
     let r = env.run(&["backup"]);
     assert_eq!(code(&r), 2);
 }
+
+/// A write that fails for lack of room (here: the file-size limit, EFBIG, which fails writes the
+/// way a full disk does) ends the command with a clear error and leaves the repository valid.
+#[test]
+fn failed_writes_leave_the_repository_valid() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    write(&src.join("small.txt"), &text(10_000, 1));
+    env.backup(&[&src]);
+    write(&src.join("big.bin"), &noise(8 << 20, 2));
+    for limit_kib in [64u64, 1024, 4096] {
+        // `trap '' XFSZ` keeps the signal ignored across exec, so writes fail with EFBIG.
+        let script = format!(
+            "trap '' XFSZ; ulimit -f {}; exec \"$0\" backup {}",
+            limit_kib * 2, // in 512-byte blocks for sh
+            src.display()
+        );
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .arg(bin()) // $0 of the script
+            .env("STRATA_REPO", &env.repo)
+            .env("HOME", env.dir.path())
+            .output()
+            .unwrap();
+        no_panic(&out);
+        assert_ne!(
+            code(&out),
+            0,
+            "limit {limit_kib} KiB: the backup cannot fit"
+        );
+        let err = stderr(&out);
+        assert!(
+            err.contains("File too large") || err.contains("too large"),
+            "limit {limit_kib} KiB: {err}"
+        );
+        env.ok(&["verify", "--read-data"]);
+        assert_eq!(env.json(&["list"]).as_array().unwrap().len(), 1);
+    }
+    // With room again, the next backup works and restores.
+    env.backup(&[&src]);
+    env.ok(&["verify", "--read-data"]);
+    let out = env.path("out");
+    env.ok(&["restore", "latest", out.to_str().unwrap()]);
+    assert_same_tree(&src, &out.join("src"));
+}
