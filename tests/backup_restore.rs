@@ -448,3 +448,24 @@ fn restore_over_existing_data_saves_it_first_and_puts_it_back_on_failure() {
     ]);
     assert_eq!(env.json(&["list"]).as_array().unwrap().len(), n);
 }
+
+/// restic's sparse-file bug: a zero-filled file restored over a non-zero one must come out zeros.
+#[test]
+fn zero_filled_file_restores_over_existing_data() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    write(&src.join("zeros.bin"), &vec![0u8; 3 << 20]);
+    let id = env.backup(&[&src]);
+    let target = env.path("target");
+    write(&target.join("src/zeros.bin"), &noise(3 << 20, 5));
+    env.ok(&[
+        "restore",
+        &id[..12],
+        target.to_str().unwrap(),
+        "--no-restore-point",
+    ]);
+    let back = std::fs::read(target.join("src/zeros.bin")).unwrap();
+    assert_eq!(back.len(), 3 << 20);
+    assert!(back.iter().all(|&b| b == 0));
+}

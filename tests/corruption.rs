@@ -162,3 +162,43 @@ fn damaged_index_never_crashes_and_repair_recovers() {
     }
     assert!(cases >= 10);
 }
+
+#[test]
+fn scrubbing_in_parts_covers_every_pack() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    for i in 0..4u64 {
+        write(&src.join(format!("f{i}.bin")), &noise(400_000, 40 + i));
+        env.backup(&[&src]);
+    }
+    let all = packs(&env.repo);
+    assert!(all.len() >= 4, "{} packs", all.len());
+    // Damage one pack's data.
+    let victim = &all[all.len() / 2];
+    let mut bytes = std::fs::read(victim).unwrap();
+    bytes[300] ^= 0x55;
+    std::fs::write(victim, bytes).unwrap();
+
+    let mut failing = 0;
+    let mut read = 0;
+    for k in 1..=3 {
+        let out = env.run(&["verify", "--read-data-subset", &format!("{k}/3"), "--json"]);
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        read += report["packs_read"].as_u64().unwrap();
+        if code(&out) != 0 {
+            assert_eq!(code(&out), 3);
+            failing += 1;
+        }
+    }
+    assert_eq!(failing, 1, "exactly one part holds the damaged pack");
+    assert_eq!(
+        read as usize,
+        all.len(),
+        "the parts together read every pack once"
+    );
+    let out = env.run(&["verify", "--read-data-subset", "34%"]);
+    assert!(code(&out) == 0 || code(&out) == 3);
+    assert_eq!(code(&env.run(&["verify", "--read-data"])), 3);
+    assert_ne!(code(&env.run(&["verify", "--read-data-subset", "0%"])), 0);
+}

@@ -460,3 +460,44 @@ fn stored_policies_drive_forget() {
     env.ok(&["gc"]);
     env.ok(&["verify", "--read-data"]);
 }
+
+/// restic #2715 / kopia #1949: a backup paused (SIGSTOP) while gc runs, then resumed. The paused
+/// backup holds the lock, so gc refuses rather than deleting what the backup will reference.
+#[test]
+fn gc_while_a_backup_is_paused() {
+    let env = Env::new();
+    let _ = history(&env);
+    env.ok(&["forget", "--keep-last", "1"]);
+    let src = env.path("src");
+    for i in 0..4u64 {
+        write(&src.join(format!("more{i}.bin")), &noise(4 << 20, 70 + i));
+    }
+    let mut backup = env
+        .cmd()
+        .args(["backup", "--kind", "hourly", src.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Let it take the lock, then stop it.
+    let lock = env.repo.join("lock");
+    let start = Instant::now();
+    while !lock.exists() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let pid = backup.id() as i32;
+    // SAFETY: signals to our own child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let gc = env.run(&["gc", "--max-unused", "0%"]);
+    if lock.exists() {
+        assert_ne!(code(&gc), 0, "gc ran beside a paused backup");
+        assert!(stderr(&gc).contains("lock"), "{}", stderr(&gc));
+    }
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    assert!(backup.wait().unwrap().success());
+    env.ok(&["gc", "--max-unused", "0%"]);
+    env.ok(&["verify", "--read-data"]);
+    let out = env.path("after");
+    env.ok(&["restore", "latest", out.to_str().unwrap()]);
+    assert_same_tree(&src, &out.join("src"));
+}

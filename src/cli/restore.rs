@@ -10,6 +10,7 @@ use strata::backup::BackupOptions;
 use strata::repo::Repo;
 use strata::restore::RestoreOptions;
 use strata::snapshots;
+use strata::verify::ReadData;
 
 #[derive(Args)]
 pub struct RestoreArgs {
@@ -228,12 +229,49 @@ pub struct VerifyArgs {
     /// Read every pack and check every chunk against its hash
     #[arg(long)]
     read_data: bool,
+    /// Read only part of the packs: `10%` reads a different tenth each day (so a daily run
+    /// covers the repository in ten days); `3/10` reads the third tenth
+    #[arg(long, value_name = "N% | K/N", conflicts_with = "read_data")]
+    read_data_subset: Option<String>,
     #[arg(long)]
     json: bool,
 }
 
+/// `N%` (today's part of 100/N) or `K/N` (1-based) as the packs to read.
+fn parse_subset(s: &str, day: u64) -> Option<ReadData> {
+    let s = s.trim();
+    if let Some(pct) = s.strip_suffix('%') {
+        let pct: f64 = pct.trim().parse().ok()?;
+        if !(pct > 0.0 && pct <= 100.0) {
+            return None;
+        }
+        let of = (100.0 / pct).round().max(1.0) as u32;
+        return Some(ReadData::Part {
+            part: (day % of as u64) as u32,
+            of,
+        });
+    }
+    let (k, n) = s.split_once('/')?;
+    let (k, n): (u32, u32) = (k.trim().parse().ok()?, n.trim().parse().ok()?);
+    (n >= 1 && (1..=n).contains(&k)).then_some(ReadData::Part { part: k - 1, of: n })
+}
+
 pub fn verify(repo: &Repo, args: VerifyArgs) -> Result<ExitCode> {
-    let report = strata::verify::verify(repo, args.read_data)?;
+    let read = match &args.read_data_subset {
+        Some(spec) => {
+            let day = chrono::Utc::now().timestamp().max(0) as u64 / 86_400;
+            match parse_subset(spec, day) {
+                Some(r) => r,
+                None => bail!(
+                    "--read-data-subset {spec:?}: expected a share such as 10% or a part such as 3/10"
+                ),
+            }
+        }
+        None if args.read_data => ReadData::All,
+        None => ReadData::Nothing,
+    };
+    let report = strata::verify::verify_reading(repo, read)?;
+    let read_data = read != ReadData::Nothing;
     if args.json {
         print_json(&report)?;
     } else {
@@ -262,10 +300,15 @@ pub fn verify(repo: &Repo, args: VerifyArgs) -> Result<ExitCode> {
             report.snapshots,
             report.files,
             report.packs,
-            if args.read_data {
+            if read_data {
+                let part = match read {
+                    ReadData::Part { part, of } => format!(" of part {} of {of}", part + 1),
+                    _ => String::new(),
+                };
                 format!(
-                    ", {} chunks ({} read)",
+                    ", {} chunks in {} packs{part} ({} read)",
                     report.blobs_read,
+                    report.packs_read,
                     bytes(report.bytes_read)
                 )
             } else {
@@ -283,4 +326,28 @@ pub fn verify(repo: &Repo, args: VerifyArgs) -> Result<ExitCode> {
     } else {
         ExitCode::from(EXIT_DAMAGE)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subsets() {
+        assert_eq!(
+            parse_subset("10%", 23),
+            Some(ReadData::Part { part: 3, of: 10 })
+        );
+        assert_eq!(
+            parse_subset("100%", 5),
+            Some(ReadData::Part { part: 0, of: 1 })
+        );
+        assert_eq!(
+            parse_subset("3/10", 0),
+            Some(ReadData::Part { part: 2, of: 10 })
+        );
+        for bad in ["0%", "150%", "0/10", "11/10", "x", "3/0"] {
+            assert_eq!(parse_subset(bad, 0), None, "{bad}");
+        }
+    }
 }
