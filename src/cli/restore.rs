@@ -253,7 +253,7 @@ fn parse_subset(s: &str, day: u64) -> Option<ReadData> {
     }
     let (k, n) = s.split_once('/')?;
     let (k, n): (u32, u32) = (k.trim().parse().ok()?, n.trim().parse().ok()?);
-    (n >= 1 && (1..=n).contains(&k)).then_some(ReadData::Part { part: k - 1, of: n })
+    (n >= 1 && (1..=n).contains(&k)).then(|| ReadData::Part { part: k - 1, of: n })
 }
 
 pub fn verify(repo: &Repo, args: VerifyArgs) -> Result<ExitCode> {
