@@ -1108,21 +1108,7 @@ fn read_segment(
         let want = limit.saturating_sub(at).min(SEGMENT as u64) as usize;
         buf.resize(SEGMENT, 0);
         let n = read_full_at(file, &mut buf[..want], at).ctx("read", path)?;
-        let data = &buf[..n];
-        let ids: Vec<ChunkId> = data
-            .chunks(page)
-            .map(|c| ChunkId::hash(shared.key.as_ref(), c))
-            .collect();
-        let pages: Vec<Candidate> = ids
-            .iter()
-            .enumerate()
-            .map(|(j, id)| {
-                let len = page.min(n - j * page);
-                (j * page, len, at + (j * page) as u64, *id)
-            })
-            .filter(|&(_, _, off, id)| !is_known(known, off, &id))
-            .collect();
-        store_fresh(shared, data, &pages)?;
+        let ids = store_segment(shared, &buf[..n], page, at, known)?;
         Ok((n, ids))
     })
 }
@@ -1164,6 +1150,30 @@ fn store_fresh(shared: &Shared, buf: &[u8], pages: &[Candidate]) -> Result<()> {
         shared.store(BlobKind::Data, &run, &buf[run_start..run_start + run_bytes])?;
     }
     Ok(())
+}
+
+/// Hashes the pages of `data` (a segment at file offset `at`), stores those that are new, and
+/// returns every page's id.
+fn store_segment(
+    shared: &Shared,
+    data: &[u8],
+    page: usize,
+    at: u64,
+    known: &[(u64, ChunkId)],
+) -> Result<Vec<ChunkId>> {
+    let ids: Vec<ChunkId> = data
+        .chunks(page)
+        .map(|c| ChunkId::hash(shared.key.as_ref(), c))
+        .collect();
+    let pages: Vec<Candidate> = ids
+        .iter()
+        .zip(data.chunks(page))
+        .enumerate()
+        .map(|(j, (id, c))| (j * page, c.len(), at + (j * page) as u64, *id))
+        .filter(|&(_, _, off, id)| !is_known(known, off, &id))
+        .collect();
+    store_fresh(shared, data, &pages)?;
+    Ok(ids)
 }
 
 /// Reads a segment that lies wholly inside the file through a mapping: every page is hashed in
@@ -1283,22 +1293,7 @@ fn read_sqlite(
                 let results: Vec<Result<Vec<ChunkId>>> = round
                     .par_iter()
                     .zip(starts.par_iter())
-                    .map(|(data, &at)| {
-                        let ids: Vec<ChunkId> = data
-                            .chunks(page_len)
-                            .map(|c| ChunkId::hash(shared.key.as_ref(), c))
-                            .collect();
-                        let pages: Vec<Candidate> = ids
-                            .iter()
-                            .enumerate()
-                            .map(|(j, id)| {
-                                (j * page_len, page_len, at + (j * page_len) as u64, *id)
-                            })
-                            .filter(|&(_, _, off, id)| !is_known(&known, off, &id))
-                            .collect();
-                        store_fresh(shared, data, &pages)?;
-                        Ok(ids)
-                    })
+                    .map(|(data, &at)| store_segment(shared, data, page_len, at, &known))
                     .collect();
                 for (ids, data) in results.into_iter().zip(&round) {
                     for id in ids? {

@@ -3,7 +3,7 @@
 
 mod common;
 use common::*;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[test]
 fn killed_backup_leaves_a_valid_repository() {
@@ -21,25 +21,13 @@ fn killed_backup_leaves_a_valid_repository() {
     }
     let mut killed = 0;
     for delay_ms in [5u64, 30, 80, 150, 250, 400, 600, 900] {
-        let mut child = env
-            .cmd()
-            .args(["backup", src.to_str().unwrap()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_millis(delay_ms) {
-            if child.try_wait().unwrap().is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap(); // SIGKILL
+        if run_and_kill_after(
+            &env,
+            &["backup", src.to_str().unwrap()],
+            Duration::from_millis(delay_ms),
+        ) {
             killed += 1;
         }
-        child.wait().unwrap();
 
         let v = env.run(&["verify", "--read-data"]);
         assert_eq!(

@@ -158,25 +158,13 @@ fn killed_gc_leaves_every_snapshot_restorable() {
     for delay_ms in (0..50u64).map(|i| i * 2) {
         let env = Env::new();
         copy_dir(&template.repo, &env.repo);
-        let mut child = env
-            .cmd()
-            .args(["gc", "--max-unused", "0%"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_millis(delay_ms) {
-            if child.try_wait().unwrap().is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_micros(200));
-        }
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap(); // SIGKILL
+        if run_and_kill_after(
+            &env,
+            &["gc", "--max-unused", "0%"],
+            Duration::from_millis(delay_ms),
+        ) {
             killed += 1;
         }
-        child.wait().unwrap();
         points += 1;
 
         let v = env.run(&["verify", "--read-data"]);
@@ -250,25 +238,13 @@ fn killed_forget_leaves_snapshots_whole_or_gone() {
     for delay_ms in (0..10u64).map(|i| i * 2) {
         let env = Env::new();
         copy_dir(&template.repo, &env.repo);
-        let mut child = env
-            .cmd()
-            .args(["forget", "--keep-last", "1"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_millis(delay_ms) {
-            if child.try_wait().unwrap().is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_micros(200));
-        }
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap();
+        if run_and_kill_after(
+            &env,
+            &["forget", "--keep-last", "1"],
+            Duration::from_millis(delay_ms),
+        ) {
             killed += 1;
         }
-        child.wait().unwrap();
         // Whatever is still listed restores; the newest always is.
         env.ok(&["verify", "--read-data"]);
         let list = env.json(&["list"]);

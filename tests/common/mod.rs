@@ -247,3 +247,29 @@ pub fn truncate_by(path: &Path, bytes: u64) {
         .set_len(len - bytes)
         .unwrap();
 }
+
+/// Runs strata with `args` and kills it (SIGKILL) after `delay` unless it finished first.
+/// Returns true if it was killed.
+#[allow(dead_code)]
+pub fn run_and_kill_after(env: &Env, args: &[&str], delay: std::time::Duration) -> bool {
+    let mut child = env
+        .cmd()
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start strata");
+    let start = std::time::Instant::now();
+    while start.elapsed() < delay {
+        if child.try_wait().expect("wait").is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+    let killed = child.try_wait().expect("wait").is_none();
+    if killed {
+        child.kill().expect("kill"); // SIGKILL
+    }
+    child.wait().expect("wait");
+    killed
+}
