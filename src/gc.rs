@@ -24,7 +24,7 @@ use crate::manifest::{Content, Manifest};
 use crate::pack::PackWriter;
 use crate::packer::WrittenPack;
 use crate::repo::Repo;
-use crate::restore::{BlobReader, blob_in_frame, check_hash, decode_frame};
+use crate::restore::{BlobReader, blob_in_frame, check_hash};
 use crate::storage::Backend;
 use crate::tree::Node;
 use redb::ReadableTable;
@@ -249,15 +249,7 @@ pub fn gc(repo: &Repo, opts: &GcOptions) -> Result<GcReport> {
         for group in live_here.chunk_by(|a, b| a.1.frame_offset == b.1.frame_offset) {
             // The live members of one frame: read and decompressed once, each checked against
             // its id, recompressed together.
-            let loc0 = group[0].1;
-            let pack = blobs.pack_name(loc0.pack)?;
-            let stored = blobs.read_span(
-                &pack,
-                loc0.frame_offset as u64,
-                loc0.frame_stored_len as usize,
-            )?;
-            let mut frame = vec![0u8; loc0.frame_raw_len as usize];
-            decode_frame(&stored, &loc0, &pack, &mut frame)?;
+            let (frame, pack) = blobs.read_frame(&group[0].1)?;
             let mut raw = Vec::new();
             let mut members = Vec::with_capacity(group.len());
             for (id, loc) in group {

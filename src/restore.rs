@@ -80,13 +80,24 @@ impl<'a> BlobReader<'a> {
     /// The plain bytes of blob `id`, checked against its id.
     pub fn read(&self, id: &ChunkId) -> Result<Vec<u8>> {
         let loc = self.locate(id)?;
+        let (frame, pack) = self.read_frame(&loc)?;
+        let blob = blob_in_frame(&frame, &loc, &pack)?;
+        check_hash(blob, &loc, id, self.repo.id_key(), &pack)?;
+        Ok(blob.to_vec())
+    }
+
+    /// The decompressed frame that holds the blob at `loc`, and the name of its pack (for
+    /// messages). Its blobs are not checked yet.
+    pub fn read_frame(&self, loc: &BlobLoc) -> Result<(Vec<u8>, String)> {
         let pack = self.pack_name(loc.pack)?;
         let stored = self.read_span(
             &pack,
             loc.frame_offset as u64,
             loc.frame_stored_len as usize,
         )?;
-        check_blob(&stored, &loc, id, self.repo.id_key(), &pack)
+        let mut frame = vec![0u8; loc.frame_raw_len as usize];
+        decode_frame(&stored, loc, &pack, &mut frame)?;
+        Ok((frame, pack))
     }
 }
 
@@ -111,21 +122,6 @@ pub fn check_hash(
         )));
     }
     Ok(())
-}
-
-/// Decompresses a stored frame and returns blob `id` from it, checked against its id.
-pub fn check_blob(
-    frame: &[u8],
-    loc: &BlobLoc,
-    id: &ChunkId,
-    key: Option<&[u8; 32]>,
-    pack: &str,
-) -> Result<Vec<u8>> {
-    let mut raw = vec![0u8; loc.frame_raw_len as usize];
-    decode_frame(frame, loc, pack, &mut raw)?;
-    let blob = blob_in_frame(&raw, loc, pack)?;
-    check_hash(blob, loc, id, key, pack)?;
-    Ok(blob.to_vec())
 }
 
 /// The bytes of the blob at `loc` inside its decompressed frame; an index entry pointing outside
