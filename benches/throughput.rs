@@ -52,26 +52,21 @@ fn stages(c: &mut Criterion) {
     g.sample_size(10);
 
     let chunker = Chunker::new(ChunkerParams::default(), 0).unwrap();
-    g.bench_function("fastcdc 2k/8k/32k", |b| {
-        b.iter(|| {
-            let mut s = ChunkStream::new(&data[..], &chunker, CutMode::Cdc);
-            let mut n = 0;
-            while let Some((_, _, lens)) = s.next_batch().unwrap() {
-                n += lens.len();
-            }
-            black_box(n)
-        })
-    });
-    g.bench_function("page-aligned cut 4 KiB", |b| {
-        b.iter(|| {
-            let mut s = ChunkStream::new(&data[..], &chunker, CutMode::Fixed(4096));
-            let mut n = 0;
-            while let Some((_, _, lens)) = s.next_batch().unwrap() {
-                n += lens.len();
-            }
-            black_box(n)
-        })
-    });
+    for (name, mode) in [
+        ("fastcdc 2k/8k/32k", CutMode::Cdc),
+        ("page-aligned cut 4 KiB", CutMode::Fixed(4096)),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let mut s = ChunkStream::new(&data[..], &chunker, mode);
+                let mut n = 0;
+                while let Some((_, _, lens)) = s.next_batch().unwrap() {
+                    n += lens.len();
+                }
+                black_box(n)
+            })
+        });
+    }
     g.bench_function("blake3 per 4 KiB chunk", |b| {
         b.iter(|| {
             for c in data.chunks(4096) {

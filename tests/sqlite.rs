@@ -4,7 +4,7 @@
 mod common;
 use common::*;
 use rusqlite::Connection;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -63,19 +63,26 @@ fn check_restored(db: &Path) -> u64 {
     count as u64
 }
 
-fn live_snapshots(wal: bool) {
-    let env = Env::new();
+/// A repository and `app/app.db` with the tables the writer fills; returns the directory, the
+/// database path and a connection to it.
+fn app_db(env: &Env) -> (PathBuf, PathBuf, Connection) {
     env.init();
     let dir = env.path("app");
     std::fs::create_dir_all(&dir).unwrap();
     let db = dir.join("app.db");
+    let c = Connection::open(&db).unwrap();
+    c.execute_batch(
+        "CREATE TABLE t(n INTEGER PRIMARY KEY, pad BLOB);
+         CREATE TABLE summary(last INTEGER); INSERT INTO summary VALUES (0);",
+    )
+    .unwrap();
+    (dir, db, c)
+}
+
+fn live_snapshots(wal: bool) {
+    let env = Env::new();
+    let (dir, db, c) = app_db(&env);
     {
-        let c = Connection::open(&db).unwrap();
-        c.execute_batch(
-            "CREATE TABLE t(n INTEGER PRIMARY KEY, pad BLOB);
-             CREATE TABLE summary(last INTEGER); INSERT INTO summary VALUES (0);",
-        )
-        .unwrap();
         c.execute_batch("BEGIN").unwrap();
         for n in 1..=3000 {
             c.execute("INSERT INTO t VALUES (?1, randomblob(700))", [n])
@@ -84,6 +91,7 @@ fn live_snapshots(wal: bool) {
         c.execute("UPDATE summary SET last = 3000", []).unwrap();
         c.execute_batch("COMMIT").unwrap();
     }
+    drop(c);
     let stop = Arc::new(AtomicBool::new(false));
     let committed = Arc::new(AtomicU64::new(3000));
     let writer = start_writer(&db, wal, stop.clone(), committed.clone());
@@ -161,17 +169,9 @@ fn live_rollback_journal_database_snapshots_are_consistent() {
 #[test]
 fn commits_that_touch_only_the_wal_are_not_missed() {
     let env = Env::new();
-    env.init();
-    let dir = env.path("app");
-    std::fs::create_dir_all(&dir).unwrap();
-    let db = dir.join("app.db");
-    let c = Connection::open(&db).unwrap();
-    c.execute_batch(
-        "PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0;
-         CREATE TABLE t(n INTEGER PRIMARY KEY, pad BLOB);
-         CREATE TABLE summary(last INTEGER); INSERT INTO summary VALUES (0);",
-    )
-    .unwrap();
+    let (dir, _, c) = app_db(&env);
+    c.execute_batch("PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0;")
+        .unwrap();
     env.backup(&[&dir]);
     std::thread::sleep(Duration::from_millis(200)); // past the racy-timestamp window
     env.backup(&[&dir]);
