@@ -20,7 +20,7 @@ use crate::id::{ChunkId, SnapshotId};
 use crate::index::{
     BLOBS, BlobLoc, FILES, FileStamp, IndexReader, META, META_NEXT_PACK, PACKS, PackInfo, SNAPSHOTS,
 };
-use crate::manifest::{Content, Entry, EntryKind, Manifest, SnapshotStats, Source};
+use crate::manifest::{Content, Entry, EntryKind, Manifest, SnapshotStats, Source, SourceKind};
 use crate::pack::BlobKind;
 use crate::packer::{Packer, WrittenPack};
 use crate::repo::Repo;
@@ -52,8 +52,19 @@ pub struct BackupOptions<'a> {
     /// Copy SQLite databases as plain files instead of reading a consistent image through
     /// SQLite (and back up their -wal/-shm/-journal files too).
     pub raw_sqlite: bool,
-    /// Named streams (command output, standard input) stored as files of the snapshot.
+    /// SQLite databases named as such (`--sqlite`): read through SQLite as one consistent
+    /// image, whatever `raw_sqlite` says, or the backup fails.
+    pub databases: Vec<NamedPath>,
+    /// Named streams (command output, standard input, database dumps) stored as files of the
+    /// snapshot.
     pub streams: Vec<StreamSource>,
+}
+
+/// A file and, optionally, the name it gets in the snapshot (by default its file name).
+#[derive(Clone, Debug)]
+pub struct NamedPath {
+    pub path: PathBuf,
+    pub name: Option<String>,
 }
 
 impl BackupOptions<'_> {
@@ -68,6 +79,7 @@ impl BackupOptions<'_> {
             progress: None,
             on_plan: None,
             raw_sqlite: false,
+            databases: vec![],
             streams: vec![],
         }
     }
@@ -111,6 +123,8 @@ struct Shared<'r> {
     new_stored: AtomicU64,
     progress: Option<&'r (dyn Fn(u64) + Sync)>,
     raw_sqlite: bool,
+    /// Databases named with `--sqlite`: a consistent image or the backup fails.
+    databases: &'r HashSet<PathBuf>,
 }
 
 impl Shared<'_> {
@@ -202,25 +216,33 @@ struct ReadFile {
 pub fn backup(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
     let started = Instant::now();
     let start_ns = now_ns();
-    if opts.sources.is_empty() && opts.streams.is_empty() {
+    if opts.sources.is_empty() && opts.streams.is_empty() && opts.databases.is_empty() {
         return Err(Error::invalid("nothing to back up: give at least one PATH"));
     }
 
     // 1. Walk.
+    let mut databases = HashSet::new();
+    let mut named: Vec<(PathBuf, Option<String>)> =
+        opts.sources.iter().map(|p| (p.clone(), None)).collect();
+    for db in &opts.databases {
+        let abs = check_sqlite_source(&db.path)?;
+        databases.insert(abs.clone());
+        let name = db.name.clone().or_else(|| {
+            db.path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        });
+        named.push((abs, name));
+    }
     let walked = walk_sources_excluding(
-        &opts.sources,
+        &named,
         &repo.root,
         &crate::walk::Excludes::new(&opts.excludes),
     )?;
     for (i, st) in opts.streams.iter().enumerate() {
         let clash = walked.sources.iter().any(|(n, _)| n == &st.name)
             || opts.streams[..i].iter().any(|o| o.name == st.name);
-        if st.name.is_empty() || st.name.contains('/') || st.name == "." || st.name == ".." {
-            return Err(Error::invalid(format!(
-                "source name {:?}: use a plain file name such as db.sql",
-                st.name
-            )));
-        }
+        crate::walk::check_source_name(&st.name)?;
         if clash {
             return Err(Error::invalid(format!(
                 "two sources are named {:?}; give each its own NAME",
@@ -278,6 +300,7 @@ pub fn backup(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
         new_stored: AtomicU64::new(0),
         progress: opts.progress,
         raw_sqlite: opts.raw_sqlite,
+        databases: &databases,
     };
     let (read_results, streamed, packs) = std::thread::scope(|s| {
         // Full packs are recorded in the index while reading goes on, a few per transaction, so
@@ -327,7 +350,7 @@ pub fn backup(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
         results.extend(streamed);
         results.extend(small.into_par_iter().map(read).collect::<Vec<_>>());
         // Streams last, one at a time; any failure fails the whole snapshot.
-        let streamed: Result<Vec<(Content, u64)>> = opts
+        let streamed: Result<Vec<ReadStream>> = opts
             .streams
             .iter()
             .map(|st| read_stream_source(&shared, st))
@@ -350,6 +373,12 @@ pub fn backup(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
     let mut bytes_read = 0;
     for (i, result) in read_results {
         match result {
+            Err(e) if databases.contains(&items[i].abs) => {
+                return Err(Error::invalid(format!(
+                    "sqlite source {}: {e}",
+                    items[i].abs.display()
+                )));
+            }
             Ok(rf) => {
                 warnings.extend(rf.notes);
                 bytes_read += rf.size;
@@ -404,7 +433,9 @@ pub fn backup(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
             page_size,
         });
     }
-    for (st, (content, size)) in opts.streams.iter().zip(streamed) {
+    let mut stream_details = Vec::with_capacity(streamed.len());
+    for (st, (content, size, details)) in opts.streams.iter().zip(streamed) {
+        stream_details.push(details);
         stats.files += 1;
         stats.bytes += size;
         bytes_read += size;
@@ -442,11 +473,27 @@ pub fn backup(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
             .map(|(name, path)| Source {
                 name: name.clone(),
                 path: path.display().to_string(),
+                kind: if databases.contains(path) {
+                    SourceKind::Sqlite
+                } else {
+                    SourceKind::Path
+                },
+                details: vec![],
             })
-            .chain(opts.streams.iter().map(|st| Source {
-                name: st.name.clone(),
-                path: st.describe(),
-            }))
+            .chain(
+                opts.streams
+                    .iter()
+                    .zip(stream_details)
+                    .map(|(st, details)| {
+                        let (kind, path) = st.describe();
+                        Source {
+                            name: st.name.clone(),
+                            path,
+                            kind,
+                            details,
+                        }
+                    }),
+            )
             .collect(),
         entries,
         stats,
@@ -646,7 +693,8 @@ fn read_file(
     let repo = shared.repo;
     let mut header = [0u8; 100];
     let header_len = read_full_at(&file, &mut header, 0).ctx("read", path)?;
-    let page_size = if repo.config.sqlite_pages {
+    let strict = shared.databases.contains(path);
+    let page_size = if repo.config.sqlite_pages || strict {
         sqlite_page_size(&header[..header_len]).unwrap_or(0)
     } else {
         0
@@ -697,7 +745,7 @@ fn read_file(
     let mut notes = Vec::new();
     let mut captured = false;
     let size = match mode {
-        CutMode::Fixed(page) if !shared.raw_sqlite => {
+        CutMode::Fixed(page) if !shared.raw_sqlite || strict => {
             let read = crate::sqlite::ReadSnapshot::begin(path).and_then(|snap| {
                 if snap.page_size != page {
                     return Err(Error::invalid(format!(
@@ -730,6 +778,12 @@ fn read_file(
                 // SQLite could not open it (damaged, or only looks like a database): the
                 // bytes as they are are still worth keeping.
                 // Failing part-way: this file is not backed up (the snapshot is partial).
+                Err(e) if strict => {
+                    return Err(Error::invalid(format!(
+                        "{}: cannot read a consistent image through SQLite: {e}",
+                        path.display()
+                    )));
+                }
                 Err(e) if !state.builder.is_empty() => {
                     return Err(Error::io_path(
                         "read",
@@ -840,20 +894,148 @@ pub enum StreamFrom {
     /// Standard output of `sh -c COMMAND`; the snapshot fails if the command fails.
     Command(String),
     Stdin,
+    /// A plain-format `pg_dump` of the database this connection string (keyword/value or URI)
+    /// names.
+    Postgres(String),
+    /// The RDB file a Redis server sends to a replica, fetched with `redis-cli --rdb`, from a
+    /// `redis://` URL or a Unix socket (`unix:///path` or `/path`).
+    Redis(String),
 }
+
+/// Options given to `pg_dump`. Plain format without compression: a table that did not change
+/// dumps to the same text, so it deduplicates; compressed or custom-format dumps scramble it.
+pub const PG_DUMP_OPTIONS: [&str; 2] = ["--format=plain", "--no-password"];
 
 impl StreamSource {
     /// How the manifest records where it came from.
-    fn describe(&self) -> String {
+    fn describe(&self) -> (SourceKind, String) {
         match &self.from {
-            StreamFrom::Command(c) => format!("command: {c}"),
-            StreamFrom::Stdin => "standard input".into(),
+            StreamFrom::Command(c) => (SourceKind::Command, format!("command: {c}")),
+            StreamFrom::Stdin => (SourceKind::Stdin, "standard input".into()),
+            StreamFrom::Postgres(c) => (SourceKind::Postgres, redact_conninfo(c)),
+            StreamFrom::Redis(u) => (SourceKind::Redis, redact_conninfo(u)),
+        }
+    }
+
+    /// The program that produces the stream.
+    fn command(&self) -> Option<std::process::Command> {
+        let mut cmd;
+        match &self.from {
+            StreamFrom::Stdin => return None,
+            StreamFrom::Command(c) => {
+                cmd = std::process::Command::new("sh");
+                cmd.arg("-c").arg(c);
+            }
+            StreamFrom::Postgres(conn) => {
+                cmd = std::process::Command::new("pg_dump");
+                cmd.args(PG_DUMP_OPTIONS).arg(format!("--dbname={conn}"));
+            }
+            StreamFrom::Redis(url) => {
+                cmd = std::process::Command::new("redis-cli");
+                match url.strip_prefix("unix://") {
+                    Some(path) => cmd.arg("-s").arg(path),
+                    None if url.starts_with('/') => cmd.arg("-s").arg(url),
+                    None => cmd.arg("-u").arg(url),
+                };
+                cmd.args(["--rdb", "-"]);
+            }
+        }
+        Some(cmd)
+    }
+
+    /// What the first bytes of the stream say about its source.
+    fn details(&self, head: &[u8]) -> Vec<(String, String)> {
+        match &self.from {
+            StreamFrom::Postgres(_) => {
+                let mut d = vec![("dump options".to_string(), PG_DUMP_OPTIONS.join(" "))];
+                let text = String::from_utf8_lossy(head);
+                for (prefix, key) in [
+                    ("-- Dumped from database version ", "server version"),
+                    ("-- Dumped by pg_dump version ", "pg_dump version"),
+                ] {
+                    if let Some(v) = text.lines().find_map(|l| l.strip_prefix(prefix)) {
+                        d.push((key.to_string(), v.trim().to_string()));
+                    }
+                }
+                d
+            }
+            StreamFrom::Redis(_) => rdb_details(head),
+            _ => vec![],
         }
     }
 }
 
-/// Reads a stream source to its end; returns its content and size.
-fn read_stream_source(shared: &Shared, src: &StreamSource) -> Result<(Content, u64)> {
+/// Removes the password from a connection string or URL before it is recorded.
+pub fn redact_conninfo(conn: &str) -> String {
+    if let Some((scheme, rest)) = conn.split_once("://") {
+        let (auth, host) = match rest.split_once('@') {
+            Some((a, h)) if !a.contains('/') => (Some(a), h),
+            _ => (None, rest),
+        };
+        return match auth.and_then(|a| a.split_once(':')) {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+            None => conn.to_string(),
+        };
+    }
+    conn.split_whitespace()
+        .map(|kv| match kv.split_once('=') {
+            Some(("password", _)) => "password=***".to_string(),
+            _ => kv.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The RDB format version and the `redis-ver` auxiliary field from the start of an RDB file.
+fn rdb_details(head: &[u8]) -> Vec<(String, String)> {
+    let mut d = Vec::new();
+    if head.len() >= 9 && &head[..5] == b"REDIS" {
+        d.push((
+            "rdb version".to_string(),
+            String::from_utf8_lossy(&head[5..9])
+                .trim_start_matches('0')
+                .to_string(),
+        ));
+    }
+    const KEY: &[u8] = b"\x09redis-ver";
+    if let Some(at) = head.windows(KEY.len()).position(|w| w == KEY) {
+        let rest = &head[at + KEY.len()..];
+        // A string of fewer than 64 bytes: its length in one byte, then the bytes.
+        if let Some((&len, value)) = rest.split_first()
+            && len < 64
+            && value.len() >= len as usize
+        {
+            d.push((
+                "server version".to_string(),
+                String::from_utf8_lossy(&value[..len as usize]).into_owned(),
+            ));
+        }
+    }
+    d
+}
+
+/// Keeps a copy of the first bytes that pass through a reader.
+struct Head<R> {
+    inner: R,
+    head: Vec<u8>,
+}
+
+const HEAD_BYTES: usize = 4096;
+
+impl<R: std::io::Read> std::io::Read for Head<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let room = HEAD_BYTES.saturating_sub(self.head.len()).min(n);
+        self.head.extend_from_slice(&buf[..room]);
+        Ok(n)
+    }
+}
+
+/// A stream read to its end: its content, size and details for its `Source`.
+type ReadStream = (Content, u64, Vec<(String, String)>);
+
+/// Reads a stream source to its end.
+fn read_stream_source(shared: &Shared, src: &StreamSource) -> Result<ReadStream> {
     let mut builder = TreeBuilder::new(shared.key);
     let mut emit = |id: ChunkId, bytes: Vec<u8>| shared.store_node(id, bytes);
     let mut state = FileState {
@@ -862,44 +1044,56 @@ fn read_stream_source(shared: &Shared, src: &StreamSource) -> Result<(Content, u
         emit: &mut emit,
     };
     let what = std::path::PathBuf::from(&src.name);
-    let size = match &src.from {
-        StreamFrom::Stdin => read_cdc(
-            shared,
-            std::io::stdin().lock(),
-            crate::chunker::WINDOW,
-            &mut state,
-        )
-        .ctx("read standard input for", &what)?,
-        StreamFrom::Command(cmd) => {
-            let mut child = std::process::Command::new("sh")
-                .arg("-c")
-                .arg(cmd)
+    let (kind, described) = src.describe();
+    let kind = kind.as_str();
+    let (size, head) = match src.command() {
+        None => {
+            let mut input = Head {
+                inner: std::io::stdin().lock(),
+                head: Vec::new(),
+            };
+            let size = read_cdc(shared, &mut input, crate::chunker::WINDOW, &mut state)
+                .ctx("read standard input for", &what)?;
+            (size, input.head)
+        }
+        Some(mut command) => {
+            let program = command.get_program().to_string_lossy().into_owned();
+            let mut child = command
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::piped())
                 .spawn()
                 .map_err(|e| {
-                    Error::invalid(format!("source {}: cannot run `{cmd}`: {e}", src.name))
+                    Error::invalid(format!(
+                        "{kind} source {} ({described}): cannot run {program}: {e}",
+                        src.name
+                    ))
                 })?;
-            let out = child.stdout.take().expect("stdout is piped");
-            let read = read_cdc(shared, out, crate::chunker::WINDOW, &mut state);
+            let mut out = Head {
+                inner: child.stdout.take().expect("stdout is piped"),
+                head: Vec::new(),
+            };
+            let read = read_cdc(shared, &mut out, crate::chunker::WINDOW, &mut state);
             if read.is_err() {
                 let _ = child.kill();
             }
             let status = child.wait().map_err(|e| {
-                Error::invalid(format!("source {}: waiting for `{cmd}`: {e}", src.name))
+                Error::invalid(format!(
+                    "{kind} source {} ({described}): waiting for {program}: {e}",
+                    src.name
+                ))
             })?;
             let size = read.ctx("read the output of the command for", &what)?;
             if !status.success() {
                 return Err(Error::invalid(format!(
-                    "source {}: `{cmd}` failed ({status})",
+                    "{kind} source {} ({described}): {program} failed ({status})",
                     src.name
                 )));
             }
-            size
+            (size, out.head)
         }
     };
     let content = builder.finish(&mut emit)?;
-    Ok((content, size))
+    Ok((content, size, src.details(&head)))
 }
 
 /// A chunk inside one of a batch's buffers.
@@ -1331,6 +1525,37 @@ fn read_sqlite(
 
 /// Whether a file starts like a SQLite database (it is then read page-aligned). Only a guess for
 /// scheduling: `read_file` decides for itself.
+/// Checks that a path named with `--sqlite` is a SQLite database; returns its absolute path (a
+/// symlink is followed to the database it points to).
+fn check_sqlite_source(path: &std::path::Path) -> Result<PathBuf> {
+    let shown = path.display();
+    let abs = std::fs::canonicalize(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::NotFound(format!("sqlite source {shown}: no such file"))
+        } else {
+            Error::io_path("resolve", path, e)
+        }
+    })?;
+    let file = File::open(&abs).map_err(|e| Error::io_path("open", path, e))?;
+    if !file
+        .metadata()
+        .map_err(|e| Error::io_path("stat", path, e))?
+        .is_file()
+    {
+        return Err(Error::invalid(format!(
+            "sqlite source {shown}: not a regular file"
+        )));
+    }
+    let mut header = [0u8; 100];
+    let n = read_full_at(&file, &mut header, 0).map_err(|e| Error::io_path("read", path, e))?;
+    if sqlite_page_size(&header[..n]).is_none() {
+        return Err(Error::invalid(format!(
+            "sqlite source {shown}: not a SQLite database (no SQLite header)"
+        )));
+    }
+    Ok(abs)
+}
+
 fn looks_paged(path: &std::path::Path) -> bool {
     let mut header = [0u8; 100];
     File::open(path)
@@ -1417,5 +1642,47 @@ fn unsafe_advise_sequential(file: &File) {
     // SAFETY: posix_fadvise only gives the kernel a hint about this open descriptor.
     unsafe {
         libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_not_recorded() {
+        assert_eq!(
+            redact_conninfo("host=/tmp password=hunter2 dbname=app"),
+            "host=/tmp password=*** dbname=app"
+        );
+        assert_eq!(
+            redact_conninfo("postgresql://me:hunter2@db.local:5432/app"),
+            "postgresql://me:***@db.local:5432/app"
+        );
+        assert_eq!(
+            redact_conninfo("redis://:hunter2@127.0.0.1:6379/0"),
+            "redis://:***@127.0.0.1:6379/0"
+        );
+        assert_eq!(
+            redact_conninfo("postgresql://db.local/app"),
+            "postgresql://db.local/app"
+        );
+    }
+
+    #[test]
+    fn rdb_header_details() {
+        let mut head = b"REDIS0010\xfa\x09redis-ver\x067.0.15\xfa\x0aredis-bits".to_vec();
+        let d = rdb_details(&head);
+        assert_eq!(
+            d,
+            vec![
+                ("rdb version".to_string(), "10".to_string()),
+                ("server version".to_string(), "7.0.15".to_string())
+            ]
+        );
+        // Cut short or not an RDB file: nothing made up.
+        head.truncate(14);
+        assert_eq!(rdb_details(&head).len(), 1);
+        assert!(rdb_details(b"-- PostgreSQL database dump").is_empty());
     }
 }

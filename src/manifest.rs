@@ -1,7 +1,7 @@
 //! Snapshot manifests: what a snapshot holds, file by file.
 //!
 //! A manifest is encoded with bincode (through [`crate::codec`]), compressed with zstd and framed
-//! (magic `STRASNAP`, version 1). Its id is the BLAKE3 of the encoded (uncompressed) manifest, and
+//! (magic `STRASNAP`, version 2; version 1, whose sources had no kind, is still read). Its id is the BLAKE3 of the encoded (uncompressed) manifest, and
 //! it is stored twice: in the index and as `snapshots/<id>.snap`.
 
 use crate::codec::{self, frame};
@@ -10,7 +10,7 @@ use crate::id::{ChunkId, SnapshotId};
 use serde::{Deserialize, Serialize};
 
 pub const MAGIC: &[u8; 8] = b"STRASNAP";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// How a file's bytes are found.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,13 +54,103 @@ impl Entry {
     }
 }
 
-/// One PATH given to `strata backup`.
+/// What kind of source a top-level name of the snapshot came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SourceKind {
+    /// A file or directory.
+    Path,
+    /// A SQLite database named with `--sqlite`, captured through SQLite.
+    Sqlite,
+    /// The output of `pg_dump`.
+    Postgres,
+    /// An RDB file fetched with `redis-cli --rdb`.
+    Redis,
+    /// The output of a shell command.
+    Command,
+    /// Standard input.
+    Stdin,
+}
+
+impl SourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Path => "path",
+            SourceKind::Sqlite => "sqlite",
+            SourceKind::Postgres => "postgres",
+            SourceKind::Redis => "redis",
+            SourceKind::Command => "command",
+            SourceKind::Stdin => "stdin",
+        }
+    }
+}
+
+/// One source of a snapshot: a PATH given to `strata backup`, a database, or a stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Source {
     /// The top-level name it has inside the snapshot.
     pub name: String,
-    /// The absolute path it was read from.
+    /// Where it was read from: an absolute path, or a description (`command: CMD`, a
+    /// connection string without its password...).
     pub path: String,
+    pub kind: SourceKind,
+    /// What else is worth knowing, as (key, value): server version, dump options...
+    pub details: Vec<(String, String)>,
+}
+
+/// A source as format version 1 recorded it.
+#[derive(Deserialize)]
+struct SourceV1 {
+    name: String,
+    path: String,
+}
+
+/// A manifest as format version 1 recorded it (identical but for its sources).
+#[derive(Deserialize)]
+struct ManifestV1 {
+    time_ns: i64,
+    hostname: String,
+    name: Option<String>,
+    kind: String,
+    tags: Vec<String>,
+    sources: Vec<SourceV1>,
+    entries: Vec<Entry>,
+    stats: SnapshotStats,
+    errors: Vec<String>,
+}
+
+impl From<ManifestV1> for Manifest {
+    fn from(m: ManifestV1) -> Manifest {
+        let sources = m
+            .sources
+            .into_iter()
+            .map(|s| {
+                let kind = if s.path.starts_with("command: ") {
+                    SourceKind::Command
+                } else if s.path == "standard input" {
+                    SourceKind::Stdin
+                } else {
+                    SourceKind::Path
+                };
+                Source {
+                    name: s.name,
+                    path: s.path,
+                    kind,
+                    details: vec![],
+                }
+            })
+            .collect();
+        Manifest {
+            time_ns: m.time_ns,
+            hostname: m.hostname,
+            name: m.name,
+            kind: m.kind,
+            tags: m.tags,
+            sources,
+            entries: m.entries,
+            stats: m.stats,
+            errors: m.errors,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,7 +205,7 @@ impl Manifest {
             Some(id) => format!("snapshot {}", id.short()),
             None => "snapshot manifest".to_string(),
         };
-        let (_, packed) = frame::unwrap(MAGIC, VERSION, bytes, &what)?;
+        let (version, packed) = frame::unwrap(MAGIC, VERSION, bytes, &what)?;
         let plain = zstd::bulk::decompress(packed, codec::DECODE_LIMIT)
             .map_err(|e| Error::corrupt(format!("{what}: {e}")))?;
         if let Some(id) = expected
@@ -124,6 +214,9 @@ impl Manifest {
             return Err(Error::corrupt(format!(
                 "{what}: content does not match its id"
             )));
+        }
+        if version == 1 {
+            return Ok(codec::decode::<ManifestV1>(&plain, &what)?.into());
         }
         codec::decode(&plain, &what)
     }
@@ -180,7 +273,7 @@ mod tests {
                 name,
                 kind: "manual".into(),
                 tags: vec!["t".into()],
-                sources: vec![Source { name: "a".into(), path: "/a".into() }],
+                sources: vec![Source { name: "a".into(), path: "/a".into(), kind: SourceKind::Postgres, details: vec![("server".into(), "15".into())] }],
                 entries,
                 stats: SnapshotStats::default(),
                 errors: vec![],

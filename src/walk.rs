@@ -78,11 +78,24 @@ impl Excludes {
 }
 
 pub fn walk_sources(sources: &[PathBuf], repo_root: &Path) -> Result<Walked> {
-    walk_sources_excluding(sources, repo_root, &Excludes::new(&[]))
+    let named: Vec<(PathBuf, Option<String>)> = sources.iter().map(|p| (p.clone(), None)).collect();
+    walk_sources_excluding(&named, repo_root, &Excludes::new(&[]))
 }
 
+/// Checks a name the user gave a source: one plain path component.
+pub fn check_source_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." || name.contains('\0') {
+        return Err(Error::invalid(format!(
+            "source name {name:?}: use a plain file name such as db.sql"
+        )));
+    }
+    Ok(())
+}
+
+/// Walks `sources`, each a path and the name it should have in the snapshot (by default its
+/// file name, with `-2`, `-3`... added when two sources share one).
 pub fn walk_sources_excluding(
-    sources: &[PathBuf],
+    sources: &[(PathBuf, Option<String>)],
     repo_root: &Path,
     excludes: &Excludes,
 ) -> Result<Walked> {
@@ -94,7 +107,17 @@ pub fn walk_sources_excluding(
         errors: Vec::new(),
     };
     let mut names = std::collections::HashSet::new();
-    for src in sources {
+    for (_, given) in sources {
+        if let Some(name) = given {
+            check_source_name(name)?;
+            if !names.insert(name.clone()) {
+                return Err(Error::invalid(format!(
+                    "two sources are named {name:?}; give each its own NAME"
+                )));
+            }
+        }
+    }
+    for (src, given) in sources {
         let abs = std::path::absolute(src).map_err(|e| Error::io_path("resolve", src, e))?;
         let meta = fs::symlink_metadata(&abs).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
@@ -107,12 +130,18 @@ pub fn walk_sources_excluding(
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "root".to_string());
-        let mut name = base.clone();
-        let mut n = 2;
-        while !names.insert(name.clone()) {
-            name = format!("{base}-{n}");
-            n += 1;
-        }
+        let name = match given {
+            Some(name) => name.clone(),
+            None => {
+                let mut name = base.clone();
+                let mut n = 2;
+                while !names.insert(name.clone()) {
+                    name = format!("{base}-{n}");
+                    n += 1;
+                }
+                name
+            }
+        };
         w.sources.push((name.clone(), abs.clone()));
         let prefix = name.len() + 1;
         let ctx = Ctx {

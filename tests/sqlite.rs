@@ -190,3 +190,48 @@ fn commits_that_touch_only_the_wal_are_not_missed() {
     let show = env.json(&["show", &raw_id["id"].as_str().unwrap()[..12]]);
     assert!(entry_paths(&show).iter().any(|p| p.ends_with("app.db-wal")));
 }
+
+#[test]
+fn named_sqlite_sources_are_always_read_through_sqlite() {
+    let env = Env::new();
+    let (dir, db, c) = app_db(&env);
+    c.execute_batch("PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0;")
+        .unwrap();
+    c.execute("INSERT INTO t VALUES (1, x'00')", []).unwrap();
+    c.execute("UPDATE summary SET last = 1", []).unwrap();
+    // The committed rows are only in the log, which the open connection keeps.
+    assert!(dir.join("app.db-wal").exists());
+
+    // --raw-sqlite applies to databases found in directories, never to a named --sqlite source.
+    let spec = format!("{}=memory.db", db.display());
+    let id = env.backup_args(&["--raw-sqlite", "--sqlite", &spec]);
+    let show = env.json(&["show", &id]);
+    assert_eq!(entry_paths(&show), vec!["memory.db".to_string()]);
+    let src = &show["sources"][0];
+    assert_eq!(src["kind"], "sqlite");
+    assert_eq!(src["name"], "memory.db");
+    let out = env.path("r");
+    env.ok(&["restore", &id, out.to_str().unwrap()]);
+    assert_eq!(check_restored(&out.join("memory.db")), 1);
+
+    // Not a database, or missing: a clear error and nothing recorded.
+    let not_db = env.path("notes.txt");
+    write(
+        &not_db,
+        b"just some notes, long enough to hold a header................",
+    );
+    for (arg, says) in [
+        (
+            not_db.to_str().unwrap().to_string(),
+            "not a SQLite database",
+        ),
+        (env.path("gone.db").display().to_string(), "no such file"),
+    ] {
+        let r = env.run(&["backup", "--sqlite", &arg]);
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(code(&r), 1, "{err}");
+        assert!(err.contains(says), "{err}");
+    }
+    assert_eq!(env.json(&["list"]).as_array().unwrap().len(), 1);
+    drop(c);
+}

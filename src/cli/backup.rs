@@ -8,7 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use strata::backup::{BackupOptions, StreamFrom, StreamSource, backup as run_backup};
+use strata::backup::{BackupOptions, NamedPath, StreamFrom, StreamSource, backup as run_backup};
 use strata::chunker::ChunkerParams;
 use strata::repo::{Config, Repo};
 
@@ -73,8 +73,21 @@ pub fn init(rp: &RepoPath, args: InitArgs) -> Result<ExitCode> {
 #[derive(Args)]
 pub struct BackupArgs {
     /// Files and directories to snapshot (one snapshot holds them all)
-    #[arg(required_unless_present_any = ["from_command", "stdin"])]
+    #[arg(required_unless_present_any = ["from_command", "stdin", "sqlite", "postgres", "redis"])]
     paths: Vec<PathBuf>,
+    /// A SQLite database, read through SQLite as one consistent image while writers go on;
+    /// stored as NAME (default: its file name) (repeatable)
+    #[arg(long, value_name = "DB[=NAME]")]
+    sqlite: Vec<String>,
+    /// A PostgreSQL database, stored as the plain-format output of `pg_dump` (a keyword/value
+    /// string such as 'host=/run/postgresql dbname=app' or a postgresql:// URL; add =NAME to
+    /// choose the stored name, default DBNAME.sql) (repeatable)
+    #[arg(long, value_name = "CONNSTR[=NAME]")]
+    postgres: Vec<String>,
+    /// A Redis server, stored as the RDB file `redis-cli --rdb` fetches (a redis:// URL or a
+    /// Unix socket path; add =NAME to choose the stored name, default redis.rdb) (repeatable)
+    #[arg(long, value_name = "URL[=NAME]")]
+    redis: Vec<String>,
     /// Also store the standard output of a shell command as NAME, e.g.
     /// `--from-command 'pg_dump mydb'=mydb.sql`; the snapshot fails if the command does
     /// (repeatable)
@@ -123,6 +136,100 @@ struct PhaseJson {
     ms: f64,
 }
 
+/// libpq connection keywords: `KEY=VALUE` with one of these keys is part of the connection
+/// string, not a stored name.
+const PG_KEYWORDS: &[&str] = &[
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "passfile",
+    "channel_binding",
+    "connect_timeout",
+    "client_encoding",
+    "options",
+    "application_name",
+    "fallback_application_name",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "tcp_user_timeout",
+    "replication",
+    "gssencmode",
+    "sslmode",
+    "requiressl",
+    "sslcompression",
+    "sslcert",
+    "sslkey",
+    "sslpassword",
+    "sslrootcert",
+    "sslcrl",
+    "sslcrldir",
+    "sslsni",
+    "requirepeer",
+    "ssl_min_protocol_version",
+    "ssl_max_protocol_version",
+    "krbsrvname",
+    "gsslib",
+    "service",
+    "target_session_attrs",
+    "load_balance_hosts",
+];
+
+/// Splits `CONNSTR[=NAME]`. The last word (or URL query parameter) holds the name when it has
+/// an `=` more than a connection parameter would: `dbname=app=app.sql`, `app=app.sql`,
+/// `postgresql://host/app=app.sql`.
+fn split_postgres(spec: &str) -> (String, Option<String>) {
+    let tail_start = spec
+        .rfind(|c: char| c.is_whitespace() || c == '&' || c == '?')
+        .map_or(0, |i| i + 1);
+    let tail = &spec[tail_start..];
+    let equals = tail.matches('=').count();
+    let is_url = spec.contains("://");
+    let in_query = is_url && spec[..tail_start].contains('?');
+    let named = match equals {
+        0 => false,
+        1 if is_url => !in_query,
+        1 => {
+            let key = tail.split('=').next().unwrap_or("");
+            !PG_KEYWORDS.contains(&key)
+        }
+        _ => true,
+    };
+    match spec.rsplit_once('=') {
+        Some((conn, name)) if named && !name.is_empty() => {
+            (conn.to_string(), Some(name.to_string()))
+        }
+        _ => (spec.to_string(), None),
+    }
+}
+
+/// The database a connection string names, for the default stored name.
+fn postgres_dbname(conn: &str) -> String {
+    let name = if let Some((_, rest)) = conn.split_once("://") {
+        rest.split(['?', '#'])
+            .next()
+            .and_then(|r| r.split_once('/'))
+            .map(|(_, db)| db.to_string())
+            .unwrap_or_default()
+    } else if conn.contains('=') {
+        conn.split_whitespace()
+            .find_map(|kv| kv.strip_prefix("dbname="))
+            .unwrap_or("")
+            .to_string()
+    } else {
+        conn.trim().to_string()
+    };
+    if name.is_empty() || name.contains('/') {
+        "postgres".to_string()
+    } else {
+        name
+    }
+}
+
 pub fn backup(rp: &RepoPath, args: BackupArgs) -> Result<ExitCode> {
     for p in &args.paths {
         if std::fs::symlink_metadata(p).is_err() {
@@ -141,6 +248,43 @@ pub fn backup(rp: &RepoPath, args: BackupArgs) -> Result<ExitCode> {
             _ => bail!("--from-command {spec:?}: expected 'COMMAND'=NAME"),
         }
     }
+    for spec in &args.postgres {
+        let (conn, name) = split_postgres(spec);
+        if conn.trim().is_empty() {
+            bail!("--postgres {spec:?}: expected a connection string");
+        }
+        streams.push(StreamSource {
+            name: name.unwrap_or_else(|| format!("{}.sql", postgres_dbname(&conn))),
+            from: StreamFrom::Postgres(conn),
+        });
+    }
+    for spec in &args.redis {
+        let (url, name) = match spec.rsplit_once('=') {
+            Some((url, name)) => (url.to_string(), Some(name.to_string())),
+            None => (spec.clone(), None),
+        };
+        if url.trim().is_empty() {
+            bail!("--redis {spec:?}: expected a redis:// URL or a socket path");
+        }
+        streams.push(StreamSource {
+            name: name.unwrap_or_else(|| "redis.rdb".to_string()),
+            from: StreamFrom::Redis(url),
+        });
+    }
+    let databases: Vec<NamedPath> = args
+        .sqlite
+        .iter()
+        .map(|spec| match spec.rsplit_once('=') {
+            Some((path, name)) if !std::path::Path::new(spec).exists() => NamedPath {
+                path: PathBuf::from(path),
+                name: Some(name.to_string()),
+            },
+            _ => NamedPath {
+                path: PathBuf::from(spec),
+                name: None,
+            },
+        })
+        .collect();
     if let Some(name) = &args.stdin {
         streams.push(StreamSource {
             name: name.clone(),
@@ -185,6 +329,7 @@ pub fn backup(rp: &RepoPath, args: BackupArgs) -> Result<ExitCode> {
         progress: Some(&progress),
         on_plan: Some(&plan),
         raw_sqlite: args.raw_sqlite,
+        databases,
         streams,
     };
     let report = run_backup(&repo, &opts).context("backup failed; nothing was recorded")?;
@@ -237,4 +382,58 @@ pub fn backup(rp: &RepoPath, args: BackupArgs) -> Result<ExitCode> {
         return Ok(ExitCode::from(EXIT_PARTIAL));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_names() {
+        let cases = [
+            ("app", ("app", None), "app"),
+            ("app=app.sql", ("app", Some("app.sql")), "app"),
+            ("dbname=app", ("dbname=app", None), "app"),
+            (
+                "host=/tmp dbname=app",
+                ("host=/tmp dbname=app", None),
+                "app",
+            ),
+            (
+                "host=/tmp dbname=app=dump.sql",
+                ("host=/tmp dbname=app", Some("dump.sql")),
+                "app",
+            ),
+            (
+                "host=/tmp port=5433",
+                ("host=/tmp port=5433", None),
+                "postgres",
+            ),
+            (
+                "postgresql://u@h/app",
+                ("postgresql://u@h/app", None),
+                "app",
+            ),
+            (
+                "postgresql://u@h/app=a.sql",
+                ("postgresql://u@h/app", Some("a.sql")),
+                "app",
+            ),
+            (
+                "postgresql://h/app?sslmode=disable",
+                ("postgresql://h/app?sslmode=disable", None),
+                "app",
+            ),
+            (
+                "postgresql://h/app?sslmode=disable=x.sql",
+                ("postgresql://h/app?sslmode=disable", Some("x.sql")),
+                "app",
+            ),
+        ];
+        for (spec, (conn, name), db) in cases {
+            let (c, n) = split_postgres(spec);
+            assert_eq!((c.as_str(), n.as_deref()), (conn, name), "{spec}");
+            assert_eq!(postgres_dbname(&c), db, "{spec}");
+        }
+    }
 }

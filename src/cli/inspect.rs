@@ -36,6 +36,14 @@ pub struct DiffArgs {
 }
 
 #[derive(serde::Serialize)]
+struct SourceJson {
+    name: String,
+    kind: &'static str,
+    path: String,
+    details: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(serde::Serialize)]
 struct SnapJson {
     id: String,
     time: String,
@@ -43,7 +51,7 @@ struct SnapJson {
     name: Option<String>,
     kind: String,
     tags: Vec<String>,
-    sources: Vec<strata::manifest::Source>,
+    sources: Vec<SourceJson>,
     partial: bool,
     stats: strata::manifest::SnapshotStats,
 }
@@ -57,7 +65,16 @@ fn snap_json(s: &Snapshot) -> SnapJson {
         name: m.name.clone(),
         kind: m.kind.clone(),
         tags: m.tags.clone(),
-        sources: m.sources.clone(),
+        sources: m
+            .sources
+            .iter()
+            .map(|src| SourceJson {
+                name: src.name.clone(),
+                kind: src.kind.as_str(),
+                path: src.path.clone(),
+                details: src.details.iter().cloned().collect(),
+            })
+            .collect(),
         partial: !m.errors.is_empty(),
         stats: m.stats.clone(),
     }
@@ -164,7 +181,15 @@ pub fn show(repo: &Repo, args: ShowArgs) -> Result<ExitCode> {
         println!("tags      {}", m.tags.join(", "));
     }
     for src in &m.sources {
-        println!("source    {} <- {}", src.name, src.path);
+        println!(
+            "source    {} <- {} {}",
+            src.name,
+            src.kind.as_str(),
+            src.path
+        );
+        for (k, v) in &src.details {
+            println!("            {k}: {v}");
+        }
     }
     let st = &m.stats;
     println!(
