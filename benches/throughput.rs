@@ -269,10 +269,7 @@ fn end_to_end(c: &mut Criterion) {
             let r = strata::restore::restore(
                 &repo,
                 &report.manifest,
-                &strata::restore::RestoreOptions {
-                    target,
-                    paths: vec![],
-                },
+                &strata::restore::RestoreOptions::new(target),
             )
             .unwrap();
             black_box(r.bytes)

@@ -140,6 +140,20 @@ pub struct RestoreOptions {
     pub target: PathBuf,
     /// Only entries equal to or below these snapshot paths.
     pub paths: Vec<String>,
+    /// Leave out what exists below a restored directory but is not in the snapshot (by default
+    /// it is kept).
+    pub delete: bool,
+}
+
+impl RestoreOptions {
+    /// Everything, into `target`, keeping files the snapshot does not have.
+    pub fn new(target: PathBuf) -> Self {
+        RestoreOptions {
+            target,
+            paths: vec![],
+            delete: false,
+        }
+    }
 }
 
 #[derive(Default, Debug)]
@@ -152,6 +166,13 @@ pub struct RestoreReport {
     pub errors: Vec<String>,
     /// Restored files that were SQLite databases when backed up (their destinations).
     pub databases: Vec<PathBuf>,
+    /// Existing directories that were replaced as a whole by a staged copy.
+    pub swapped: Vec<PathBuf>,
+    /// Files and symlinks kept from the replaced directories because the snapshot does not
+    /// have them.
+    pub kept: u64,
+    /// Worth telling the user (special files not carried over...).
+    pub notes: Vec<String>,
 }
 
 /// Refuses paths that could escape the target: absolute, empty, `.` or `..` components, NUL.
@@ -625,6 +646,13 @@ fn remove_stale_temp_files(dir: &Path) {
 }
 
 /// Restores the selected entries of `manifest` below `opts.target`.
+///
+/// A selected directory that already exists at its destination is restored into a staging
+/// directory beside it and swapped in whole (`renameat2(RENAME_EXCHANGE)`, else two renames), so
+/// an application never sees it half-restored; if any of its files fails, the existing
+/// directory is left untouched. Files of the old directory that the snapshot does not have are
+/// carried over (hard links) unless `opts.delete`. Everything else is restored file by file,
+/// each renamed into place complete.
 pub fn restore(repo: &Repo, manifest: &Manifest, opts: &RestoreOptions) -> Result<RestoreReport> {
     let entries = select(manifest, &opts.paths)?;
     for e in &entries {
@@ -635,13 +663,309 @@ pub fn restore(repo: &Repo, manifest: &Manifest, opts: &RestoreOptions) -> Resul
     let txn = repo.index.read()?;
     let index = IndexReader::new(&txn)?;
     let blobs = BlobReader::new(repo, &index)?;
+
+    let stages = plan_stages(&target, &entries, opts)?;
+    let (staged, direct): (Vec<&Entry>, Vec<&Entry>) = entries
+        .iter()
+        .partition(|e| stages.iter().any(|st| st.holds(&e.path)));
+    let mut report = restore_entries(&blobs, &target, &direct)?;
+    for stage in &stages {
+        let rebased: Vec<Entry> = staged
+            .iter()
+            .filter(|e| stage.holds(&e.path))
+            .map(|e| Entry {
+                path: stage.rebase(&e.path),
+                ..(*e).clone()
+            })
+            .collect();
+        let result = stage.run(&blobs, &rebased, opts.delete);
+        let _ = fs::remove_dir_all(&stage.dir);
+        match result {
+            Ok(r) => report.merge(r),
+            Err(e) => report.errors.push(format!(
+                "{}: {e}; the existing directory was left as it was",
+                stage.dest.display()
+            )),
+        }
+    }
+    Ok(report)
+}
+
+impl RestoreReport {
+    fn merge(&mut self, other: RestoreReport) {
+        self.files += other.files;
+        self.dirs += other.dirs;
+        self.symlinks += other.symlinks;
+        self.bytes += other.bytes;
+        self.kept += other.kept;
+        self.errors.extend(other.errors);
+        self.databases.extend(other.databases);
+        self.swapped.extend(other.swapped);
+        self.notes.extend(other.notes);
+    }
+}
+
+/// A selected directory that exists at its destination and is restored beside it, then swapped
+/// in.
+struct Stage {
+    /// Its path in the snapshot.
+    root: Vec<u8>,
+    /// Where it goes (exists, a real directory).
+    dest: PathBuf,
+    /// The staging directory beside `dest`; the staged tree is `dir/NAME`.
+    dir: PathBuf,
+    /// `dest`'s file name.
+    name: Vec<u8>,
+}
+
+/// Staging directories are named `.NAME.strata-restore.PID.N` beside the destination.
+const STAGE_MARK: &str = ".strata-restore.";
+
+impl Stage {
+    fn holds(&self, path: &[u8]) -> bool {
+        path == self.root.as_slice()
+            || (path.len() > self.root.len()
+                && path.starts_with(&self.root)
+                && path[self.root.len()] == b'/')
+    }
+
+    /// The path of an entry below `root`, relative to the staging directory.
+    fn rebase(&self, path: &[u8]) -> Vec<u8> {
+        let mut out = self.name.clone();
+        out.extend_from_slice(&path[self.root.len()..]);
+        out
+    }
+
+    fn staged(&self) -> PathBuf {
+        self.dir.join(OsStr::from_bytes(&self.name))
+    }
+
+    fn run(&self, blobs: &BlobReader, entries: &[Entry], delete: bool) -> Result<RestoreReport> {
+        let refs: Vec<&Entry> = entries.iter().collect();
+        let mut report = restore_entries(blobs, &self.dir, &refs)?;
+        if !report.errors.is_empty() {
+            return Err(Error::invalid(format!(
+                "{} file(s) could not be restored: {}",
+                report.errors.len(),
+                report.errors.join("; ")
+            )));
+        }
+        let staged = self.staged();
+        if !delete {
+            // Logs of the replaced databases must not come back beside the restored ones.
+            let mut skip = HashSet::new();
+            for db in &report.databases {
+                for suffix in crate::sqlite::SIBLING_SUFFIXES {
+                    let mut name = db.as_os_str().to_os_string();
+                    name.push(suffix);
+                    skip.insert(PathBuf::from(name));
+                }
+            }
+            keep_extras(&self.dest, &staged, &skip, &mut report)?;
+        }
+        exchange(&staged, &self.dest, &self.dir)?;
+        let parent = self.dest.parent().unwrap_or(Path::new("/"));
+        sync_dir(parent)?;
+        for db in &mut report.databases {
+            if let Ok(rest) = db.strip_prefix(&staged) {
+                *db = self.dest.join(rest);
+            }
+        }
+        report.swapped.push(self.dest.clone());
+        Ok(report)
+    }
+}
+
+/// The selected directories that already exist at their destinations.
+fn plan_stages(target: &Path, entries: &[&Entry], opts: &RestoreOptions) -> Result<Vec<Stage>> {
+    let roots: Vec<Vec<u8>> = if opts.paths.is_empty() {
+        let mut r: Vec<Vec<u8>> = entries
+            .iter()
+            .map(|e| {
+                e.path
+                    .split(|&b| b == b'/')
+                    .next()
+                    .unwrap_or_default()
+                    .to_vec()
+            })
+            .collect();
+        r.dedup();
+        r
+    } else {
+        opts.paths
+            .iter()
+            .map(|p| p.trim_matches('/').as_bytes().to_vec())
+            .collect()
+    };
+    let checked = Mutex::new(HashSet::new());
+    let mut stages: Vec<Stage> = Vec::new();
+    for (n, root) in roots.into_iter().enumerate() {
+        let is_dir = entries
+            .iter()
+            .any(|e| e.path == root && e.kind == EntryKind::Dir);
+        if !is_dir || stages.iter().any(|st| st.holds(&root)) {
+            continue;
+        }
+        let dest = prepare_parent(target, &root, &checked)?;
+        let exists = fs::symlink_metadata(&dest).is_ok_and(|m| m.is_dir());
+        if !exists {
+            continue;
+        }
+        let name = root
+            .rsplit(|&b| b == b'/')
+            .next()
+            .unwrap_or_default()
+            .to_vec();
+        if let Some(parent) = dest.parent() {
+            remove_stale_stages(parent);
+        }
+        let mut dir_name = std::ffi::OsString::from(".");
+        dir_name.push(OsStr::from_bytes(&name));
+        dir_name.push(format!("{STAGE_MARK}{}.{n}", std::process::id()));
+        let dir = dest.with_file_name(dir_name);
+        fs::create_dir(&dir).ctx("create staging directory", &dir)?;
+        stages.push(Stage {
+            root,
+            dest,
+            dir,
+            name,
+        });
+    }
+    Ok(stages)
+}
+
+/// Removes staging directories that a killed restore left in `dir` (their process is gone).
+/// Each holds either a partly restored copy or, after the swap, the replaced directory.
+fn remove_stale_stages(dir: &Path) {
+    let Ok(listing) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in listing.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let Some((_, rest)) = name.rsplit_once(STAGE_MARK) else {
+            continue;
+        };
+        let pid = rest.split('.').next().and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(|p| !crate::repo::pid_alive(p)) {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Carries what exists below `old` but not below `new` over into `new`: files as hard links
+/// (copies where links are impossible), symlinks and directories recreated. Where both have a
+/// path, `new` (the snapshot) wins.
+fn keep_extras(
+    old: &Path,
+    new: &Path,
+    skip: &HashSet<PathBuf>,
+    report: &mut RestoreReport,
+) -> Result<()> {
+    for item in fs::read_dir(old).ctx("list", old)? {
+        let item = item.ctx("list", old)?;
+        let name = item.file_name();
+        let text = name.to_string_lossy();
+        if text.contains(".strata-tmp.") || text.contains(STAGE_MARK) {
+            continue;
+        }
+        let (from, to) = (item.path(), new.join(&name));
+        let meta = fs::symlink_metadata(&from).ctx("stat", &from)?;
+        match fs::symlink_metadata(&to) {
+            Ok(m) => {
+                if meta.is_dir() && m.is_dir() {
+                    keep_extras(&from, &to, skip, report)?;
+                }
+                continue;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io_path("stat", &to, e)),
+        }
+        if skip.contains(&to) {
+            continue;
+        }
+        let ft = meta.file_type();
+        if ft.is_dir() {
+            fs::create_dir(&to).ctx("create directory", &to)?;
+            keep_extras(&from, &to, skip, report)?;
+            // SAFETY: geteuid has no preconditions.
+            if unsafe { libc::geteuid() } == 0 {
+                use std::os::unix::fs::MetadataExt;
+                std::os::unix::fs::lchown(&to, Some(meta.uid()), Some(meta.gid()))
+                    .ctx("set owner", &to)?;
+            }
+            fs::set_permissions(&to, meta.permissions()).ctx("set permissions", &to)?;
+            set_mtime(&to, crate::backup::mtime_ns(&meta), true)?;
+            continue;
+        } else if ft.is_symlink() {
+            let target = fs::read_link(&from).ctx("read symlink", &from)?;
+            std::os::unix::fs::symlink(&target, &to).ctx("create symlink", &to)?;
+        } else if ft.is_file() {
+            if fs::hard_link(&from, &to).is_err() {
+                fs::copy(&from, &to).ctx("copy", &from)?;
+                set_mtime(&to, crate::backup::mtime_ns(&meta), true)?;
+                fs::File::open(&to)
+                    .and_then(|f| f.sync_all())
+                    .ctx("fsync", &to)?;
+            }
+        } else {
+            report.notes.push(format!(
+                "{}: not a file, directory or symlink; not carried over",
+                from.display()
+            ));
+            continue;
+        }
+        report.kept += 1;
+    }
+    sync_dir(new)
+}
+
+/// Swaps `staged` and `dest` in one step where the filesystem can (`RENAME_EXCHANGE`); else
+/// moves `dest` into `stage_dir` and `staged` to `dest`. The old tree ends up in `stage_dir`.
+fn exchange(staged: &Path, dest: &Path, stage_dir: &Path) -> Result<()> {
+    let a = std::ffi::CString::new(staged.as_os_str().as_bytes())
+        .map_err(|_| Error::invalid("path contains NUL"))?;
+    let b = std::ffi::CString::new(dest.as_os_str().as_bytes())
+        .map_err(|_| Error::invalid("path contains NUL"))?;
+    // SAFETY: both are valid NUL-terminated paths; renameat2 only reads them.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if r == 0 {
+        return sync_dir(stage_dir);
+    }
+    let err = std::io::Error::last_os_error();
+    if !matches!(
+        err.raw_os_error(),
+        Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP)
+    ) {
+        return Err(Error::io_path("swap in the restored directory", dest, err));
+    }
+    let old = stage_dir.join(".old");
+    fs::rename(dest, &old).ctx("move aside", dest)?;
+    if let Err(e) = fs::rename(staged, dest) {
+        // Put the old directory back rather than leave nothing there.
+        let _ = fs::rename(&old, dest);
+        return Err(Error::io_path("swap in the restored directory", dest, e));
+    }
+    sync_dir(stage_dir)
+}
+
+/// Restores `entries` below `target`, each file renamed into place complete.
+fn restore_entries(blobs: &BlobReader, target: &Path, entries: &[&Entry]) -> Result<RestoreReport> {
     let checked = Mutex::new(HashSet::new());
     let mut report = RestoreReport::default();
 
     // Directories first, so files have somewhere to go.
     let mut dirs = Vec::new();
     for e in entries.iter().filter(|e| e.kind == EntryKind::Dir) {
-        let dest = prepare_parent(&target, &e.path, &checked)?;
+        let dest = prepare_parent(target, &e.path, &checked)?;
         ensure_dir(&dest, &checked)?;
         dirs.push((dest, *e));
     }
@@ -654,8 +978,8 @@ pub fn restore(repo: &Repo, manifest: &Manifest, opts: &RestoreOptions) -> Resul
     let results: Vec<(String, Result<(u64, PathBuf)>)> = files
         .par_iter()
         .map(|e| {
-            let r = prepare_parent(&target, &e.path, &checked)
-                .and_then(|dest| restore_file(&blobs, e, &dest).map(|n| (n, dest)));
+            let r = prepare_parent(target, &e.path, &checked)
+                .and_then(|dest| restore_file(blobs, e, &dest).map(|n| (n, dest)));
             (e.path_lossy(), r)
         })
         .collect();
@@ -678,7 +1002,7 @@ pub fn restore(repo: &Repo, manifest: &Manifest, opts: &RestoreOptions) -> Resul
     // Symlinks last, so none can redirect a file written above.
     for e in entries.iter().filter(|e| e.kind == EntryKind::Symlink) {
         let r =
-            prepare_parent(&target, &e.path, &checked).and_then(|dest| restore_symlink(e, &dest));
+            prepare_parent(target, &e.path, &checked).and_then(|dest| restore_symlink(e, &dest));
         match r {
             Ok(()) => report.symlinks += 1,
             Err(err) => report.errors.push(format!("{}: {err}", e.path_lossy())),

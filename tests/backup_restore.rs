@@ -198,13 +198,24 @@ fn restore_refuses_to_write_through_a_symlink() {
     env.backup(&[&src]);
     let outside = env.path("outside");
     fs::create_dir_all(&outside).unwrap();
+    // The destination itself is a symlink: refused.
     let out = env.path("out");
-    fs::create_dir_all(out.join("src")).unwrap();
-    symlink(&outside, out.join("src/sub")).unwrap();
+    fs::create_dir_all(&out).unwrap();
+    symlink(&outside, out.join("src")).unwrap();
     let r = env.run(&["restore", "latest", out.to_str().unwrap()]);
     assert_ne!(code(&r), 0);
     assert!(stderr(&r).contains("symlink"), "{}", stderr(&r));
+    assert!(!outside.join("sub").exists(), "wrote through the symlink");
+
+    // A symlink inside an existing directory: the directory is restored beside it and swapped
+    // in, so the symlink is replaced, never followed.
+    let out2 = env.path("out2");
+    fs::create_dir_all(out2.join("src")).unwrap();
+    symlink(&outside, out2.join("src/sub")).unwrap();
+    env.ok(&["restore", "latest", out2.to_str().unwrap()]);
     assert!(!outside.join("file").exists(), "wrote through the symlink");
+    assert!(fs::symlink_metadata(out2.join("src/sub")).unwrap().is_dir());
+    assert_eq!(fs::read(out2.join("src/sub/file")).unwrap(), b"payload");
 }
 
 #[test]
@@ -468,4 +479,188 @@ fn zero_filled_file_restores_over_existing_data() {
     let back = std::fs::read(target.join("src/zeros.bin")).unwrap();
     assert_eq!(back.len(), 3 << 20);
     assert!(back.iter().all(|&b| b == 0));
+}
+
+fn inode(p: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(p).unwrap().ino()
+}
+
+#[test]
+fn restore_into_an_existing_directory_swaps_it_whole() {
+    let env = Env::new();
+    env.init();
+    let app = env.path("app");
+    write(&app.join("a.txt"), b"a, as backed up");
+    write(&app.join("sub/b.txt"), b"b, as backed up");
+    write(&app.join("big.bin"), &noise(2 << 20, 9));
+    let snap = env.backup(&[&app]);
+    let pristine = env.path("pristine");
+    env.ok(&["restore", &snap[..12], pristine.to_str().unwrap()]);
+
+    // The app moves on: changes a file, removes one, adds two.
+    let change = |app: &std::path::Path| {
+        write(&app.join("a.txt"), b"a, changed later");
+        std::fs::remove_file(app.join("sub/b.txt")).unwrap();
+        write(&app.join("extra.txt"), b"made after the snapshot");
+        write(&app.join("sub/new/deep.txt"), b"also new");
+    };
+    change(&app);
+    let before = inode(&app);
+    let out = env.json(&["restore", &snap[..12], env.dir.path().to_str().unwrap()]);
+    assert_eq!(out["swapped"][0].as_str().unwrap(), app.to_str().unwrap());
+    assert_eq!(out["kept"], 2);
+    assert_ne!(
+        inode(&app),
+        before,
+        "the directory was not replaced as a whole"
+    );
+    // Snapshot files restored; files the snapshot does not have kept by default.
+    let got = contents(&app);
+    assert_eq!(got["a.txt"], b"a, as backed up");
+    assert_eq!(got["sub/b.txt"], b"b, as backed up");
+    assert_eq!(got["extra.txt"], b"made after the snapshot");
+    assert_eq!(got["sub/new/deep.txt"], b"also new");
+    // No staging directory is left behind.
+    let leftovers: Vec<_> = std::fs::read_dir(env.dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("strata-restore"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // --delete: exactly the snapshot, metadata included.
+    change(&app);
+    env.ok(&[
+        "restore",
+        &snap[..12],
+        env.dir.path().to_str().unwrap(),
+        "--delete",
+        "--no-restore-point",
+    ]);
+    assert_same_tree(&app, &pristine.join("app"));
+
+    // A restore of one subdirectory swaps just that one.
+    change(&app);
+    let sub_before = inode(&app.join("sub"));
+    let app_before = inode(&app);
+    env.ok(&[
+        "restore",
+        &snap[..12],
+        env.dir.path().to_str().unwrap(),
+        "--path",
+        "app/sub",
+        "--delete",
+    ]);
+    assert_eq!(inode(&app), app_before);
+    assert_ne!(inode(&app.join("sub")), sub_before);
+    assert_eq!(
+        contents(&app.join("sub")),
+        contents(&pristine.join("app/sub"))
+    );
+    assert_eq!(contents(&app)["a.txt"], b"a, changed later");
+}
+
+#[test]
+fn a_failed_staged_restore_leaves_the_directory_untouched() {
+    let env = Env::new();
+    env.init();
+    let app = env.path("app");
+    write(&app.join("a.txt"), b"small");
+    write(&app.join("big.bin"), &noise(3 << 20, 4));
+    let snap = env.backup(&[&app]);
+    write(&app.join("a.txt"), b"the app's current state");
+    write(&app.join("big.bin"), b"replaced");
+    let before = contents(&app);
+    let ino = inode(&app);
+    let biggest = packs(&env.repo)
+        .into_iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = std::fs::read(&biggest).unwrap();
+    for b in &mut bytes[200..260] {
+        *b ^= 0xFF;
+    }
+    std::fs::write(&biggest, bytes).unwrap();
+    let out = env.run(&[
+        "restore",
+        &snap[..12],
+        env.dir.path().to_str().unwrap(),
+        "--no-restore-point",
+    ]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(stderr(&out).contains("left as it was"), "{}", stderr(&out));
+    assert_eq!(inode(&app), ino);
+    assert_eq!(contents(&app), before);
+}
+
+/// A reader that opens the directory once and reads every file through that handle sees one
+/// version of the whole directory: all files old, or all new, never a mix.
+#[test]
+fn readers_never_see_a_half_restored_directory() {
+    let env = Env::new();
+    env.init();
+    let app = env.path("app");
+    let files = 100;
+    let fill = |tag: &str| {
+        for i in 0..files {
+            write(
+                &app.join(format!("f{i:03}")),
+                format!("{tag}{i}").as_bytes(),
+            );
+        }
+    };
+    fill("old");
+    let old = env.backup(&[&app]);
+    fill("new");
+    let new = env.backup(&[&app]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (app, stop) = (app.clone(), stop.clone());
+        std::thread::spawn(move || {
+            use std::io::Read;
+            use std::os::fd::AsRawFd;
+            let mut views = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let Ok(dir) = std::fs::File::open(&app) else {
+                    continue;
+                };
+                let mut tags = std::collections::HashSet::new();
+                let mut complete = true;
+                for i in 0..files {
+                    let name = std::ffi::CString::new(format!("f{i:03}")).unwrap();
+                    // SAFETY: a valid directory fd and NUL-terminated name.
+                    let fd =
+                        unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), libc::O_RDONLY) };
+                    if fd < 0 {
+                        complete = false; // the old tree is being removed under us
+                        break;
+                    }
+                    // SAFETY: fd was just opened and is owned by this File alone.
+                    let mut f =
+                        unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+                    let mut s = String::new();
+                    f.read_to_string(&mut s).unwrap();
+                    tags.insert(s.trim_end_matches(char::is_numeric).to_string());
+                }
+                if complete {
+                    assert_eq!(tags.len(), 1, "a mix of versions: {tags:?}");
+                    views += 1;
+                }
+            }
+            views
+        })
+    };
+    for round in 0..10 {
+        let snap = if round % 2 == 0 { &old } else { &new };
+        env.ok(&[
+            "restore",
+            &snap[..12],
+            env.dir.path().to_str().unwrap(),
+            "--no-restore-point",
+        ]);
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let views = reader.join().expect("reader saw a mix");
+    assert!(views > 0);
 }

@@ -88,23 +88,31 @@ fn killed_restore_leaves_old_or_new_files_never_a_mix() {
             killed += 1;
         }
         child.wait().unwrap();
-        for (i, n) in names.iter().enumerate() {
-            let got = std::fs::read(target.join("src").join(n)).unwrap();
-            assert!(
-                got == old[i] || got == new[i],
-                "{n} is neither version after a kill at {delay_ms} ms"
-            );
-        }
+        // The directory is swapped in whole: every file old, or every file new.
+        let versions: std::collections::HashSet<&str> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let got = std::fs::read(target.join("src").join(n)).unwrap();
+                match (got == old[i], got == new[i]) {
+                    (true, _) => "old",
+                    (_, true) => "new",
+                    _ => panic!("{n} is neither version after a kill at {delay_ms} ms"),
+                }
+            })
+            .collect();
+        assert_eq!(versions.len(), 1, "a mix after a kill at {delay_ms} ms");
         // Put the old version back for the next round.
         env.ok(&["restore", &v1[..8], target.to_str().unwrap()]);
     }
     assert!(killed >= 2, "only {killed} restores were killed");
     // A completed restore leaves no temporary files behind, including those of killed runs.
     env.ok(&["restore", &v2[..8], target.to_str().unwrap()]);
-    let left: Vec<String> = std::fs::read_dir(target.join("src"))
-        .unwrap()
+    let left: Vec<String> = [target.clone(), target.join("src")]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(d).unwrap())
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains("strata-tmp"))
+        .filter(|n| n.contains("strata-tmp") || n.contains("strata-restore"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
     assert_same_tree(&src, &target.join("src"));

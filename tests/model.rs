@@ -145,7 +145,7 @@ proptest! {
         }
         for (i, (manifest, expected)) in taken.iter().enumerate() {
             let target = tmp.path().join(format!("restore-{i}"));
-            let r = restore(&repo, manifest, &RestoreOptions { target: target.clone(), paths: vec![] }).unwrap();
+            let r = restore(&repo, manifest, &RestoreOptions::new(target.clone())).unwrap();
             prop_assert!(r.errors.is_empty(), "{:?}", r.errors);
             let mut got = BTreeMap::new();
             for e in fs::read_dir(target.join("data")).unwrap() {

@@ -34,6 +34,10 @@ pub struct RestoreArgs {
     /// restore-point is taken, and used to put the target back if the restore fails)
     #[arg(long)]
     no_restore_point: bool,
+    /// Remove what exists below a restored directory but is not in the snapshot (by default it
+    /// is kept)
+    #[arg(long)]
+    delete: bool,
     #[arg(long)]
     json: bool,
 }
@@ -107,6 +111,7 @@ pub fn restore(repo: &Repo, args: RestoreArgs) -> Result<ExitCode> {
         &RestoreOptions {
             target: target.clone(),
             paths: args.paths.clone(),
+            delete: args.delete,
         },
     );
     let failed = match &result {
@@ -126,6 +131,8 @@ pub fn restore(repo: &Repo, args: RestoreArgs) -> Result<ExitCode> {
             &RestoreOptions {
                 target: target.clone(),
                 paths: vec![],
+                // The point holds the whole of what was there.
+                delete: true,
             },
         );
         match back {
@@ -169,7 +176,12 @@ pub fn restore(repo: &Repo, args: RestoreArgs) -> Result<ExitCode> {
             dirs: u64,
             symlinks: u64,
             bytes: u64,
+            /// Existing directories replaced whole by a staged copy.
+            swapped: Vec<String>,
+            /// Files kept from those directories (not in the snapshot; without --delete).
+            kept: u64,
             errors: &'a [String],
+            notes: &'a [String],
             integrity: Vec<Check<'a>>,
         }
         print_json(&Out {
@@ -179,7 +191,14 @@ pub fn restore(repo: &Repo, args: RestoreArgs) -> Result<ExitCode> {
             dirs: report.dirs,
             symlinks: report.symlinks,
             bytes: report.bytes,
+            swapped: report
+                .swapped
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect(),
+            kept: report.kept,
             errors: &report.errors,
+            notes: &report.notes,
             integrity: checks
                 .iter()
                 .map(|(d, v)| Check {
@@ -192,6 +211,18 @@ pub fn restore(repo: &Repo, args: RestoreArgs) -> Result<ExitCode> {
     } else {
         for e in &report.errors {
             eprintln!("not restored: {e}");
+        }
+        for n in &report.notes {
+            eprintln!("note: {n}");
+        }
+        for d in &report.swapped {
+            println!("{}: replaced as a whole by the restored copy", d.display());
+        }
+        if report.kept > 0 {
+            println!(
+                "kept {} file(s) the snapshot does not have (--delete removes them)",
+                report.kept
+            );
         }
         println!(
             "restored snapshot {} into {}: {} files, {} dirs, {} symlinks, {} in {:.2} s",
