@@ -90,7 +90,7 @@ backup_cmd() { # tool -> command line for a backup of $work
 restore_cmd() { # tool target
   local r; r=$(repo_of "$1")
   case "$1" in
-    strata) echo "$strata restore --repo $r latest $2" ;;
+    strata) echo "$strata restore --repo $r --no-check-sqlite latest $2" ;;  # as the others: no integrity_check
     restic) echo "restic -r $r restore latest --target $2" ;;
     rustic) echo "rustic -r $r restore latest $2" ;;
     borg) echo "sh -c 'cd $2 && borg extract $r::\$(borg list --last 1 --short $r)'" ;;

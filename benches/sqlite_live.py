@@ -5,8 +5,8 @@
 
 Copies W1's app.db (built by benches/e2e.sh in ~/.cache/strata-bench) into a scratch directory,
 starts a writer process that commits small transactions as fast as it can (an insert of a ~500
-byte message and an update of a summary row), and runs `strata backup` every --every seconds for
---seconds. Prints per-snapshot duration and stored bytes (median, max), the writer's commits per
+byte message and an update of a summary row), and runs `strata backup --sqlite` every --every
+seconds for --seconds. Prints per-snapshot duration and stored bytes (median, max), the writer's commits per
 second while a snapshot runs and while none does, then restores the last --check snapshots (all
 with --check 0) and runs PRAGMA integrity_check on each, also checking that the summary row
 matches the messages (a torn image would not).
@@ -70,7 +70,7 @@ def main():
     while time.time() < t_end:
         t0 = time.time()
         out = subprocess.run([strata, "backup", "--repo", repo, "--kind", "hourly", "--json",
-                              os.path.join(scratch, "app")], capture_output=True, text=True)
+                              "--sqlite", db + "=app.db"], capture_output=True, text=True)
         t1 = time.time()
         if out.returncode != 0:
             stop.set(); w.join()
@@ -108,7 +108,7 @@ def main():
         shutil.rmtree(target, ignore_errors=True)
         subprocess.run([strata, "restore", "--repo", repo, sid[:12], target], check=True,
                        stdout=subprocess.DEVNULL)
-        c = sqlite3.connect(os.path.join(target, "app", "app.db"))
+        c = sqlite3.connect(os.path.join(target, "app.db"))
         res = c.execute("PRAGMA integrity_check").fetchall()
         last = c.execute("SELECT last FROM bench_summary").fetchone()[0]
         count, top = c.execute("SELECT count(*), coalesce(max(n), 0) FROM bench_log").fetchone()

@@ -95,8 +95,27 @@ fn format_v1_repository_still_reads() {
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert_eq!(list[0]["name"], "golden");
     assert!(r(&["verify", "--read-data"]).contains("no problems found"));
+    // Its sources come back with the kind version 1 did not record.
+    let show: serde_json::Value = serde_json::from_str(&r(&["show", "golden", "--json"])).unwrap();
+    assert_eq!(show["sources"][0]["kind"], "path");
     let out = env.path("out");
-    r(&["restore", "golden", out.to_str().unwrap()]);
+    // Its app.db has a SQLite header over random pages: the bytes restore exactly, and the
+    // default integrity check says it is not a usable database.
+    let checked = env.run(&[
+        "restore",
+        "golden",
+        env.path("checked").to_str().unwrap(),
+        "--repo",
+        repo.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&checked), 3);
+    assert!(String::from_utf8_lossy(&checked.stdout).contains("integrity_check FAILED"));
+    r(&[
+        "restore",
+        "golden",
+        out.to_str().unwrap(),
+        "--no-check-sqlite",
+    ]);
     let expected = env.path("expected/golden");
     build_source(&expected);
     assert_same_tree(&expected, &out.join("golden"));

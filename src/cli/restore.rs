@@ -27,9 +27,10 @@ pub struct RestoreArgs {
     /// Write the selected files' bytes to standard output
     #[arg(long)]
     to_stdout: bool,
-    /// Run `PRAGMA integrity_check` on every restored SQLite database and report it
+    /// Skip `PRAGMA integrity_check`, which by default runs on every restored SQLite database
+    /// (and fails the restore with exit code 3 if one does not pass)
     #[arg(long)]
-    check_sqlite: bool,
+    no_check_sqlite: bool,
     /// Do not snapshot what the restore replaces first (by default a snapshot of kind
     /// restore-point is taken, and used to put the target back if the restore fails)
     #[arg(long)]
@@ -151,7 +152,7 @@ pub fn restore(repo: &Repo, args: RestoreArgs) -> Result<ExitCode> {
     let report = result?;
     // Databases: integrity of each restored image, when asked.
     let mut checks: Vec<(String, std::result::Result<(), String>)> = Vec::new();
-    if args.check_sqlite {
+    if !args.no_check_sqlite {
         for db in &report.databases {
             let verdict = match strata::sqlite::integrity_check(db) {
                 Ok(v) => v,
