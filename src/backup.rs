@@ -167,6 +167,7 @@ impl Shared<'_> {
             .fetch_add(stored.len() as u64, Ordering::Relaxed);
         // A failure here is the repository's (a full disk...), not the source file's: it ends
         // the backup instead of being reported as an unreadable file.
+        let stored = self.repo.seal_frame(&stored)?;
         self.packer
             .add_frame(kind, compression, &stored, raw.len() as u32, &placed)
             .map_err(|e| Error::invalid(format!("writing to the repository: {e}")))
@@ -267,7 +268,8 @@ pub fn backup(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
         if item.kind != EntryKind::File {
             continue;
         }
-        let cached = crate::index::file_stamp(&txn, item.abs.as_os_str().as_bytes())?;
+        let cached =
+            crate::index::file_stamp(&txn, &repo.file_key(item.abs.as_os_str().as_bytes()))?;
         if let Some(stamp) = cached {
             if stamp_matches(&stamp, &item.meta)
                 && stamp.wal == wal_stamp(&item.abs, stamp.page_size)
@@ -288,7 +290,12 @@ pub fn backup(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
     }
     // 3. Read, chunk, hash, dedup, compress, pack.
     let first_pack = crate::index::meta(&txn, META_NEXT_PACK)?.unwrap_or(0) as u32;
-    let (packer, writer_thread) = Packer::new(&repo.backend, first_pack, repo.config.pack_target);
+    let (packer, writer_thread) = Packer::new(
+        &repo.backend,
+        first_pack,
+        repo.config.pack_target,
+        repo.mac_key(),
+    );
     let shared = Shared {
         repo,
         reader: RwLock::new(Arc::new(reader)),
@@ -383,7 +390,7 @@ pub fn backup(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
                 warnings.extend(rf.notes);
                 bytes_read += rf.size;
                 if let Some(stamp) = rf.stamp {
-                    stamps.push((items[i].abs.as_os_str().as_bytes().to_vec(), stamp));
+                    stamps.push((repo.file_key(items[i].abs.as_os_str().as_bytes()), stamp));
                 }
                 contents[i] = Some((rf.content, rf.size, rf.page_size));
             }
@@ -499,7 +506,7 @@ pub fn backup(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
         stats,
         errors,
     };
-    let (id, framed) = manifest.encode(repo.id_key())?;
+    let (id, framed) = manifest.encode(repo.keys())?;
     phases.mark("manifest");
     // 6. Commit the index, then write the manifest file.
     commit(repo, packs, next_pack, &id, &framed, &stamps)?;

@@ -87,6 +87,19 @@ impl Chunker {
         })
     }
 
+    /// A cutter with a secret gear table (`gear_ls` is derived: each word shifted left by one,
+    /// as FastCDC v2020 uses it).
+    pub fn with_gear(params: ChunkerParams, gear: Box<[u64; 256]>) -> Result<Self> {
+        let mut c = Chunker::new(params, 0)?;
+        let mut gear_ls = Box::new([0u64; 256]);
+        for (l, g) in gear_ls.iter_mut().zip(gear.iter()) {
+            *l = g << 1;
+        }
+        c.gear = gear;
+        c.gear_ls = gear_ls;
+        Ok(c)
+    }
+
     pub fn params(&self) -> ChunkerParams {
         self.params
     }

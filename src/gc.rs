@@ -100,7 +100,7 @@ pub fn live_blobs(
     let mut snapshots = 0;
     for (id, bytes) in crate::index::snapshot_manifests(txn)? {
         snapshots += 1;
-        let manifest = Manifest::decode(&bytes, Some(&id), repo.id_key())?;
+        let manifest = Manifest::decode(&bytes, Some(&id), repo.keys())?;
         for e in &manifest.entries {
             match &e.content {
                 Content::Empty => {}
@@ -260,8 +260,12 @@ pub fn gc(repo: &Repo, opts: &GcOptions) -> Result<GcReport> {
             }
             let kind = group[0].1.kind;
             let (compression, stored) = compress(&raw, repo.config.zstd_level)?;
+            let stored = repo.seal_frame(&stored)?;
             if current.is_none() {
-                current = Some(PackWriter::to_sink(repo.backend.create("packs")?)?);
+                current = Some(
+                    PackWriter::to_sink(repo.backend.create("packs")?)?
+                        .with_mac_key(repo.mac_key()),
+                );
             }
             let w = current.as_mut().expect("set above");
             w.add_frame(kind, compression, &stored, raw.len() as u32, &members)?;

@@ -12,6 +12,7 @@ pub mod backup;
 pub mod chunker;
 pub mod codec;
 pub mod compress;
+pub mod crypto;
 pub mod diff;
 pub mod direct;
 pub mod error;

@@ -5,6 +5,7 @@
 //! it is stored twice: in the index and as `snapshots/<id>.snap`.
 
 use crate::codec::{self, frame};
+use crate::crypto::{Keys, Object};
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, SnapshotId};
 use serde::{Deserialize, Serialize};
@@ -187,11 +188,17 @@ pub struct Manifest {
 
 impl Manifest {
     /// Encodes; returns (id, framed file bytes).
-    pub fn encode(&self, key: Option<&[u8; 32]>) -> Result<(SnapshotId, Vec<u8>)> {
+    ///
+    /// In an encrypted repository (`keys` given) the id is a keyed hash and the compressed
+    /// manifest is sealed.
+    pub fn encode(&self, keys: Option<&Keys>) -> Result<(SnapshotId, Vec<u8>)> {
         let plain = codec::encode(self)?;
-        let id = ChunkId::hash(key, &plain);
-        let packed =
+        let id = ChunkId::hash(keys.map(|k| k.id_key()), &plain);
+        let mut packed =
             zstd::bulk::compress(&plain, 3).map_err(|e| Error::io("compressing manifest", e))?;
+        if let Some(k) = keys {
+            packed = k.seal(Object::Manifest, &packed)?;
+        }
         Ok((id, frame::wrap(MAGIC, VERSION, &packed)))
     }
 
@@ -199,13 +206,22 @@ impl Manifest {
     pub fn decode(
         bytes: &[u8],
         expected: Option<&SnapshotId>,
-        key: Option<&[u8; 32]>,
+        keys: Option<&Keys>,
     ) -> Result<Manifest> {
         let what = match expected {
             Some(id) => format!("snapshot {}", id.short()),
             None => "snapshot manifest".to_string(),
         };
         let (version, packed) = frame::unwrap(MAGIC, VERSION, bytes, &what)?;
+        let opened;
+        let packed = match keys {
+            Some(k) => {
+                opened = k.open(Object::Manifest, packed, &what)?;
+                &opened[..]
+            }
+            None => packed,
+        };
+        let key = keys.map(|k| k.id_key());
         let plain = zstd::bulk::decompress(packed, codec::DECODE_LIMIT)
             .map_err(|e| Error::corrupt(format!("{what}: {e}")))?;
         if let Some(id) = expected

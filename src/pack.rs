@@ -130,6 +130,8 @@ pub struct PackWriter<S: PackSink = Vec<u8>> {
     len: u64,
     hasher: blake3::Hasher,
     entries: Vec<PackEntry>,
+    /// In an encrypted repository the trailer checksum is a keyed BLAKE3 (a MAC) under this key.
+    mac_key: Option<[u8; 32]>,
 }
 
 impl Default for PackWriter {
@@ -152,12 +154,19 @@ impl<S: PackSink> PackWriter<S> {
             len: 0,
             hasher: blake3::Hasher::new(),
             entries: Vec::new(),
+            mac_key: None,
         };
         let mut header = [0u8; HEADER_LEN];
         header[..8].copy_from_slice(MAGIC);
         header[8..12].copy_from_slice(&VERSION.to_le_bytes());
         w.emit(&header)?;
         Ok(w)
+    }
+
+    /// Authenticates the trailer with a MAC under `key` (encrypted repositories).
+    pub fn with_mac_key(mut self, key: Option<&[u8; 32]>) -> Self {
+        self.mac_key = key.copied();
+        self
     }
 
     fn emit(&mut self, data: &[u8]) -> Result<()> {
@@ -224,7 +233,7 @@ impl<S: PackSink> PackWriter<S> {
         for e in &self.entries {
             e.write(&mut tail);
         }
-        let sum = blake3::hash(&tail);
+        let sum = trailer_sum(&tail, self.mac_key.as_ref());
         tail.extend_from_slice(&trailer_offset.to_le_bytes());
         tail.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
         tail.extend_from_slice(&VERSION.to_le_bytes());
@@ -265,16 +274,35 @@ pub fn parse_footer(footer: &[u8], file_len: u64, what: &str) -> Result<(u64, u3
     Ok((trailer_offset, count))
 }
 
-/// Parses and checks a trailer (the entries between `trailer_offset` and the footer).
+/// The footer's checksum of the trailer: BLAKE3, or keyed BLAKE3 under the repository's MAC key.
+fn trailer_sum(trailer: &[u8], mac_key: Option<&[u8; 32]>) -> blake3::Hash {
+    match mac_key {
+        Some(k) => blake3::keyed_hash(k, trailer),
+        None => blake3::hash(trailer),
+    }
+}
+
+/// Parses and checks a trailer (the entries between `trailer_offset` and the footer); in an
+/// encrypted repository `mac_key` authenticates it.
 pub fn parse_trailer(
     trailer: &[u8],
     footer: &[u8],
     trailer_offset: u64,
     what: &str,
+    mac_key: Option<&[u8; 32]>,
 ) -> Result<Vec<PackEntry>> {
-    let sum = blake3::hash(trailer);
-    if sum.as_bytes()[..] != footer[16..48] {
-        return Err(Error::corrupt(format!("{what}: trailer checksum mismatch")));
+    // Constant-time comparison (blake3::Hash's PartialEq) for the MAC.
+    let sum = trailer_sum(trailer, mac_key);
+    let recorded: [u8; 32] = footer[16..48].try_into().expect("32 bytes");
+    if sum != blake3::Hash::from(recorded) {
+        return Err(Error::corrupt(format!(
+            "{what}: trailer checksum mismatch{}",
+            if mac_key.is_some() {
+                " (damaged, tampered with, or from another repository)"
+            } else {
+                ""
+            }
+        )));
     }
     let mut entries: Vec<PackEntry> = Vec::with_capacity(trailer.len() / ENTRY_LEN);
     let mut next_free = HEADER_LEN as u64;
@@ -290,7 +318,15 @@ pub fn parse_trailer(
         if e.frame.raw_len > MAX_BLOB_BYTES || e.frame.stored_len > MAX_BLOB_BYTES {
             return Err(bad("too large"));
         }
-        if e.frame.compression == Compression::None && e.frame.stored_len != e.frame.raw_len {
+        // Sealed frames (encrypted repositories) carry a nonce and a tag.
+        let overhead = if mac_key.is_some() {
+            crate::crypto::OVERHEAD as u32
+        } else {
+            0
+        };
+        if e.frame.compression == Compression::None
+            && e.frame.stored_len != e.frame.raw_len.saturating_add(overhead)
+        {
             return Err(bad("raw frame with differing lengths"));
         }
         let member_end = e.offset_in_frame as u64 + e.raw_len as u64;
@@ -318,7 +354,7 @@ pub fn parse_trailer(
 }
 
 /// Parses a whole pack held in memory.
-pub fn parse_pack(bytes: &[u8], what: &str) -> Result<Vec<PackEntry>> {
+pub fn parse_pack(bytes: &[u8], what: &str, mac_key: Option<&[u8; 32]>) -> Result<Vec<PackEntry>> {
     if bytes.len() < HEADER_LEN + FOOTER_LEN {
         return Err(Error::corrupt(format!("{what}: too short to be a pack")));
     }
@@ -332,6 +368,7 @@ pub fn parse_pack(bytes: &[u8], what: &str) -> Result<Vec<PackEntry>> {
         footer,
         off,
         what,
+        mac_key,
     )
 }
 
@@ -371,7 +408,7 @@ mod tests {
     fn round_trip() {
         let (id, bytes, entries) = sample();
         assert_eq!(id, ChunkId(*blake3::hash(&bytes).as_bytes()));
-        assert_eq!(parse_pack(&bytes, "p").unwrap(), entries);
+        assert_eq!(parse_pack(&bytes, "p", None).unwrap(), entries);
         for e in &entries {
             let f = e.frame;
             let frame = &bytes[f.offset as usize..(f.offset + f.stored_len as u64) as usize];
@@ -383,7 +420,7 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn hostile_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
-            if let Ok(entries) = parse_pack(&bytes, "p") {
+            if let Ok(entries) = parse_pack(&bytes, "p", None) {
                 for e in entries {
                     proptest::prop_assert!(e.frame.offset + e.frame.stored_len as u64 <= bytes.len() as u64);
                 }
@@ -405,10 +442,13 @@ mod tests {
             if (12..16).contains(&i) {
                 continue;
             }
-            assert!(parse_pack(&bad, "p").is_err(), "flip at {i} not detected");
+            assert!(
+                parse_pack(&bad, "p", None).is_err(),
+                "flip at {i} not detected"
+            );
         }
         for n in 0..bytes.len() {
-            assert!(parse_pack(&bytes[..n], "p").is_err());
+            assert!(parse_pack(&bytes[..n], "p", None).is_err());
         }
     }
 }

@@ -32,6 +32,7 @@ struct Filling<'b> {
 
 pub struct Packer<'b> {
     backend: &'b dyn Backend,
+    mac_key: Option<[u8; 32]>,
     target: usize,
     next_no: Mutex<u32>,
     filling: Mutex<Option<Filling<'b>>>,
@@ -104,11 +105,13 @@ impl<'b> Packer<'b> {
         backend: &'b dyn Backend,
         first_no: u32,
         target: u64,
+        mac_key: Option<&[u8; 32]>,
     ) -> (Packer<'b>, PackWriterThread<'b>) {
         let (tx, rx) = sync_channel(0);
         (
             Packer {
                 backend,
+                mac_key: mac_key.copied(),
                 target: target as usize,
                 next_no: Mutex::new(first_no),
                 filling: Mutex::new(None),
@@ -142,7 +145,8 @@ impl<'b> Packer<'b> {
             let mut next = self.next_no.lock().unwrap_or_else(|p| p.into_inner());
             *slot = Some(Filling {
                 no: *next,
-                writer: PackWriter::to_sink(self.backend.create("packs")?)?,
+                writer: PackWriter::to_sink(self.backend.create("packs")?)?
+                    .with_mac_key(self.mac_key.as_ref()),
             });
             *next += 1;
         }

@@ -31,7 +31,7 @@ struct FoundPack {
     entries: Vec<PackEntry>,
 }
 
-fn read_pack(backend: &LocalBackend, name: &str) -> Result<FoundPack> {
+fn read_pack(backend: &LocalBackend, name: &str, mac_key: Option<&[u8; 32]>) -> Result<FoundPack> {
     let file_name = name.rsplit('/').next().unwrap_or(name);
     let id: ChunkId = file_name
         .strip_suffix(".pack")
@@ -49,7 +49,7 @@ fn read_pack(backend: &LocalBackend, name: &str) -> Result<FoundPack> {
     let (trailer_offset, _) = parse_footer(&footer, size, name)?;
     let trailer_len = (size - FOOTER_LEN as u64 - trailer_offset) as usize;
     let trailer = backend.get_range(name, trailer_offset, trailer_len)?;
-    let entries = parse_trailer(&trailer, &footer, trailer_offset, name)?;
+    let entries = parse_trailer(&trailer, &footer, trailer_offset, name, mac_key)?;
     Ok(FoundPack { id, size, entries })
 }
 
@@ -57,7 +57,16 @@ fn read_pack(backend: &LocalBackend, name: &str) -> Result<FoundPack> {
 /// found. Takes the repository lock; the old index is replaced atomically at the end.
 pub fn rebuild_index(root: &Path, dry_run: bool) -> Result<RepairReport> {
     let backend = LocalBackend::new(root);
-    load_config(&backend)?;
+    let config = load_config(&backend)?;
+    // An encrypted repository: its keys authenticate trailers and open manifests.
+    let keys = if config.key_scheme == crate::crypto::SCHEME {
+        let pass = crate::crypto::passphrase("strata repository passphrase: ")?;
+        let (master, _) = crate::repo::unlock(&backend, &config, &pass)?;
+        Some(crate::crypto::Keys::from_master(&master))
+    } else {
+        None
+    };
+    let mac_key = keys.as_ref().map(|k| k.mac_key());
     let _lock = Lock::acquire(root, "repair index")?;
     let mut report = RepairReport {
         dry_run,
@@ -72,7 +81,7 @@ pub fn rebuild_index(root: &Path, dry_run: bool) -> Result<RepairReport> {
     let found: Vec<(String, Result<FoundPack>)> = names
         .into_par_iter()
         .map(|n| {
-            let r = read_pack(&backend, &n);
+            let r = read_pack(&backend, &n, mac_key);
             (n, r)
         })
         .collect();
@@ -98,7 +107,7 @@ pub fn rebuild_index(root: &Path, dry_run: bool) -> Result<RepairReport> {
             continue;
         };
         let bytes = backend.get(&name)?;
-        match Manifest::decode(&bytes, Some(&id), None) {
+        match Manifest::decode(&bytes, Some(&id), keys.as_ref()) {
             Ok(_) => snapshots.push((id, bytes)),
             Err(e) => report.damaged.push(format!("{name}: {e}")),
         }

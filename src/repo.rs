@@ -75,7 +75,10 @@ impl Config {
         let config: Config = serde_json::from_slice(json)
             .map_err(|e| Error::corrupt(format!("repository config: {e}")))?;
         config.chunker.validate()?;
-        if config.key_scheme != "none" || config.id_hash != "blake3" {
+        let plain = config.key_scheme == "none" && config.id_hash == "blake3";
+        let encrypted =
+            config.key_scheme == crate::crypto::SCHEME && config.id_hash == crate::crypto::ID_HASH;
+        if !plain && !encrypted {
             return Err(Error::VersionUnsupported(format!(
                 "repository uses key scheme {:?} / id hash {:?}, which this strata cannot read",
                 config.key_scheme, config.id_hash
@@ -102,6 +105,47 @@ pub fn load_config(backend: &LocalBackend) -> Result<Config> {
         )));
     }
     Config::decode(&backend.get(CONFIG_NAME)?)
+}
+
+/// The key files of an encrypted repository.
+pub fn key_files(backend: &LocalBackend) -> Result<Vec<crate::crypto::KeyFile>> {
+    let mut out = Vec::new();
+    for name in backend.list(crate::crypto::KEYS_DIR)? {
+        if name.ends_with(".key") {
+            out.push(crate::crypto::KeyFile::decode(&backend.get(&name)?, &name)?);
+        }
+    }
+    Ok(out)
+}
+
+/// The master key from whichever key file `passphrase` opens, and that key file's id.
+pub fn unlock(
+    backend: &LocalBackend,
+    config: &Config,
+    passphrase: &str,
+) -> Result<([u8; 32], String)> {
+    let keys = key_files(backend)?;
+    if keys.is_empty() {
+        return Err(Error::corrupt(
+            "this encrypted repository has no key files (keys/ is empty or missing)",
+        ));
+    }
+    for key in keys {
+        if let Some(master) = key.unwrap_master(passphrase, &config.id)? {
+            return Ok((master, key.id));
+        }
+    }
+    Err(Error::invalid(
+        "wrong passphrase: no key file of this repository opens with it",
+    ))
+}
+
+/// Random bytes from the kernel, or an error: for keys and nonces, which must be secret.
+pub fn secure_random(buf: &mut [u8]) -> Result<()> {
+    use std::io::Read;
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(buf))
+        .map_err(|e| Error::io("read random bytes from /dev/urandom", e))
 }
 
 /// Random bytes from the kernel.
@@ -237,6 +281,39 @@ pub fn force_unlock(root: &Path) -> Result<bool> {
     }
 }
 
+/// Lays out a new repository. The config is written last: a directory without it is not (yet)
+/// a repository, and an encrypted one never exists without its first key file.
+fn create(root: &Path, config: &Config, key: Option<&crate::crypto::KeyFile>) -> Result<()> {
+    if root.join(CONFIG_NAME).exists() {
+        return Err(Error::invalid(format!(
+            "{} is already a strata repository",
+            root.display()
+        )));
+    }
+    if root.exists() {
+        let mut entries = fs::read_dir(root).ctx("read", root)?;
+        if entries.next().is_some() {
+            return Err(Error::invalid(format!(
+                "{} exists and is not empty; choose an empty or new directory",
+                root.display()
+            )));
+        }
+    }
+    fs::create_dir_all(root).ctx("create repository directory", root)?;
+    for dir in ["packs", "snapshots"] {
+        fs::create_dir_all(root.join(dir)).ctx("create", root.join(dir))?;
+    }
+    let backend = LocalBackend::new(root);
+    let lock = Lock::acquire(root, "init")?;
+    drop(Index::open_write(&root.join(INDEX_NAME))?);
+    if let Some(key) = key {
+        backend.put(&key.object_name(), &key.encode()?)?;
+    }
+    backend.put(CONFIG_NAME, &config.encode()?)?;
+    drop(lock);
+    Ok(())
+}
+
 /// An open repository.
 pub struct Repo {
     pub root: PathBuf,
@@ -244,44 +321,74 @@ pub struct Repo {
     pub config: Config,
     pub index: Index,
     chunker: Chunker,
+    /// The keys of an encrypted repository.
+    keys: Option<crate::crypto::Keys>,
+    /// The key file that opened it.
+    key_id: Option<String>,
     _lock: Option<Lock>,
 }
 
 impl Repo {
     /// Creates a new repository at `root` (which must be absent or an empty directory).
     pub fn init(root: &Path, config: Config) -> Result<Repo> {
-        if root.join(CONFIG_NAME).exists() {
-            return Err(Error::invalid(format!(
-                "{} is already a strata repository",
-                root.display()
-            )));
-        }
-        if root.exists() {
-            let mut entries = fs::read_dir(root).ctx("read", root)?;
-            if entries.next().is_some() {
-                return Err(Error::invalid(format!(
-                    "{} exists and is not empty; choose an empty or new directory",
-                    root.display()
-                )));
-            }
-        }
-        fs::create_dir_all(root).ctx("create repository directory", root)?;
-        for dir in ["packs", "snapshots"] {
-            fs::create_dir_all(root.join(dir)).ctx("create", root.join(dir))?;
-        }
-        let backend = LocalBackend::new(root);
-        let lock = Lock::acquire(root, "init")?;
-        drop(Index::open_write(&root.join(INDEX_NAME))?);
-        // The config is written last: a directory without it is not (yet) a repository.
-        backend.put(CONFIG_NAME, &config.encode()?)?;
-        drop(lock);
-        Repo::open(root, true, "init")
+        create(root, &config, None)?;
+        Repo::open_unlocked(root, true, "init", None)
     }
 
-    /// Opens an existing repository. Writers take the lock.
+    /// Creates a new encrypted repository: a random master key, wrapped by `passphrase` in the
+    /// first key file.
+    pub fn init_encrypted(root: &Path, mut config: Config, passphrase: &str) -> Result<Repo> {
+        config.key_scheme = crate::crypto::SCHEME.into();
+        config.id_hash = crate::crypto::ID_HASH.into();
+        let mut master = [0u8; 32];
+        secure_random(&mut master)?;
+        let key = crate::crypto::KeyFile::create(&master, passphrase, &config.id)?;
+        create(root, &config, Some(&key))?;
+        Repo::open_unlocked(root, true, "init", Some((master, key.id)))
+    }
+
+    /// Opens an existing repository. Writers take the lock. An encrypted repository asks for
+    /// its passphrase ([`crate::crypto::passphrase`]).
     pub fn open(root: &Path, write: bool, command: &str) -> Result<Repo> {
+        Repo::open_unlocked(root, write, command, None)
+    }
+
+    /// Opens an encrypted repository with `passphrase`.
+    pub fn open_with_passphrase(
+        root: &Path,
+        write: bool,
+        command: &str,
+        passphrase: &str,
+    ) -> Result<Repo> {
+        let config = load_config(&LocalBackend::new(root))?;
+        let unlocked = unlock(&LocalBackend::new(root), &config, passphrase)?;
+        Repo::open_unlocked(root, write, command, Some(unlocked))
+    }
+
+    fn open_unlocked(
+        root: &Path,
+        write: bool,
+        command: &str,
+        unlocked: Option<([u8; 32], String)>,
+    ) -> Result<Repo> {
         let backend = LocalBackend::new(root);
         let config = load_config(&backend)?;
+        // The passphrase is checked before anything else is read or written.
+        let (keys, key_id) = if config.key_scheme == crate::crypto::SCHEME {
+            let (master, key_id) = match unlocked {
+                Some(u) => u,
+                None => {
+                    let pass = crate::crypto::passphrase("strata repository passphrase: ")?;
+                    unlock(&backend, &config, &pass)?
+                }
+            };
+            (
+                Some(crate::crypto::Keys::from_master(&master)),
+                Some(key_id),
+            )
+        } else {
+            (None, None)
+        };
         let mut lock = if write {
             Some(Lock::acquire(root, command)?)
         } else {
@@ -302,13 +409,18 @@ impl Repo {
                 Err(e) => return Err(e),
             }
         };
-        let chunker = Chunker::new(config.chunker, 0)?;
+        let chunker = match &keys {
+            Some(k) => Chunker::with_gear(config.chunker, k.gear())?,
+            None => Chunker::new(config.chunker, 0)?,
+        };
         let repo = Repo {
             root: root.to_path_buf(),
             backend,
             config,
             index,
             chunker,
+            keys,
+            key_id,
             _lock: lock,
         };
         if write {
@@ -323,7 +435,39 @@ impl Repo {
 
     /// The key for blob ids (`None` while the repository is unencrypted).
     pub fn id_key(&self) -> Option<&[u8; 32]> {
-        None
+        self.keys.as_ref().map(|k| k.id_key())
+    }
+
+    /// The id of the key file that opened this encrypted repository.
+    pub fn key_id(&self) -> Option<&str> {
+        self.key_id.as_deref()
+    }
+
+    /// The MAC key of pack trailers (`None` while the repository is unencrypted).
+    pub fn mac_key(&self) -> Option<&[u8; 32]> {
+        self.keys.as_ref().map(|k| k.mac_key())
+    }
+
+    /// The keys of an encrypted repository.
+    pub fn keys(&self) -> Option<&crate::crypto::Keys> {
+        self.keys.as_ref()
+    }
+
+    /// Seals a frame's stored bytes in an encrypted repository (unchanged otherwise).
+    pub fn seal_frame<'a>(&self, stored: &'a [u8]) -> Result<std::borrow::Cow<'a, [u8]>> {
+        Ok(match &self.keys {
+            Some(k) => k.seal(crate::crypto::Object::Frame, stored)?.into(),
+            None => stored.into(),
+        })
+    }
+
+    /// The key of a source path in the file cache: the path itself, or in an encrypted
+    /// repository its MAC, so the index does not hold file names.
+    pub fn file_key(&self, path: &[u8]) -> Vec<u8> {
+        match &self.keys {
+            Some(k) => k.mac(path).to_vec(),
+            None => path.to_vec(),
+        }
     }
 
     /// Under the lock: removes temporary files a killed writer left, and writes manifest files

@@ -96,15 +96,50 @@ impl<'a> BlobReader<'a> {
             loc.frame_stored_len as usize,
         )?;
         let mut frame = vec![0u8; loc.frame_raw_len as usize];
-        decode_frame(&stored, loc, &pack, &mut frame)?;
+        decode_frame(self.repo.keys(), &stored, loc, &pack, &mut frame)?;
         Ok((frame, pack))
     }
 }
 
-/// Decompresses a frame into `dst` (exactly its raw length).
-pub fn decode_frame(stored: &[u8], loc: &BlobLoc, pack: &str, dst: &mut [u8]) -> Result<()> {
-    crate::compress::decompress_into(stored, loc.compression, dst)
-        .map_err(|e| Error::corrupt(format!("{pack}: frame at offset {}: {e}", loc.frame_offset)))
+/// Opens (in an encrypted repository) and decompresses a frame into `dst` (exactly its raw
+/// length).
+pub fn decode_frame(
+    keys: Option<&crate::crypto::Keys>,
+    stored: &[u8],
+    loc: &BlobLoc,
+    pack: &str,
+    dst: &mut [u8],
+) -> Result<()> {
+    decode_stored(
+        keys,
+        stored,
+        loc.compression,
+        loc.frame_offset as u64,
+        pack,
+        dst,
+    )
+}
+
+/// [`decode_frame`] for a frame described by its fields.
+pub fn decode_stored(
+    keys: Option<&crate::crypto::Keys>,
+    stored: &[u8],
+    compression: crate::compress::Compression,
+    offset: u64,
+    pack: &str,
+    dst: &mut [u8],
+) -> Result<()> {
+    let what = || format!("{pack}: frame at offset {offset}");
+    let opened;
+    let body = match keys {
+        Some(k) => {
+            opened = k.open(crate::crypto::Object::Frame, stored, &what())?;
+            &opened[..]
+        }
+        None => stored,
+    };
+    crate::compress::decompress_into(body, compression, dst)
+        .map_err(|e| Error::corrupt(format!("{}: {e}", what())))
 }
 
 /// Checks that `data` (a blob taken from its frame) hashes to `id`.
@@ -347,6 +382,7 @@ fn fill_group(blobs: &BlobReader, group: &Group, out: &mut [u8]) -> Result<()> {
         }
     }
     let key = blobs.repo.id_key();
+    let keys = blobs.repo.keys();
     {
         let mut filled = 0usize;
         let mut i = 0;
@@ -390,7 +426,7 @@ fn fill_group(blobs: &BlobReader, group: &Group, out: &mut [u8]) -> Result<()> {
                     if whole {
                         // Decompress straight into place, then check each chunk there.
                         let dst = &mut out[filled..filled + loc.frame_raw_len as usize];
-                        decode_frame(stored, &loc, &pack, dst)?;
+                        decode_frame(keys, stored, &loc, &pack, dst)?;
                         let mut at = 0usize;
                         for (l, leaf) in locs[k..m].iter().zip(&group.leaves[k..m]) {
                             let blob = &dst[at..at + l.raw_len as usize];
@@ -402,7 +438,7 @@ fn fill_group(blobs: &BlobReader, group: &Group, out: &mut [u8]) -> Result<()> {
                         FRAME.with(|frame| -> Result<()> {
                             let mut frame = frame.borrow_mut();
                             frame.resize(loc.frame_raw_len as usize, 0);
-                            decode_frame(stored, &loc, &pack, &mut frame)?;
+                            decode_frame(keys, stored, &loc, &pack, &mut frame)?;
                             for (l, leaf) in locs[k..m].iter().zip(&group.leaves[k..m]) {
                                 let s = l.offset_in_frame as usize;
                                 let blob = &frame[s..s + l.raw_len as usize];

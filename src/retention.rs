@@ -7,6 +7,7 @@
 //! never removed by a policy; they go only when named explicitly.
 
 use crate::codec::frame;
+use crate::crypto::{Keys, Object};
 use crate::error::{Error, Result};
 use crate::id::SnapshotId;
 use crate::storage::Backend;
@@ -96,24 +97,33 @@ pub const SETTINGS_MAGIC: &[u8; 8] = b"STRARETN";
 pub const SETTINGS_VERSION: u32 = 1;
 
 impl Settings {
-    pub fn load(backend: &dyn Backend) -> Result<Settings> {
+    /// Reads the stored settings (none stored: the defaults). In an encrypted repository the
+    /// payload is sealed, so a tampered policy cannot make `forget` remove snapshots.
+    pub fn load(backend: &dyn Backend, keys: Option<&Keys>) -> Result<Settings> {
         if !backend.exists(SETTINGS_NAME)? {
             return Ok(Settings::default());
         }
         let bytes = backend.get(SETTINGS_NAME)?;
-        let (_, json) = frame::unwrap(
-            SETTINGS_MAGIC,
-            SETTINGS_VERSION,
-            &bytes,
-            "retention settings",
-        )?;
-        serde_json::from_slice(json).map_err(|e| Error::corrupt(format!("retention settings: {e}")))
+        let what = "retention settings";
+        let (_, payload) = frame::unwrap(SETTINGS_MAGIC, SETTINGS_VERSION, &bytes, what)?;
+        let opened;
+        let json = match keys {
+            Some(k) => {
+                opened = k.open(Object::Retention, payload, what)?;
+                &opened[..]
+            }
+            None => payload,
+        };
+        serde_json::from_slice(json).map_err(|e| Error::corrupt(format!("{what}: {e}")))
     }
 
     /// Writes the settings atomically (the caller holds the repository lock).
-    pub fn store(&self, backend: &dyn Backend) -> Result<()> {
-        let json = serde_json::to_vec_pretty(self)
+    pub fn store(&self, backend: &dyn Backend, keys: Option<&Keys>) -> Result<()> {
+        let mut json = serde_json::to_vec_pretty(self)
             .map_err(|e| Error::invalid(format!("encoding retention settings: {e}")))?;
+        if let Some(k) = keys {
+            json = k.seal(Object::Retention, &json)?;
+        }
         backend.put(
             SETTINGS_NAME,
             &frame::wrap(SETTINGS_MAGIC, SETTINGS_VERSION, &json),
@@ -518,14 +528,14 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let b = crate::storage::LocalBackend::new(dir.path());
-        assert_eq!(Settings::load(&b).unwrap(), Settings::default());
+        assert_eq!(Settings::load(&b, None).unwrap(), Settings::default());
         let mut s = Settings::default();
         s.policies.insert("daily".into(), p);
         s.max_snapshots = Some(100);
-        s.store(&b).unwrap();
-        assert_eq!(Settings::load(&b).unwrap(), s);
+        s.store(&b, None).unwrap();
+        assert_eq!(Settings::load(&b, None).unwrap(), s);
         std::fs::write(dir.path().join(SETTINGS_NAME), b"garbage").unwrap();
-        assert!(Settings::load(&b).is_err());
+        assert!(Settings::load(&b, None).is_err());
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub fn list(repo: &Repo) -> Result<Vec<Snapshot>> {
     let txn = repo.index.read()?;
     let mut out = Vec::new();
     for (id, bytes) in crate::index::snapshot_manifests(&txn)? {
-        let manifest = Manifest::decode(&bytes, Some(&id), repo.id_key())?;
+        let manifest = Manifest::decode(&bytes, Some(&id), repo.keys())?;
         out.push(Snapshot {
             id,
             manifest,

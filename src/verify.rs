@@ -139,7 +139,7 @@ pub fn verify_reading(repo: &Repo, read: ReadData) -> Result<VerifyReport> {
                 if ChunkId(*blake3::hash(&bytes).as_bytes()) != info.id {
                     msgs.push(format!("{name}: pack content does not match its name"));
                 }
-                let entries = match parse_pack(&bytes, &name) {
+                let entries = match parse_pack(&bytes, &name, repo.mac_key()) {
                     Ok(e) => e,
                     Err(e) => {
                         msgs.push(e.to_string());
@@ -156,15 +156,15 @@ pub fn verify_reading(repo: &Repo, read: ReadData) -> Result<VerifyReport> {
                         let stored =
                             &bytes[f.offset as usize..(f.offset + f.stored_len as u64) as usize];
                         let mut raw = vec![0u8; f.raw_len as usize];
-                        let decoded =
-                            crate::compress::decompress_into(stored, f.compression, &mut raw)
-                                .map(|()| raw)
-                                .map_err(|err| {
-                                    Error::corrupt(format!(
-                                        "{name}: frame at offset {}: {err}",
-                                        f.offset
-                                    ))
-                                });
+                        let decoded = crate::restore::decode_stored(
+                            repo.keys(),
+                            stored,
+                            f.compression,
+                            f.offset,
+                            &name,
+                            &mut raw,
+                        )
+                        .map(|()| raw);
                         frame_cache = Some((f.offset, decoded));
                     }
                     let checked = match &frame_cache.as_ref().expect("set above").1 {
@@ -224,7 +224,7 @@ pub fn verify_reading(repo: &Repo, read: ReadData) -> Result<VerifyReport> {
         };
     for (id, bytes) in crate::index::snapshot_manifests(&txn)? {
         report.snapshots += 1;
-        let manifest = match Manifest::decode(&bytes, Some(&id), repo.id_key()) {
+        let manifest = match Manifest::decode(&bytes, Some(&id), repo.keys()) {
             Ok(m) => m,
             Err(e) => {
                 problem(&mut report, Some(&id), None, e.to_string());

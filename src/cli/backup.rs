@@ -31,6 +31,10 @@ pub struct InitArgs {
     /// Cut SQLite files like any other file instead of at page boundaries
     #[arg(long)]
     no_sqlite_pages: bool,
+    /// Encrypt the repository; the passphrase comes from STRATA_PASSWORD, --password-file or
+    /// a prompt
+    #[arg(long)]
+    encrypt: bool,
 }
 
 /// Parses sizes such as `4096`, `16k`, `16KiB`, `1m`.
@@ -57,10 +61,22 @@ pub fn init(rp: &RepoPath, args: InitArgs) -> Result<ExitCode> {
     };
     let mut config = Config::new(params, args.zstd_level)?;
     config.sqlite_pages = !args.no_sqlite_pages;
-    Repo::init(&rp.path, config)
-        .with_context(|| format!("creating repository {}", rp.path.display()))?;
+    let created = if args.encrypt {
+        let given = std::env::var_os("STRATA_PASSWORD_FILE").is_some()
+            || std::env::var_os("STRATA_PASSWORD").is_some();
+        let pass = if given {
+            strata::crypto::passphrase("")?
+        } else {
+            super::key::prompt_twice("passphrase for the new repository: ")?
+        };
+        Repo::init_encrypted(&rp.path, config, &pass)
+    } else {
+        Repo::init(&rp.path, config)
+    };
+    created.with_context(|| format!("creating repository {}", rp.path.display()))?;
     println!(
-        "created repository {} (chunks {}/{}/{} bytes, zstd level {})",
+        "created {}repository {} (chunks {}/{}/{} bytes, zstd level {})",
+        if args.encrypt { "encrypted " } else { "" },
         rp.path.display(),
         params.min,
         params.avg,

@@ -7,6 +7,7 @@
 mod backup;
 mod gc;
 mod inspect;
+mod key;
 mod output;
 mod repair;
 mod restore;
@@ -33,6 +34,9 @@ pub struct Cli {
     /// Repository directory [default: $XDG_DATA_HOME/strata/repo]
     #[arg(long, global = true, env = "STRATA_REPO")]
     repo: Option<PathBuf>,
+    /// File holding the passphrase of an encrypted repository (or set STRATA_PASSWORD)
+    #[arg(long, global = true, env = "STRATA_PASSWORD_FILE")]
+    password_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -67,6 +71,8 @@ enum Command {
     Tune(tune::TuneArgs),
     /// Rebuild repository metadata from the repository's own files
     Repair(repair::RepairArgs),
+    /// Manage the passphrases of an encrypted repository
+    Key(key::KeyArgs),
     /// Remove a stale repository lock
     Unlock,
 }
@@ -159,6 +165,11 @@ fn open(rp: &RepoPath, write: bool, command: &str) -> Result<Repo> {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     let rp = cli.repo_path();
+    if let Some(file) = &cli.password_file {
+        // SAFETY: still single-threaded; the library reads the variable when it needs the
+        // passphrase.
+        unsafe { std::env::set_var("STRATA_PASSWORD_FILE", file) };
+    }
     match cli.command {
         Command::Init(args) => backup::init(&rp, args),
         Command::Backup(args) => backup::backup(&rp, args),
@@ -176,6 +187,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Verify(args) => restore::verify(&open(&rp, false, "verify")?, args),
         Command::Repair(args) => repair::repair(&rp, args),
         Command::Tune(args) => tune::tune(args),
+        Command::Key(args) => key::key(&rp, args),
         Command::Unlock => {
             if strata::repo::force_unlock(&rp.path)? {
                 println!("removed the lock of {}", rp.path.display());

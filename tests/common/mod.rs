@@ -14,13 +14,26 @@ pub fn bin() -> &'static str {
 pub struct Env {
     pub dir: tempfile::TempDir,
     pub repo: PathBuf,
+    /// Environment variables every strata run gets (a passphrase...).
+    pub vars: std::cell::RefCell<Vec<(String, String)>>,
 }
 
 impl Env {
     pub fn new() -> Env {
         let dir = tempfile::tempdir().expect("tempdir");
         let repo = dir.path().join("repo");
-        Env { dir, repo }
+        Env {
+            dir,
+            repo,
+            vars: Default::default(),
+        }
+    }
+
+    /// Sets (or replaces) an environment variable for every later run.
+    pub fn set_var(&self, key: &str, value: &str) {
+        let mut v = self.vars.borrow_mut();
+        v.retain(|(k, _)| k != key);
+        v.push((key.to_string(), value.to_string()));
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -32,6 +45,9 @@ impl Env {
         c.env("STRATA_REPO", &self.repo);
         c.env("XDG_DATA_HOME", self.dir.path().join("xdg"));
         c.env("HOME", self.dir.path());
+        for (k, v) in self.vars.borrow().iter() {
+            c.env(k, v);
+        }
         c
     }
 
