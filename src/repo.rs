@@ -142,10 +142,21 @@ pub fn unlock(
 
 /// Random bytes from the kernel, or an error: for keys and nonces, which must be secret.
 pub fn secure_random(buf: &mut [u8]) -> Result<()> {
-    use std::io::Read;
-    fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(buf))
-        .map_err(|e| Error::io("read random bytes from /dev/urandom", e))
+    let mut filled = 0;
+    while filled < buf.len() {
+        let rest = &mut buf[filled..];
+        // SAFETY: the pointer and length describe the writable rest of `buf`.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(Error::io("getrandom", e));
+        }
+        filled += n as usize;
+    }
+    Ok(())
 }
 
 /// Random bytes from the kernel.

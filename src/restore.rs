@@ -142,6 +142,11 @@ pub fn decode_stored(
         .map_err(|e| Error::corrupt(format!("{}: {e}", what())))
 }
 
+/// Names the first chunk a damaged frame held, for the user.
+fn with_chunk(e: Error, id: &ChunkId) -> Error {
+    Error::corrupt(format!("{e} (chunk {id})"))
+}
+
 /// Checks that `data` (a blob taken from its frame) hashes to `id`.
 pub fn check_hash(
     data: &[u8],
@@ -426,7 +431,8 @@ fn fill_group(blobs: &BlobReader, group: &Group, out: &mut [u8]) -> Result<()> {
                     if whole {
                         // Decompress straight into place, then check each chunk there.
                         let dst = &mut out[filled..filled + loc.frame_raw_len as usize];
-                        decode_frame(keys, stored, &loc, &pack, dst)?;
+                        decode_frame(keys, stored, &loc, &pack, dst)
+                            .map_err(|e| with_chunk(e, &group.leaves[k].id))?;
                         let mut at = 0usize;
                         for (l, leaf) in locs[k..m].iter().zip(&group.leaves[k..m]) {
                             let blob = &dst[at..at + l.raw_len as usize];
@@ -438,7 +444,8 @@ fn fill_group(blobs: &BlobReader, group: &Group, out: &mut [u8]) -> Result<()> {
                         FRAME.with(|frame| -> Result<()> {
                             let mut frame = frame.borrow_mut();
                             frame.resize(loc.frame_raw_len as usize, 0);
-                            decode_frame(keys, stored, &loc, &pack, &mut frame)?;
+                            decode_frame(keys, stored, &loc, &pack, &mut frame)
+                                .map_err(|e| with_chunk(e, &group.leaves[k].id))?;
                             for (l, leaf) in locs[k..m].iter().zip(&group.leaves[k..m]) {
                                 let s = l.offset_in_frame as usize;
                                 let blob = &frame[s..s + l.raw_len as usize];

@@ -144,6 +144,7 @@ fn failed_writes_leave_the_repository_valid() {
             .arg(bin()) // $0 of the script
             .env("STRATA_REPO", &env.repo)
             .env("HOME", env.dir.path())
+            .envs(env.vars.borrow().iter().map(|(k, v)| (k, v)))
             .output()
             .unwrap();
         no_panic(&out);

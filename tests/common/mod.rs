@@ -10,6 +10,13 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_strata")
 }
 
+/// Whether tests use encrypted repositories: when compiled into `tests/encrypted_suite.rs`, or
+/// with `STRATA_TEST_ENCRYPT=1`, so the same behaviour tests cover both kinds.
+pub fn encrypted_suite() -> bool {
+    module_path!().starts_with("encrypted_suite::")
+        || std::env::var_os("STRATA_TEST_ENCRYPT").is_some_and(|v| v == "1")
+}
+
 /// A scratch area with a repository path inside.
 pub struct Env {
     pub dir: tempfile::TempDir,
@@ -22,11 +29,16 @@ impl Env {
     pub fn new() -> Env {
         let dir = tempfile::tempdir().expect("tempdir");
         let repo = dir.path().join("repo");
-        Env {
+        let env = Env {
             dir,
             repo,
             vars: Default::default(),
+        };
+        if encrypted_suite() {
+            env.set_var("STRATA_PASSWORD", "suite passphrase");
+            env.set_var("STRATA_KDF_MEMORY_KIB", "8192");
         }
+        env
     }
 
     /// Sets (or replaces) an environment variable for every later run.
@@ -74,8 +86,13 @@ impl Env {
         serde_json::from_str(&self.ok(&a)).expect("valid JSON")
     }
 
+    /// Creates the repository: encrypted when the suite runs with `STRATA_TEST_ENCRYPT=1`.
     pub fn init(&self) {
-        self.ok(&["init"]);
+        if encrypted_suite() {
+            self.ok(&["init", "--encrypt"]);
+        } else {
+            self.ok(&["init"]);
+        }
     }
 
     /// Backs up `paths`; returns the snapshot id.
