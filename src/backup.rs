@@ -24,7 +24,6 @@ use crate::manifest::{Content, Entry, EntryKind, Manifest, SnapshotStats, Source
 use crate::pack::BlobKind;
 use crate::packer::{Packer, WrittenPack};
 use crate::repo::Repo;
-use crate::storage::Backend;
 use crate::tree::TreeBuilder;
 use crate::walk::{WalkItem, walk_sources_excluding};
 use rayon::prelude::*;
@@ -291,7 +290,7 @@ pub fn backup(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
     // 3. Read, chunk, hash, dedup, compress, pack.
     let first_pack = crate::index::meta(&txn, META_NEXT_PACK)?.unwrap_or(0) as u32;
     let (packer, writer_thread) = Packer::new(
-        &repo.backend,
+        repo.backend.as_ref(),
         first_pack,
         repo.config.pack_target,
         repo.mac_key(),

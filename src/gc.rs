@@ -25,7 +25,6 @@ use crate::pack::PackWriter;
 use crate::packer::WrittenPack;
 use crate::repo::Repo;
 use crate::restore::{BlobReader, blob_in_frame, check_hash};
-use crate::storage::Backend;
 use crate::tree::Node;
 use redb::ReadableTable;
 use std::collections::{BTreeMap, HashMap, HashSet};

@@ -57,7 +57,7 @@ fn read_pack(backend: &LocalBackend, name: &str, mac_key: Option<&[u8; 32]>) -> 
 /// found. Takes the repository lock; the old index is replaced atomically at the end.
 pub fn rebuild_index(root: &Path, dry_run: bool) -> Result<RepairReport> {
     let backend = LocalBackend::new(root);
-    let config = load_config(&backend)?;
+    let config = load_config(&backend, root)?;
     // An encrypted repository: its keys authenticate trailers and open manifests.
     let keys = if config.key_scheme == crate::crypto::SCHEME {
         let pass = crate::crypto::passphrase("strata repository passphrase: ")?;

@@ -95,20 +95,20 @@ impl Config {
 
 pub const DEFAULT_PACK_TARGET: u64 = 16 << 20;
 
-/// Reads and checks the repository config.
-pub fn load_config(backend: &LocalBackend) -> Result<Config> {
+/// Reads and checks the repository config of the repository at `root`.
+pub fn load_config(backend: &dyn Backend, root: &Path) -> Result<Config> {
     if !backend.exists(CONFIG_NAME)? {
         return Err(Error::NotFound(format!(
             "{} is not a strata repository (no config); create one with `strata init --repo {}`",
-            backend.path("").display(),
-            backend.path("").display()
+            root.display(),
+            root.display()
         )));
     }
     Config::decode(&backend.get(CONFIG_NAME)?)
 }
 
 /// The key files of an encrypted repository.
-pub fn key_files(backend: &LocalBackend) -> Result<Vec<crate::crypto::KeyFile>> {
+pub fn key_files(backend: &dyn Backend) -> Result<Vec<crate::crypto::KeyFile>> {
     let mut out = Vec::new();
     for name in backend.list(crate::crypto::KEYS_DIR)? {
         if name.ends_with(".key") {
@@ -120,7 +120,7 @@ pub fn key_files(backend: &LocalBackend) -> Result<Vec<crate::crypto::KeyFile>> 
 
 /// The master key from whichever key file `passphrase` opens, and that key file's id.
 pub fn unlock(
-    backend: &LocalBackend,
+    backend: &dyn Backend,
     config: &Config,
     passphrase: &str,
 ) -> Result<([u8; 32], String)> {
@@ -328,7 +328,9 @@ fn create(root: &Path, config: &Config, key: Option<&crate::crypto::KeyFile>) ->
 /// An open repository.
 pub struct Repo {
     pub root: PathBuf,
-    pub backend: LocalBackend,
+    /// Where the repository's objects live (a local directory unless opened with
+    /// [`Repo::open_with_backend`]).
+    pub backend: Box<dyn Backend>,
     pub config: Config,
     pub index: Index,
     chunker: Chunker,
@@ -371,9 +373,21 @@ impl Repo {
         command: &str,
         passphrase: &str,
     ) -> Result<Repo> {
-        let config = load_config(&LocalBackend::new(root))?;
-        let unlocked = unlock(&LocalBackend::new(root), &config, passphrase)?;
+        let backend = LocalBackend::new(root);
+        let config = load_config(&backend, root)?;
+        let unlocked = unlock(&backend, &config, passphrase)?;
         Repo::open_unlocked(root, write, command, Some(unlocked))
+    }
+
+    /// Opens the repository at `root` (its lock and index) with its objects read and written
+    /// through `backend`: a fault-injecting test backend, for instance.
+    pub fn open_with_backend(
+        root: &Path,
+        backend: Box<dyn Backend>,
+        write: bool,
+        command: &str,
+    ) -> Result<Repo> {
+        Repo::open_inner(root, backend, write, command, None)
     }
 
     fn open_unlocked(
@@ -382,15 +396,30 @@ impl Repo {
         command: &str,
         unlocked: Option<([u8; 32], String)>,
     ) -> Result<Repo> {
-        let backend = LocalBackend::new(root);
-        let config = load_config(&backend)?;
+        Repo::open_inner(
+            root,
+            Box::new(LocalBackend::new(root)),
+            write,
+            command,
+            unlocked,
+        )
+    }
+
+    fn open_inner(
+        root: &Path,
+        backend: Box<dyn Backend>,
+        write: bool,
+        command: &str,
+        unlocked: Option<([u8; 32], String)>,
+    ) -> Result<Repo> {
+        let config = load_config(backend.as_ref(), root)?;
         // The passphrase is checked before anything else is read or written.
         let (keys, key_id) = if config.key_scheme == crate::crypto::SCHEME {
             let (master, key_id) = match unlocked {
                 Some(u) => u,
                 None => {
                     let pass = crate::crypto::passphrase("strata repository passphrase: ")?;
-                    unlock(&backend, &config, &pass)?
+                    unlock(backend.as_ref(), &config, &pass)?
                 }
             };
             (

@@ -6,7 +6,7 @@ use crate::id::ChunkId;
 use crate::index::{BlobLoc, IndexReader};
 use crate::manifest::{Entry, EntryKind, Manifest};
 use crate::repo::Repo;
-use crate::storage::{Backend, sync_dir, temp_name};
+use crate::storage::{sync_dir, temp_name};
 use crate::tree::{LeafWalker, NodeEntry};
 use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};

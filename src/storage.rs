@@ -382,3 +382,121 @@ mod tests {
         assert_eq!(b.list("packs").unwrap().len(), 1);
     }
 }
+
+/// What a [`FaultyBackend`] does once its budget of operations is spent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Every later write, commit and delete fails with an I/O error (a failing disk); reads
+    /// still work.
+    WriteError,
+    /// Every later operation, reads included, fails: the process is as good as dead, and what
+    /// it has not made durable is lost.
+    Crash,
+}
+
+/// A test backend that passes operations to another backend until `budget` of them have
+/// happened, then injects a [`Fault`]. Counted operations: `put`, `delete`, `create` and
+/// `commit` of a streamed object, every started MiB written to one, and (with [`Fault::Crash`])
+/// reads.
+pub struct FaultyBackend {
+    inner: Box<dyn Backend>,
+    budget: std::sync::atomic::AtomicI64,
+    fault: Fault,
+    /// Operations that failed because of the fault.
+    pub injected: std::sync::atomic::AtomicU64,
+}
+
+impl FaultyBackend {
+    pub fn new(inner: Box<dyn Backend>, budget: u64, fault: Fault) -> Self {
+        FaultyBackend {
+            inner,
+            budget: std::sync::atomic::AtomicI64::new(budget as i64),
+            fault,
+            injected: Default::default(),
+        }
+    }
+
+    /// Spends one operation; an error once the budget is gone.
+    fn spend(&self, what: &str, name: &str) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        if self.budget.fetch_sub(1, Ordering::SeqCst) <= 0 {
+            self.injected.fetch_add(1, Ordering::SeqCst);
+            return Err(crate::error::Error::io(
+                format!("{what} {name}"),
+                std::io::Error::other("injected fault"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn spend_read(&self, name: &str) -> Result<()> {
+        match self.fault {
+            Fault::Crash => self.spend("read", name),
+            Fault::WriteError => Ok(()),
+        }
+    }
+}
+
+impl Backend for FaultyBackend {
+    fn put(&self, name: &str, data: &[u8]) -> Result<()> {
+        self.spend("write", name)?;
+        self.inner.put(name, data)
+    }
+    fn get(&self, name: &str) -> Result<Vec<u8>> {
+        self.spend_read(name)?;
+        self.inner.get(name)
+    }
+    fn read_into(&self, name: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.spend_read(name)?;
+        self.inner.read_into(name, offset, buf)
+    }
+    fn size(&self, name: &str) -> Result<u64> {
+        self.spend_read(name)?;
+        self.inner.size(name)
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        self.spend_read(prefix)?;
+        self.inner.list(prefix)
+    }
+    fn delete(&self, name: &str) -> Result<()> {
+        self.spend("delete", name)?;
+        self.inner.delete(name)
+    }
+    fn exists(&self, name: &str) -> Result<bool> {
+        self.spend_read(name)?;
+        self.inner.exists(name)
+    }
+    fn remove_unfinished(&self, prefix: &str) -> Result<u64> {
+        self.spend("clean up", prefix)?;
+        self.inner.remove_unfinished(prefix)
+    }
+    fn create(&self, prefix: &str) -> Result<Box<dyn ObjectWriter + '_>> {
+        self.spend("create", prefix)?;
+        Ok(Box::new(FaultyObject {
+            backend: self,
+            inner: self.inner.create(prefix)?,
+            written: 0,
+        }))
+    }
+}
+
+struct FaultyObject<'b> {
+    backend: &'b FaultyBackend,
+    inner: Box<dyn ObjectWriter + 'b>,
+    written: u64,
+}
+
+impl ObjectWriter for FaultyObject<'_> {
+    fn write(&mut self, data: &[u8]) -> Result<()> {
+        let before = self.written;
+        self.written += data.len() as u64;
+        if before >> 20 != self.written >> 20 || before == 0 {
+            self.backend.spend("write", "object")?;
+        }
+        self.inner.write(data)
+    }
+    fn commit(self: Box<Self>, name: &str) -> Result<()> {
+        self.backend.spend("commit", name)?;
+        self.inner.commit(name)
+    }
+}

@@ -8,7 +8,6 @@ use crate::manifest::{Content, EntryKind, Manifest};
 use crate::pack::{BlobKind, parse_pack};
 use crate::repo::Repo;
 use crate::restore::{BlobReader, check_entry_path, check_hash};
-use crate::storage::Backend;
 use crate::tree::Node;
 use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};

@@ -101,7 +101,7 @@ impl ConfigArgs {
 const POLICY_KINDS: [&str; 4] = ["hourly", "daily", "weekly", "monthly"];
 
 pub fn config(repo: &Repo, args: ConfigArgs) -> Result<ExitCode> {
-    let mut settings = Settings::load(&repo.backend, repo.keys())?;
+    let mut settings = Settings::load(repo.backend.as_ref(), repo.keys())?;
     match args.action {
         ConfigAction::Show { json } => {
             if json {
@@ -165,7 +165,7 @@ pub fn config(repo: &Repo, args: ConfigArgs) -> Result<ExitCode> {
             }
         }
     }
-    settings.store(&repo.backend, repo.keys())?;
+    settings.store(repo.backend.as_ref(), repo.keys())?;
     println!("saved; `strata forget` without rules now applies it (try --dry-run)");
     Ok(ExitCode::SUCCESS)
 }
@@ -233,7 +233,7 @@ pub fn forget(repo: &Repo, args: ForgetArgs) -> Result<ExitCode> {
         keep_within_ns,
         keep_tags: args.keep_tags.clone(),
     };
-    let settings = Settings::load(&repo.backend, repo.keys())?;
+    let settings = Settings::load(repo.backend.as_ref(), repo.keys())?;
     let use_settings = policy.is_empty() && args.max_snapshots.is_none() && args.snaps.is_empty();
     if use_settings && settings.is_empty() {
         bail!(

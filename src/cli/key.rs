@@ -7,7 +7,6 @@ use clap::{Args, Subcommand};
 use std::process::ExitCode;
 use strata::crypto::KeyFile;
 use strata::repo::key_files;
-use strata::storage::Backend;
 
 #[derive(Args)]
 pub struct KeyArgs {
@@ -81,7 +80,7 @@ pub fn key(rp: &RepoPath, args: KeyArgs) -> Result<ExitCode> {
     };
     match args.what {
         KeyCommand::List { json } => {
-            let files = key_files(&repo.backend)?;
+            let files = key_files(repo.backend.as_ref())?;
             if json {
                 #[derive(serde::Serialize)]
                 struct K<'a> {
@@ -118,7 +117,7 @@ pub fn key(rp: &RepoPath, args: KeyArgs) -> Result<ExitCode> {
             println!("added key {}", key.id);
         }
         KeyCommand::Remove { id } => {
-            let files = key_files(&repo.backend)?;
+            let files = key_files(repo.backend.as_ref())?;
             let Some(k) = files.iter().find(|k| k.id == id) else {
                 bail!("no key {id} in this repository (see `strata key list`)");
             };

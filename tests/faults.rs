@@ -1,0 +1,303 @@
+//! Fault injection, the way SQLite tests its I/O errors: an operation runs against a backend
+//! that fails after N repository operations, for N = 0, 1, 2, ... until the operation completes
+//! without meeting the fault. After every failure the repository must verify (reading all
+//! data), every snapshot committed before must restore byte for byte, and the next operation
+//! must work; an operation that reported success must be durable.
+//!
+//! Two faults: a disk whose writes start failing (reads go on), and a process that stops dead
+//! (nothing after the fault happens, not even reads).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use strata::backup::{BackupOptions, backup};
+use strata::gc::{GcOptions, gc, remove_snapshots};
+use strata::id::SnapshotId;
+use strata::repo::{Config, Repo};
+use strata::restore::{RestoreOptions, restore};
+use strata::storage::{Fault, FaultyBackend, LocalBackend};
+
+type Tree = BTreeMap<String, Vec<u8>>;
+/// What each committed snapshot holds.
+type Committed = BTreeMap<SnapshotId, Tree>;
+
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn write_tree(dir: &Path, tree: &Tree) {
+    let _ = fs::remove_dir_all(dir);
+    for (rel, data) in tree {
+        let p = dir.join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, data).unwrap();
+    }
+}
+
+fn read_tree(dir: &Path) -> Tree {
+    let mut out = Tree::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(dir).unwrap().display().to_string();
+                out.insert(rel, fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+fn generation(g: u64) -> Tree {
+    let mut t = Tree::new();
+    // Enough data for several small packs; part of it shared between generations.
+    t.insert("shared.bin".into(), noise(600_000, 1));
+    t.insert(
+        format!("gen{g}.bin"),
+        noise(300_000 + g as usize * 1000, 10 + g),
+    );
+    t.insert(
+        "notes/changing.txt".into(),
+        format!("generation {g}\n").repeat(500).into_bytes(),
+    );
+    t
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    let _ = fs::remove_dir_all(to);
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&src, &dst);
+        } else {
+            fs::copy(&src, &dst).unwrap();
+        }
+    }
+}
+
+/// A repository with small packs holding two generations; returns it and what each snapshot
+/// holds.
+fn base(dir: &Path) -> (PathBuf, BTreeMap<SnapshotId, Tree>) {
+    let root = dir.join("base");
+    let mut config = Config::new(Default::default(), 1).unwrap();
+    config.pack_target = 256 << 10;
+    let repo = Repo::init(&root, config).unwrap();
+    let mut snaps = BTreeMap::new();
+    for g in 0..2 {
+        let src = dir.join("src");
+        write_tree(&src, &generation(g));
+        let r = backup(&repo, &BackupOptions::new(vec![src])).unwrap();
+        snaps.insert(r.id, generation(g));
+    }
+    (root, snaps)
+}
+
+/// The invariants after any outcome: the repository (recovered by opening it for writing)
+/// verifies with all data read, every snapshot in `must` is listed and restores exactly, and so
+/// does every other listed snapshot that `may` knows.
+fn check(root: &Path, must: &BTreeMap<SnapshotId, Tree>, may: &BTreeMap<SnapshotId, Tree>) {
+    let repo = Repo::open(root, true, "check").expect("repository opens after a fault");
+    let report = strata::verify::verify(&repo, true).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let listed = strata::snapshots::list(&repo).unwrap();
+    for id in must.keys() {
+        assert!(
+            listed.iter().any(|s| s.id == *id),
+            "committed snapshot {} lost",
+            id.short()
+        );
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    for s in &listed {
+        let expected = must
+            .get(&s.id)
+            .or_else(|| may.get(&s.id))
+            .unwrap_or_else(|| panic!("unknown snapshot {}", s.id.short()));
+        let out = scratch.path().join(s.id.to_hex());
+        let r = restore(&repo, &s.manifest, &RestoreOptions::new(out.clone())).unwrap();
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!(&read_tree(&out.join("src")), expected, "{}", s.id.short());
+    }
+}
+
+/// Runs `op` on a fresh copy of the base repository for budget 0, 1, 2, ... Returns how many
+/// budgets were tried before the operation completed.
+fn fault_loop(
+    name: &str,
+    fault: Fault,
+    op: &dyn Fn(&Repo, &Path) -> strata::Result<()>,
+    after: &dyn Fn(&Path, bool, &Committed),
+) -> u64 {
+    let dir = tempfile::tempdir().unwrap();
+    let (pristine, committed) = base(dir.path());
+    let work = dir.path().join("work");
+    for budget in 0..10_000u64 {
+        copy_dir(&pristine, &work);
+        let backend = FaultyBackend::new(Box::new(LocalBackend::new(&work)), budget, fault);
+        let result = match Repo::open_with_backend(&work, Box::new(backend), true, name) {
+            Ok(repo) => {
+                let r = op(&repo, dir.path());
+                drop(repo);
+                r
+            }
+            Err(e) => Err(e),
+        };
+        // Crash: the process is gone; its lock is stale (same pid, so remove it as a new
+        // process would find it).
+        let _ = fs::remove_file(work.join("lock"));
+        // A failure must come from the injected fault, not from the operation itself.
+        if let Err(e) = &result {
+            assert!(
+                e.to_string().contains("injected fault"),
+                "{name}: failed by itself: {e}"
+            );
+        }
+        after(&work, result.is_ok(), &committed);
+        if result.is_ok() {
+            eprintln!("{name} ({fault:?}): completed with a budget of {budget} operations");
+            return budget + 1;
+        }
+    }
+    panic!("{name} never completed");
+}
+
+#[test]
+fn backup_under_faults() {
+    for fault in [Fault::WriteError, Fault::Crash] {
+        let tries = fault_loop(
+            "backup",
+            fault,
+            &|repo, dir| {
+                let src = dir.join("src");
+                write_tree(&src, &generation(7));
+                backup(repo, &BackupOptions::new(vec![src])).map(|_| ())
+            },
+            &|root, ok, committed| {
+                let repo = Repo::open(root, false, "list").unwrap();
+                let listed = strata::snapshots::list(&repo).unwrap();
+                drop(repo);
+                let mut must = BTreeMap::new();
+                let mut may = BTreeMap::new();
+                for s in &listed {
+                    match committed.get(&s.id) {
+                        Some(t) => {
+                            must.insert(s.id, t.clone());
+                        }
+                        None => {
+                            may.insert(s.id, generation(7));
+                        }
+                    }
+                }
+                assert_eq!(must.len(), 2, "an earlier snapshot was lost");
+                if ok {
+                    assert_eq!(may.len(), 1, "a successful backup is not listed");
+                }
+                check(root, &must, &may);
+            },
+        );
+        assert!(tries > 3, "{fault:?}: only {tries} budgets");
+    }
+}
+
+#[test]
+fn forget_and_gc_under_faults() {
+    for fault in [Fault::WriteError, Fault::Crash] {
+        for rewrite in [false, true] {
+            let tries = fault_loop(
+                "forget + gc",
+                fault,
+                &|repo, _| {
+                    let snaps = strata::snapshots::list(repo)?;
+                    let oldest = snaps.iter().min_by_key(|s| s.manifest.time_ns).unwrap().id;
+                    remove_snapshots(repo, &[oldest])?;
+                    let opts = GcOptions {
+                        dry_run: false,
+                        max_unused: if rewrite { 0.0 } else { 1.0 },
+                    };
+                    gc(repo, &opts).map(|_| ())
+                },
+                &|root, ok, _| {
+                    let repo = Repo::open(root, false, "list").unwrap();
+                    let listed = strata::snapshots::list(&repo).unwrap();
+                    drop(repo);
+                    // The newer generation is always there; the older one is gone once forget
+                    // reported success.
+                    let mut must = BTreeMap::new();
+                    let mut may = BTreeMap::new();
+                    let newest = listed.iter().max_by_key(|s| s.manifest.time_ns).unwrap();
+                    must.insert(newest.id, generation(1));
+                    for s in listed.iter().filter(|s| s.id != newest.id) {
+                        may.insert(s.id, generation(0));
+                    }
+                    if ok {
+                        assert_eq!(listed.len(), 1, "forgotten snapshot still listed");
+                    }
+                    check(root, &must, &may);
+                    // And the next backup works.
+                    let repo = Repo::open(root, true, "backup").unwrap();
+                    let src = root.parent().unwrap().join("next");
+                    write_tree(&src, &generation(3));
+                    backup(&repo, &BackupOptions::new(vec![src])).unwrap();
+                },
+            );
+            assert!(tries > 2, "{fault:?}: only {tries} budgets");
+        }
+    }
+}
+
+#[test]
+fn restore_under_read_faults_writes_old_or_new_never_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, snaps) = base(dir.path());
+    let (old_id, new_id) = {
+        let repo = Repo::open(&root, false, "list").unwrap();
+        let mut l = strata::snapshots::list(&repo).unwrap();
+        l.sort_by_key(|s| s.manifest.time_ns);
+        (l[0].id, l[1].id)
+    };
+    let target = dir.path().join("target");
+    let mut tries = 0;
+    for budget in 0..10_000u64 {
+        tries += 1;
+        // The target holds the older generation; restore the newer one over it.
+        write_tree(&target.join("src"), &snaps[&old_id]);
+        let backend = FaultyBackend::new(Box::new(LocalBackend::new(&root)), budget, Fault::Crash);
+        let Ok(repo) = Repo::open_with_backend(&root, Box::new(backend), false, "restore") else {
+            continue;
+        };
+        let manifest = strata::snapshots::list(&repo)
+            .ok()
+            .and_then(|l| l.into_iter().find(|s| s.id == new_id))
+            .map(|s| s.manifest);
+        let Some(manifest) = manifest else { continue };
+        let mut opts = RestoreOptions::new(target.clone());
+        opts.delete = true;
+        let result = restore(&repo, &manifest, &opts);
+        let got = read_tree(&target.join("src"));
+        let complete = matches!(&result, Ok(r) if r.errors.is_empty());
+        if complete {
+            assert_eq!(got, snaps[&new_id]);
+            eprintln!("restore: completed with a budget of {budget} reads");
+            break;
+        }
+        // The directory is swapped in whole: all old, or (never, when reads failed) all new.
+        assert_eq!(
+            got, snaps[&old_id],
+            "budget {budget}: a mix after a failed restore"
+        );
+    }
+    assert!(tries > 3, "only {tries} budgets");
+}
