@@ -356,20 +356,7 @@ fn command_output_and_stdin_are_stored_as_named_files_in_the_same_snapshot() {
 
 /// Every file below `dir` with its bytes.
 fn contents(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
-    let mut out = std::collections::BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let rel = p.strip_prefix(dir).unwrap().display().to_string();
-                out.insert(rel, std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    out
+    file_tree(dir)
 }
 
 #[test]
@@ -429,15 +416,7 @@ fn restore_over_existing_data_saves_it_first_and_puts_it_back_on_failure() {
     write(&target2.join("src/a.txt"), b"precious");
     let before2 = contents(&target2);
     // Damage the snapshot's data (the largest pack), so one of its files cannot be restored.
-    let biggest = packs(&env.repo)
-        .into_iter()
-        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
-        .unwrap();
-    let mut bytes = std::fs::read(&biggest).unwrap();
-    for b in &mut bytes[200..260] {
-        *b ^= 0xFF;
-    }
-    std::fs::write(&biggest, bytes).unwrap();
+    damage_largest_pack(&env.repo);
     let failed = env.run(&["restore", &snap[..12], target2.to_str().unwrap()]);
     assert_ne!(code(&failed), 0);
     assert!(
@@ -573,15 +552,7 @@ fn a_failed_staged_restore_leaves_the_directory_untouched() {
     write(&app.join("big.bin"), b"replaced");
     let before = contents(&app);
     let ino = inode(&app);
-    let biggest = packs(&env.repo)
-        .into_iter()
-        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
-        .unwrap();
-    let mut bytes = std::fs::read(&biggest).unwrap();
-    for b in &mut bytes[200..260] {
-        *b ^= 0xFF;
-    }
-    std::fs::write(&biggest, bytes).unwrap();
+    damage_largest_pack(&env.repo);
     let out = env.run(&[
         "restore",
         &snap[..12],

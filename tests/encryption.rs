@@ -5,7 +5,7 @@
 mod common;
 use common::*;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 const PASS: &str = "correct horse battery staple";
 
@@ -19,20 +19,16 @@ fn encrypted_env() -> Env {
     env
 }
 
-fn all_files(root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
+/// The id of the key file marked current in `key list --json` output.
+fn key_in_use(list: &serde_json::Value) -> String {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["current"] == true)
+        .expect("a current key")["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
@@ -41,7 +37,7 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 
 /// Repository files holding any of `needles`.
 fn files_containing(root: &Path, needles: &[&[u8]]) -> Vec<String> {
-    all_files(root)
+    files_below(root)
         .into_iter()
         .filter(|p| {
             let bytes = fs::read(p).unwrap();
@@ -208,7 +204,7 @@ fn passphrases_and_key_files() {
     write(&src.join("a.txt"), b"hello");
     let id = env.backup(&[&src]);
     let listing = |env: &Env| -> Vec<(String, u64)> {
-        all_files(&env.repo)
+        files_below(&env.repo)
             .into_iter()
             .map(|p| (p.display().to_string(), fs::metadata(&p).unwrap().len()))
             .collect()
@@ -247,25 +243,8 @@ fn passphrases_and_key_files() {
     env.ok(&["list"]);
 
     // The key in use and the last key cannot be removed.
-    let current = keys
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["current"] == true)
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let second = env.json(&["key", "list"]);
-    let in_use = second
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["current"] == true)
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let current = key_in_use(&keys);
+    let in_use = key_in_use(&env.json(&["key", "list"]));
     assert_ne!(current, in_use);
     let r = env.run(&["key", "remove", &in_use]);
     assert_ne!(code(&r), 0);

@@ -7,6 +7,8 @@
 //! Two faults: a disk whose writes start failing (reads go on), and a process that stops dead
 //! (nothing after the fault happens, not even reads).
 
+mod common;
+use common::{file_tree, noise};
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -21,18 +23,6 @@ type Tree = BTreeMap<String, Vec<u8>>;
 /// What each committed snapshot holds.
 type Committed = BTreeMap<SnapshotId, Tree>;
 
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 fn write_tree(dir: &Path, tree: &Tree) {
     let _ = fs::remove_dir_all(dir);
     for (rel, data) in tree {
@@ -43,20 +33,7 @@ fn write_tree(dir: &Path, tree: &Tree) {
 }
 
 fn read_tree(dir: &Path) -> Tree {
-    let mut out = Tree::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let rel = p.strip_prefix(dir).unwrap().display().to_string();
-                out.insert(rel, fs::read(&p).unwrap());
-            }
-        }
-    }
-    out
+    file_tree(dir)
 }
 
 fn generation(g: u64) -> Tree {

@@ -142,6 +142,20 @@ impl Postgres {
         pg
     }
 
+    /// A server with database `app` holding table `memories`, filled by `insert`.
+    fn with_memories(insert: &str) -> Postgres {
+        let pg = Postgres::start();
+        pg.psql("postgres", "CREATE DATABASE app");
+        pg.psql(
+            "app",
+            &format!(
+                "CREATE TABLE memories (id int PRIMARY KEY, memory text NOT NULL, score float8);
+                 {insert}"
+            ),
+        );
+        pg
+    }
+
     fn conn(&self, db: &str) -> String {
         format!(
             "host={} port=5432 user=postgres dbname={db}",
@@ -325,12 +339,8 @@ fn postgres_points_restore_exactly_and_deduplicate() {
     if !servers_wanted() {
         return;
     }
-    let pg = Postgres::start();
-    pg.psql("postgres", "CREATE DATABASE app");
-    pg.psql(
-        "app",
-        "CREATE TABLE memories (id int PRIMARY KEY, memory text NOT NULL, score float8);
-         INSERT INTO memories
+    let pg = Postgres::with_memories(
+        "INSERT INTO memories
            SELECT i, 'user said ' || md5(i::text) || repeat(' context', 10), i / 7.0
            FROM generate_series(1, 20000) AS i;",
     );
@@ -458,13 +468,7 @@ fn one_snapshot_of_several_sources_is_all_or_nothing() {
     if !servers_wanted() {
         return;
     }
-    let pg = Postgres::start();
-    pg.psql("postgres", "CREATE DATABASE app");
-    pg.psql(
-        "app",
-        "CREATE TABLE memories (id int PRIMARY KEY, memory text NOT NULL, score float8);
-         INSERT INTO memories VALUES (1, 'one', 1), (2, 'two', 2);",
-    );
+    let pg = Postgres::with_memories("INSERT INTO memories VALUES (1, 'one', 1), (2, 'two', 2);");
     let env = Env::new();
     env.init();
     let docs = env.path("docs");

@@ -223,6 +223,49 @@ fn listing(root: &Path) -> Vec<(PathBuf, fs::Metadata)> {
     out
 }
 
+/// Every file below `dir` (recursively), directories left out.
+pub fn files_below(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Every file below `dir` with its bytes, by path relative to `dir`.
+pub fn file_tree(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    files_below(dir)
+        .into_iter()
+        .map(|p| {
+            let rel = p.strip_prefix(dir).unwrap().display().to_string();
+            let bytes = fs::read(&p).unwrap();
+            (rel, bytes)
+        })
+        .collect()
+}
+
+/// Damages the data of the repository's largest pack (bytes 200..260 inverted), so a file
+/// stored there cannot be restored.
+pub fn damage_largest_pack(repo: &Path) {
+    let biggest = packs(repo)
+        .into_iter()
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = fs::read(&biggest).unwrap();
+    for b in &mut bytes[200..260] {
+        *b ^= 0xFF;
+    }
+    fs::write(&biggest, bytes).unwrap();
+}
+
 /// Paths of all pack files of a repository.
 pub fn packs(repo: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
