@@ -124,20 +124,42 @@ pub fn unlock(
     config: &Config,
     passphrase: &str,
 ) -> Result<([u8; 32], String)> {
-    let keys = key_files(backend)?;
-    if keys.is_empty() {
+    let names: Vec<String> = backend
+        .list(crate::crypto::KEYS_DIR)?
+        .into_iter()
+        .filter(|n| n.ends_with(".key"))
+        .collect();
+    if names.is_empty() {
         return Err(Error::corrupt(
             "this encrypted repository has no key files (keys/ is empty or missing)",
         ));
     }
-    for key in keys {
-        if let Some(master) = key.unwrap_master(passphrase, &config.id)? {
-            return Ok((master, key.id));
+    // A damaged key file must not keep the others from opening the repository.
+    let mut damaged = Vec::new();
+    for name in &names {
+        let key = backend
+            .get(name)
+            .and_then(|b| crate::crypto::KeyFile::decode(&b, name));
+        match key.and_then(|k| Ok((k.unwrap_master(passphrase, &config.id)?, k.id))) {
+            Ok((Some(master), id)) => return Ok((master, id)),
+            Ok((None, _)) => {}
+            Err(e) => damaged.push(e.to_string()),
         }
     }
-    Err(Error::invalid(
-        "wrong passphrase: no key file of this repository opens with it",
-    ))
+    if damaged.len() == names.len() {
+        return Err(Error::corrupt(format!(
+            "no key file of this repository can be read: {}",
+            damaged.join("; ")
+        )));
+    }
+    Err(Error::invalid(format!(
+        "wrong passphrase: no key file of this repository opens with it{}",
+        if damaged.is_empty() {
+            String::new()
+        } else {
+            format!(" ({} damaged key file(s) skipped)", damaged.len())
+        }
+    )))
 }
 
 /// Random bytes from the kernel, or an error: for keys and nonces, which must be secret.

@@ -210,6 +210,12 @@ fn passphrases_and_key_files() {
             .collect()
     };
 
+    // A damaged key file does not keep the others from opening the repository.
+    let junk = env.repo.join("keys/0000000000000000.key");
+    fs::write(&junk, b"not a key file").unwrap();
+    env.ok(&["list"]);
+    fs::remove_file(&junk).unwrap();
+
     // A wrong or missing passphrase fails before anything is read or written.
     let before = listing(&env);
     env.set_var("STRATA_PASSWORD", "wrong");
