@@ -672,18 +672,27 @@ fn restore_symlink(entry: &Entry, dest: &Path) -> Result<()> {
 
 /// Removes `.NAME.strata-tmp.PID.N` files in `dir` whose process no longer exists.
 fn remove_stale_temp_files(dir: &Path) {
+    remove_left_by_dead_processes(dir, ".strata-tmp.", |p| fs::remove_file(p));
+}
+
+/// Removes the entries of `dir` named `...MARK<pid>...` whose process no longer exists.
+fn remove_left_by_dead_processes(
+    dir: &Path,
+    mark: &str,
+    remove: impl Fn(&Path) -> std::io::Result<()>,
+) {
     let Ok(listing) = fs::read_dir(dir) else {
         return;
     };
     for entry in listing.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        let Some((_, rest)) = name.rsplit_once(".strata-tmp.") else {
+        let Some((_, rest)) = name.rsplit_once(mark) else {
             continue;
         };
         let pid = rest.split('.').next().and_then(|p| p.parse::<u32>().ok());
         if pid.is_some_and(|p| !crate::repo::pid_alive(p)) {
-            let _ = fs::remove_file(entry.path());
+            let _ = remove(&entry.path());
         }
     }
 }
@@ -880,20 +889,7 @@ fn plan_stages(target: &Path, entries: &[&Entry], opts: &RestoreOptions) -> Resu
 /// Removes staging directories that a killed restore left in `dir` (their process is gone).
 /// Each holds either a partly restored copy or, after the swap, the replaced directory.
 fn remove_stale_stages(dir: &Path) {
-    let Ok(listing) = fs::read_dir(dir) else {
-        return;
-    };
-    for entry in listing.flatten() {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        let Some((_, rest)) = name.rsplit_once(STAGE_MARK) else {
-            continue;
-        };
-        let pid = rest.split('.').next().and_then(|p| p.parse::<u32>().ok());
-        if pid.is_some_and(|p| !crate::repo::pid_alive(p)) {
-            let _ = fs::remove_dir_all(entry.path());
-        }
-    }
+    remove_left_by_dead_processes(dir, STAGE_MARK, |p| fs::remove_dir_all(p));
 }
 
 /// Carries what exists below `old` but not below `new` over into `new`: files as hard links
