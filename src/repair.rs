@@ -60,8 +60,7 @@ pub fn rebuild_index(root: &Path, dry_run: bool) -> Result<RepairReport> {
     let config = load_config(&backend, root)?;
     // An encrypted repository: its keys authenticate trailers and open manifests.
     let keys = if config.key_scheme == crate::crypto::SCHEME {
-        let pass = crate::crypto::passphrase("strata repository passphrase: ")?;
-        let (master, _) = crate::repo::unlock(&backend, &config, &pass)?;
+        let (master, _) = crate::repo::unlock_asking(&backend, &config)?;
         Some(crate::crypto::Keys::from_master(&master))
     } else {
         None

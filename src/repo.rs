@@ -107,15 +107,30 @@ pub fn load_config(backend: &dyn Backend, root: &Path) -> Result<Config> {
     Config::decode(&backend.get(CONFIG_NAME)?)
 }
 
-/// The key files of an encrypted repository.
+/// Each key file of an encrypted repository, read and decoded, or why it could not be.
+fn read_key_files(backend: &dyn Backend) -> Result<Vec<Result<crate::crypto::KeyFile>>> {
+    Ok(backend
+        .list(crate::crypto::KEYS_DIR)?
+        .into_iter()
+        .filter(|n| n.ends_with(".key"))
+        .map(|name| {
+            backend
+                .get(&name)
+                .and_then(|b| crate::crypto::KeyFile::decode(&b, &name))
+        })
+        .collect())
+}
+
+/// The key files of an encrypted repository (an error if one is damaged).
 pub fn key_files(backend: &dyn Backend) -> Result<Vec<crate::crypto::KeyFile>> {
-    let mut out = Vec::new();
-    for name in backend.list(crate::crypto::KEYS_DIR)? {
-        if name.ends_with(".key") {
-            out.push(crate::crypto::KeyFile::decode(&backend.get(&name)?, &name)?);
-        }
-    }
-    Ok(out)
+    read_key_files(backend)?.into_iter().collect()
+}
+
+/// [`unlock`] with the passphrase from [`crate::crypto::passphrase`] (environment, file or
+/// prompt).
+pub fn unlock_asking(backend: &dyn Backend, config: &Config) -> Result<([u8; 32], String)> {
+    let pass = crate::crypto::passphrase("strata repository passphrase: ")?;
+    unlock(backend, config, &pass)
 }
 
 /// The master key from whichever key file `passphrase` opens, and that key file's id.
@@ -124,29 +139,27 @@ pub fn unlock(
     config: &Config,
     passphrase: &str,
 ) -> Result<([u8; 32], String)> {
-    let names: Vec<String> = backend
-        .list(crate::crypto::KEYS_DIR)?
-        .into_iter()
-        .filter(|n| n.ends_with(".key"))
-        .collect();
-    if names.is_empty() {
+    let keys = read_key_files(backend)?;
+    if keys.is_empty() {
         return Err(Error::corrupt(
             "this encrypted repository has no key files (keys/ is empty or missing)",
         ));
     }
     // A damaged key file must not keep the others from opening the repository.
     let mut damaged = Vec::new();
-    for name in &names {
-        let key = backend
-            .get(name)
-            .and_then(|b| crate::crypto::KeyFile::decode(&b, name));
-        match key.and_then(|k| Ok((k.unwrap_master(passphrase, &config.id)?, k.id))) {
-            Ok((Some(master), id)) => return Ok((master, id)),
-            Ok((None, _)) => {}
-            Err(e) => damaged.push(e.to_string()),
+    for key in &keys {
+        let opened = key.as_ref().map_err(|e| e.to_string()).and_then(|k| {
+            k.unwrap_master(passphrase, &config.id)
+                .map(|m| m.map(|m| (m, k.id.clone())))
+                .map_err(|e| e.to_string())
+        });
+        match opened {
+            Ok(Some(found)) => return Ok(found),
+            Ok(None) => {}
+            Err(e) => damaged.push(e),
         }
     }
-    if damaged.len() == names.len() {
+    if damaged.len() == keys.len() {
         return Err(Error::corrupt(format!(
             "no key file of this repository can be read: {}",
             damaged.join("; ")
@@ -439,10 +452,7 @@ impl Repo {
         let (keys, key_id) = if config.key_scheme == crate::crypto::SCHEME {
             let (master, key_id) = match unlocked {
                 Some(u) => u,
-                None => {
-                    let pass = crate::crypto::passphrase("strata repository passphrase: ")?;
-                    unlock(backend.as_ref(), &config, &pass)?
-                }
+                None => unlock_asking(backend.as_ref(), &config)?,
             };
             (
                 Some(crate::crypto::Keys::from_master(&master)),

@@ -632,10 +632,7 @@ fn restore_file(blobs: &BlobReader, entry: &Entry, dest: &Path) -> Result<u64> {
 /// A database's -wal, -shm or -journal file left beside the destination belongs to the file
 /// being replaced; SQLite would replay it over the restored image, so it goes first.
 fn remove_stale_sqlite_siblings(dest: &Path) -> Result<()> {
-    for suffix in crate::sqlite::SIBLING_SUFFIXES {
-        let mut name = dest.as_os_str().to_os_string();
-        name.push(suffix);
-        let sibling = PathBuf::from(name);
+    for sibling in crate::sqlite::siblings(dest) {
         match fs::remove_file(&sibling) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -805,14 +802,11 @@ impl Stage {
         let staged = self.staged();
         if !delete {
             // Logs of the replaced databases must not come back beside the restored ones.
-            let mut skip = HashSet::new();
-            for db in &report.databases {
-                for suffix in crate::sqlite::SIBLING_SUFFIXES {
-                    let mut name = db.as_os_str().to_os_string();
-                    name.push(suffix);
-                    skip.insert(PathBuf::from(name));
-                }
-            }
+            let skip: HashSet<PathBuf> = report
+                .databases
+                .iter()
+                .flat_map(|db| crate::sqlite::siblings(db))
+                .collect();
             keep_extras(&self.dest, &staged, &skip, &mut report)?;
         }
         exchange(&staged, &self.dest, &self.dir)?;

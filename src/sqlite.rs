@@ -38,6 +38,15 @@ fn busy(tries: i32) -> bool {
 /// Sibling files SQLite keeps beside a database; they belong to the live file, not to an image.
 pub const SIBLING_SUFFIXES: [&str; 3] = ["-wal", "-shm", "-journal"];
 
+/// The paths of `db`'s -wal, -shm and -journal files.
+pub fn siblings(db: &Path) -> impl Iterator<Item = std::path::PathBuf> + '_ {
+    SIBLING_SUFFIXES.iter().map(move |suffix| {
+        let mut name = db.as_os_str().to_os_string();
+        name.push(suffix);
+        std::path::PathBuf::from(name)
+    })
+}
+
 /// What a capture saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Image {
