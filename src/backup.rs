@@ -13,6 +13,10 @@
 //! A crash before step 5 leaves only unreferenced pack files; after it, the snapshot is complete
 //! (step 6 is redone by the next writer if it was interrupted).
 
+use crate::capture::{
+    CaptureOptions, FileRead, Group, GroupCapture, GroupIo, Hooks, Seen, backoff, capture_group,
+    find_groups, run_hook,
+};
 use crate::chunker::{ChunkStream, CutMode, sqlite_page_size};
 use crate::compress::compress;
 use crate::error::{Error, IoContext, Result};
@@ -20,7 +24,9 @@ use crate::id::{ChunkId, SnapshotId};
 use crate::index::{
     BLOBS, BlobLoc, FILES, FileStamp, IndexReader, META, META_NEXT_PACK, PACKS, PackInfo, SNAPSHOTS,
 };
-use crate::manifest::{Content, Entry, EntryKind, Manifest, SnapshotStats, Source, SourceKind};
+use crate::manifest::{
+    Capture, Content, Entry, EntryKind, Manifest, SnapshotStats, Source, SourceKind,
+};
 use crate::pack::BlobKind;
 use crate::packer::{Packer, WrittenPack};
 use crate::repo::Repo;
@@ -28,7 +34,7 @@ use crate::tree::TreeBuilder;
 use crate::walk::{WalkItem, walk_sources_excluding};
 use rayon::prelude::*;
 use redb::ReadableTable;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -57,6 +63,11 @@ pub struct BackupOptions<'a> {
     /// Named streams (command output, standard input, database dumps) stored as files of the
     /// snapshot.
     pub streams: Vec<StreamSource>,
+    /// Retries of files and stores that change while they are read, and the stores to capture
+    /// as one.
+    pub capture: CaptureOptions,
+    /// Commands run before and after the capture.
+    pub hooks: Hooks,
 }
 
 /// A file and, optionally, the name it gets in the snapshot (by default its file name).
@@ -80,6 +91,8 @@ impl BackupOptions<'_> {
             raw_sqlite: false,
             databases: vec![],
             streams: vec![],
+            capture: CaptureOptions::default(),
+            hooks: Hooks::default(),
         }
     }
 }
@@ -91,6 +104,8 @@ pub struct BackupReport {
     pub warnings: Vec<String>,
     /// Wall time of each phase in milliseconds, in order (for tuning).
     pub phases_ms: Vec<(&'static str, f64)>,
+    /// The after hook failed (the snapshot itself is saved).
+    pub after_hook_error: Option<String>,
 }
 
 impl BackupReport {
@@ -211,9 +226,49 @@ struct ReadFile {
     stamp: Option<FileStamp>,
     /// Worth telling the user (a database that had to be copied raw...).
     notes: Vec<String>,
+    /// The file's stamp when the read began.
+    seen: Seen,
+    /// Whether the bytes are the file as it was at one instant: it did not change while it was
+    /// read, or it was read as one consistent image through SQLite.
+    stable: bool,
+    /// Reads it took.
+    attempts: u32,
 }
 
+/// A file's content as the manifest records it: (content, size, page size).
+type Stored = (Content, u64, u32);
+
+/// What a store's capture knows of one of its files.
+enum Got {
+    /// From the file cache.
+    Cached(Stored),
+    Read(ReadFile),
+}
+
+/// Runs the hooks around [`capture`]: the before hook first (a failure stops the backup), the
+/// after hook always, once the before hook has been started.
 pub fn backup(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
+    let hooks = &opts.hooks;
+    let before = match &hooks.before {
+        Some(cmd) => run_hook("before", cmd, hooks.timeout),
+        None => Ok(()),
+    };
+    let result = before.and_then(|()| capture(repo, opts));
+    let after = match &hooks.after {
+        Some(cmd) => run_hook("after", cmd, hooks.timeout),
+        None => Ok(()),
+    };
+    match (result, after) {
+        (Ok(mut report), Err(e)) => {
+            report.after_hook_error = Some(e.to_string());
+            Ok(report)
+        }
+        (Err(e), Err(h)) => Err(Error::invalid(format!("{e} (and then: {h})"))),
+        (result, Ok(())) => result,
+    }
+}
+
+fn capture(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
     let started = Instant::now();
     let start_ns = now_ns();
     if opts.sources.is_empty() && opts.streams.is_empty() && opts.databases.is_empty() {
@@ -234,11 +289,8 @@ pub fn backup(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
         });
         named.push((abs, name));
     }
-    let walked = walk_sources_excluding(
-        &named,
-        &repo.root,
-        &crate::walk::Excludes::new(&opts.excludes),
-    )?;
+    let excludes = crate::walk::Excludes::new(&opts.excludes);
+    let walked = walk_sources_excluding(&named, &repo.root, &excludes)?;
     for (i, st) in opts.streams.iter().enumerate() {
         let clash = walked.sources.iter().any(|(n, _)| n == &st.name)
             || opts.streams[..i].iter().any(|o| o.name == st.name);
@@ -257,29 +309,46 @@ pub fn backup(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
     } else {
         without_sqlite_siblings(walked.items)
     };
+    // Stores are captured as a whole, after everything else; their databases only ever as
+    // consistent images.
+    let groups = find_groups(&items, &opts.capture.groups)?;
+    let (grouped, items): (Vec<WalkItem>, Vec<WalkItem>) = items
+        .into_iter()
+        .partition(|i| groups.iter().any(|g| g.holds(&i.abs)));
+    for item in &grouped {
+        if item.kind == EntryKind::File && looks_paged(&item.abs) {
+            databases.insert(item.abs.clone());
+        }
+    }
     // 2. File cache.
     let txn = repo.index.read()?;
     let reader = IndexReader::new(&txn)?;
     let mut to_read = Vec::new();
-    let mut contents: Vec<Option<(Content, u64, u32)>> = vec![None; items.len()];
+    let mut contents: Vec<Option<Stored>> = vec![None; items.len()];
     let mut previous: Vec<Option<FileStamp>> = vec![None; items.len()];
     for (i, item) in items.iter().enumerate() {
         if item.kind != EntryKind::File {
             continue;
         }
-        let cached =
-            crate::index::file_stamp(&txn, &repo.file_key(item.abs.as_os_str().as_bytes()))?;
-        if let Some(stamp) = cached {
-            if stamp_matches(&stamp, &item.meta)
-                && stamp.wal == wal_stamp(&item.abs, stamp.page_size)
-                && content_present(&reader, &stamp.content)?
-            {
-                contents[i] = Some((stamp.content.clone(), stamp.size, stamp.page_size));
-                continue;
+        match cache_lookup(repo, &txn, &reader, item)? {
+            Cached::Hit(c) => contents[i] = Some(c),
+            Cached::Miss(stamp) => {
+                previous[i] = stamp;
+                to_read.push(i);
             }
-            previous[i] = Some(stamp);
         }
-        to_read.push(i);
+    }
+    let mut known: Vec<HashMap<PathBuf, (Seen, Got)>> =
+        groups.iter().map(|_| HashMap::new()).collect();
+    for item in grouped.iter().filter(|i| i.kind == EntryKind::File) {
+        if let Cached::Hit(stored) = cache_lookup(repo, &txn, &reader, item)?
+            && let Some(g) = groups.iter().position(|g| g.holds(&item.abs))
+        {
+            known[g].insert(
+                item.abs.clone(),
+                (Seen::of(&item.meta), Got::Cached(stored)),
+            );
+        }
     }
     let mut phases = Phases::new(started);
     phases.mark("walk and file cache");
@@ -308,7 +377,7 @@ pub fn backup(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
         raw_sqlite: opts.raw_sqlite,
         databases: &databases,
     };
-    let (read_results, streamed, packs) = std::thread::scope(|s| {
+    let (read_results, stores, streamed, packs) = std::thread::scope(|s| {
         // Full packs are recorded in the index while reading goes on, a few per transaction, so
         // the index never holds a whole backup's dirty pages and the commit at the end is small.
         // Blobs indexed without a snapshot are harmless: their packs are durable, and the next
@@ -337,10 +406,17 @@ pub fn backup(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
         let (large, small): (Vec<usize>, Vec<usize>) = to_read
             .iter()
             .partition(|&&i| items[i].meta.len() >= LARGE_FILE);
+        let capture_opts = &opts.capture;
         let read = |i: usize| {
             (
                 i,
-                read_file(&shared, &items[i], previous[i].as_ref(), start_ns),
+                read_stably(
+                    &shared,
+                    &items[i],
+                    previous[i].as_ref(),
+                    start_ns,
+                    capture_opts,
+                ),
             )
         };
         // Two lanes of large files side by side: page-aligned databases (parallel inside, but
@@ -355,6 +431,22 @@ pub fn backup(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
         );
         results.extend(streamed);
         results.extend(small.into_par_iter().map(read).collect::<Vec<_>>());
+        // Stores, one at a time, each as a whole.
+        let stores: Vec<Result<GroupCapture<Got>>> = groups
+            .iter()
+            .zip(known)
+            .map(|(group, known)| {
+                let mut io = StoreIo {
+                    shared: &shared,
+                    group,
+                    txn: &txn,
+                    excludes: &excludes,
+                    start_ns,
+                    is_db: HashMap::new(),
+                };
+                capture_group(&opts.capture, &mut io, known)
+            })
+            .collect();
         // Streams last, one at a time; any failure fails the whole snapshot.
         let streamed: Result<Vec<ReadStream>> = opts
             .streams
@@ -368,7 +460,7 @@ pub fn backup(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
         let packs = writer
             .join()
             .unwrap_or_else(|_| Err(Error::invalid("pack writer thread panicked")));
-        (results, streamed, finished.and(packs))
+        (results, stores, streamed, finished.and(packs))
     });
     // 4. Every pack is now durable (or we stop here, leaving only unreferenced packs).
     let packs = packs?;
@@ -377,40 +469,100 @@ pub fn backup(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
 
     let mut stamps = Vec::new();
     let mut bytes_read = 0;
+    let mut captures = Vec::new();
+    let mut notes = Vec::new();
+    let mut accept = |abs: &std::path::Path, rf: ReadFile| {
+        notes.extend(rf.notes);
+        bytes_read += rf.size;
+        if let Some(stamp) = rf.stamp {
+            stamps.push((repo.file_key(abs.as_os_str().as_bytes()), stamp));
+        }
+        (rf.content, rf.size, rf.page_size)
+    };
     for (i, result) in read_results {
+        let item = &items[i];
         match result {
-            Err(e) if databases.contains(&items[i].abs) => {
+            Err(e) if databases.contains(&item.abs) => {
                 return Err(Error::invalid(format!(
                     "sqlite source {}: {e}",
-                    items[i].abs.display()
+                    item.abs.display()
                 )));
             }
             Ok(rf) => {
-                warnings.extend(rf.notes);
-                bytes_read += rf.size;
-                if let Some(stamp) = rf.stamp {
-                    stamps.push((repo.file_key(items[i].abs.as_os_str().as_bytes()), stamp));
+                if !rf.stable && !opts.capture.allow_unstable {
+                    return Err(Error::invalid(format!(
+                        "{} kept changing while it was read ({} reads); nothing was recorded: \
+                         {UNSTABLE_HINT}",
+                        item.abs.display(),
+                        rf.attempts
+                    )));
                 }
-                contents[i] = Some((rf.content, rf.size, rf.page_size));
+                if rf.attempts > 1 || !rf.stable {
+                    captures.push(Capture {
+                        path: item.rel_lossy(),
+                        kind: "file".into(),
+                        attempts: rf.attempts,
+                        consistent: rf.stable,
+                        note: if rf.stable {
+                            String::new()
+                        } else {
+                            "changed while it was read".into()
+                        },
+                    });
+                }
+                contents[i] = Some(accept(&item.abs, rf));
             }
             // Removed between the walk and the read: left out, with a warning.
             Err(e) if e.kind() == crate::ErrorKind::NotFound => {
                 warnings.push(format!(
                     "{}: vanished during the backup; not in the snapshot",
-                    items[i].abs.display()
+                    item.abs.display()
                 ));
             }
             Err(e) if e.kind() == crate::ErrorKind::Io => {
-                errors.push(format!("{}: {e}", items[i].abs.display()));
+                errors.push(format!("{}: {e}", item.abs.display()));
             }
             Err(e) => return Err(e),
         }
     }
+    let mut listed: Vec<(&WalkItem, Option<Stored>)> = items.iter().zip(contents).collect();
+    let mut store_items = Vec::new();
+    for (group, store) in groups.iter().zip(stores) {
+        let what = format!("{} store {}", group.kind.as_str(), group.root.display());
+        let store = store.map_err(|e| Error::invalid(format!("{what}: {e}")))?;
+        let changed = summarize(&store.changed);
+        if !store.stable && !opts.capture.allow_unstable {
+            return Err(Error::invalid(format!(
+                "{what} kept changing while it was read ({} attempts; {changed}); nothing was \
+                 recorded: {UNSTABLE_HINT}",
+                store.attempts
+            )));
+        }
+        errors.extend(store.errors);
+        captures.push(Capture {
+            path: String::from_utf8_lossy(&group.rel).into_owned(),
+            kind: group.kind.as_str().into(),
+            attempts: store.attempts,
+            consistent: store.stable,
+            note: changed,
+        });
+        for (item, got) in store.items {
+            let content = match got {
+                None => None,
+                Some(Got::Cached(stored)) => Some(stored),
+                Some(Got::Read(rf)) => Some(accept(&item.abs, rf)),
+            };
+            store_items.push((item, content));
+        }
+    }
+    warnings.extend(notes);
+    listed.extend(store_items.iter().map(|(item, c)| (item, c.clone())));
+    listed.sort_by(|a, b| a.0.rel.cmp(&b.0.rel));
 
     // 5. Manifest.
-    let mut entries = Vec::with_capacity(items.len());
+    let mut entries = Vec::with_capacity(listed.len());
     let mut stats = SnapshotStats::default();
-    for (item, content) in items.iter().zip(contents) {
+    for (item, content) in listed {
         let (content, size, page_size) = match item.kind {
             EntryKind::File => match content {
                 Some(c) => c,
@@ -504,6 +656,7 @@ pub fn backup(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
         entries,
         stats,
         errors,
+        captures,
     };
     let (id, framed) = manifest.encode(repo.keys())?;
     phases.mark("manifest");
@@ -524,7 +677,119 @@ pub fn backup(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
         manifest,
         warnings,
         phases_ms: phases.done,
+        after_hook_error: None,
     })
+}
+
+/// What to do about something that kept changing while it was read.
+const UNSTABLE_HINT: &str = "pause the writer around the backup (--before/--after hooks), allow \
+    more reads (--capture-retries), or record it anyway, marked as possibly inconsistent \
+    (--allow-unstable)";
+
+/// The first few of a list of changes, for a message.
+fn summarize(changed: &[String]) -> String {
+    const SHOWN: usize = 3;
+    let mut s = changed[..changed.len().min(SHOWN)].join("; ");
+    if changed.len() > SHOWN {
+        s.push_str(&format!("; and {} more", changed.len() - SHOWN));
+    }
+    s
+}
+
+/// Whether the file cache still describes `item` (and its content is in the repository).
+enum Cached {
+    Hit(Stored),
+    /// Not cached, or changed since: the stamp cached for it, if any, as a hint.
+    Miss(Option<FileStamp>),
+}
+
+fn cache_lookup(
+    repo: &Repo,
+    txn: &redb::ReadTransaction,
+    reader: &IndexReader,
+    item: &WalkItem,
+) -> Result<Cached> {
+    let cached = crate::index::file_stamp(txn, &repo.file_key(item.abs.as_os_str().as_bytes()))?;
+    Ok(match cached {
+        Some(stamp)
+            if stamp_matches(&stamp, &item.meta)
+                && stamp.wal == wal_stamp(&item.abs, stamp.page_size)
+                && content_present(reader, &stamp.content)? =>
+        {
+            Cached::Hit((stamp.content, stamp.size, stamp.page_size))
+        }
+        stamp => Cached::Miss(stamp),
+    })
+}
+
+/// Reads a file again, with backoff, while it changes during the read (at most
+/// `opts.retries` more times).
+fn read_stably(
+    shared: &Shared,
+    item: &WalkItem,
+    previous: Option<&FileStamp>,
+    start_ns: i64,
+    opts: &CaptureOptions,
+) -> Result<ReadFile> {
+    let mut attempt = 1;
+    loop {
+        let mut rf = read_file(shared, item, previous, start_ns)?;
+        rf.attempts = attempt;
+        if rf.stable || attempt > opts.retries {
+            return Ok(rf);
+        }
+        std::thread::sleep(backoff(attempt));
+        attempt += 1;
+    }
+}
+
+/// A store's files as the backup reaches them.
+struct StoreIo<'a, 'r> {
+    shared: &'a Shared<'r>,
+    group: &'a Group,
+    txn: &'a redb::ReadTransaction,
+    excludes: &'a crate::walk::Excludes,
+    start_ns: i64,
+    /// Which files are SQLite databases, once looked at.
+    is_db: HashMap<PathBuf, bool>,
+}
+
+impl GroupIo<Got> for StoreIo<'_, '_> {
+    fn list(&mut self) -> Result<(Vec<WalkItem>, Vec<String>)> {
+        let rel = self.group.rel.clone();
+        let prefix = rel.iter().position(|&b| b == b'/').unwrap_or(rel.len()) + 1;
+        let walked = crate::walk::walk_below(
+            &self.group.root,
+            rel,
+            prefix,
+            &self.shared.repo.root,
+            self.excludes,
+        )?;
+        Ok((walked.items, walked.errors))
+    }
+
+    fn is_database(&mut self, item: &WalkItem) -> bool {
+        let databases = self.shared.databases;
+        *self
+            .is_db
+            .entry(item.abs.clone())
+            .or_insert_with(|| databases.contains(&item.abs) || looks_paged(&item.abs))
+    }
+
+    fn read(&mut self, item: &WalkItem) -> Result<Option<FileRead<Got>>> {
+        let repo = self.shared.repo;
+        let previous =
+            crate::index::file_stamp(self.txn, &repo.file_key(item.abs.as_os_str().as_bytes()))?;
+        match read_file(self.shared, item, previous.as_ref(), self.start_ns) {
+            Ok(rf) => Ok(Some(FileRead {
+                seen: rf.seen,
+                stable: rf.stable,
+                data: Got::Read(rf),
+            })),
+            Err(e) if e.kind() == crate::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 /// Packs whose blob entries go into one intermediate index transaction. Few large transactions
@@ -835,6 +1100,9 @@ fn read_file(
         page_size,
         stamp,
         notes,
+        seen: Seen::of(&before),
+        stable: captured || unchanged,
+        attempts: 1,
     })
 }
 

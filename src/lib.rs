@@ -9,6 +9,7 @@
 //! the index, checks each against its hash, and renames each finished file into place.
 
 pub mod backup;
+pub mod capture;
 pub mod chunker;
 pub mod codec;
 pub mod compress;

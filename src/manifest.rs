@@ -1,7 +1,8 @@
 //! Snapshot manifests: what a snapshot holds, file by file.
 //!
 //! A manifest is encoded with bincode (through [`crate::codec`]), compressed with zstd and framed
-//! (magic `STRASNAP`, version 2; version 1, whose sources had no kind, is still read). Its id is the BLAKE3 of the encoded (uncompressed) manifest, and
+//! (magic `STRASNAP`, version 3; version 1, whose sources had no kind, and version 2, which had
+//! no capture records, are still read). Its id is the BLAKE3 of the encoded (uncompressed) manifest, and
 //! it is stored twice: in the index and as `snapshots/<id>.snap`.
 
 use crate::codec::{self, frame};
@@ -11,7 +12,7 @@ use crate::id::{ChunkId, SnapshotId};
 use serde::{Deserialize, Serialize};
 
 pub const MAGIC: &[u8; 8] = b"STRASNAP";
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// How a file's bytes are found.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,7 +106,56 @@ struct SourceV1 {
     path: String,
 }
 
-/// A manifest as format version 1 recorded it (identical but for its sources).
+/// How a file or a store that changed while it was read was captured. Recorded for every store
+/// (a directory whose files must agree, such as a ChromaDB directory) and for every file that
+/// had to be read more than once.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capture {
+    /// Its path inside the snapshot.
+    pub path: String,
+    /// `file`, `chromadb` (a ChromaDB directory) or `group` (a directory named with `--group`).
+    pub kind: String,
+    /// Reads of it (1 when nothing changed).
+    pub attempts: u32,
+    /// False when it kept changing and was recorded anyway (`--allow-unstable`): the snapshot
+    /// may hold it torn, or its files from different moments.
+    pub consistent: bool,
+    /// What changed during the last attempt, when it was not consistent.
+    pub note: String,
+}
+
+/// A manifest as format version 2 recorded it (identical but for capture records).
+#[derive(Deserialize)]
+struct ManifestV2 {
+    time_ns: i64,
+    hostname: String,
+    name: Option<String>,
+    kind: String,
+    tags: Vec<String>,
+    sources: Vec<Source>,
+    entries: Vec<Entry>,
+    stats: SnapshotStats,
+    errors: Vec<String>,
+}
+
+impl From<ManifestV2> for Manifest {
+    fn from(m: ManifestV2) -> Manifest {
+        Manifest {
+            time_ns: m.time_ns,
+            hostname: m.hostname,
+            name: m.name,
+            kind: m.kind,
+            tags: m.tags,
+            sources: m.sources,
+            entries: m.entries,
+            stats: m.stats,
+            errors: m.errors,
+            captures: vec![],
+        }
+    }
+}
+
+/// A manifest as format version 1 recorded it (version 2 but for its sources).
 #[derive(Deserialize)]
 struct ManifestV1 {
     time_ns: i64,
@@ -150,6 +200,7 @@ impl From<ManifestV1> for Manifest {
             entries: m.entries,
             stats: m.stats,
             errors: m.errors,
+            captures: vec![],
         }
     }
 }
@@ -184,6 +235,8 @@ pub struct Manifest {
     pub stats: SnapshotStats,
     /// Files that could not be read; a non-empty list makes the snapshot partial.
     pub errors: Vec<String>,
+    /// Stores, and files that changed while they were read (see [`Capture`]).
+    pub captures: Vec<Capture>,
 }
 
 impl Manifest {
@@ -231,10 +284,17 @@ impl Manifest {
                 "{what}: content does not match its id"
             )));
         }
-        if version == 1 {
-            return Ok(codec::decode::<ManifestV1>(&plain, &what)?.into());
+        match version {
+            1 => return Ok(codec::decode::<ManifestV1>(&plain, &what)?.into()),
+            2 => return Ok(codec::decode::<ManifestV2>(&plain, &what)?.into()),
+            _ => {}
         }
         codec::decode(&plain, &what)
+    }
+
+    /// What was recorded although it kept changing while it was read.
+    pub fn inconsistent(&self) -> impl Iterator<Item = &Capture> {
+        self.captures.iter().filter(|c| !c.consistent)
     }
 
     pub fn time(&self) -> chrono::DateTime<chrono::Local> {
@@ -293,6 +353,7 @@ mod tests {
                 entries,
                 stats: SnapshotStats::default(),
                 errors: vec![],
+                captures: vec![Capture { path: "a/store".into(), kind: "chromadb".into(), attempts: 2, consistent: false, note: "x changed".into() }],
             };
             let (id, bytes) = m.encode(None).unwrap();
             prop_assert_eq!(Manifest::decode(&bytes, Some(&id), None).unwrap(), m.clone());

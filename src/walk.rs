@@ -16,6 +16,12 @@ pub struct WalkItem {
     pub target: Option<Vec<u8>>,
 }
 
+impl WalkItem {
+    pub fn rel_lossy(&self) -> String {
+        String::from_utf8_lossy(&self.rel).into_owned()
+    }
+}
+
 pub struct Walked {
     pub items: Vec<WalkItem>,
     /// (name inside the snapshot, absolute path) per source.
@@ -151,6 +157,34 @@ pub fn walk_sources_excluding(
         };
         visit(&abs, name.into_bytes(), meta, &ctx, &mut w);
     }
+    w.items.sort_by(|a, b| a.rel.cmp(&b.rel));
+    Ok(w)
+}
+
+/// Walks the directory `abs` again, as it is now: it and everything below it, named from
+/// `rel` (its path inside the snapshot). `prefix` is the length of the source name and its
+/// slash at the start of `rel`, for matching exclusions.
+pub fn walk_below(
+    abs: &Path,
+    rel: Vec<u8>,
+    prefix: usize,
+    repo_root: &Path,
+    excludes: &Excludes,
+) -> Result<Walked> {
+    let mut w = Walked {
+        items: Vec::new(),
+        sources: Vec::new(),
+        warnings: Vec::new(),
+        errors: Vec::new(),
+    };
+    let meta = fs::symlink_metadata(abs).map_err(|e| Error::io_path("stat", abs, e))?;
+    let repo_canon = fs::canonicalize(repo_root).ok();
+    let ctx = Ctx {
+        repo: repo_canon.as_deref(),
+        excludes,
+        prefix,
+    };
+    visit(abs, rel, meta, &ctx, &mut w);
     w.items.sort_by(|a, b| a.rel.cmp(&b.rel));
     Ok(w)
 }

@@ -8,7 +8,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 use strata::backup::{BackupOptions, NamedPath, StreamFrom, StreamSource, backup as run_backup};
+use strata::capture::{CaptureOptions, Hooks};
 use strata::chunker::ChunkerParams;
 use strata::repo::{Config, Repo};
 
@@ -129,6 +131,34 @@ pub struct BackupArgs {
     /// reading a consistent image through SQLite
     #[arg(long)]
     raw_sqlite: bool,
+    /// A directory whose files must agree with each other, captured as one store: all its files
+    /// from one quiet moment, its SQLite databases last (ChromaDB directories are recognised
+    /// without it) (repeatable)
+    #[arg(long = "group", value_name = "DIR")]
+    groups: Vec<PathBuf>,
+    /// How many more times a file or store that changed while it was read is read again
+    #[arg(long, value_name = "N", default_value_t = CaptureOptions::default().retries)]
+    capture_retries: u32,
+    /// How long a store's files must have been quiet before it is read, in milliseconds
+    #[arg(long, value_name = "MS", default_value_t = CaptureOptions::default().settle.as_millis() as u64)]
+    settle_ms: u64,
+    /// The most time one store may take to capture, in seconds
+    #[arg(long, value_name = "SECS", default_value_t = CaptureOptions::default().timeout.as_secs())]
+    capture_timeout: u64,
+    /// Record what kept changing while it was read, marked as possibly inconsistent, instead
+    /// of failing the snapshot
+    #[arg(long)]
+    allow_unstable: bool,
+    /// A shell command to run before the capture (e.g. one that pauses the application); the
+    /// backup fails if it fails
+    #[arg(long, value_name = "CMD")]
+    before: Option<String>,
+    /// A shell command to run after the capture, whether it succeeded or not
+    #[arg(long, value_name = "CMD")]
+    after: Option<String>,
+    /// Seconds a hook may run before it is killed (and counts as failed)
+    #[arg(long, value_name = "SECS", default_value_t = Hooks::default().timeout.as_secs())]
+    hook_timeout: u64,
     /// Machine-readable output
     #[arg(long)]
     json: bool,
@@ -142,6 +172,10 @@ struct BackupJson<'a> {
     stats: &'a strata::manifest::SnapshotStats,
     warnings: &'a [String],
     errors: &'a [String],
+    /// Stores, and files that changed while they were read.
+    captures: &'a [strata::manifest::Capture],
+    /// The after hook's failure (the snapshot is saved).
+    after_hook_error: Option<&'a str>,
     /// Wall milliseconds per phase, in order.
     phases: Vec<PhaseJson>,
 }
@@ -347,6 +381,18 @@ pub fn backup(rp: &RepoPath, args: BackupArgs) -> Result<ExitCode> {
         raw_sqlite: args.raw_sqlite,
         databases,
         streams,
+        capture: CaptureOptions {
+            retries: args.capture_retries,
+            settle: Duration::from_millis(args.settle_ms),
+            timeout: Duration::from_secs(args.capture_timeout),
+            allow_unstable: args.allow_unstable,
+            groups: args.groups.clone(),
+        },
+        hooks: Hooks {
+            before: args.before.clone(),
+            after: args.after.clone(),
+            timeout: Duration::from_secs(args.hook_timeout),
+        },
     };
     let report = run_backup(&repo, &opts).context("backup failed; nothing was recorded")?;
     if let Some(b) = &bar {
@@ -362,6 +408,8 @@ pub fn backup(rp: &RepoPath, args: BackupArgs) -> Result<ExitCode> {
             stats: s,
             warnings: &report.warnings,
             errors: &m.errors,
+            captures: &m.captures,
+            after_hook_error: report.after_hook_error.as_deref(),
             phases: report
                 .phases_ms
                 .iter()
@@ -389,6 +437,17 @@ pub fn backup(rp: &RepoPath, args: BackupArgs) -> Result<ExitCode> {
             dedup,
             s.duration_ms as f64 / 1000.0
         );
+    }
+    for c in m.inconsistent() {
+        eprintln!(
+            "warning: {} ({}) kept changing while it was read and is recorded as possibly \
+             inconsistent: {}",
+            c.path, c.kind, c.note
+        );
+    }
+    if let Some(e) = &report.after_hook_error {
+        eprintln!("strata: the snapshot is saved, but {e}");
+        return Ok(ExitCode::from(super::EXIT_ERROR));
     }
     if report.partial() {
         eprintln!(

@@ -53,6 +53,10 @@ struct SnapJson {
     tags: Vec<String>,
     sources: Vec<SourceJson>,
     partial: bool,
+    /// Something kept changing while it was read and was recorded anyway.
+    possibly_inconsistent: bool,
+    /// Stores, and files that changed while they were read.
+    captures: Vec<strata::manifest::Capture>,
     stats: strata::manifest::SnapshotStats,
 }
 
@@ -76,6 +80,8 @@ fn snap_json(s: &Snapshot) -> SnapJson {
             })
             .collect(),
         partial: !m.errors.is_empty(),
+        possibly_inconsistent: m.inconsistent().next().is_some(),
+        captures: m.captures.clone(),
         stats: m.stats.clone(),
     }
 }
@@ -97,7 +103,7 @@ pub fn list(repo: &Repo, args: ListArgs) -> Result<ExitCode> {
     for s in &snaps {
         let m = &s.manifest;
         println!(
-            "{:<8}  {:<19}  {:<13}  {:<16}  {:>7}  {:>10}  {:>10}  {}{}",
+            "{:<8}  {:<19}  {:<13}  {:<16}  {:>7}  {:>10}  {:>10}  {}{}{}",
             s.id.short(),
             m.time().format("%Y-%m-%d %H:%M:%S"),
             m.kind,
@@ -110,6 +116,11 @@ pub fn list(repo: &Repo, args: ListArgs) -> Result<ExitCode> {
                 ""
             } else {
                 " (partial)"
+            },
+            if m.inconsistent().next().is_some() {
+                " (possibly inconsistent)"
+            } else {
+                ""
             }
         );
     }
@@ -207,6 +218,17 @@ pub fn show(repo: &Repo, args: ShowArgs) -> Result<ExitCode> {
         bytes(st.bytes_read),
         st.duration_ms as f64 / 1000.0
     );
+    for c in &m.captures {
+        let how = match (c.consistent, c.attempts) {
+            (false, n) => format!(
+                "POSSIBLY INCONSISTENT: kept changing over {n} reads ({})",
+                c.note
+            ),
+            (true, 1) => "captured at one instant".to_string(),
+            (true, n) => format!("captured at one instant after {n} reads"),
+        };
+        println!("capture   {} ({}): {how}", c.path, c.kind);
+    }
     for e in &m.errors {
         println!("not saved {e}");
     }
