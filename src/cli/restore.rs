@@ -162,6 +162,7 @@ pub fn restore(repo: &Repo, args: RestoreArgs) -> Result<ExitCode> {
         }
     }
     let bad_checks = checks.iter().filter(|(_, v)| v.is_err()).count();
+    let stores = restored_stores(&snap.manifest, &target);
     if args.json {
         #[derive(serde::Serialize)]
         struct Check<'a> {
@@ -184,6 +185,8 @@ pub fn restore(repo: &Repo, args: RestoreArgs) -> Result<ExitCode> {
             errors: &'a [String],
             notes: &'a [String],
             integrity: Vec<Check<'a>>,
+            /// Stores restored (ChromaDB directories, groups), and how to verify each.
+            stores: &'a [StoreJson],
         }
         print_json(&Out {
             snapshot: snap.id.to_hex(),
@@ -208,6 +211,7 @@ pub fn restore(repo: &Repo, args: RestoreArgs) -> Result<ExitCode> {
                     problems: v.as_ref().err().map(|s| s.as_str()),
                 })
                 .collect(),
+            stores: &stores,
         })?;
     } else {
         for e in &report.errors {
@@ -241,6 +245,9 @@ pub fn restore(repo: &Repo, args: RestoreArgs) -> Result<ExitCode> {
                 Err(problems) => println!("{db}: integrity_check FAILED: {problems}"),
             }
         }
+        for st in &stores {
+            println!("{}: {}", st.path, st.verify);
+        }
     }
     if bad_checks > 0 {
         eprintln!("strata: {bad_checks} restored database(s) failed their integrity check");
@@ -254,6 +261,51 @@ pub fn restore(repo: &Repo, args: RestoreArgs) -> Result<ExitCode> {
         return Ok(ExitCode::from(EXIT_DAMAGE));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[derive(serde::Serialize)]
+struct StoreJson {
+    path: String,
+    kind: String,
+    consistent: bool,
+    /// How to check the restored store.
+    verify: String,
+}
+
+/// The stores of `m` that this restore wrote below `target`, each with how to verify it.
+fn restored_stores(m: &strata::Manifest, target: &std::path::Path) -> Vec<StoreJson> {
+    m.captures
+        .iter()
+        .filter(|c| c.kind != "file")
+        .filter_map(|c| {
+            let dir = target.join(&c.path);
+            dir.is_dir().then(|| {
+                let when = if c.consistent {
+                    "captured at one instant".to_string()
+                } else {
+                    format!(
+                        "recorded while it kept changing ({}), so it may not open",
+                        c.note
+                    )
+                };
+                let how = if c.kind == "chromadb" {
+                    format!(
+                        "to verify it, open it with chromadb.PersistentClient(path={:?}) and query \
+                         a document you know; Chroma replays its log into the vector index on open",
+                        dir.display().to_string()
+                    )
+                } else {
+                    "verify it with the application that owns it".to_string()
+                };
+                StoreJson {
+                    path: dir.display().to_string(),
+                    kind: c.kind.clone(),
+                    consistent: c.consistent,
+                    verify: format!("a {} store, {when}; {how}", c.kind),
+                }
+            })
+        })
+        .collect()
 }
 
 #[derive(Args)]
