@@ -117,3 +117,156 @@ fn killed_restore_leaves_old_or_new_files_never_a_mix() {
     assert!(left.is_empty(), "{left:?}");
     assert_same_tree(&src, &target.join("src"));
 }
+
+/// How many kills each sweep below makes: 80, or `STRATA_CRASH_POINTS` for a longer run.
+fn crash_points() -> usize {
+    std::env::var("STRATA_CRASH_POINTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(80)
+}
+
+/// Kill moments spread over `0..=span`, from a fixed seed so a failure can be replayed.
+struct Moments(u64);
+
+impl Moments {
+    fn next(&mut self, span: Duration) -> Duration {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let frac = (self.0 >> 11) as f64 / (1u64 << 53) as f64;
+        span.mul_f64(frac)
+    }
+}
+
+fn timed(env: &Env, args: &[&str]) -> Duration {
+    let t = std::time::Instant::now();
+    env.ok(args);
+    t.elapsed()
+}
+
+/// Backups killed at many random moments, each after a change to the source: after every kill
+/// the repository verifies and no completed snapshot is lost; every snapshot restores to files
+/// that are each one version that was written, never a mix.
+#[test]
+fn backups_killed_at_random_moments_lose_nothing() {
+    const FILES: usize = 4;
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    // Every version each file has had, by content hash.
+    let mut versions: Vec<std::collections::HashSet<[u8; 32]>> = vec![Default::default(); FILES];
+    let mut put = |file: usize, seed: u64| {
+        let data = noise(4 << 20, seed);
+        versions[file].insert(*blake3::hash(&data).as_bytes());
+        write(&src.join(format!("f{file}.bin")), &data);
+    };
+    for f in 0..FILES {
+        put(f, f as u64);
+    }
+    let s = src.to_str().unwrap().to_string();
+    let span = timed(&env, &["backup", &s]).mul_f64(1.2);
+    let mut completed = 1;
+    let (mut killed, mut tries) = (0, 0);
+    let mut moments = Moments(0x5EED_0001);
+    while killed < crash_points() && tries < crash_points() * 4 {
+        tries += 1;
+        put(tries % FILES, 1000 + tries as u64);
+        let at = moments.next(span);
+        if run_and_kill_after(&env, &["backup", &s], at) {
+            killed += 1;
+        } else {
+            completed += 1;
+        }
+        let v = env.run(&["verify"]);
+        assert_eq!(code(&v), 0, "after a kill at {at:?}: {}", stderr(&v));
+        let snaps = env.json(&["list"]).as_array().unwrap().len();
+        assert!(
+            snaps >= completed,
+            "{snaps} snapshots after {completed} completed backups"
+        );
+    }
+    assert!(
+        killed >= crash_points(),
+        "only {killed} of {tries} backups were killed"
+    );
+    eprintln!("backup: {killed} killed, {completed} completed, {tries} tries");
+    env.ok(&["verify", "--read-data"]);
+    let list = env.json(&["list"]);
+    for (k, snap) in list.as_array().unwrap().iter().enumerate() {
+        let out = env.path(&format!("r{k}"));
+        env.ok(&[
+            "restore",
+            snap["id"].as_str().unwrap(),
+            out.to_str().unwrap(),
+        ]);
+        for (f, known) in versions.iter().enumerate() {
+            let got = std::fs::read(out.join(format!("src/f{f}.bin"))).unwrap();
+            assert!(
+                known.contains(blake3::hash(&got).as_bytes()),
+                "snapshot {k}: f{f}.bin is no version that was written"
+            );
+        }
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+    // The next backup takes over the dead writer's lock and holds the source as it is.
+    env.backup(&[&src]);
+    let out = env.path("final");
+    env.ok(&["restore", "latest", out.to_str().unwrap()]);
+    assert_same_tree(&src, &out.join("src"));
+}
+
+/// Restores over an existing directory killed at many random moments: the directory is always
+/// the old version or the new one as a whole.
+#[test]
+fn restores_killed_at_random_moments_leave_old_or_new() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    let names: Vec<String> = (0..4).map(|i| format!("f{i}.bin")).collect();
+    for (i, n) in names.iter().enumerate() {
+        write(&src.join(n), &noise(3 << 20, i as u64));
+    }
+    let v1 = env.backup(&[&src]);
+    for (i, n) in names.iter().enumerate() {
+        write(&src.join(n), &noise(3 << 20, 100 + i as u64));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let v2 = env.backup(&[&src]);
+    let old: Vec<Vec<u8>> = (0..4).map(|i| noise(3 << 20, i)).collect();
+    let new: Vec<Vec<u8>> = (0..4).map(|i| noise(3 << 20, 100 + i)).collect();
+    let target = env.path("target");
+    let t = target.to_str().unwrap().to_string();
+    env.ok(&["restore", &v1, &t]);
+    let span = timed(&env, &["restore", &v2, &t]).mul_f64(1.2);
+    let (mut killed, mut tries) = (0, 0);
+    let mut moments = Moments(0x5EED_0002);
+    while killed < crash_points() && tries < crash_points() * 4 {
+        tries += 1;
+        env.ok(&["restore", &v1, &t, "--no-restore-point"]);
+        let at = moments.next(span);
+        if run_and_kill_after(&env, &["restore", &v2, &t], at) {
+            killed += 1;
+        }
+        let versions: std::collections::HashSet<&str> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let got = std::fs::read(target.join("src").join(n)).unwrap();
+                match (got == old[i], got == new[i]) {
+                    (true, _) => "old",
+                    (_, true) => "new",
+                    _ => panic!("{n} is neither version after a kill at {at:?}"),
+                }
+            })
+            .collect();
+        assert_eq!(versions.len(), 1, "a mix after a kill at {at:?}");
+    }
+    assert!(
+        killed >= crash_points(),
+        "only {killed} of {tries} restores were killed"
+    );
+    eprintln!("restore: {killed} killed of {tries} tries");
+    assert_eq!(code(&env.run(&["verify", "--read-data"])), 0);
+}
