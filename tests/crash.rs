@@ -126,7 +126,7 @@ fn crash_points() -> usize {
         .unwrap_or(80)
 }
 
-/// Kill moments spread over `0..=span`, from a fixed seed so a failure can be replayed.
+/// Kill moments spread over `0..=1.5 x span` (a run to be killed can take longer than one timed alone, and the late phases matter), from a fixed seed so a failure can be replayed.
 struct Moments(u64);
 
 impl Moments {
@@ -136,7 +136,7 @@ impl Moments {
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         let frac = (self.0 >> 11) as f64 / (1u64 << 53) as f64;
-        span.mul_f64(frac)
+        span.mul_f64(1.5 * frac)
     }
 }
 
@@ -166,18 +166,24 @@ fn backups_killed_at_random_moments_lose_nothing() {
         put(f, f as u64);
     }
     let s = src.to_str().unwrap().to_string();
-    let span = timed(&env, &["backup", &s]).mul_f64(1.2);
-    let mut completed = 1;
+    env.ok(&["backup", &s]);
+    // A run like those to be killed: one changed file.
+    put(0, 999);
+    let mut span = timed(&env, &["backup", &s]);
+    let mut completed = 2;
     let (mut killed, mut tries) = (0, 0);
     let mut moments = Moments(0x5EED_0001);
     while killed < crash_points() && tries < crash_points() * 4 {
         tries += 1;
         put(tries % FILES, 1000 + tries as u64);
         let at = moments.next(span);
+        let started = std::time::Instant::now();
         if run_and_kill_after(&env, &["backup", &s], at) {
             killed += 1;
         } else {
             completed += 1;
+            // Kill moments follow how long a run takes now (the machine's load changes).
+            span = started.elapsed();
         }
         let v = env.run(&["verify"]);
         assert_eq!(code(&v), 0, "after a kill at {at:?}: {}", stderr(&v));
@@ -239,15 +245,19 @@ fn restores_killed_at_random_moments_leave_old_or_new() {
     let target = env.path("target");
     let t = target.to_str().unwrap().to_string();
     env.ok(&["restore", &v1, &t]);
-    let span = timed(&env, &["restore", &v2, &t]).mul_f64(1.2);
+    let mut span = timed(&env, &["restore", &v2, &t]);
     let (mut killed, mut tries) = (0, 0);
     let mut moments = Moments(0x5EED_0002);
     while killed < crash_points() && tries < crash_points() * 4 {
         tries += 1;
         env.ok(&["restore", &v1, &t, "--no-restore-point"]);
         let at = moments.next(span);
+        let started = std::time::Instant::now();
         if run_and_kill_after(&env, &["restore", &v2, &t], at) {
             killed += 1;
+        } else {
+            // Kill moments follow how long a run takes now (the machine's load changes).
+            span = started.elapsed();
         }
         let versions: std::collections::HashSet<&str> = names
             .iter()
