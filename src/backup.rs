@@ -249,15 +249,12 @@ enum Got {
 /// after hook always, once the before hook has been started.
 pub fn backup(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
     let hooks = &opts.hooks;
-    let before = match &hooks.before {
-        Some(cmd) => run_hook("before", cmd, hooks.timeout),
+    let hook = |which, cmd: &Option<String>| match cmd {
+        Some(cmd) => run_hook(which, cmd, hooks.timeout),
         None => Ok(()),
     };
-    let result = before.and_then(|()| capture(repo, opts));
-    let after = match &hooks.after {
-        Some(cmd) => run_hook("after", cmd, hooks.timeout),
-        None => Ok(()),
-    };
+    let result = hook("before", &hooks.before).and_then(|()| capture(repo, opts));
+    let after = hook("after", &hooks.after);
     match (result, after) {
         (Ok(mut report), Err(e)) => {
             report.after_hook_error = Some(e.to_string());
@@ -709,8 +706,7 @@ fn cache_lookup(
     reader: &IndexReader,
     item: &WalkItem,
 ) -> Result<Cached> {
-    let cached = crate::index::file_stamp(txn, &repo.file_key(item.abs.as_os_str().as_bytes()))?;
-    Ok(match cached {
+    Ok(match cached_stamp(repo, txn, &item.abs)? {
         Some(stamp)
             if stamp_matches(&stamp, &item.meta)
                 && stamp.wal == wal_stamp(&item.abs, stamp.page_size)
@@ -720,6 +716,15 @@ fn cache_lookup(
         }
         stamp => Cached::Miss(stamp),
     })
+}
+
+/// The file cache's stamp for the file at `abs`, if any.
+fn cached_stamp(
+    repo: &Repo,
+    txn: &redb::ReadTransaction,
+    abs: &std::path::Path,
+) -> Result<Option<FileStamp>> {
+    crate::index::file_stamp(txn, &repo.file_key(abs.as_os_str().as_bytes()))
 }
 
 /// Reads a file again, with backoff, while it changes during the read (at most
@@ -777,9 +782,7 @@ impl GroupIo<Got> for StoreIo<'_, '_> {
     }
 
     fn read(&mut self, item: &WalkItem) -> Result<Option<FileRead<Got>>> {
-        let repo = self.shared.repo;
-        let previous =
-            crate::index::file_stamp(self.txn, &repo.file_key(item.abs.as_os_str().as_bytes()))?;
+        let previous = cached_stamp(self.shared.repo, self.txn, &item.abs)?;
         match read_file(self.shared, item, previous.as_ref(), self.start_ns) {
             Ok(rf) => Ok(Some(FileRead {
                 seen: rf.seen,
@@ -873,16 +876,19 @@ pub(crate) fn mtime_ns(m: &std::fs::Metadata) -> i64 {
     m.mtime().saturating_mul(1_000_000_000) + m.mtime_nsec()
 }
 
-fn ctime_ns(m: &std::fs::Metadata) -> i64 {
+pub(crate) fn ctime_ns(m: &std::fs::Metadata) -> i64 {
     m.ctime().saturating_mul(1_000_000_000) + m.ctime_nsec()
 }
 
 fn stamp_matches(s: &FileStamp, m: &std::fs::Metadata) -> bool {
-    s.size == m.len()
-        && s.mtime_ns == mtime_ns(m)
-        && s.ctime_ns == ctime_ns(m)
-        && s.ino == m.ino()
-        && s.dev == m.dev()
+    let cached = Seen {
+        size: s.size,
+        mtime_ns: s.mtime_ns,
+        ctime_ns: s.ctime_ns,
+        ino: s.ino,
+        dev: s.dev,
+    };
+    cached == Seen::of(m)
 }
 
 fn content_present(reader: &IndexReader, content: &Content) -> Result<bool> {
@@ -1084,10 +1090,9 @@ fn read_file(
     let after = std::fs::metadata(path).ctx("stat", path)?;
     let wal_after = wal_stamp(path, page_size);
     // A captured image can be longer than the main file (pages still in the WAL).
-    let unchanged = stamp_of(&before, content.clone(), page_size)
-        == stamp_of(&after, content.clone(), page_size)
-        && wal_before == wal_after
-        && (captured || size == before.len());
+    let seen = Seen::of(&before);
+    let unchanged =
+        seen == Seen::of(&after) && wal_before == wal_after && (captured || size == before.len());
     let racy = ctime_ns(&before) >= start_ns - RACY_WINDOW_NS
         || wal_before.is_some_and(|w| w.2 >= start_ns - RACY_WINDOW_NS);
     let stamp = (unchanged && !racy).then(|| FileStamp {
@@ -1100,7 +1105,7 @@ fn read_file(
         page_size,
         stamp,
         notes,
-        seen: Seen::of(&before),
+        seen,
         stable: captured || unchanged,
         attempts: 1,
     })

@@ -102,8 +102,8 @@ impl Seen {
     pub fn of(m: &Metadata) -> Seen {
         Seen {
             size: m.len(),
-            mtime_ns: m.mtime().saturating_mul(1_000_000_000) + m.mtime_nsec(),
-            ctime_ns: m.ctime().saturating_mul(1_000_000_000) + m.ctime_nsec(),
+            mtime_ns: crate::backup::mtime_ns(m),
+            ctime_ns: crate::backup::ctime_ns(m),
             ino: m.ino(),
             dev: m.dev(),
         }
@@ -523,6 +523,16 @@ mod tests {
         meddle: &'a mut dyn FnMut(&Path, usize),
     }
 
+    impl<'a> Scripted<'a> {
+        fn new(root: &Path, meddle: &'a mut dyn FnMut(&Path, usize)) -> Scripted<'a> {
+            Scripted {
+                root: root.into(),
+                reads: vec![],
+                meddle,
+            }
+        }
+    }
+
     impl GroupIo<Vec<u8>> for Scripted<'_> {
         fn list(&mut self) -> Result<(Vec<WalkItem>, Vec<String>)> {
             let w = walk_below(
@@ -585,11 +595,7 @@ mod tests {
     fn a_quiet_store_takes_one_attempt_and_reads_databases_last() {
         let dir = store();
         let mut meddle = |_: &Path, _: usize| {};
-        let mut io = Scripted {
-            root: dir.path().into(),
-            reads: vec![],
-            meddle: &mut meddle,
-        };
+        let mut io = Scripted::new(dir.path(), &mut meddle);
         let c = capture_group(&quick(), &mut io, HashMap::new()).unwrap();
         assert!(c.stable);
         assert_eq!(c.attempts, 1);
@@ -612,11 +618,7 @@ mod tests {
                 fs::write(p, b"b2").unwrap();
             }
         };
-        let mut io = Scripted {
-            root: dir.path().into(),
-            reads: vec![],
-            meddle: &mut meddle,
-        };
+        let mut io = Scripted::new(dir.path(), &mut meddle);
         let c = capture_group(&quick(), &mut io, HashMap::new()).unwrap();
         assert!(c.stable);
         assert_eq!(c.attempts, 2);
@@ -636,11 +638,7 @@ mod tests {
                 fs::write(root.join("a.bin"), b"a2").unwrap();
             }
         };
-        let mut io = Scripted {
-            root: dir.path().into(),
-            reads: vec![],
-            meddle: &mut meddle,
-        };
+        let mut io = Scripted::new(dir.path(), &mut meddle);
         let c = capture_group(&quick(), &mut io, HashMap::new()).unwrap();
         assert!(c.stable);
         assert_eq!(c.attempts, 2);
@@ -665,11 +663,7 @@ mod tests {
             settle: Duration::ZERO,
             ..quick()
         };
-        let mut io = Scripted {
-            root: dir.path().into(),
-            reads: vec![],
-            meddle: &mut meddle,
-        };
+        let mut io = Scripted::new(dir.path(), &mut meddle);
         let c = capture_group(&opts, &mut io, HashMap::new()).unwrap();
         assert!(!c.stable);
         assert_eq!(c.attempts, opts.retries + 1);
@@ -691,11 +685,7 @@ mod tests {
             (Seen::of(&fs::metadata(&a).unwrap()), b"cached".to_vec()),
         )]);
         let mut meddle = |_: &Path, _: usize| {};
-        let mut io = Scripted {
-            root: dir.path().into(),
-            reads: vec![],
-            meddle: &mut meddle,
-        };
+        let mut io = Scripted::new(dir.path(), &mut meddle);
         let c = capture_group(&quick(), &mut io, known).unwrap();
         assert_eq!(io.reads, ["b.bin", "log.db"]);
         assert_eq!(contents(&c)[0], ("s/a.bin".into(), b"cached".to_vec()));
@@ -711,11 +701,7 @@ mod tests {
             settle: Duration::from_millis(300),
             ..quick()
         };
-        let mut io = Scripted {
-            root: dir.path().into(),
-            reads: vec![],
-            meddle: &mut meddle,
-        };
+        let mut io = Scripted::new(dir.path(), &mut meddle);
         capture_group(&opts, &mut io, HashMap::new()).unwrap();
         assert!(written.elapsed() >= Duration::from_millis(250));
     }

@@ -169,8 +169,8 @@ struct ManifestV1 {
     errors: Vec<String>,
 }
 
-impl From<ManifestV1> for Manifest {
-    fn from(m: ManifestV1) -> Manifest {
+impl From<ManifestV1> for ManifestV2 {
+    fn from(m: ManifestV1) -> ManifestV2 {
         let sources = m
             .sources
             .into_iter()
@@ -190,7 +190,7 @@ impl From<ManifestV1> for Manifest {
                 }
             })
             .collect();
-        Manifest {
+        ManifestV2 {
             time_ns: m.time_ns,
             hostname: m.hostname,
             name: m.name,
@@ -200,7 +200,6 @@ impl From<ManifestV1> for Manifest {
             entries: m.entries,
             stats: m.stats,
             errors: m.errors,
-            captures: vec![],
         }
     }
 }
@@ -285,7 +284,10 @@ impl Manifest {
             )));
         }
         match version {
-            1 => return Ok(codec::decode::<ManifestV1>(&plain, &what)?.into()),
+            1 => {
+                let v1 = codec::decode::<ManifestV1>(&plain, &what)?;
+                return Ok(ManifestV2::from(v1).into());
+            }
             2 => return Ok(codec::decode::<ManifestV2>(&plain, &what)?.into()),
             _ => {}
         }

@@ -22,6 +22,7 @@ impl WalkItem {
     }
 }
 
+#[derive(Default)]
 pub struct Walked {
     pub items: Vec<WalkItem>,
     /// (name inside the snapshot, absolute path) per source.
@@ -106,12 +107,7 @@ pub fn walk_sources_excluding(
     excludes: &Excludes,
 ) -> Result<Walked> {
     let repo_canon = fs::canonicalize(repo_root).ok();
-    let mut w = Walked {
-        items: Vec::new(),
-        sources: Vec::new(),
-        warnings: Vec::new(),
-        errors: Vec::new(),
-    };
+    let mut w = Walked::default();
     let mut names = std::collections::HashSet::new();
     for (_, given) in sources {
         if let Some(name) = given {
@@ -171,12 +167,7 @@ pub fn walk_below(
     repo_root: &Path,
     excludes: &Excludes,
 ) -> Result<Walked> {
-    let mut w = Walked {
-        items: Vec::new(),
-        sources: Vec::new(),
-        warnings: Vec::new(),
-        errors: Vec::new(),
-    };
+    let mut w = Walked::default();
     let meta = fs::symlink_metadata(abs).map_err(|e| Error::io_path("stat", abs, e))?;
     let repo_canon = fs::canonicalize(repo_root).ok();
     let ctx = Ctx {
