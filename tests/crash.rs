@@ -53,55 +53,78 @@ fn killed_backup_leaves_a_valid_repository() {
     assert_eq!(code(&env.run(&["verify", "--read-data"])), 0);
 }
 
+/// Two snapshots of `src`: every file in one version, then every file in another.
+struct TwoVersions {
+    names: Vec<String>,
+    old: Vec<Vec<u8>>,
+    new: Vec<Vec<u8>>,
+    v1: String,
+    v2: String,
+}
+
+impl TwoVersions {
+    fn back_up(env: &Env, files: usize, size: usize) -> TwoVersions {
+        let src = env.path("src");
+        let names: Vec<String> = (0..files).map(|i| format!("f{i}.bin")).collect();
+        let old: Vec<Vec<u8>> = (0..files as u64).map(|i| noise(size, i)).collect();
+        let new: Vec<Vec<u8>> = (0..files as u64).map(|i| noise(size, 100 + i)).collect();
+        for (n, data) in names.iter().zip(&old) {
+            write(&src.join(n), data);
+        }
+        let v1 = env.backup(&[&src]);
+        for (n, data) in names.iter().zip(&new) {
+            write(&src.join(n), data);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let v2 = env.backup(&[&src]);
+        TwoVersions {
+            names,
+            old,
+            new,
+            v1,
+            v2,
+        }
+    }
+
+    /// Asserts that `target/src` holds every file old or every file new, never a mix.
+    fn assert_whole(&self, target: &std::path::Path, when: &str) {
+        let versions: std::collections::HashSet<&str> = self
+            .names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let got = std::fs::read(target.join("src").join(n)).unwrap();
+                match (got == self.old[i], got == self.new[i]) {
+                    (true, _) => "old",
+                    (_, true) => "new",
+                    _ => panic!("{n} is neither version after a kill at {when}"),
+                }
+            })
+            .collect();
+        assert_eq!(versions.len(), 1, "a mix after a kill at {when}");
+    }
+}
+
 #[test]
 fn killed_restore_leaves_old_or_new_files_never_a_mix() {
     let env = Env::new();
     env.init();
     let src = env.path("src");
-    let names: Vec<String> = (0..6).map(|i| format!("f{i}.bin")).collect();
-    for (i, n) in names.iter().enumerate() {
-        write(&src.join(n), &noise(6 << 20, i as u64));
-    }
-    let v1 = env.backup(&[&src]);
-    for (i, n) in names.iter().enumerate() {
-        write(&src.join(n), &noise(6 << 20, 100 + i as u64));
-    }
-    std::thread::sleep(Duration::from_millis(200));
-    let v2 = env.backup(&[&src]);
-    let old: Vec<Vec<u8>> = (0..6).map(|i| noise(6 << 20, i)).collect();
-    let new: Vec<Vec<u8>> = (0..6).map(|i| noise(6 << 20, 100 + i)).collect();
-
+    let two = TwoVersions::back_up(&env, 6, 6 << 20);
+    let (v1, v2) = (&two.v1, &two.v2);
     let target = env.path("target");
     env.ok(&["restore", &v1[..8], target.to_str().unwrap()]);
     let mut killed = 0;
     for delay_ms in [5u64, 20, 50, 100, 200, 400] {
-        let mut child = env
-            .cmd()
-            .args(["restore", &v2[..8], target.to_str().unwrap()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap();
+        if run_and_kill_after(
+            &env,
+            &["restore", &v2[..8], target.to_str().unwrap()],
+            Duration::from_millis(delay_ms),
+        ) {
             killed += 1;
         }
-        child.wait().unwrap();
         // The directory is swapped in whole: every file old, or every file new.
-        let versions: std::collections::HashSet<&str> = names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| {
-                let got = std::fs::read(target.join("src").join(n)).unwrap();
-                match (got == old[i], got == new[i]) {
-                    (true, _) => "old",
-                    (_, true) => "new",
-                    _ => panic!("{n} is neither version after a kill at {delay_ms} ms"),
-                }
-            })
-            .collect();
-        assert_eq!(versions.len(), 1, "a mix after a kill at {delay_ms} ms");
+        two.assert_whole(&target, &format!("{delay_ms} ms"));
         // Put the old version back for the next round.
         env.ok(&["restore", &v1[..8], target.to_str().unwrap()]);
     }
@@ -229,49 +252,26 @@ fn backups_killed_at_random_moments_lose_nothing() {
 fn restores_killed_at_random_moments_leave_old_or_new() {
     let env = Env::new();
     env.init();
-    let src = env.path("src");
-    let names: Vec<String> = (0..4).map(|i| format!("f{i}.bin")).collect();
-    for (i, n) in names.iter().enumerate() {
-        write(&src.join(n), &noise(3 << 20, i as u64));
-    }
-    let v1 = env.backup(&[&src]);
-    for (i, n) in names.iter().enumerate() {
-        write(&src.join(n), &noise(3 << 20, 100 + i as u64));
-    }
-    std::thread::sleep(Duration::from_millis(200));
-    let v2 = env.backup(&[&src]);
-    let old: Vec<Vec<u8>> = (0..4).map(|i| noise(3 << 20, i)).collect();
-    let new: Vec<Vec<u8>> = (0..4).map(|i| noise(3 << 20, 100 + i)).collect();
+    let two = TwoVersions::back_up(&env, 4, 3 << 20);
+    let (v1, v2) = (&two.v1, &two.v2);
     let target = env.path("target");
     let t = target.to_str().unwrap().to_string();
-    env.ok(&["restore", &v1, &t]);
-    let mut span = timed(&env, &["restore", &v2, &t]);
+    env.ok(&["restore", v1, &t]);
+    let mut span = timed(&env, &["restore", v2, &t]);
     let (mut killed, mut tries) = (0, 0);
     let mut moments = Moments(0x5EED_0002);
     while killed < crash_points() && tries < crash_points() * 4 {
         tries += 1;
-        env.ok(&["restore", &v1, &t, "--no-restore-point"]);
+        env.ok(&["restore", v1, &t, "--no-restore-point"]);
         let at = moments.next(span);
         let started = std::time::Instant::now();
-        if run_and_kill_after(&env, &["restore", &v2, &t], at) {
+        if run_and_kill_after(&env, &["restore", v2, &t], at) {
             killed += 1;
         } else {
             // Kill moments follow how long a run takes now (the machine's load changes).
             span = started.elapsed();
         }
-        let versions: std::collections::HashSet<&str> = names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| {
-                let got = std::fs::read(target.join("src").join(n)).unwrap();
-                match (got == old[i], got == new[i]) {
-                    (true, _) => "old",
-                    (_, true) => "new",
-                    _ => panic!("{n} is neither version after a kill at {at:?}"),
-                }
-            })
-            .collect();
-        assert_eq!(versions.len(), 1, "a mix after a kill at {at:?}");
+        two.assert_whole(&target, &format!("{at:?}"));
     }
     assert!(
         killed >= crash_points(),
