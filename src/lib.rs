@@ -17,6 +17,7 @@ pub mod crypto;
 pub mod diff;
 pub mod direct;
 pub mod error;
+pub mod fuzzing;
 pub mod gc;
 pub mod id;
 pub mod index;

@@ -70,7 +70,7 @@ impl Config {
         Ok(frame::wrap(CONFIG_MAGIC, CONFIG_VERSION, &json))
     }
 
-    fn decode(bytes: &[u8]) -> Result<Self> {
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
         let (_, json) = frame::unwrap(CONFIG_MAGIC, CONFIG_VERSION, bytes, "repository config")?;
         let config: Config = serde_json::from_slice(json)
             .map_err(|e| Error::corrupt(format!("repository config: {e}")))?;
@@ -94,6 +94,15 @@ impl Config {
 }
 
 pub const DEFAULT_PACK_TARGET: u64 = 16 << 20;
+
+/// Decodes config bytes, for the fuzzer: whatever decodes encodes and decodes to the same.
+#[doc(hidden)]
+pub fn fuzz_config(bytes: &[u8]) {
+    if let Ok(c) = Config::decode(bytes) {
+        let again = Config::decode(&c.encode().expect("encodes")).expect("decodes again");
+        assert_eq!(again, c);
+    }
+}
 
 /// Reads and checks the repository config of the repository at `root`.
 pub fn load_config(backend: &dyn Backend, root: &Path) -> Result<Config> {
@@ -226,12 +235,18 @@ pub struct Lock {
     path: PathBuf,
 }
 
+/// What the lock file says about its holder (JSON).
 #[derive(Serialize, Deserialize, Debug)]
-struct LockInfo {
-    pid: u32,
-    host: String,
-    time: String,
-    command: String,
+pub struct LockInfo {
+    pub pid: u32,
+    pub host: String,
+    pub time: String,
+    pub command: String,
+}
+
+/// Parses a lock file's bytes.
+pub fn parse_lock(bytes: &[u8]) -> std::result::Result<LockInfo, serde_json::Error> {
+    serde_json::from_slice::<LockInfo>(bytes)
 }
 
 pub fn hostname() -> String {
@@ -271,7 +286,7 @@ impl Lock {
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                     let held = fs::read(&path).unwrap_or_default();
-                    match serde_json::from_slice::<LockInfo>(&held) {
+                    match parse_lock(&held) {
                         Ok(h) if h.host == info.host && !pid_alive(h.pid) => {
                             // The holder died: its lock is stale.
                             let _ = fs::remove_file(&path);

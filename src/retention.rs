@@ -103,9 +103,13 @@ impl Settings {
         if !backend.exists(SETTINGS_NAME)? {
             return Ok(Settings::default());
         }
-        let bytes = backend.get(SETTINGS_NAME)?;
+        Settings::decode(&backend.get(SETTINGS_NAME)?, keys)
+    }
+
+    /// Decodes the stored bytes of the settings.
+    pub fn decode(bytes: &[u8], keys: Option<&Keys>) -> Result<Settings> {
         let what = "retention settings";
-        let (_, payload) = frame::unwrap(SETTINGS_MAGIC, SETTINGS_VERSION, &bytes, what)?;
+        let (_, payload) = frame::unwrap(SETTINGS_MAGIC, SETTINGS_VERSION, bytes, what)?;
         let opened;
         let json = match keys {
             Some(k) => {

@@ -1,0 +1,5 @@
+//! Retention settings and file-cache entries: any bytes decode or fail cleanly.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| strata::fuzzing::settings(data));
