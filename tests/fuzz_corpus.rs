@@ -71,7 +71,7 @@ fn mutate(rng: &mut Rng, input: &[u8], other: &[u8]) -> Vec<u8> {
 
 fn run(target: &str, f: fn(&[u8]), mutations: usize) {
     let inputs = corpus(target);
-    let mut rng = Rng(0x5EED ^ target.len() as u64 * 0x9E37_79B9);
+    let mut rng = Rng(0x5EED ^ (target.len() as u64 * 0x9E37_79B9));
     for input in &inputs {
         f(input);
     }
