@@ -274,8 +274,12 @@ impl Manifest {
             None => packed,
         };
         let key = keys.map(|k| k.id_key());
-        let plain = zstd::bulk::decompress(packed, codec::DECODE_LIMIT)
-            .map_err(|e| Error::corrupt(format!("{what}: {e}")))?;
+        let plain = zstd::bulk::decompress(packed, codec::DECODE_LIMIT).map_err(|e| {
+            Error::corrupt(format!(
+                "{what}: cannot decompress ({e}; a manifest holds at most {} MiB)",
+                codec::DECODE_LIMIT >> 20
+            ))
+        })?;
         if let Some(id) = expected
             && ChunkId::hash(key, &plain) != *id
         {

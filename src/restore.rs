@@ -232,6 +232,22 @@ pub fn check_entry_path(path: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Refuses a set of entries that holds an unsafe path or the same path twice (a hand-made or
+/// tampered manifest: which of two versions to restore would be a guess).
+pub fn check_entries(entries: &[&Entry]) -> Result<()> {
+    let mut seen = HashSet::with_capacity(entries.len());
+    for e in entries {
+        check_entry_path(&e.path)?;
+        if !seen.insert(e.path.as_slice()) {
+            return Err(Error::corrupt(format!(
+                "snapshot holds the path {:?} more than once; refusing to restore",
+                e.path_lossy()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The entries selected by `paths` (all when empty).
 pub fn select<'m>(manifest: &'m Manifest, paths: &[String]) -> Result<Vec<&'m Entry>> {
     let wanted: Vec<Vec<u8>> = paths
@@ -704,9 +720,7 @@ fn remove_left_by_dead_processes(
 /// each renamed into place complete.
 pub fn restore(repo: &Repo, manifest: &Manifest, opts: &RestoreOptions) -> Result<RestoreReport> {
     let entries = select(manifest, &opts.paths)?;
-    for e in &entries {
-        check_entry_path(&e.path)?;
-    }
+    check_entries(&entries)?;
     fs::create_dir_all(&opts.target).ctx("create", &opts.target)?;
     let target = fs::canonicalize(&opts.target).ctx("resolve", &opts.target)?;
     let txn = repo.index.read()?;
@@ -1071,8 +1085,9 @@ pub struct Replaced {
 pub fn replaced(manifest: &Manifest, paths: &[String], target: &Path) -> Result<Replaced> {
     let mut out = Replaced::default();
     let mut roots = HashSet::new();
-    for e in select(manifest, paths)? {
-        check_entry_path(&e.path)?;
+    let entries = select(manifest, paths)?;
+    check_entries(&entries)?;
+    for e in entries {
         let first = e.path.split(|&b| b == b'/').next().unwrap_or_default();
         let root = target.join(OsStr::from_bytes(first));
         if roots.insert(root.clone()) && fs::symlink_metadata(&root).is_ok() {

@@ -245,7 +245,17 @@ pub fn verify_reading(repo: &Repo, read: ReadData) -> Result<VerifyReport> {
             )),
             Err(e) => problem(&mut report, Some(&id), None, format!("manifest file: {e}")),
         }
+        let mut paths = std::collections::HashSet::new();
         for entry in &manifest.entries {
+            if !paths.insert(entry.path.as_slice()) {
+                problem(
+                    &mut report,
+                    Some(&id),
+                    Some(entry.path_lossy()),
+                    "path recorded more than once".into(),
+                );
+                continue;
+            }
             if let Err(e) = check_entry_path(&entry.path) {
                 problem(
                     &mut report,
@@ -274,6 +284,35 @@ pub fn verify_reading(repo: &Repo, read: ReadData) -> Result<VerifyReport> {
             if let Some(msg) = verdict {
                 problem(&mut report, Some(&id), Some(entry.path_lossy()), msg);
             }
+        }
+    }
+    // Snapshot files the index does not list: a damaged one may be a lost snapshot.
+    let indexed: HashSet<String> = crate::index::snapshot_ids(&txn)?
+        .iter()
+        .map(crate::manifest::object_name)
+        .collect();
+    for name in repo.backend.list("snapshots")? {
+        if indexed.contains(&name) {
+            continue;
+        }
+        let id = name
+            .strip_prefix("snapshots/")
+            .and_then(|n| n.strip_suffix(".snap"))
+            .and_then(|h| h.parse::<ChunkId>().ok());
+        let decoded = repo
+            .backend
+            .get(&name)
+            .and_then(|b| Manifest::decode(&b, id.as_ref(), repo.keys()));
+        match decoded {
+            Ok(_) => report.notes.push(format!(
+                "{name} holds a snapshot the index does not list; `strata repair index` adds it"
+            )),
+            Err(e) => problem(
+                &mut report,
+                None,
+                Some(name.clone()),
+                format!("snapshot file not in the index and unreadable: {e}"),
+            ),
         }
     }
     // Recount: every blob reached above is referenced; indexed blobs that were not are leaks
