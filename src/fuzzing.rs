@@ -20,27 +20,47 @@ fn keys() -> Keys {
 }
 
 /// Pack files: the trailer and footer, plain and MAC'd; every entry it accepts lies inside the
-/// pack, and every accepted frame decodes or fails cleanly.
+/// pack, and every accepted frame decodes or fails cleanly. The input is tried as it is and,
+/// when its footer parses, with the trailer checksum made right, so the fuzzer reaches the
+/// entries behind the checksum.
 pub fn pack(data: &[u8]) {
+    use crate::pack::{FOOTER_LEN, parse_footer, parse_pack};
     let keys = keys();
-    for mac in [None, Some(keys.mac_key())] {
-        let Ok(entries) = crate::pack::parse_pack(data, "fuzz", mac) else {
-            continue;
-        };
-        for e in entries {
-            let end = e.frame.offset + e.frame.stored_len as u64;
-            assert!(end <= data.len() as u64, "entry beyond the pack: {e:?}");
-            assert!(e.offset_in_frame as u64 + e.raw_len as u64 <= e.frame.raw_len as u64);
-            let stored = &data[e.frame.offset as usize..end as usize];
-            let mut raw = vec![0u8; e.frame.raw_len as usize];
-            let _ = crate::restore::decode_stored(
-                None,
-                stored,
-                e.frame.compression,
-                e.frame.offset,
-                "fuzz",
-                &mut raw,
-            );
+    let mut inputs = vec![data.to_vec()];
+    if data.len() >= FOOTER_LEN {
+        let footer_at = data.len() - FOOTER_LEN;
+        if let Ok((offset, _)) = parse_footer(&data[footer_at..], data.len() as u64, "fuzz") {
+            let trailer = &data[offset as usize..footer_at];
+            for sum in [
+                blake3::hash(trailer),
+                blake3::keyed_hash(keys.mac_key(), trailer),
+            ] {
+                let mut fixed = data.to_vec();
+                fixed[footer_at + 16..footer_at + 48].copy_from_slice(sum.as_bytes());
+                inputs.push(fixed);
+            }
+        }
+    }
+    for input in &inputs {
+        for mac in [None, Some(keys.mac_key())] {
+            let Ok(entries) = parse_pack(input, "fuzz", mac) else {
+                continue;
+            };
+            for e in entries {
+                let end = e.frame.offset + e.frame.stored_len as u64;
+                assert!(end <= input.len() as u64, "entry beyond the pack: {e:?}");
+                assert!(e.offset_in_frame as u64 + e.raw_len as u64 <= e.frame.raw_len as u64);
+                let stored = &input[e.frame.offset as usize..end as usize];
+                let mut raw = vec![0u8; e.frame.raw_len as usize];
+                let _ = crate::restore::decode_stored(
+                    None,
+                    stored,
+                    e.frame.compression,
+                    e.frame.offset,
+                    "fuzz",
+                    &mut raw,
+                );
+            }
         }
     }
 }
