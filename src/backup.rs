@@ -165,7 +165,13 @@ impl Shared<'_> {
     /// frame and adds it to the current pack.
     fn store(&self, kind: BlobKind, members: &[(ChunkId, usize)], raw: &[u8]) -> Result<()> {
         debug_assert_eq!(members.iter().map(|m| m.1).sum::<usize>(), raw.len());
-        let (compression, stored) = compress(raw, self.repo.config.zstd_level)?;
+        let (compression, mut stored) = compress(raw, self.repo.config.zstd_level)?;
+        if cfg!(debug_assertions) && std::env::var_os("STRATA_FAULT_DAMAGE_FRAMES").is_some() {
+            // Fault injection for tests (debug builds only): a compressor that damages frames.
+            let last = stored.len() - 1;
+            stored[last / 2] ^= 0x5A;
+        }
+        crate::compress::check_frame(&stored, compression, raw.len(), members, self.repo.id_key())?;
         let mut placed = Vec::with_capacity(members.len());
         let mut at = 0u32;
         for (id, len) in members {

@@ -168,3 +168,39 @@ fn failed_writes_leave_the_repository_valid() {
     env.ok(&["restore", "latest", out.to_str().unwrap()]);
     assert_same_tree(&src, &out.join("src"));
 }
+
+/// restic #4677: a frame damaged between compression and the pack (here by a fault injected into
+/// debug builds) is caught by decoding and rehashing it before it is written; the backup fails
+/// and the repository keeps what it had.
+#[test]
+fn a_frame_damaged_before_it_is_written_fails_the_backup() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    write(&src.join("a.txt"), &text(200_000, 1));
+    let first = env.backup(&[&src]);
+    write(&src.join("b.txt"), &text(300_000, 2));
+    let out = env
+        .cmd()
+        .env("STRATA_FAULT_DAMAGE_FRAMES", "1")
+        .args(["backup", &src.display().to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("does not read back as chunk")
+            || stderr(&out).contains("does not decode"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(env.json(&["list"]).as_array().unwrap().len(), 1);
+    env.ok(&["verify", "--read-data"]);
+    let target = env.path("r");
+    env.ok(&["restore", &first, &target.display().to_string()]);
+    assert_eq!(
+        fs::read(target.join("src/a.txt")).unwrap(),
+        text(200_000, 1)
+    );
+    // Without the fault the same backup goes through.
+    env.backup(&[&src]);
+}

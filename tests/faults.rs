@@ -278,3 +278,186 @@ fn restore_under_read_faults_writes_old_or_new_never_wrong() {
     }
     assert!(tries > 3, "only {tries} budgets");
 }
+
+/// Every snapshot of the repository at `root`, with what it holds now.
+fn committed(root: &Path) -> Committed {
+    let repo = Repo::open(root, false, "list").unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let mut out = Committed::new();
+    for s in strata::snapshots::list(&repo).unwrap() {
+        let dir = scratch.path().join(s.id.to_hex());
+        restore(&repo, &s.manifest, &RestoreOptions::new(dir.clone())).unwrap();
+        out.insert(s.id, read_tree(&dir.join("src")));
+    }
+    out
+}
+
+/// rustic #392: the same chunk twice in one pack, then forget and gc. Here a pack holding every
+/// frame of the repository twice is added beside the originals and indexed by `repair index`;
+/// gc (rewriting everything it can) and forget must leave every snapshot whole.
+#[test]
+fn the_same_chunk_twice_in_one_pack_survives_forget_and_gc() {
+    use strata::pack::{PackWriter, parse_pack};
+    let dir = tempfile::tempdir().unwrap();
+    let (root, snaps) = base(dir.path());
+    let backend = LocalBackend::new(&root);
+    use strata::storage::Backend;
+    let mut writer = PackWriter::new();
+    let mut frames = 0;
+    for name in backend.list("packs").unwrap() {
+        let bytes = backend.get(&name).unwrap();
+        let entries = parse_pack(&bytes, &name, None).unwrap();
+        let mut i = 0;
+        while i < entries.len() {
+            let f = entries[i].frame;
+            let members: Vec<(strata::ChunkId, u32, u32)> = entries[i..]
+                .iter()
+                .take_while(|e| e.frame == f)
+                .map(|e| (e.id, e.offset_in_frame, e.raw_len))
+                .collect();
+            let stored = &bytes[f.offset as usize..(f.offset + f.stored_len as u64) as usize];
+            for _ in 0..2 {
+                writer
+                    .add_frame(entries[i].kind, f.compression, stored, f.raw_len, &members)
+                    .unwrap();
+            }
+            frames += 1;
+            i += members.len();
+        }
+    }
+    assert!(frames > 10, "{frames}");
+    let (id, bytes, _, entries) = writer.finish().unwrap();
+    let twice = entries.len();
+    backend
+        .put(&strata::index::pack_object_name(&id), &bytes)
+        .unwrap();
+    let report = strata::repair::rebuild_index(&root, false).unwrap();
+    assert!(report.duplicate_blobs as usize >= twice / 2, "{report:?}");
+    check(&root, &snaps, &BTreeMap::new());
+
+    let repo = Repo::open(&root, true, "gc").unwrap();
+    let opts = GcOptions {
+        dry_run: false,
+        max_unused: 0.0,
+    };
+    gc(&repo, &opts).unwrap();
+    drop(repo);
+    check(&root, &snaps, &BTreeMap::new());
+    assert_eq!(committed(&root), snaps);
+
+    // Forget the older snapshot, collect, and the newer one is whole.
+    let oldest = *snaps.keys().next().unwrap();
+    let repo = Repo::open(&root, true, "forget").unwrap();
+    remove_snapshots(&repo, &[oldest]).unwrap();
+    gc(&repo, &opts).unwrap();
+    drop(repo);
+    let mut rest = snaps.clone();
+    rest.remove(&oldest);
+    check(&root, &rest, &BTreeMap::new());
+    assert_eq!(committed(&root), rest);
+}
+
+/// A backend whose listings fail once armed.
+struct ListingFails {
+    inner: LocalBackend,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+impl strata::storage::Backend for ListingFails {
+    fn put(&self, name: &str, data: &[u8]) -> strata::Result<()> {
+        self.inner.put(name, data)
+    }
+    fn get(&self, name: &str) -> strata::Result<Vec<u8>> {
+        self.inner.get(name)
+    }
+    fn read_into(&self, name: &str, offset: u64, buf: &mut [u8]) -> strata::Result<()> {
+        self.inner.read_into(name, offset, buf)
+    }
+    fn size(&self, name: &str) -> strata::Result<u64> {
+        self.inner.size(name)
+    }
+    fn list(&self, prefix: &str) -> strata::Result<Vec<String>> {
+        if self.armed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(strata::Error::io(
+                format!("list {prefix}"),
+                std::io::Error::other("listing failed"),
+            ));
+        }
+        self.inner.list(prefix)
+    }
+    fn delete(&self, name: &str) -> strata::Result<()> {
+        self.inner.delete(name)
+    }
+    fn exists(&self, name: &str) -> strata::Result<bool> {
+        self.inner.exists(name)
+    }
+    fn remove_unfinished(&self, prefix: &str) -> strata::Result<u64> {
+        self.inner.remove_unfinished(prefix)
+    }
+    fn create(&self, prefix: &str) -> strata::Result<Box<dyn strata::storage::ObjectWriter + '_>> {
+        self.inner.create(prefix)
+    }
+}
+
+/// restic #4612: an error while listing during gc must stop gc, never read as "nothing there".
+#[test]
+fn a_failing_listing_stops_gc_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, snaps) = base(dir.path());
+    for max_unused in [0.0, 1.0] {
+        let backend = std::sync::Arc::new(ListingFails {
+            inner: LocalBackend::new(&root),
+            armed: false.into(),
+        });
+        let repo =
+            Repo::open_with_backend(&root, Box::new(ArcBackend(backend.clone())), true, "gc")
+                .unwrap();
+        backend
+            .armed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let err = gc(
+            &repo,
+            &GcOptions {
+                dry_run: false,
+                max_unused,
+            },
+        )
+        .expect_err("gc went on without a listing");
+        assert!(err.to_string().contains("listing failed"), "{err}");
+        drop(repo);
+        check(&root, &snaps, &BTreeMap::new());
+    }
+}
+
+/// Shares one backend between the repository and the test.
+struct ArcBackend(std::sync::Arc<ListingFails>);
+
+impl strata::storage::Backend for ArcBackend {
+    fn put(&self, name: &str, data: &[u8]) -> strata::Result<()> {
+        self.0.put(name, data)
+    }
+    fn get(&self, name: &str) -> strata::Result<Vec<u8>> {
+        self.0.get(name)
+    }
+    fn read_into(&self, name: &str, offset: u64, buf: &mut [u8]) -> strata::Result<()> {
+        self.0.read_into(name, offset, buf)
+    }
+    fn size(&self, name: &str) -> strata::Result<u64> {
+        self.0.size(name)
+    }
+    fn list(&self, prefix: &str) -> strata::Result<Vec<String>> {
+        self.0.list(prefix)
+    }
+    fn delete(&self, name: &str) -> strata::Result<()> {
+        self.0.delete(name)
+    }
+    fn exists(&self, name: &str) -> strata::Result<bool> {
+        self.0.exists(name)
+    }
+    fn remove_unfinished(&self, prefix: &str) -> strata::Result<u64> {
+        self.0.remove_unfinished(prefix)
+    }
+    fn create(&self, prefix: &str) -> strata::Result<Box<dyn strata::storage::ObjectWriter + '_>> {
+        self.0.create(prefix)
+    }
+}
