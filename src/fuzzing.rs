@@ -41,6 +41,10 @@ pub fn pack(data: &[u8]) {
             }
         }
     }
+    // Salvage reads damaged packs: what it keeps lies inside the pack.
+    for e in crate::pack::salvage(data, None) {
+        assert!(e.frame.offset + e.frame.stored_len as u64 <= data.len() as u64);
+    }
     for input in &inputs {
         for mac in [None, Some(keys.mac_key())] {
             let Ok(entries) = parse_pack(input, "fuzz", mac) else {

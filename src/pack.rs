@@ -372,6 +372,65 @@ pub fn parse_pack(bytes: &[u8], what: &str, mac_key: Option<&[u8; 32]>) -> Resul
     )
 }
 
+/// What can be saved of a pack that does not parse (damaged magic, trailer, checksum or
+/// footer): the trailer is looked for where the footer's offset or its entry count puts it,
+/// its entries are read one by one, and an entry is kept only if its frame, read and decoded,
+/// holds bytes that hash to the entry's id (and, sealed, authenticate). No checksum is trusted:
+/// every kept blob is proven by its content. Returns the kept entries of the best candidate.
+pub fn salvage(bytes: &[u8], keys: Option<&crate::crypto::Keys>) -> Vec<PackEntry> {
+    if bytes.len() < HEADER_LEN + FOOTER_LEN {
+        return vec![];
+    }
+    let footer_at = bytes.len() - FOOTER_LEN;
+    let footer = &bytes[footer_at..];
+    let offset = u64::from_le_bytes(footer[0..8].try_into().unwrap());
+    let count = u32::from_le_bytes(footer[8..12].try_into().unwrap()) as u64;
+    let area = (footer_at - HEADER_LEN) as u64;
+    let mut candidates = vec![];
+    if (HEADER_LEN as u64..=footer_at as u64).contains(&offset) {
+        candidates.push(offset);
+    }
+    if count * ENTRY_LEN as u64 <= area {
+        candidates.push(footer_at as u64 - count * ENTRY_LEN as u64);
+    }
+    let id_key = keys.map(|k| k.id_key());
+    let mut best: Vec<PackEntry> = vec![];
+    for start in candidates {
+        let trailer = &bytes[start as usize..footer_at];
+        let mut kept = vec![];
+        let mut raw = Vec::new();
+        for e in trailer.chunks_exact(ENTRY_LEN).filter_map(PackEntry::read) {
+            let end = e.frame.offset.checked_add(e.frame.stored_len as u64);
+            let member_end = e.offset_in_frame as u64 + e.raw_len as u64;
+            if e.frame.offset < HEADER_LEN as u64
+                || end.is_none_or(|end| end > start)
+                || e.frame.raw_len > MAX_BLOB_BYTES
+                || member_end > e.frame.raw_len as u64
+            {
+                continue;
+            }
+            let stored = &bytes[e.frame.offset as usize..end.unwrap() as usize];
+            raw.resize(e.frame.raw_len as usize, 0);
+            let decoded = crate::restore::decode_stored(
+                keys,
+                stored,
+                e.frame.compression,
+                e.frame.offset,
+                "salvage",
+                &mut raw,
+            );
+            let member = &raw[e.offset_in_frame as usize..member_end as usize];
+            if decoded.is_ok() && ChunkId::hash(id_key, member) == e.id {
+                kept.push(e);
+            }
+        }
+        if kept.len() > best.len() {
+            best = kept;
+        }
+    }
+    best
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -402,6 +461,41 @@ mod tests {
         let (id, bytes, size, entries) = w.finish().unwrap();
         assert_eq!(size, bytes.len() as u64);
         (id, bytes, entries)
+    }
+
+    #[test]
+    fn salvage_keeps_what_the_content_proves() {
+        let (_, bytes, entries) = sample();
+        let all = salvage(&bytes, None);
+        assert_eq!(all, entries);
+        // Header magic gone: everything still proven.
+        let mut b = bytes.clone();
+        b[0] ^= 1;
+        assert!(parse_pack(&b, "p", None).is_err());
+        assert_eq!(salvage(&b, None), entries);
+        // One trailer entry's id damaged: the checksum fails, the other entries are kept.
+        let footer_at = bytes.len() - FOOTER_LEN;
+        let trailer_at = footer_at - entries.len() * ENTRY_LEN;
+        let mut b = bytes.clone();
+        b[trailer_at + ENTRY_LEN + 5] ^= 1;
+        assert!(parse_pack(&b, "p", None).is_err());
+        let kept = salvage(&b, None);
+        assert_eq!(kept.len(), entries.len() - 1);
+        assert!(kept.iter().all(|e| entries.contains(e)));
+        // The footer's trailer offset damaged: found from the entry count.
+        let mut b = bytes.clone();
+        b[footer_at + 2] ^= 0x40;
+        assert_eq!(salvage(&b, None), entries);
+        // A frame damaged: its blobs are left out, never kept with wrong bytes.
+        let mut b = bytes.clone();
+        let f = entries[0].frame;
+        b[f.offset as usize] ^= 1;
+        let kept = salvage(&b, None);
+        assert!(!kept.iter().any(|e| e.frame == f));
+        assert_eq!(kept.len(), entries.len() - 1);
+        // Too short or garbage: nothing, no panic.
+        assert!(salvage(&bytes[..10], None).is_empty());
+        assert!(salvage(&vec![0xA5; 500], None).is_empty());
     }
 
     #[test]

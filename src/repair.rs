@@ -31,6 +31,131 @@ struct FoundPack {
     entries: Vec<PackEntry>,
 }
 
+/// Reads a pack's trailer; a pack that does not parse is salvaged ([`crate::pack::salvage`]):
+/// the blobs proven by their content are kept, and the note says what happened.
+fn read_or_salvage(
+    backend: &LocalBackend,
+    name: &str,
+    keys: Option<&crate::crypto::Keys>,
+) -> std::result::Result<(FoundPack, Option<String>), String> {
+    let err = match read_pack(backend, name, keys.map(|k| k.mac_key())) {
+        Ok(found) => return Ok((found, None)),
+        Err(e) => e,
+    };
+    let id = name
+        .rsplit('/')
+        .next()
+        .and_then(|f| f.strip_suffix(".pack"))
+        .and_then(|h| h.parse::<ChunkId>().ok());
+    let (Some(id), Ok(bytes)) = (id, backend.get(name)) else {
+        return Err(format!("{err}"));
+    };
+    let entries = crate::pack::salvage(&bytes, keys);
+    if entries.is_empty() {
+        return Err(format!("{err}; no blob of it could be salvaged"));
+    }
+    let note = format!(
+        "{err}; salvaged {} blobs, each checked against its id",
+        entries.len()
+    );
+    Ok((
+        FoundPack {
+            id,
+            size: bytes.len() as u64,
+            entries,
+        },
+        Some(note),
+    ))
+}
+
+/// Where the index being replaced put the blobs of the packs in `damaged` (by pack id), if it
+/// can still be read: a damaged trailer entry does not lose a blob the old index located.
+fn old_locations(
+    root: &Path,
+    damaged: &std::collections::HashSet<ChunkId>,
+) -> std::collections::HashMap<ChunkId, Vec<(ChunkId, BlobLoc)>> {
+    let mut out: std::collections::HashMap<ChunkId, Vec<(ChunkId, BlobLoc)>> = Default::default();
+    let found = (|| -> Result<()> {
+        let index = Index::open_read(&root.join(INDEX_NAME))?;
+        let txn = index.read()?;
+        let reader = crate::index::IndexReader::new(&txn)?;
+        let numbers: std::collections::HashMap<u32, ChunkId> = reader
+            .packs()?
+            .into_iter()
+            .filter(|(_, info)| damaged.contains(&info.id))
+            .map(|(no, info)| (no, info.id))
+            .collect();
+        if numbers.is_empty() {
+            return Ok(());
+        }
+        reader.for_each_blob(|id, loc| {
+            if let Some(pack) = numbers.get(&loc.pack) {
+                out.entry(*pack).or_default().push((id, loc));
+            }
+            Ok(())
+        })
+    })();
+    if found.is_err() {
+        out.clear();
+    }
+    out
+}
+
+/// Every manifest the index being replaced holds, if it can still be read.
+fn old_manifests(root: &Path) -> Vec<(ChunkId, Vec<u8>)> {
+    (|| -> Result<Vec<(ChunkId, Vec<u8>)>> {
+        let index = Index::open_read(&root.join(INDEX_NAME))?;
+        let txn = index.read()?;
+        crate::index::snapshot_manifests(&txn)
+    })()
+    .unwrap_or_default()
+}
+
+/// Adds to `entries` the blobs of `hints` that the pack's bytes prove (decoded and hashed at the
+/// place the old index gave).
+fn add_proven(
+    bytes: &[u8],
+    hints: &[(ChunkId, BlobLoc)],
+    entries: &mut Vec<PackEntry>,
+    keys: Option<&crate::crypto::Keys>,
+) -> usize {
+    let have: std::collections::HashSet<ChunkId> = entries.iter().map(|e| e.id).collect();
+    let id_key = keys.map(|k| k.id_key());
+    let mut added = 0;
+    let mut raw = Vec::new();
+    for (id, loc) in hints {
+        if have.contains(id) {
+            continue;
+        }
+        let start = loc.frame_offset as usize;
+        let Some(stored) = bytes.get(start..start + loc.frame_stored_len as usize) else {
+            continue;
+        };
+        raw.resize(loc.frame_raw_len as usize, 0);
+        let ok = crate::restore::decode_frame(keys, stored, loc, "repair", &mut raw).is_ok()
+            && ChunkId::hash(
+                id_key,
+                &raw[loc.offset_in_frame as usize..(loc.offset_in_frame + loc.raw_len) as usize],
+            ) == *id;
+        if ok {
+            entries.push(PackEntry {
+                id: *id,
+                frame: crate::pack::Frame {
+                    offset: loc.frame_offset as u64,
+                    stored_len: loc.frame_stored_len,
+                    raw_len: loc.frame_raw_len,
+                    compression: loc.compression,
+                },
+                offset_in_frame: loc.offset_in_frame,
+                raw_len: loc.raw_len,
+                kind: loc.kind,
+            });
+            added += 1;
+        }
+    }
+    added
+}
+
 fn read_pack(backend: &LocalBackend, name: &str, mac_key: Option<&[u8; 32]>) -> Result<FoundPack> {
     let file_name = name.rsplit('/').next().unwrap_or(name);
     let id: ChunkId = file_name
@@ -65,7 +190,6 @@ pub fn rebuild_index(root: &Path, dry_run: bool) -> Result<RepairReport> {
     } else {
         None
     };
-    let mac_key = keys.as_ref().map(|k| k.mac_key());
     let _lock = Lock::acquire(root, "repair index")?;
     let mut report = RepairReport {
         dry_run,
@@ -77,18 +201,61 @@ pub fn rebuild_index(root: &Path, dry_run: bool) -> Result<RepairReport> {
         .into_iter()
         .filter(|n| n.ends_with(".pack") && !n.contains(".strata-tmp."))
         .collect();
-    let found: Vec<(String, Result<FoundPack>)> = names
+    type Found = std::result::Result<(FoundPack, Option<String>), String>;
+    let found: Vec<(String, Found)> = names
         .into_par_iter()
         .map(|n| {
-            let r = read_pack(&backend, &n, mac_key);
+            let r = read_or_salvage(&backend, &n, keys.as_ref());
             (n, r)
         })
         .collect();
+    // Packs that did not parse: the old index, if readable, may know where more of their blobs
+    // are; each location is proven by the pack's bytes before it is used.
+    let pack_id = |name: &str| {
+        name.rsplit('/')
+            .next()
+            .and_then(|f| f.strip_suffix(".pack"))
+            .and_then(|h| h.parse::<ChunkId>().ok())
+    };
+    let damaged_ids: std::collections::HashSet<ChunkId> = found
+        .iter()
+        .filter(|(_, r)| !matches!(r, Ok((_, None))))
+        .filter_map(|(n, _)| pack_id(n))
+        .collect();
+    let hints = if damaged_ids.is_empty() {
+        Default::default()
+    } else {
+        old_locations(root, &damaged_ids)
+    };
     let mut packs = Vec::new();
     for (name, r) in found {
-        match r {
-            Ok(p) => packs.push(p),
-            Err(e) => report.damaged.push(format!("{name}: {e}")),
+        let pack_hints = pack_id(&name).and_then(|id| hints.get(&id));
+        let (mut pack, mut note) = match r {
+            Ok((p, None)) => {
+                packs.push(p);
+                continue;
+            }
+            Ok((p, Some(note))) => (Some(p), note),
+            Err(e) => (None, e),
+        };
+        if let (Some(hints), Some(id), Ok(bytes)) = (pack_hints, pack_id(&name), backend.get(&name))
+        {
+            let p = pack.get_or_insert_with(|| FoundPack {
+                id,
+                size: bytes.len() as u64,
+                entries: vec![],
+            });
+            let added = add_proven(&bytes, hints, &mut p.entries, keys.as_ref());
+            if added > 0 {
+                note.push_str(&format!(
+                    "; {added} more blobs kept where the old index had them, each checked \
+                     against its id"
+                ));
+            }
+        }
+        report.damaged.push(format!("{name}: {note}"));
+        if let Some(p) = pack.filter(|p| !p.entries.is_empty()) {
+            packs.push(p);
         }
     }
 
@@ -110,6 +277,27 @@ pub fn rebuild_index(root: &Path, dry_run: bool) -> Result<RepairReport> {
             Ok(_) => snapshots.push((id, bytes)),
             Err(e) => report.damaged.push(format!("{name}: {e}")),
         }
+    }
+    // Snapshots whose file is damaged or missing: the index being replaced holds a second copy
+    // of every manifest; a copy that decodes to its id is used, and its file written again.
+    let have: std::collections::HashSet<ChunkId> = snapshots.iter().map(|(id, _)| *id).collect();
+    for (id, bytes) in old_manifests(root) {
+        if have.contains(&id) || Manifest::decode(&bytes, Some(&id), keys.as_ref()).is_err() {
+            continue;
+        }
+        let name = crate::manifest::object_name(&id);
+        if !dry_run {
+            backend.put(&name, &bytes)?;
+        }
+        report.damaged.push(format!(
+            "{name}: damaged or missing; {} from the index's copy",
+            if dry_run {
+                "would be written again"
+            } else {
+                "written again"
+            }
+        ));
+        snapshots.push((id, bytes));
     }
     report.packs = packs.len() as u64;
     report.snapshots = snapshots.len() as u64;
