@@ -210,6 +210,18 @@ impl Index {
         Ok(index)
     }
 
+    /// [`Index::open_write`] through a given storage backend (a fault-injecting test file).
+    pub fn open_write_with(backend: impl redb::StorageBackend, path: &Path) -> Result<Self> {
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
+            .create_with_backend(backend)
+            .map_err(|e| map_open_error(e, path))?;
+        let index = Index { db: Db::Write(db) };
+        index.init_tables()?;
+        Ok(index)
+    }
+
     /// Opens an existing index for reading, alongside a possible writer.
     pub fn open_read(path: &Path) -> Result<Self> {
         if !path.exists() {

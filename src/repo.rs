@@ -437,7 +437,19 @@ impl Repo {
         write: bool,
         command: &str,
     ) -> Result<Repo> {
-        Repo::open_inner(root, backend, write, command, None)
+        Repo::open_inner(root, backend, write, command, None, None)
+    }
+
+    /// Opens the repository for writing through a [`crate::storage::FaultyBackend`], with its
+    /// index file under the same faults (see [`crate::storage::FaultyBackend::index_file`]).
+    pub fn open_faulty(
+        root: &Path,
+        backend: crate::storage::FaultyBackend,
+        keep_some: Option<u64>,
+        command: &str,
+    ) -> Result<Repo> {
+        let index = backend.index_file(&root.join(INDEX_NAME), keep_some)?;
+        Repo::open_inner(root, Box::new(backend), true, command, None, Some(index))
     }
 
     fn open_unlocked(
@@ -452,6 +464,7 @@ impl Repo {
             write,
             command,
             unlocked,
+            None,
         )
     }
 
@@ -461,6 +474,7 @@ impl Repo {
         write: bool,
         command: &str,
         unlocked: Option<([u8; 32], String)>,
+        index_file: Option<crate::storage::PowerLossFile>,
     ) -> Result<Repo> {
         let config = load_config(backend.as_ref(), root)?;
         // The passphrase is checked before anything else is read or written.
@@ -482,7 +496,9 @@ impl Repo {
             None
         };
         let index_path = root.join(INDEX_NAME);
-        let index = if write {
+        let index = if let Some(file) = index_file {
+            Index::open_write_with(file, &index_path)?
+        } else if write {
             Index::open_write(&index_path)?
         } else {
             match Index::open_read(&index_path) {

@@ -280,3 +280,45 @@ fn restores_killed_at_random_moments_leave_old_or_new() {
     eprintln!("restore: {killed} killed of {tries} tries");
     assert_eq!(code(&env.run(&["verify", "--read-data"])), 0);
 }
+
+/// `repair index` killed at random moments: the repository is left with the old index or the
+/// rebuilt one, never without one that works, and the next repair finishes the job.
+#[test]
+fn repairs_killed_at_random_moments_leave_a_working_index() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    for (k, seed) in [(0, 1u64), (1, 2), (2, 3)] {
+        write(&src.join(format!("f{k}.bin")), &noise(3 << 20, seed));
+        env.backup(&[&src]);
+    }
+    let before = env.json(&["list"]);
+    let mut span = timed(&env, &["repair", "index"]);
+    let mut moments = Moments(0x5EED_0003);
+    let (mut killed, mut tries) = (0, 0);
+    let points = crash_points() / 2;
+    while killed < points && tries < points * 4 {
+        tries += 1;
+        let at = moments.next(span);
+        let started = std::time::Instant::now();
+        if run_and_kill_after(&env, &["repair", "index"], at) {
+            killed += 1;
+        } else {
+            span = started.elapsed();
+        }
+        // Whatever the moment, the repository answers and verifies.
+        let v = env.run(&["verify"]);
+        assert_eq!(code(&v), 0, "after a kill at {at:?}: {}", stderr(&v));
+        assert_eq!(env.json(&["list"]), before, "after a kill at {at:?}");
+    }
+    assert!(
+        killed >= points,
+        "only {killed} of {tries} repairs were killed"
+    );
+    eprintln!("repair: {killed} killed, {tries} tries");
+    env.ok(&["repair", "index"]);
+    env.ok(&["verify", "--read-data"]);
+    let out = env.path("out");
+    env.ok(&["restore", "latest", out.to_str().unwrap()]);
+    assert_same_tree(&src, &out.join("src"));
+}

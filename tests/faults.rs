@@ -112,9 +112,21 @@ fn check(root: &Path, must: &BTreeMap<SnapshotId, Tree>, may: &BTreeMap<Snapshot
 
 /// Runs `op` on a fresh copy of the base repository for budget 0, 1, 2, ... Returns how many
 /// budgets were tried before the operation completed.
+/// Whether the index file takes part in a fault loop.
+#[derive(Clone, Copy, Debug)]
+enum IndexFaults {
+    /// Only repository objects go through the faulty backend.
+    Untouched,
+    /// The index too: its fsyncs spend the budget, and a crash loses what was not fsynced.
+    Lost,
+    /// As `Lost`, but a crash keeps a seeded part of the unsynced writes (a power loss).
+    KeepSome,
+}
+
 fn fault_loop(
     name: &str,
     fault: Fault,
+    index: IndexFaults,
     op: &dyn Fn(&Repo, &Path) -> strata::Result<()>,
     after: &dyn Fn(&Path, bool, &Committed),
 ) -> u64 {
@@ -124,7 +136,12 @@ fn fault_loop(
     for budget in 0..10_000u64 {
         copy_dir(&pristine, &work);
         let backend = FaultyBackend::new(Box::new(LocalBackend::new(&work)), budget, fault);
-        let result = match Repo::open_with_backend(&work, Box::new(backend), true, name) {
+        let opened = match index {
+            IndexFaults::Untouched => Repo::open_with_backend(&work, Box::new(backend), true, name),
+            IndexFaults::Lost => Repo::open_faulty(&work, backend, None, name),
+            IndexFaults::KeepSome => Repo::open_faulty(&work, backend, Some(budget), name),
+        };
+        let result = match opened {
             Ok(repo) => {
                 let r = op(&repo, dir.path());
                 drop(repo);
@@ -144,19 +161,31 @@ fn fault_loop(
         }
         after(&work, result.is_ok(), &committed);
         if result.is_ok() {
-            eprintln!("{name} ({fault:?}): completed with a budget of {budget} operations");
+            eprintln!(
+                "{name} ({fault:?}, index {index:?}): completed with a budget of {budget} operations"
+            );
             return budget + 1;
         }
     }
     panic!("{name} never completed");
 }
 
+/// Every fault, with the index untouched, failing, or losing its unsynced writes.
+const MODES: [(Fault, IndexFaults); 5] = [
+    (Fault::WriteError, IndexFaults::Untouched),
+    (Fault::Crash, IndexFaults::Untouched),
+    (Fault::WriteError, IndexFaults::Lost),
+    (Fault::Crash, IndexFaults::Lost),
+    (Fault::Crash, IndexFaults::KeepSome),
+];
+
 #[test]
 fn backup_under_faults() {
-    for fault in [Fault::WriteError, Fault::Crash] {
+    for (fault, index) in MODES {
         let tries = fault_loop(
             "backup",
             fault,
+            index,
             &|repo, dir| {
                 let src = dir.join("src");
                 write_tree(&src, &generation(7));
@@ -191,11 +220,12 @@ fn backup_under_faults() {
 
 #[test]
 fn forget_and_gc_under_faults() {
-    for fault in [Fault::WriteError, Fault::Crash] {
+    for (fault, index) in MODES {
         for rewrite in [false, true] {
             let tries = fault_loop(
                 "forget + gc",
                 fault,
+                index,
                 &|repo, _| {
                     let snaps = strata::snapshots::list(repo)?;
                     let oldest = snaps.iter().min_by_key(|s| s.manifest.time_ns).unwrap().id;
