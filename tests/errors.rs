@@ -204,3 +204,65 @@ fn a_frame_damaged_before_it_is_written_fails_the_backup() {
     // Without the fault the same backup goes through.
     env.backup(&[&src]);
 }
+
+/// EACCES: a repository the user may not write to, and a restore target likewise. As root
+/// (where permission bits do not bind) the commands run as `nobody`.
+#[test]
+fn permission_denied_is_a_clear_error_and_changes_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    write(&src.join("a.txt"), &text(10_000, 1));
+    env.backup(&[&src]);
+    let as_root = unsafe { libc::geteuid() } == 0;
+    let set_mode = |dir: &std::path::Path, mode: u32| {
+        for d in [dir.to_path_buf()].into_iter().chain(
+            files_below(dir)
+                .into_iter()
+                .filter_map(|f| f.parent().map(|p| p.to_path_buf())),
+        ) {
+            fs::set_permissions(&d, fs::Permissions::from_mode(mode)).unwrap();
+        }
+    };
+    fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    set_mode(&env.repo, 0o555);
+    let run = |args: &[&str]| {
+        let mut cmd = env.cmd();
+        if as_root {
+            cmd.uid(65534).gid(65534);
+        }
+        cmd.args(args).output().unwrap()
+    };
+    write(&src.join("b.txt"), b"new");
+    let out = run(&["backup", &src.display().to_string()]);
+    no_panic(&out);
+    assert_ne!(code(&out), 0);
+    assert!(
+        stderr(&out).contains("Permission denied")
+            && stderr(&out).contains(&env.repo.display().to_string()),
+        "{}",
+        stderr(&out)
+    );
+    // Reading still works for the user who may read.
+    let out = run(&["list"]);
+    no_panic(&out);
+    // A target the user may not write to.
+    set_mode(&env.repo, 0o755);
+    let target = env.path("locked");
+    fs::create_dir(&target).unwrap();
+    fs::set_permissions(&target, fs::Permissions::from_mode(0o555)).unwrap();
+    let out = run(&["restore", "latest", &target.display().to_string()]);
+    no_panic(&out);
+    assert_ne!(code(&out), 0);
+    assert!(
+        stderr(&out).contains("Permission denied"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(fs::read_dir(&target).unwrap().count(), 0);
+    // Nothing changed: one snapshot, and it verifies.
+    assert_eq!(env.json(&["list"]).as_array().unwrap().len(), 1);
+    env.ok(&["verify", "--read-data"]);
+}
