@@ -5,7 +5,8 @@
 #
 # Builds the W1 corpus once with ../shared/corpus/gen_corpus.py (cached in $BENCH_CACHE,
 # default ~/.cache/strata-bench), then per run: first backup, no-change backup, K x (mutate step,
-# backup), restore of the latest snapshot with a byte-exact comparison. Records wall/CPU seconds,
+# backup), restore of the latest snapshot with a byte-exact comparison. STRATA_BIN=PATH runs that
+# binary instead of building this checkout. Records wall/CPU seconds,
 # peak RSS (/usr/bin/time) and repository growth (apparent bytes and allocated disk blocks) per
 # operation into a CSV, and prints medians over the runs. Page cache is warm (not dropped); the
 # data is synced to disk before each backup.
@@ -32,8 +33,13 @@ scratch=${BENCH_SCRATCH:-$cache/scratch}
 out=${out:-$cache/e2e-$(date +%Y%m%d-%H%M%S).csv}
 mkdir -p "$cache"
 
-(cd "$here" && cargo build --release --quiet)
-strata="$here/target/release/strata"
+# STRATA_BIN runs another build (an older commit, for an interleaved comparison).
+if [ -n "${STRATA_BIN:-}" ]; then
+  strata=$STRATA_BIN
+else
+  (cd "$here" && cargo build --release --quiet)
+  strata="$here/target/release/strata"
+fi
 
 if [ ! -f "$base/.complete" ]; then
   echo "generating W1 ($size_mb MB database) in $base ..." >&2

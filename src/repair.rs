@@ -34,7 +34,7 @@ struct FoundPack {
 /// Reads a pack's trailer; a pack that does not parse is salvaged ([`crate::pack::salvage`]):
 /// the blobs proven by their content are kept, and the note says what happened.
 fn read_or_salvage(
-    backend: &LocalBackend,
+    backend: &dyn Backend,
     name: &str,
     keys: Option<&crate::crypto::Keys>,
 ) -> std::result::Result<(FoundPack, Option<String>), String> {
@@ -156,7 +156,7 @@ fn add_proven(
     added
 }
 
-fn read_pack(backend: &LocalBackend, name: &str, mac_key: Option<&[u8; 32]>) -> Result<FoundPack> {
+fn read_pack(backend: &dyn Backend, name: &str, mac_key: Option<&[u8; 32]>) -> Result<FoundPack> {
     let file_name = name.rsplit('/').next().unwrap_or(name);
     let id: ChunkId = file_name
         .strip_suffix(".pack")
@@ -178,14 +178,28 @@ fn read_pack(backend: &LocalBackend, name: &str, mac_key: Option<&[u8; 32]>) -> 
     Ok(FoundPack { id, size, entries })
 }
 
+/// Where the new index is built before it replaces `index.redb`.
+pub const REBUILD_NAME: &str = "index.redb.rebuild";
+
 /// Rebuilds `index.redb` from the packs and manifest files. With `dry_run`, only reports what it
 /// found. Takes the repository lock; the old index is replaced atomically at the end.
 pub fn rebuild_index(root: &Path, dry_run: bool) -> Result<RepairReport> {
-    let backend = LocalBackend::new(root);
-    let config = load_config(&backend, root)?;
+    rebuild_index_with(root, &LocalBackend::new(root), None, dry_run)
+}
+
+/// [`rebuild_index`] through `backend`, with the new index written through `index_file` when
+/// given (fault injection: see [`crate::storage::FaultyBackend`]); `index_file` must be opened
+/// on `index.redb.rebuild` in `root`.
+pub fn rebuild_index_with(
+    root: &Path,
+    backend: &dyn Backend,
+    index_file: Option<crate::storage::PowerLossFile>,
+    dry_run: bool,
+) -> Result<RepairReport> {
+    let config = load_config(backend, root)?;
     // An encrypted repository: its keys authenticate trailers and open manifests.
     let keys = if config.key_scheme == crate::crypto::SCHEME {
-        let (master, _) = crate::repo::unlock_asking(&backend, &config)?;
+        let (master, _) = crate::repo::unlock_asking(backend, &config)?;
         Some(crate::crypto::Keys::from_master(&master))
     } else {
         None
@@ -205,7 +219,7 @@ pub fn rebuild_index(root: &Path, dry_run: bool) -> Result<RepairReport> {
     let found: Vec<(String, Found)> = names
         .into_par_iter()
         .map(|n| {
-            let r = read_or_salvage(&backend, &n, keys.as_ref());
+            let r = read_or_salvage(backend, &n, keys.as_ref());
             (n, r)
         })
         .collect();
@@ -306,10 +320,15 @@ pub fn rebuild_index(root: &Path, dry_run: bool) -> Result<RepairReport> {
         return Ok(report);
     }
 
-    let tmp = root.join(format!("{INDEX_NAME}.rebuild"));
-    let _ = std::fs::remove_file(&tmp);
+    let tmp = root.join(REBUILD_NAME);
     {
-        let index = Index::open_write(&tmp)?;
+        let index = match index_file {
+            Some(file) => Index::open_write_with(file, &tmp)?,
+            None => {
+                let _ = std::fs::remove_file(&tmp);
+                Index::open_write(&tmp)?
+            }
+        };
         for (chunk, group) in packs.chunks(8).enumerate() {
             let txn = index.write()?;
             {
