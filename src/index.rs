@@ -197,26 +197,30 @@ fn map_open_error(e: redb::DatabaseError, path: &Path) -> Error {
     }
 }
 
+/// How every index is opened: the cache size and single-writer concurrency.
+fn builder() -> redb::Builder {
+    let mut b = Database::builder();
+    b.set_cache_size(CACHE_BYTES)
+        .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter);
+    b
+}
+
 impl Index {
     /// Opens (creating if absent) for writing. The caller holds the repository lock.
     pub fn open_write(path: &Path) -> Result<Self> {
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
-            .create(path)
-            .map_err(|e| map_open_error(e, path))?;
-        let index = Index { db: Db::Write(db) };
-        index.init_tables()?;
-        Ok(index)
+        Index::writable(builder().create(path), path)
     }
 
     /// [`Index::open_write`] through a given storage backend (a fault-injecting test file).
     pub fn open_write_with(backend: impl redb::StorageBackend, path: &Path) -> Result<Self> {
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
-            .create_with_backend(backend)
-            .map_err(|e| map_open_error(e, path))?;
+        Index::writable(builder().create_with_backend(backend), path)
+    }
+
+    fn writable(
+        opened: std::result::Result<Database, redb::DatabaseError>,
+        path: &Path,
+    ) -> Result<Self> {
+        let db = opened.map_err(|e| map_open_error(e, path))?;
         let index = Index { db: Db::Write(db) };
         index.init_tables()?;
         Ok(index)
@@ -230,9 +234,7 @@ impl Index {
                 path.display()
             )));
         }
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
+        let db = builder()
             .open_read_only(path)
             .map_err(|e| map_open_error(e, path))?;
         Ok(Index { db: Db::Read(db) })

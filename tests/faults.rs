@@ -390,7 +390,7 @@ fn the_same_chunk_twice_in_one_pack_survives_forget_and_gc() {
 /// A backend whose listings fail once armed.
 struct ListingFails {
     inner: LocalBackend,
-    armed: std::sync::atomic::AtomicBool,
+    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl strata::storage::Backend for ListingFails {
@@ -435,16 +435,13 @@ fn a_failing_listing_stops_gc_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (root, snaps) = base(dir.path());
     for max_unused in [0.0, 1.0] {
-        let backend = std::sync::Arc::new(ListingFails {
+        let armed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let backend = ListingFails {
             inner: LocalBackend::new(&root),
-            armed: false.into(),
-        });
-        let repo =
-            Repo::open_with_backend(&root, Box::new(ArcBackend(backend.clone())), true, "gc")
-                .unwrap();
-        backend
-            .armed
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+            armed: armed.clone(),
+        };
+        let repo = Repo::open_with_backend(&root, Box::new(backend), true, "gc").unwrap();
+        armed.store(true, std::sync::atomic::Ordering::SeqCst);
         let err = gc(
             &repo,
             &GcOptions {
@@ -456,39 +453,6 @@ fn a_failing_listing_stops_gc_and_loses_nothing() {
         assert!(err.to_string().contains("listing failed"), "{err}");
         drop(repo);
         check(&root, &snaps, &BTreeMap::new());
-    }
-}
-
-/// Shares one backend between the repository and the test.
-struct ArcBackend(std::sync::Arc<ListingFails>);
-
-impl strata::storage::Backend for ArcBackend {
-    fn put(&self, name: &str, data: &[u8]) -> strata::Result<()> {
-        self.0.put(name, data)
-    }
-    fn get(&self, name: &str) -> strata::Result<Vec<u8>> {
-        self.0.get(name)
-    }
-    fn read_into(&self, name: &str, offset: u64, buf: &mut [u8]) -> strata::Result<()> {
-        self.0.read_into(name, offset, buf)
-    }
-    fn size(&self, name: &str) -> strata::Result<u64> {
-        self.0.size(name)
-    }
-    fn list(&self, prefix: &str) -> strata::Result<Vec<String>> {
-        self.0.list(prefix)
-    }
-    fn delete(&self, name: &str) -> strata::Result<()> {
-        self.0.delete(name)
-    }
-    fn exists(&self, name: &str) -> strata::Result<bool> {
-        self.0.exists(name)
-    }
-    fn remove_unfinished(&self, prefix: &str) -> strata::Result<u64> {
-        self.0.remove_unfinished(prefix)
-    }
-    fn create(&self, prefix: &str) -> strata::Result<Box<dyn strata::storage::ObjectWriter + '_>> {
-        self.0.create(prefix)
     }
 }
 
