@@ -20,7 +20,7 @@ cargo fuzz build -s none >/dev/null 2>&1
 failed=0
 for t in "${targets[@]}"; do
   mkdir -p "work/$t" "artifacts/$t"
-  log="work/$t.log"
+  log="work/$t.$$.log"
   if cargo fuzz run -s none "$t" "work/$t" "corpus/$t" -- \
       -max_total_time="$secs" -timeout=60 -rss_limit_mb=4096 \
       -artifact_prefix="artifacts/$t/" >"$log" 2>&1; then
@@ -32,5 +32,8 @@ for t in "${targets[@]}"; do
   runs=$(grep -o 'Done [0-9]* runs in [0-9]* second' "$log" | tail -1 || true)
   cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 || true)
   echo "$t: $status; ${runs:-no summary}; ${cov:-}"
+  if [ "$status" = CRASH ]; then
+    tail -n 30 "$log"
+  fi
 done
 exit $failed

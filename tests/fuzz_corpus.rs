@@ -1,7 +1,9 @@
 //! The fuzz targets of `fuzz/`, run by `cargo test` on their committed corpora (seeds and every
 //! input a fuzzer ever found to crash, kept as regressions), each input also mutated a few
 //! hundred ways (bit flips, truncations, insertions, splices), so every decoder meets damaged
-//! bytes in every test run. The coverage-guided runs are `fuzz/run.sh`.
+//! bytes in every test run; and every target runs coverage-guided under libFuzzer for a short
+//! while (`fuzz/run.sh`, 15 s each, `STRATA_FUZZ_SECONDS` to change), which needs cargo-fuzz
+//! (`cargo install cargo-fuzz`; `.ci/run` installs it; `STRATA_SKIP_FUZZ=1` skips that part).
 
 use std::fs;
 use std::path::Path;
@@ -137,4 +139,44 @@ fn mutations_reach_both_outcomes() {
     }
     assert!(changed > 1800, "{changed}");
     assert!(decoded > 0 && decoded < 2000, "{decoded}");
+}
+
+/// Every target under libFuzzer (coverage-guided), briefly: no crash, and each one ran.
+#[test]
+fn libfuzzer_runs_every_target_briefly() {
+    if std::env::var_os("STRATA_SKIP_FUZZ").is_some_and(|v| v == "1") {
+        eprintln!("STRATA_SKIP_FUZZ=1: the libFuzzer runs are skipped");
+        return;
+    }
+    let has_fuzz = std::process::Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        has_fuzz,
+        "cargo-fuzz is needed: cargo install cargo-fuzz (or set STRATA_SKIP_FUZZ=1)"
+    );
+    let secs = std::env::var("STRATA_FUZZ_SECONDS").unwrap_or_else(|_| "15".into());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/run.sh");
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .arg(&secs)
+        .output()
+        .expect("run fuzz/run.sh");
+    let said = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{said}");
+    assert!(
+        out.status.success(),
+        "a fuzz target failed:\n{said}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for target in [
+        "pack", "manifest", "node", "config", "lock", "key_file", "settings", "model",
+    ] {
+        let line = said
+            .lines()
+            .find(|l| l.starts_with(&format!("{target}: ")))
+            .unwrap_or_else(|| panic!("{target} did not run:\n{said}"));
+        assert!(line.contains(": ok; Done "), "{line}");
+    }
 }
