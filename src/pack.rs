@@ -393,42 +393,60 @@ pub fn salvage(bytes: &[u8], keys: Option<&crate::crypto::Keys>) -> Vec<PackEntr
     if count * ENTRY_LEN as u64 <= area {
         candidates.push(footer_at as u64 - count * ENTRY_LEN as u64);
     }
-    let id_key = keys.map(|k| k.id_key());
     let mut best: Vec<PackEntry> = vec![];
+    let mut raw = Vec::new();
     for start in candidates {
         let trailer = &bytes[start as usize..footer_at];
-        let mut kept = vec![];
-        let mut raw = Vec::new();
-        for e in trailer.chunks_exact(ENTRY_LEN).filter_map(PackEntry::read) {
-            let end = e.frame.offset.checked_add(e.frame.stored_len as u64);
-            let member_end = e.offset_in_frame as u64 + e.raw_len as u64;
-            if e.frame.offset < HEADER_LEN as u64
-                || end.is_none_or(|end| end > start)
-                || e.frame.raw_len > MAX_BLOB_BYTES
-                || member_end > e.frame.raw_len as u64
-            {
-                continue;
-            }
-            let stored = &bytes[e.frame.offset as usize..end.unwrap() as usize];
-            raw.resize(e.frame.raw_len as usize, 0);
-            let decoded = crate::restore::decode_stored(
-                keys,
-                stored,
-                e.frame.compression,
-                e.frame.offset,
-                "salvage",
-                &mut raw,
-            );
-            let member = &raw[e.offset_in_frame as usize..member_end as usize];
-            if decoded.is_ok() && ChunkId::hash(id_key, member) == e.id {
-                kept.push(e);
-            }
-        }
+        let kept: Vec<PackEntry> = trailer
+            .chunks_exact(ENTRY_LEN)
+            .filter_map(PackEntry::read)
+            .filter(|e| e.frame.offset.saturating_add(e.frame.stored_len as u64) <= start)
+            .filter(|e| proven(bytes, e, keys, &mut raw))
+            .collect();
         if kept.len() > best.len() {
             best = kept;
         }
     }
     best
+}
+
+/// Whether `e` is what the pack's `bytes` hold: its frame lies after the header, decodes (and,
+/// sealed, authenticates), and the blob's place in it hashes to the entry's id. `raw` is scratch.
+pub fn proven(
+    bytes: &[u8],
+    e: &PackEntry,
+    keys: Option<&crate::crypto::Keys>,
+    raw: &mut Vec<u8>,
+) -> bool {
+    let member_end = e.offset_in_frame as u64 + e.raw_len as u64;
+    let stored = e
+        .frame
+        .offset
+        .checked_add(e.frame.stored_len as u64)
+        .and_then(|end| bytes.get(e.frame.offset as usize..end as usize));
+    let Some(stored) = stored else {
+        return false;
+    };
+    if e.frame.offset < HEADER_LEN as u64
+        || e.frame.raw_len > MAX_BLOB_BYTES
+        || member_end > e.frame.raw_len as u64
+    {
+        return false;
+    }
+    raw.resize(e.frame.raw_len as usize, 0);
+    let decoded = crate::restore::decode_stored(
+        keys,
+        stored,
+        e.frame.compression,
+        e.frame.offset,
+        "salvage",
+        raw,
+    );
+    decoded.is_ok()
+        && ChunkId::hash(
+            keys.map(|k| k.id_key()),
+            &raw[e.offset_in_frame as usize..member_end as usize],
+        ) == e.id
 }
 
 #[cfg(test)]

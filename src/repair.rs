@@ -42,12 +42,7 @@ fn read_or_salvage(
         Ok(found) => return Ok((found, None)),
         Err(e) => e,
     };
-    let id = name
-        .rsplit('/')
-        .next()
-        .and_then(|f| f.strip_suffix(".pack"))
-        .and_then(|h| h.parse::<ChunkId>().ok());
-    let (Some(id), Ok(bytes)) = (id, backend.get(name)) else {
+    let (Some(id), Ok(bytes)) = (pack_id(name), backend.get(name)) else {
         return Err(format!("{err}"));
     };
     let entries = crate::pack::salvage(&bytes, keys);
@@ -120,49 +115,38 @@ fn add_proven(
     keys: Option<&crate::crypto::Keys>,
 ) -> usize {
     let have: std::collections::HashSet<ChunkId> = entries.iter().map(|e| e.id).collect();
-    let id_key = keys.map(|k| k.id_key());
-    let mut added = 0;
+    let before = entries.len();
     let mut raw = Vec::new();
-    for (id, loc) in hints {
-        if have.contains(id) {
-            continue;
-        }
-        let start = loc.frame_offset as usize;
-        let Some(stored) = bytes.get(start..start + loc.frame_stored_len as usize) else {
-            continue;
+    for (id, loc) in hints.iter().filter(|(id, _)| !have.contains(id)) {
+        let e = PackEntry {
+            id: *id,
+            frame: crate::pack::Frame {
+                offset: loc.frame_offset as u64,
+                stored_len: loc.frame_stored_len,
+                raw_len: loc.frame_raw_len,
+                compression: loc.compression,
+            },
+            offset_in_frame: loc.offset_in_frame,
+            raw_len: loc.raw_len,
+            kind: loc.kind,
         };
-        raw.resize(loc.frame_raw_len as usize, 0);
-        let ok = crate::restore::decode_frame(keys, stored, loc, "repair", &mut raw).is_ok()
-            && ChunkId::hash(
-                id_key,
-                &raw[loc.offset_in_frame as usize..(loc.offset_in_frame + loc.raw_len) as usize],
-            ) == *id;
-        if ok {
-            entries.push(PackEntry {
-                id: *id,
-                frame: crate::pack::Frame {
-                    offset: loc.frame_offset as u64,
-                    stored_len: loc.frame_stored_len,
-                    raw_len: loc.frame_raw_len,
-                    compression: loc.compression,
-                },
-                offset_in_frame: loc.offset_in_frame,
-                raw_len: loc.raw_len,
-                kind: loc.kind,
-            });
-            added += 1;
+        if crate::pack::proven(bytes, &e, keys, &mut raw) {
+            entries.push(e);
         }
     }
-    added
+    entries.len() - before
+}
+
+/// The id a pack's object name gives it (`packs/hh/<id>.pack`).
+fn pack_id(name: &str) -> Option<ChunkId> {
+    name.rsplit('/')
+        .next()
+        .and_then(|f| f.strip_suffix(".pack"))
+        .and_then(|h| h.parse::<ChunkId>().ok())
 }
 
 fn read_pack(backend: &dyn Backend, name: &str, mac_key: Option<&[u8; 32]>) -> Result<FoundPack> {
-    let file_name = name.rsplit('/').next().unwrap_or(name);
-    let id: ChunkId = file_name
-        .strip_suffix(".pack")
-        .ok_or_else(|| Error::corrupt(format!("{name}: not a pack name")))?
-        .parse()
-        .map_err(|_| Error::corrupt(format!("{name}: not a pack name")))?;
+    let id = pack_id(name).ok_or_else(|| Error::corrupt(format!("{name}: not a pack name")))?;
     let size = backend.size(name)?;
     if size < (HEADER_LEN + FOOTER_LEN) as u64 {
         return Err(Error::corrupt(format!("{name}: too short to be a pack")));
@@ -225,12 +209,6 @@ pub fn rebuild_index_with(
         .collect();
     // Packs that did not parse: the old index, if readable, may know where more of their blobs
     // are; each location is proven by the pack's bytes before it is used.
-    let pack_id = |name: &str| {
-        name.rsplit('/')
-            .next()
-            .and_then(|f| f.strip_suffix(".pack"))
-            .and_then(|h| h.parse::<ChunkId>().ok())
-    };
     let damaged_ids: std::collections::HashSet<ChunkId> = found
         .iter()
         .filter(|(_, r)| !matches!(r, Ok((_, None))))
