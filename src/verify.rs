@@ -221,8 +221,11 @@ pub fn verify_reading(repo: &Repo, read: ReadData) -> Result<VerifyReport> {
             node_verdict.insert(*id, v.clone());
             v
         };
+    // The manifest files of indexed snapshots, to find the other files in `snapshots/` below.
+    let mut indexed: HashSet<String> = HashSet::new();
     for (id, bytes) in crate::index::snapshot_manifests(&txn)? {
         report.snapshots += 1;
+        indexed.insert(crate::manifest::object_name(&id));
         let manifest = match Manifest::decode(&bytes, Some(&id), repo.keys()) {
             Ok(m) => m,
             Err(e) => {
@@ -287,10 +290,6 @@ pub fn verify_reading(repo: &Repo, read: ReadData) -> Result<VerifyReport> {
         }
     }
     // Snapshot files the index does not list: a damaged one may be a lost snapshot.
-    let indexed: HashSet<String> = crate::index::snapshot_ids(&txn)?
-        .iter()
-        .map(crate::manifest::object_name)
-        .collect();
     for name in repo.backend.list("snapshots")? {
         if indexed.contains(&name) {
             continue;
