@@ -22,13 +22,15 @@ use crate::compress::compress;
 use crate::error::{Error, IoContext, Result};
 use crate::id::{ChunkId, SnapshotId};
 use crate::index::{
-    BLOBS, BlobLoc, FILES, FileStamp, IndexReader, META, META_NEXT_PACK, PACKS, PackInfo, SNAPSHOTS,
+    BLOBS, BlobLoc, FILES, FileStamp, IndexReader, META, META_NEXT_PACK, PACK_USE, PACKS, PackInfo,
+    REFS, SNAPSHOTS, UNCOUNTED,
 };
 use crate::manifest::{
     Capture, Content, Entry, EntryKind, Manifest, SnapshotStats, Source, SourceKind,
 };
 use crate::pack::BlobKind;
 use crate::packer::{Packer, WrittenPack};
+use crate::refs::UsageCache;
 use crate::repo::Repo;
 use crate::tree::TreeBuilder;
 use crate::walk::{WalkItem, walk_sources_excluding};
@@ -815,9 +817,11 @@ fn commit(
     framed: &[u8],
     stamps: &[(Vec<u8>, FileStamp)],
 ) -> Result<()> {
-    // The last packs, the snapshot and the file stamps commit together, durably.
+    // The last packs, the snapshot and the file stamps commit together, durably. The snapshot's
+    // references are counted by the next forget or gc (see `refs`).
     let txn = repo.index.write()?;
     insert_packs(&txn, packs)?;
+    txn.open_table(UNCOUNTED)?.insert(id.as_bytes(), 0)?;
     {
         let mut meta = txn.open_table(META)?;
         let recorded = meta.get(META_NEXT_PACK)?.map(|v| v.value()).unwrap_or(0);
@@ -846,6 +850,9 @@ const SORTED_INSERT_MAX: usize = 100_000;
 pub(crate) fn insert_packs(txn: &redb::WriteTransaction, packs: Vec<WrittenPack>) -> Result<()> {
     let mut blobs = txn.open_table(BLOBS)?;
     let mut pack_table = txn.open_table(PACKS)?;
+    let mut use_table = txn.open_table(PACK_USE)?;
+    let refs = txn.open_table(REFS)?;
+    let mut usage = UsageCache::default();
     let mut locs: Vec<(ChunkId, BlobLoc)> = Vec::new();
     let max_no = packs.iter().map(|p| p.no).max();
     for p in packs {
@@ -869,8 +876,23 @@ pub(crate) fn insert_packs(txn: &redb::WriteTransaction, packs: Vec<WrittenPack>
         locs.sort_unstable_by_key(|(id, _)| *id);
     }
     for (id, loc) in &locs {
-        blobs.insert(id.as_bytes(), &loc.encode())?;
+        let old = blobs
+            .insert(id.as_bytes(), &loc.encode())?
+            .map(|v| BlobLoc::decode(v.value()))
+            .transpose()?;
+        usage.get(&use_table, loc.pack)?.indexed += 1;
+        // A blob stored again (two threads raced, or gc moved it): the index now points at the
+        // new copy, and the old pack's accounting gives it up.
+        if let Some(old) = old {
+            let row = usage.get(&use_table, old.pack)?;
+            row.indexed = row.indexed.saturating_sub(1);
+            if refs.get(id.as_bytes())?.is_some() {
+                row.lose(&old);
+                usage.get(&use_table, loc.pack)?.gain(loc);
+            }
+        }
     }
+    usage.flush(&mut use_table)?;
     Ok(())
 }
 

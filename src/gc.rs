@@ -3,35 +3,37 @@
 //! `gc` runs under the repository lock, which every writer (backup, forget, gc) holds for its
 //! whole run, so no backup can deduplicate against a blob while gc decides to drop it.
 //!
-//! 1. Mark: every blob reachable from a snapshot in the index (file contents and chunk-list
-//!    trees, every node read and checked) is live. Any failure to read a node stops gc before it
-//!    changes anything.
-//! 2. Plan, per pack, from the index: packs with no live blob are deleted; packs whose unused
-//!    bytes exceed `max_unused` times their live bytes are rewritten with only their live blobs
-//!    (so afterwards packs hold at most live x (1 + max_unused) bytes); pack files the index
-//!    does not know (left by an interrupted backup or gc) are deleted.
-//! 3. Rewritten packs are written and fsynced; then one index transaction points moved blobs at
-//!    their new packs, drops every dead blob (so nothing can deduplicate against a blob whose
-//!    children are gone) and drops the old packs; only after it commits are old pack files
-//!    deleted. A crash at any point leaves every snapshot restorable; the next gc finishes.
+//! Removing a snapshot takes away its references in the same index transaction that drops it
+//! (see [`crate::refs`]), so gc never walks a snapshot:
+//! 1. Plan, per pack, from its [`PackUse`] row: packs with no live blob are deleted; packs whose
+//!    unused bytes exceed `max_unused` times their live bytes are rewritten with only their live
+//!    blobs (so afterwards packs hold at most live x (1 + max_unused) bytes); packs that stay but
+//!    have indexed blobs without references have those entries dropped; pack files the index
+//!    does not know (left by an interrupted backup or gc) are deleted. Only the trailers of the
+//!    packs named here are read, and each of their blobs is judged by its own reference count.
+//! 2. Rewritten packs are written and fsynced; then one index transaction points moved blobs at
+//!    their new packs, drops every blob without references (so nothing can deduplicate against a
+//!    blob whose children are gone) and drops the old packs; only after it commits are old pack
+//!    files deleted. A crash at any point leaves every snapshot restorable; the next gc finishes.
 
 use crate::backup::insert_packs;
 use crate::compress::compress;
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, SnapshotId};
-use crate::index::{BLOBS, BlobLoc, IndexReader, META, META_NEXT_PACK, PACKS, SNAPSHOTS};
-use crate::manifest::{Content, Manifest};
+use crate::index::{
+    BLOBS, BlobLoc, IndexReader, META, META_NEXT_PACK, PACK_USE, PACKS, PackInfo, REFS, SNAPSHOTS,
+};
 use crate::pack::PackWriter;
 use crate::packer::WrittenPack;
 use crate::repo::Repo;
 use crate::restore::{BlobReader, blob_in_frame, check_hash};
-use crate::tree::Node;
-use redb::ReadableTable;
+use redb::{ReadableTable, ReadableTableMetadata};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-/// Removes snapshots: their manifest files first, then (in one transaction) their index
-/// entries. A crash in between leaves the snapshot listed, and the next writer restores its
-/// file from the index: it is never half-removed.
+/// Removes snapshots: their manifest files first, then, in one transaction, their index entries
+/// and their references (after counting those of snapshots added since the last count). A
+/// crash in between leaves the snapshot listed, and the next writer restores its file from the
+/// index: it is never half-removed.
 pub fn remove_snapshots(repo: &Repo, ids: &[SnapshotId]) -> Result<()> {
     if ids.is_empty() {
         return Ok(());
@@ -44,10 +46,16 @@ pub fn remove_snapshots(repo: &Repo, ids: &[SnapshotId]) -> Result<()> {
     }
     let txn = repo.index.write()?;
     {
-        let mut snaps = txn.open_table(SNAPSHOTS)?;
-        for id in ids {
-            snaps.remove(id.as_bytes())?;
+        let mut removed = Vec::new();
+        {
+            let mut snaps = txn.open_table(SNAPSHOTS)?;
+            for id in ids {
+                if let Some(bytes) = snaps.remove(id.as_bytes())? {
+                    removed.push((*id, bytes.value().to_vec()));
+                }
+            }
         }
+        crate::refs::settle(repo, &txn, &removed)?;
     }
     txn.commit()?;
     Ok(())
@@ -72,6 +80,8 @@ impl Default for GcOptions {
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct GcReport {
     pub dry_run: bool,
+    /// Snapshots added since the last count whose references gc counted first.
+    pub counted_snapshots: u64,
     pub snapshots: u64,
     pub live_blobs: u64,
     pub dead_blobs: u64,
@@ -88,61 +98,91 @@ pub struct GcReport {
     pub live_bytes_after: u64,
 }
 
-/// Every blob reachable from the index's snapshots.
-pub fn live_blobs(
-    repo: &Repo,
-    index: &IndexReader,
-    txn: &redb::ReadTransaction,
-) -> Result<(u64, HashSet<ChunkId>)> {
-    let blobs = BlobReader::new(repo, index)?;
-    let mut live = HashSet::new();
-    let mut snapshots = 0;
-    for (id, bytes) in crate::index::snapshot_manifests(txn)? {
-        snapshots += 1;
-        let manifest = Manifest::decode(&bytes, Some(&id), repo.keys())?;
-        for e in &manifest.entries {
-            match &e.content {
-                Content::Empty => {}
-                Content::Chunk(c) => {
-                    live.insert(*c);
-                }
-                Content::Tree(root) => mark_tree(&blobs, *root, &mut live).map_err(|err| {
-                    Error::corrupt(format!(
-                        "snapshot {} {}: {err}; nothing was removed (run verify)",
-                        id.short(),
-                        e.path_lossy()
-                    ))
-                })?,
-            }
-        }
-    }
-    Ok((snapshots, live))
+/// What gc does with one pack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Plan {
+    Delete,
+    Rewrite,
+    /// Kept, with its unreferenced blobs dropped from the index.
+    Trim,
 }
 
-fn mark_tree(blobs: &BlobReader, root: ChunkId, live: &mut HashSet<ChunkId>) -> Result<()> {
-    let mut stack = vec![root];
-    while let Some(id) = stack.pop() {
-        if !live.insert(id) {
-            continue; // a shared subtree, already marked
-        }
-        let node = Node::decode(&blobs.read(&id)?, &format_args!("node {}", id.short()))?;
-        for child in &node.entries {
-            if node.level == 0 {
-                live.insert(child.id);
-            } else {
-                stack.push(child.id);
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Per-pack accounting of the plan.
+/// The blobs of a pack the index places in it, split by whether anything references them.
 #[derive(Default)]
-struct PackUse {
-    live_stored: f64,
+struct PackBlobs {
     live: Vec<(ChunkId, BlobLoc)>,
     dead: Vec<ChunkId>,
+}
+
+/// The blobs of the planned packs, split per pack into live and unreferenced ones. Trailers are
+/// read pack by pack; the index is looked up once for all entries, in id order (neighbouring
+/// index pages, each read once).
+fn blobs_of_packs(
+    repo: &Repo,
+    index: &IndexReader,
+    refs: &redb::ReadOnlyTable<&'static [u8; 32], u32>,
+    packs: &[(u32, PackInfo)],
+) -> Result<BTreeMap<u32, PackBlobs>> {
+    let mut all: Vec<(ChunkId, u32)> = Vec::new();
+    for (no, info) in packs {
+        let name = info.object_name();
+        let (_, entries) = crate::pack::read_entries(repo.backend.as_ref(), &name, repo.mac_key())
+            .map_err(|e| Error::corrupt(format!("{e}; nothing was removed (run verify)")))?;
+        all.extend(entries.iter().map(|e| (e.id, *no)));
+    }
+    all.sort_unstable();
+    // Where the index places each entry and whether it is counted: by point lookups for a few
+    // entries, by one ordered pass over each table (merged with the sorted entries) for many.
+    let mut locs: Vec<Option<BlobLoc>> = vec![None; all.len()];
+    let mut counted = vec![false; all.len()];
+    if (all.len() as u64) < refs.len()? / 8 {
+        for (i, (id, _)) in all.iter().enumerate() {
+            locs[i] = index.blob(id)?;
+            counted[i] = refs.get(id.as_bytes())?.is_some();
+        }
+    } else {
+        let mut i = 0;
+        index.for_each_blob(|id, loc| {
+            while i < all.len() && all[i].0 < id {
+                i += 1;
+            }
+            while i < all.len() && all[i].0 == id {
+                locs[i] = Some(loc);
+                i += 1;
+            }
+            Ok(())
+        })?;
+        let mut i = 0;
+        for item in refs.iter()? {
+            let id = ChunkId(*item?.0.value());
+            while i < all.len() && all[i].0 < id {
+                i += 1;
+            }
+            while i < all.len() && all[i].0 == id {
+                counted[i] = true;
+                i += 1;
+            }
+        }
+    }
+    let mut out: BTreeMap<u32, PackBlobs> = packs
+        .iter()
+        .map(|(no, _)| (*no, PackBlobs::default()))
+        .collect();
+    for (i, (id, no)) in all.into_iter().enumerate() {
+        match locs[i] {
+            Some(loc) if loc.pack == no => {
+                let here = out.get_mut(&no).expect("every planned pack has an entry");
+                if counted[i] {
+                    here.live.push((id, loc));
+                } else {
+                    here.dead.push(id);
+                }
+            }
+            // Indexed in another pack, or not at all: not this pack's to keep or drop.
+            _ => {}
+        }
+    }
+    Ok(out)
 }
 
 pub fn gc(repo: &Repo, opts: &GcOptions) -> Result<GcReport> {
@@ -153,97 +193,107 @@ pub fn gc(repo: &Repo, opts: &GcOptions) -> Result<GcReport> {
         dry_run: opts.dry_run,
         ..GcReport::default()
     };
+    // The plan needs every snapshot's references counted. (Also in a dry run: counting is
+    // bookkeeping and removes nothing.)
+    let settle = repo.index.write()?;
+    report.counted_snapshots = crate::refs::settle(repo, &settle, &[])?;
+    settle.commit()?;
     let txn = repo.index.read()?;
     let index = IndexReader::new(&txn)?;
-    let (snapshots, live) = live_blobs(repo, &index, &txn)?;
-    report.snapshots = snapshots;
-
+    report.snapshots = crate::index::snapshot_ids(&txn)?.len() as u64;
     let packs = index.packs()?;
     report.packs_before = packs.len() as u64;
-    let mut usage: BTreeMap<u32, PackUse> = packs
-        .iter()
-        .map(|(no, _)| (*no, PackUse::default()))
-        .collect();
-    let mut dead_elsewhere = Vec::new();
-    index.for_each_blob(|id, loc| {
-        let Some(u) = usage.get_mut(&loc.pack) else {
-            dead_elsewhere.push(id); // points at a pack the index does not have
-            return Ok(());
-        };
-        if live.contains(&id) {
-            u.live_stored +=
-                loc.frame_stored_len as f64 * loc.raw_len as f64 / loc.frame_raw_len.max(1) as f64;
-            u.live.push((id, loc));
-        } else {
-            u.dead.push(id);
-        }
-        Ok(())
-    })?;
-    report.live_blobs = usage.values().map(|u| u.live.len() as u64).sum();
-    report.dead_blobs =
-        usage.values().map(|u| u.dead.len() as u64).sum::<u64>() + dead_elsewhere.len() as u64;
+    let usage = crate::index::pack_uses(&txn)?;
 
-    let known: HashMap<String, u32> = packs
-        .iter()
-        .map(|(no, info)| (info.object_name(), *no))
-        .collect();
+    let mut plan: BTreeMap<u32, Plan> = BTreeMap::new();
+    // Frame bytes and live frame bytes of the packs that stay as they are.
+    let (mut kept_frames, mut kept_live) = (0u64, 0u64);
+    let mut rewritten_live = 0u64;
+    for (no, info) in &packs {
+        let u = usage.get(no).ok_or_else(|| {
+            Error::corrupt(format!(
+                "the index has no usage record for pack #{no}; run `strata repair index`"
+            ))
+        })?;
+        report.bytes_before += info.size;
+        report.live_blobs += u.live_blobs as u64;
+        report.dead_blobs += u.indexed.saturating_sub(u.live_blobs) as u64;
+        let frames = frame_bytes(info.size, info.blobs);
+        // (Shares are rounded down per blob; a pack whose every blob is live is live whole.)
+        let live = if u.live_blobs == info.blobs {
+            frames
+        } else {
+            u.live_bytes.min(frames)
+        };
+        // Unused bytes may be at most `max_unused` times the live ones, so that after gc the
+        // packs hold at most live x (1 + max_unused) frame bytes.
+        let unused = frames - live;
+        if u.live_blobs == 0 {
+            plan.insert(*no, Plan::Delete);
+        } else if u.live_blobs < info.blobs && unused as f64 > opts.max_unused * live as f64 {
+            plan.insert(*no, Plan::Rewrite);
+            rewritten_live += live;
+        } else {
+            if u.indexed > u.live_blobs {
+                plan.insert(*no, Plan::Trim);
+            }
+            kept_frames += frames;
+            kept_live += live;
+        }
+    }
+    let count = |p: Plan| plan.values().filter(|&&v| v == p).count() as u64;
+    report.packs_deleted = count(Plan::Delete);
+    report.packs_rewritten = count(Plan::Rewrite);
+
+    let known: HashSet<String> = packs.iter().map(|(_, info)| info.object_name()).collect();
     let unknown: Vec<String> = repo
         .backend
         .list("packs")?
         .into_iter()
-        .filter(|n| n.ends_with(".pack") && !known.contains_key(n))
+        .filter(|n| n.ends_with(".pack") && !known.contains(n))
         .collect();
     report.unknown_pack_files = unknown.len() as u64;
     let mut unknown_bytes = 0;
     for n in &unknown {
         unknown_bytes += repo.backend.size(n).unwrap_or(0);
     }
-
-    let mut delete = Vec::new();
-    let mut rewrite = Vec::new();
-    // Frame bytes and live frame bytes of the packs that stay as they are.
-    let (mut kept_frames, mut kept_live) = (0f64, 0f64);
-    for (no, info) in &packs {
-        let u = &usage[no];
-        report.bytes_before += info.size;
-        let frames = frame_bytes(info.size, info.blobs) as f64;
-        // Unused bytes may be at most `max_unused` times the live ones, so that after gc the
-        // packs hold at most live x (1 + max_unused) frame bytes.
-        let unused = (frames - u.live_stored).max(0.0);
-        if u.live.is_empty() {
-            delete.push(*no);
-        } else if !u.dead.is_empty() && unused > opts.max_unused * u.live_stored {
-            rewrite.push(*no);
-        } else {
-            kept_frames += frames;
-            kept_live += u.live_stored.min(frames);
-        }
-    }
     report.bytes_before += unknown_bytes;
-    report.packs_deleted = delete.len() as u64;
-    report.packs_rewritten = rewrite.len() as u64;
-    let removed_bytes: u64 = packs
+    let infos: HashMap<u32, PackInfo> = packs.iter().copied().collect();
+    let removed_bytes: u64 = plan
         .iter()
-        .filter(|(no, _)| delete.contains(no) || rewrite.contains(no))
-        .map(|(_, i)| i.size)
+        .filter(|(_, p)| **p != Plan::Trim)
+        .map(|(no, _)| infos[no].size)
         .sum::<u64>()
         + unknown_bytes;
     if opts.dry_run {
-        let rewritten_live: f64 = rewrite.iter().map(|no| usage[no].live_stored).sum();
-        report.frame_bytes_after = (kept_frames + rewritten_live) as u64;
-        report.live_bytes_after = (kept_live + rewritten_live) as u64;
-        report.bytes_after = report.bytes_before - removed_bytes + rewritten_live as u64;
+        report.frame_bytes_after = kept_frames + rewritten_live;
+        report.live_bytes_after = kept_live + rewritten_live;
+        report.bytes_after = report.bytes_before - removed_bytes + rewritten_live;
         report.bytes_reclaimed = report.bytes_before - report.bytes_after;
         return Ok(report);
     }
+
+    // The blobs of every pack in the plan, each judged by its own reference count.
+    let refs = txn.open_table(REFS)?;
+    let planned: Vec<(u32, PackInfo)> = plan.keys().map(|no| (*no, infos[no])).collect();
+    let touched = blobs_of_packs(repo, &index, &refs, &planned)?;
+    for (no, p) in &plan {
+        if *p == Plan::Delete && !touched[no].live.is_empty() {
+            return Err(Error::corrupt(format!(
+                "pack #{no} holds referenced blobs its usage record does not count; nothing was \
+                 removed (run `strata repair index`)"
+            )));
+        }
+    }
+    drop(refs);
 
     // Write the live blobs of packs being rewritten into new packs.
     let blobs = BlobReader::new(repo, &index)?;
     let mut next_no = crate::index::meta(&txn, META_NEXT_PACK)?.unwrap_or(0) as u32;
     let mut written: Vec<WrittenPack> = Vec::new();
     let mut current: Option<PackWriter<Box<dyn crate::storage::ObjectWriter + '_>>> = None;
-    for no in &rewrite {
-        let mut live_here = usage[no].live.clone();
+    for (no, _) in plan.iter().filter(|(_, p)| **p == Plan::Rewrite) {
+        let mut live_here = touched[no].live.clone();
         live_here.sort_by_key(|(_, l)| (l.frame_offset, l.offset_in_frame));
         for group in live_here.chunk_by(|a, b| a.1.frame_offset == b.1.frame_offset) {
             // The live members of one frame: read and decompressed once, each checked against
@@ -290,20 +340,29 @@ pub fn gc(repo: &Repo, opts: &GcOptions) -> Result<GcReport> {
     drop(index);
     drop(txn);
 
-    // One transaction: new locations, dead blobs and old packs gone.
+    // One transaction: new locations, unreferenced blobs and old packs gone.
     let wtxn = repo.index.write()?;
-    {
-        let mut blob_table = wtxn.open_table(BLOBS)?;
-        for id in usage.values().flat_map(|u| &u.dead).chain(&dead_elsewhere) {
-            blob_table.remove(id.as_bytes())?;
-        }
-        let mut pack_table = wtxn.open_table(PACKS)?;
-        for no in delete.iter().chain(&rewrite) {
-            pack_table.remove(no)?;
-        }
-    }
     insert_packs(&wtxn, written)?;
     {
+        let mut blob_table = wtxn.open_table(BLOBS)?;
+        let mut use_table = wtxn.open_table(PACK_USE)?;
+        let mut pack_table = wtxn.open_table(PACKS)?;
+        for (no, blobs) in &touched {
+            for id in &blobs.dead {
+                blob_table.remove(id.as_bytes())?;
+            }
+            if plan[no] == Plan::Trim {
+                let mut row = use_table
+                    .get(*no)?
+                    .map(|v| crate::refs::PackUse::decode(v.value()))
+                    .unwrap_or_default();
+                row.indexed = row.indexed.saturating_sub(blobs.dead.len() as u32);
+                use_table.insert(*no, &row.encode())?;
+            } else {
+                use_table.remove(*no)?;
+                pack_table.remove(*no)?;
+            }
+        }
         let mut meta = wtxn.open_table(META)?;
         let next = meta.get(META_NEXT_PACK)?.map(|v| v.value()).unwrap_or(0);
         meta.insert(META_NEXT_PACK, next.max(next_no as u64))?;
@@ -312,10 +371,10 @@ pub fn gc(repo: &Repo, opts: &GcOptions) -> Result<GcReport> {
 
     // Only now: old files. (A rewritten pack can come out byte for byte like an old one, and
     // then has its name: that file is the new pack and stays.)
-    let names: HashMap<u32, String> = packs.iter().map(|(no, i)| (*no, i.object_name())).collect();
-    for no in delete.iter().chain(&rewrite) {
-        if !new_names.contains(&names[no]) {
-            repo.backend.delete(&names[no])?;
+    for (no, p) in &plan {
+        let name = infos[no].object_name();
+        if *p != Plan::Trim && !new_names.contains(&name) {
+            repo.backend.delete(&name)?;
         }
     }
     for n in unknown.iter().filter(|n| !new_names.contains(*n)) {
@@ -323,8 +382,8 @@ pub fn gc(repo: &Repo, opts: &GcOptions) -> Result<GcReport> {
     }
     report.bytes_after = report.bytes_before - removed_bytes + new_bytes;
     report.bytes_reclaimed = report.bytes_before - report.bytes_after;
-    report.frame_bytes_after = kept_frames as u64 + new_frames;
-    report.live_bytes_after = kept_live as u64 + new_frames;
+    report.frame_bytes_after = kept_frames + new_frames;
+    report.live_bytes_after = kept_live + new_frames;
     Ok(report)
 }
 

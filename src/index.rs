@@ -23,9 +23,19 @@ pub const FILES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("files");
 /// named counters and settings.
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
+/// blob id -> its reference count, for blobs with at least one reference (see [`crate::refs`]).
+pub const REFS: TableDefinition<&[u8; 32], u32> = TableDefinition::new("refs");
+/// snapshot id -> 0: snapshots whose references are not in [`REFS`] yet (a backup adds its
+/// snapshot here; the next forget or gc counts it: see [`crate::refs`]).
+pub const UNCOUNTED: TableDefinition<&[u8; 32], u8> = TableDefinition::new("uncounted");
+/// pack number -> [`crate::refs::PackUse`] (16 bytes): how many of its blobs are indexed and live.
+pub const PACK_USE: TableDefinition<u32, &[u8; 16]> = TableDefinition::new("pack_use");
+
 pub const META_NEXT_PACK: &str = "next_pack";
 pub const META_INDEX_VERSION: &str = "index_version";
-pub const INDEX_VERSION: u64 = 1;
+/// 2: reference counts ([`REFS`], [`PACK_USE`]). A version-1 index gets them on its first write
+/// open ([`crate::refs::upgrade`]).
+pub const INDEX_VERSION: u64 = 2;
 
 /// Where a blob is stored: its frame in a pack, and its place inside the frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -247,6 +257,9 @@ impl Index {
             txn.open_table(PACKS)?;
             txn.open_table(SNAPSHOTS)?;
             txn.open_table(FILES)?;
+            txn.open_table(REFS)?;
+            txn.open_table(UNCOUNTED)?;
+            txn.open_table(PACK_USE)?;
             let mut meta = txn.open_table(META)?;
             let version = meta.get(META_INDEX_VERSION)?.map(|v| v.value());
             match version {
@@ -276,6 +289,59 @@ impl Index {
         match &self.db {
             Db::Write(db) => Ok(db.begin_write()?),
             Db::Read(_) => Err(Error::invalid("index opened read-only")),
+        }
+    }
+}
+
+/// Finds blobs and packs: the index as of a read transaction ([`IndexReader`]), or the tables of
+/// a write transaction ([`WriteLocator`]).
+pub trait Locate {
+    fn blob(&self, id: &ChunkId) -> Result<Option<BlobLoc>>;
+    fn pack(&self, no: u32) -> Result<PackInfo>;
+}
+
+fn missing_pack(no: u32) -> Error {
+    Error::corrupt(format!(
+        "index refers to pack #{no}, which it does not list; run `strata repair index`"
+    ))
+}
+
+impl Locate for IndexReader {
+    fn blob(&self, id: &ChunkId) -> Result<Option<BlobLoc>> {
+        IndexReader::blob(self, id)
+    }
+    fn pack(&self, no: u32) -> Result<PackInfo> {
+        IndexReader::pack(self, no)
+    }
+}
+
+/// The blob and pack tables of a write transaction, read-only, for reading blobs while other
+/// tables of the same transaction change.
+pub struct WriteLocator<'t> {
+    blobs: redb::Table<'t, &'static [u8; 32], &'static [u8; BLOB_LOC_LEN]>,
+    packs: redb::Table<'t, u32, &'static [u8; 48]>,
+}
+
+impl<'t> WriteLocator<'t> {
+    pub fn new(txn: &'t redb::WriteTransaction) -> Result<Self> {
+        Ok(WriteLocator {
+            blobs: txn.open_table(BLOBS)?,
+            packs: txn.open_table(PACKS)?,
+        })
+    }
+}
+
+impl Locate for WriteLocator<'_> {
+    fn blob(&self, id: &ChunkId) -> Result<Option<BlobLoc>> {
+        match self.blobs.get(id.as_bytes())? {
+            Some(v) => Ok(Some(BlobLoc::decode(v.value())?)),
+            None => Ok(None),
+        }
+    }
+    fn pack(&self, no: u32) -> Result<PackInfo> {
+        match self.packs.get(no)? {
+            Some(v) => Ok(PackInfo::decode(v.value())),
+            None => Err(missing_pack(no)),
         }
     }
 }
@@ -329,9 +395,7 @@ impl IndexReader {
             .ok_or_else(|| Error::corrupt("index has no pack table"))?;
         match t.get(no)? {
             Some(v) => Ok(PackInfo::decode(v.value())),
-            None => Err(Error::corrupt(format!(
-                "index refers to pack #{no}, which it does not list; run `strata repair index`"
-            ))),
+            None => Err(missing_pack(no)),
         }
     }
 
@@ -398,6 +462,48 @@ pub fn file_stamp(txn: &ReadTransaction, path: &[u8]) -> Result<Option<FileStamp
         Some(v) => Ok(crate::codec::decode(v.value(), "file cache").ok()),
         None => Ok(None),
     }
+}
+
+/// Every pack's [`crate::refs::PackUse`] row.
+pub fn pack_uses(
+    txn: &ReadTransaction,
+) -> Result<std::collections::HashMap<u32, crate::refs::PackUse>> {
+    let mut out = std::collections::HashMap::new();
+    if let Some(t) = open_opt(txn, PACK_USE)? {
+        for item in t.iter()? {
+            let (k, v) = item?;
+            out.insert(k.value(), crate::refs::PackUse::decode(v.value()));
+        }
+    }
+    Ok(out)
+}
+
+/// Snapshots whose references are not counted yet.
+pub fn uncounted(txn: &ReadTransaction) -> Result<std::collections::HashSet<ChunkId>> {
+    let mut out = std::collections::HashSet::new();
+    if let Some(t) = open_opt(txn, UNCOUNTED)? {
+        for item in t.iter()? {
+            out.insert(ChunkId(*item?.0.value()));
+        }
+    }
+    Ok(out)
+}
+
+/// Every reference count, or `None` for an index from before counts were kept.
+pub fn ref_counts(
+    txn: &ReadTransaction,
+) -> Result<Option<std::collections::HashMap<ChunkId, u32>>> {
+    if meta(txn, META_INDEX_VERSION)?.unwrap_or(0) < 2 {
+        return Ok(None);
+    }
+    let mut out = std::collections::HashMap::new();
+    if let Some(t) = open_opt(txn, REFS)? {
+        for item in t.iter()? {
+            let (k, v) = item?;
+            out.insert(ChunkId(*k.value()), v.value());
+        }
+    }
+    Ok(Some(out))
 }
 
 pub fn meta(txn: &ReadTransaction, key: &str) -> Result<Option<u64>> {

@@ -25,6 +25,7 @@ pub mod manifest;
 pub mod mapped;
 pub mod pack;
 pub mod packer;
+pub mod refs;
 pub mod repair;
 pub mod repo;
 pub mod restore;

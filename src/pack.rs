@@ -353,6 +353,27 @@ pub fn parse_trailer(
     Ok(entries)
 }
 
+/// Reads the entries of pack `name` from its footer and trailer only (its size, and the entries).
+pub fn read_entries(
+    backend: &dyn crate::storage::Backend,
+    name: &str,
+    mac_key: Option<&[u8; 32]>,
+) -> Result<(u64, Vec<PackEntry>)> {
+    let size = backend.size(name)?;
+    if size < (HEADER_LEN + FOOTER_LEN) as u64 {
+        return Err(Error::corrupt(format!("{name}: too short to be a pack")));
+    }
+    if backend.get_range(name, 0, 8)? != MAGIC {
+        return Err(Error::corrupt(format!("{name}: wrong magic bytes")));
+    }
+    let footer = backend.get_range(name, size - FOOTER_LEN as u64, FOOTER_LEN)?;
+    let (trailer_offset, _) = parse_footer(&footer, size, name)?;
+    let trailer_len = (size - FOOTER_LEN as u64 - trailer_offset) as usize;
+    let trailer = backend.get_range(name, trailer_offset, trailer_len)?;
+    let entries = parse_trailer(&trailer, &footer, trailer_offset, name, mac_key)?;
+    Ok((size, entries))
+}
+
 /// Parses a whole pack held in memory.
 pub fn parse_pack(bytes: &[u8], what: &str, mac_key: Option<&[u8; 32]>) -> Result<Vec<PackEntry>> {
     if bytes.len() < HEADER_LEN + FOOTER_LEN {

@@ -3,10 +3,13 @@
 
 use crate::error::{Error, IoContext, Result};
 use crate::id::ChunkId;
-use crate::index::{BLOBS, BlobLoc, Index, META, META_NEXT_PACK, PACKS, PackInfo, SNAPSHOTS};
+use crate::index::{
+    BLOBS, BlobLoc, Index, IndexReader, META, META_NEXT_PACK, PACKS, PackInfo, SNAPSHOTS,
+};
 use crate::manifest::Manifest;
-use crate::pack::{FOOTER_LEN, HEADER_LEN, MAGIC, PackEntry, parse_footer, parse_trailer};
+use crate::pack::PackEntry;
 use crate::repo::{INDEX_NAME, Lock, load_config};
+use crate::restore::BlobReader;
 use crate::storage::{Backend, LocalBackend, sync_dir};
 use rayon::prelude::*;
 use redb::ReadableTable;
@@ -19,6 +22,8 @@ pub struct RepairReport {
     /// Blobs found in more than one pack (the first pack is kept).
     pub duplicate_blobs: u64,
     pub snapshots: u64,
+    /// References from snapshots to blobs no pack holds (their files cannot be restored).
+    pub missing_blobs: u64,
     /// Files that could not be used, with the reason.
     pub damaged: Vec<String>,
     pub dry_run: bool,
@@ -147,18 +152,7 @@ fn pack_id(name: &str) -> Option<ChunkId> {
 
 fn read_pack(backend: &dyn Backend, name: &str, mac_key: Option<&[u8; 32]>) -> Result<FoundPack> {
     let id = pack_id(name).ok_or_else(|| Error::corrupt(format!("{name}: not a pack name")))?;
-    let size = backend.size(name)?;
-    if size < (HEADER_LEN + FOOTER_LEN) as u64 {
-        return Err(Error::corrupt(format!("{name}: too short to be a pack")));
-    }
-    if backend.get_range(name, 0, 8)? != MAGIC {
-        return Err(Error::corrupt(format!("{name}: wrong magic bytes")));
-    }
-    let footer = backend.get_range(name, size - FOOTER_LEN as u64, FOOTER_LEN)?;
-    let (trailer_offset, _) = parse_footer(&footer, size, name)?;
-    let trailer_len = (size - FOOTER_LEN as u64 - trailer_offset) as usize;
-    let trailer = backend.get_range(name, trailer_offset, trailer_len)?;
-    let entries = parse_trailer(&trailer, &footer, trailer_offset, name, mac_key)?;
+    let (size, entries) = crate::pack::read_entries(backend, name, mac_key)?;
     Ok(FoundPack { id, size, entries })
 }
 
@@ -340,6 +334,23 @@ pub fn rebuild_index_with(
             let mut meta = txn.open_table(META)?;
             meta.insert(META_NEXT_PACK, packs.len() as u64)?;
         }
+        txn.commit()?;
+        // Reference counts, from the manifests and the trees they reach.
+        let counts = {
+            let rtxn = index.read()?;
+            let reader = IndexReader::new(&rtxn)?;
+            let nodes = BlobReader::over(backend, keys.as_ref(), &reader);
+            let recount = crate::refs::count_all(&snapshots, keys.as_ref(), &nodes)?;
+            report.missing_blobs = recount.missing;
+            for (id, e) in recount.unreadable {
+                report.damaged.push(format!(
+                    "chunk-list node {id}: {e}; the chunks it lists are not counted through it"
+                ));
+            }
+            recount.counts
+        };
+        let txn = index.write()?;
+        crate::refs::write_counts(&txn, &counts)?;
         txn.commit()?;
     }
     std::fs::File::open(&tmp)

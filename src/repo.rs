@@ -496,6 +496,13 @@ impl Repo {
             None
         };
         let index_path = root.join(INDEX_NAME);
+        if index_file.is_none() && !index_path.exists() {
+            // Never an empty index in its place: gc would take every pack for garbage.
+            return Err(Error::corrupt(format!(
+                "index {} is missing; run `strata repair index`",
+                index_path.display()
+            )));
+        }
         let index = if let Some(file) = index_file {
             Index::open_write_with(file, &index_path)?
         } else if write {
@@ -528,6 +535,7 @@ impl Repo {
         };
         if write {
             repo.finish_interrupted()?;
+            crate::refs::upgrade(&repo)?;
         }
         Ok(repo)
     }

@@ -3,7 +3,7 @@
 
 use crate::error::{Error, IoContext, Result};
 use crate::id::ChunkId;
-use crate::index::{BlobLoc, IndexReader};
+use crate::index::{BlobLoc, IndexReader, Locate};
 use crate::manifest::{Entry, EntryKind, Manifest};
 use crate::repo::Repo;
 use crate::storage::{sync_dir, temp_name};
@@ -18,20 +18,34 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-/// Reads blobs by id through the index, verifying each against its id.
-pub struct BlobReader<'a> {
-    repo: &'a Repo,
-    index: &'a IndexReader,
+/// Reads blobs by id through the index (or, inside a write transaction, its tables), verifying
+/// each against its id.
+pub struct BlobReader<'a, L: ?Sized = IndexReader> {
+    backend: &'a dyn crate::storage::Backend,
+    keys: Option<&'a crate::crypto::Keys>,
+    index: &'a L,
     packs: Mutex<HashMap<u32, String>>,
 }
 
-impl<'a> BlobReader<'a> {
+impl<'a> BlobReader<'a, IndexReader> {
     pub fn new(repo: &'a Repo, index: &'a IndexReader) -> Result<Self> {
-        Ok(BlobReader {
-            repo,
+        Ok(BlobReader::over(repo.backend.as_ref(), repo.keys(), index))
+    }
+}
+
+impl<'a, L: Locate + ?Sized> BlobReader<'a, L> {
+    /// A reader of the blobs `index` locates in `backend`'s packs.
+    pub fn over(
+        backend: &'a dyn crate::storage::Backend,
+        keys: Option<&'a crate::crypto::Keys>,
+        index: &'a L,
+    ) -> Self {
+        BlobReader {
+            backend,
+            keys,
             index,
             packs: Mutex::new(HashMap::new()),
-        })
+        }
     }
 
     pub fn pack_name(&self, no: u32) -> Result<String> {
@@ -46,27 +60,33 @@ impl<'a> BlobReader<'a> {
 
     /// Reads `len` stored bytes at `offset` of pack object `pack`.
     pub fn read_span(&self, pack: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
-        self.repo
-            .backend
+        self.backend
             .get_range(pack, offset, len)
             .map_err(|e| match e.kind() {
                 crate::ErrorKind::NotFound => Error::corrupt(format!("{pack} is missing")),
+                // A failed read is not damage: it may succeed next time.
+                crate::ErrorKind::Io => e,
                 _ => Error::corrupt(format!("{pack}: {len} bytes at offset {offset}: {e}")),
             })
     }
 
     /// Like [`Self::read_span`], into a buffer of exactly the wanted length.
     pub fn read_span_into(&self, pack: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
-        self.repo
-            .backend
+        self.backend
             .read_into(pack, offset, buf)
             .map_err(|e| match e.kind() {
                 crate::ErrorKind::NotFound => Error::corrupt(format!("{pack} is missing")),
+                crate::ErrorKind::Io => e,
                 _ => Error::corrupt(format!(
                     "{pack}: {} bytes at offset {offset}: {e}",
                     buf.len()
                 )),
             })
+    }
+
+    /// Where blob `id` is, if the index has it.
+    pub fn find(&self, id: &ChunkId) -> Result<Option<BlobLoc>> {
+        self.index.blob(id)
     }
 
     pub fn locate(&self, id: &ChunkId) -> Result<BlobLoc> {
@@ -82,7 +102,7 @@ impl<'a> BlobReader<'a> {
         let loc = self.locate(id)?;
         let (frame, pack) = self.read_frame(&loc)?;
         let blob = blob_in_frame(&frame, &loc, &pack)?;
-        check_hash(blob, &loc, id, self.repo.id_key(), &pack)?;
+        check_hash(blob, &loc, id, self.keys.map(|k| k.id_key()), &pack)?;
         Ok(blob.to_vec())
     }
 
@@ -96,7 +116,7 @@ impl<'a> BlobReader<'a> {
             loc.frame_stored_len as usize,
         )?;
         let mut frame = vec![0u8; loc.frame_raw_len as usize];
-        decode_frame(self.repo.keys(), &stored, loc, &pack, &mut frame)?;
+        decode_frame(self.keys, &stored, loc, &pack, &mut frame)?;
         Ok((frame, pack))
     }
 }
@@ -402,8 +422,8 @@ fn fill_group(blobs: &BlobReader, group: &Group, out: &mut [u8]) -> Result<()> {
             )));
         }
     }
-    let key = blobs.repo.id_key();
-    let keys = blobs.repo.keys();
+    let key = blobs.keys.map(|k| k.id_key());
+    let keys = blobs.keys;
     {
         let mut filled = 0usize;
         let mut i = 0;

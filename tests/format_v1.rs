@@ -119,4 +119,23 @@ fn format_v1_repository_still_reads() {
     let expected = env.path("expected/golden");
     build_source(&expected);
     assert_same_tree(&expected, &out.join("golden"));
+
+    // Its index predates reference counts: a reader says so, the first writer records them,
+    // and they then drive forget and gc.
+    assert!(r(&["verify"]).contains("reference counts are not recorded yet"));
+    r(&["backup", "--name", "after", expected.to_str().unwrap()]);
+    let verified = r(&["verify", "--read-data"]);
+    assert!(verified.contains("no problems found"), "{verified}");
+    assert!(!verified.contains("not recorded"), "{verified}");
+    r(&["forget", "golden"]);
+    r(&["gc", "--max-unused", "0"]);
+    assert!(r(&["verify", "--read-data"]).contains("no problems found"));
+    let again = env.path("again");
+    r(&[
+        "restore",
+        "after",
+        again.to_str().unwrap(),
+        "--no-check-sqlite",
+    ]);
+    assert_same_tree(&expected, &again.join("golden"));
 }

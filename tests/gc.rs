@@ -442,3 +442,103 @@ fn gc_while_a_backup_is_paused() {
     env.ok(&["restore", "latest", out.to_str().unwrap()]);
     assert_same_tree(&src, &out.join("src"));
 }
+
+/// Changes the index of a repository (no process may have it open) through `f`.
+fn edit_index(repo: &Path, f: impl FnOnce(&redb::WriteTransaction)) {
+    let db = redb::Database::open(repo.join("index.redb")).unwrap();
+    let txn = db.begin_write().unwrap();
+    f(&txn);
+    txn.commit().unwrap();
+}
+
+/// Any stored reference count (chunk or pack use) that differs from the snapshots fails verify,
+/// naming the fix, and `repair index` counts them again.
+#[test]
+fn verify_recounts_references_and_repair_restores_them() {
+    use redb::{ReadableDatabase, ReadableTable};
+    use strata::index::{PACK_USE, REFS};
+    let env = Env::new();
+    let copies = history(&env);
+    // Backups leave their references to the next forget or gc, which counts them.
+    assert_eq!(env.json(&["verify"])["uncounted_snapshots"], 3);
+    // The oldest snapshot goes (its data stays until gc): unreferenced chunks exist.
+    env.ok(&["forget", "--keep-last", "2"]);
+    assert_eq!(env.json(&["verify"])["uncounted_snapshots"], 0);
+    assert!(
+        env.ok(&["verify", "--read-data"])
+            .contains("no problems found")
+    );
+    // The counts as the backups and forget left them, for comparing with what repair writes.
+    let counts = || -> Vec<([u8; 32], u32)> {
+        let db = redb::Database::open(env.repo.join("index.redb")).unwrap();
+        let txn = db.begin_read().unwrap();
+        let t = txn.open_table(REFS).unwrap();
+        t.iter()
+            .unwrap()
+            .map(|r| {
+                let (k, v) = r.unwrap();
+                (*k.value(), v.value())
+            })
+            .collect()
+    };
+    let before = counts();
+    assert!(before.len() > 10);
+    // Some blob is referenced more than once (keep.txt is in every snapshot).
+    assert!(before.iter().any(|(_, c)| *c >= 2));
+
+    type Tamper = fn(&redb::WriteTransaction, &[u8; 32]);
+    let tampers: [(&str, Tamper); 4] = [
+        ("one count too high", |txn, id| {
+            let mut t = txn.open_table(REFS).unwrap();
+            let c = t.get(id).unwrap().unwrap().value();
+            t.insert(id, c + 1).unwrap();
+        }),
+        ("a live chunk's count lost", |txn, id| {
+            txn.open_table(REFS).unwrap().remove(id).unwrap();
+        }),
+        ("a count for an unreferenced chunk", |txn, _| {
+            let mut refs = txn.open_table(REFS).unwrap();
+            let blobs = txn.open_table(strata::index::BLOBS).unwrap();
+            let free = blobs
+                .iter()
+                .unwrap()
+                .map(|r| *r.unwrap().0.value())
+                .find(|k| refs.get(k).unwrap().is_none());
+            // history() leaves garbage (replaced data), so such a chunk exists.
+            refs.insert(&free.expect("an unreferenced chunk"), 1)
+                .unwrap();
+        }),
+        ("a pack's live count", |txn, _| {
+            let mut t = txn.open_table(PACK_USE).unwrap();
+            let (k, mut v) = {
+                let first = t.iter().unwrap().next().unwrap().unwrap();
+                (first.0.value(), *first.1.value())
+            };
+            v[4] ^= 1;
+            t.insert(k, &v).unwrap();
+        }),
+    ];
+    for (what, tamper) in tampers {
+        let id = before[before.len() / 2].0;
+        edit_index(&env.repo, |txn| tamper(txn, &id));
+        let r = env.run(&["verify"]);
+        let out = String::from_utf8_lossy(&r.stdout);
+        assert_eq!(code(&r), 3, "{what}: {out}");
+        assert!(
+            out.contains("run `strata repair index`")
+                && (out.contains("reference counts") || out.contains("usage record")),
+            "{what}: {out}"
+        );
+        env.ok(&["repair", "index"]);
+        assert_eq!(counts(), before, "{what}: repair counts as the backups did");
+        assert!(env.ok(&["verify"]).contains("no problems found"), "{what}");
+    }
+    // And the repaired counts drive gc correctly.
+    env.ok(&["forget", "--keep-last", "1"]);
+    env.ok(&["gc", "--max-unused", "0"]);
+    assert!(
+        env.ok(&["verify", "--read-data"])
+            .contains("no problems found")
+    );
+    restore_and_compare(&env, "latest", &copies[2], "after");
+}

@@ -34,6 +34,13 @@ pub fn repair(rp: &RepoPath, args: RepairArgs) -> Result<ExitCode> {
         for d in &report.damaged {
             eprintln!("skipped: {d}");
         }
+        if report.missing_blobs > 0 {
+            eprintln!(
+                "{} references from snapshots point at chunks no pack holds; `strata verify` \
+                 names the files that cannot be restored",
+                report.missing_blobs
+            );
+        }
         println!(
             "{} {} packs ({} blobs, {} duplicates) and {} snapshots{}",
             if dry_run { "would index" } else { "indexed" },
