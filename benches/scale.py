@@ -14,12 +14,15 @@ flat curve: cost in proportion to the change, not to the number of snapshots.
 With --chunks, it builds for each count a repository of about that many chunks instead (random
 data cut at 64/256/1024 bytes, so 10^7 chunks take about 2.5 GB), then measures a no-change
 backup, a backup after 64 KiB of one file changed, `list`, `stats`, and the peak RSS of each:
-the goal is the same flat curve as the repository's index grows.
+the goal is the same flat curve as the repository's index grows. It then forgets one changed
+snapshot and runs gc, timing both: their cost should follow what is removed, not the size.
+
+STRATA_BIN=PATH runs that binary instead of this checkout's release build.
 """
 import argparse, json, os, resource, shutil, statistics, subprocess, sys, time
 
 here = os.path.dirname(os.path.abspath(__file__))
-strata = os.path.join(here, "..", "target", "release", "strata")
+strata = os.environ.get("STRATA_BIN") or os.path.join(here, "..", "target", "release", "strata")
 gen = os.path.join(here, "..", "..", "shared", "corpus", "gen_corpus.py")
 
 
@@ -40,8 +43,8 @@ def du(path):
 
 def chunk_scale(counts, strata, scratch):
     print("| chunks (stats) | data GB | first backup s | first RSS MiB | no-change ms | changed ms | "
-          "changed RSS MiB | list ms | stats ms | index MiB |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "changed RSS MiB | list ms | stats ms | index MiB | forget ms | gc ms | gc RSS MiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for count in counts:
         shutil.rmtree(scratch, ignore_errors=True)
         data = os.path.join(scratch, "data")
@@ -72,9 +75,23 @@ def chunk_scale(counts, strata, scratch):
         list_wall, _ = run([strata, "list", "--repo", repo])
         stats_wall, _ = run([strata, "stats", "--repo", repo])
         index = os.path.getsize(os.path.join(repo, "index.redb")) / 2**20
-        print("| %d | %.2f | %.1f | %.0f | %.1f | %.1f | %.0f | %.1f | %.1f | %.0f |" % (
+        # Retention at this size: a gc brings everything up to date (it counts the backups so
+        # far); then one more changed backup, and the oldest changed snapshot is forgotten and
+        # its space reclaimed. Only that last forget + gc is timed.
+        run([strata, "gc", "--repo", repo])
+        with open(os.path.join(data, "f0000.bin"), "r+b") as f:
+            f.seek(8 << 20)
+            f.write(os.urandom(64 << 10))
+        run([strata, "backup", "--repo", repo, data])
+        snaps = json.loads(subprocess.check_output([strata, "list", "--repo", repo, "--json"]))
+        snaps.sort(key=lambda s: s["time"])
+        oldest_changed = snaps[4]["id"]  # first, 3 no-change, then the changed ones
+        forget_wall, _ = run([strata, "forget", "--repo", repo, oldest_changed])
+        gc_wall, gc_rss = run([strata, "gc", "--repo", repo])
+        print("| %d | %.2f | %.1f | %.0f | %.1f | %.1f | %.0f | %.1f | %.1f | %.0f | %.0f | %.0f | %.0f |" % (
             chunks, files * min(per_file, total) / 1e9, first, first_rss, nochange * 1000,
-            changed * 1000, changed_rss, list_wall * 1000, stats_wall * 1000, index))
+            changed * 1000, changed_rss, list_wall * 1000, stats_wall * 1000, index,
+            forget_wall * 1000, gc_wall * 1000, gc_rss))
         sys.stdout.flush()
     shutil.rmtree(scratch, ignore_errors=True)
 
@@ -86,7 +103,9 @@ def main():
     ap.add_argument("--change-every", type=int, default=10)
     ap.add_argument("--report-every", type=int, default=100)
     args = ap.parse_args()
-    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=os.path.join(here, ".."), check=True)
+    if not os.environ.get("STRATA_BIN"):
+        subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=os.path.join(here, ".."),
+                       check=True)
     cache = os.environ.get("BENCH_CACHE", os.path.expanduser("~/.cache/strata-bench"))
     scratch = os.path.join(cache, "scale")
     if args.chunks:
