@@ -363,6 +363,10 @@ fn capture(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
     }
     // 3. Read, chunk, hash, dedup, compress, pack.
     let first_pack = crate::index::meta(&txn, META_NEXT_PACK)?.unwrap_or(0) as u32;
+    // No read transaction may live through the index commits below: redb cannot reuse a page
+    // freed after the oldest live reader began, and a large first backup's index file then
+    // grows with the square of its size (10 GB for 8.8 million chunks, measured).
+    drop(txn);
     let (packer, writer_thread) = Packer::new(
         repo.backend.as_ref(),
         first_pack,
@@ -441,6 +445,7 @@ fn capture(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
             .iter()
             .zip(known)
             .map(|(group, known)| {
+                let txn = repo.index.read()?;
                 let mut io = StoreIo {
                     shared: &shared,
                     group,
@@ -622,7 +627,6 @@ fn capture(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
     stats.new_stored_bytes = shared.new_stored.load(Ordering::Relaxed);
     let next_pack = shared.packer.next_pack_no();
     drop(shared);
-    drop(txn);
     stats.duration_ms = started.elapsed().as_millis() as u64;
     let manifest = Manifest {
         time_ns: start_ns,
