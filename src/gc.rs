@@ -141,26 +141,17 @@ fn blobs_of_packs(
             counted[i] = refs.get(id.as_bytes())?.is_some();
         }
     } else {
-        let mut i = 0;
+        let mut at = 0;
         index.for_each_blob(|id, loc| {
-            while i < all.len() && all[i].0 < id {
-                i += 1;
-            }
-            while i < all.len() && all[i].0 == id {
+            for i in matching(&all, &mut at, &id) {
                 locs[i] = Some(loc);
-                i += 1;
             }
             Ok(())
         })?;
-        let mut i = 0;
+        let mut at = 0;
         for item in refs.iter()? {
-            let id = ChunkId(*item?.0.value());
-            while i < all.len() && all[i].0 < id {
-                i += 1;
-            }
-            while i < all.len() && all[i].0 == id {
+            for i in matching(&all, &mut at, &ChunkId(*item?.0.value())) {
                 counted[i] = true;
-                i += 1;
             }
         }
     }
@@ -183,6 +174,19 @@ fn blobs_of_packs(
         }
     }
     Ok(out)
+}
+
+/// In `sorted` (entries in id order), the positions holding `id`, searching from `*at` on; `*at`
+/// moves past them, so ids given in increasing order merge with `sorted` in one pass.
+fn matching(sorted: &[(ChunkId, u32)], at: &mut usize, id: &ChunkId) -> std::ops::Range<usize> {
+    while *at < sorted.len() && sorted[*at].0 < *id {
+        *at += 1;
+    }
+    let start = *at;
+    while *at < sorted.len() && sorted[*at].0 == *id {
+        *at += 1;
+    }
+    start..*at
 }
 
 pub fn gc(repo: &Repo, opts: &GcOptions) -> Result<GcReport> {
@@ -276,7 +280,7 @@ pub fn gc(repo: &Repo, opts: &GcOptions) -> Result<GcReport> {
     // The blobs of every pack in the plan, each judged by its own reference count.
     let refs = txn.open_table(REFS)?;
     let planned: Vec<(u32, PackInfo)> = plan.keys().map(|no| (*no, infos[no])).collect();
-    let touched = blobs_of_packs(repo, &index, &refs, &planned)?;
+    let mut touched = blobs_of_packs(repo, &index, &refs, &planned)?;
     for (no, p) in &plan {
         if *p == Plan::Delete && !touched[no].live.is_empty() {
             return Err(Error::corrupt(format!(
@@ -293,7 +297,12 @@ pub fn gc(repo: &Repo, opts: &GcOptions) -> Result<GcReport> {
     let mut written: Vec<WrittenPack> = Vec::new();
     let mut current: Option<PackWriter<Box<dyn crate::storage::ObjectWriter + '_>>> = None;
     for (no, _) in plan.iter().filter(|(_, p)| **p == Plan::Rewrite) {
-        let mut live_here = touched[no].live.clone();
+        let mut live_here = std::mem::take(
+            &mut touched
+                .get_mut(no)
+                .expect("every planned pack is touched")
+                .live,
+        );
         live_here.sort_by_key(|(_, l)| (l.frame_offset, l.offset_in_frame));
         for group in live_here.chunk_by(|a, b| a.1.frame_offset == b.1.frame_offset) {
             // The live members of one frame: read and decompressed once, each checked against
@@ -347,22 +356,20 @@ pub fn gc(repo: &Repo, opts: &GcOptions) -> Result<GcReport> {
         let mut blob_table = wtxn.open_table(BLOBS)?;
         let mut use_table = wtxn.open_table(PACK_USE)?;
         let mut pack_table = wtxn.open_table(PACKS)?;
+        let mut trimmed = crate::refs::UsageCache::default();
         for (no, blobs) in &touched {
             for id in &blobs.dead {
                 blob_table.remove(id.as_bytes())?;
             }
             if plan[no] == Plan::Trim {
-                let mut row = use_table
-                    .get(*no)?
-                    .map(|v| crate::refs::PackUse::decode(v.value()))
-                    .unwrap_or_default();
+                let row = trimmed.get(&use_table, *no)?;
                 row.indexed = row.indexed.saturating_sub(blobs.dead.len() as u32);
-                use_table.insert(*no, &row.encode())?;
             } else {
                 use_table.remove(*no)?;
                 pack_table.remove(*no)?;
             }
         }
+        trimmed.flush(&mut use_table)?;
         let mut meta = wtxn.open_table(META)?;
         let next = meta.get(META_NEXT_PACK)?.map(|v| v.value()).unwrap_or(0);
         meta.insert(META_NEXT_PACK, next.max(next_no as u64))?;
