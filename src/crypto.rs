@@ -150,9 +150,12 @@ pub const KEY_MAGIC: &[u8; 8] = b"STRAKEYF";
 pub const KEY_VERSION: u32 = 1;
 pub const KEYS_DIR: &str = "keys";
 
-/// argon2id cost: 64 MiB, 3 passes, 1 lane (about half a second here).
+/// argon2id cost: 64 MiB, 3 passes, 4 lanes (RFC 9106's second recommended option). The lanes
+/// are filled on parallel threads, so the wall time falls with the cores while the memory and
+/// total work an attacker pays per guess stay the same.
 pub const KDF_MEMORY_KIB: u32 = 64 * 1024;
 pub const KDF_PASSES: u32 = 3;
+pub const KDF_LANES: u32 = 4;
 
 /// A key file: the master key wrapped by one passphrase.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -206,7 +209,7 @@ impl KeyFile {
         crate::repo::secure_random(&mut id)?;
         let mut nonce = [0u8; NONCE_LEN];
         crate::repo::secure_random(&mut nonce)?;
-        let cipher = kek(passphrase, &salt, memory_kib, KDF_PASSES, 1)?;
+        let cipher = kek(passphrase, &salt, memory_kib, KDF_PASSES, KDF_LANES)?;
         let wrapped = seal_with(&cipher, &nonce, repo_id.as_bytes(), master)?;
         Ok(KeyFile {
             id: hex(&id),
@@ -215,7 +218,7 @@ impl KeyFile {
             kdf: "argon2id".into(),
             memory_kib,
             passes: KDF_PASSES,
-            lanes: 1,
+            lanes: KDF_LANES,
             salt: hex(&salt),
             wrapped: hex(&wrapped),
         })
@@ -306,6 +309,21 @@ pub fn passphrase(prompt: &str) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_files_carry_their_own_costs() {
+        let master = [7u8; 32];
+        let mut k = KeyFile::create(&master, "pw", "repo-id").unwrap();
+        assert_eq!(
+            (k.memory_kib, k.passes, k.lanes),
+            (KDF_MEMORY_KIB, KDF_PASSES, KDF_LANES)
+        );
+        assert_eq!(k.unwrap_master("pw", "repo-id").unwrap(), Some(master));
+        assert_eq!(k.unwrap_master("wrong", "repo-id").unwrap(), None);
+        // The costs are part of the derivation: a file claiming other lanes does not open.
+        k.lanes = 1;
+        assert_eq!(k.unwrap_master("pw", "repo-id").unwrap(), None);
+    }
 
     #[test]
     fn sealed_objects_open_only_unchanged_and_as_their_own_kind() {
