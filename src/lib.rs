@@ -7,6 +7,33 @@
 //! Packs are fsynced before the redb index that points into them commits; the snapshot manifest
 //! commits with the index and is also written as its own file. Restore reads chunks back through
 //! the index, checks each against its hash, and renames each finished file into place.
+//!
+//! # Embedding
+//!
+//! Snapshot a directory from a program and restore it (`examples/embed.rs` is the same as a
+//! program; `strata serve` adds schedules, retention and an HTTP API on top):
+//!
+//! ```
+//! use strata::backup::{BackupOptions, backup};
+//! use strata::restore::{RestoreOptions, restore};
+//! use strata::{Config, Repo, chunker::ChunkerParams, snapshots};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let tmp = tempfile::tempdir()?;
+//! # let (repo_dir, state, target) = (tmp.path().join("repo"), tmp.path().join("state"), tmp.path().join("out"));
+//! # std::fs::create_dir_all(&state)?;
+//! std::fs::write(state.join("memory.jsonl"), "{\"text\":\"hi\"}\n")?;
+//! let repo = Repo::init(&repo_dir, Config::new(ChunkerParams::default(), 1)?)?;
+//! let saved = backup(&repo, &BackupOptions::new(vec![state.clone()]))?;
+//! let again = backup(&repo, &BackupOptions::new(vec![state.clone()]))?;
+//! assert_eq!(again.manifest.stats.new_stored_bytes, 0); // unchanged: nothing new stored
+//!
+//! let all = snapshots::list(&repo)?;
+//! let first = snapshots::resolve(&all, &saved.id.to_hex())?;
+//! restore(&repo, &first.manifest, &RestoreOptions::new(target.clone()))?;
+//! assert_eq!(std::fs::read(target.join("state/memory.jsonl"))?, std::fs::read(state.join("memory.jsonl"))?);
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod backup;
 pub mod capture;
@@ -30,6 +57,7 @@ pub mod repair;
 pub mod repo;
 pub mod restore;
 pub mod retention;
+pub mod schedule;
 pub mod snapshots;
 pub mod sqlite;
 pub mod stats;

@@ -429,6 +429,17 @@ impl Repo {
         Repo::open_unlocked(root, write, command, Some(unlocked))
     }
 
+    /// Opens an encrypted repository with a master key [`unlock`] returned earlier (a
+    /// long-running process unlocks once).
+    pub fn open_with_master(
+        root: &Path,
+        write: bool,
+        command: &str,
+        unlocked: ([u8; 32], String),
+    ) -> Result<Repo> {
+        Repo::open_unlocked(root, write, command, Some(unlocked))
+    }
+
     /// Opens the repository at `root` (its lock and index) with its objects read and written
     /// through `backend`: a fault-injecting test backend, for instance.
     pub fn open_with_backend(

@@ -42,6 +42,10 @@ pub struct ForgetArgs {
     /// Apply the policy only to snapshots of this kind
     #[arg(long)]
     kind: Option<String>,
+    /// Apply the policy (and --max-snapshots) only to snapshots with this tag, e.g. `job=app`;
+    /// the others are kept
+    #[arg(long = "tag", value_name = "TAG")]
+    scope_tag: Option<String>,
     /// Keep at most N snapshots (of kinds that are not protected); the oldest go first
     #[arg(long)]
     max_snapshots: Option<usize>,
@@ -88,12 +92,22 @@ enum ConfigAction {
     Set { key: String, value: String },
     /// Remove a retention setting
     Unset { key: String },
+    /// Check a `strata serve` configuration file (errors name the line)
+    Check { file: std::path::PathBuf },
 }
 
 impl ConfigArgs {
     /// Whether the command changes the repository (and so needs the lock).
     pub fn writes(&self) -> bool {
         !matches!(self.action, ConfigAction::Show { .. })
+    }
+
+    /// The file `config check` names (which needs no repository).
+    pub fn check_file(&self) -> Option<&std::path::Path> {
+        match &self.action {
+            ConfigAction::Check { file } => Some(file),
+            _ => None,
+        }
     }
 }
 
@@ -154,6 +168,7 @@ pub fn config(repo: &Repo, args: ConfigArgs) -> Result<ExitCode> {
                 settings.policies.insert(kind, Policy::parse(&value)?);
             }
         },
+        ConfigAction::Check { file } => return super::serve::check_config(&file),
         ConfigAction::Unset { key } => {
             if key == "max-snapshots" {
                 settings.max_snapshots = None;
@@ -241,13 +256,33 @@ pub fn forget(repo: &Repo, args: ForgetArgs) -> Result<ExitCode> {
              one with `strata config set retention.hourly keep-last=24`"
         );
     }
+    if use_settings && args.scope_tag.is_some() {
+        bail!("--tag limits a policy given on the command line; give one, such as --keep-last 24");
+    }
     let snaps = snapshots::list(repo)?;
     let mut named = Vec::new();
     for spec in &args.snaps {
         named.push(snapshots::resolve(&snaps, spec)?.id);
     }
+    let in_scope = |s: &&snapshots::Snapshot| {
+        args.scope_tag
+            .as_ref()
+            .is_none_or(|t| s.manifest.tags.contains(t))
+    };
+    let outside: Vec<strata::retention::Decision> = snaps
+        .iter()
+        .filter(|s| !in_scope(s))
+        .map(|s| strata::retention::Decision {
+            id: s.id,
+            time_ns: s.manifest.time_ns,
+            kind: s.manifest.kind.clone(),
+            keep: true,
+            reasons: vec!["outside --tag".into()],
+        })
+        .collect();
     let candidates: Vec<Candidate> = snaps
         .iter()
+        .filter(in_scope)
         .map(|s| Candidate {
             id: s.id,
             time_ns: s.manifest.time_ns,
@@ -282,6 +317,10 @@ pub fn forget(repo: &Repo, args: ForgetArgs) -> Result<ExitCode> {
     };
     if let Some(max) = args.max_snapshots {
         cap(&mut decisions, max);
+    }
+    if !outside.is_empty() {
+        decisions.extend(outside);
+        decisions.sort_by(|a, b| b.time_ns.cmp(&a.time_ns).then(b.id.cmp(&a.id)));
     }
     for d in &mut decisions {
         if named.contains(&d.id) {

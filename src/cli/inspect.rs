@@ -44,7 +44,7 @@ struct SourceJson {
 }
 
 #[derive(serde::Serialize)]
-struct SnapJson {
+pub(super) struct SnapJson {
     id: String,
     time: String,
     hostname: String,
@@ -60,7 +60,7 @@ struct SnapJson {
     stats: strata::manifest::SnapshotStats,
 }
 
-fn snap_json(s: &Snapshot) -> SnapJson {
+pub(super) fn snap_json(s: &Snapshot) -> SnapJson {
     let m = &s.manifest;
     SnapJson {
         id: s.id.to_hex(),
@@ -139,9 +139,16 @@ struct EntryJson {
     page_size: u32,
 }
 
-pub fn show(repo: &Repo, args: ShowArgs) -> Result<ExitCode> {
-    let snaps = snapshots::list(repo)?;
-    let s = snapshots::resolve(&snaps, &args.snap)?;
+/// `show --json`: the snapshot and its entries.
+#[derive(serde::Serialize)]
+pub(super) struct ShowJson<'a> {
+    #[serde(flatten)]
+    snap: SnapJson,
+    errors: &'a [String],
+    entries: Vec<EntryJson>,
+}
+
+pub(super) fn show_json(s: &Snapshot) -> ShowJson<'_> {
     let m = &s.manifest;
     let entries: Vec<EntryJson> = m
         .entries
@@ -166,19 +173,19 @@ pub fn show(repo: &Repo, args: ShowArgs) -> Result<ExitCode> {
             page_size: e.page_size,
         })
         .collect();
+    ShowJson {
+        snap: snap_json(s),
+        errors: &m.errors,
+        entries,
+    }
+}
+
+pub fn show(repo: &Repo, args: ShowArgs) -> Result<ExitCode> {
+    let snaps = snapshots::list(repo)?;
+    let s = snapshots::resolve(&snaps, &args.snap)?;
+    let m = &s.manifest;
     if args.json {
-        #[derive(serde::Serialize)]
-        struct Show<'a> {
-            #[serde(flatten)]
-            snap: SnapJson,
-            errors: &'a [String],
-            entries: Vec<EntryJson>,
-        }
-        print_json(&Show {
-            snap: snap_json(s),
-            errors: &m.errors,
-            entries,
-        })?;
+        print_json(&show_json(s))?;
         return Ok(ExitCode::SUCCESS);
     }
     println!("snapshot {}", s.id);
@@ -233,7 +240,7 @@ pub fn show(repo: &Repo, args: ShowArgs) -> Result<ExitCode> {
         println!("not saved {e}");
     }
     println!();
-    for e in &entries {
+    for e in &show_json(s).entries {
         let kind = match e.kind {
             EntryKind::File => "file",
             EntryKind::Dir => "dir ",

@@ -11,6 +11,7 @@ mod key;
 mod output;
 mod repair;
 mod restore;
+mod serve;
 mod tune;
 
 use anyhow::{Context, Result};
@@ -75,6 +76,8 @@ enum Command {
     Key(key::KeyArgs),
     /// Remove a stale repository lock
     Unlock,
+    /// Run scheduled snapshots and the HTTP admin API, metrics and web page
+    Serve(serve::ServeArgs),
 }
 
 /// glibc raises its mmap threshold each time a large block is freed, after which pack and read
@@ -183,7 +186,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Forget(args) => gc::forget(&open(&rp, true, "forget")?, args),
         Command::Delete(args) => gc::delete(&open(&rp, true, "delete")?, args),
         Command::Gc(args) => gc::run_gc(&open(&rp, true, "gc")?, args),
-        Command::Config(args) => gc::config(&open(&rp, args.writes(), "config")?, args),
+        Command::Config(args) => match args.check_file() {
+            Some(file) => serve::check_config(file),
+            None => gc::config(&open(&rp, args.writes(), "config")?, args),
+        },
+        Command::Serve(args) => serve::serve(rp.path.clone(), args),
         Command::Verify(args) => restore::verify(&open(&rp, false, "verify")?, args),
         Command::Repair(args) => repair::repair(&rp, args),
         Command::Tune(args) => tune::tune(args),

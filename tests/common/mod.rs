@@ -6,8 +6,13 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// The strata binary under test: this build's, or `STRATA_TEST_BIN` (a release build, for the
+/// figures some tests print).
 pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_strata")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("STRATA_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_strata").into())
+    })
 }
 
 /// Whether tests use encrypted repositories: when compiled into `tests/encrypted_suite.rs`, or

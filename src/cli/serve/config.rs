@@ -1,0 +1,559 @@
+//! `strata.toml`: the daemon's one configuration file, and the environment variables that stand
+//! in for it. Top-level settings from the environment override the file; job settings from the
+//! environment fill in what a job does not set itself, and `STRATA_BACKUP_PATHS` alone defines a
+//! job named `default` when the file has none.
+
+use anyhow::{Result, anyhow, bail};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use strata::retention::{Policy, parse_duration};
+use strata::schedule::Schedule;
+use toml::Spanned;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7433";
+
+/// The file as written. Fields that need checking beyond their type keep their position, so an
+/// error can name the line.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    repo: Option<PathBuf>,
+    password_file: Option<PathBuf>,
+    listen: Option<Spanned<String>>,
+    #[serde(default)]
+    allowed_hosts: Vec<String>,
+    log_format: Option<Spanned<String>>,
+    gc_min_garbage: Option<Spanned<String>>,
+    disk_min_free: Option<Spanned<String>>,
+    shutdown_grace: Option<Spanned<String>>,
+    max_body: Option<Spanned<String>>,
+    #[serde(default)]
+    token: Vec<FileToken>,
+    #[serde(default)]
+    job: Vec<FileJob>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileToken {
+    name: String,
+    blake3: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileJob {
+    name: Spanned<String>,
+    #[serde(default)]
+    paths: Vec<PathBuf>,
+    #[serde(default)]
+    sqlite: Vec<String>,
+    #[serde(default)]
+    postgres: Vec<String>,
+    #[serde(default)]
+    redis: Vec<String>,
+    /// `COMMAND=NAME`: NAME stores the command's standard output (`sh -c COMMAND`).
+    #[serde(default)]
+    commands: Vec<String>,
+    #[serde(default)]
+    exclude: Vec<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+    kind: Option<Spanned<String>>,
+    schedule: Option<Spanned<String>>,
+    on_start: Option<bool>,
+    retention: Option<Spanned<String>>,
+    max_snapshots: Option<usize>,
+    alert_after: Option<Spanned<String>>,
+}
+
+/// A bearer token the API accepts, known only by its BLAKE3 hash.
+#[derive(Clone, Debug)]
+pub struct Token {
+    pub name: String,
+    pub hash: blake3::Hash,
+}
+
+#[derive(Clone, Debug)]
+pub struct Job {
+    pub name: String,
+    pub paths: Vec<PathBuf>,
+    pub sqlite: Vec<String>,
+    pub postgres: Vec<String>,
+    pub redis: Vec<String>,
+    pub commands: Vec<String>,
+    pub exclude: Vec<String>,
+    pub tags: Vec<String>,
+    pub kind: String,
+    pub schedule: Option<Schedule>,
+    pub on_start: bool,
+    pub retention: Option<Policy>,
+    pub max_snapshots: Option<usize>,
+    /// Health is degraded when the last success is older than this.
+    pub alert_after_s: i64,
+}
+
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    pub repo: Option<PathBuf>,
+    pub password_file: Option<PathBuf>,
+    pub listen: SocketAddr,
+    pub allowed_hosts: Vec<String>,
+    pub json_logs: bool,
+    pub gc_min_garbage: u64,
+    /// Health is degraded when the repository's file system has less free than this fraction.
+    pub disk_min_free: f64,
+    pub shutdown_grace_s: u64,
+    pub max_body: usize,
+    pub tokens: Vec<Token>,
+    pub jobs: Vec<Job>,
+}
+
+/// Where a setting came from, for error messages: a line of the file or a variable.
+struct Origin<'a> {
+    file: &'a str,
+    text: &'a str,
+}
+
+impl Origin<'_> {
+    fn at<T>(&self, s: &Spanned<T>) -> String {
+        let line = self.text[..s.span().start.min(self.text.len())]
+            .matches('\n')
+            .count()
+            + 1;
+        format!("{}:{line}", self.file)
+    }
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// A setting from the environment (which wins) or the file, checked by `parse`.
+fn setting<T>(
+    origin: &Origin,
+    var: &str,
+    from_file: Option<&Spanned<String>>,
+    parse: impl Fn(&str) -> Result<T>,
+) -> Result<Option<T>> {
+    if let Some(v) = env(var) {
+        return parse(&v).map(Some).map_err(|e| anyhow!("{var}: {e:#}"));
+    }
+    match from_file {
+        Some(s) => parse(s.get_ref())
+            .map(Some)
+            .map_err(|e| anyhow!("{}: {e:#}", origin.at(s))),
+        None => Ok(None),
+    }
+}
+
+/// A job setting from the file, or else the environment.
+fn job_setting<T>(
+    origin: &Origin,
+    var: &str,
+    from_file: Option<&Spanned<String>>,
+    parse: impl Fn(&str) -> Result<T>,
+) -> Result<Option<T>> {
+    match from_file {
+        Some(s) => parse(s.get_ref())
+            .map(Some)
+            .map_err(|e| anyhow!("{}: {e:#}", origin.at(s))),
+        None => match env(var) {
+            Some(v) => parse(&v).map(Some).map_err(|e| anyhow!("{var}: {e:#}")),
+            None => Ok(None),
+        },
+    }
+}
+
+/// `64MiB`, `1g`, `4096`.
+pub fn parse_bytes(s: &str) -> Result<u64> {
+    let t = s.trim().to_ascii_lowercase();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| anyhow!("not a size: {s:?}"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => bail!("unknown size unit in {s:?} (use k, m or g)"),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| anyhow!("size too large: {s:?}"))
+}
+
+fn parse_seconds(s: &str) -> Result<i64> {
+    match parse_duration(s) {
+        Some(ns) if ns > 0 => Ok(ns / 1_000_000_000),
+        _ => bail!("not a duration such as 90s, 30m, 25h or 7d: {s:?}"),
+    }
+}
+
+fn parse_fraction(s: &str) -> Result<f64> {
+    let t = s.trim();
+    let v = match t.strip_suffix('%') {
+        Some(p) => p.trim().parse::<f64>().map(|v| v / 100.0),
+        None => t.parse::<f64>(),
+    }
+    .map_err(|_| anyhow!("not a fraction such as 5% or 0.05: {s:?}"))?;
+    if !(0.0..=1.0).contains(&v) {
+        bail!("{s:?} is not between 0% and 100%");
+    }
+    Ok(v)
+}
+
+fn parse_kind(s: &str) -> Result<String> {
+    const KINDS: [&str; 5] = ["manual", "hourly", "daily", "weekly", "monthly"];
+    if KINDS.contains(&s) {
+        Ok(s.to_string())
+    } else {
+        bail!("kind {s:?}: expected one of {}", KINDS.join(", "))
+    }
+}
+
+fn parse_token_hash(s: &str) -> Result<blake3::Hash> {
+    blake3::Hash::from_hex(s.trim())
+        .map_err(|_| anyhow!("a token's blake3 is 64 hex digits (`strata serve --hash-token`)"))
+}
+
+fn parse_name(s: &str) -> Result<String> {
+    if s.is_empty()
+        || s.len() > 64
+        || !s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        bail!("job name {s:?}: use 1 to 64 letters, digits, '-', '_' or '.'");
+    }
+    Ok(s.to_string())
+}
+
+impl ServeConfig {
+    /// Reads `file` (if given) and the environment.
+    pub fn load(file: Option<&Path>) -> Result<ServeConfig> {
+        let (text, name) = match file {
+            Some(p) => (
+                std::fs::read_to_string(p).map_err(|e| anyhow!("{}: {e}", p.display()))?,
+                p.display().to_string(),
+            ),
+            None => (String::new(), "(environment)".to_string()),
+        };
+        ServeConfig::parse(&text, &name)
+    }
+
+    /// Parses the text of a configuration file named `file` (for messages), then applies the
+    /// environment.
+    pub fn parse(text: &str, file: &str) -> Result<ServeConfig> {
+        let raw: FileConfig = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            match line {
+                Some(l) => anyhow!("{file}:{l}: {}", e.message()),
+                None => anyhow!("{file}: {}", e.message()),
+            }
+        })?;
+        let o = Origin { file, text };
+        let listen = setting(&o, "STRATA_LISTEN", raw.listen.as_ref(), |s| {
+            s.parse::<SocketAddr>()
+                .map_err(|_| anyhow!("listen {s:?}: expected IP:PORT such as 127.0.0.1:7433"))
+        })?
+        .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("default address"));
+        let json_logs = setting(
+            &o,
+            "STRATA_LOG_FORMAT",
+            raw.log_format.as_ref(),
+            |s| match s {
+                "text" => Ok(false),
+                "json" => Ok(true),
+                _ => bail!("log_format {s:?}: expected text or json"),
+            },
+        )?
+        .unwrap_or(false);
+        let mut allowed_hosts = raw.allowed_hosts.clone();
+        if let Some(v) = env("STRATA_ALLOWED_HOSTS") {
+            allowed_hosts = v.split(',').map(|h| h.trim().to_string()).collect();
+        }
+        let mut tokens = Vec::new();
+        for t in &raw.token {
+            tokens.push(Token {
+                name: t.name.clone(),
+                hash: parse_token_hash(t.blake3.get_ref())
+                    .map_err(|e| anyhow!("{}: {e}", o.at(&t.blake3)))?,
+            });
+        }
+        if let Some(v) = env("STRATA_API_TOKEN_BLAKE3") {
+            for (i, h) in v.split(',').enumerate() {
+                tokens.push(Token {
+                    name: format!("env-{}", i + 1),
+                    hash: parse_token_hash(h)
+                        .map_err(|e| anyhow!("STRATA_API_TOKEN_BLAKE3: {e}"))?,
+                });
+            }
+        }
+        let mut jobs = Vec::new();
+        let mut file_jobs: Vec<&FileJob> = raw.job.iter().collect();
+        let from_env;
+        if file_jobs.is_empty()
+            && let Some(paths) = env("STRATA_BACKUP_PATHS")
+        {
+            from_env = FileJob {
+                name: Spanned::new(0..0, "default".to_string()),
+                paths: std::env::split_paths(&paths).collect(),
+                sqlite: vec![],
+                postgres: vec![],
+                redis: vec![],
+                commands: vec![],
+                exclude: vec![],
+                tags: vec![],
+                kind: None,
+                schedule: None,
+                on_start: None,
+                retention: None,
+                max_snapshots: None,
+                alert_after: None,
+            };
+            file_jobs.push(&from_env);
+        }
+        for j in file_jobs {
+            jobs.push(job(&o, j)?);
+        }
+        for (i, j) in jobs.iter().enumerate() {
+            if jobs[..i].iter().any(|k| k.name == j.name) {
+                bail!("{file}: two jobs are named {:?}", j.name);
+            }
+        }
+        let config = ServeConfig {
+            repo: env("STRATA_REPO").map(PathBuf::from).or(raw.repo),
+            password_file: env("STRATA_PASSWORD_FILE")
+                .map(PathBuf::from)
+                .or(raw.password_file),
+            listen,
+            allowed_hosts,
+            json_logs,
+            gc_min_garbage: setting(
+                &o,
+                "STRATA_GC_MIN_GARBAGE",
+                raw.gc_min_garbage.as_ref(),
+                parse_bytes,
+            )?
+            .unwrap_or(64 << 20),
+            disk_min_free: setting(
+                &o,
+                "STRATA_DISK_MIN_FREE",
+                raw.disk_min_free.as_ref(),
+                parse_fraction,
+            )?
+            .unwrap_or(0.05),
+            shutdown_grace_s: setting(
+                &o,
+                "STRATA_SHUTDOWN_GRACE",
+                raw.shutdown_grace.as_ref(),
+                parse_seconds,
+            )?
+            .unwrap_or(120) as u64,
+            max_body: setting(&o, "STRATA_MAX_BODY", raw.max_body.as_ref(), parse_bytes)?
+                .unwrap_or(64 << 10)
+                .min(16 << 20) as usize,
+            tokens,
+            jobs,
+        };
+        if !config.listen.ip().is_loopback() && config.tokens.is_empty() {
+            bail!(
+                "{file}: listen {} is not a loopback address, and no [[token]] is configured: \
+                 anyone who can reach it could run restores; add a token (`strata serve \
+                 --hash-token`) or listen on 127.0.0.1",
+                config.listen
+            );
+        }
+        Ok(config)
+    }
+}
+
+fn job(o: &Origin, j: &FileJob) -> Result<Job> {
+    let name = parse_name(j.name.get_ref()).map_err(|e| anyhow!("{}: {e}", o.at(&j.name)))?;
+    if j.paths.is_empty()
+        && j.sqlite.is_empty()
+        && j.postgres.is_empty()
+        && j.redis.is_empty()
+        && j.commands.is_empty()
+    {
+        bail!(
+            "{}: job {name:?} has no sources (paths, sqlite, postgres, redis or commands)",
+            o.at(&j.name)
+        );
+    }
+    for c in &j.commands {
+        if !matches!(c.rsplit_once('='), Some((cmd, n)) if !cmd.trim().is_empty() && !n.is_empty())
+        {
+            bail!(
+                "{}: job {name:?}: command {c:?}: expected COMMAND=NAME",
+                o.at(&j.name)
+            );
+        }
+    }
+    let schedule = match job_setting(o, "STRATA_BACKUP_SCHEDULE", j.schedule.as_ref(), |s| {
+        Schedule::parse(s).map_err(Into::into)
+    })? {
+        Some(s) => Some(s),
+        None => env("STRATA_BACKUP_INTERVAL")
+            .map(|v| {
+                Schedule::parse(&format!("every {v}"))
+                    .map_err(|e| anyhow!("STRATA_BACKUP_INTERVAL: {e}"))
+            })
+            .transpose()?,
+    };
+    let mut retention = job_setting(o, "STRATA_RETENTION", j.retention.as_ref(), |s| {
+        Policy::parse(s).map_err(Into::into)
+    })?;
+    if retention.is_none()
+        && let Some(days) = env("STRATA_RETENTION_DAYS")
+    {
+        let d: u32 = days
+            .parse()
+            .map_err(|_| anyhow!("STRATA_RETENTION_DAYS: expected a number of days"))?;
+        retention = Some(Policy::parse(&format!("keep-within={d}d"))?);
+    }
+    let max_snapshots = match j.max_snapshots {
+        Some(n) => Some(n),
+        None => env("STRATA_MAX_SNAPSHOTS")
+            .map(|v| {
+                v.parse::<usize>()
+                    .map_err(|_| anyhow!("STRATA_MAX_SNAPSHOTS: expected a count"))
+            })
+            .transpose()?,
+    };
+    if max_snapshots == Some(0) {
+        bail!(
+            "{}: job {name:?}: max_snapshots must be at least 1",
+            o.at(&j.name)
+        );
+    }
+    let on_start = match j.on_start {
+        Some(b) => b,
+        None => match env("STRATA_ON_START").as_deref() {
+            Some("1" | "true" | "yes") => true,
+            Some("0" | "false" | "no") | None => false,
+            Some(v) => bail!("STRATA_ON_START: expected true or false, got {v:?}"),
+        },
+    };
+    let kind = job_setting(o, "STRATA_BACKUP_KIND", j.kind.as_ref(), parse_kind)?
+        .unwrap_or_else(|| "manual".to_string());
+    if (retention.is_some() || max_snapshots.is_some())
+        && strata::retention::PROTECTED_KINDS.contains(&kind.as_str())
+    {
+        bail!(
+            "{}: job {name:?}: {kind} snapshots are kept until deleted, so a retention policy \
+             would never remove one; give the job a kind such as hourly or daily",
+            o.at(&j.name)
+        );
+    }
+    Ok(Job {
+        paths: j.paths.clone(),
+        sqlite: j.sqlite.clone(),
+        postgres: j.postgres.clone(),
+        redis: j.redis.clone(),
+        commands: j.commands.clone(),
+        exclude: j.exclude.clone(),
+        tags: j.tags.clone(),
+        kind,
+        schedule,
+        on_start,
+        retention,
+        max_snapshots,
+        alert_after_s: job_setting(
+            o,
+            "STRATA_ALERT_AFTER",
+            j.alert_after.as_ref(),
+            parse_seconds,
+        )?
+        .unwrap_or(25 * 3600),
+        name,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+repo = "/tmp/repo"
+listen = "127.0.0.1:7999"
+
+[[token]]
+name = "ops"
+blake3 = "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
+
+[[job]]
+name = "app"
+paths = ["/srv/app"]
+sqlite = ["/srv/app.db"]
+schedule = "daily 02:00"
+kind = "daily"
+retention = "keep-daily=7,keep-weekly=4"
+on_start = true
+"#;
+
+    #[test]
+    fn reads_a_good_file() {
+        let c = ServeConfig::parse(GOOD, "strata.toml").unwrap();
+        assert_eq!(c.listen.port(), 7999);
+        assert_eq!(c.tokens.len(), 1);
+        assert_eq!(c.jobs.len(), 1);
+        let j = &c.jobs[0];
+        assert_eq!(j.kind, "daily");
+        assert!(j.on_start);
+        assert_eq!(j.retention.as_ref().unwrap().keep_daily, Some(7));
+        assert_eq!(j.alert_after_s, 25 * 3600);
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let cases = [
+            (GOOD.replace("daily 02:00", "daily 26:00"), 13, "schedule"),
+            (
+                GOOD.replace("keep-daily=7", "keep-dayly=7"),
+                15,
+                "retention rule",
+            ),
+            (GOOD.replace("on_start", "on_strat"), 16, "unknown field"),
+            (GOOD.replace("\"daily\"", "\"sometimes\""), 14, "kind"),
+            (GOOD.replace("af1349", "zz1349"), 7, "blake3"),
+            (GOOD.replace("127.0.0.1:7999", "localhost"), 3, "listen"),
+            (
+                GOOD.replace("name = \"app\"", "name = \"a b\""),
+                10,
+                "job name",
+            ),
+        ];
+        for (text, line, what) in cases {
+            let e = format!(
+                "{:#}",
+                ServeConfig::parse(&text, "strata.toml").unwrap_err()
+            );
+            assert!(
+                e.starts_with(&format!("strata.toml:{line}:")) && e.contains(what),
+                "expected line {line} and {what:?}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_an_open_public_address() {
+        let text = "listen = \"0.0.0.0:7433\"\n";
+        let e = format!("{:#}", ServeConfig::parse(text, "s.toml").unwrap_err());
+        assert!(e.contains("not a loopback address"), "{e}");
+        let with_token = GOOD.replace("127.0.0.1:7999", "0.0.0.0:7999");
+        assert!(ServeConfig::parse(&with_token, "s.toml").is_ok());
+    }
+
+    #[test]
+    fn rejects_a_job_without_sources_and_duplicate_names() {
+        let e = ServeConfig::parse("[[job]]\nname = \"x\"\n", "s.toml").unwrap_err();
+        assert!(format!("{e:#}").contains("no sources"), "{e:#}");
+        let two = format!("{GOOD}\n[[job]]\nname = \"app\"\npaths = [\"/x\"]\n");
+        let e = ServeConfig::parse(&two, "s.toml").unwrap_err();
+        assert!(format!("{e:#}").contains("two jobs"), "{e:#}");
+    }
+}

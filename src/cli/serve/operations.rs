@@ -1,0 +1,437 @@
+//! Running operations: each change to the repository is a child `strata` process; a job's run
+//! is its snapshot, then its retention policy, then gc when enough garbage has accumulated.
+
+use super::config::Job;
+use super::metrics::Metrics;
+use super::{AdHoc, Daemon, RestoreRequest, Task, now_text};
+use anyhow::{Context, Result, bail};
+use chrono::Utc;
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+use strata::snapshots;
+
+impl Daemon {
+    /// Runs `strata ARGS... ` against the repository; returns its exit code, its JSON output
+    /// (if any) and the last lines of its error output.
+    fn child(&self, args: &[String]) -> Result<ChildOutput> {
+        let mut cmd = Command::new(&self.exe);
+        cmd.arg("--repo")
+            .arg(&self.repo)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(p) = &self.passphrase {
+            cmd.env_remove("STRATA_PASSWORD_FILE")
+                .env("STRATA_PASSWORD", p);
+        }
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", self.exe.display()))?;
+        let pid = child.id();
+        self.children
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(pid);
+        let mut stderr = child.stderr.take();
+        let errors = std::thread::spawn(move || {
+            let mut s = String::new();
+            if let Some(e) = stderr.as_mut() {
+                let _ = e.read_to_string(&mut s);
+            }
+            s
+        });
+        let mut out = String::new();
+        if let Some(o) = child.stdout.as_mut() {
+            let _ = o.read_to_string(&mut out);
+        }
+        let status = child.wait().context("waiting for a child strata")?;
+        self.children
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|&p| p != pid);
+        let errors = errors.join().unwrap_or_default();
+        let tail: Vec<&str> = errors.lines().rev().take(5).collect();
+        Ok(ChildOutput {
+            code: status.code(),
+            json: serde_json::from_str(&out).ok(),
+            stderr: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+        })
+    }
+
+    /// Runs one operation to its end.
+    pub(super) fn run(&self, id: u64, task: Task) {
+        if self.stopping.load(Ordering::SeqCst) {
+            self.update_op(id, |o| {
+                o.status = "cancelled";
+                o.error = Some("the daemon shut down before it started".into());
+            });
+            if let Task::Job(name) = &task {
+                self.with_job(name, |j| j.queued = false);
+            }
+            return;
+        }
+        self.update_op(id, |o| {
+            o.status = "running";
+            o.started = Some(now_text());
+        });
+        let outcome = match &task {
+            Task::Job(name) => self.run_job(name),
+            Task::Snapshot(a) => self.run_adhoc(a),
+            Task::Delete(s) => self.simple(&["delete".into(), s.clone()]),
+            Task::Restore(r) => self.run_restore(r),
+            Task::Verify { read_data } => {
+                let mut args = vec!["verify".to_string(), "--json".into()];
+                if *read_data {
+                    args.push("--read-data".into());
+                }
+                self.simple(&args)
+            }
+        };
+        let (status, result, error) = match outcome {
+            Ok(Outcome { ok: true, json, .. }) => ("succeeded", json, None),
+            Ok(Outcome {
+                ok: false,
+                json,
+                error,
+            }) => ("failed", json, error),
+            Err(e) => ("failed", None, Some(format!("{e:#}"))),
+        };
+        if status == "failed" {
+            tracing::warn!(
+                op = id,
+                error = error.as_deref().unwrap_or(""),
+                "operation failed"
+            );
+        } else {
+            tracing::info!(op = id, "operation succeeded");
+        }
+        self.update_op(id, |o| {
+            o.status = status;
+            o.finished = Some(now_text());
+            o.result = result;
+            o.error = error;
+        });
+    }
+
+    /// A command whose exit code alone says whether it worked.
+    fn simple(&self, args: &[String]) -> Result<Outcome> {
+        let out = self.child(args)?;
+        Ok(Outcome {
+            ok: out.code == Some(0),
+            error: (out.code != Some(0)).then(|| out.describe()),
+            json: out.json,
+        })
+    }
+
+    fn run_restore(&self, r: &RestoreRequest) -> Result<Outcome> {
+        let mut args = vec!["restore".to_string(), "--json".into()];
+        match (&r.snapshot, &r.at) {
+            (Some(s), None) => args.push(s.clone()),
+            (None, Some(t)) => {
+                args.push("--at".into());
+                args.push(t.clone());
+            }
+            _ => bail!("give either snapshot or at"),
+        }
+        args.push(r.target.display().to_string());
+        for p in &r.paths {
+            args.push("--path".into());
+            args.push(p.clone());
+        }
+        if r.restore_point == Some(false) {
+            args.push("--no-restore-point".into());
+        }
+        if r.delete {
+            args.push("--delete".into());
+        }
+        self.simple(&args)
+    }
+
+    fn run_adhoc(&self, a: &AdHoc) -> Result<Outcome> {
+        let mut args = vec![
+            "backup".to_string(),
+            "--json".into(),
+            "--kind".into(),
+            a.kind.clone().unwrap_or_else(|| "manual".into()),
+        ];
+        if let Some(n) = &a.name {
+            args.push("--name".into());
+            args.push(n.clone());
+        }
+        for t in &a.tags {
+            args.push("--tag".into());
+            args.push(t.clone());
+        }
+        for s in &a.sqlite {
+            args.push("--sqlite".into());
+            args.push(s.clone());
+        }
+        args.push("--".into());
+        args.extend(a.paths.iter().map(|p| p.display().to_string()));
+        self.snapshot("api", &args)
+    }
+
+    /// Runs a backup child and records its figures under `job`.
+    fn snapshot(&self, job: &str, args: &[String]) -> Result<Outcome> {
+        let started = Instant::now();
+        let out = self.child(args);
+        let label = Metrics::job(job);
+        let m = &self.metrics;
+        m.duration
+            .get_or_create(&label)
+            .observe(started.elapsed().as_secs_f64());
+        let out = match out {
+            Ok(o) => o,
+            Err(e) => {
+                m.failed.get_or_create(&label).inc();
+                return Err(e);
+            }
+        };
+        let saved = matches!(out.code, Some(0) | Some(4)) && out.json.is_some();
+        if saved {
+            m.snapshots.get_or_create(&label).inc();
+            if let Some(stats) = out.json.as_ref().and_then(|j| j.get("stats")) {
+                let n = |k: &str| stats.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+                m.bytes_read.get_or_create(&label).inc_by(n("bytes_read"));
+                m.bytes_added
+                    .get_or_create(&label)
+                    .inc_by(n("new_raw_bytes"));
+                m.bytes_stored
+                    .get_or_create(&label)
+                    .inc_by(n("new_stored_bytes"));
+            }
+        }
+        let ok = out.code == Some(0) && saved;
+        if ok {
+            m.last_success
+                .get_or_create(&label)
+                .set(Utc::now().timestamp());
+        } else {
+            m.failed.get_or_create(&label).inc();
+        }
+        let error = if ok {
+            None
+        } else if out.code == Some(4) {
+            Some(format!("partial snapshot: {}", out.describe()))
+        } else {
+            Some(out.describe())
+        };
+        Ok(Outcome {
+            ok,
+            json: out.json,
+            error,
+        })
+    }
+
+    fn run_job(&self, name: &str) -> Result<Outcome> {
+        let Some(job) = self.job_config(name).cloned() else {
+            bail!("no job named {name:?}");
+        };
+        self.with_job(name, |j| {
+            j.running = true;
+            j.queued = false;
+            j.last_run = Some(now_text());
+        });
+        tracing::info!(job = name, "snapshot started");
+        let result = self.snapshot(name, &backup_args(&job));
+        let (status, error) = match &result {
+            Ok(o) if o.ok => ("succeeded", None),
+            Ok(o) => ("failed", o.error.clone()),
+            Err(e) => ("failed", Some(format!("{e:#}"))),
+        };
+        let mut after = Vec::new();
+        if matches!(&result, Ok(o) if o.json.is_some()) {
+            if let Err(e) = self.retain(&job) {
+                after.push(format!("retention: {e:#}"));
+            }
+            if let Err(e) = self.collect_garbage() {
+                after.push(format!("gc: {e:#}"));
+            }
+        }
+        self.refresh_repo_metrics();
+        let error = match (error, after.is_empty()) {
+            (e, true) => e,
+            (Some(e), false) => Some(format!("{e}; {}", after.join("; "))),
+            (None, false) => Some(after.join("; ")),
+        };
+        let ok = status == "succeeded" && after.is_empty();
+        self.with_job(name, |j| {
+            j.running = false;
+            j.last_status = Some(if ok { "succeeded" } else { "failed" });
+            j.last_error = error.clone();
+            if status == "succeeded" {
+                j.last_success_at = Some(Utc::now());
+                j.last_success = Some(now_text());
+            }
+        });
+        match &error {
+            Some(e) => tracing::warn!(job = name, error = e.as_str(), "snapshot run failed"),
+            None => tracing::info!(job = name, "snapshot run succeeded"),
+        }
+        result.map(|o| Outcome { ok, error, ..o })
+    }
+
+    /// Applies the job's retention policy to the job's own snapshots.
+    fn retain(&self, job: &Job) -> Result<()> {
+        if job.retention.is_none() && job.max_snapshots.is_none() {
+            return Ok(());
+        }
+        let mut args = vec![
+            "forget".to_string(),
+            "--json".into(),
+            "--tag".into(),
+            job_tag(&job.name),
+        ];
+        if let Some(p) = &job.retention {
+            for (flag, v) in [
+                ("--keep-last", p.keep_last),
+                ("--keep-hourly", p.keep_hourly),
+                ("--keep-daily", p.keep_daily),
+                ("--keep-weekly", p.keep_weekly),
+                ("--keep-monthly", p.keep_monthly),
+                ("--keep-yearly", p.keep_yearly),
+            ] {
+                if let Some(n) = v {
+                    args.push(flag.into());
+                    args.push(n.to_string());
+                }
+            }
+            if let Some(ns) = p.keep_within_ns {
+                args.push("--keep-within".into());
+                args.push(format!("{}s", ns / 1_000_000_000));
+            }
+            for t in &p.keep_tags {
+                args.push("--keep-tag".into());
+                args.push(t.clone());
+            }
+        } else {
+            // Only the cap: everything is kept by the policy, then the cap applies.
+            args.push("--keep-within".into());
+            args.push("100y".into());
+        }
+        if let Some(n) = job.max_snapshots {
+            args.push("--max-snapshots".into());
+            args.push(n.to_string());
+        }
+        let out = self.child(&args)?;
+        if out.code != Some(0) {
+            bail!("{}", out.describe());
+        }
+        let removed = out.json.as_ref().and_then(|j| j.as_array()).map_or(0, |a| {
+            a.iter()
+                .filter(|d| d.get("keep").and_then(|k| k.as_bool()) == Some(false))
+                .count()
+        });
+        if removed > 0 {
+            tracing::info!(job = job.name.as_str(), removed, "retention applied");
+        }
+        self.metrics.forgotten.inc_by(removed as u64);
+        Ok(())
+    }
+
+    /// Runs gc when what it would reclaim reaches `gc_min_garbage`.
+    fn collect_garbage(&self) -> Result<()> {
+        let plan = self.child(&["gc".into(), "--dry-run".into(), "--json".into()])?;
+        if plan.code != Some(0) {
+            bail!("{}", plan.describe());
+        }
+        let would = plan
+            .json
+            .as_ref()
+            .and_then(|j| j.get("bytes_reclaimed"))
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0);
+        if would < self.cfg.gc_min_garbage.max(1) {
+            return Ok(());
+        }
+        let done = self.child(&["gc".into(), "--json".into()])?;
+        if done.code != Some(0) {
+            bail!("{}", done.describe());
+        }
+        let reclaimed = done
+            .json
+            .as_ref()
+            .and_then(|j| j.get("bytes_reclaimed"))
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0);
+        self.metrics.gc_runs.inc();
+        self.metrics.gc_reclaimed.inc_by(reclaimed);
+        tracing::info!(reclaimed, "gc ran");
+        Ok(())
+    }
+
+    pub(super) fn refresh_repo_metrics(&self) {
+        let figures = self.open_read().and_then(|repo| {
+            let snaps = snapshots::list(&repo)?;
+            Ok(strata::stats::stats(&repo, &snaps)?)
+        });
+        match figures {
+            Ok(s) => {
+                self.metrics.repo_bytes.set(s.stored_bytes as i64);
+                self.metrics.repo_snapshots.set(s.snapshots as i64);
+                self.metrics.dedup_ratio.set(s.dedup_ratio);
+            }
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "repository figures"),
+        }
+    }
+}
+
+struct ChildOutput {
+    code: Option<i32>,
+    json: Option<serde_json::Value>,
+    stderr: String,
+}
+
+impl ChildOutput {
+    fn describe(&self) -> String {
+        let code = match self.code {
+            Some(c) => format!("exit code {c}"),
+            None => "killed by a signal".into(),
+        };
+        if self.stderr.trim().is_empty() {
+            code
+        } else {
+            format!("{} ({code})", self.stderr.trim())
+        }
+    }
+}
+
+struct Outcome {
+    ok: bool,
+    json: Option<serde_json::Value>,
+    error: Option<String>,
+}
+
+fn job_tag(name: &str) -> String {
+    format!("job={name}")
+}
+
+/// `strata backup` arguments for a job, as its configuration names its sources.
+fn backup_args(job: &Job) -> Vec<String> {
+    let mut a = vec![
+        "backup".to_string(),
+        "--json".into(),
+        "--kind".into(),
+        job.kind.clone(),
+        "--tag".into(),
+        job_tag(&job.name),
+    ];
+    let mut flag = |f: &str, vals: &[String]| {
+        for v in vals {
+            a.push(f.to_string());
+            a.push(v.clone());
+        }
+    };
+    flag("--tag", &job.tags);
+    flag("--sqlite", &job.sqlite);
+    flag("--postgres", &job.postgres);
+    flag("--redis", &job.redis);
+    flag("--from-command", &job.commands);
+    flag("--exclude", &job.exclude);
+    a.push("--".into());
+    a.extend(job.paths.iter().map(|p| p.display().to_string()));
+    a
+}

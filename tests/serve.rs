@@ -1,0 +1,892 @@
+//! `strata serve` over real HTTP: authentication, scheduled jobs with retention, metrics,
+//! health, the API's operations checked against docs/openapi.json, shutdown during a snapshot,
+//! the web page in a headless Chromium, and a bounded load test.
+
+mod common;
+
+use common::{Env, write};
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A running `strata serve`, its address and everything it logged.
+struct Daemon {
+    child: Child,
+    addr: SocketAddr,
+    log: Arc<Mutex<String>>,
+    started: Instant,
+}
+
+impl Daemon {
+    fn start(env: &Env, config: &Path) -> Daemon {
+        let started = Instant::now();
+        let mut child = env
+            .cmd()
+            .args(["serve", "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start strata serve");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(a) = line.strip_prefix("strata serve: listening on http://") {
+                    let _ = tx.send(a.trim().to_string());
+                }
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(a) => a.parse().expect("address"),
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "strata serve did not start: {}",
+                    log.lock().unwrap().as_str()
+                );
+            }
+        };
+        Daemon {
+            child,
+            addr,
+            log,
+            started,
+        }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let (status, body) = request(self.addr, "GET", path, token, None, None);
+        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    }
+
+    fn send(&self, method: &str, path: &str, token: &str, body: &str) -> (u16, Value) {
+        let (status, body) = request(self.addr, method, path, Some(token), None, Some(body));
+        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    }
+
+    /// Polls an accepted operation until it ends; returns it.
+    fn wait_op(&self, accepted: &Value, token: &str) -> Value {
+        let href = accepted["href"].as_str().expect("href");
+        let until = Instant::now() + Duration::from_secs(120);
+        loop {
+            let (status, op) = self.get(href, Some(token));
+            assert_eq!(status, 200, "{op}");
+            if ["succeeded", "failed", "cancelled"].contains(&op["status"].as_str().unwrap()) {
+                return op;
+            }
+            assert!(Instant::now() < until, "operation never ended: {op}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until `check` holds for the job list, or fails with the log.
+    fn wait_jobs(&self, token: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let until = Instant::now() + Duration::from_secs(120);
+        loop {
+            let (_, jobs) = self.get("/api/jobs", Some(token));
+            if check(&jobs) {
+                return jobs;
+            }
+            assert!(
+                Instant::now() < until,
+                "timed out waiting for {what}: {jobs}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: signalling our own child.
+        unsafe { libc_kill(self.child.id() as i32, 15) };
+        let until = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < until, "serve ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+/// One HTTP/1.1 request on its own connection; returns status and body.
+fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    host: Option<&str>,
+    body: Option<&str>,
+) -> (u16, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
+        host.map(str::to_string).unwrap_or_else(|| addr.to_string())
+    );
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    let body = body.unwrap_or("");
+    req.push_str(&format!(
+        "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    ));
+    s.write_all(req.as_bytes()).expect("send");
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a complete response");
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status code");
+    let mut body = raw[split + 4..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body);
+    }
+    (status, body)
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let len =
+            usize::from_str_radix(std::str::from_utf8(&b[..eol]).unwrap().trim(), 16).unwrap_or(0);
+        if len == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[eol + 2..eol + 2 + len]);
+        b = &b[eol + 2 + len + 2..];
+    }
+}
+
+/// A fresh token and its [[token]] entry, from `strata serve --new-token`.
+fn new_token(env: &Env) -> (String, String) {
+    let out = env.ok(&["serve", "--new-token", "ops"]);
+    let lines: Vec<&str> = out.lines().collect();
+    let token = lines[1].trim().to_string();
+    let entry = lines[3..].join("\n");
+    assert!(entry.starts_with("[[token]]"), "{out}");
+    (token, entry)
+}
+
+fn config(env: &Env, body: &str) -> std::path::PathBuf {
+    let path = env.path("strata.toml");
+    let text = format!(
+        "repo = {:?}\nlisten = \"127.0.0.1:0\"\n{body}\n",
+        env.repo.display().to_string()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
+}
+
+fn metrics(d: &Daemon, token: &str) -> String {
+    let (status, body) = request(d.addr, "GET", "/metrics", Some(token), None, None);
+    assert_eq!(status, 200);
+    String::from_utf8(body).unwrap()
+}
+
+/// Checks `value` against a JSON schema of docs/openapi.json: types, required properties, enums,
+/// array items and `$ref`s (the parts of JSON Schema the description uses).
+fn conforms(doc: &Value, schema: &Value, value: &Value, at: &str) {
+    if let Some(r) = schema.get("$ref").and_then(|r| r.as_str()) {
+        let name = r.rsplit('/').next().unwrap();
+        return conforms(doc, &doc["components"]["schemas"][name], value, at);
+    }
+    if let Some(t) = schema.get("type") {
+        let types: Vec<&str> = match t {
+            Value::String(s) => vec![s.as_str()],
+            Value::Array(a) => a.iter().filter_map(|v| v.as_str()).collect(),
+            _ => vec![],
+        };
+        let ok = types.iter().any(|t| match *t {
+            "string" => value.is_string(),
+            "integer" => value.is_u64() || value.is_i64(),
+            "number" => value.is_number(),
+            "boolean" => value.is_boolean(),
+            "array" => value.is_array(),
+            "object" => value.is_object(),
+            "null" => value.is_null(),
+            _ => false,
+        });
+        assert!(ok, "{at}: {value} is not {types:?}");
+    }
+    if let Some(e) = schema.get("enum").and_then(|e| e.as_array()) {
+        assert!(e.contains(value), "{at}: {value} not in {e:?}");
+    }
+    if let Some(req) = schema.get("required").and_then(|r| r.as_array()) {
+        for k in req {
+            let k = k.as_str().unwrap();
+            assert!(
+                value.get(k).is_some(),
+                "{at}: required {k:?} missing in {value}"
+            );
+        }
+    }
+    if let (Some(props), Some(obj)) = (
+        schema.get("properties").and_then(|p| p.as_object()),
+        value.as_object(),
+    ) {
+        for (k, s) in props {
+            if let Some(v) = obj.get(k) {
+                conforms(doc, s, v, &format!("{at}.{k}"));
+            }
+        }
+    }
+    if let (Some(items), Some(arr)) = (schema.get("items"), value.as_array()) {
+        for (i, v) in arr.iter().enumerate() {
+            conforms(doc, items, v, &format!("{at}[{i}]"));
+        }
+    }
+}
+
+/// Checks a response against what docs/openapi.json says `method path` answers with `status`.
+fn check_response(doc: &Value, method: &str, path: &str, status: u16, body: &Value) {
+    let op = &doc["paths"][path][method];
+    assert!(op.is_object(), "{method} {path} is not described");
+    let mut resp = &op["responses"][status.to_string()];
+    assert!(
+        resp.is_object(),
+        "{method} {path} answered {status}, which is not described: {body}"
+    );
+    if let Some(r) = resp.get("$ref").and_then(|r| r.as_str()) {
+        resp = &doc["components"]["responses"][r.rsplit('/').next().unwrap()];
+    }
+    if let Some(schema) = resp
+        .get("content")
+        .and_then(|c| c.get("application/json"))
+        .and_then(|c| c.get("schema"))
+    {
+        conforms(doc, schema, body, &format!("{method} {path} {status}"));
+    }
+}
+
+fn openapi() -> Value {
+    serde_json::from_str(include_str!("../docs/openapi.json")).unwrap()
+}
+
+#[test]
+fn api_requires_tokens_runs_jobs_rotates_and_matches_its_description() {
+    let env = Env::new();
+    env.init();
+    let data = env.path("data");
+    write(&data.join("notes.txt"), b"first version\n");
+    write(&data.join("memory.jsonl"), &common::text(200_000, 1));
+    let (token, entry) = new_token(&env);
+    let cfg = config(
+        &env,
+        &format!(
+            "gc_min_garbage = \"1\"\n{entry}\n[[job]]\nname = \"app\"\npaths = [{:?}]\n\
+             schedule = \"every 1s\"\nkind = \"hourly\"\nretention = \"keep-last=2\"\non_start = true\n",
+            data.display().to_string()
+        ),
+    );
+    assert!(
+        env.ok(&["config", "check", cfg.to_str().unwrap()])
+            .contains("1 job(s)")
+    );
+    let d = Daemon::start(&env, &cfg);
+    let doc = openapi();
+
+    // Authentication: required, and the token must be right.
+    for path in ["/api/snapshots", "/api/stats", "/api/jobs", "/metrics"] {
+        assert_eq!(d.get(path, None).0, 401, "{path} without a token");
+        assert_eq!(
+            d.get(path, Some("wrong")).0,
+            401,
+            "{path} with a wrong token"
+        );
+    }
+    let (status, body) = d.get("/api/snapshots", None);
+    check_response(&doc, "get", "/api/snapshots", status, &body);
+    assert!(d.log().contains("refused: missing or unknown bearer token"));
+    // The page and the description are public; health says only ok/degraded without a token.
+    let (status, page) = request(d.addr, "GET", "/", None, None, None);
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&page).contains("<title>strata</title>"));
+    let (status, served) = request(d.addr, "GET", "/api/openapi.json", None, None, None);
+    assert_eq!(status, 200);
+    assert_eq!(serde_json::from_slice::<Value>(&served).unwrap(), doc);
+    let (_, health) = d.get("/health", None);
+    assert!(health.get("reasons").is_none(), "{health}");
+    // A foreign Host header (DNS rebinding) and an oversized body are refused.
+    let (status, _) = request(
+        d.addr,
+        "GET",
+        "/api/stats",
+        Some(&token),
+        Some("evil.example"),
+        None,
+    );
+    assert_eq!(status, 421);
+    let big = format!("{{\"paths\": [\"{}\"]}}", "x".repeat(100_000));
+    assert_eq!(d.send("POST", "/api/snapshots", &token, &big).0, 413);
+    assert_eq!(d.send("POST", "/api/snapshots", &token, "{nonsense").0, 400);
+    assert_eq!(d.get("/api/nothing-here", Some(&token)).0, 404);
+    assert_eq!(d.send("PUT", "/api/stats", &token, "").0, 405);
+
+    // The scheduled job fires every second; retention keeps two of its snapshots.
+    d.wait_jobs(&token, "four runs", |_| {
+        let m = metrics(&d, &token);
+        metric(&m, "strata_snapshots_total{job=\"app\"}") >= 4.0
+    });
+    write(&data.join("notes.txt"), b"second version\n");
+    let jobs = d.wait_jobs(&token, "a run after the change", |_| {
+        let m = metrics(&d, &token);
+        metric(&m, "strata_snapshots_total{job=\"app\"}") >= 6.0
+    });
+    check_response(&doc, "get", "/api/jobs", 200, &jobs);
+    assert_eq!(jobs[0]["last_status"], "succeeded", "{jobs}");
+    let (status, snaps) = d.get("/api/snapshots", Some(&token));
+    check_response(&doc, "get", "/api/snapshots", status, &snaps);
+    let of_job = snaps
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["tags"].as_array().unwrap().contains(&"job=app".into()))
+        .count();
+    assert!(
+        of_job <= 3,
+        "retention keeps 2 (3 while a run is between backup and forget): {snaps}"
+    );
+    let m = metrics(&d, &token);
+    assert!(metric(&m, "strata_snapshots_forgotten_total") >= 3.0, "{m}");
+    assert_eq!(
+        metric(&m, "strata_snapshots_failed_total{job=\"app\"}"),
+        0.0
+    );
+    assert!(metric(&m, "strata_bytes_read_total{job=\"app\"}") >= 200_000.0);
+    assert!(metric(&m, "strata_last_success_timestamp_seconds{job=\"app\"}") > 1.7e9);
+    assert!(metric(&m, "strata_repository_bytes") > 0.0);
+    assert!(m.contains("strata_snapshot_duration_seconds_bucket{le=\"0.05\",job=\"app\"}"));
+    let (status, health) = d.get("/health", Some(&token));
+    check_response(&doc, "get", "/health", status, &health);
+    assert_eq!(
+        (status, health["status"].as_str()),
+        (200, Some("ok")),
+        "{health}"
+    );
+
+    // A snapshot of the caller's own sources, then show, stats, restore, verify and delete.
+    let extra = env.path("extra");
+    write(&extra.join("a.bin"), &common::noise(300_000, 7));
+    let body = format!(
+        "{{\"paths\": [{:?}], \"name\": \"by-api\", \"tags\": [\"t1\"]}}",
+        extra.display().to_string()
+    );
+    let (status, accepted) = d.send("POST", "/api/snapshots", &token, &body);
+    check_response(&doc, "post", "/api/snapshots", status, &accepted);
+    assert_eq!(status, 202);
+    let op = d.wait_op(&accepted, &token);
+    check_response(&doc, "get", "/api/operations/{id}", 200, &op);
+    assert_eq!(op["status"], "succeeded", "{op}");
+    assert_eq!(op["requested_by"], "ops");
+    let id = op["result"]["id"].as_str().unwrap().to_string();
+    let (status, shown) = d.get("/api/snapshots/by-api", Some(&token));
+    check_response(&doc, "get", "/api/snapshots/{id}", status, &shown);
+    assert_eq!(shown["id"], id.as_str());
+    assert_eq!(d.get("/api/snapshots/no-such-name", Some(&token)).0, 404);
+    let (status, stats) = d.get("/api/stats", Some(&token));
+    check_response(&doc, "get", "/api/stats", status, &stats);
+    assert!(stats["snapshots"].as_u64().unwrap() >= 3);
+
+    let target = env.path("restored");
+    let body = format!(
+        "{{\"snapshot\": \"by-api\", \"target\": {:?}}}",
+        target.display().to_string()
+    );
+    let (status, accepted) = d.send("POST", "/api/restore", &token, &body);
+    check_response(&doc, "post", "/api/restore", status, &accepted);
+    let op = d.wait_op(&accepted, &token);
+    assert_eq!(op["status"], "succeeded", "{op}");
+    assert_eq!(
+        std::fs::read(target.join("extra/a.bin")).unwrap(),
+        common::noise(300_000, 7)
+    );
+    assert_eq!(
+        d.send(
+            "POST",
+            "/api/restore",
+            &token,
+            "{\"snapshot\": \"latest\", \"target\": \"rel\"}"
+        )
+        .0,
+        400
+    );
+
+    let (status, accepted) = d.send("POST", "/api/verify", &token, "{\"read_data\": true}");
+    check_response(&doc, "post", "/api/verify", status, &accepted);
+    let op = d.wait_op(&accepted, &token);
+    assert_eq!(op["status"], "succeeded", "{op}");
+    assert_eq!(
+        op["result"]["problems"].as_array().map(Vec::len),
+        Some(0),
+        "{op}"
+    );
+
+    let (status, accepted) = d.send(
+        "DELETE",
+        &format!("/api/snapshots/{}", &id[..12]),
+        &token,
+        "",
+    );
+    check_response(&doc, "delete", "/api/snapshots/{id}", status, &accepted);
+    let op = d.wait_op(&accepted, &token);
+    assert_eq!(op["status"], "succeeded", "{op}");
+    assert_eq!(d.get("/api/snapshots/by-api", Some(&token)).0, 404);
+    let (status, ops) = d.get("/api/operations", Some(&token));
+    check_response(&doc, "get", "/api/operations", status, &ops);
+    // Every mutating call is logged with who asked.
+    let log = d.log();
+    assert!(
+        log.contains("who=\"ops\"") && log.contains("delete"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_failing_job_shows_in_health_and_metrics() {
+    let env = Env::new();
+    env.init();
+    let (token, entry) = new_token(&env);
+    let missing = env.path("not-there");
+    let cfg = config(
+        &env,
+        &format!(
+            "{entry}\n[[job]]\nname = \"broken\"\npaths = [{:?}]\nschedule = \"every 1h\"\n\
+             kind = \"hourly\"\non_start = true\n",
+            missing.display().to_string()
+        ),
+    );
+    let d = Daemon::start(&env, &cfg);
+    let jobs = d.wait_jobs(&token, "the failed run", |j| {
+        j[0]["last_status"] == "failed"
+    });
+    assert!(
+        jobs[0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("not-there"),
+        "{jobs}"
+    );
+    let (status, health) = d.get("/health", Some(&token));
+    assert_eq!(status, 503, "{health}");
+    assert_eq!(health["status"], "degraded");
+    let reasons = health["reasons"].to_string();
+    assert!(
+        reasons.contains("job broken: the last run failed"),
+        "{reasons}"
+    );
+    check_response(&openapi(), "get", "/health", status, &health);
+    assert_eq!(d.get("/health", None).0, 503);
+    let m = metrics(&d, &token);
+    assert_eq!(
+        metric(&m, "strata_snapshots_failed_total{job=\"broken\"}"),
+        1.0
+    );
+}
+
+#[test]
+fn a_missed_run_runs_at_start() {
+    let env = Env::new();
+    env.init();
+    let data = env.path("data");
+    write(&data.join("f"), b"x");
+    // The job's last snapshot is older than its interval: the run that fell due while nothing
+    // was running happens at start, not a whole interval later.
+    env.backup_args(&[
+        "--tag",
+        "job=app",
+        "--kind",
+        "hourly",
+        data.to_str().unwrap(),
+    ]);
+    std::thread::sleep(Duration::from_millis(2500));
+    let (token, entry) = new_token(&env);
+    let cfg = config(
+        &env,
+        &format!(
+            "{entry}\n[[job]]\nname = \"app\"\npaths = [{:?}]\nschedule = \"every 2s\"\n\
+             kind = \"hourly\"\n",
+            data.display().to_string()
+        ),
+    );
+    let d = Daemon::start(&env, &cfg);
+    let (_, ops) = d.get("/api/operations", Some(&token));
+    let first = &ops
+        .as_array()
+        .unwrap()
+        .last()
+        .expect("an operation at start")["requested_by"];
+    assert_eq!(first, "schedule", "{ops}");
+    assert!(
+        d.log().contains("a scheduled run was missed"),
+        "{}",
+        d.log()
+    );
+    assert!(d.started.elapsed() < Duration::from_secs(30));
+}
+
+#[test]
+fn sigterm_during_a_snapshot_leaves_a_repository_that_verifies() {
+    let env = Env::new();
+    env.init();
+    let (_, entry) = new_token(&env);
+    // A source that takes two seconds: SIGTERM arrives in the middle of the snapshot, which
+    // finishes within the grace period.
+    let cfg = config(
+        &env,
+        &format!(
+            "{entry}\n[[job]]\nname = \"slow\"\ncommands = [\"sleep 2; head -c 3000000 /dev/urandom=slow.bin\"]\n\
+             schedule = \"every 1h\"\nkind = \"hourly\"\non_start = true\n"
+        ),
+    );
+    let mut d = Daemon::start(&env, &cfg);
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(d.terminate().success(), "{}", d.log());
+    assert!(
+        d.log().contains("waiting for the running one"),
+        "{}",
+        d.log()
+    );
+    env.ok(&["verify", "--read-data"]);
+    let snaps = env.json(&["list"]);
+    assert_eq!(
+        snaps.as_array().unwrap().len(),
+        1,
+        "the running snapshot finished: {snaps}\n{}",
+        d.log()
+    );
+
+    // With a grace period shorter than the snapshot, it is abandoned: nothing half-committed,
+    // and the next backup works.
+    let cfg = config(
+        &env,
+        &format!(
+            "shutdown_grace = \"1s\"\n{entry}\n[[job]]\nname = \"slow\"\ncommands = [\"sleep 5; head -c 3000000 /dev/urandom=slow.bin\"]\n\
+             schedule = \"every 1h\"\nkind = \"hourly\"\non_start = true\n"
+        ),
+    );
+    let mut d = Daemon::start(&env, &cfg);
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(d.terminate().success(), "{}", d.log());
+    assert!(d.log().contains("grace period over"), "{}", d.log());
+    env.ok(&["verify", "--read-data"]);
+    assert_eq!(env.json(&["list"]).as_array().unwrap().len(), 1);
+    let data = env.path("after");
+    write(&data.join("f"), b"after the abandoned snapshot");
+    env.backup(&[&data]);
+    env.ok(&["verify"]);
+}
+
+#[test]
+fn refuses_bad_configuration_with_line_numbers() {
+    let env = Env::new();
+    env.init();
+    let cfg = config(
+        &env,
+        "[[job]]\nname = \"x\"\npaths = [\"/tmp\"]\nschedule = \"daily 25:00\"\n",
+    );
+    let out = env.run(&["config", "check", cfg.to_str().unwrap()]);
+    assert_eq!(common::code(&out), 1);
+    let err = common::stderr(&out);
+    assert!(
+        err.contains("strata.toml:6:") && err.contains("schedule"),
+        "{err}"
+    );
+    // Off loopback without a token: refused before anything listens.
+    let cfg = config(&env, "");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("127.0.0.1:0", "0.0.0.0:0");
+    std::fs::write(&cfg, text).unwrap();
+    let out = env.run(&["serve", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(common::code(&out), 1);
+    assert!(common::stderr(&out).contains("not a loopback address"));
+}
+
+/// Many concurrent list and stats calls while snapshots run: every answer is right, and the
+/// latencies are printed (`cargo test --test serve load -- --nocapture`).
+#[test]
+fn load_on_loopback_while_snapshots_run() {
+    let env = Env::new();
+    env.init();
+    let data = env.path("data");
+    for i in 0..20 {
+        write(&data.join(format!("f{i}")), &common::text(50_000, i));
+    }
+    let (token, entry) = new_token(&env);
+    let cfg = config(
+        &env,
+        &format!(
+            "{entry}\n[[job]]\nname = \"busy\"\npaths = [{:?}]\nschedule = \"every 1s\"\n\
+             kind = \"hourly\"\nretention = \"keep-last=5\"\non_start = true\n",
+            data.display().to_string()
+        ),
+    );
+    let d = Daemon::start(&env, &cfg);
+    d.wait_jobs(&token, "a first snapshot", |j| {
+        j[0]["last_status"] == "succeeded"
+    });
+    const CLIENTS: usize = 8;
+    const EACH: usize = 40;
+    let addr = d.addr;
+    let writer_data = data.clone();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    // Keep the data changing so the snapshots do real work.
+    let churn = std::thread::spawn(move || {
+        let mut i = 0u64;
+        while !stop2.load(std::sync::atomic::Ordering::SeqCst) {
+            write(&writer_data.join("churn"), &common::text(400_000, i));
+            i += 1;
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    });
+    let mut threads = Vec::new();
+    for c in 0..CLIENTS {
+        let token = token.clone();
+        threads.push(std::thread::spawn(move || {
+            let mut times = Vec::new();
+            for i in 0..EACH {
+                let path = if (c + i) % 2 == 0 {
+                    "/api/snapshots"
+                } else {
+                    "/api/stats"
+                };
+                let t = Instant::now();
+                let (status, body) = request(addr, "GET", path, Some(&token), None, None);
+                times.push(t.elapsed());
+                assert_eq!(status, 200, "{path}: {}", String::from_utf8_lossy(&body));
+                let v: Value = serde_json::from_slice(&body).unwrap();
+                assert!(v.is_array() || v["snapshots"].is_u64(), "{v}");
+            }
+            times
+        }));
+    }
+    let mut all: Vec<Duration> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    churn.join().unwrap();
+    all.sort();
+    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
+    let m = metrics(&d, &token);
+    println!(
+        "load: {} requests from {CLIENTS} clients while {} snapshots ran: p50 {:?}, p95 {:?}, \
+         p99 {:?}, max {:?}",
+        all.len(),
+        metric(&m, "strata_snapshots_total{job=\"busy\"}"),
+        pct(0.5),
+        pct(0.95),
+        pct(0.99),
+        all[all.len() - 1]
+    );
+    assert_eq!(all.len(), CLIENTS * EACH);
+    assert_eq!(
+        metric(&m, "strata_snapshots_failed_total{job=\"busy\"}"),
+        0.0,
+        "{}",
+        d.log()
+    );
+}
+
+fn chromium() -> String {
+    for c in ["chromium", "chromium-browser", "google-chrome"] {
+        if std::process::Command::new(c)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            return c.to_string();
+        }
+    }
+    panic!("the web page test needs Chromium (`apt-get install chromium`; .ci/run installs it)");
+}
+
+/// Dark pixels in a PNG screenshot: how much text and lines it shows.
+fn ink(png_path: &Path) -> usize {
+    let decoder = png::Decoder::new(BufReader::new(std::fs::File::open(png_path).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let channels = info.color_type.samples();
+    buf[..info.buffer_size()]
+        .chunks(channels)
+        .filter(|px| px.iter().take(3).map(|&c| c as u32).sum::<u32>() < 3 * 96)
+        .count()
+}
+
+#[test]
+fn the_web_page_lists_snapshots_in_a_real_browser() {
+    let browser = chromium();
+    let env = Env::new();
+    env.init();
+    let data = env.path("data");
+    write(&data.join("f"), b"page");
+    for name in ["alpha-snap", "beta-snap", "gamma-snap"] {
+        env.backup_args(&["--name", name, data.to_str().unwrap()]);
+    }
+    let (token, entry) = new_token(&env);
+    let cfg = config(
+        &env,
+        &format!(
+            "{entry}\n[[job]]\nname = \"pagejob\"\npaths = [{:?}]\nschedule = \"daily 03:00\"\nkind = \"daily\"\n",
+            data.display().to_string()
+        ),
+    );
+    let d = Daemon::start(&env, &cfg);
+    let profile = env.path("chromium-profile");
+    let run = |url: &str, extra: &[String]| {
+        let out = std::process::Command::new(&browser)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--hide-scrollbars",
+                "--virtual-time-budget=10000",
+                "--window-size=1200,900",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .args(extra)
+            .arg(url)
+            .output()
+            .expect("run chromium");
+        assert!(
+            out.status.success(),
+            "chromium failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let url = format!("http://{}/#token={token}", d.addr);
+    let dom = run(&url, &["--dump-dom".into()]);
+    assert!(
+        dom.contains("data-loaded=\"yes\""),
+        "the page did not load its data:\n{dom}"
+    );
+    assert_eq!(dom.matches("class=\"snapshot\"").count(), 3, "{dom}");
+    for name in [
+        "alpha-snap",
+        "beta-snap",
+        "gamma-snap",
+        "pagejob",
+        "daily 03:00",
+    ] {
+        assert!(dom.contains(name), "{name} is not on the page:\n{dom}");
+    }
+    // Screenshots: with the token the list renders (more ink) than without it.
+    let with = env.path("with.png");
+    let without = env.path("without.png");
+    run(&url, &[format!("--screenshot={}", with.display())]);
+    run(
+        &format!("http://{}/#token=wrong", d.addr),
+        &[format!("--screenshot={}", without.display())],
+    );
+    let (a, b) = (ink(&with), ink(&without));
+    assert!(
+        a > b + 2000,
+        "the snapshot list does not show in the screenshot: {a} dark pixels against {b}"
+    );
+}
+
+#[test]
+fn health_reports_a_nearly_full_disk() {
+    let env = Env::new();
+    env.init();
+    let (token, entry) = new_token(&env);
+    // No file system has 100% free, so this threshold always trips.
+    let cfg = config(&env, &format!("disk_min_free = \"100%\"\n{entry}\n"));
+    let d = Daemon::start(&env, &cfg);
+    let (status, health) = d.get("/health", Some(&token));
+    assert_eq!(status, 503, "{health}");
+    assert!(
+        health["reasons"]
+            .to_string()
+            .contains("repository disk almost full"),
+        "{health}"
+    );
+}
+
+#[test]
+fn serves_an_encrypted_repository() {
+    let env = Env::new();
+    env.set_var("STRATA_PASSWORD", "serve passphrase");
+    env.set_var("STRATA_KDF_MEMORY_KIB", "8192");
+    env.ok(&["init", "--encrypt"]);
+    let data = env.path("data");
+    write(&data.join("secret.txt"), b"only for the key holder");
+    let (token, entry) = new_token(&env);
+    let cfg = config(
+        &env,
+        &format!(
+            "{entry}\n[[job]]\nname = \"enc\"\npaths = [{:?}]\nschedule = \"every 1h\"\n\
+             kind = \"hourly\"\non_start = true\n",
+            data.display().to_string()
+        ),
+    );
+    let d = Daemon::start(&env, &cfg);
+    d.wait_jobs(&token, "the encrypted snapshot", |j| {
+        j[0]["last_status"] == "succeeded"
+    });
+    let (status, snaps) = d.get("/api/snapshots", Some(&token));
+    assert_eq!(status, 200);
+    assert_eq!(snaps.as_array().unwrap().len(), 1, "{snaps}");
+    // A wrong passphrase stops the daemon before it listens.
+    env.set_var("STRATA_PASSWORD", "not it");
+    let out = env.run(&["serve", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(common::code(&out), 1);
+    assert!(
+        common::stderr(&out).contains("wrong passphrase"),
+        "{}",
+        common::stderr(&out)
+    );
+}
