@@ -376,10 +376,17 @@ fn api_requires_tokens_runs_jobs_rotates_and_matches_its_description() {
         let m = metrics(&d, &token);
         metric(&m, "strata_snapshots_total{job=\"app\"}") >= 4.0
     });
-    write(&data.join("notes.txt"), b"second version\n");
-    let jobs = d.wait_jobs(&token, "a run after the change", |_| {
+    // A large file that is then replaced: once rotation drops every snapshot of the first
+    // version, its pack holds only garbage, and gc (gc_min_garbage = 1 byte) reclaims it.
+    write(&data.join("big.bin"), &common::noise(400_000, 11));
+    d.wait_jobs(&token, "a run after the first change", |_| {
         let m = metrics(&d, &token);
         metric(&m, "strata_snapshots_total{job=\"app\"}") >= 6.0
+    });
+    write(&data.join("big.bin"), &common::noise(400_000, 12));
+    let jobs = d.wait_jobs(&token, "gc after the first version is forgotten", |_| {
+        let m = metrics(&d, &token);
+        metric(&m, "strata_gc_runs_total") >= 1.0
     });
     check_response(&doc, "get", "/api/jobs", 200, &jobs);
     assert_eq!(jobs[0]["last_status"], "succeeded", "{jobs}");
@@ -397,6 +404,8 @@ fn api_requires_tokens_runs_jobs_rotates_and_matches_its_description() {
     );
     let m = metrics(&d, &token);
     assert!(metric(&m, "strata_snapshots_forgotten_total") >= 3.0, "{m}");
+    // The forgotten snapshots' own data became garbage, and gc reclaimed it.
+    assert!(metric(&m, "strata_gc_reclaimed_bytes_total") > 0.0, "{m}");
     assert_eq!(
         metric(&m, "strata_snapshots_failed_total{job=\"app\"}"),
         0.0
@@ -889,4 +898,51 @@ fn serves_an_encrypted_repository() {
         "{}",
         common::stderr(&out)
     );
+}
+
+#[test]
+fn runs_from_environment_variables_alone_with_json_logs() {
+    let env = Env::new();
+    env.init();
+    let data = env.path("data");
+    write(&data.join("state.json"), b"{\"turns\": 1}");
+    // No configuration file: the job, its schedule, retention and the listener come from the
+    // environment (as in a container).
+    env.set_var("STRATA_LISTEN", "127.0.0.1:0");
+    env.set_var("STRATA_BACKUP_PATHS", data.to_str().unwrap());
+    env.set_var("STRATA_BACKUP_INTERVAL", "1s");
+    env.set_var("STRATA_BACKUP_KIND", "hourly");
+    env.set_var("STRATA_MAX_SNAPSHOTS", "2");
+    env.set_var("STRATA_ON_START", "true");
+    env.set_var("STRATA_LOG_FORMAT", "json");
+    let cfg = env.path("absent.toml");
+    let mut child_env_only = env.cmd();
+    child_env_only.args(["config", "check"]).arg(&cfg);
+    assert!(!child_env_only.output().unwrap().status.success());
+    let empty = env.path("empty.toml");
+    std::fs::write(&empty, "").unwrap();
+    let d = Daemon::start(&env, &empty);
+    let jobs = d.wait_jobs("unused", "three runs of the default job", |_| {
+        let (_, ops) = d.get("/api/operations", None);
+        ops.as_array()
+            .is_some_and(|o| o.iter().filter(|op| op["status"] == "succeeded").count() >= 3)
+    });
+    assert_eq!(jobs[0]["name"], "default", "{jobs}");
+    assert_eq!(jobs[0]["schedule"], "every 1s");
+    let (_, snaps) = d.get("/api/snapshots", None);
+    assert!(
+        snaps.as_array().unwrap().len() <= 3,
+        "max 2 (3 between backup and forget): {snaps}"
+    );
+    // Every log line is a JSON object.
+    let log = d.log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| !l.starts_with("strata serve: listening"))
+        .collect();
+    assert!(lines.len() >= 3, "{log}");
+    for l in lines {
+        let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+        assert!(v["message"].is_string() && v["level"].is_string(), "{l}");
+    }
 }
