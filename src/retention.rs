@@ -32,6 +32,18 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// The count rules, by their names in [`Policy::parse`] (`keep-last`...), with their values.
+    pub fn counts(&self) -> [(&'static str, Option<usize>); 6] {
+        [
+            ("keep-last", self.keep_last),
+            ("keep-hourly", self.keep_hourly),
+            ("keep-daily", self.keep_daily),
+            ("keep-weekly", self.keep_weekly),
+            ("keep-monthly", self.keep_monthly),
+            ("keep-yearly", self.keep_yearly),
+        ]
+    }
+
     /// True if no rule is set (such a policy would keep nothing).
     pub fn is_empty(&self) -> bool {
         *self == Policy::default()

@@ -39,19 +39,10 @@ pub struct InitArgs {
     encrypt: bool,
 }
 
-/// Parses sizes such as `4096`, `16k`, `16KiB`, `1m`.
+/// A chunk size (`4096`, `16k`, `16KiB`, `1m`).
 pub fn parse_size(s: &str) -> Result<u32, String> {
-    let t = s.trim().to_ascii_lowercase();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("not a size: {s:?}"))?;
-    let mult: u64 = match unit.trim() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        _ => return Err(format!("unknown size unit in {s:?} (use k or m)")),
-    };
-    u32::try_from(n * mult).map_err(|_| format!("size too large: {s:?}"))
+    let n = super::output::parse_bytes(s)?;
+    u32::try_from(n).map_err(|_| format!("size too large: {s:?}"))
 }
 
 pub fn init(rp: &RepoPath, args: InitArgs) -> Result<ExitCode> {

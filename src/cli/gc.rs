@@ -200,14 +200,7 @@ fn policy_kind(key: &str) -> Result<String> {
 
 fn describe(p: &Policy) -> String {
     let mut parts = Vec::new();
-    for (name, v) in [
-        ("keep-last", p.keep_last),
-        ("keep-hourly", p.keep_hourly),
-        ("keep-daily", p.keep_daily),
-        ("keep-weekly", p.keep_weekly),
-        ("keep-monthly", p.keep_monthly),
-        ("keep-yearly", p.keep_yearly),
-    ] {
+    for (name, v) in p.counts() {
         if let Some(n) = v {
             parts.push(format!("{name}={n}"));
         }

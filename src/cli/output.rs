@@ -15,6 +15,23 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
+/// Parses sizes such as `4096`, `16k`, `16KiB`, `64MiB`, `1g`.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("not a size: {s:?}"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("unknown size unit in {s:?} (use k, m or g)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size too large: {s:?}"))
+}
+
 pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
@@ -30,5 +47,10 @@ mod tests {
         assert_eq!(super::bytes(0), "0 B");
         assert_eq!(super::bytes(1536), "1.5 KiB");
         assert_eq!(super::bytes(5 << 30), "5.0 GiB");
+        assert_eq!(super::parse_bytes("16KiB"), Ok(16 << 10));
+        assert_eq!(super::parse_bytes(" 64m "), Ok(64 << 20));
+        assert_eq!(super::parse_bytes("2g"), Ok(2 << 30));
+        assert!(super::parse_bytes("12 parsecs").is_err());
+        assert!(super::parse_bytes("99999999999999g").is_err());
     }
 }

@@ -166,21 +166,8 @@ fn job_setting<T>(
     }
 }
 
-/// `64MiB`, `1g`, `4096`.
-pub fn parse_bytes(s: &str) -> Result<u64> {
-    let t = s.trim().to_ascii_lowercase();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| anyhow!("not a size: {s:?}"))?;
-    let mult: u64 = match unit.trim() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        _ => bail!("unknown size unit in {s:?} (use k, m or g)"),
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| anyhow!("size too large: {s:?}"))
+fn parse_bytes(s: &str) -> Result<u64> {
+    super::super::output::parse_bytes(s).map_err(|e| anyhow!(e))
 }
 
 fn parse_seconds(s: &str) -> Result<i64> {

@@ -286,16 +286,10 @@ impl Daemon {
             job_tag(&job.name),
         ];
         if let Some(p) = &job.retention {
-            for (flag, v) in [
-                ("--keep-last", p.keep_last),
-                ("--keep-hourly", p.keep_hourly),
-                ("--keep-daily", p.keep_daily),
-                ("--keep-weekly", p.keep_weekly),
-                ("--keep-monthly", p.keep_monthly),
-                ("--keep-yearly", p.keep_yearly),
-            ] {
+            // The rules' names are forget's flags.
+            for (rule, v) in p.counts() {
                 if let Some(n) = v {
-                    args.push(flag.into());
+                    args.push(format!("--{rule}"));
                     args.push(n.to_string());
                 }
             }
@@ -338,12 +332,7 @@ impl Daemon {
         if plan.code != Some(0) {
             bail!("{}", plan.describe());
         }
-        let would = plan
-            .json
-            .as_ref()
-            .and_then(|j| j.get("bytes_reclaimed"))
-            .and_then(|v| v.as_u64())
-            .unwrap_or(0);
+        let would = plan.number("bytes_reclaimed");
         if would < self.cfg.gc_min_garbage.max(1) {
             return Ok(());
         }
@@ -351,12 +340,7 @@ impl Daemon {
         if done.code != Some(0) {
             bail!("{}", done.describe());
         }
-        let reclaimed = done
-            .json
-            .as_ref()
-            .and_then(|j| j.get("bytes_reclaimed"))
-            .and_then(|v| v.as_u64())
-            .unwrap_or(0);
+        let reclaimed = done.number("bytes_reclaimed");
         self.metrics.gc_runs.inc();
         self.metrics.gc_reclaimed.inc_by(reclaimed);
         tracing::info!(reclaimed, "gc ran");
@@ -386,6 +370,15 @@ struct ChildOutput {
 }
 
 impl ChildOutput {
+    /// A number at the top of the JSON output (0 if absent).
+    fn number(&self, key: &str) -> u64 {
+        self.json
+            .as_ref()
+            .and_then(|j| j.get(key))
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0)
+    }
+
     fn describe(&self) -> String {
         let code = match self.code {
             Some(c) => format!("exit code {c}"),
