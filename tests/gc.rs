@@ -542,3 +542,45 @@ fn verify_recounts_references_and_repair_restores_them() {
     );
     restore_and_compare(&env, "latest", &copies[2], "after");
 }
+
+#[test]
+fn forget_with_a_tag_touches_only_the_tagged_snapshots() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    write(&src.join("f"), b"x");
+    let s = src.to_str().unwrap();
+    for tag in ["job=a", "job=b", "job=a", "job=b", "job=a"] {
+        env.backup_args(&["--kind", "hourly", "--tag", tag, s]);
+    }
+    let out = env.json(&["forget", "--tag", "job=a", "--keep-last", "1"]);
+    let removed: Vec<&serde_json::Value> = out
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["keep"] == false)
+        .collect();
+    assert_eq!(removed.len(), 2, "{out}");
+    let left = env.json(&["list"]);
+    let tags: Vec<String> = left
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["tags"][0].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(tags, ["job=b", "job=b", "job=a"], "{left}");
+    // --max-snapshots counts only the tagged ones too.
+    env.json(&[
+        "forget",
+        "--tag",
+        "job=b",
+        "--keep-within",
+        "100y",
+        "--max-snapshots",
+        "1",
+    ]);
+    assert_eq!(env.json(&["list"]).as_array().unwrap().len(), 2);
+    // A tag limits a policy given on the command line, not the stored one.
+    let out = env.run(&["forget", "--tag", "job=a"]);
+    assert_ne!(code(&out), 0);
+}

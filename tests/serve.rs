@@ -961,3 +961,51 @@ fn runs_from_environment_variables_alone_with_json_logs() {
         assert!(v["message"].is_string() && v["level"].is_string(), "{l}");
     }
 }
+
+#[test]
+fn a_job_waits_for_a_lock_another_process_holds() {
+    let env = Env::new();
+    env.init();
+    let data = env.path("data");
+    write(&data.join("f"), b"waited");
+    // Another strata (here: a stand-in process) holds the repository lock.
+    let mut holder = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    std::fs::write(
+        env.repo.join("lock"),
+        format!(
+            "{{\"pid\": {}, \"host\": {:?}, \"time\": \"now\", \"command\": \"backup\"}}",
+            holder.id(),
+            host.trim()
+        ),
+    )
+    .unwrap();
+    let (token, entry) = new_token(&env);
+    let cfg = config(
+        &env,
+        &format!(
+            "{entry}\n[[job]]\nname = \"app\"\npaths = [{:?}]\nschedule = \"every 1h\"\n\
+             kind = \"hourly\"\non_start = true\n",
+            data.display().to_string()
+        ),
+    );
+    let d = Daemon::start(&env, &cfg);
+    let until = Instant::now() + Duration::from_secs(60);
+    while !d.log().contains("waiting for the repository lock") {
+        assert!(Instant::now() < until, "{}", d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_, jobs) = d.get("/api/jobs", Some(&token));
+    assert_eq!(jobs[0]["running"], true, "{jobs}");
+    assert!(jobs[0]["last_status"].is_null(), "{jobs}");
+    // The holder goes away: its lock is stale, and the job goes on.
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let jobs = d.wait_jobs(&token, "the run after the lock", |j| {
+        !j[0]["last_status"].is_null()
+    });
+    assert_eq!(jobs[0]["last_status"], "succeeded", "{jobs}\n{}", d.log());
+}

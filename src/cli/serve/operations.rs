@@ -12,10 +12,35 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 use strata::snapshots;
 
+/// How long an operation waits for a repository lock another process holds.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
+
 impl Daemon {
+    /// Runs `strata ARGS...`; while another process (a `strata` on the command line) holds the
+    /// repository lock, waits for it, up to [`LOCK_WAIT`].
+    fn child(&self, args: &[String]) -> Result<ChildOutput> {
+        let until = Instant::now() + LOCK_WAIT;
+        let mut said = false;
+        loop {
+            let out = self.child_once(args)?;
+            let locked = out.code == Some(1) && out.stderr.contains("repository locked by pid");
+            if !locked || Instant::now() >= until || self.stopping.load(Ordering::SeqCst) {
+                return Ok(out);
+            }
+            if !said {
+                tracing::info!(
+                    holder = out.stderr.trim(),
+                    "waiting for the repository lock"
+                );
+                said = true;
+            }
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+    }
+
     /// Runs `strata ARGS... ` against the repository; returns its exit code, its JSON output
     /// (if any) and the last lines of its error output.
-    fn child(&self, args: &[String]) -> Result<ChildOutput> {
+    fn child_once(&self, args: &[String]) -> Result<ChildOutput> {
         let mut cmd = Command::new(&self.exe);
         cmd.arg("--repo")
             .arg(&self.repo)
