@@ -813,7 +813,7 @@ impl GroupIo<Got> for StoreIo<'_, '_> {
 /// pack left a 570 MB index file, eight packs per transaction 79 MB.
 const PACKS_PER_INDEX_TXN: usize = 8;
 
-fn commit(
+pub(crate) fn commit(
     repo: &Repo,
     packs: Vec<WrittenPack>,
     next_pack: u32,

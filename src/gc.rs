@@ -401,7 +401,8 @@ fn frame_bytes(size: u64, blobs: u32) -> u64 {
     size.saturating_sub(overhead)
 }
 
-fn seal(
+/// Finishes a pack written by gc or copy: commits its object and gives it the next number.
+pub(crate) fn seal(
     w: PackWriter<Box<dyn crate::storage::ObjectWriter + '_>>,
     next_no: &mut u32,
 ) -> Result<WrittenPack> {

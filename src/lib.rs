@@ -40,6 +40,7 @@ pub mod capture;
 pub mod chunker;
 pub mod codec;
 pub mod compress;
+pub mod copy;
 pub mod crypto;
 pub mod diff;
 pub mod direct;

@@ -400,11 +400,22 @@ impl Repo {
 
     /// Creates a new encrypted repository: a random master key, wrapped by `passphrase` in the
     /// first key file.
-    pub fn init_encrypted(root: &Path, mut config: Config, passphrase: &str) -> Result<Repo> {
-        config.key_scheme = crate::crypto::SCHEME.into();
-        config.id_hash = crate::crypto::ID_HASH.into();
+    pub fn init_encrypted(root: &Path, config: Config, passphrase: &str) -> Result<Repo> {
         let mut master = [0u8; 32];
         secure_random(&mut master)?;
+        Repo::init_encrypted_with_master(root, config, passphrase, master)
+    }
+
+    /// Creates a new encrypted repository around an existing master key (another repository's:
+    /// the two then name and cut chunks alike, so snapshots can be copied between them).
+    pub fn init_encrypted_with_master(
+        root: &Path,
+        mut config: Config,
+        passphrase: &str,
+        master: [u8; 32],
+    ) -> Result<Repo> {
+        config.key_scheme = crate::crypto::SCHEME.into();
+        config.id_hash = crate::crypto::ID_HASH.into();
         let key = crate::crypto::KeyFile::create(&master, passphrase, &config.id)?;
         create(root, &config, Some(&key))?;
         Repo::open_unlocked(root, true, "init", Some((master, key.id)))

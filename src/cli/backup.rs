@@ -37,6 +37,11 @@ pub struct InitArgs {
     /// a prompt
     #[arg(long)]
     encrypt: bool,
+    /// With --encrypt: use the master key of this encrypted repository (and its chunk sizes), so
+    /// `strata copy` can move snapshots between the two (its passphrase: STRATA_FROM_PASSWORD,
+    /// STRATA_FROM_PASSWORD_FILE, or the new repository's)
+    #[arg(long, value_name = "SRC", requires = "encrypt")]
+    same_key_as: Option<PathBuf>,
 }
 
 /// A chunk size (`4096`, `16k`, `16KiB`, `1m`).
@@ -62,19 +67,31 @@ pub fn init(rp: &RepoPath, args: InitArgs) -> Result<ExitCode> {
         } else {
             super::key::prompt_twice("passphrase for the new repository: ")?
         };
-        Repo::init_encrypted(&rp.path, config, &pass)
+        match &args.same_key_as {
+            Some(src) => {
+                let src = super::copy::open_source(src, false, "init")?;
+                let Some(keys) = src.keys() else {
+                    bail!("--same-key-as: {} is not encrypted", src.root.display());
+                };
+                config.chunker = src.config.chunker;
+                config.sqlite_pages = src.config.sqlite_pages;
+                Repo::init_encrypted_with_master(&rp.path, config, &pass, *keys.master())
+            }
+            None => Repo::init_encrypted(&rp.path, config, &pass),
+        }
     } else {
         Repo::init(&rp.path, config)
     };
-    created.with_context(|| format!("creating repository {}", rp.path.display()))?;
+    let repo = created.with_context(|| format!("creating repository {}", rp.path.display()))?;
+    let c = &repo.config.chunker;
     println!(
         "created {}repository {} (chunks {}/{}/{} bytes, zstd level {})",
         if args.encrypt { "encrypted " } else { "" },
         rp.path.display(),
-        params.min,
-        params.avg,
-        params.max,
-        args.zstd_level
+        c.min,
+        c.avg,
+        c.max,
+        repo.config.zstd_level
     );
     Ok(ExitCode::SUCCESS)
 }

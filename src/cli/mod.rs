@@ -5,6 +5,7 @@
 //! (some files could not be read).
 
 mod backup;
+mod copy;
 mod gc;
 mod inspect;
 mod key;
@@ -74,6 +75,8 @@ enum Command {
     Repair(repair::RepairArgs),
     /// Manage the passphrases of an encrypted repository
     Key(key::KeyArgs),
+    /// Copy snapshots into another repository (only the data it lacks)
+    Copy(copy::CopyArgs),
     /// Remove a stale repository lock
     Unlock,
     /// Run scheduled snapshots and the HTTP admin API, metrics and web page
@@ -190,6 +193,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Some(file) => serve::check_config(file),
             None => gc::config(&open(&rp, args.writes(), "config")?, args),
         },
+        Command::Copy(args) => copy::copy(args),
         Command::Serve(args) => serve::serve(rp.path.clone(), args),
         Command::Verify(args) => restore::verify(&open(&rp, false, "verify")?, args),
         Command::Repair(args) => repair::repair(&rp, args),

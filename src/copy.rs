@@ -1,0 +1,195 @@
+//! Copying snapshots from one repository to another, incrementally: only the blobs the
+//! destination lacks travel.
+//!
+//! Both repositories must name blobs the same way (both unencrypted, or both encrypted with the
+//! same master key: `strata init --encrypt --same-key-as SRC`), so a blob's id is the same on
+//! both sides and a snapshot keeps its id. For each snapshot the destination does not have, in
+//! time order:
+//! 1. its chunk lists are walked in the source, skipping every subtree whose node the
+//!    destination already has (a stored node implies its whole subtree is stored);
+//! 2. each missing blob is read from the source and checked against its id; the blobs of one
+//!    source frame are compressed together again, sealed with the destination's keys, checked
+//!    once more (decoded and rehashed) and written to new packs, which are fsynced;
+//! 3. the packs and the snapshot commit in one index transaction, then the manifest file is
+//!    written: the same order as a backup, so a copy killed at any moment leaves the
+//!    destination valid, with the snapshots copied so far.
+
+use crate::compress::{check_frame, compress};
+use crate::error::{Error, Result};
+use crate::id::{ChunkId, SnapshotId};
+use crate::index::{BlobLoc, IndexReader, META_NEXT_PACK};
+use crate::manifest::{Content, Manifest};
+use crate::pack::{BlobKind, PackWriter};
+use crate::packer::WrittenPack;
+use crate::repo::Repo;
+use crate::restore::{BlobReader, blob_in_frame, check_hash};
+use crate::tree::Node;
+use std::collections::HashSet;
+
+#[derive(Debug, Default, serde::Serialize)]
+pub struct CopyReport {
+    /// Snapshots copied, and the ones the destination already had.
+    pub copied: Vec<String>,
+    pub already_there: u64,
+    pub blobs_copied: u64,
+    /// Raw bytes of the blobs copied.
+    pub bytes_copied: u64,
+    /// Bytes of the packs written.
+    pub pack_bytes: u64,
+    pub packs_written: u64,
+}
+
+/// Copies the snapshots `ids` of `src` (in time order) into `dst`, which must be open for
+/// writing.
+pub fn copy(src: &Repo, dst: &Repo, ids: &[SnapshotId]) -> Result<CopyReport> {
+    if src.id_key() != dst.id_key() {
+        return Err(Error::invalid(
+            "these repositories name their chunks differently (different encryption keys, or \
+             one encrypted and one not), so nothing could be shared; create the destination \
+             with `strata init --repo DST --encrypt --same-key-as SRC` (or both unencrypted)",
+        ));
+    }
+    let mut report = CopyReport::default();
+    let src_txn = src.index.read()?;
+    let src_index = IndexReader::new(&src_txn)?;
+    let reader = BlobReader::new(src, &src_index)?;
+    for id in ids {
+        let framed = crate::index::snapshot_manifest(&src_txn, id)?.ok_or_else(|| {
+            Error::NotFound(format!("snapshot {} is not in the source", id.short()))
+        })?;
+        let dst_txn = dst.index.read()?;
+        if crate::index::snapshot_manifest(&dst_txn, id)?.is_some() {
+            report.already_there += 1;
+            continue;
+        }
+        let dst_index = IndexReader::new(&dst_txn)?;
+        let manifest = Manifest::decode(&framed, Some(id), src.keys())?;
+        // The same bytes must read back in the destination (same keys), or nothing is copied.
+        Manifest::decode(&framed, Some(id), dst.keys())?;
+        let missing = missing_blobs(&reader, &dst_index, &manifest)?;
+        drop(dst_index);
+        drop(dst_txn);
+        let packs = write_blobs(src, dst, &reader, &src_index, missing, &mut report)?;
+        let next_pack = packs.iter().map(|p| p.no + 1).max().unwrap_or(0);
+        report.packs_written += packs.len() as u64;
+        report.pack_bytes += packs.iter().map(|p| p.size).sum::<u64>();
+        crate::backup::commit(dst, packs, next_pack, id, &framed, &[])?;
+        dst.backend
+            .put(&crate::manifest::object_name(id), &framed)?;
+        report.copied.push(id.to_hex());
+    }
+    Ok(report)
+}
+
+/// The blobs of `manifest` that `dst` lacks, walking chunk lists in the source and skipping
+/// every subtree the destination already holds.
+fn missing_blobs(
+    reader: &BlobReader,
+    dst: &IndexReader,
+    manifest: &Manifest,
+) -> Result<Vec<ChunkId>> {
+    let mut seen: HashSet<ChunkId> = HashSet::new();
+    let mut out = Vec::new();
+    let mut nodes = Vec::new();
+    let mut want = |id: ChunkId, out: &mut Vec<ChunkId>| -> Result<bool> {
+        if seen.insert(id) && !dst.contains(&id)? {
+            out.push(id);
+            return Ok(true);
+        }
+        Ok(false)
+    };
+    for e in &manifest.entries {
+        match &e.content {
+            Content::Empty => {}
+            Content::Chunk(id) => {
+                want(*id, &mut out)?;
+            }
+            Content::Tree(root) => {
+                if want(*root, &mut out)? {
+                    nodes.push(*root);
+                }
+            }
+        }
+    }
+    while let Some(id) = nodes.pop() {
+        let bytes = reader.read(&id)?;
+        let node = Node::decode(&bytes, &format_args!("chunk-list node {}", id.short()))?;
+        for child in &node.entries {
+            if want(child.id, &mut out)? && node.level > 0 {
+                nodes.push(child.id);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Writes `ids` (read from `src`) into new packs of `dst`; returns them, sealed and durable.
+fn write_blobs(
+    src: &Repo,
+    dst: &Repo,
+    reader: &BlobReader,
+    src_index: &IndexReader,
+    ids: Vec<ChunkId>,
+    report: &mut CopyReport,
+) -> Result<Vec<WrittenPack>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut located: Vec<(ChunkId, BlobLoc)> = Vec::with_capacity(ids.len());
+    for id in ids {
+        let loc = src_index.blob(&id)?.ok_or_else(|| {
+            Error::corrupt(format!(
+                "blob {} is referenced in the source but not indexed; run `strata verify` there",
+                id.short()
+            ))
+        })?;
+        located.push((id, loc));
+    }
+    // Source order: each source frame is read (and opened, and decompressed) once.
+    located.sort_by_key(|(_, l)| (l.pack, l.frame_offset, l.offset_in_frame));
+    let mut next_no = {
+        let txn = dst.index.read()?;
+        crate::index::meta(&txn, META_NEXT_PACK)?.unwrap_or(0) as u32
+    };
+    let mut written = Vec::new();
+    let mut current: Option<PackWriter<Box<dyn crate::storage::ObjectWriter + '_>>> = None;
+    for group in
+        located.chunk_by(|a, b| (a.1.pack, a.1.frame_offset) == (b.1.pack, b.1.frame_offset))
+    {
+        let (frame, pack) = reader.read_frame(&group[0].1)?;
+        // One output frame per kind within the source frame (a frame holds one kind).
+        let kind: BlobKind = group[0].1.kind;
+        let mut raw = Vec::new();
+        let mut members = Vec::with_capacity(group.len());
+        let mut lens = Vec::with_capacity(group.len());
+        for (id, loc) in group {
+            let data = blob_in_frame(&frame, loc, &pack)?;
+            check_hash(data, loc, id, src.id_key(), &pack)?;
+            members.push((*id, raw.len() as u32, data.len() as u32));
+            lens.push((*id, data.len()));
+            raw.extend_from_slice(data);
+        }
+        let (compression, stored) = compress(&raw, dst.config.zstd_level)?;
+        check_frame(&stored, compression, raw.len(), &lens, dst.id_key())?;
+        let stored = dst.seal_frame(&stored)?;
+        if current.is_none() {
+            current = Some(
+                PackWriter::to_sink(dst.backend.create("packs")?)?.with_mac_key(dst.mac_key()),
+            );
+        }
+        let w = current.as_mut().expect("set above");
+        w.add_frame(kind, compression, &stored, raw.len() as u32, &members)?;
+        report.blobs_copied += members.len() as u64;
+        report.bytes_copied += raw.len() as u64;
+        if w.len() as u64 >= dst.config.pack_target {
+            written.push(crate::gc::seal(
+                current.take().expect("present"),
+                &mut next_no,
+            )?);
+        }
+    }
+    if let Some(w) = current.take() {
+        written.push(crate::gc::seal(w, &mut next_no)?);
+    }
+    Ok(written)
+}
