@@ -58,6 +58,7 @@ pub mod repair;
 pub mod repo;
 pub mod restore;
 pub mod retention;
+pub mod s3;
 pub mod schedule;
 pub mod snapshots;
 pub mod sqlite;

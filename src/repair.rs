@@ -174,10 +174,43 @@ pub fn rebuild_index_with(
     index_file: Option<crate::storage::PowerLossFile>,
     dry_run: bool,
 ) -> Result<RepairReport> {
+    rebuild(root, backend, index_file, dry_run, None, true)
+}
+
+/// Rebuilds the local index of a repository whose master key is already known (`None` for an
+/// unencrypted one).
+pub fn rebuild_index_keyed(
+    root: &Path,
+    backend: &dyn Backend,
+    master: Option<[u8; 32]>,
+) -> Result<RepairReport> {
+    // The store is the truth here: a snapshot the local copy has and the store does not was
+    // removed by another writer, and stays removed.
+    rebuild(
+        root,
+        backend,
+        None,
+        false,
+        master.map(|m| (m, String::new())),
+        false,
+    )
+}
+
+fn rebuild(
+    root: &Path,
+    backend: &dyn Backend,
+    index_file: Option<crate::storage::PowerLossFile>,
+    dry_run: bool,
+    unlocked: Option<([u8; 32], String)>,
+    from_old_index: bool,
+) -> Result<RepairReport> {
     let config = load_config(backend, root)?;
     // An encrypted repository: its keys authenticate trailers and open manifests.
     let keys = if config.key_scheme == crate::crypto::SCHEME {
-        let (master, _) = crate::repo::unlock_asking(backend, &config)?;
+        let (master, _) = match unlocked {
+            Some(u) => u,
+            None => crate::repo::unlock_asking(backend, &config)?,
+        };
         Some(crate::crypto::Keys::from_master(&master))
     } else {
         None
@@ -267,7 +300,12 @@ pub fn rebuild_index_with(
     // Snapshots whose file is damaged or missing: the index being replaced holds a second copy
     // of every manifest; a copy that decodes to its id is used, and its file written again.
     let have: std::collections::HashSet<ChunkId> = snapshots.iter().map(|(id, _)| *id).collect();
-    for (id, bytes) in old_manifests(root) {
+    let old = if from_old_index {
+        old_manifests(root)
+    } else {
+        Vec::new()
+    };
+    for (id, bytes) in old {
         if have.contains(&id) || Manifest::decode(&bytes, Some(&id), keys.as_ref()).is_err() {
             continue;
         }

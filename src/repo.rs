@@ -230,6 +230,70 @@ pub fn default_location() -> PathBuf {
     PathBuf::from(home).join(".local/share/strata/repo")
 }
 
+/// Where the local state (index, lock) of a repository on object storage lives:
+/// `$XDG_CACHE_HOME/strata/<repository id>`, else `~/.cache/strata/<repository id>`. It is a
+/// cache: rebuilt from the repository's objects whenever it is missing or behind.
+pub fn cache_dir_for(id: &str) -> PathBuf {
+    let base = match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        Some(x) => PathBuf::from(x),
+        None => {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/".into())).join(".cache")
+        }
+    };
+    base.join("strata").join(id)
+}
+
+/// The S3 location a repository argument names, if it is an `s3://` URL.
+pub fn remote(root: &Path) -> Result<Option<crate::s3::S3Location>> {
+    crate::s3::S3Location::parse(&root.to_string_lossy())
+}
+
+/// The storage of the repository at `root`: its directory, or its bucket.
+pub fn backend_for(root: &Path) -> Result<Box<dyn Backend>> {
+    Ok(match remote(root)? {
+        Some(loc) => Box::new(crate::s3::S3Backend::new(&loc)?),
+        None => Box::new(LocalBackend::new(root)),
+    })
+}
+
+/// Whether the local index of a remote repository lists the same packs and snapshots as the
+/// store (another machine may have written, or this one was interrupted).
+fn cache_current(backend: &dyn Backend, index_path: &Path) -> Result<bool> {
+    let index = match Index::open_read(index_path) {
+        Ok(i) => i,
+        Err(_) => return Ok(false),
+    };
+    let txn = index.read()?;
+    let reader = crate::index::IndexReader::new(&txn)?;
+    let mut packs: Vec<String> = reader
+        .packs()?
+        .iter()
+        .map(|(_, p)| p.object_name())
+        .collect();
+    packs.sort();
+    let mut listed: Vec<String> = backend
+        .list("packs")?
+        .into_iter()
+        .filter(|n| n.ends_with(".pack"))
+        .collect();
+    listed.sort();
+    if packs != listed {
+        return Ok(false);
+    }
+    let mut snaps: Vec<String> = crate::index::snapshot_ids(&txn)?
+        .iter()
+        .map(crate::manifest::object_name)
+        .collect();
+    snaps.sort();
+    let mut listed: Vec<String> = backend
+        .list("snapshots")?
+        .into_iter()
+        .filter(|n| n.ends_with(".snap"))
+        .collect();
+    listed.sort();
+    Ok(snaps == listed)
+}
+
 /// Held while a writer works on the repository; removes the lock file on drop.
 pub struct Lock {
     path: PathBuf,
@@ -334,6 +398,9 @@ impl Drop for Lock {
 
 /// Removes the lock file unconditionally (`strata unlock`).
 pub fn force_unlock(root: &Path) -> Result<bool> {
+    if let Some(loc) = remote(root)? {
+        return crate::s3::S3Backend::new(&loc)?.break_lease();
+    }
     let path = root.join(LOCK_NAME);
     match fs::remove_file(&path) {
         Ok(()) => Ok(true),
@@ -345,6 +412,29 @@ pub fn force_unlock(root: &Path) -> Result<bool> {
 /// Lays out a new repository. The config is written last: a directory without it is not (yet)
 /// a repository, and an encrypted one never exists without its first key file.
 fn create(root: &Path, config: &Config, key: Option<&crate::crypto::KeyFile>) -> Result<()> {
+    if let Some(loc) = remote(root)? {
+        let backend = crate::s3::S3Backend::new(&loc)?;
+        if backend.exists(CONFIG_NAME)? {
+            return Err(Error::invalid(format!(
+                "{loc} is already a strata repository"
+            )));
+        }
+        if !backend.list("")?.is_empty() {
+            return Err(Error::invalid(format!(
+                "{loc} holds objects already; choose an empty prefix"
+            )));
+        }
+        let lease = backend.lease("init")?;
+        if let Some(key) = key {
+            backend.put(&key.object_name(), &key.encode()?)?;
+        }
+        backend.put(CONFIG_NAME, &config.encode()?)?;
+        drop(lease);
+        let state = cache_dir_for(&config.id);
+        fs::create_dir_all(&state).ctx("create", &state)?;
+        drop(Index::open_write(&state.join(INDEX_NAME))?);
+        return Ok(());
+    }
     if root.join(CONFIG_NAME).exists() {
         return Err(Error::invalid(format!(
             "{} is already a strata repository",
@@ -389,6 +479,8 @@ pub struct Repo {
     /// The key file that opened it.
     key_id: Option<String>,
     _lock: Option<Lock>,
+    /// A writer's lease on a repository on object storage.
+    _lease: Option<crate::s3::Lease>,
 }
 
 impl Repo {
@@ -480,6 +572,9 @@ impl Repo {
         command: &str,
         unlocked: Option<([u8; 32], String)>,
     ) -> Result<Repo> {
+        if let Some(loc) = remote(root)? {
+            return Repo::open_remote(&loc, write, command, unlocked);
+        }
         Repo::open_inner(
             root,
             Box::new(LocalBackend::new(root)),
@@ -488,6 +583,44 @@ impl Repo {
             unlocked,
             None,
         )
+    }
+
+    /// A repository on object storage: its lease for a writer, and its local index, rebuilt
+    /// from the store's pack trailers and manifests when it is missing or behind.
+    fn open_remote(
+        loc: &crate::s3::S3Location,
+        write: bool,
+        command: &str,
+        unlocked: Option<([u8; 32], String)>,
+    ) -> Result<Repo> {
+        let backend = crate::s3::S3Backend::new(loc)?;
+        let config = load_config(&backend, Path::new(&loc.to_string()))?;
+        let unlocked = match unlocked {
+            Some(u) => Some(u),
+            None if config.key_scheme == crate::crypto::SCHEME => {
+                Some(unlock_asking(&backend, &config)?)
+            }
+            None => None,
+        };
+        let state = cache_dir_for(&config.id);
+        fs::create_dir_all(&state).ctx("create", &state)?;
+        let lease = if write {
+            Some(backend.lease(command)?)
+        } else {
+            None
+        };
+        let index_path = state.join(INDEX_NAME);
+        if !index_path.exists() || !cache_current(&backend, &index_path)? {
+            if let Some((master, _)) = &unlocked {
+                // The rebuild unlocks with the same key.
+                crate::repair::rebuild_index_keyed(&state, &backend, Some(*master))?;
+            } else {
+                crate::repair::rebuild_index_keyed(&state, &backend, None)?;
+            }
+        }
+        let mut repo = Repo::open_inner(&state, Box::new(backend), write, command, unlocked, None)?;
+        repo._lease = lease;
+        Ok(repo)
     }
 
     fn open_inner(
@@ -554,6 +687,7 @@ impl Repo {
             keys,
             key_id,
             _lock: lock,
+            _lease: None,
         };
         if write {
             repo.finish_interrupted()?;

@@ -36,8 +36,8 @@ fn from_passphrase() -> Result<Option<String>> {
 /// Opens the repository snapshots come from: read-only, with its own passphrase if one is
 /// given for it.
 pub fn open_source(path: &Path, write: bool, command: &str) -> Result<Repo> {
-    let backend = strata::storage::LocalBackend::new(path);
-    let config = strata::repo::load_config(&backend, path)
+    let backend = strata::repo::backend_for(path)?;
+    let config = strata::repo::load_config(backend.as_ref(), path)
         .with_context(|| format!("opening repository {}", path.display()))?;
     let repo = match from_passphrase()? {
         Some(pass) if config.key_scheme == strata::crypto::SCHEME => {

@@ -394,18 +394,11 @@ pub fn serve(repo_path: PathBuf, args: ServeArgs) -> Result<ExitCode> {
         unsafe { std::env::set_var("STRATA_PASSWORD_FILE", f) };
     }
     let exe = std::env::current_exe().context("finding the strata executable")?;
-    if !repo.join(strata::repo::CONFIG_NAME).exists() {
-        bail!(
-            "{} is not a strata repository; create it first with `strata init --repo {}`",
-            repo.display(),
-            repo.display()
-        );
-    }
-    let config = strata::repo::load_config(&strata::storage::LocalBackend::new(&repo), &repo)?;
+    let backend = strata::repo::backend_for(&repo)?;
+    let config = strata::repo::load_config(backend.as_ref(), &repo)?;
     let (passphrase, master) = if config.key_scheme == strata::crypto::SCHEME {
         let pass = strata::crypto::passphrase("strata repository passphrase: ")?;
-        let backend = strata::storage::LocalBackend::new(&repo);
-        let master = strata::repo::unlock(&backend, &config, &pass)?;
+        let master = strata::repo::unlock(backend.as_ref(), &config, &pass)?;
         (Some(pass), Some(master))
     } else {
         (None, None)

@@ -1,0 +1,531 @@
+//! Repositories on S3-compatible object storage (`s3://BUCKET/PREFIX`), through `object_store`.
+//!
+//! Every repository object (packs, manifests, config, keys, settings) is an S3 object under
+//! PREFIX, with the same names as in a local repository. Writes are single PUTs of complete
+//! objects (S3 never shows a partial object), so the write order of a local repository holds:
+//! packs are uploaded, verified, before the manifest that makes a snapshot visible.
+//! Requests are retried with exponential backoff on transient errors (5xx, timeouts, resets).
+
+use crate::error::{Error, Result};
+use crate::storage::Backend;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path as ObjPath;
+use object_store::{BackoffConfig, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where an S3 repository lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct S3Location {
+    pub bucket: String,
+    /// Without leading or trailing `/`; may be empty.
+    pub prefix: String,
+}
+
+impl S3Location {
+    /// Parses `s3://BUCKET[/PREFIX]`; `Ok(None)` for anything that is not an `s3://` URL.
+    pub fn parse(repo: &str) -> Result<Option<S3Location>> {
+        let Some(rest) = repo.strip_prefix("s3://") else {
+            return Ok(None);
+        };
+        let bad = |why: &str| Error::invalid(format!("repository URL {repo:?}: {why}"));
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.len() < 3
+            || bucket.len() > 63
+            || !bucket
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+            || bucket.starts_with(['-', '.'])
+            || bucket.ends_with(['-', '.'])
+        {
+            return Err(bad(
+                "a bucket name is 3 to 63 lowercase letters, digits, '-' or '.'",
+            ));
+        }
+        let prefix = prefix.trim_end_matches('/');
+        if prefix
+            .split('/')
+            .any(|s| !prefix.is_empty() && (s.is_empty() || s == "." || s == ".."))
+            || prefix.contains(['\\', '\0', '?', '#'])
+        {
+            return Err(bad(
+                "the prefix must be plain path segments such as backups/app",
+            ));
+        }
+        Ok(Some(S3Location {
+            bucket: bucket.to_string(),
+            prefix: prefix.to_string(),
+        }))
+    }
+}
+
+impl std::fmt::Display for S3Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.prefix.is_empty() {
+            write!(f, "s3://{}", self.bucket)
+        } else {
+            write!(f, "s3://{}/{}", self.bucket, self.prefix)
+        }
+    }
+}
+
+/// A repository's objects in an S3 bucket.
+pub struct S3Backend {
+    store: Arc<AmazonS3>,
+    location: S3Location,
+    runtime: tokio::runtime::Runtime,
+    /// A writer's lease on the repository: every upload and delete checks it first.
+    lease: std::sync::Mutex<Option<Arc<LeaseState>>>,
+}
+
+/// Transient failures (5xx, throttling, timeouts, resets) are retried this often, with
+/// exponential backoff from 100 ms to 10 s, within 3 minutes per request.
+fn retry() -> RetryConfig {
+    RetryConfig {
+        max_retries: 8,
+        retry_timeout: Duration::from_secs(180),
+        backoff: BackoffConfig {
+            init_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+            base: 2.0,
+        },
+    }
+}
+
+impl S3Backend {
+    /// Connects with the standard AWS variables: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+    /// `AWS_REGION` (or `AWS_DEFAULT_REGION`) and `AWS_ENDPOINT_URL` for a self-hosted store, which
+    /// is addressed path-style (`ENDPOINT/BUCKET/KEY`).
+    pub fn new(location: &S3Location) -> Result<S3Backend> {
+        let mut builder = AmazonS3Builder::from_env()
+            .with_bucket_name(&location.bucket)
+            .with_retry(retry())
+            .with_virtual_hosted_style_request(false);
+        let endpoint = std::env::var("AWS_ENDPOINT_URL")
+            .or_else(|_| std::env::var("AWS_ENDPOINT_URL_S3"))
+            .ok();
+        if let Some(e) = &endpoint {
+            builder = builder
+                .with_endpoint(e)
+                .with_allow_http(e.starts_with("http://"));
+        }
+        if std::env::var_os("AWS_REGION").is_none()
+            && std::env::var_os("AWS_DEFAULT_REGION").is_none()
+        {
+            builder = builder.with_region(if endpoint.is_some() {
+                "garage"
+            } else {
+                "us-east-1"
+            });
+        }
+        let store = builder.build().map_err(|e| {
+            Error::invalid(format!(
+                "{location}: {e} (set AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION and, \
+                 for a self-hosted store, AWS_ENDPOINT_URL)"
+            ))
+        })?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("starting the S3 client", e))?;
+        Ok(S3Backend {
+            store: Arc::new(store),
+            location: location.clone(),
+            runtime,
+            lease: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// Refuses a change when this process holds a lease that is lost or about to expire: a
+    /// writer that was paused past its lease must not change a repository another writer may
+    /// now hold.
+    fn may_change(&self, name: &str) -> Result<()> {
+        if name == LOCK_OBJECT {
+            return Ok(());
+        }
+        let lease = self.lease.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match lease {
+            Some(l) => l.check(),
+            None => Ok(()),
+        }
+    }
+
+    fn key(&self, name: &str) -> ObjPath {
+        if self.location.prefix.is_empty() {
+            ObjPath::from(name)
+        } else {
+            ObjPath::from(format!("{}/{name}", self.location.prefix))
+        }
+    }
+
+    fn fail(&self, what: &str, name: &str, e: object_store::Error) -> Error {
+        let kind = match e {
+            object_store::Error::NotFound { .. } => std::io::ErrorKind::NotFound,
+            object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. } => std::io::ErrorKind::PermissionDenied,
+            _ => std::io::ErrorKind::Other,
+        };
+        Error::io(
+            format!("{what} {}/{name}", self.location),
+            std::io::Error::new(kind, e.to_string()),
+        )
+    }
+}
+
+impl Backend for S3Backend {
+    fn put(&self, name: &str, data: &[u8]) -> Result<()> {
+        self.may_change(name)?;
+        let key = self.key(name);
+        let payload = PutPayload::from(data.to_vec());
+        self.runtime
+            .block_on(self.store.put(&key, payload))
+            .map_err(|e| self.fail("upload", name, e))?;
+        Ok(())
+    }
+
+    fn get(&self, name: &str) -> Result<Vec<u8>> {
+        let key = self.key(name);
+        self.runtime
+            .block_on(async {
+                let got = self.store.get(&key).await?;
+                got.bytes().await
+            })
+            .map(|b| b.to_vec())
+            .map_err(|e| self.fail("download", name, e))
+    }
+
+    fn read_into(&self, name: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let key = self.key(name);
+        let range = offset..offset + buf.len() as u64;
+        let bytes = self
+            .runtime
+            .block_on(self.store.get_range(&key, range))
+            .map_err(|e| self.fail("download", name, e))?;
+        if bytes.len() != buf.len() {
+            return Err(Error::corrupt(format!(
+                "{}/{name}: {} bytes at {offset} asked, {} returned",
+                self.location,
+                buf.len(),
+                bytes.len()
+            )));
+        }
+        buf.copy_from_slice(&bytes);
+        Ok(())
+    }
+
+    fn size(&self, name: &str) -> Result<u64> {
+        let key = self.key(name);
+        self.runtime
+            .block_on(self.store.head(&key))
+            .map(|m| m.size)
+            .map_err(|e| self.fail("look up", name, e))
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        use futures::TryStreamExt;
+        let key = self.key(prefix);
+        let strip = if self.location.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.location.prefix)
+        };
+        let metas: Vec<object_store::ObjectMeta> = self
+            .runtime
+            .block_on(self.store.list(Some(&key)).try_collect())
+            .map_err(|e| self.fail("list", prefix, e))?;
+        let mut out: Vec<String> = metas
+            .into_iter()
+            .filter_map(|m| m.location.as_ref().strip_prefix(&strip).map(str::to_string))
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    fn delete(&self, name: &str) -> Result<()> {
+        self.may_change(name)?;
+        let key = self.key(name);
+        match self.runtime.block_on(self.store.delete(&key)) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.fail("delete", name, e)),
+        }
+    }
+
+    fn exists(&self, name: &str) -> Result<bool> {
+        let key = self.key(name);
+        match self.runtime.block_on(self.store.head(&key)) {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.fail("look up", name, e)),
+        }
+    }
+}
+
+/// The lease object: who writes to the repository, until when.
+pub const LOCK_OBJECT: &str = "lock";
+/// A lease lasts this long unless refreshed; it is refreshed every third of it.
+const LEASE_TTL: Duration = Duration::from_secs(60);
+/// A change is refused when less than this is left of the lease.
+const LEASE_MARGIN: Duration = Duration::from_secs(20);
+/// Between writing the lease and reading it back: a writer that read "free" at the same moment
+/// has written its own by then, and the later of the two wins.
+const LEASE_SETTLE: Duration = Duration::from_millis(1500);
+
+#[derive(serde::Serialize, serde::Deserialize, Debug)]
+pub struct LeaseInfo {
+    pub host: String,
+    pub pid: u32,
+    pub command: String,
+    pub token: String,
+    /// Unix milliseconds.
+    pub expires_ms: i64,
+    pub time: String,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// What the refresher and the backend share about a held lease.
+pub struct LeaseState {
+    token: String,
+    expires_ms: std::sync::atomic::AtomicI64,
+    lost: std::sync::atomic::AtomicBool,
+}
+
+impl LeaseState {
+    fn check(&self) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        let left = self.expires_ms.load(Ordering::SeqCst) - now_ms();
+        if self.lost.load(Ordering::SeqCst) || left < LEASE_MARGIN.as_millis() as i64 {
+            return Err(Error::Locked(
+                "this process's lease on the repository was lost or has expired (it was paused, \
+                 or the store was unreachable); nothing more is written; run the command again"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A writer's lease on an S3 repository, refreshed in the background and given back on drop.
+pub struct Lease {
+    state: Arc<LeaseState>,
+    stop: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    store: Arc<AmazonS3>,
+    key: ObjPath,
+}
+
+fn read_lease(
+    rt: &tokio::runtime::Runtime,
+    store: &AmazonS3,
+    key: &ObjPath,
+) -> Result<Option<LeaseInfo>> {
+    match rt.block_on(async { store.get(key).await?.bytes().await }) {
+        Ok(b) => Ok(serde_json::from_slice(&b).ok()),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(Error::io(
+            "read the repository lease",
+            std::io::Error::other(e.to_string()),
+        )),
+    }
+}
+
+fn write_lease(
+    rt: &tokio::runtime::Runtime,
+    store: &AmazonS3,
+    key: &ObjPath,
+    info: &LeaseInfo,
+) -> Result<()> {
+    let body = serde_json::to_vec(info).map_err(|e| Error::invalid(e.to_string()))?;
+    rt.block_on(store.put(key, PutPayload::from(body)))
+        .map(|_| ())
+        .map_err(|e| {
+            Error::io(
+                "write the repository lease",
+                std::io::Error::other(e.to_string()),
+            )
+        })
+}
+
+impl S3Backend {
+    /// Takes the repository's lease for `command` and attaches it to this backend: every later
+    /// upload or delete checks that it is still held.
+    pub fn lease(&self, command: &str) -> Result<Lease> {
+        let key = self.key(LOCK_OBJECT);
+        if let Some(held) = read_lease(&self.runtime, &self.store, &key)?
+            && held.expires_ms > now_ms()
+        {
+            return Err(Error::Locked(format!(
+                "{} is locked by pid {} on {} ({}) since {}, its lease runs {} s more; if that \
+                 process is gone, wait for the lease to run out or run `strata unlock`",
+                self.location,
+                held.pid,
+                held.host,
+                held.command,
+                held.time,
+                (held.expires_ms - now_ms()) / 1000
+            )));
+        }
+        let mut token = [0u8; 16];
+        crate::repo::secure_random(&mut token)?;
+        let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
+        let info = LeaseInfo {
+            host: crate::repo::hostname(),
+            pid: std::process::id(),
+            command: command.to_string(),
+            token: token.clone(),
+            expires_ms: now_ms() + LEASE_TTL.as_millis() as i64,
+            time: chrono::Local::now().to_rfc3339(),
+        };
+        write_lease(&self.runtime, &self.store, &key, &info)?;
+        std::thread::sleep(LEASE_SETTLE);
+        match read_lease(&self.runtime, &self.store, &key)? {
+            Some(now) if now.token == token => {}
+            Some(other) => {
+                return Err(Error::Locked(format!(
+                    "{} was locked at the same moment by pid {} on {} ({}); try again",
+                    self.location, other.pid, other.host, other.command
+                )));
+            }
+            None => {
+                return Err(Error::Locked(format!(
+                    "{}: the lease vanished as it was taken; try again",
+                    self.location
+                )));
+            }
+        }
+        let state = Arc::new(LeaseState {
+            token,
+            expires_ms: std::sync::atomic::AtomicI64::new(info.expires_ms),
+            lost: std::sync::atomic::AtomicBool::new(false),
+        });
+        let stop = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        let thread = {
+            let (state, stop, store, key) =
+                (state.clone(), stop.clone(), self.store.clone(), key.clone());
+            let mut info = info;
+            std::thread::Builder::new()
+                .name("lease".into())
+                .spawn(move || refresh(state, stop, store, key, &mut info))
+                .map_err(|e| Error::io("starting the lease refresher", e))?
+        };
+        *self.lease.lock().unwrap_or_else(|p| p.into_inner()) = Some(state.clone());
+        Ok(Lease {
+            state,
+            stop,
+            thread: Some(thread),
+            store: self.store.clone(),
+            key,
+        })
+    }
+
+    /// Removes the lease object whoever holds it (`strata unlock`); true if there was one.
+    pub fn break_lease(&self) -> Result<bool> {
+        let key = self.key(LOCK_OBJECT);
+        let held = read_lease(&self.runtime, &self.store, &key)?.is_some();
+        if held {
+            self.runtime
+                .block_on(self.store.delete(&key))
+                .map_err(|e| self.fail("delete", LOCK_OBJECT, e))?;
+        }
+        Ok(held)
+    }
+}
+
+fn refresh(
+    state: Arc<LeaseState>,
+    stop: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    store: Arc<AmazonS3>,
+    key: ObjPath,
+    info: &mut LeaseInfo,
+) {
+    use std::sync::atomic::Ordering;
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        state.lost.store(true, Ordering::SeqCst);
+        return;
+    };
+    loop {
+        {
+            let (lock, cv) = &*stop;
+            let guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+            let (guard, _) = cv
+                .wait_timeout_while(guard, LEASE_TTL / 4, |stopped| !*stopped)
+                .unwrap_or_else(|p| p.into_inner());
+            if *guard {
+                return;
+            }
+        }
+        // Still ours? Then push the expiry on. A lease someone else holds now is lost for good.
+        match read_lease(&rt, &store, &key) {
+            Ok(Some(held)) if held.token == state.token => {
+                info.expires_ms = now_ms() + LEASE_TTL.as_millis() as i64;
+                if write_lease(&rt, &store, &key, info).is_ok() {
+                    state.expires_ms.store(info.expires_ms, Ordering::SeqCst);
+                }
+            }
+            Ok(_) => {
+                state.lost.store(true, Ordering::SeqCst);
+                return;
+            }
+            Err(_) => {} // unreachable for now; the expiry check refuses changes in time
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        {
+            let (lock, cv) = &*self.stop;
+            *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
+            cv.notify_all();
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            && let Ok(Some(held)) = read_lease(&rt, &self.store, &self.key)
+            && held.token == self.state.token
+        {
+            let _ = rt.block_on(self.store.delete(&self.key));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_repository_urls() {
+        assert_eq!(S3Location::parse("/var/lib/strata").unwrap(), None);
+        let l = S3Location::parse("s3://backups/app/prod/")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (l.bucket.as_str(), l.prefix.as_str()),
+            ("backups", "app/prod")
+        );
+        assert_eq!(l.to_string(), "s3://backups/app/prod");
+        let l = S3Location::parse("s3://my.bucket-1").unwrap().unwrap();
+        assert_eq!(l.prefix, "");
+        for bad in [
+            "s3://",
+            "s3://ab",
+            "s3://Upper/x",
+            "s3://-bucket/x",
+            "s3://bucket/a//b",
+            "s3://bucket/../x",
+            "s3://bucket/a?b",
+        ] {
+            let e = S3Location::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("repository URL"), "{bad}: {e}");
+        }
+    }
+}
