@@ -1,0 +1,341 @@
+//! Repositories on S3-compatible object storage, against a real 3-node Garage cluster
+//! (`tests/garage/cluster.sh`, replication factor 3) that this test binary starts on loopback:
+//! round trips, dedup, gc, damage, several machines, the lease, a node down, a killed upload,
+//! and `copy` between local and S3 repositories.
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+struct Cluster {
+    env: Vec<(String, String)>,
+    dir: PathBuf,
+    _keep: tempfile::TempDir,
+}
+
+static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+
+extern "C" fn stop_cluster() {
+    if let Some(c) = CLUSTER.get() {
+        let _ = std::process::Command::new("bash")
+            .arg(script())
+            .args(["stop"])
+            .arg(&c.dir)
+            .output();
+    }
+}
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/garage/cluster.sh")
+}
+
+fn cluster() -> &'static Cluster {
+    CLUSTER.get_or_init(|| {
+        let keep = tempfile::tempdir().unwrap();
+        let dir = keep.path().join("garage");
+        let base = 20000 + (std::process::id() % 1000) * 40;
+        let out = std::process::Command::new("bash")
+            .arg(script())
+            .arg("start")
+            .arg(&dir)
+            .arg(base.to_string())
+            .output()
+            .expect("run tests/garage/cluster.sh");
+        assert!(
+            out.status.success(),
+            "the Garage cluster did not start (is `garage` installed? .ci/run installs it): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // SAFETY: registers a plain extern "C" function to run at exit.
+        unsafe { libc::atexit(stop_cluster) };
+        let env = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Cluster {
+            env,
+            dir,
+            _keep: keep,
+        }
+    })
+}
+
+/// An `Env` whose repository is a fresh prefix in the cluster's bucket.
+fn s3_env(name: &str) -> (Env, String) {
+    let c = cluster();
+    let env = Env::new();
+    for (k, v) in &c.env {
+        env.set_var(k, v);
+    }
+    env.set_var("XDG_CACHE_HOME", env.path("cache").to_str().unwrap());
+    let bucket = &c
+        .env
+        .iter()
+        .find(|(k, _)| k == "STRATA_TEST_S3_BUCKET")
+        .unwrap()
+        .1;
+    let mut r = [0u8; 6];
+    strata::repo::getrandom(&mut r);
+    let url = format!(
+        "s3://{bucket}/{name}-{}",
+        r.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    );
+    env.set_var("STRATA_REPO", &url);
+    (env, url)
+}
+
+fn node(cmd: &str, n: u32) {
+    let out = std::process::Command::new("bash")
+        .arg(script())
+        .arg(cmd)
+        .arg(&cluster().dir)
+        .arg(n.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn tree(env: &Env, seed: u64) -> PathBuf {
+    let src = env.path("src");
+    write(&src.join("big.bin"), &noise(5 << 20, seed));
+    write(&src.join("log.jsonl"), &text(400_000, seed + 1));
+    write(&src.join("sub/empty"), b"");
+    src
+}
+
+fn restore_same(env: &Env, snap: &str, src: &Path) {
+    let out = env.path(&format!("restored-{snap}"));
+    env.ok(&["restore", snap, out.to_str().unwrap()]);
+    assert_same_tree(src, &out.join("src"));
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
+fn round_trip_dedup_gc_and_verify() {
+    let (env, _) = s3_env("roundtrip");
+    env.init();
+    let src = tree(&env, 1);
+    let first = env.json(&["backup", src.to_str().unwrap()]);
+    let again = env.json(&["backup", src.to_str().unwrap()]);
+    assert!(first["stats"]["new_stored_bytes"].as_u64().unwrap() > 4 << 20);
+    assert!(
+        again["stats"]["new_stored_bytes"].as_u64().unwrap() < 64 << 10,
+        "{again}"
+    );
+    restore_same(&env, "latest", &src);
+    // Replace the big file, forget the first snapshots, reclaim.
+    write(&src.join("big.bin"), &noise(5 << 20, 9));
+    env.json(&["backup", src.to_str().unwrap()]);
+    env.ok(&["forget", "--keep-last", "1"]);
+    let gc = env.json(&["gc"]);
+    assert!(gc["bytes_reclaimed"].as_u64().unwrap() > 4 << 20, "{gc}");
+    env.ok(&["verify", "--read-data"]);
+    restore_same(&env, "latest", &src);
+}
+
+#[test]
+fn another_machine_sees_new_snapshots_and_a_lost_cache_is_rebuilt() {
+    let (a, url) = s3_env("machines");
+    a.init();
+    let src = tree(&a, 2);
+    let id_a = a.backup(&[&src]);
+    // Machine B: its own cache directory, the same repository.
+    let b = Env::new();
+    for (k, v) in a.vars.borrow().iter() {
+        b.set_var(k, v);
+    }
+    b.set_var("XDG_CACHE_HOME", b.path("cache").to_str().unwrap());
+    b.set_var("STRATA_REPO", &url);
+    let listed = b.json(&["list"]);
+    assert_eq!(listed[0]["id"], id_a.as_str());
+    let src_b = tree(&b, 3);
+    let id_b = b.backup(&[&src_b]);
+    // A picks up B's snapshot; B's forget is seen by A too.
+    let listed = a.json(&["list"]);
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+    b.ok(&["forget", &id_a]);
+    let listed = a.json(&["list"]);
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["id"], id_b.as_str());
+    // Losing the local machine loses nothing.
+    std::fs::remove_dir_all(a.path("cache")).unwrap();
+    let out = a.path("restored");
+    a.ok(&["restore", &id_b, out.to_str().unwrap()]);
+    assert_same_tree(&src_b, &out.join("src"));
+    a.ok(&["verify"]);
+}
+
+#[test]
+fn a_second_writer_waits_for_the_lease() {
+    let (env, _) = s3_env("lease");
+    env.init();
+    let mut slow = env
+        .cmd()
+        .args(["backup", "--from-command", "sleep 6; echo slow=slow.txt"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let src = tree(&env, 4);
+    let out = env.run(&["backup", src.to_str().unwrap()]);
+    assert_eq!(code(&out), 1);
+    assert!(
+        stderr(&out).contains("is locked by pid"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(slow.wait().unwrap().success());
+    // Given back: the next writer goes on.
+    env.backup(&[&src]);
+    assert_eq!(env.json(&["list"]).as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn backup_and_restore_go_on_with_a_node_down() {
+    let (env, _) = s3_env("failover");
+    env.init();
+    let src = tree(&env, 5);
+    env.backup(&[&src]);
+    node("stop-node", 3);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        write(&src.join("log.jsonl"), &text(500_000, 77));
+        env.backup(&[&src]);
+        restore_same(&env, "latest", &src);
+        env.ok(&["verify", "--read-data"]);
+    }));
+    node("start-node", 3);
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
+
+#[test]
+fn a_killed_upload_leaves_a_repository_that_verifies() {
+    let (env, _) = s3_env("killed");
+    env.init();
+    let src = tree(&env, 6);
+    env.backup(&[&src]);
+    let mut kills = 0;
+    for (i, ms) in [300u64, 800, 1500].iter().enumerate() {
+        write(
+            &src.join(format!("new{i}.bin")),
+            &noise(4 << 20, 50 + i as u64),
+        );
+        if run_and_kill_after(
+            &env,
+            &["backup", src.to_str().unwrap()],
+            Duration::from_millis(*ms),
+        ) {
+            kills += 1;
+        }
+        // The killed writer's lease runs out by itself; `unlock` ends it at once.
+        env.ok(&["unlock"]);
+        env.ok(&["verify"]);
+    }
+    assert!(kills >= 1, "no backup was killed part-way");
+    env.backup(&[&src]);
+    env.ok(&["gc"]);
+    env.ok(&["verify", "--read-data"]);
+    restore_same(&env, "latest", &src);
+}
+
+#[test]
+fn damage_in_the_bucket_is_found() {
+    let (env, url) = s3_env("damage");
+    env.init();
+    let src = tree(&env, 7);
+    env.backup(&[&src]);
+    // Flip a byte in the middle of the largest pack, through the library's own client.
+    for (k, v) in env.vars.borrow().iter() {
+        // SAFETY: this test only reads these variables back in this thread.
+        unsafe { std::env::set_var(k, v) };
+    }
+    let loc = strata::s3::S3Location::parse(&url).unwrap().unwrap();
+    let backend = strata::s3::S3Backend::new(&loc).unwrap();
+    use strata::storage::Backend;
+    let packs = backend.list("packs").unwrap();
+    let biggest = packs
+        .iter()
+        .max_by_key(|p| backend.size(p).unwrap())
+        .unwrap()
+        .clone();
+    let mut bytes = backend.get(&biggest).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    backend.put(&biggest, &bytes).unwrap();
+    let out = env.run(&["verify", "--read-data"]);
+    assert_eq!(code(&out), 3, "{}", String::from_utf8_lossy(&out.stdout));
+    let restored = env.path("restored");
+    let out = env.run(&["restore", "latest", restored.to_str().unwrap()]);
+    assert_ne!(code(&out), 0);
+}
+
+#[test]
+fn copy_local_to_s3_to_a_fresh_local_repository() {
+    let (env, url) = s3_env("copy");
+    env.init();
+    // The source: a local repository with three snapshots.
+    let local = env.path("local");
+    env.ok(&["init", "--repo", local.to_str().unwrap()]);
+    let src = tree(&env, 8);
+    let mut ids = Vec::new();
+    for g in 0..3u64 {
+        write(
+            &src.join("log.jsonl"),
+            &text(400_000 + 50_000 * g as usize, 1),
+        );
+        ids.push(env.backup_args(&["--repo", local.to_str().unwrap(), src.to_str().unwrap()]));
+        let refc = env.path(&format!("ref{g}"));
+        env.ok(&[
+            "restore",
+            "--repo",
+            local.to_str().unwrap(),
+            &ids[g as usize],
+            refc.to_str().unwrap(),
+        ]);
+    }
+    let to_s3 = env.json(&["copy", "--from", local.to_str().unwrap(), "--to", &url]);
+    assert_eq!(to_s3["copied"].as_array().unwrap().len(), 3);
+    let again = env.json(&["copy", "--from", local.to_str().unwrap(), "--to", &url]);
+    assert_eq!(again["blobs_copied"], 0);
+    assert_eq!(again["packs_written"], 0);
+    // Disaster recovery: from the bucket into a new local repository.
+    let fresh = env.path("fresh");
+    env.ok(&["init", "--repo", fresh.to_str().unwrap()]);
+    let back = env.json(&["copy", "--from", &url, "--to", fresh.to_str().unwrap()]);
+    assert_eq!(back["copied"].as_array().unwrap().len(), 3);
+    env.ok(&["verify", "--repo", fresh.to_str().unwrap(), "--read-data"]);
+    for (g, id) in ids.iter().enumerate() {
+        let out = env.path(&format!("dr{g}"));
+        env.ok(&[
+            "restore",
+            "--repo",
+            fresh.to_str().unwrap(),
+            id,
+            out.to_str().unwrap(),
+        ]);
+        assert_same_tree(&env.path(&format!("ref{g}")).join("src"), &out.join("src"));
+    }
+}
+
+#[test]
+fn bad_urls_and_missing_credentials_are_clear_errors() {
+    let env = Env::new();
+    let out = env.run(&["init", "--repo", "s3://Bad_Bucket/x"]);
+    assert_eq!(code(&out), 1);
+    assert!(stderr(&out).contains("bucket name"), "{}", stderr(&out));
+    let out = env.run(&["list", "--repo", "s3://bucket/a//b"]);
+    assert!(
+        stderr(&out).contains("plain path segments"),
+        "{}",
+        stderr(&out)
+    );
+}
