@@ -122,8 +122,8 @@ fn round_trip_dedup_gc_and_verify() {
     let (env, _) = s3_env("roundtrip");
     env.init();
     let src = tree(&env, 1);
-    let first = env.json(&["backup", src.to_str().unwrap()]);
-    let again = env.json(&["backup", src.to_str().unwrap()]);
+    let first = env.json(&["backup", "--kind", "hourly", src.to_str().unwrap()]);
+    let again = env.json(&["backup", "--kind", "hourly", src.to_str().unwrap()]);
     assert!(first["stats"]["new_stored_bytes"].as_u64().unwrap() > 4 << 20);
     assert!(
         again["stats"]["new_stored_bytes"].as_u64().unwrap() < 64 << 10,
@@ -132,7 +132,7 @@ fn round_trip_dedup_gc_and_verify() {
     restore_same(&env, "latest", &src);
     // Replace the big file, forget the first snapshots, reclaim.
     write(&src.join("big.bin"), &noise(5 << 20, 9));
-    env.json(&["backup", src.to_str().unwrap()]);
+    env.json(&["backup", "--kind", "hourly", src.to_str().unwrap()]);
     env.ok(&["forget", "--keep-last", "1"]);
     let gc = env.json(&["gc"]);
     assert!(gc["bytes_reclaimed"].as_u64().unwrap() > 4 << 20, "{gc}");
