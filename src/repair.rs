@@ -162,6 +162,14 @@ pub const REBUILD_NAME: &str = "index.redb.rebuild";
 /// Rebuilds `index.redb` from the packs and manifest files. With `dry_run`, only reports what it
 /// found. Takes the repository lock; the old index is replaced atomically at the end.
 pub fn rebuild_index(root: &Path, dry_run: bool) -> Result<RepairReport> {
+    if let Some(loc) = crate::repo::remote(root)? {
+        // The local cache of a repository on object storage, from the store alone.
+        let backend = crate::s3::S3Backend::new(&loc)?;
+        let config = load_config(&backend, root)?;
+        let state = crate::repo::cache_dir_for(&config.id);
+        std::fs::create_dir_all(&state).ctx("create", &state)?;
+        return rebuild(&state, &backend, None, dry_run, None, false);
+    }
     rebuild_index_with(root, &LocalBackend::new(root), None, dry_run)
 }
 

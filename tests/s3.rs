@@ -339,3 +339,57 @@ fn bad_urls_and_missing_credentials_are_clear_errors() {
         stderr(&out)
     );
 }
+
+#[test]
+fn an_encrypted_repository_on_s3() {
+    let (env, _) = s3_env("encrypted");
+    env.set_var("STRATA_PASSWORD", "bucket pass");
+    env.set_var("STRATA_KDF_MEMORY_KIB", "8192");
+    env.ok(&["init", "--encrypt"]);
+    let src = env.path("src");
+    write(
+        &src.join("secret.txt"),
+        b"a marker only the key holder may read: 7f3a9c",
+    );
+    env.backup(&[&src]);
+    // A fresh cache is rebuilt with the key; the objects never hold the plaintext.
+    std::fs::remove_dir_all(env.path("cache")).unwrap();
+    restore_same(&env, "latest", &src);
+    // What anyone holding the bucket sees: every object, as the store serves it.
+    for (k, v) in env.vars.borrow().iter() {
+        // SAFETY: these variables are the same for every test of this binary.
+        unsafe { std::env::set_var(k, v) };
+    }
+    let url = env
+        .vars
+        .borrow()
+        .iter()
+        .find(|(k, _)| k == "STRATA_REPO")
+        .unwrap()
+        .1
+        .clone();
+    let loc = strata::s3::S3Location::parse(&url).unwrap().unwrap();
+    let backend = strata::s3::S3Backend::new(&loc).unwrap();
+    use strata::storage::Backend;
+    let names = backend.list("").unwrap();
+    assert!(names.iter().any(|n| n.starts_with("packs/")), "{names:?}");
+    let mut leaked = Vec::new();
+    for name in names {
+        if backend
+            .get(&name)
+            .unwrap()
+            .windows(6)
+            .any(|w| w == b"7f3a9c")
+        {
+            leaked.push(name);
+        }
+    }
+    assert!(leaked.is_empty(), "plaintext in {leaked:?}");
+    env.set_var("STRATA_PASSWORD", "not it");
+    let out = env.run(&["list"]);
+    assert!(
+        stderr(&out).contains("wrong passphrase"),
+        "{}",
+        stderr(&out)
+    );
+}
