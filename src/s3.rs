@@ -97,6 +97,8 @@ impl S3Backend {
     /// `AWS_REGION` (or `AWS_DEFAULT_REGION`) and `AWS_ENDPOINT_URL` for a self-hosted store, which
     /// is addressed path-style (`ENDPOINT/BUCKET/KEY`).
     pub fn new(location: &S3Location) -> Result<S3Backend> {
+        // TLS (for https endpoints) through rustls with ring; a second call finds it installed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let mut builder = AmazonS3Builder::from_env()
             .with_bucket_name(&location.bucket)
             .with_retry(retry())
