@@ -265,10 +265,16 @@ impl Backend for S3Backend {
 
 /// The lease object: who writes to the repository, until when.
 pub const LOCK_OBJECT: &str = "lock";
-/// A lease lasts this long unless refreshed; it is refreshed every third of it.
-const LEASE_TTL: Duration = Duration::from_secs(60);
-/// A change is refused when less than this is left of the lease.
-const LEASE_MARGIN: Duration = Duration::from_secs(20);
+/// A lease lasts this long unless renewed (`STRATA_S3_LEASE_SECS` changes it, for tests); it is
+/// renewed every quarter of it, and a change is refused when less than a third of it is left.
+fn lease_ttl() -> Duration {
+    let secs = std::env::var("STRATA_S3_LEASE_SECS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(60)
+        .clamp(3, 3600);
+    Duration::from_secs(secs)
+}
 /// Between writing the lease and reading it back: a writer that read "free" at the same moment
 /// has written its own by then, and the later of the two wins.
 const LEASE_SETTLE: Duration = Duration::from_millis(1500);
@@ -299,7 +305,7 @@ impl LeaseState {
     fn check(&self) -> Result<()> {
         use std::sync::atomic::Ordering;
         let left = self.expires_ms.load(Ordering::SeqCst) - now_ms();
-        if self.lost.load(Ordering::SeqCst) || left < LEASE_MARGIN.as_millis() as i64 {
+        if self.lost.load(Ordering::SeqCst) || left < (lease_ttl() / 3).as_millis() as i64 {
             return Err(Error::Locked(
                 "this process's lease on the repository was lost or has expired (it was paused, \
                  or the store was unreachable); nothing more is written; run the command again"
@@ -378,7 +384,7 @@ impl S3Backend {
             pid: std::process::id(),
             command: command.to_string(),
             token: token.clone(),
-            expires_ms: now_ms() + LEASE_TTL.as_millis() as i64,
+            expires_ms: now_ms() + lease_ttl().as_millis() as i64,
             time: chrono::Local::now().to_rfc3339(),
         };
         write_lease(&self.runtime, &self.store, &key, &info)?;
@@ -456,7 +462,7 @@ fn refresh(
             let (lock, cv) = &*stop;
             let guard = lock.lock().unwrap_or_else(|p| p.into_inner());
             let (guard, _) = cv
-                .wait_timeout_while(guard, LEASE_TTL / 4, |stopped| !*stopped)
+                .wait_timeout_while(guard, lease_ttl() / 4, |stopped| !*stopped)
                 .unwrap_or_else(|p| p.into_inner());
             if *guard {
                 return;
@@ -465,7 +471,7 @@ fn refresh(
         // Still ours? Then push the expiry on. A lease someone else holds now is lost for good.
         match read_lease(&rt, &store, &key) {
             Ok(Some(held)) if held.token == state.token => {
-                info.expires_ms = now_ms() + LEASE_TTL.as_millis() as i64;
+                info.expires_ms = now_ms() + lease_ttl().as_millis() as i64;
                 if write_lease(&rt, &store, &key, info).is_ok() {
                     state.expires_ms.store(info.expires_ms, Ordering::SeqCst);
                 }

@@ -393,3 +393,40 @@ fn an_encrypted_repository_on_s3() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_writer_paused_past_its_lease_does_not_commit() {
+    let (env, _) = s3_env("paused");
+    // Short leases: 6 s, renewed every 1.5 s, changes refused with less than 2 s left.
+    env.set_var("STRATA_S3_LEASE_SECS", "6");
+    env.init();
+    let a = env
+        .cmd()
+        .args(["backup", "--from-command", "sleep 4; echo from-a=a.txt"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A holds the lease and is reading its source; then it is paused past its lease.
+    std::thread::sleep(Duration::from_millis(2500));
+    // SAFETY: signals to our own child.
+    unsafe { libc::kill(a.id() as i32, libc::SIGSTOP) };
+    std::thread::sleep(Duration::from_secs(8));
+    // B, on another machine (its own cache), finds the lease expired, takes it, backs up and
+    // gives it back.
+    let src = tree(&env, 10);
+    env.set_var("XDG_CACHE_HOME", env.path("cache-b").to_str().unwrap());
+    let id_b = env.backup(&[&src]);
+    unsafe { libc::kill(a.id() as i32, libc::SIGCONT) };
+    let out = a.wait_with_output().unwrap();
+    assert!(
+        !out.status.success(),
+        "the paused writer committed after its lease expired"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("lease"), "{err}");
+    let listed = env.json(&["list"]);
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["id"], id_b.as_str());
+    env.ok(&["verify", "--read-data"]);
+}
