@@ -402,13 +402,43 @@ fn a_writer_paused_past_its_lease_does_not_commit() {
     env.init();
     let a = env
         .cmd()
-        .args(["backup", "--from-command", "sleep 4; echo from-a=a.txt"])
+        .args(["backup", "--from-command", "sleep 6; echo from-a=a.txt"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // A holds the lease and is reading its source; then it is paused past its lease.
-    std::thread::sleep(Duration::from_millis(2500));
+    // A holds the lease (its pid is in the lease object) and is reading its source; then it is
+    // paused past its lease.
+    for (k, v) in env.vars.borrow().iter() {
+        // SAFETY: these variables are the same for every test of this binary.
+        unsafe { std::env::set_var(k, v) };
+    }
+    let url = env
+        .vars
+        .borrow()
+        .iter()
+        .find(|(k, _)| k == "STRATA_REPO")
+        .unwrap()
+        .1
+        .clone();
+    let backend =
+        strata::s3::S3Backend::new(&strata::s3::S3Location::parse(&url).unwrap().unwrap()).unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        use strata::storage::Backend;
+        let holder = backend
+            .get(strata::s3::LOCK_OBJECT)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<strata::s3::LeaseInfo>(&b).ok());
+        if holder.is_some_and(|h| h.pid == a.id()) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "the first writer never took the lease"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // SAFETY: signals to our own child.
     unsafe { libc::kill(a.id() as i32, libc::SIGSTOP) };
     std::thread::sleep(Duration::from_secs(8));
