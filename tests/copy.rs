@@ -53,6 +53,23 @@ fn history(env: &Env, src: &Path) -> Vec<(String, std::path::PathBuf)> {
     out
 }
 
+/// Creates the replica `dst` of `src`: encrypted with the source's key in the encrypted suite.
+fn init_replica(env: &Env, src: &Path, dst: &Path) {
+    let dst = dst.to_str().unwrap();
+    if encrypted_suite() {
+        env.ok(&[
+            "init",
+            "--repo",
+            dst,
+            "--encrypt",
+            "--same-key-as",
+            src.to_str().unwrap(),
+        ]);
+    } else {
+        env.ok(&["init", "--repo", dst]);
+    }
+}
+
 fn assert_restores(env: &Env, repo: &Path, refs: &[(String, std::path::PathBuf)]) {
     for (id, expected) in refs {
         let out = env.path(&format!("check-{}", &id[..8]));
@@ -75,18 +92,7 @@ fn copies_incrementally_and_restores_byte_for_byte() {
     let src = env.repo.clone();
     let refs = history(&env, &src);
     let dst = env.path("replica");
-    if encrypted_suite() {
-        env.ok(&[
-            "init",
-            "--repo",
-            dst.to_str().unwrap(),
-            "--encrypt",
-            "--same-key-as",
-            src.to_str().unwrap(),
-        ]);
-    } else {
-        env.ok(&["init", "--repo", dst.to_str().unwrap()]);
-    }
+    init_replica(&env, &src, &dst);
     // The first generation alone, then everything: the second copy sends only what changed.
     let first = copy_json(&env, &src, &dst, &["gen0"]);
     assert_eq!(first["copied"].as_array().unwrap().len(), 1);
@@ -134,18 +140,7 @@ fn a_copy_killed_at_any_moment_leaves_the_destination_valid() {
     let src = env.repo.clone();
     let refs = history(&env, &src);
     let dst = env.path("replica");
-    if encrypted_suite() {
-        env.ok(&[
-            "init",
-            "--repo",
-            dst.to_str().unwrap(),
-            "--encrypt",
-            "--same-key-as",
-            src.to_str().unwrap(),
-        ]);
-    } else {
-        env.ok(&["init", "--repo", dst.to_str().unwrap()]);
-    }
+    init_replica(&env, &src, &dst);
     let args = [
         "copy",
         "--from",
@@ -180,18 +175,7 @@ fn a_copy_killed_at_any_moment_leaves_the_destination_valid() {
         }
         // Start over for the next kill.
         std::fs::remove_dir_all(&dst).unwrap();
-        if encrypted_suite() {
-            env.ok(&[
-                "init",
-                "--repo",
-                dst.to_str().unwrap(),
-                "--encrypt",
-                "--same-key-as",
-                src.to_str().unwrap(),
-            ]);
-        } else {
-            env.ok(&["init", "--repo", dst.to_str().unwrap()]);
-        }
+        init_replica(&env, &src, &dst);
     }
     assert!(
         kills >= 3,
