@@ -196,6 +196,9 @@ impl Shared<'_> {
     }
 
     fn store_node(&self, id: ChunkId, bytes: Vec<u8>) -> Result<()> {
+        if let Some(cache) = self.repo.backend.node_cache() {
+            cache.insert(id, &bytes);
+        }
         if self.claim(&id)? {
             self.store(BlobKind::Node, &[(id, bytes.len())], &bytes)?;
         }
@@ -838,6 +841,10 @@ pub(crate) fn commit(
         }
     }
     txn.commit()?;
+    if let Some(cache) = repo.backend.node_cache() {
+        // Only a cache: a node it failed to keep is downloaded again when needed.
+        let _ = cache.flush();
+    }
     Ok(())
 }
 

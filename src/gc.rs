@@ -375,6 +375,11 @@ pub fn gc(repo: &Repo, opts: &GcOptions) -> Result<GcReport> {
         meta.insert(META_NEXT_PACK, next.max(next_no as u64))?;
     }
     wtxn.commit()?;
+    if let Some(cache) = repo.backend.node_cache() {
+        let dead: std::collections::HashSet<&ChunkId> =
+            touched.values().flat_map(|b| &b.dead).collect();
+        cache.retain(&|id| Ok(!dead.contains(id)))?;
+    }
 
     // Only now: old files. (A rewritten pack can come out byte for byte like an old one, and
     // then has its name: that file is the new pack and stays.)

@@ -51,6 +51,7 @@ pub mod id;
 pub mod index;
 pub mod manifest;
 pub mod mapped;
+pub mod nodecache;
 pub mod pack;
 pub mod packer;
 pub mod refs;

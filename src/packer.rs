@@ -13,6 +13,10 @@ use crate::storage::{Backend, ObjectWriter};
 use std::sync::Mutex;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
+/// Packs completed at once on a backend that wants parallel requests: each holds a full pack
+/// in memory until it is stored.
+const MAX_UPLOADS: usize = 4;
+
 /// A pack that is durably stored.
 #[derive(Debug)]
 pub struct WrittenPack {
@@ -42,17 +46,22 @@ pub struct Packer<'b> {
 /// The background half: completes packs handed over by [`Packer`].
 pub struct PackWriterThread<'b> {
     rx: Receiver<(u32, Stream<'b>)>,
+    uploads: usize,
 }
 
 impl PackWriterThread<'_> {
     /// Runs until the packer is finished. Every `batch` written packs are handed to `on_batch`
     /// on a thread of its own (it records them in the index while packs go on being written);
     /// returns the packs written since the last batch, or the first error.
+    ///
+    /// Up to `uploads` packs are completed at once, each on a thread of its own: on object
+    /// storage an upload mostly waits for the network. A pack is handed on only once stored.
     pub fn run(
         self,
         batch: usize,
         on_batch: &mut (dyn FnMut(Vec<WrittenPack>) -> Result<()> + Send),
     ) -> Result<Vec<WrittenPack>> {
+        let uploads = self.uploads.max(1);
         let (batches, indexer_rx) = sync_channel::<Vec<WrittenPack>>(1);
         std::thread::scope(|s| {
             let indexer = s.spawn(move || -> Result<()> {
@@ -63,30 +72,42 @@ impl PackWriterThread<'_> {
             });
             let mut done = Vec::new();
             let mut first_error = None;
+            let mut in_flight = std::collections::VecDeque::new();
+            let collect = |written: Result<WrittenPack>,
+                           done: &mut Vec<WrittenPack>,
+                           first_error: &mut Option<Error>| {
+                match written {
+                    Ok(w) if first_error.is_none() => done.push(w),
+                    Ok(_) => {}
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
+                if first_error.is_none()
+                    && done.len() >= batch
+                    && batches.send(std::mem::take(done)).is_err()
+                {
+                    // The indexer stopped; its error is returned below.
+                    *first_error = Some(Error::invalid("indexing stopped"));
+                }
+            };
             for (no, writer) in self.rx {
                 if first_error.is_some() {
                     continue; // keep draining so senders never block forever
                 }
-                let written = writer.finish().and_then(|(id, object, size, entries)| {
-                    object.commit(&pack_object_name(&id))?;
-                    Ok(WrittenPack {
-                        no,
-                        id,
-                        size,
-                        entries,
-                    })
-                });
-                match written {
-                    Ok(w) => done.push(w),
-                    Err(e) => first_error = Some(e),
+                if uploads == 1 {
+                    collect(complete(no, writer), &mut done, &mut first_error);
+                    continue;
                 }
-                if first_error.is_none()
-                    && done.len() >= batch
-                    && batches.send(std::mem::take(&mut done)).is_err()
+                in_flight.push_back(s.spawn(move || complete(no, writer)));
+                while in_flight.len() >= uploads
+                    && let Some(h) = in_flight.pop_front()
                 {
-                    // The indexer stopped; its error is returned below.
-                    first_error = Some(Error::invalid("indexing stopped"));
+                    collect(joined(h), &mut done, &mut first_error);
                 }
+            }
+            for h in in_flight {
+                collect(joined(h), &mut done, &mut first_error);
             }
             drop(batches);
             let indexed = indexer
@@ -98,6 +119,23 @@ impl PackWriterThread<'_> {
             }
         })
     }
+}
+
+/// Writes a full pack's trailer and stores it under its name.
+fn complete(no: u32, writer: Stream<'_>) -> Result<WrittenPack> {
+    let (id, object, size, entries) = writer.finish()?;
+    object.commit(&pack_object_name(&id))?;
+    Ok(WrittenPack {
+        no,
+        id,
+        size,
+        entries,
+    })
+}
+
+fn joined(h: std::thread::ScopedJoinHandle<'_, Result<WrittenPack>>) -> Result<WrittenPack> {
+    h.join()
+        .unwrap_or_else(|_| Err(Error::invalid("pack upload thread panicked")))
 }
 
 impl<'b> Packer<'b> {
@@ -117,7 +155,10 @@ impl<'b> Packer<'b> {
                 filling: Mutex::new(None),
                 tx: Mutex::new(Some(tx)),
             },
-            PackWriterThread { rx },
+            PackWriterThread {
+                rx,
+                uploads: backend.parallelism().map_or(1, |n| n.min(MAX_UPLOADS)),
+            },
         )
     }
 

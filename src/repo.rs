@@ -22,6 +22,8 @@ pub const CONFIG_MAGIC: &[u8; 8] = b"STRACONF";
 pub const CONFIG_VERSION: u32 = 1;
 pub const CONFIG_NAME: &str = "config";
 pub const INDEX_NAME: &str = "index.redb";
+/// The node cache of a remote repository, beside its index cache ([`crate::nodecache`]).
+pub const NODES_NAME: &str = "nodes.redb";
 pub const LOCK_NAME: &str = "lock";
 
 /// Settings fixed when the repository is created.
@@ -610,16 +612,18 @@ impl Repo {
             None
         };
         let index_path = state.join(INDEX_NAME);
-        if !index_path.exists() || !cache_current(&backend, &index_path)? {
-            if let Some((master, _)) = &unlocked {
-                // The rebuild unlocks with the same key.
-                crate::repair::rebuild_index_keyed(&state, &backend, Some(*master))?;
-            } else {
-                crate::repair::rebuild_index_keyed(&state, &backend, None)?;
-            }
+        let rebuild = !index_path.exists() || !cache_current(&backend, &index_path)?;
+        if rebuild {
+            // The rebuild unlocks with the same key.
+            let master = unlocked.as_ref().map(|(m, _)| *m);
+            crate::repair::rebuild_index_keyed(&state, &backend, master)?;
         }
+        let fresh_nodes = backend.attach_node_cache(&state.join(NODES_NAME))?;
         let mut repo = Repo::open_inner(&state, Box::new(backend), write, command, unlocked, None)?;
         repo._lease = lease;
+        if rebuild || fresh_nodes {
+            crate::nodecache::fill(&repo)?;
+        }
         Ok(repo)
     }
 

@@ -5,6 +5,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::id::ChunkId;
 use crate::index::{BlobLoc, IndexReader, Locate};
 use crate::manifest::{Entry, EntryKind, Manifest};
+use crate::pack::BlobKind;
 use crate::repo::Repo;
 use crate::storage::{sync_dir, temp_name};
 use crate::tree::{LeafWalker, NodeEntry};
@@ -100,9 +101,22 @@ impl<'a, L: Locate + ?Sized> BlobReader<'a, L> {
     /// The plain bytes of blob `id`, checked against its id.
     pub fn read(&self, id: &ChunkId) -> Result<Vec<u8>> {
         let loc = self.locate(id)?;
+        let cache = match loc.kind {
+            BlobKind::Node => self.backend.node_cache(),
+            BlobKind::Data => None,
+        };
+        if let Some(cache) = cache
+            && let Some(bytes) = cache.get(id)
+            && ChunkId::hash(self.keys.map(|k| k.id_key()), &bytes) == *id
+        {
+            return Ok(bytes);
+        }
         let (frame, pack) = self.read_frame(&loc)?;
         let blob = blob_in_frame(&frame, &loc, &pack)?;
         check_hash(blob, &loc, id, self.keys.map(|k| k.id_key()), &pack)?;
+        if let Some(cache) = cache {
+            cache.insert(*id, blob);
+        }
         Ok(blob.to_vec())
     }
 
@@ -309,6 +323,9 @@ const BATCH_BYTES: u64 = 8 << 20;
 /// Consecutive chunks handled by one task: read with as few reads as possible, written with one.
 const GROUP_BYTES: u64 = 512 << 10;
 
+/// On object storage, frames at most this far apart in a pack are read with one request.
+const REMOTE_GAP: u64 = 256 << 10;
+
 /// A run of consecutive chunks of one file.
 struct Group {
     offset: u64,
@@ -424,6 +441,12 @@ fn fill_group(blobs: &BlobReader, group: &Group, out: &mut [u8]) -> Result<()> {
     }
     let key = blobs.keys.map(|k| k.id_key());
     let keys = blobs.keys;
+    // On object storage, where a request costs a round trip, frames a little apart (other
+    // files' chunks or chunk-list nodes between them) are read with one request too.
+    let gap = match blobs.backend.parallelism() {
+        Some(_) => REMOTE_GAP,
+        None => 0,
+    };
     {
         let mut filled = 0usize;
         let mut i = 0;
@@ -433,10 +456,11 @@ fn fill_group(blobs: &BlobReader, group: &Group, out: &mut [u8]) -> Result<()> {
             let mut end = start + locs[i].frame_stored_len as u64;
             let mut j = i + 1;
             while j < locs.len() && locs[j].pack == locs[i].pack {
+                let at = locs[j].frame_offset as u64;
                 if locs[j].frame_key() == locs[j - 1].frame_key() {
                     j += 1;
-                } else if locs[j].frame_offset as u64 == end && end - start <= GROUP_BYTES * 2 {
-                    end += locs[j].frame_stored_len as u64;
+                } else if at >= end && at - end <= gap && end - start <= GROUP_BYTES * 2 {
+                    end = at + locs[j].frame_stored_len as u64;
                     j += 1;
                 } else {
                     break;
@@ -1042,14 +1066,18 @@ fn restore_entries(blobs: &BlobReader, target: &Path, entries: &[&Entry]) -> Res
         .iter()
         .filter(|e| e.kind == EntryKind::File)
         .collect();
-    let results: Vec<(String, Result<(u64, PathBuf)>)> = files
-        .par_iter()
-        .map(|e| {
-            let r = prepare_parent(target, &e.path, &checked)
-                .and_then(|dest| restore_file(blobs, e, &dest).map(|n| (n, dest)));
-            (e.path_lossy(), r)
-        })
-        .collect();
+    // On object storage, enough threads to keep many ranged reads in flight.
+    let results: Vec<(String, Result<(u64, PathBuf)>)> =
+        crate::storage::with_io_pool(blobs.backend, usize::MAX, || {
+            files
+                .par_iter()
+                .map(|e| {
+                    let r = prepare_parent(target, &e.path, &checked)
+                        .and_then(|dest| restore_file(blobs, e, &dest).map(|n| (n, dest)));
+                    (e.path_lossy(), r)
+                })
+                .collect()
+        });
     let mut touched_dirs = HashSet::new();
     for ((path, r), e) in results.into_iter().zip(&files) {
         match r {

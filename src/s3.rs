@@ -12,6 +12,7 @@ use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjPath;
 use object_store::{BackoffConfig, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Where an S3 repository lives.
@@ -76,7 +77,70 @@ pub struct S3Backend {
     runtime: tokio::runtime::Runtime,
     /// A writer's lease on the repository: every upload and delete checks it first.
     lease: std::sync::Mutex<Option<Arc<LeaseState>>>,
+    /// The local cache of chunk-list nodes, once the repository's cache directory is known.
+    nodes: std::sync::OnceLock<crate::nodecache::NodeCache>,
+    /// Recently read blocks of packs.
+    blocks: std::sync::Mutex<Blocks>,
+    stats: Stats,
 }
+
+/// Requests made for repository objects (the lease's own are not counted), and bytes moved.
+#[derive(Default)]
+struct Stats {
+    get: AtomicU64,
+    put: AtomicU64,
+    list: AtomicU64,
+    head: AtomicU64,
+    delete: AtomicU64,
+    down: AtomicU64,
+    up: AtomicU64,
+}
+
+impl Stats {
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+impl Drop for S3Backend {
+    fn drop(&mut self) {
+        // `STRATA_S3_STATS=1`: what this process asked of the store, on stderr.
+        if std::env::var_os("STRATA_S3_STATS").is_some() {
+            let s = &self.stats;
+            let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+            eprintln!(
+                "s3 requests: {} GET, {} PUT, {} LIST, {} HEAD, {} DELETE; {} bytes down, {} bytes up",
+                n(&s.get),
+                n(&s.put),
+                n(&s.list),
+                n(&s.head),
+                n(&s.delete),
+                n(&s.down),
+                n(&s.up)
+            );
+        }
+    }
+}
+
+/// Small reads of a pack (a restore of many small files, chunks a few kilobytes apart) are
+/// served from aligned blocks of this size, each downloaded once: one request instead of
+/// dozens. Packs never change under their name, so a block stays true.
+const BLOCK: u64 = 4 << 20;
+/// Blocks kept: at most this many times [`BLOCK`] bytes of memory.
+const BLOCKS_KEPT: usize = 24;
+
+/// A block being downloaded (by the first thread that wanted it) or downloaded.
+type BlockSlot = Arc<std::sync::OnceLock<std::result::Result<bytes::Bytes, String>>>;
+
+/// The block cache, oldest first.
+#[derive(Default)]
+struct Blocks {
+    slots: std::collections::HashMap<(String, u64), BlockSlot>,
+    order: std::collections::VecDeque<(String, u64)>,
+}
+
+/// Reads and uploads kept in flight at once.
+const PARALLEL_REQUESTS: usize = 16;
 
 /// Transient failures (5xx, throttling, timeouts, resets) are retried this often, with
 /// exponential backoff from 100 ms to 10 s, within 3 minutes per request.
@@ -136,7 +200,99 @@ impl S3Backend {
             location: location.clone(),
             runtime,
             lease: std::sync::Mutex::new(None),
+            nodes: std::sync::OnceLock::new(),
+            blocks: std::sync::Mutex::new(Blocks::default()),
+            stats: Stats::default(),
         })
+    }
+
+    /// Block `no` of pack `name` (shorter at the end of the pack), downloaded once however many
+    /// threads ask for it at the same time.
+    fn block(&self, name: &str, no: u64) -> Result<bytes::Bytes> {
+        let slot = {
+            let mut blocks = self.blocks.lock().unwrap_or_else(|p| p.into_inner());
+            let key = (name.to_string(), no);
+            match blocks.slots.get(&key) {
+                Some(s) => s.clone(),
+                None => {
+                    let s = BlockSlot::default();
+                    blocks.slots.insert(key.clone(), s.clone());
+                    blocks.order.push_back(key);
+                    while blocks.order.len() > BLOCKS_KEPT {
+                        if let Some(old) = blocks.order.pop_front() {
+                            blocks.slots.remove(&old);
+                        }
+                    }
+                    s
+                }
+            }
+        };
+        let got = slot.get_or_init(|| {
+            // A range past the end of the object returns what there is.
+            Stats::add(&self.stats.get, 1);
+            let got = self
+                .runtime
+                .block_on(
+                    self.store
+                        .get_range(&self.key(name), no * BLOCK..(no + 1) * BLOCK),
+                )
+                .map_err(|e| self.fail("download", name, e).to_string());
+            if let Ok(b) = &got {
+                Stats::add(&self.stats.down, b.len() as u64);
+            }
+            got
+        });
+        match got {
+            Ok(b) => Ok(b.clone()),
+            Err(msg) => {
+                // Not kept: the next read tries again.
+                let mut blocks = self.blocks.lock().unwrap_or_else(|p| p.into_inner());
+                let key = (name.to_string(), no);
+                if blocks
+                    .slots
+                    .get(&key)
+                    .is_some_and(|s| Arc::ptr_eq(s, &slot))
+                {
+                    blocks.slots.remove(&key);
+                    blocks.order.retain(|k| k != &key);
+                }
+                Err(Error::io(
+                    msg.clone(),
+                    std::io::Error::other("request failed"),
+                ))
+            }
+        }
+    }
+
+    /// Reads `buf.len()` bytes at `offset` of pack `name` through the block cache.
+    fn read_blocks(&self, name: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let at = offset + done as u64;
+            let block = self.block(name, at / BLOCK)?;
+            let start = (at % BLOCK) as usize;
+            let take = (buf.len() - done).min(block.len().saturating_sub(start));
+            if take == 0 {
+                return Err(Error::corrupt(format!(
+                    "{}/{name}: {} bytes at {offset} asked, the object ends before",
+                    self.location,
+                    buf.len()
+                )));
+            }
+            buf[done..done + take].copy_from_slice(&block[start..start + take]);
+            done += take;
+        }
+        Ok(())
+    }
+
+    /// Keeps chunk-list nodes in the cache file at `path`. Returns whether it was new (or
+    /// replaced), that is, empty.
+    pub fn attach_node_cache(&self, path: &std::path::Path) -> Result<bool> {
+        let fresh = !path.exists();
+        let cache = crate::nodecache::NodeCache::open(path)?;
+        let fresh = fresh || cache.is_empty();
+        let _ = self.nodes.set(cache);
+        Ok(fresh)
     }
 
     /// Refuses a change when this process holds a lease that is lost or about to expire: a
@@ -180,6 +336,8 @@ impl Backend for S3Backend {
         self.may_change(name)?;
         let key = self.key(name);
         let payload = PutPayload::from(data.to_vec());
+        Stats::add(&self.stats.put, 1);
+        Stats::add(&self.stats.up, data.len() as u64);
         self.runtime
             .block_on(self.store.put(&key, payload))
             .map_err(|e| self.fail("upload", name, e))?;
@@ -188,18 +346,27 @@ impl Backend for S3Backend {
 
     fn get(&self, name: &str) -> Result<Vec<u8>> {
         let key = self.key(name);
+        Stats::add(&self.stats.get, 1);
         self.runtime
             .block_on(async {
                 let got = self.store.get(&key).await?;
                 got.bytes().await
             })
-            .map(|b| b.to_vec())
+            .map(|b| {
+                Stats::add(&self.stats.down, b.len() as u64);
+                b.to_vec()
+            })
             .map_err(|e| self.fail("download", name, e))
     }
 
     fn read_into(&self, name: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
+        if name.starts_with("packs/") && buf.len() as u64 <= BLOCK / 2 {
+            return self.read_blocks(name, offset, buf);
+        }
         let key = self.key(name);
         let range = offset..offset + buf.len() as u64;
+        Stats::add(&self.stats.get, 1);
+        Stats::add(&self.stats.down, buf.len() as u64);
         let bytes = self
             .runtime
             .block_on(self.store.get_range(&key, range))
@@ -218,6 +385,7 @@ impl Backend for S3Backend {
 
     fn size(&self, name: &str) -> Result<u64> {
         let key = self.key(name);
+        Stats::add(&self.stats.head, 1);
         self.runtime
             .block_on(self.store.head(&key))
             .map(|m| m.size)
@@ -227,6 +395,7 @@ impl Backend for S3Backend {
     fn list(&self, prefix: &str) -> Result<Vec<String>> {
         use futures::TryStreamExt;
         let key = self.key(prefix);
+        Stats::add(&self.stats.list, 1);
         let strip = if self.location.prefix.is_empty() {
             String::new()
         } else {
@@ -247,14 +416,24 @@ impl Backend for S3Backend {
     fn delete(&self, name: &str) -> Result<()> {
         self.may_change(name)?;
         let key = self.key(name);
+        Stats::add(&self.stats.delete, 1);
         match self.runtime.block_on(self.store.delete(&key)) {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.fail("delete", name, e)),
         }
     }
 
+    fn parallelism(&self) -> Option<usize> {
+        Some(PARALLEL_REQUESTS)
+    }
+
+    fn node_cache(&self) -> Option<&crate::nodecache::NodeCache> {
+        self.nodes.get()
+    }
+
     fn exists(&self, name: &str) -> Result<bool> {
         let key = self.key(name);
+        Stats::add(&self.stats.head, 1);
         match self.runtime.block_on(self.store.head(&key)) {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),

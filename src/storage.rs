@@ -47,6 +47,32 @@ pub trait Backend: Send + Sync {
             data: Vec::new(),
         }))
     }
+
+    /// How many reads or uploads to keep in flight when there are many to make: `None` for a
+    /// local disk (one per core), a few dozen for object storage, where each waits on a round
+    /// trip.
+    fn parallelism(&self) -> Option<usize> {
+        None
+    }
+
+    /// The local cache of chunk-list nodes of a remote repository ([`crate::nodecache`]).
+    fn node_cache(&self) -> Option<&crate::nodecache::NodeCache> {
+        None
+    }
+}
+
+/// Runs `f` on a thread pool as wide as `backend` wants for its reads (see
+/// [`Backend::parallelism`]) but at most `max` threads, or on the global pool.
+pub fn with_io_pool<T: Send>(backend: &dyn Backend, max: usize, f: impl FnOnce() -> T + Send) -> T {
+    match backend.parallelism().map(|n| n.min(max)) {
+        Some(n) if n > rayon::current_num_threads() => {
+            match rayon::ThreadPoolBuilder::new().num_threads(n).build() {
+                Ok(pool) => pool.install(f),
+                Err(_) => f(),
+            }
+        }
+        _ => f(),
+    }
 }
 
 /// An object being written; see [`Backend::create`]. Dropped without a commit, it leaves nothing

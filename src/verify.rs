@@ -104,9 +104,15 @@ pub fn verify_reading(repo: &Repo, read: ReadData) -> Result<VerifyReport> {
 
     // Packs: present with the recorded size; with read_data, every blob checked.
     let mut bad_packs: HashSet<u32> = HashSet::new();
-    for (no, info) in &packs {
+    let sizes: Vec<Result<u64>> = crate::storage::with_io_pool(repo.backend.as_ref(), 64, || {
+        packs
+            .par_iter()
+            .map(|(_, info)| repo.backend.size(&info.object_name()))
+            .collect()
+    });
+    for ((no, info), size) in packs.iter().zip(sizes) {
         let name = info.object_name();
-        match repo.backend.size(&name) {
+        match size {
             Ok(size) if size == info.size => {}
             Ok(size) => {
                 bad_packs.insert(*no);
@@ -126,69 +132,73 @@ pub fn verify_reading(repo: &Repo, read: ReadData) -> Result<VerifyReport> {
     let mut bad_blobs: HashSet<ChunkId> = HashSet::new();
     if read_data {
         let key = repo.id_key().copied();
-        let checked: Vec<(u64, u64, Vec<ChunkId>, Vec<String>)> = packs
-            .par_iter()
-            .filter(|(no, _)| !bad_packs.contains(no) && read.wants(*no))
-            .map(|(no, info)| {
-                let name = info.object_name();
-                let mut bad = Vec::new();
-                let mut msgs = Vec::new();
-                let bytes = match repo.backend.get(&name) {
-                    Ok(b) => b,
-                    Err(e) => return (0, 0, bad, vec![format!("{name}: {e}")]),
-                };
-                if ChunkId(*blake3::hash(&bytes).as_bytes()) != info.id {
-                    msgs.push(format!("{name}: pack content does not match its name"));
-                }
-                let entries = match parse_pack(&bytes, &name, repo.mac_key()) {
-                    Ok(e) => e,
-                    Err(e) => {
-                        msgs.push(e.to_string());
-                        Vec::new()
-                    }
-                };
-                let mut count = 0;
-                let mut frame_cache: Option<(u64, Result<Vec<u8>>)> = None;
-                for e in &entries {
-                    count += 1;
-                    let loc = crate::index::BlobLoc::from_entry(*no, e);
-                    let f = e.frame;
-                    if frame_cache.as_ref().map(|c| c.0) != Some(f.offset) {
-                        let stored =
-                            &bytes[f.offset as usize..(f.offset + f.stored_len as u64) as usize];
-                        let mut raw = vec![0u8; f.raw_len as usize];
-                        let decoded = crate::restore::decode_stored(
-                            repo.keys(),
-                            stored,
-                            f.compression,
-                            f.offset,
-                            &name,
-                            &mut raw,
-                        )
-                        .map(|()| raw);
-                        frame_cache = Some((f.offset, decoded));
-                    }
-                    let checked = match &frame_cache.as_ref().expect("set above").1 {
-                        Ok(raw) => {
-                            let s = e.offset_in_frame as usize;
-                            check_hash(
-                                &raw[s..s + e.raw_len as usize],
-                                &loc,
-                                &e.id,
-                                key.as_ref(),
-                                &name,
-                            )
+        // Whole packs are read: a few at once on object storage bound the memory they take.
+        let checked: Vec<(u64, u64, Vec<ChunkId>, Vec<String>)> =
+            crate::storage::with_io_pool(repo.backend.as_ref(), 4, || {
+                packs
+                    .par_iter()
+                    .filter(|(no, _)| !bad_packs.contains(no) && read.wants(*no))
+                    .map(|(no, info)| {
+                        let name = info.object_name();
+                        let mut bad = Vec::new();
+                        let mut msgs = Vec::new();
+                        let bytes = match repo.backend.get(&name) {
+                            Ok(b) => b,
+                            Err(e) => return (0, 0, bad, vec![format!("{name}: {e}")]),
+                        };
+                        if ChunkId(*blake3::hash(&bytes).as_bytes()) != info.id {
+                            msgs.push(format!("{name}: pack content does not match its name"));
                         }
-                        Err(err) => Err(Error::corrupt(format!("{err} (chunk {})", e.id))),
-                    };
-                    if let Err(err) = checked {
-                        bad.push(e.id);
-                        msgs.push(err.to_string());
-                    }
-                }
-                (count, bytes.len() as u64, bad, msgs)
-            })
-            .collect();
+                        let entries = match parse_pack(&bytes, &name, repo.mac_key()) {
+                            Ok(e) => e,
+                            Err(e) => {
+                                msgs.push(e.to_string());
+                                Vec::new()
+                            }
+                        };
+                        let mut count = 0;
+                        let mut frame_cache: Option<(u64, Result<Vec<u8>>)> = None;
+                        for e in &entries {
+                            count += 1;
+                            let loc = crate::index::BlobLoc::from_entry(*no, e);
+                            let f = e.frame;
+                            if frame_cache.as_ref().map(|c| c.0) != Some(f.offset) {
+                                let stored = &bytes
+                                    [f.offset as usize..(f.offset + f.stored_len as u64) as usize];
+                                let mut raw = vec![0u8; f.raw_len as usize];
+                                let decoded = crate::restore::decode_stored(
+                                    repo.keys(),
+                                    stored,
+                                    f.compression,
+                                    f.offset,
+                                    &name,
+                                    &mut raw,
+                                )
+                                .map(|()| raw);
+                                frame_cache = Some((f.offset, decoded));
+                            }
+                            let checked = match &frame_cache.as_ref().expect("set above").1 {
+                                Ok(raw) => {
+                                    let s = e.offset_in_frame as usize;
+                                    check_hash(
+                                        &raw[s..s + e.raw_len as usize],
+                                        &loc,
+                                        &e.id,
+                                        key.as_ref(),
+                                        &name,
+                                    )
+                                }
+                                Err(err) => Err(Error::corrupt(format!("{err} (chunk {})", e.id))),
+                            };
+                            if let Err(err) = checked {
+                                bad.push(e.id);
+                                msgs.push(err.to_string());
+                            }
+                        }
+                        (count, bytes.len() as u64, bad, msgs)
+                    })
+                    .collect()
+            });
         for (count, bytes, bad, msgs) in checked {
             report.packs_read += 1;
             report.blobs_read += count;

@@ -140,6 +140,71 @@ fn round_trip_dedup_gc_and_verify() {
     restore_same(&env, "latest", &src);
 }
 
+/// GET requests a strata command made for repository objects (`STRATA_S3_STATS`).
+fn gets(env: &Env, args: &[&str]) -> u64 {
+    let out = env
+        .cmd()
+        .env("STRATA_S3_STATS", "1")
+        .args(args)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "strata {args:?}: {err}");
+    let line = err
+        .lines()
+        .find_map(|l| l.strip_prefix("s3 requests: "))
+        .unwrap_or_else(|| panic!("no request counts from strata {args:?}: {err}"));
+    line.split(' ').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn chunk_lists_come_from_the_node_cache_and_small_reads_are_batched() {
+    let (env, _) = s3_env("batched");
+    env.init();
+    let src = env.path("src");
+    // 64 MiB in 8 KiB chunks: a chunk list of about 130 nodes.
+    let mut big = noise(64 << 20, 11);
+    write(&src.join("big.bin"), &big);
+    for i in 0..300 {
+        write(
+            &src.join(format!("memory/{i:03}.json")),
+            &text(3000, 100 + i),
+        );
+    }
+    let s = src.to_str().unwrap();
+    env.ok(&["backup", s]);
+
+    // A change in the middle of the big file: the backup walks the previous chunk list, from
+    // the cache the first backup filled, not with a GET per node.
+    big[32 << 20..(32 << 20) + 100].fill(0xab);
+    write(&src.join("big.bin"), &big);
+    let warm = gets(&env, &["backup", s]);
+    assert!(
+        warm <= 10,
+        "{warm} GETs for an hourly backup with a warm cache"
+    );
+
+    // Another machine (an empty cache): the index is rebuilt and the nodes are fetched in
+    // spans of neighbouring frames.
+    env.set_var("XDG_CACHE_HOME", env.path("cache2").to_str().unwrap());
+    big[8 << 20..(8 << 20) + 100].fill(0xcd);
+    write(&src.join("big.bin"), &big);
+    let cold = gets(&env, &["backup", s]);
+    assert!(
+        cold <= 40,
+        "{cold} GETs for an hourly backup with a new cache"
+    );
+
+    // 300 small files are restored with a few block reads, not a GET each.
+    env.set_var("XDG_CACHE_HOME", env.path("cache3").to_str().unwrap());
+    let out = env.path("restored");
+    let restore = gets(&env, &["restore", "latest", out.to_str().unwrap()]);
+    assert!(restore <= 80, "{restore} GETs to restore 301 files");
+    assert_same_tree(&src, &out.join("src"));
+    env.ok(&["verify", "--read-data"]);
+    eprintln!("GETs: warm hourly {warm}, cold hourly {cold}, restore {restore}");
+}
+
 #[test]
 fn another_machine_sees_new_snapshots_and_a_lost_cache_is_rebuilt() {
     let (a, url) = s3_env("machines");
