@@ -19,12 +19,14 @@ use crate::error::{Error, Result};
 use crate::id::{ChunkId, SnapshotId};
 use crate::index::{BlobLoc, IndexReader, META_NEXT_PACK};
 use crate::manifest::{Content, Manifest};
-use crate::pack::{BlobKind, PackWriter};
-use crate::packer::WrittenPack;
+use crate::pack::BlobKind;
+use crate::packer::{Packer, WrittenPack};
 use crate::repo::Repo;
 use crate::restore::{BlobReader, blob_in_frame, check_hash};
 use crate::tree::Node;
+use rayon::prelude::*;
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(Debug, Default, serde::Serialize)]
 pub struct CopyReport {
@@ -145,17 +147,26 @@ fn write_blobs(
         })?;
         located.push((id, loc));
     }
-    // Source order: each source frame is read (and opened, and decompressed) once.
+    // Source order: each source frame is read (and opened, and decompressed) once. Frames are
+    // handled in parallel (on object storage, many reads in flight) and packs are uploaded
+    // while the next ones fill.
     located.sort_by_key(|(_, l)| (l.pack, l.frame_offset, l.offset_in_frame));
-    let mut next_no = {
+    let next_no = {
         let txn = dst.index.read()?;
         crate::index::meta(&txn, META_NEXT_PACK)?.unwrap_or(0) as u32
     };
-    let mut written = Vec::new();
-    let mut current: Option<PackWriter<Box<dyn crate::storage::ObjectWriter + '_>>> = None;
-    for group in
-        located.chunk_by(|a, b| (a.1.pack, a.1.frame_offset) == (b.1.pack, b.1.frame_offset))
-    {
+    let groups: Vec<&[(ChunkId, BlobLoc)]> = located
+        .chunk_by(|a, b| (a.1.pack, a.1.frame_offset) == (b.1.pack, b.1.frame_offset))
+        .collect();
+    let (packer, writer) = Packer::new(
+        dst.backend.as_ref(),
+        next_no,
+        dst.config.pack_target,
+        dst.mac_key(),
+    );
+    let blobs_copied = AtomicU64::new(0);
+    let bytes_copied = AtomicU64::new(0);
+    let copy_frame = |group: &[(ChunkId, BlobLoc)]| -> Result<()> {
         let (frame, pack) = reader.read_frame(&group[0].1)?;
         // One output frame per kind within the source frame (a frame holds one kind).
         let kind: BlobKind = group[0].1.kind;
@@ -172,24 +183,31 @@ fn write_blobs(
         let (compression, stored) = compress(&raw, dst.config.zstd_level)?;
         check_frame(&stored, compression, raw.len(), &lens, dst.id_key())?;
         let stored = dst.seal_frame(&stored)?;
-        if current.is_none() {
-            current = Some(
-                PackWriter::to_sink(dst.backend.create("packs")?)?.with_mac_key(dst.mac_key()),
-            );
-        }
-        let w = current.as_mut().expect("set above");
-        w.add_frame(kind, compression, &stored, raw.len() as u32, &members)?;
-        report.blobs_copied += members.len() as u64;
-        report.bytes_copied += raw.len() as u64;
-        if w.len() as u64 >= dst.config.pack_target {
-            written.push(crate::gc::seal(
-                current.take().expect("present"),
-                &mut next_no,
-            )?);
-        }
-    }
-    if let Some(w) = current.take() {
-        written.push(crate::gc::seal(w, &mut next_no)?);
-    }
+        packer.add_frame(kind, compression, &stored, raw.len() as u32, &members)?;
+        blobs_copied.fetch_add(members.len() as u64, Ordering::Relaxed);
+        bytes_copied.fetch_add(raw.len() as u64, Ordering::Relaxed);
+        Ok(())
+    };
+    let (written, copied) = std::thread::scope(|s| {
+        let uploads = s.spawn(move || writer.run(usize::MAX, &mut |_| Ok(())));
+        let copied = crate::storage::with_io_pool(src.backend.as_ref(), usize::MAX, || {
+            groups.par_iter().try_for_each(|g| copy_frame(g))
+        });
+        let copied = match copied {
+            Ok(()) => packer.finish(),
+            Err(e) => {
+                packer.abandon();
+                Err(e)
+            }
+        };
+        let written = uploads
+            .join()
+            .unwrap_or_else(|_| Err(Error::invalid("pack upload thread panicked")));
+        (written, copied)
+    });
+    copied?;
+    let written = written?;
+    report.blobs_copied += blobs_copied.into_inner();
+    report.bytes_copied += bytes_copied.into_inner();
     Ok(written)
 }

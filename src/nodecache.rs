@@ -230,7 +230,9 @@ pub fn fill(repo: &crate::repo::Repo) -> Result<u64> {
             let mut frame = Vec::new();
             for (id, loc) in members {
                 let at = (loc.frame_offset as u64 - start) as usize;
-                let stored = &bytes[at..at + loc.frame_stored_len as usize];
+                let Some(stored) = bytes.get(at..at + loc.frame_stored_len as usize) else {
+                    continue;
+                };
                 frame.resize(loc.frame_raw_len as usize, 0);
                 if crate::restore::decode_frame(keys, stored, loc, &name, &mut frame).is_err() {
                     continue;

@@ -85,6 +85,14 @@ impl<'a, L: Locate + ?Sized> BlobReader<'a, L> {
             })
     }
 
+    /// Bytes of a file handled per batch, and per group of a batch (see [`for_each_batch`]).
+    fn batch_sizes(&self) -> (u64, u64) {
+        match self.backend.parallelism() {
+            Some(_) => (REMOTE_BATCH_BYTES, REMOTE_GROUP_BYTES),
+            None => (BATCH_BYTES, GROUP_BYTES),
+        }
+    }
+
     /// Where blob `id` is, if the index has it.
     pub fn find(&self, id: &ChunkId) -> Result<Option<BlobLoc>> {
         self.index.blob(id)
@@ -320,6 +328,10 @@ pub fn select<'m>(manifest: &'m Manifest, paths: &[String]) -> Result<Vec<&'m En
 
 /// Chunks fetched in parallel per batch while the file is written in order.
 const BATCH_BYTES: u64 = 8 << 20;
+/// On object storage: larger groups (fewer, longer requests) and batches that keep every
+/// request thread busy.
+const REMOTE_BATCH_BYTES: u64 = 64 << 20;
+const REMOTE_GROUP_BYTES: u64 = 4 << 20;
 /// Consecutive chunks handled by one task: read with as few reads as possible, written with one.
 const GROUP_BYTES: u64 = 512 << 10;
 
@@ -346,6 +358,7 @@ fn for_each_batch(
 ) -> Result<u64> {
     let fetch = |id: &ChunkId| blobs.read(id);
     let mut walker = LeafWalker::new(&entry.content, entry.size, &fetch)?;
+    let (batch_max, group_max) = blobs.batch_sizes();
     let mut offset = 0u64;
     let mut done = false;
     while !done {
@@ -356,7 +369,7 @@ fn for_each_batch(
             leaves: Vec::new(),
         };
         let mut group_bytes = 0;
-        while batch_bytes < BATCH_BYTES {
+        while batch_bytes < batch_max {
             match walker.next_leaf()? {
                 Some(e) => {
                     batch_bytes += e.bytes;
@@ -365,7 +378,7 @@ fn for_each_batch(
                         .checked_add(e.bytes)
                         .ok_or_else(|| Error::corrupt("chunk list sizes overflow"))?;
                     group.leaves.push(e);
-                    if group_bytes >= GROUP_BYTES {
+                    if group_bytes >= group_max {
                         batch.push(std::mem::replace(
                             &mut group,
                             Group {
@@ -447,6 +460,7 @@ fn fill_group(blobs: &BlobReader, group: &Group, out: &mut [u8]) -> Result<()> {
         Some(_) => REMOTE_GAP,
         None => 0,
     };
+    let (_, group_max) = blobs.batch_sizes();
     {
         let mut filled = 0usize;
         let mut i = 0;
@@ -459,7 +473,7 @@ fn fill_group(blobs: &BlobReader, group: &Group, out: &mut [u8]) -> Result<()> {
                 let at = locs[j].frame_offset as u64;
                 if locs[j].frame_key() == locs[j - 1].frame_key() {
                     j += 1;
-                } else if at >= end && at - end <= gap && end - start <= GROUP_BYTES * 2 {
+                } else if at >= end && at - end <= gap && end - start <= group_max * 2 {
                     end = at + locs[j].frame_stored_len as u64;
                     j += 1;
                 } else {
