@@ -59,20 +59,21 @@ impl NodeCache {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn begin_read(&self) -> Result<redb::ReadTransaction> {
+        Ok(match &self.db {
+            Db::Write(db) => db.begin_read()?,
+            Db::Read(db) => db.begin_read()?,
+        })
+    }
+
     /// The cached bytes of node `id`, unchecked (the caller checks them against the id).
     pub fn get(&self, id: &ChunkId) -> Option<Vec<u8>> {
         if let Some(b) = self.pending().get(id) {
             return Some(b.clone());
         }
-        let read = |txn: redb::ReadTransaction| -> Option<Vec<u8>> {
-            let table = txn.open_table(NODES).ok()?;
-            let got = table.get(id.as_bytes()).ok()??;
-            Some(got.value().to_vec())
-        };
-        match &self.db {
-            Db::Write(db) => read(db.begin_read().ok()?),
-            Db::Read(db) => read(db.begin_read().ok()?),
-        }
+        let table = self.begin_read().ok()?.open_table(NODES).ok()?;
+        let got = table.get(id.as_bytes()).ok()??;
+        Some(got.value().to_vec())
     }
 
     /// Whether the cache holds no node.
@@ -80,35 +81,22 @@ impl NodeCache {
         if !self.pending().is_empty() {
             return false;
         }
-        let empty = |txn: redb::ReadTransaction| -> bool {
-            match txn.open_table(NODES) {
-                Ok(t) => redb::ReadableTableMetadata::is_empty(&t).unwrap_or(true),
-                Err(_) => true,
-            }
-        };
-        match &self.db {
-            Db::Write(db) => db.begin_read().map(empty).unwrap_or(true),
-            Db::Read(db) => db.begin_read().map(empty).unwrap_or(true),
+        match self.begin_read().and_then(|txn| Ok(txn.open_table(NODES)?)) {
+            Ok(t) => redb::ReadableTableMetadata::is_empty(&t).unwrap_or(true),
+            Err(_) => true,
         }
     }
 
     /// The ids of every cached node.
     pub fn ids(&self) -> Result<HashSet<ChunkId>> {
         let mut ids: HashSet<ChunkId> = self.pending().keys().copied().collect();
-        let mut add = |txn: redb::ReadTransaction| -> Result<()> {
-            let table = match txn.open_table(NODES) {
-                Ok(t) => t,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
-                Err(e) => return Err(e.into()),
-            };
-            for row in redb::ReadableTable::iter(&table)? {
-                ids.insert(ChunkId(*row?.0.value()));
-            }
-            Ok(())
+        let table = match self.begin_read()?.open_table(NODES) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(ids),
+            Err(e) => return Err(e.into()),
         };
-        match &self.db {
-            Db::Write(db) => add(db.begin_read()?)?,
-            Db::Read(db) => add(db.begin_read()?)?,
+        for row in redb::ReadableTable::iter(&table)? {
+            ids.insert(ChunkId(*row?.0.value()));
         }
         Ok(ids)
     }

@@ -267,33 +267,28 @@ fn cache_current(backend: &dyn Backend, index_path: &Path) -> Result<bool> {
     };
     let txn = index.read()?;
     let reader = crate::index::IndexReader::new(&txn)?;
-    let mut packs: Vec<String> = reader
-        .packs()?
-        .iter()
-        .map(|(_, p)| p.object_name())
-        .collect();
-    packs.sort();
-    let mut listed: Vec<String> = backend
-        .list("packs")?
-        .into_iter()
-        .filter(|n| n.ends_with(".pack"))
-        .collect();
-    listed.sort();
-    if packs != listed {
-        return Ok(false);
-    }
-    let mut snaps: Vec<String> = crate::index::snapshot_ids(&txn)?
-        .iter()
-        .map(crate::manifest::object_name)
-        .collect();
-    snaps.sort();
-    let mut listed: Vec<String> = backend
-        .list("snapshots")?
-        .into_iter()
-        .filter(|n| n.ends_with(".snap"))
-        .collect();
-    listed.sort();
-    Ok(snaps == listed)
+    // Both sides sorted: the index's names, and the store's objects of that kind.
+    let same = |mut indexed: Vec<String>, dir: &str, ext: &str| -> Result<bool> {
+        indexed.sort();
+        let mut listed: Vec<String> = backend
+            .list(dir)?
+            .into_iter()
+            .filter(|n| n.ends_with(ext))
+            .collect();
+        listed.sort();
+        Ok(indexed == listed)
+    };
+    let packs = reader.packs()?;
+    let snaps = crate::index::snapshot_ids(&txn)?;
+    Ok(same(
+        packs.iter().map(|(_, p)| p.object_name()).collect(),
+        "packs",
+        ".pack",
+    )? && same(
+        snaps.iter().map(crate::manifest::object_name).collect(),
+        "snapshots",
+        ".snap",
+    )?)
 }
 
 /// Held while a writer works on the repository; removes the lock file on drop.

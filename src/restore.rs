@@ -85,11 +85,14 @@ impl<'a, L: Locate + ?Sized> BlobReader<'a, L> {
             })
     }
 
-    /// Bytes of a file handled per batch, and per group of a batch (see [`for_each_batch`]).
-    fn batch_sizes(&self) -> (u64, u64) {
+    /// Bytes of a file handled per batch and per group of a batch (see [`for_each_batch`]), and
+    /// how far apart two frames may be and still be read with one request: on object storage,
+    /// where a request costs a round trip, frames a little apart (other files' chunks or
+    /// chunk-list nodes between them) are read together.
+    fn read_shape(&self) -> (u64, u64, u64) {
         match self.backend.parallelism() {
-            Some(_) => (REMOTE_BATCH_BYTES, REMOTE_GROUP_BYTES),
-            None => (BATCH_BYTES, GROUP_BYTES),
+            Some(_) => (REMOTE_BATCH_BYTES, REMOTE_GROUP_BYTES, REMOTE_GAP),
+            None => (BATCH_BYTES, GROUP_BYTES, 0),
         }
     }
 
@@ -358,7 +361,7 @@ fn for_each_batch(
 ) -> Result<u64> {
     let fetch = |id: &ChunkId| blobs.read(id);
     let mut walker = LeafWalker::new(&entry.content, entry.size, &fetch)?;
-    let (batch_max, group_max) = blobs.batch_sizes();
+    let (batch_max, group_max, _) = blobs.read_shape();
     let mut offset = 0u64;
     let mut done = false;
     while !done {
@@ -454,13 +457,7 @@ fn fill_group(blobs: &BlobReader, group: &Group, out: &mut [u8]) -> Result<()> {
     }
     let key = blobs.keys.map(|k| k.id_key());
     let keys = blobs.keys;
-    // On object storage, where a request costs a round trip, frames a little apart (other
-    // files' chunks or chunk-list nodes between them) are read with one request too.
-    let gap = match blobs.backend.parallelism() {
-        Some(_) => REMOTE_GAP,
-        None => 0,
-    };
-    let (_, group_max) = blobs.batch_sizes();
+    let (_, group_max, gap) = blobs.read_shape();
     {
         let mut filled = 0usize;
         let mut i = 0;

@@ -285,14 +285,13 @@ impl S3Backend {
         Ok(())
     }
 
-    /// Keeps chunk-list nodes in the cache file at `path`. Returns whether it was new (or
-    /// replaced), that is, empty.
+    /// Keeps chunk-list nodes in the cache file at `path`. Returns whether it is empty (new,
+    /// or replaced).
     pub fn attach_node_cache(&self, path: &std::path::Path) -> Result<bool> {
-        let fresh = !path.exists();
         let cache = crate::nodecache::NodeCache::open(path)?;
-        let fresh = fresh || cache.is_empty();
+        let empty = cache.is_empty();
         let _ = self.nodes.set(cache);
-        Ok(fresh)
+        Ok(empty)
     }
 
     /// Refuses a change when this process holds a lease that is lost or about to expire: a

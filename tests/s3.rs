@@ -87,6 +87,24 @@ fn s3_env(name: &str) -> (Env, String) {
     (env, url)
 }
 
+/// The test's repository opened directly with the library's client, as anyone holding the
+/// bucket could (the cluster's credentials, which every test shares, go into the process env).
+fn direct_backend(env: &Env) -> strata::s3::S3Backend {
+    for (k, v) in env.vars.borrow().iter() {
+        // SAFETY: these variables are the same for every test of this binary.
+        unsafe { std::env::set_var(k, v) };
+    }
+    let url = env
+        .vars
+        .borrow()
+        .iter()
+        .find(|(k, _)| k == "STRATA_REPO")
+        .unwrap()
+        .1
+        .clone();
+    strata::s3::S3Backend::new(&strata::s3::S3Location::parse(&url).unwrap().unwrap()).unwrap()
+}
+
 fn node(cmd: &str, n: u32) {
     let out = std::process::Command::new("bash")
         .arg(script())
@@ -314,17 +332,12 @@ fn a_killed_upload_leaves_a_repository_that_verifies() {
 
 #[test]
 fn damage_in_the_bucket_is_found() {
-    let (env, url) = s3_env("damage");
+    let (env, _) = s3_env("damage");
     env.init();
     let src = tree(&env, 7);
     env.backup(&[&src]);
     // Flip a byte in the middle of the largest pack, through the library's own client.
-    for (k, v) in env.vars.borrow().iter() {
-        // SAFETY: this test only reads these variables back in this thread.
-        unsafe { std::env::set_var(k, v) };
-    }
-    let loc = strata::s3::S3Location::parse(&url).unwrap().unwrap();
-    let backend = strata::s3::S3Backend::new(&loc).unwrap();
+    let backend = direct_backend(&env);
     use strata::storage::Backend;
     let packs = backend.list("packs").unwrap();
     let biggest = packs
@@ -421,20 +434,7 @@ fn an_encrypted_repository_on_s3() {
     std::fs::remove_dir_all(env.path("cache")).unwrap();
     restore_same(&env, "latest", &src);
     // What anyone holding the bucket sees: every object, as the store serves it.
-    for (k, v) in env.vars.borrow().iter() {
-        // SAFETY: these variables are the same for every test of this binary.
-        unsafe { std::env::set_var(k, v) };
-    }
-    let url = env
-        .vars
-        .borrow()
-        .iter()
-        .find(|(k, _)| k == "STRATA_REPO")
-        .unwrap()
-        .1
-        .clone();
-    let loc = strata::s3::S3Location::parse(&url).unwrap().unwrap();
-    let backend = strata::s3::S3Backend::new(&loc).unwrap();
+    let backend = direct_backend(&env);
     use strata::storage::Backend;
     let names = backend.list("").unwrap();
     assert!(names.iter().any(|n| n.starts_with("packs/")), "{names:?}");
@@ -474,20 +474,7 @@ fn a_writer_paused_past_its_lease_does_not_commit() {
         .unwrap();
     // A holds the lease (its pid is in the lease object) and is reading its source; then it is
     // paused past its lease.
-    for (k, v) in env.vars.borrow().iter() {
-        // SAFETY: these variables are the same for every test of this binary.
-        unsafe { std::env::set_var(k, v) };
-    }
-    let url = env
-        .vars
-        .borrow()
-        .iter()
-        .find(|(k, _)| k == "STRATA_REPO")
-        .unwrap()
-        .1
-        .clone();
-    let backend =
-        strata::s3::S3Backend::new(&strata::s3::S3Location::parse(&url).unwrap().unwrap()).unwrap();
+    let backend = direct_backend(&env);
     let until = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         use strata::storage::Backend;
