@@ -162,6 +162,9 @@ pub const REBUILD_NAME: &str = "index.redb.rebuild";
 /// Rebuilds `index.redb` from the packs and manifest files. With `dry_run`, only reports what it
 /// found. Takes the repository lock; the old index is replaced atomically at the end.
 pub fn rebuild_index(root: &Path, dry_run: bool) -> Result<RepairReport> {
+    #[cfg(not(feature = "s3"))]
+    crate::repo::remote(root)?;
+    #[cfg(feature = "s3")]
     if let Some(loc) = crate::repo::remote(root)? {
         // The local cache of a repository on object storage, from the store alone.
         let backend = crate::s3::S3Backend::new(&loc)?;

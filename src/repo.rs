@@ -245,21 +245,33 @@ pub fn cache_dir_for(id: &str) -> PathBuf {
     base.join("strata").join(id)
 }
 
-/// The S3 location a repository argument names, if it is an `s3://` URL.
+/// The S3 location a repository argument names, if it is an `s3://` URL. Without the `s3`
+/// feature, such a URL is an error.
 pub fn remote(root: &Path) -> Result<Option<crate::s3::S3Location>> {
-    crate::s3::S3Location::parse(&root.to_string_lossy())
+    let loc = crate::s3::S3Location::parse(&root.to_string_lossy())?;
+    #[cfg(not(feature = "s3"))]
+    if let Some(loc) = loc {
+        return Err(Error::invalid(format!(
+            "{loc}: this strata was built without S3 support (the `s3` feature)"
+        )));
+    }
+    Ok(loc)
 }
 
 /// The storage of the repository at `root`: its directory, or its bucket.
 pub fn backend_for(root: &Path) -> Result<Box<dyn Backend>> {
-    Ok(match remote(root)? {
-        Some(loc) => Box::new(crate::s3::S3Backend::new(&loc)?),
-        None => Box::new(LocalBackend::new(root)),
-    })
+    #[cfg(feature = "s3")]
+    if let Some(loc) = remote(root)? {
+        return Ok(Box::new(crate::s3::S3Backend::new(&loc)?));
+    }
+    #[cfg(not(feature = "s3"))]
+    remote(root)?;
+    Ok(Box::new(LocalBackend::new(root)))
 }
 
 /// Whether the local index of a remote repository lists the same packs and snapshots as the
 /// store (another machine may have written, or this one was interrupted).
+#[cfg(feature = "s3")]
 fn cache_current(backend: &dyn Backend, index_path: &Path) -> Result<bool> {
     let index = match Index::open_read(index_path) {
         Ok(i) => i,
@@ -395,9 +407,12 @@ impl Drop for Lock {
 
 /// Removes the lock file unconditionally (`strata unlock`).
 pub fn force_unlock(root: &Path) -> Result<bool> {
+    #[cfg(feature = "s3")]
     if let Some(loc) = remote(root)? {
         return crate::s3::S3Backend::new(&loc)?.break_lease();
     }
+    #[cfg(not(feature = "s3"))]
+    remote(root)?;
     let path = root.join(LOCK_NAME);
     match fs::remove_file(&path) {
         Ok(()) => Ok(true),
@@ -409,6 +424,9 @@ pub fn force_unlock(root: &Path) -> Result<bool> {
 /// Lays out a new repository. The config is written last: a directory without it is not (yet)
 /// a repository, and an encrypted one never exists without its first key file.
 fn create(root: &Path, config: &Config, key: Option<&crate::crypto::KeyFile>) -> Result<()> {
+    #[cfg(not(feature = "s3"))]
+    remote(root)?;
+    #[cfg(feature = "s3")]
     if let Some(loc) = remote(root)? {
         let backend = crate::s3::S3Backend::new(&loc)?;
         if backend.exists(CONFIG_NAME)? {
@@ -477,6 +495,7 @@ pub struct Repo {
     key_id: Option<String>,
     _lock: Option<Lock>,
     /// A writer's lease on a repository on object storage.
+    #[cfg(feature = "s3")]
     _lease: Option<crate::s3::Lease>,
 }
 
@@ -569,9 +588,12 @@ impl Repo {
         command: &str,
         unlocked: Option<([u8; 32], String)>,
     ) -> Result<Repo> {
+        #[cfg(feature = "s3")]
         if let Some(loc) = remote(root)? {
             return Repo::open_remote(&loc, write, command, unlocked);
         }
+        #[cfg(not(feature = "s3"))]
+        remote(root)?;
         Repo::open_inner(
             root,
             Box::new(LocalBackend::new(root)),
@@ -584,6 +606,7 @@ impl Repo {
 
     /// A repository on object storage: its lease for a writer, and its local index, rebuilt
     /// from the store's pack trailers and manifests when it is missing or behind.
+    #[cfg(feature = "s3")]
     fn open_remote(
         loc: &crate::s3::S3Location,
         write: bool,
@@ -686,6 +709,7 @@ impl Repo {
             keys,
             key_id,
             _lock: lock,
+            #[cfg(feature = "s3")]
             _lease: None,
         };
         if write {

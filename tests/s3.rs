@@ -90,8 +90,16 @@ fn s3_env(name: &str) -> (Env, String) {
 /// The test's repository opened directly with the library's client, as anyone holding the
 /// bucket could (the cluster's credentials, which every test shares, go into the process env).
 fn direct_backend(env: &Env) -> strata::s3::S3Backend {
-    for (k, v) in env.vars.borrow().iter() {
-        // SAFETY: these variables are the same for every test of this binary.
+    // SAFETY: these variables are the same for every test of this binary (no S3 settings file:
+    // the cluster's credentials come from the environment).
+    unsafe { std::env::set_var("XDG_CONFIG_HOME", env!("CARGO_TARGET_TMPDIR")) };
+    for (k, v) in env
+        .vars
+        .borrow()
+        .iter()
+        .filter(|(k, _)| k != "XDG_CACHE_HOME")
+    {
+        // SAFETY: as above.
         unsafe { std::env::set_var(k, v) };
     }
     let url = env
@@ -416,6 +424,70 @@ fn bad_urls_and_missing_credentials_are_clear_errors() {
         "{}",
         stderr(&out)
     );
+}
+
+/// Endpoint, region and credentials from the settings file: a bucket's table wins over the
+/// AWS_* variables, the top level fills what they leave out; a readable secret is refused.
+#[test]
+fn settings_come_from_a_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let (env, url) = s3_env("settings");
+    let var = |k: &str| {
+        cluster()
+            .env
+            .iter()
+            .find(|(n, _)| n == k)
+            .unwrap()
+            .1
+            .clone()
+    };
+    let bucket = var("STRATA_TEST_S3_BUCKET");
+    // Only a wrong secret in the environment.
+    env.set_var("AWS_ENDPOINT_URL", "");
+    env.set_var("AWS_REGION", "");
+    env.set_var("AWS_ACCESS_KEY_ID", "");
+    env.set_var("AWS_SECRET_ACCESS_KEY", "not-the-secret");
+
+    let secret = env.path("secret");
+    write(
+        &secret,
+        format!("{}\n", var("AWS_SECRET_ACCESS_KEY")).as_bytes(),
+    );
+    let file = env.path("config/strata/s3.toml");
+    let text = format!(
+        "endpoint = {:?}\nregion = \"garage\"\naccess_key_id = {:?}\n\
+         secret_access_key = {:?}\n\n[bucket.{bucket}]\nsecret_access_key_file = {:?}\n",
+        var("AWS_ENDPOINT_URL"),
+        var("AWS_ACCESS_KEY_ID"),
+        var("AWS_SECRET_ACCESS_KEY"),
+        secret.display().to_string(),
+    );
+    write(&file, text.as_bytes());
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = env.run(&["init"]);
+    assert_eq!(code(&out), 1);
+    assert!(stderr(&out).contains("chmod 600"), "{}", stderr(&out));
+
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    env.ok(&["init"]);
+    let src = tree(&env, 41);
+    env.backup(&[&src]);
+    restore_same(&env, "latest", &src);
+    assert_eq!(env.json(&["list"]).as_array().unwrap().len(), 1, "{url}");
+
+    // The bucket's table gone, the environment's wrong secret wins over the top level's right one.
+    write(&file, text.split("[bucket.").next().unwrap().as_bytes());
+    let out = env.run(&["list"]);
+    assert_eq!(code(&out), 1);
+    assert!(stderr(&out).contains("403 Forbidden"), "{}", stderr(&out));
+    // A settings file named explicitly must exist.
+    env.set_var(
+        "STRATA_S3_CONFIG",
+        env.path("nowhere.toml").to_str().unwrap(),
+    );
+    let out = env.run(&["list"]);
+    assert_eq!(code(&out), 1);
+    assert!(stderr(&out).contains("nowhere.toml"), "{}", stderr(&out));
 }
 
 #[test]

@@ -62,6 +62,7 @@ impl Env {
         c.env("STRATA_REPO", &self.repo);
         c.env("XDG_DATA_HOME", self.dir.path().join("xdg"));
         c.env("HOME", self.dir.path());
+        c.env("XDG_CONFIG_HOME", self.dir.path().join("config"));
         for (k, v) in self.vars.borrow().iter() {
             c.env(k, v);
         }

@@ -1,0 +1,633 @@
+//! The S3 backend and its lease (the `s3` feature).
+
+use super::S3Location;
+use crate::error::{Error, Result};
+use crate::storage::Backend;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path as ObjPath;
+use object_store::{BackoffConfig, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// A repository's objects in an S3 bucket.
+pub struct S3Backend {
+    store: Arc<AmazonS3>,
+    location: S3Location,
+    runtime: tokio::runtime::Runtime,
+    /// A writer's lease on the repository: every upload and delete checks it first.
+    lease: std::sync::Mutex<Option<Arc<LeaseState>>>,
+    /// The local cache of chunk-list nodes, once the repository's cache directory is known.
+    nodes: std::sync::OnceLock<crate::nodecache::NodeCache>,
+    /// Recently read blocks of packs.
+    blocks: std::sync::Mutex<Blocks>,
+    stats: Stats,
+}
+
+/// Requests made for repository objects (the lease's own are not counted), and bytes moved.
+#[derive(Default)]
+struct Stats {
+    get: AtomicU64,
+    put: AtomicU64,
+    list: AtomicU64,
+    head: AtomicU64,
+    delete: AtomicU64,
+    down: AtomicU64,
+    up: AtomicU64,
+}
+
+impl Stats {
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+impl Drop for S3Backend {
+    fn drop(&mut self) {
+        // `STRATA_S3_STATS=1`: what this process asked of the store, on stderr.
+        if std::env::var_os("STRATA_S3_STATS").is_some() {
+            let s = &self.stats;
+            let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+            eprintln!(
+                "s3 requests: {} GET, {} PUT, {} LIST, {} HEAD, {} DELETE; {} bytes down, {} bytes up",
+                n(&s.get),
+                n(&s.put),
+                n(&s.list),
+                n(&s.head),
+                n(&s.delete),
+                n(&s.down),
+                n(&s.up)
+            );
+        }
+    }
+}
+
+/// Small reads of a pack (a restore of many small files, chunks a few kilobytes apart) are
+/// served from aligned blocks of this size, each downloaded once: one request instead of
+/// dozens. Packs never change under their name, so a block stays true.
+const BLOCK: u64 = 4 << 20;
+/// Blocks kept: at most this many times [`BLOCK`] bytes of memory.
+const BLOCKS_KEPT: usize = 24;
+
+/// A block being downloaded (by the first thread that wanted it) or downloaded.
+type BlockSlot = Arc<std::sync::OnceLock<std::result::Result<bytes::Bytes, String>>>;
+
+/// The block cache, oldest first.
+#[derive(Default)]
+struct Blocks {
+    slots: std::collections::HashMap<(String, u64), BlockSlot>,
+    order: std::collections::VecDeque<(String, u64)>,
+}
+
+/// Reads and uploads kept in flight at once.
+const PARALLEL_REQUESTS: usize = 16;
+
+/// Transient failures (5xx, throttling, timeouts, resets) are retried this often, with
+/// exponential backoff from 100 ms to 10 s, within 3 minutes per request.
+fn retry() -> RetryConfig {
+    RetryConfig {
+        max_retries: 8,
+        retry_timeout: Duration::from_secs(180),
+        backoff: BackoffConfig {
+            init_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+            base: 2.0,
+        },
+    }
+}
+
+impl S3Backend {
+    /// Connects with the settings of `settings::for_bucket`: the standard AWS variables
+    /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL`) and the
+    /// S3 settings file. A self-hosted store is addressed path-style (`ENDPOINT/BUCKET/KEY`).
+    pub fn new(location: &S3Location) -> Result<S3Backend> {
+        // TLS (for https endpoints) through rustls with ring; a second call finds it installed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let s = super::settings::for_bucket(&location.bucket)?;
+        // The rest of the standard variables (AWS_CA_BUNDLE's kin, container credentials...);
+        // the settings above override them.
+        let mut builder = AmazonS3Builder::from_env()
+            .with_bucket_name(&location.bucket)
+            .with_retry(retry())
+            .with_virtual_hosted_style_request(false);
+        if let Some(e) = &s.endpoint {
+            builder = builder
+                .with_endpoint(e)
+                .with_allow_http(e.starts_with("http://"));
+        }
+        let region = match (&s.region, &s.endpoint) {
+            (Some(r), _) => r.as_str(),
+            // Garage's default region; a self-hosted store with another names it.
+            (None, Some(_)) => "garage",
+            (None, None) => "us-east-1",
+        };
+        builder = builder.with_region(region);
+        if let Some(k) = &s.access_key_id {
+            builder = builder.with_access_key_id(k);
+        }
+        if let Some(k) = &s.secret_access_key {
+            builder = builder.with_secret_access_key(k);
+        }
+        if let Some(t) = &s.session_token {
+            builder = builder.with_token(t);
+        }
+        let store = builder.build().map_err(|e| {
+            Error::invalid(format!(
+                "{location}: {e} (set AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION and, \
+                 for a self-hosted store, AWS_ENDPOINT_URL, or write them in the S3 settings file: \
+                 docs/S3.md)"
+            ))
+        })?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("starting the S3 client", e))?;
+        Ok(S3Backend {
+            store: Arc::new(store),
+            location: location.clone(),
+            runtime,
+            lease: std::sync::Mutex::new(None),
+            nodes: std::sync::OnceLock::new(),
+            blocks: std::sync::Mutex::new(Blocks::default()),
+            stats: Stats::default(),
+        })
+    }
+
+    /// Block `no` of pack `name` (shorter at the end of the pack), downloaded once however many
+    /// threads ask for it at the same time.
+    fn block(&self, name: &str, no: u64) -> Result<bytes::Bytes> {
+        let slot = {
+            let mut blocks = self.blocks.lock().unwrap_or_else(|p| p.into_inner());
+            let key = (name.to_string(), no);
+            match blocks.slots.get(&key) {
+                Some(s) => s.clone(),
+                None => {
+                    let s = BlockSlot::default();
+                    blocks.slots.insert(key.clone(), s.clone());
+                    blocks.order.push_back(key);
+                    while blocks.order.len() > BLOCKS_KEPT {
+                        if let Some(old) = blocks.order.pop_front() {
+                            blocks.slots.remove(&old);
+                        }
+                    }
+                    s
+                }
+            }
+        };
+        let got = slot.get_or_init(|| {
+            // A range past the end of the object returns what there is.
+            Stats::add(&self.stats.get, 1);
+            let got = self
+                .runtime
+                .block_on(
+                    self.store
+                        .get_range(&self.key(name), no * BLOCK..(no + 1) * BLOCK),
+                )
+                .map_err(|e| self.fail("download", name, e).to_string());
+            if let Ok(b) = &got {
+                Stats::add(&self.stats.down, b.len() as u64);
+            }
+            got
+        });
+        match got {
+            Ok(b) => Ok(b.clone()),
+            Err(msg) => {
+                // Not kept: the next read tries again.
+                let mut blocks = self.blocks.lock().unwrap_or_else(|p| p.into_inner());
+                let key = (name.to_string(), no);
+                if blocks
+                    .slots
+                    .get(&key)
+                    .is_some_and(|s| Arc::ptr_eq(s, &slot))
+                {
+                    blocks.slots.remove(&key);
+                    blocks.order.retain(|k| k != &key);
+                }
+                Err(Error::io(
+                    msg.clone(),
+                    std::io::Error::other("request failed"),
+                ))
+            }
+        }
+    }
+
+    /// Reads `buf.len()` bytes at `offset` of pack `name` through the block cache.
+    fn read_blocks(&self, name: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let at = offset + done as u64;
+            let block = self.block(name, at / BLOCK)?;
+            let start = (at % BLOCK) as usize;
+            let take = (buf.len() - done).min(block.len().saturating_sub(start));
+            if take == 0 {
+                return Err(Error::corrupt(format!(
+                    "{}/{name}: {} bytes at {offset} asked, the object ends before",
+                    self.location,
+                    buf.len()
+                )));
+            }
+            buf[done..done + take].copy_from_slice(&block[start..start + take]);
+            done += take;
+        }
+        Ok(())
+    }
+
+    /// Keeps chunk-list nodes in the cache file at `path`. Returns whether it is empty (new,
+    /// or replaced).
+    pub fn attach_node_cache(&self, path: &std::path::Path) -> Result<bool> {
+        let cache = crate::nodecache::NodeCache::open(path)?;
+        let empty = cache.is_empty();
+        let _ = self.nodes.set(cache);
+        Ok(empty)
+    }
+
+    /// Refuses a change when this process holds a lease that is lost or about to expire: a
+    /// writer that was paused past its lease must not change a repository another writer may
+    /// now hold.
+    fn may_change(&self, name: &str) -> Result<()> {
+        if name == LOCK_OBJECT {
+            return Ok(());
+        }
+        let lease = self.lease.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match lease {
+            Some(l) => l.check(),
+            None => Ok(()),
+        }
+    }
+
+    fn key(&self, name: &str) -> ObjPath {
+        if self.location.prefix.is_empty() {
+            ObjPath::from(name)
+        } else {
+            ObjPath::from(format!("{}/{name}", self.location.prefix))
+        }
+    }
+
+    fn fail(&self, what: &str, name: &str, e: object_store::Error) -> Error {
+        let kind = match e {
+            object_store::Error::NotFound { .. } => std::io::ErrorKind::NotFound,
+            object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. } => std::io::ErrorKind::PermissionDenied,
+            _ => std::io::ErrorKind::Other,
+        };
+        Error::io(
+            format!("{what} {}/{name}", self.location),
+            std::io::Error::new(kind, e.to_string()),
+        )
+    }
+}
+
+impl Backend for S3Backend {
+    fn put(&self, name: &str, data: &[u8]) -> Result<()> {
+        self.may_change(name)?;
+        let key = self.key(name);
+        let payload = PutPayload::from(data.to_vec());
+        Stats::add(&self.stats.put, 1);
+        Stats::add(&self.stats.up, data.len() as u64);
+        self.runtime
+            .block_on(self.store.put(&key, payload))
+            .map_err(|e| self.fail("upload", name, e))?;
+        Ok(())
+    }
+
+    fn get(&self, name: &str) -> Result<Vec<u8>> {
+        let key = self.key(name);
+        Stats::add(&self.stats.get, 1);
+        self.runtime
+            .block_on(async {
+                let got = self.store.get(&key).await?;
+                got.bytes().await
+            })
+            .map(|b| {
+                Stats::add(&self.stats.down, b.len() as u64);
+                b.to_vec()
+            })
+            .map_err(|e| self.fail("download", name, e))
+    }
+
+    fn read_into(&self, name: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
+        if name.starts_with("packs/") && buf.len() as u64 <= BLOCK / 2 {
+            return self.read_blocks(name, offset, buf);
+        }
+        let key = self.key(name);
+        let range = offset..offset + buf.len() as u64;
+        Stats::add(&self.stats.get, 1);
+        Stats::add(&self.stats.down, buf.len() as u64);
+        let bytes = self
+            .runtime
+            .block_on(self.store.get_range(&key, range))
+            .map_err(|e| self.fail("download", name, e))?;
+        if bytes.len() != buf.len() {
+            return Err(Error::corrupt(format!(
+                "{}/{name}: {} bytes at {offset} asked, {} returned",
+                self.location,
+                buf.len(),
+                bytes.len()
+            )));
+        }
+        buf.copy_from_slice(&bytes);
+        Ok(())
+    }
+
+    fn size(&self, name: &str) -> Result<u64> {
+        let key = self.key(name);
+        Stats::add(&self.stats.head, 1);
+        self.runtime
+            .block_on(self.store.head(&key))
+            .map(|m| m.size)
+            .map_err(|e| self.fail("look up", name, e))
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        use futures::TryStreamExt;
+        let key = self.key(prefix);
+        Stats::add(&self.stats.list, 1);
+        let strip = if self.location.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.location.prefix)
+        };
+        let metas: Vec<object_store::ObjectMeta> = self
+            .runtime
+            .block_on(self.store.list(Some(&key)).try_collect())
+            .map_err(|e| self.fail("list", prefix, e))?;
+        let mut out: Vec<String> = metas
+            .into_iter()
+            .filter_map(|m| m.location.as_ref().strip_prefix(&strip).map(str::to_string))
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    fn delete(&self, name: &str) -> Result<()> {
+        self.may_change(name)?;
+        let key = self.key(name);
+        Stats::add(&self.stats.delete, 1);
+        match self.runtime.block_on(self.store.delete(&key)) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.fail("delete", name, e)),
+        }
+    }
+
+    fn parallelism(&self) -> Option<usize> {
+        Some(PARALLEL_REQUESTS)
+    }
+
+    fn node_cache(&self) -> Option<&crate::nodecache::NodeCache> {
+        self.nodes.get()
+    }
+
+    fn exists(&self, name: &str) -> Result<bool> {
+        let key = self.key(name);
+        Stats::add(&self.stats.head, 1);
+        match self.runtime.block_on(self.store.head(&key)) {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.fail("look up", name, e)),
+        }
+    }
+}
+
+/// The lease object: who writes to the repository, until when.
+pub const LOCK_OBJECT: &str = "lock";
+/// A lease lasts this long unless renewed (`STRATA_S3_LEASE_SECS` changes it, for tests); it is
+/// renewed every quarter of it, and a change is refused when less than a third of it is left.
+fn lease_ttl() -> Duration {
+    let secs = std::env::var("STRATA_S3_LEASE_SECS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(60)
+        .clamp(3, 3600);
+    Duration::from_secs(secs)
+}
+/// Between writing the lease and reading it back: a writer that read "free" at the same moment
+/// has written its own by then, and the later of the two wins.
+const LEASE_SETTLE: Duration = Duration::from_millis(1500);
+
+#[derive(serde::Serialize, serde::Deserialize, Debug)]
+pub struct LeaseInfo {
+    pub host: String,
+    pub pid: u32,
+    pub command: String,
+    pub token: String,
+    /// Unix milliseconds.
+    pub expires_ms: i64,
+    pub time: String,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// What the refresher and the backend share about a held lease.
+pub struct LeaseState {
+    token: String,
+    expires_ms: std::sync::atomic::AtomicI64,
+    lost: std::sync::atomic::AtomicBool,
+}
+
+impl LeaseState {
+    fn check(&self) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        let left = self.expires_ms.load(Ordering::SeqCst) - now_ms();
+        if self.lost.load(Ordering::SeqCst) || left < (lease_ttl() / 3).as_millis() as i64 {
+            return Err(Error::Locked(
+                "this process's lease on the repository was lost or has expired (it was paused, \
+                 or the store was unreachable); nothing more is written; run the command again"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A writer's lease on an S3 repository, refreshed in the background and given back on drop.
+pub struct Lease {
+    state: Arc<LeaseState>,
+    stop: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    store: Arc<AmazonS3>,
+    key: ObjPath,
+}
+
+fn read_lease(
+    rt: &tokio::runtime::Runtime,
+    store: &AmazonS3,
+    key: &ObjPath,
+) -> Result<Option<LeaseInfo>> {
+    match rt.block_on(async { store.get(key).await?.bytes().await }) {
+        Ok(b) => Ok(serde_json::from_slice(&b).ok()),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(Error::io(
+            "read the repository lease",
+            std::io::Error::other(e.to_string()),
+        )),
+    }
+}
+
+fn write_lease(
+    rt: &tokio::runtime::Runtime,
+    store: &AmazonS3,
+    key: &ObjPath,
+    info: &LeaseInfo,
+) -> Result<()> {
+    let body = serde_json::to_vec(info).map_err(|e| Error::invalid(e.to_string()))?;
+    rt.block_on(store.put(key, PutPayload::from(body)))
+        .map(|_| ())
+        .map_err(|e| {
+            Error::io(
+                "write the repository lease",
+                std::io::Error::other(e.to_string()),
+            )
+        })
+}
+
+impl S3Backend {
+    /// Takes the repository's lease for `command` and attaches it to this backend: every later
+    /// upload or delete checks that it is still held.
+    pub fn lease(&self, command: &str) -> Result<Lease> {
+        let key = self.key(LOCK_OBJECT);
+        if let Some(held) = read_lease(&self.runtime, &self.store, &key)?
+            && held.expires_ms > now_ms()
+        {
+            return Err(Error::Locked(format!(
+                "{} is locked by pid {} on {} ({}) since {}, its lease runs {} s more; if that \
+                 process is gone, wait for the lease to run out or run `strata unlock`",
+                self.location,
+                held.pid,
+                held.host,
+                held.command,
+                held.time,
+                (held.expires_ms - now_ms()) / 1000
+            )));
+        }
+        let mut token = [0u8; 16];
+        crate::repo::secure_random(&mut token)?;
+        let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
+        let info = LeaseInfo {
+            host: crate::repo::hostname(),
+            pid: std::process::id(),
+            command: command.to_string(),
+            token: token.clone(),
+            expires_ms: now_ms() + lease_ttl().as_millis() as i64,
+            time: chrono::Local::now().to_rfc3339(),
+        };
+        write_lease(&self.runtime, &self.store, &key, &info)?;
+        std::thread::sleep(LEASE_SETTLE);
+        match read_lease(&self.runtime, &self.store, &key)? {
+            Some(now) if now.token == token => {}
+            Some(other) => {
+                return Err(Error::Locked(format!(
+                    "{} was locked at the same moment by pid {} on {} ({}); try again",
+                    self.location, other.pid, other.host, other.command
+                )));
+            }
+            None => {
+                return Err(Error::Locked(format!(
+                    "{}: the lease vanished as it was taken; try again",
+                    self.location
+                )));
+            }
+        }
+        let state = Arc::new(LeaseState {
+            token,
+            expires_ms: std::sync::atomic::AtomicI64::new(info.expires_ms),
+            lost: std::sync::atomic::AtomicBool::new(false),
+        });
+        let stop = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        let thread = {
+            let (state, stop, store, key) =
+                (state.clone(), stop.clone(), self.store.clone(), key.clone());
+            let mut info = info;
+            std::thread::Builder::new()
+                .name("lease".into())
+                .spawn(move || refresh(state, stop, store, key, &mut info))
+                .map_err(|e| Error::io("starting the lease refresher", e))?
+        };
+        *self.lease.lock().unwrap_or_else(|p| p.into_inner()) = Some(state.clone());
+        Ok(Lease {
+            state,
+            stop,
+            thread: Some(thread),
+            store: self.store.clone(),
+            key,
+        })
+    }
+
+    /// Removes the lease object whoever holds it (`strata unlock`); true if there was one.
+    pub fn break_lease(&self) -> Result<bool> {
+        let key = self.key(LOCK_OBJECT);
+        let held = read_lease(&self.runtime, &self.store, &key)?.is_some();
+        if held {
+            self.runtime
+                .block_on(self.store.delete(&key))
+                .map_err(|e| self.fail("delete", LOCK_OBJECT, e))?;
+        }
+        Ok(held)
+    }
+}
+
+fn refresh(
+    state: Arc<LeaseState>,
+    stop: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    store: Arc<AmazonS3>,
+    key: ObjPath,
+    info: &mut LeaseInfo,
+) {
+    use std::sync::atomic::Ordering;
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        state.lost.store(true, Ordering::SeqCst);
+        return;
+    };
+    loop {
+        {
+            let (lock, cv) = &*stop;
+            let guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+            let (guard, _) = cv
+                .wait_timeout_while(guard, lease_ttl() / 4, |stopped| !*stopped)
+                .unwrap_or_else(|p| p.into_inner());
+            if *guard {
+                return;
+            }
+        }
+        // Still ours? Then push the expiry on. A lease someone else holds now is lost for good.
+        match read_lease(&rt, &store, &key) {
+            Ok(Some(held)) if held.token == state.token => {
+                info.expires_ms = now_ms() + lease_ttl().as_millis() as i64;
+                if write_lease(&rt, &store, &key, info).is_ok() {
+                    state.expires_ms.store(info.expires_ms, Ordering::SeqCst);
+                }
+            }
+            Ok(_) => {
+                state.lost.store(true, Ordering::SeqCst);
+                return;
+            }
+            Err(_) => {} // unreachable for now; the expiry check refuses changes in time
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        {
+            let (lock, cv) = &*self.stop;
+            *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
+            cv.notify_all();
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            && let Ok(Some(held)) = read_lease(&rt, &self.store, &self.key)
+            && held.token == self.state.token
+        {
+            let _ = rt.block_on(self.store.delete(&self.key));
+        }
+    }
+}
