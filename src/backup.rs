@@ -166,6 +166,14 @@ impl Shared<'_> {
     /// Compresses `raw`, the consecutive blobs `members` (id and length) of one file, into one
     /// frame and adds it to the current pack.
     fn store(&self, kind: BlobKind, members: &[(ChunkId, usize)], raw: &[u8]) -> Result<()> {
+        let frame = self.seal(kind, members, raw)?;
+        self.append(frame)
+    }
+
+    /// Compresses, checks and (in an encrypted repository) encrypts one frame, for [`append`].
+    ///
+    /// [`append`]: Shared::append
+    fn seal(&self, kind: BlobKind, members: &[(ChunkId, usize)], raw: &[u8]) -> Result<Sealed> {
         debug_assert_eq!(members.iter().map(|m| m.1).sum::<usize>(), raw.len());
         let (compression, mut stored) = compress(raw, self.repo.config.zstd_level)?;
         if cfg!(debug_assertions) && std::env::var_os("STRATA_FAULT_DAMAGE_FRAMES").is_some() {
@@ -189,9 +197,24 @@ impl Shared<'_> {
             .fetch_add(stored.len() as u64, Ordering::Relaxed);
         // A failure here is the repository's (a full disk...), not the source file's: it ends
         // the backup instead of being reported as an unreadable file.
-        let stored = self.repo.seal_frame(&stored)?;
+        let stored = match self.repo.seal_frame(&stored)? {
+            std::borrow::Cow::Owned(sealed) => Some(sealed),
+            std::borrow::Cow::Borrowed(_) => None,
+        }
+        .unwrap_or(stored);
+        Ok(Sealed {
+            kind,
+            compression,
+            stored,
+            raw_len: raw.len() as u32,
+            placed,
+        })
+    }
+
+    /// Adds a sealed frame to the current pack.
+    fn append(&self, f: Sealed) -> Result<()> {
         self.packer
-            .add_frame(kind, compression, &stored, raw.len() as u32, &placed)
+            .add_frame(f.kind, f.compression, &f.stored, f.raw_len, &f.placed)
             .map_err(|e| Error::invalid(format!("writing to the repository: {e}")))
     }
 
@@ -1474,15 +1497,24 @@ fn process_batch(
             }
         }
     }
-    frames.par_iter().try_for_each(|f| {
-        let members: Vec<(ChunkId, usize)> = f.iter().map(|&i| (ids[i], spans[i].len)).collect();
-        let (first, last) = (&spans[f[0]], &spans[f[f.len() - 1]]);
-        shared.store(
-            BlobKind::Data,
-            &members,
-            &bufs[first.seg][first.start..last.start + last.len],
-        )
-    })?;
+    // Compressed in parallel, appended in file order: a restore then reads a file's new
+    // chunks from one stretch of a pack, not from frames scattered among its neighbours'.
+    let sealed: Vec<Sealed> = frames
+        .par_iter()
+        .map(|f| {
+            let members: Vec<(ChunkId, usize)> =
+                f.iter().map(|&i| (ids[i], spans[i].len)).collect();
+            let (first, last) = (&spans[f[0]], &spans[f[f.len() - 1]]);
+            shared.seal(
+                BlobKind::Data,
+                &members,
+                &bufs[first.seg][first.start..last.start + last.len],
+            )
+        })
+        .collect::<Result<_>>()?;
+    for frame in sealed {
+        shared.append(frame)?;
+    }
     let mut bytes = 0;
     for (sp, id) in spans.iter().zip(ids) {
         state.builder.push(*id, sp.len as u64, state.emit)?;
@@ -1492,6 +1524,15 @@ fn process_batch(
         p(bytes);
     }
     Ok(())
+}
+
+/// A compressed (and in an encrypted repository, encrypted) frame, ready for a pack.
+struct Sealed {
+    kind: BlobKind,
+    compression: crate::compress::Compression,
+    stored: Vec<u8>,
+    raw_len: u32,
+    placed: Vec<(ChunkId, u32, u32)>,
 }
 
 /// Consecutive new chunks are compressed together up to this many raw bytes.

@@ -353,57 +353,38 @@ impl Group {
     }
 }
 
-/// Walks a file's chunk list in batches of consecutive groups, calling `f` per batch.
-fn for_each_batch(
+/// Walks a file's chunk list in groups of consecutive chunks, calling `f` per group in order.
+fn for_each_group(
     blobs: &BlobReader,
     entry: &Entry,
-    f: &mut dyn FnMut(Vec<Group>) -> Result<()>,
+    f: &mut dyn FnMut(Group) -> Result<()>,
 ) -> Result<u64> {
     let fetch = |id: &ChunkId| blobs.read(id);
     let mut walker = LeafWalker::new(&entry.content, entry.size, &fetch)?;
-    let (batch_max, group_max, _) = blobs.read_shape();
+    let (_, group_max, _) = blobs.read_shape();
     let mut offset = 0u64;
-    let mut done = false;
-    while !done {
-        let mut batch: Vec<Group> = Vec::new();
-        let mut batch_bytes = 0;
-        let mut group = Group {
-            offset,
-            leaves: Vec::new(),
-        };
-        let mut group_bytes = 0;
-        while batch_bytes < batch_max {
-            match walker.next_leaf()? {
-                Some(e) => {
-                    batch_bytes += e.bytes;
-                    group_bytes += e.bytes;
-                    offset = offset
-                        .checked_add(e.bytes)
-                        .ok_or_else(|| Error::corrupt("chunk list sizes overflow"))?;
-                    group.leaves.push(e);
-                    if group_bytes >= group_max {
-                        batch.push(std::mem::replace(
-                            &mut group,
-                            Group {
-                                offset,
-                                leaves: Vec::new(),
-                            },
-                        ));
-                        group_bytes = 0;
-                    }
-                }
-                None => {
-                    done = true;
-                    break;
-                }
-            }
+    let mut group = Group {
+        offset,
+        leaves: Vec::new(),
+    };
+    let mut group_bytes = 0;
+    while let Some(e) = walker.next_leaf()? {
+        group_bytes += e.bytes;
+        offset = offset
+            .checked_add(e.bytes)
+            .ok_or_else(|| Error::corrupt("chunk list sizes overflow"))?;
+        group.leaves.push(e);
+        if group_bytes >= group_max {
+            let next = Group {
+                offset,
+                leaves: Vec::new(),
+            };
+            f(std::mem::replace(&mut group, next))?;
+            group_bytes = 0;
         }
-        if !group.leaves.is_empty() {
-            batch.push(group);
-        }
-        if !batch.is_empty() {
-            f(batch)?;
-        }
+    }
+    if !group.leaves.is_empty() {
+        f(group)?;
     }
     if offset != entry.size {
         return Err(Error::corrupt(format!(
@@ -413,6 +394,31 @@ fn for_each_batch(
         )));
     }
     Ok(offset)
+}
+
+/// Walks a file's chunk list in batches of consecutive groups (up to the batch size of
+/// [`BlobReader::read_shape`]), calling `f` per batch in order.
+fn for_each_batch(
+    blobs: &BlobReader,
+    entry: &Entry,
+    f: &mut dyn FnMut(Vec<Group>) -> Result<()>,
+) -> Result<u64> {
+    let (batch_max, _, _) = blobs.read_shape();
+    let mut batch: Vec<Group> = Vec::new();
+    let mut batch_bytes = 0;
+    let size = for_each_group(blobs, entry, &mut |g| {
+        batch_bytes += g.bytes();
+        batch.push(g);
+        if batch_bytes >= batch_max {
+            batch_bytes = 0;
+            f(std::mem::take(&mut batch))?;
+        }
+        Ok(())
+    })?;
+    if !batch.is_empty() {
+        f(batch)?;
+    }
+    Ok(size)
 }
 
 thread_local! {
@@ -438,15 +444,21 @@ fn with_group<T>(
     })
 }
 
-/// Fills `out` (exactly the group's size) with the verified bytes of a group. Frames stored back
-/// to back are read with one read, each frame is decompressed once (straight into `out` when the
-/// group holds all of it) and every chunk is checked against its id.
+/// Fills `out` (exactly the group's size) with the verified bytes of a group. The group's frames
+/// are read in pack order, whatever their order in the file (a backup compresses in parallel, so
+/// a file's frames need not follow each other in the pack): frames back to back (on object
+/// storage, also a little apart) are read with one read. Each frame is decompressed once
+/// (straight into `out` when it holds exactly a run of the group's chunks) and every chunk is
+/// checked against its id.
 fn fill_group(blobs: &BlobReader, group: &Group, out: &mut [u8]) -> Result<()> {
     let locs: Vec<BlobLoc> = group
         .leaves
         .iter()
         .map(|e| blobs.locate(&e.id))
         .collect::<Result<_>>()?;
+    // Where each chunk goes in `out`.
+    let mut starts = Vec::with_capacity(locs.len());
+    let mut total = 0usize;
     for (loc, leaf) in locs.iter().zip(&group.leaves) {
         if loc.raw_len as u64 != leaf.bytes {
             return Err(Error::corrupt(format!(
@@ -454,92 +466,124 @@ fn fill_group(blobs: &BlobReader, group: &Group, out: &mut [u8]) -> Result<()> {
                 leaf.id, loc.raw_len, leaf.bytes
             )));
         }
+        starts.push(total);
+        total += loc.raw_len as usize;
     }
+    if total != out.len() {
+        return Err(Error::corrupt(
+            "chunk sizes do not add up to the group's size",
+        ));
+    }
+    // The chunks in the order their bytes lie in the packs.
+    let mut order: Vec<usize> = (0..locs.len()).collect();
+    order.sort_unstable_by_key(|&i| {
+        let l = &locs[i];
+        (l.pack, l.frame_offset, l.offset_in_frame, i)
+    });
     let key = blobs.keys.map(|k| k.id_key());
     let keys = blobs.keys;
     let (_, group_max, gap) = blobs.read_shape();
-    {
-        let mut filled = 0usize;
-        let mut i = 0;
-        while i < locs.len() {
-            // A run of chunks whose frames follow each other in one pack: one read.
-            let start = locs[i].frame_offset as u64;
-            let mut end = start + locs[i].frame_stored_len as u64;
-            let mut j = i + 1;
-            while j < locs.len() && locs[j].pack == locs[i].pack {
-                let at = locs[j].frame_offset as u64;
-                if locs[j].frame_key() == locs[j - 1].frame_key() {
-                    j += 1;
-                } else if at >= end && at - end <= gap && end - start <= group_max * 2 {
-                    end = at + locs[j].frame_stored_len as u64;
-                    j += 1;
-                } else {
-                    break;
-                }
+    let mut i = 0;
+    while i < order.len() {
+        // A span of frames of one pack, each after the last and at most `gap` apart: one read.
+        let first = locs[order[i]];
+        let start = first.frame_offset as u64;
+        let mut end = start + first.frame_stored_len as u64;
+        let mut j = i + 1;
+        while j < order.len() {
+            let l = locs[order[j]];
+            let at = l.frame_offset as u64;
+            let frame_end = at + l.frame_stored_len as u64;
+            if l.frame_key() == locs[order[j - 1]].frame_key() {
+                j += 1;
+            } else if l.pack == first.pack
+                && at >= end
+                && at - end <= gap
+                && frame_end - start <= group_max * 2
+            {
+                end = frame_end;
+                j += 1;
+            } else {
+                break;
             }
-            let pack = blobs.pack_name(locs[i].pack)?;
-            SPAN.with(|span| -> Result<()> {
-                let mut span = span.borrow_mut();
-                span.resize((end - start) as usize, 0);
-                blobs.read_span_into(&pack, start, &mut span)?;
-                let mut k = i;
-                while k < j {
-                    let loc = locs[k];
-                    let mut m = k + 1;
-                    while m < j && locs[m].frame_key() == loc.frame_key() {
-                        m += 1;
-                    }
-                    let rel = (loc.frame_offset as u64 - start) as usize;
-                    let stored = &span[rel..rel + loc.frame_stored_len as usize];
-                    // Do these chunks make up the whole frame, in order? (The usual case: a
-                    // run of a file's chunks stored together.)
-                    let mut expect = 0u32;
-                    let whole = locs[k..m].iter().all(|l| {
-                        let ok = l.offset_in_frame == expect;
-                        expect = expect.saturating_add(l.raw_len);
-                        ok
-                    }) && expect == loc.frame_raw_len;
-                    if whole {
-                        // Decompress straight into place, then check each chunk there.
-                        let dst = &mut out[filled..filled + loc.frame_raw_len as usize];
-                        decode_frame(keys, stored, &loc, &pack, dst)
-                            .map_err(|e| with_chunk(e, &group.leaves[k].id))?;
-                        let mut at = 0usize;
-                        for (l, leaf) in locs[k..m].iter().zip(&group.leaves[k..m]) {
-                            let blob = &dst[at..at + l.raw_len as usize];
-                            check_hash(blob, l, &leaf.id, key, &pack)?;
-                            at += l.raw_len as usize;
-                        }
-                        filled += loc.frame_raw_len as usize;
-                    } else {
-                        FRAME.with(|frame| -> Result<()> {
-                            let mut frame = frame.borrow_mut();
-                            frame.resize(loc.frame_raw_len as usize, 0);
-                            decode_frame(keys, stored, &loc, &pack, &mut frame)
-                                .map_err(|e| with_chunk(e, &group.leaves[k].id))?;
-                            for (l, leaf) in locs[k..m].iter().zip(&group.leaves[k..m]) {
-                                let s = l.offset_in_frame as usize;
-                                let blob = &frame[s..s + l.raw_len as usize];
-                                check_hash(blob, l, &leaf.id, key, &pack)?;
-                                out[filled..filled + blob.len()].copy_from_slice(blob);
-                                filled += blob.len();
-                            }
-                            Ok(())
-                        })?;
-                    }
-                    k = m;
+        }
+        let pack = blobs.pack_name(first.pack)?;
+        SPAN.with(|span| -> Result<()> {
+            let mut span = span.borrow_mut();
+            span.resize((end - start) as usize, 0);
+            blobs.read_span_into(&pack, start, &mut span)?;
+            let mut k = i;
+            while k < j {
+                let loc = locs[order[k]];
+                let mut m = k + 1;
+                while m < j && locs[order[m]].frame_key() == loc.frame_key() {
+                    m += 1;
                 }
-                Ok(())
-            })?;
-            i = j;
-        }
-        if filled != out.len() {
-            return Err(Error::corrupt(
-                "chunk sizes do not add up to the group's size",
-            ));
-        }
-        Ok(())
+                let members = &order[k..m];
+                let rel = (loc.frame_offset as u64 - start) as usize;
+                // Chunks of one frame whose index entries disagree on its length: a damaged index.
+                let stored = span
+                    .get(rel..rel + loc.frame_stored_len as usize)
+                    .filter(|_| {
+                        members
+                            .iter()
+                            .all(|&c| locs[c].frame_stored_len == loc.frame_stored_len)
+                    })
+                    .ok_or_else(|| {
+                        Error::corrupt(format!(
+                            "chunk {}: its frame's entries in the index disagree",
+                            group.leaves[members[0]].id
+                        ))
+                    })?;
+                // Is the frame exactly a run of the group's chunks, in order? (The usual case:
+                // consecutive chunks of a file compressed together.)
+                let mut expect = 0u32;
+                let whole = members.iter().enumerate().all(|(n, &c)| {
+                    let ok = locs[c].offset_in_frame == expect && c == members[0] + n;
+                    expect = expect.saturating_add(locs[c].raw_len);
+                    ok
+                }) && expect == loc.frame_raw_len;
+                if whole {
+                    // Decompress straight into place, then check each chunk there.
+                    let at = starts[members[0]];
+                    let dst = &mut out[at..at + loc.frame_raw_len as usize];
+                    decode_frame(keys, stored, &loc, &pack, dst)
+                        .map_err(|e| with_chunk(e, &group.leaves[members[0]].id))?;
+                    for &c in members {
+                        let s = starts[c] - at;
+                        let blob = &dst[s..s + locs[c].raw_len as usize];
+                        check_hash(blob, &locs[c], &group.leaves[c].id, key, &pack)?;
+                    }
+                } else {
+                    FRAME.with(|frame| -> Result<()> {
+                        let mut frame = frame.borrow_mut();
+                        frame.resize(loc.frame_raw_len as usize, 0);
+                        decode_frame(keys, stored, &loc, &pack, &mut frame)
+                            .map_err(|e| with_chunk(e, &group.leaves[members[0]].id))?;
+                        for &c in members {
+                            let l = &locs[c];
+                            let blob = frame
+                                .get(l.offset_in_frame as usize..)
+                                .and_then(|f| f.get(..l.raw_len as usize))
+                                .ok_or_else(|| {
+                                    Error::corrupt(format!(
+                                        "chunk {}: outside its frame in {pack}",
+                                        group.leaves[c].id
+                                    ))
+                                })?;
+                            check_hash(blob, l, &group.leaves[c].id, key, &pack)?;
+                            out[starts[c]..starts[c] + blob.len()].copy_from_slice(blob);
+                        }
+                        Ok(())
+                    })?;
+                }
+                k = m;
+            }
+            Ok(())
+        })?;
+        i = j;
     }
+    Ok(())
 }
 
 /// Streams a file's verified bytes to `out` in order.
@@ -560,7 +604,11 @@ pub fn write_content(
     })
 }
 
-/// Writes a file's verified bytes into `file` at their offsets, groups in parallel.
+/// Writes a file's verified bytes into `file` at their offsets, groups in parallel: a sliding
+/// window of twice a batch's groups is handed to the pool while the chunk list is walked, so
+/// there is no pause at the end of a batch waiting for its slowest read. When the window is
+/// full, the walking thread writes a group itself (it never blocks on the pool, which may be
+/// the pool it runs on).
 fn write_content_at(
     blobs: &BlobReader,
     entry: &Entry,
@@ -569,29 +617,59 @@ fn write_content_at(
 ) -> Result<u64> {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::FileExt;
-    for_each_batch(blobs, entry, &mut |batch| {
-        batch.par_iter().try_for_each(|g| {
-            with_group(blobs, g, |data| {
-                file.write_all_at(data, g.offset).ctx("write", path)
-            })
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (batch_max, group_max, _) = blobs.read_shape();
+    let window = (2 * batch_max / group_max).max(2) as usize;
+    let write_group = |g: &Group| -> Result<()> {
+        with_group(blobs, g, |data| {
+            file.write_all_at(data, g.offset).ctx("write", path)
         })?;
-        // Start writing this batch to disk now, so the device works while the next batch is
-        // decompressed and the final fsync has little left to wait for. (Only a hint: the
-        // fsync before the rename is what makes the file durable.)
-        if let (Some(first), Some(last)) = (batch.first(), batch.last()) {
-            let end = last.offset + last.leaves.iter().map(|e| e.bytes).sum::<u64>();
-            // SAFETY: sync_file_range only starts writeback of a range of this open file.
-            unsafe {
-                libc::sync_file_range(
-                    file.as_raw_fd(),
-                    first.offset as libc::off64_t,
-                    (end - first.offset) as libc::off64_t,
-                    libc::SYNC_FILE_RANGE_WRITE,
-                );
-            }
+        // Start writing this group to disk now, so the device works while the rest is read
+        // and the final fsync has little left to wait for. (Only a hint: the fsync before
+        // the rename is what makes the file durable.)
+        // SAFETY: sync_file_range only starts writeback of a range of this open file.
+        unsafe {
+            libc::sync_file_range(
+                file.as_raw_fd(),
+                g.offset as libc::off64_t,
+                g.bytes() as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
         }
         Ok(())
-    })
+    };
+    let in_flight = AtomicUsize::new(0);
+    let failed: Mutex<Option<Error>> = Mutex::new(None);
+    let first_error = |e: Error| {
+        failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(e);
+    };
+    let walked = rayon::in_place_scope(|scope| {
+        for_each_group(blobs, entry, &mut |g| {
+            if failed.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+                return Err(Error::invalid("a read failed"));
+            }
+            if in_flight.load(Ordering::Acquire) >= window {
+                return write_group(&g);
+            }
+            in_flight.fetch_add(1, Ordering::AcqRel);
+            let (write_group, in_flight, first_error) = (&write_group, &in_flight, &first_error);
+            scope.spawn(move |_| {
+                if let Err(e) = write_group(&g) {
+                    first_error(e);
+                }
+                in_flight.fetch_sub(1, Ordering::AcqRel);
+            });
+            Ok(())
+        })
+    });
+    // A task's error is the cause; the walk's "a read failed" only followed it.
+    if let Some(e) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(e);
+    }
+    walked
 }
 
 /// Makes `dir` a real directory: creates it if missing, refuses a symlink or a non-directory in

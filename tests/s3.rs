@@ -537,9 +537,15 @@ fn a_writer_paused_past_its_lease_does_not_commit() {
     // Short leases: 6 s, renewed every 1.5 s, changes refused with less than 2 s left.
     env.set_var("STRATA_S3_LEASE_SECS", "6");
     env.init();
+    // A's source waits for a file the test creates once A has been paused and resumed.
+    let go = env.path("go");
+    let source = format!(
+        "while [ ! -e {} ]; do sleep 0.1; done; echo from-a=a.txt",
+        go.display()
+    );
     let a = env
         .cmd()
-        .args(["backup", "--from-command", "sleep 6; echo from-a=a.txt"])
+        .args(["backup", "--from-command", &source])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -572,6 +578,7 @@ fn a_writer_paused_past_its_lease_does_not_commit() {
     env.set_var("XDG_CACHE_HOME", env.path("cache-b").to_str().unwrap());
     let id_b = env.backup(&[&src]);
     unsafe { libc::kill(a.id() as i32, libc::SIGCONT) };
+    write(&go, b"");
     let out = a.wait_with_output().unwrap();
     assert!(
         !out.status.success(),

@@ -66,6 +66,10 @@ impl Drop for S3Backend {
 /// served from aligned blocks of this size, each downloaded once: one request instead of
 /// dozens. Packs never change under their name, so a block stays true.
 const BLOCK: u64 = 4 << 20;
+/// Pack reads up to this size go through the blocks: the small files and chunk-list nodes
+/// between other data. A larger read is a ranged GET of its own; through a block, a piece of a
+/// large file at a pack's edge would download a whole block for a part of it.
+const SMALL_READ: u64 = 256 << 10;
 /// Blocks kept: at most this many times [`BLOCK`] bytes of memory.
 const BLOCKS_KEPT: usize = 24;
 
@@ -114,6 +118,24 @@ impl S3Backend {
             builder = builder
                 .with_endpoint(e)
                 .with_allow_http(e.starts_with("http://"));
+        }
+        // Over TLS, whose records are authenticated, the body needs no SHA-256 of its own in
+        // the request signature (as AWS's own clients do); over plain http it keeps one.
+        let tls = s
+            .endpoint
+            .as_ref()
+            .is_none_or(|e| e.starts_with("https://"));
+        builder = builder.with_unsigned_payload(tls);
+        // An idle connection is dropped before a store is likely to have closed it (servers
+        // close idle ones after 5 to 60 s): a request on a connection closed under it fails
+        // without being retried. This matters after a pause, such as a daemon's idle hour.
+        if std::env::var_os("AWS_POOL_IDLE_TIMEOUT").is_none() {
+            builder = builder.with_config(
+                object_store::aws::AmazonS3ConfigKey::Client(
+                    object_store::ClientConfigKey::PoolIdleTimeout,
+                ),
+                "4s",
+            );
         }
         let region = match (&s.region, &s.endpoint) {
             (Some(r), _) => r.as_str(),
@@ -251,8 +273,40 @@ impl S3Backend {
         }
         let lease = self.lease.lock().unwrap_or_else(|p| p.into_inner()).clone();
         match lease {
-            Some(l) => l.check(),
+            Some(l) => {
+                self.confirm(&l)?;
+                l.check()
+            }
             None => Ok(()),
+        }
+    }
+
+    /// Before the first change under a new lease: waits out the settling time, then reads the
+    /// lease back. Another writer that took it at the same moment has written its own by then,
+    /// and the later of the two holds it.
+    fn confirm(&self, lease: &LeaseState) -> Result<()> {
+        let mut settling = lease.settling.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(until) = *settling else {
+            return Ok(());
+        };
+        std::thread::sleep(until.saturating_duration_since(std::time::Instant::now()));
+        let lost = |why: String| {
+            lease.lost.store(true, Ordering::SeqCst);
+            Err(Error::Locked(why))
+        };
+        match read_lease(&self.runtime, &self.store, &self.key(LOCK_OBJECT))? {
+            Some(now) if now.token == lease.token => {
+                *settling = None;
+                Ok(())
+            }
+            Some(other) => lost(format!(
+                "{} was locked at the same moment by pid {} on {} ({}); try again",
+                self.location, other.pid, other.host, other.command
+            )),
+            None => lost(format!(
+                "{}: the lease vanished as it was taken; try again",
+                self.location
+            )),
         }
     }
 
@@ -307,26 +361,40 @@ impl Backend for S3Backend {
     }
 
     fn read_into(&self, name: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
-        if name.starts_with("packs/") && buf.len() as u64 <= BLOCK / 2 {
+        if name.starts_with("packs/") && buf.len() as u64 <= SMALL_READ {
             return self.read_blocks(name, offset, buf);
         }
         let key = self.key(name);
         let range = offset..offset + buf.len() as u64;
         Stats::add(&self.stats.get, 1);
         Stats::add(&self.stats.down, buf.len() as u64);
-        let bytes = self
+        // The body is copied into `buf` as it arrives: no second buffer of the whole range.
+        let got = self
             .runtime
-            .block_on(self.store.get_range(&key, range))
+            .block_on(async {
+                use futures::StreamExt;
+                let options = object_store::GetOptions::new().with_range(Some(range));
+                let mut body = self.store.get_opts(&key, options).await?.into_stream();
+                let mut at = 0usize;
+                while let Some(piece) = body.next().await {
+                    let piece = piece?;
+                    let Some(dst) = buf.get_mut(at..at + piece.len()) else {
+                        return Ok(None);
+                    };
+                    dst.copy_from_slice(&piece);
+                    at += piece.len();
+                }
+                Ok(Some(at))
+            })
             .map_err(|e| self.fail("download", name, e))?;
-        if bytes.len() != buf.len() {
+        if got != Some(buf.len()) {
             return Err(Error::corrupt(format!(
                 "{}/{name}: {} bytes at {offset} asked, {} returned",
                 self.location,
                 buf.len(),
-                bytes.len()
+                got.map_or("more".to_string(), |n| n.to_string())
             )));
         }
-        buf.copy_from_slice(&bytes);
         Ok(())
     }
 
@@ -401,8 +469,9 @@ fn lease_ttl() -> Duration {
         .clamp(3, 3600);
     Duration::from_secs(secs)
 }
-/// Between writing the lease and reading it back: a writer that read "free" at the same moment
-/// has written its own by then, and the later of the two wins.
+/// Between writing the lease and reading it back (before the first change the writer makes): a
+/// writer that read "free" at the same moment has written its own by then, and the later of the
+/// two wins.
 const LEASE_SETTLE: Duration = Duration::from_millis(1500);
 
 #[derive(serde::Serialize, serde::Deserialize, Debug)]
@@ -425,6 +494,9 @@ pub struct LeaseState {
     token: String,
     expires_ms: std::sync::atomic::AtomicI64,
     lost: std::sync::atomic::AtomicBool,
+    /// Until the lease has been read back after settling: when that may be done. The process
+    /// works meanwhile (walks, reads, compresses), but changes nothing in the store.
+    settling: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl LeaseState {
@@ -514,26 +586,11 @@ impl S3Backend {
             time: chrono::Local::now().to_rfc3339(),
         };
         write_lease(&self.runtime, &self.store, &key, &info)?;
-        std::thread::sleep(LEASE_SETTLE);
-        match read_lease(&self.runtime, &self.store, &key)? {
-            Some(now) if now.token == token => {}
-            Some(other) => {
-                return Err(Error::Locked(format!(
-                    "{} was locked at the same moment by pid {} on {} ({}); try again",
-                    self.location, other.pid, other.host, other.command
-                )));
-            }
-            None => {
-                return Err(Error::Locked(format!(
-                    "{}: the lease vanished as it was taken; try again",
-                    self.location
-                )));
-            }
-        }
         let state = Arc::new(LeaseState {
             token,
             expires_ms: std::sync::atomic::AtomicI64::new(info.expires_ms),
             lost: std::sync::atomic::AtomicBool::new(false),
+            settling: std::sync::Mutex::new(Some(std::time::Instant::now() + LEASE_SETTLE)),
         });
         let stop = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
         let thread = {
