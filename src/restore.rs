@@ -71,18 +71,28 @@ impl<'a, L: Locate + ?Sized> BlobReader<'a, L> {
             })
     }
 
-    /// Like [`Self::read_span`], into a buffer of exactly the wanted length.
-    pub fn read_span_into(&self, pack: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
-        self.backend
-            .read_into(pack, offset, buf)
-            .map_err(|e| match e.kind() {
-                crate::ErrorKind::NotFound => Error::corrupt(format!("{pack} is missing")),
-                crate::ErrorKind::Io => e,
-                _ => Error::corrupt(format!(
-                    "{pack}: {} bytes at offset {offset}: {e}",
-                    buf.len()
-                )),
-            })
+    /// Like [`Self::read_span`], into a buffer of exactly the wanted length; `sequential` for a
+    /// piece of a large file's read (see [`crate::storage::Backend::read_into_sequential`]).
+    pub fn read_span_into(
+        &self,
+        pack: &str,
+        offset: u64,
+        buf: &mut [u8],
+        sequential: bool,
+    ) -> Result<()> {
+        let read = if sequential {
+            self.backend.read_into_sequential(pack, offset, buf)
+        } else {
+            self.backend.read_into(pack, offset, buf)
+        };
+        read.map_err(|e| match e.kind() {
+            crate::ErrorKind::NotFound => Error::corrupt(format!("{pack} is missing")),
+            crate::ErrorKind::Io => e,
+            _ => Error::corrupt(format!(
+                "{pack}: {} bytes at offset {offset}: {e}",
+                buf.len()
+            )),
+        })
     }
 
     /// Bytes of a file handled per batch and per group of a batch (see [`for_each_batch`]), and
@@ -483,9 +493,10 @@ fn fill_group(blobs: &BlobReader, group: &Group, out: &mut [u8]) -> Result<()> {
     let key = blobs.keys.map(|k| k.id_key());
     let keys = blobs.keys;
     let (_, group_max, gap) = blobs.read_shape();
+    // Spans of frames of one pack, each after the last and at most `gap` apart: one read each.
+    let mut spans: Vec<(usize, usize, u64, u64)> = Vec::new();
     let mut i = 0;
     while i < order.len() {
-        // A span of frames of one pack, each after the last and at most `gap` apart: one read.
         let first = locs[order[i]];
         let start = first.frame_offset as u64;
         let mut end = start + first.frame_stored_len as u64;
@@ -507,11 +518,21 @@ fn fill_group(blobs: &BlobReader, group: &Group, out: &mut [u8]) -> Result<()> {
                 break;
             }
         }
+        spans.push((i, j, start, end));
+        i = j;
+    }
+    // A full group in one or two stretches of packs is part of a large file stored in order:
+    // a short piece of it at a pack's edge is read exactly, not through a cached block whose
+    // other bytes were the previous group's. (A file rewritten in places, such as a database,
+    // has many short pieces whose neighbours the next groups want: those go through blocks.)
+    let sequential = total as u64 >= group_max && spans.len() <= 2;
+    for (i, j, start, end) in spans {
+        let first = locs[order[i]];
         let pack = blobs.pack_name(first.pack)?;
         SPAN.with(|span| -> Result<()> {
             let mut span = span.borrow_mut();
             span.resize((end - start) as usize, 0);
-            blobs.read_span_into(&pack, start, &mut span)?;
+            blobs.read_span_into(&pack, start, &mut span, sequential)?;
             let mut k = i;
             while k < j {
                 let loc = locs[order[k]];
@@ -581,7 +602,6 @@ fn fill_group(blobs: &BlobReader, group: &Group, out: &mut [u8]) -> Result<()> {
             }
             Ok(())
         })?;
-        i = j;
     }
     Ok(())
 }

@@ -24,6 +24,12 @@ pub trait Backend: Send + Sync {
     }
     /// Reads exactly `buf.len()` bytes at `offset`.
     fn read_into(&self, name: &str, offset: u64, buf: &mut [u8]) -> Result<()>;
+    /// Like [`Backend::read_into`], for a piece of a long sequential read (a large file being
+    /// restored), whose neighbours have been or will be read on their own: a backend that
+    /// serves small reads from cached blocks reads exactly this range instead.
+    fn read_into_sequential(&self, name: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.read_into(name, offset, buf)
+    }
     fn size(&self, name: &str) -> Result<u64>;
     /// Object names under `prefix` (a directory-like path such as `packs`), recursively.
     fn list(&self, prefix: &str) -> Result<Vec<String>>;

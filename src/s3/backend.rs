@@ -66,10 +66,10 @@ impl Drop for S3Backend {
 /// served from aligned blocks of this size, each downloaded once: one request instead of
 /// dozens. Packs never change under their name, so a block stays true.
 const BLOCK: u64 = 4 << 20;
-/// Pack reads up to this size go through the blocks: the small files and chunk-list nodes
-/// between other data. A larger read is a ranged GET of its own; through a block, a piece of a
-/// large file at a pack's edge would download a whole block for a part of it.
-const SMALL_READ: u64 = 256 << 10;
+/// Pack reads up to this size go through the blocks: small files and chunk-list nodes among
+/// other data. A larger read, or a piece of a large file's sequential read (which a block
+/// would download for a part of it at a pack's edge), is a ranged GET of its own.
+const SMALL_READ: u64 = BLOCK / 2;
 /// Blocks kept: at most this many times [`BLOCK`] bytes of memory.
 const BLOCKS_KEPT: usize = 24;
 
@@ -364,6 +364,10 @@ impl Backend for S3Backend {
         if name.starts_with("packs/") && buf.len() as u64 <= SMALL_READ {
             return self.read_blocks(name, offset, buf);
         }
+        self.read_into_sequential(name, offset, buf)
+    }
+
+    fn read_into_sequential(&self, name: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
         let key = self.key(name);
         let range = offset..offset + buf.len() as u64;
         Stats::add(&self.stats.get, 1);
