@@ -16,6 +16,11 @@ pub trait Backend: Send + Sync {
     /// Writes `name` atomically and durably: after `put` returns, the object is either absent
     /// (if the process dies before) or complete, and survives a power loss.
     fn put(&self, name: &str, data: &[u8]) -> Result<()>;
+    /// [`Backend::put`] of bytes the caller gives up: a backend that sends them on keeps them
+    /// without a copy.
+    fn put_owned(&self, name: &str, data: Vec<u8>) -> Result<()> {
+        self.put(name, &data)
+    }
     fn get(&self, name: &str) -> Result<Vec<u8>>;
     fn get_range(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
         let mut buf = vec![0; len];
@@ -50,7 +55,9 @@ pub trait Backend: Send + Sync {
         let _ = prefix;
         Ok(Box::new(BufferedObject {
             backend: self,
-            data: Vec::new(),
+            // A pack of the default target size and its last frame without growing (untouched
+            // capacity costs no memory).
+            data: Vec::with_capacity((crate::repo::DEFAULT_PACK_TARGET + (1 << 20)) as usize),
         }))
     }
 
@@ -102,7 +109,7 @@ impl<B: Backend + ?Sized> ObjectWriter for BufferedObject<'_, B> {
     }
 
     fn commit(self: Box<Self>, name: &str) -> Result<()> {
-        self.backend.put(name, &self.data)
+        self.backend.put_owned(name, self.data)
     }
 }
 

@@ -2,7 +2,7 @@
 //! input a fuzzer ever found to crash, kept as regressions), each input also mutated a few
 //! hundred ways (bit flips, truncations, insertions, splices), so every decoder meets damaged
 //! bytes in every test run; and every target runs coverage-guided under libFuzzer for a short
-//! while (`fuzz/run.sh`, 15 s each, `STRATA_FUZZ_SECONDS` to change), which needs cargo-fuzz
+//! while (`fuzz/run.sh`, 10 s each, `STRATA_FUZZ_SECONDS` to change), which needs cargo-fuzz
 //! (`cargo install cargo-fuzz`; `.ci/run` installs it; `STRATA_SKIP_FUZZ=1` skips that part).
 
 use std::fs;
@@ -156,7 +156,7 @@ fn libfuzzer_runs_every_target_briefly() {
         has_fuzz,
         "cargo-fuzz is needed: cargo install cargo-fuzz (or set STRATA_SKIP_FUZZ=1)"
     );
-    let secs = std::env::var("STRATA_FUZZ_SECONDS").unwrap_or_else(|_| "15".into());
+    let secs = std::env::var("STRATA_FUZZ_SECONDS").unwrap_or_else(|_| "10".into());
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/run.sh");
     let out = std::process::Command::new("bash")
         .arg(&script)

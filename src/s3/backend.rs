@@ -334,11 +334,15 @@ impl S3Backend {
 
 impl Backend for S3Backend {
     fn put(&self, name: &str, data: &[u8]) -> Result<()> {
+        self.put_owned(name, data.to_vec())
+    }
+
+    fn put_owned(&self, name: &str, data: Vec<u8>) -> Result<()> {
         self.may_change(name)?;
         let key = self.key(name);
-        let payload = PutPayload::from(data.to_vec());
         Stats::add(&self.stats.put, 1);
         Stats::add(&self.stats.up, data.len() as u64);
+        let payload = PutPayload::from(data);
         self.runtime
             .block_on(self.store.put(&key, payload))
             .map_err(|e| self.fail("upload", name, e))?;
