@@ -1,4 +1,4 @@
-//! The one place that serializes metadata.
+//! The one place that serializes metadata (and words the errors of TOML settings files).
 //!
 //! Structured metadata (manifests, snapshot summaries, the config) is encoded with bincode 2
 //! (standard configuration: little-endian, variable-length integers) with a size limit, so a
@@ -100,6 +100,24 @@ pub mod frame {
             )));
         }
         Ok((version, &bytes[HEADER_LEN..body_end]))
+    }
+}
+
+/// The 1-based line of byte `offset` of `text` (for messages about settings files).
+pub fn line_at(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// A settings file's TOML error as `FILE:LINE: message`, at the line where it was found.
+pub fn toml_error(text: &str, file: &str, e: &toml::de::Error) -> String {
+    match e.span() {
+        Some(s) => format!("{file}:{}: {}", line_at(text, s.start), e.message()),
+        None => format!("{file}: {}", e.message()),
     }
 }
 

@@ -125,15 +125,8 @@ fn merge(first: Endpoint, second: Endpoint) -> Endpoint {
 }
 
 fn parse(text: &str, name: &str) -> Result<File> {
-    let file: File = toml::from_str(text).map_err(|e| {
-        let line = e
-            .span()
-            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-        Error::invalid(match line {
-            Some(l) => format!("{name}:{l}: {}", e.message()),
-            None => format!("{name}: {}", e.message()),
-        })
-    })?;
+    let file: File = toml::from_str(text)
+        .map_err(|e| Error::invalid(crate::codec::toml_error(text, name, &e)))?;
     for (bucket, e) in std::iter::once(("(top level)", &file))
         .chain(file.bucket.iter().map(|(b, e)| (b.as_str(), e)))
     {

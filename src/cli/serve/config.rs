@@ -118,11 +118,11 @@ struct Origin<'a> {
 
 impl Origin<'_> {
     fn at<T>(&self, s: &Spanned<T>) -> String {
-        let line = self.text[..s.span().start.min(self.text.len())]
-            .matches('\n')
-            .count()
-            + 1;
-        format!("{}:{line}", self.file)
+        format!(
+            "{}:{}",
+            self.file,
+            strata::codec::line_at(self.text, s.span().start)
+        )
     }
 }
 
@@ -232,15 +232,8 @@ impl ServeConfig {
     /// Parses the text of a configuration file named `file` (for messages), then applies the
     /// environment.
     pub fn parse(text: &str, file: &str) -> Result<ServeConfig> {
-        let raw: FileConfig = toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-            match line {
-                Some(l) => anyhow!("{file}:{l}: {}", e.message()),
-                None => anyhow!("{file}: {}", e.message()),
-            }
-        })?;
+        let raw: FileConfig =
+            toml::from_str(text).map_err(|e| anyhow!(strata::codec::toml_error(text, file, &e)))?;
         let o = Origin { file, text };
         let listen = setting(&o, "STRATA_LISTEN", raw.listen.as_ref(), |s| {
             s.parse::<SocketAddr>()
