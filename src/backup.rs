@@ -30,6 +30,7 @@ use crate::manifest::{
 };
 use crate::pack::BlobKind;
 use crate::packer::{Packer, WrittenPack};
+use crate::pagesums::PageSums;
 use crate::refs::UsageCache;
 use crate::repo::Repo;
 use crate::tree::TreeBuilder;
@@ -141,6 +142,8 @@ struct Shared<'r> {
     raw_sqlite: bool,
     /// Databases named with `--sqlite`: a consistent image or the backup fails.
     databases: &'r HashSet<PathBuf>,
+    /// Page digests this backup may still hold until its commit (see [`SUM_BUDGET`]).
+    sum_budget: AtomicU64,
 }
 
 impl Shared<'_> {
@@ -258,6 +261,8 @@ struct ReadFile {
     page_size: u32,
     /// The stamp to remember, unless the file changed while it was read.
     stamp: Option<FileStamp>,
+    /// The [`PageSums`] record to keep with the stamp (encoded, sealed if encrypted).
+    sums: Option<Vec<u8>>,
     /// Worth telling the user (a database that had to be copied raw...).
     notes: Vec<String>,
     /// The file's stamp when the read began.
@@ -276,7 +281,7 @@ type Stored = (Content, u64, u32);
 enum Got {
     /// From the file cache.
     Cached(Stored),
-    Read(ReadFile),
+    Read(Box<ReadFile>),
 }
 
 /// Runs the hooks around [`capture`]: the before hook first (a failure stops the backup), the
@@ -411,6 +416,7 @@ fn capture(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
         progress: opts.progress,
         raw_sqlite: opts.raw_sqlite,
         databases: &databases,
+        sum_budget: AtomicU64::new(SUM_BUDGET),
     };
     let (read_results, stores, streamed, packs) = std::thread::scope(|s| {
         // Full packs are recorded in the index while reading goes on, a few per transaction, so
@@ -511,7 +517,7 @@ fn capture(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
         notes.extend(rf.notes);
         bytes_read += rf.size;
         if let Some(stamp) = rf.stamp {
-            stamps.push((repo.file_key(abs.as_os_str().as_bytes()), stamp));
+            stamps.push((repo.file_key(abs.as_os_str().as_bytes()), stamp, rf.sums));
         }
         (rf.content, rf.size, rf.page_size)
     };
@@ -586,7 +592,7 @@ fn capture(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
             let content = match got {
                 None => None,
                 Some(Got::Cached(stored)) => Some(stored),
-                Some(Got::Read(rf)) => Some(accept(&item.abs, rf)),
+                Some(Got::Read(rf)) => Some(accept(&item.abs, *rf)),
             };
             store_items.push((item, content));
         }
@@ -825,13 +831,16 @@ impl GroupIo<Got> for StoreIo<'_, '_> {
             Ok(rf) => Ok(Some(FileRead {
                 seen: rf.seen,
                 stable: rf.stable,
-                data: Got::Read(rf),
+                data: Got::Read(Box::new(rf)),
             })),
             Err(e) if e.kind() == crate::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
     }
 }
+
+/// A file's stamp to keep, under its cache key, with its page digest record (if any).
+pub(crate) type KeptStamp = (Vec<u8>, FileStamp, Option<Vec<u8>>);
 
 /// Packs whose blob entries go into one intermediate index transaction. Few large transactions
 /// keep the index file small: each transaction of scattered inserts copies most B-tree leaves, and
@@ -845,7 +854,7 @@ pub(crate) fn commit(
     next_pack: u32,
     id: &SnapshotId,
     framed: &[u8],
-    stamps: &[(Vec<u8>, FileStamp)],
+    stamps: &[KeptStamp],
 ) -> Result<()> {
     // The last packs, the snapshot and the file stamps commit together, durably. The snapshot's
     // references are counted by the next forget or gc (see `refs`).
@@ -859,11 +868,19 @@ pub(crate) fn commit(
         let mut snaps = txn.open_table(SNAPSHOTS)?;
         snaps.insert(id.as_bytes(), framed)?;
         let mut files = txn.open_table(FILES)?;
-        for (path, stamp) in stamps {
+        for (path, stamp, _) in stamps {
             files.insert(path.as_slice(), crate::codec::encode(stamp)?.as_slice())?;
         }
     }
     txn.commit()?;
+    // Page digests follow the stamps they describe (a record left behind by a crash here
+    // names content the stamp no longer does, and is ignored).
+    let records: Vec<(&[u8], Option<&[u8]>)> = stamps
+        .iter()
+        .filter(|(_, stamp, _)| stamp.page_size > 0)
+        .map(|(key, _, sums)| (key.as_slice(), sums.as_deref()))
+        .collect();
+    crate::pagesums::store(repo, &records);
     if let Some(cache) = repo.backend.node_cache() {
         // Only a cache: a node it failed to keep is downloaded again when needed.
         let _ = cache.flush();
@@ -972,7 +989,7 @@ struct PreviousVersion<'a> {
 impl PreviousVersion<'_> {
     /// The chunks of the previous version that start in `[start, end)`, by ascending offset.
     /// Calls must ask for ranges in ascending order.
-    fn chunks_in(&mut self, start: u64, end: u64) -> Vec<(u64, ChunkId)> {
+    fn chunks_in(&mut self, start: u64, end: u64) -> Vec<Known> {
         let mut out = Vec::new();
         loop {
             if self.current.is_none() {
@@ -982,12 +999,12 @@ impl PreviousVersion<'_> {
                 self.advance();
                 continue;
             }
-            let (off, id, _) = self.current.expect("checked above");
+            let (off, id, len) = self.current.expect("checked above");
             if off >= end {
                 return out;
             }
             if off >= start {
-                out.push((off, id));
+                out.push((off, id, len));
             }
             self.current = None;
         }
@@ -1049,6 +1066,10 @@ fn read_file(
         Some(_) => Some(IndexReader::new(&repo.index.read()?)?),
         None => None,
     };
+    let mut sums = match mode {
+        CutMode::Fixed(page) => sum_state(shared, path, page, before.len(), previous)?,
+        CutMode::Cdc => None,
+    };
     let blob_reader = match &prev_index {
         Some(index) => Some(crate::restore::BlobReader::new(repo, index)?),
         None => None,
@@ -1077,6 +1098,7 @@ fn read_file(
     let mut emit = |id: ChunkId, bytes: Vec<u8>| shared.store_node(id, bytes);
     let mut state = FileState {
         prev: prev.as_mut(),
+        sums: sums.as_mut(),
         builder: &mut builder,
         emit: &mut emit,
     };
@@ -1161,16 +1183,97 @@ fn read_file(
         wal: wal_before,
         ..stamp_of(&before, content.clone(), page_size)
     });
+    let sums = match (&stamp, sums) {
+        (Some(_), Some(st)) => sum_record(shared, &content, size, page_size, st)?,
+        (_, Some(st)) => {
+            shared.sum_budget.fetch_add(st.reserved, Ordering::Relaxed);
+            None
+        }
+        _ => None,
+    };
     Ok(ReadFile {
         content,
         size,
         page_size,
         stamp,
+        sums,
         notes,
         seen,
         stable: captured || unchanged,
         attempts: 1,
     })
+}
+
+/// The page digests to keep while a page-aligned file of `len` bytes is read, with the previous
+/// version's if they describe the stamped content: `None` when the file is too large for them or
+/// the backup's budget is spent.
+fn sum_state(
+    shared: &Shared,
+    path: &std::path::Path,
+    page: u32,
+    len: u64,
+    previous: Option<&FileStamp>,
+) -> Result<Option<SumState>> {
+    // Room for the file to grow a little while it is read.
+    let want = (len / page as u64 + 1).saturating_add(SUM_PAGES_MAX / 64);
+    if len / page as u64 > SUM_PAGES_MAX {
+        return Ok(None);
+    }
+    let reserved = shared
+        .sum_budget
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+            left.checked_sub(want)
+        })
+        .is_ok();
+    if !reserved {
+        return Ok(None);
+    }
+    let recorded = match previous {
+        Some(p) if p.page_size == page => {
+            let key = shared.repo.file_key(path.as_os_str().as_bytes());
+            crate::pagesums::load(shared.repo, &key)
+                .filter(|r| r.content == p.content && r.page_size == page)
+        }
+        _ => None,
+    };
+    let (seed, prev) = match recorded {
+        Some(r) => (r.seed, r.sums),
+        None => {
+            let mut seed = [0u8; 8];
+            crate::repo::getrandom(&mut seed);
+            (u64::from_le_bytes(seed), Vec::new())
+        }
+    };
+    Ok(Some(SumState {
+        seed,
+        prev,
+        new: Vec::with_capacity((len / page as u64) as usize),
+        reserved: want,
+    }))
+}
+
+/// The [`PageSums`] record of a file just read (sealed in an encrypted repository), if its
+/// digests cover every page. The digests stay held (within the backup's budget) until the commit.
+fn sum_record(
+    shared: &Shared,
+    content: &Content,
+    size: u64,
+    page_size: u32,
+    st: SumState,
+) -> Result<Option<Vec<u8>>> {
+    let give_back = |n: u64| shared.sum_budget.fetch_add(n, Ordering::Relaxed);
+    if st.new.len() as u64 != size.div_ceil(page_size as u64) {
+        give_back(st.reserved);
+        return Ok(None);
+    }
+    give_back(st.reserved - st.new.len() as u64);
+    let record = PageSums {
+        content: content.clone(),
+        page_size,
+        seed: st.seed,
+        sums: st.new,
+    };
+    record.to_file_bytes(shared.repo.keys())
 }
 
 /// Cuts what `reader` yields by content and stores it; returns the bytes read. I/O errors come
@@ -1381,6 +1484,7 @@ fn read_stream_source(shared: &Shared, src: &StreamSource) -> Result<ReadStream>
     let mut emit = |id: ChunkId, bytes: Vec<u8>| shared.store_node(id, bytes);
     let mut state = FileState {
         prev: None,
+        sums: None,
         builder: &mut builder,
         emit: &mut emit,
     };
@@ -1449,6 +1553,8 @@ struct Span {
 /// Per-file state carried from batch to batch.
 struct FileState<'s, 'p, 'e> {
     prev: Option<&'s mut PreviousVersion<'p>>,
+    /// Page digests, for a page-aligned file that keeps them.
+    sums: Option<&'s mut SumState>,
     builder: &'s mut TreeBuilder,
     emit: &'s mut (dyn FnMut(ChunkId, Vec<u8>) -> Result<()> + Send + 'e),
 }
@@ -1564,6 +1670,13 @@ fn read_pages(
     let mut prev = state.prev.take();
     let builder = &mut *state.builder;
     let emit = &mut *state.emit;
+    let (sums, mut sink) = match state.sums.as_deref_mut() {
+        Some(s) => {
+            let (ctx, sink) = s.split();
+            (Some(ctx), Some(sink))
+        }
+        None => (None, None),
+    };
     // Bytes that may be read through mappings: the file as it is now, when there is a previous
     // version to compare with (a first backup stores nearly every page and reads into buffers).
     let mapped_len = match prev {
@@ -1576,8 +1689,11 @@ fn read_pages(
         Some(p) => p.chunks_in(0, round_bytes),
         None => Vec::new(),
     };
-    let mut push = |segments: Vec<(usize, Vec<ChunkId>)>| -> Result<()> {
-        for (n, ids) in segments {
+    let mut push = |segments: Vec<Segment>| -> Result<()> {
+        for (n, ids, digests) in segments {
+            if let Some(sink) = sink.as_mut() {
+                sink.extend(&digests);
+            }
             let mut left = n;
             for id in ids {
                 let len = page.min(left);
@@ -1587,7 +1703,7 @@ fn read_pages(
         }
         Ok(())
     };
-    let mut pending: Vec<(usize, Vec<ChunkId>)> = Vec::new();
+    let mut pending: Vec<Segment> = Vec::new();
     let mut offset = 0u64;
     loop {
         let next_start = offset + round_bytes;
@@ -1614,20 +1730,21 @@ fn read_pages(
                             limit,
                             mapped_len,
                             &known,
+                            sums,
                         )
                     })
-                    .collect::<Vec<Result<(usize, Vec<ChunkId>)>>>()
+                    .collect::<Vec<Result<Segment>>>()
             },
         );
         pushed?;
         known = next_known;
         for segment in segments {
-            let (n, ids) = segment?;
+            let (n, ids, digests) = segment?;
             offset += n as u64;
             if let Some(p) = shared.progress {
                 p(n as u64);
             }
-            pending.push((n, ids));
+            pending.push((n, ids, digests));
             // The first short segment is the end of the file.
             if n < SEGMENT {
                 push(pending)?;
@@ -1637,8 +1754,10 @@ fn read_pages(
     }
 }
 
-/// Reads, hashes and stores one segment at `at` (nothing at or past `limit`); returns its
-/// length and page ids.
+/// A segment read: its length, its page ids and (for a file that keeps them) page digests.
+type Segment = (usize, Vec<ChunkId>, Vec<u128>);
+
+/// Reads, hashes and stores one segment at `at` (nothing at or past `limit`).
 #[allow(clippy::too_many_arguments)]
 fn read_segment(
     shared: &Shared,
@@ -1648,11 +1767,12 @@ fn read_segment(
     at: u64,
     limit: u64,
     mapped_len: u64,
-    known: &[(u64, ChunkId)],
-) -> Result<(usize, Vec<ChunkId>)> {
+    known: &[Known],
+    sums: Option<SumCtx>,
+) -> Result<Segment> {
     // With a previous version most pages are unchanged: hash them in place.
     if at + SEGMENT as u64 <= mapped_len
-        && let Some(done) = mapped_segment(shared, file, page, at, known)?
+        && let Some(done) = mapped_segment(shared, file, page, at, known, sums)?
     {
         return Ok(done);
     }
@@ -1661,16 +1781,110 @@ fn read_segment(
         let want = limit.saturating_sub(at).min(SEGMENT as u64) as usize;
         buf.resize(SEGMENT, 0);
         let n = read_full_at(file, &mut buf[..want], at).ctx("read", path)?;
-        let ids = store_segment(shared, &buf[..n], page, at, known)?;
-        Ok((n, ids))
+        let (ids, digests) = store_segment(shared, &buf[..n], page, at, known, sums)?;
+        Ok((n, ids, digests))
     })
 }
 
-/// True if the previous version had the page `id` at file offset `off`.
-fn is_known(known: &[(u64, ChunkId)], off: u64, id: &ChunkId) -> bool {
+/// A chunk of the previous version: its offset in the file, id and length.
+type Known = (u64, ChunkId, u64);
+
+/// The previous version's chunk at file offset `off`, if one started there.
+fn known_at(known: &[Known], off: u64) -> Option<&Known> {
     known
         .binary_search_by_key(&off, |k| k.0)
-        .is_ok_and(|p| known[p].1 == *id)
+        .ok()
+        .map(|p| &known[p])
+}
+
+/// True if the previous version had the page `id` at file offset `off`.
+fn is_known(known: &[Known], off: u64, id: &ChunkId) -> bool {
+    known_at(known, off).is_some_and(|k| k.1 == *id)
+}
+
+/// At most this many page digests are kept per file (16 MiB: a 4 GiB database of 4 KiB pages);
+/// a larger file's pages are all hashed with BLAKE3 on every backup.
+const SUM_PAGES_MAX: u64 = 1 << 20;
+/// Page digests a backup holds at once for its commit (32 MiB), over all its files.
+const SUM_BUDGET: u64 = 2 << 20;
+
+/// The page digests of a page-aligned file being read: the previous version's, by page number,
+/// and this version's as its pages are read (see [`PageSums`]).
+struct SumState {
+    seed: u64,
+    prev: Vec<u128>,
+    new: Vec<u128>,
+    /// Digests reserved from [`Shared::sum_budget`]; beyond them the file gets no record.
+    reserved: u64,
+}
+
+/// What the page readers need of a [`SumState`].
+#[derive(Clone, Copy)]
+struct SumCtx<'a> {
+    seed: u64,
+    prev: &'a [u128],
+}
+
+impl SumCtx<'_> {
+    fn digest(&self, page: &[u8]) -> u128 {
+        PageSums::digest(self.seed, page)
+    }
+
+    /// The previous version's id of the page at `off`, if the previous version had a page of
+    /// the same length there with the same digest.
+    fn unchanged(
+        &self,
+        known: &[Known],
+        page: usize,
+        off: u64,
+        len: usize,
+        digest: u128,
+    ) -> Option<ChunkId> {
+        let n = usize::try_from(off / page as u64).ok()?;
+        if self.prev.get(n) != Some(&digest) {
+            return None;
+        }
+        known_at(known, off)
+            .filter(|k| k.2 == len as u64)
+            .map(|k| k.1)
+    }
+}
+
+impl SumState {
+    /// Splits into what the readers share and where the digests of read pages go.
+    fn split(&mut self) -> (SumCtx<'_>, SumSink<'_>) {
+        (
+            SumCtx {
+                seed: self.seed,
+                prev: &self.prev,
+            },
+            SumSink {
+                new: Some(&mut self.new),
+                reserved: self.reserved,
+            },
+        )
+    }
+}
+
+/// Collects the digests of a file's pages in order, up to the reserved number.
+struct SumSink<'a> {
+    new: Option<&'a mut Vec<u128>>,
+    reserved: u64,
+}
+
+impl SumSink<'_> {
+    fn extend(&mut self, digests: &[u128]) {
+        if let Some(new) = self.new.as_mut() {
+            if (new.len() + digests.len()) as u64 > self.reserved {
+                // The file grew past its reservation while it was read: no record for it.
+                new.clear();
+                new.shrink_to_fit();
+                self.new = None;
+            } else {
+                new.extend_from_slice(digests);
+            }
+        }
+    }
 }
 
 /// A page that may be new: where it is in a buffer, its length, its file offset and its id.
@@ -1706,17 +1920,30 @@ fn store_fresh(shared: &Shared, buf: &[u8], pages: &[Candidate]) -> Result<()> {
 }
 
 /// Hashes the pages of `data` (a segment at file offset `at`), stores those that are new, and
-/// returns every page's id.
+/// returns every page's id and, with `sums`, digest. A page whose digest and length are the
+/// previous version's at the same offset keeps that version's id without BLAKE3.
 fn store_segment(
     shared: &Shared,
     data: &[u8],
     page: usize,
     at: u64,
-    known: &[(u64, ChunkId)],
-) -> Result<Vec<ChunkId>> {
+    known: &[Known],
+    sums: Option<SumCtx>,
+) -> Result<(Vec<ChunkId>, Vec<u128>)> {
+    let key = shared.key.as_ref();
+    let mut digests = Vec::new();
     let ids: Vec<ChunkId> = data
         .chunks(page)
-        .map(|c| ChunkId::hash(shared.key.as_ref(), c))
+        .enumerate()
+        .map(|(j, c)| match sums {
+            Some(s) => {
+                let d = s.digest(c);
+                digests.push(d);
+                s.unchanged(known, page, at + (j * page) as u64, c.len(), d)
+                    .unwrap_or_else(|| ChunkId::hash(key, c))
+            }
+            None => ChunkId::hash(key, c),
+        })
         .collect();
     let pages: Vec<Candidate> = ids
         .iter()
@@ -1726,34 +1953,60 @@ fn store_segment(
         .filter(|&(_, _, off, id)| !is_known(known, off, &id))
         .collect();
     store_fresh(shared, data, &pages)?;
-    Ok(ids)
+    Ok((ids, digests))
 }
 
-/// Reads a segment that lies wholly inside the file through a mapping: every page is hashed in
-/// place; pages that differ from the previous version are copied out and hashed again from the
-/// copy (the file may be changing), and that copy is what gets stored. `None` if the mapping
-/// could not be made or the file shrank meanwhile: the caller then reads with `pread`.
+/// Reads a segment that lies wholly inside the file through a mapping. Every page is compared
+/// with the previous version in place: by its digest when the file keeps page digests, else by
+/// its BLAKE3 id. Pages that differ are copied out and hashed (again) from the copy (the file may
+/// be changing), and that copy is what gets stored. `None` if the mapping could not be made or
+/// the file shrank meanwhile: the caller then reads with `pread`.
 fn mapped_segment(
     shared: &Shared,
     file: &File,
     page: usize,
     at: u64,
-    known: &[(u64, ChunkId)],
-) -> Result<Option<(usize, Vec<ChunkId>)>> {
+    known: &[Known],
+    sums: Option<SumCtx>,
+) -> Result<Option<Segment>> {
     let Ok(map) = crate::mapped::Mapping::new(file, at, SEGMENT) else {
         return Ok(None);
     };
     let key = shared.key.as_ref();
-    let Some((mut ids, changed, copies)) = map.read(|data| {
-        let ids: Vec<ChunkId> = data.chunks(page).map(|c| ChunkId::hash(key, c)).collect();
-        let changed: Vec<usize> = (0..ids.len())
-            .filter(|&j| !is_known(known, at + (j * page) as u64, &ids[j]))
-            .collect();
+    // Pages not yet hashed get this placeholder id until their copy is.
+    let unhashed = ChunkId([0; 32]);
+    let Some((mut ids, mut digests, changed, copies)) = map.read(|data| {
+        let mut ids = Vec::with_capacity(SEGMENT / page);
+        let mut digests = Vec::new();
+        let mut changed = Vec::new();
+        for (j, c) in data.chunks(page).enumerate() {
+            let off = at + (j * page) as u64;
+            match sums {
+                Some(s) => {
+                    let d = s.digest(c);
+                    digests.push(d);
+                    match s.unchanged(known, page, off, c.len(), d) {
+                        Some(id) => ids.push(id),
+                        None => {
+                            ids.push(unhashed);
+                            changed.push(j);
+                        }
+                    }
+                }
+                None => {
+                    let id = ChunkId::hash(key, c);
+                    if !is_known(known, off, &id) {
+                        changed.push(j);
+                    }
+                    ids.push(id);
+                }
+            }
+        }
         let mut copies = Vec::with_capacity(changed.len() * page);
         for &j in &changed {
             copies.extend_from_slice(&data[j * page..((j + 1) * page).min(data.len())]);
         }
-        (ids, changed, copies)
+        (ids, digests, changed, copies)
     }) else {
         return Ok(None);
     };
@@ -1762,13 +2015,18 @@ fn mapped_segment(
     let mut pos = 0;
     for &j in &changed {
         let len = page.min(SEGMENT - j * page);
-        let id = ChunkId::hash(key, &copies[pos..pos + len]);
+        let copy = &copies[pos..pos + len];
+        let id = ChunkId::hash(key, copy);
         ids[j] = id;
+        if let Some(s) = sums {
+            // The digest kept must be of the bytes the id is of.
+            digests[j] = s.digest(copy);
+        }
         pages.push((pos, len, at + (j * page) as u64, id));
         pos += len;
     }
     store_fresh(shared, &copies, &pages)?;
-    Ok(Some((SEGMENT, ids)))
+    Ok(Some((SEGMENT, ids, digests)))
 }
 
 /// Segments of a captured database processed per round (bounded memory: a round's buffers
@@ -1789,6 +2047,13 @@ fn read_sqlite(
     let (full_tx, full_rx) = sync_channel::<Vec<u8>>(4);
     let (free_tx, free_rx) = sync_channel::<Vec<u8>>(SQLITE_ROUND + 6);
     let page_len = page as usize;
+    let (sums, mut sink) = match state.sums.as_deref_mut() {
+        Some(s) => {
+            let (ctx, sink) = s.split();
+            (Some(ctx), Some(sink))
+        }
+        None => (None, None),
+    };
     std::thread::scope(|s| {
         let reader = s.spawn(move || -> Result<crate::sqlite::Image> {
             let take = || {
@@ -1843,13 +2108,17 @@ fn read_sqlite(
                     starts.push(at);
                     at += b.len() as u64;
                 }
-                let results: Vec<Result<Vec<ChunkId>>> = round
+                let results: Vec<Result<(Vec<ChunkId>, Vec<u128>)>> = round
                     .par_iter()
                     .zip(starts.par_iter())
-                    .map(|(data, &at)| store_segment(shared, data, page_len, at, &known))
+                    .map(|(data, &at)| store_segment(shared, data, page_len, at, &known, sums))
                     .collect();
-                for (ids, data) in results.into_iter().zip(&round) {
-                    for id in ids? {
+                for (segment, data) in results.into_iter().zip(&round) {
+                    let (ids, digests) = segment?;
+                    if let Some(sink) = sink.as_mut() {
+                        sink.extend(&digests);
+                    }
+                    for id in ids {
                         state.builder.push(id, page_len as u64, state.emit)?;
                     }
                     if let Some(p) = shared.progress {

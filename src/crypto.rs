@@ -34,6 +34,7 @@ pub enum Object {
     Frame,
     Manifest,
     Retention,
+    PageSums,
 }
 
 impl Object {
@@ -42,6 +43,7 @@ impl Object {
             Object::Frame => b"strata frame v1",
             Object::Manifest => b"strata manifest v1",
             Object::Retention => b"strata retention v1",
+            Object::PageSums => b"strata page sums v1",
         }
     }
 }

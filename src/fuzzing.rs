@@ -151,6 +151,18 @@ pub fn settings(data: &[u8]) {
     let _ = Settings::decode(&framed, None);
     let _ = Settings::decode(&framed, Some(&keys()));
     let _ = crate::codec::decode::<crate::index::FileStamp>(data, "file cache");
+    // Page digests: any bytes, and bytes that pass the checksum so the decoder itself runs.
+    let _ = crate::pagesums::PageSums::from_file_bytes(data, None);
+    let _ = crate::pagesums::PageSums::from_file_bytes(data, Some(&keys()));
+    let mut checked = data.to_vec();
+    checked.extend_from_slice(&twox_hash::XxHash3_64::oneshot(data).to_le_bytes());
+    if let Some(sums) = crate::pagesums::PageSums::from_file_bytes(&checked, None) {
+        assert_eq!(
+            sums.encode().as_deref(),
+            Some(data),
+            "page sums re-encode differently"
+        );
+    }
     if data.len() >= crate::index::BLOB_LOC_LEN {
         let b: [u8; crate::index::BLOB_LOC_LEN] =
             data[..crate::index::BLOB_LOC_LEN].try_into().unwrap();

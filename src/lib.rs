@@ -54,6 +54,7 @@ pub mod mapped;
 pub mod nodecache;
 pub mod pack;
 pub mod packer;
+pub mod pagesums;
 pub mod refs;
 pub mod repair;
 pub mod repo;

@@ -116,3 +116,114 @@ fn sqlite_update_adds_about_the_changed_pages() {
     assert!(chunks <= 60, "{chunks} new blobs");
     assert!(stored < 200_000, "{stored} bytes stored");
 }
+
+/// The page digests kept after a backup: one record per page-aligned file.
+fn page_sum_records(repo: &std::path::Path) -> Vec<std::path::PathBuf> {
+    match std::fs::read_dir(repo.join("page-sums")) {
+        Ok(d) => d
+            .map(|e| e.unwrap().path())
+            .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Flips one byte in each of `pages` (4 KiB pages, past the header page) without SQLite, so
+/// only the bytes say the file changed.
+fn flip_pages(db: &std::path::Path, pages: &[u64]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .read(true)
+        .open(db)
+        .unwrap();
+    for &p in pages {
+        let at = p * 4096 + 2000;
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, at).unwrap();
+        f.write_all_at(&[b[0] ^ 0x20], at).unwrap();
+    }
+}
+
+#[test]
+fn page_digests_skip_unchanged_pages_and_miss_no_change() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let db = src.join("app.db");
+    python_sqlite(
+        &db,
+        "con.execute('create table t(id integer primary key, body text)')\n\
+         con.executemany('insert into t values(?,?)', [(i, ('row %d ' % i) * 40) for i in range(6000)])",
+    );
+    // Older than the racy window, so the backup keeps its stamp (and digests).
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    env.backup(&[&src]);
+    let records = page_sum_records(&env.repo);
+    assert_eq!(records.len(), 1, "one record for the one database");
+    let first_record = std::fs::read(&records[0]).unwrap();
+    let pages = std::fs::metadata(&db).unwrap().len() / 4096;
+    assert!(pages > 200, "{pages} pages");
+
+    let check = |label: &str| {
+        let out = env.path(&format!("restored-{label}"));
+        env.ok(&[
+            "restore",
+            "--no-check-sqlite",
+            "latest",
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(
+            std::fs::read(out.join("src/app.db")).unwrap(),
+            std::fs::read(&db).unwrap(),
+            "{label}: restored database differs from the source"
+        );
+    };
+
+    // Bytes changed behind SQLite's back, in pages far apart: each is found and stored.
+    flip_pages(&db, &[3, pages / 2, pages - 1]);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    env.backup(&[&src]);
+    let (_, raw, _) = added(&env);
+    assert_eq!(raw, 3 * 4096, "the three changed pages and nothing else");
+    check("flipped");
+
+    // A damaged record is not used: every page is hashed, nothing is missed.
+    let record = &page_sum_records(&env.repo)[0];
+    let mut bytes = std::fs::read(record).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(record, &bytes).unwrap();
+    flip_pages(&db, &[5]);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    env.backup(&[&src]);
+    assert_eq!(added(&env).1, 4096);
+    check("damaged record");
+
+    // A record of an older version of the file (put back in place of the current one) names
+    // content the file cache no longer does, and is not used either.
+    std::fs::write(record, &first_record).unwrap();
+    flip_pages(&db, &[7]);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    env.backup(&[&src]);
+    assert_eq!(added(&env).1, 4096);
+    check("old record");
+
+    // SQLite growing the file: the new pages are stored, the old ones reused.
+    python_sqlite(
+        &db,
+        "con.executemany('insert into t values(?,?)', [(i, ('new %d ' % i) * 40) for i in range(6000, 6500)])",
+    );
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    env.backup(&[&src]);
+    let grown = std::fs::metadata(&db).unwrap().len() / 4096;
+    let (_, raw, _) = added(&env);
+    assert!(
+        raw >= (grown - pages) * 4096,
+        "{raw} new bytes for {} new pages",
+        grown - pages
+    );
+    assert!(raw <= (grown - pages + 20) * 4096, "{raw} new bytes");
+    check("grown");
+}

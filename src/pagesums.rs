@@ -1,0 +1,236 @@
+//! Page digests: which pages of a page-aligned file (a SQLite database) changed since its last
+//! backup, without BLAKE3 over the pages that did not.
+//!
+//! After a page-aligned file is stored, its pages' 128-bit XXH3 digests (seeded at random per
+//! file) are kept beside the index in `page-sums/<BLAKE3 of the file key, hex>`, together with
+//! the root id of the content they describe. The next backup of the file, if its cached stamp
+//! still names that content, digests each page: a page whose digest is the one recorded for its
+//! place, with the same length, keeps the previous version's blob id; only the others are
+//! hashed with BLAKE3 (and stored if new). XXH3 runs at memory speed where BLAKE3 of 4 KiB pages
+//! does about 2 GiB/s per core here, and an hourly backup of a large database is mostly that.
+//!
+//! The records are a local cache, like the file cache: a missing, damaged or outdated record
+//! only means every page is hashed. An encrypted repository seals each record (the digests are
+//! of plaintext pages); an unencrypted one ends it with a checksum.
+
+use crate::error::Result;
+use crate::id::ChunkId;
+use crate::manifest::Content;
+use crate::repo::Repo;
+use std::path::PathBuf;
+
+/// The digests of one stored version of a page-aligned file, in file order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PageSums {
+    /// What the file was stored as: the record is used only while the file's stamp names it.
+    pub content: Content,
+    pub page_size: u32,
+    pub seed: u64,
+    pub sums: Vec<u128>,
+}
+
+const MAGIC: &[u8; 8] = b"STRAPSUM";
+const VERSION: u32 = 1;
+/// magic, version, page size, content kind, 3 zero, root id, seed, count.
+const HEAD: usize = 8 + 4 + 4 + 1 + 3 + 32 + 8 + 8;
+const DIR: &str = "page-sums";
+
+impl PageSums {
+    /// The digest of one page.
+    pub fn digest(seed: u64, page: &[u8]) -> u128 {
+        twox_hash::XxHash3_128::oneshot_with_seed(seed, page)
+    }
+
+    /// `magic "STRAPSUM", version u32 (1), page size u32, content kind u8 (1 one chunk, 2 tree),
+    /// 3 zero bytes, root id [32], seed u64, count u64, count x u128`, little-endian. `None` for
+    /// empty content (no pages).
+    pub fn encode(&self) -> Option<Vec<u8>> {
+        let (kind, id) = match &self.content {
+            Content::Empty => return None,
+            Content::Chunk(id) => (1u8, id),
+            Content::Tree(id) => (2u8, id),
+        };
+        let mut out = Vec::with_capacity(HEAD + 16 * self.sums.len() + 8);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&self.page_size.to_le_bytes());
+        out.extend_from_slice(&[kind, 0, 0, 0]);
+        out.extend_from_slice(id.as_bytes());
+        out.extend_from_slice(&self.seed.to_le_bytes());
+        out.extend_from_slice(&(self.sums.len() as u64).to_le_bytes());
+        for s in &self.sums {
+            out.extend_from_slice(&s.to_le_bytes());
+        }
+        Some(out)
+    }
+
+    /// `None` for anything that is not a well-formed record of this version.
+    pub fn decode(b: &[u8]) -> Option<PageSums> {
+        let head = b.get(..HEAD)?;
+        if &head[..8] != MAGIC
+            || u32::from_le_bytes(head[8..12].try_into().ok()?) != VERSION
+            || head[17..20] != [0, 0, 0]
+        {
+            return None;
+        }
+        let page_size = u32::from_le_bytes(head[12..16].try_into().ok()?);
+        let id = ChunkId(head[20..52].try_into().ok()?);
+        let content = match head[16] {
+            1 => Content::Chunk(id),
+            2 => Content::Tree(id),
+            _ => return None,
+        };
+        let seed = u64::from_le_bytes(head[52..60].try_into().ok()?);
+        let count = u64::from_le_bytes(head[60..68].try_into().ok()?);
+        let body = &b[HEAD..];
+        if body.len() as u64 != count.checked_mul(16)? {
+            return None;
+        }
+        let sums = body
+            .chunks_exact(16)
+            .map(|c| u128::from_le_bytes(c.try_into().expect("16 bytes")))
+            .collect();
+        Some(PageSums {
+            content,
+            page_size,
+            seed,
+            sums,
+        })
+    }
+
+    /// The record as kept on disk: sealed in an encrypted repository, else followed by its
+    /// XXH3-64 checksum.
+    pub fn to_file_bytes(&self, keys: Option<&crate::crypto::Keys>) -> Result<Option<Vec<u8>>> {
+        let Some(mut plain) = self.encode() else {
+            return Ok(None);
+        };
+        Ok(Some(match keys {
+            Some(k) => k.seal(crate::crypto::Object::PageSums, &plain)?,
+            None => {
+                let sum = twox_hash::XxHash3_64::oneshot(&plain);
+                plain.extend_from_slice(&sum.to_le_bytes());
+                plain
+            }
+        }))
+    }
+
+    /// What [`PageSums::to_file_bytes`] made, or `None` if it does not open or check out.
+    pub fn from_file_bytes(bytes: &[u8], keys: Option<&crate::crypto::Keys>) -> Option<PageSums> {
+        match keys {
+            Some(k) => {
+                let plain = k
+                    .open(crate::crypto::Object::PageSums, bytes, "page sums")
+                    .ok()?;
+                PageSums::decode(&plain)
+            }
+            None => {
+                let (plain, sum) = bytes.split_at_checked(bytes.len().checked_sub(8)?)?;
+                let sum = u64::from_le_bytes(sum.try_into().ok()?);
+                (twox_hash::XxHash3_64::oneshot(plain) == sum)
+                    .then(|| PageSums::decode(plain))
+                    .flatten()
+            }
+        }
+    }
+}
+
+/// Where the record of the file with cache key `file_key` (see [`Repo::file_key`]) is kept.
+fn record_path(repo: &Repo, file_key: &[u8]) -> PathBuf {
+    repo.root
+        .join(DIR)
+        .join(blake3::hash(file_key).to_hex().as_str())
+}
+
+/// The record kept for `file_key`, if there is a readable one.
+pub fn load(repo: &Repo, file_key: &[u8]) -> Option<PageSums> {
+    let bytes = std::fs::read(record_path(repo, file_key)).ok()?;
+    PageSums::from_file_bytes(&bytes, repo.keys())
+}
+
+/// Replaces the record of each file key (its bytes from [`PageSums::to_file_bytes`]), or removes
+/// it (`None`). Best effort, after the backup's commit: a record not written only means the next
+/// backup hashes every page of that file.
+pub fn store(repo: &Repo, records: &[(&[u8], Option<&[u8]>)]) {
+    let dir = repo.root.join(DIR);
+    for (key, bytes) in records {
+        let path = record_path(repo, key);
+        match bytes {
+            Some(bytes) => {
+                if std::fs::create_dir_all(&dir).is_err() {
+                    return;
+                }
+                // One writer at a time holds the repository lock: a fixed temporary name per
+                // record, so a killed writer leaves at most one, which the next write replaces.
+                let tmp = dir.join(format!(
+                    ".{}.strata-tmp",
+                    blake3::hash(key).to_hex().as_str()
+                ));
+                let written =
+                    std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, &path));
+                if let Err(e) = written {
+                    let _ = std::fs::remove_file(&tmp);
+                    tracing::debug!("page sums {}: {e}", path.display());
+                }
+            }
+            None => {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> PageSums {
+        PageSums {
+            content: Content::Tree(ChunkId([7; 32])),
+            page_size: 4096,
+            seed: 0x1234_5678_9abc_def0,
+            sums: (1..=100u128)
+                .map(|i| i * 0x0101_0101_0101_0101_0101)
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_refuse_damage() {
+        let s = sample();
+        let bytes = s.to_file_bytes(None).unwrap().unwrap();
+        assert_eq!(PageSums::from_file_bytes(&bytes, None), Some(s.clone()));
+        for at in [0, 9, 17, 30, 60, 100, bytes.len() - 1] {
+            let mut bad = bytes.clone();
+            bad[at] ^= 1;
+            assert_eq!(PageSums::from_file_bytes(&bad, None), None, "flip at {at}");
+        }
+        assert_eq!(
+            PageSums::from_file_bytes(&bytes[..bytes.len() - 16], None),
+            None
+        );
+        assert_eq!(PageSums::from_file_bytes(&[], None), None);
+    }
+
+    #[test]
+    fn sealed_records_open_only_with_their_key() {
+        let s = sample();
+        let keys = crate::crypto::Keys::from_master(&[3; 32]);
+        let other = crate::crypto::Keys::from_master(&[4; 32]);
+        let bytes = s.to_file_bytes(Some(&keys)).unwrap().unwrap();
+        // No digest is readable without the key.
+        let plain = s.encode().unwrap();
+        assert!(!bytes.windows(16).any(|w| w == &plain[HEAD..HEAD + 16]));
+        assert_eq!(PageSums::from_file_bytes(&bytes, Some(&keys)), Some(s));
+        assert_eq!(PageSums::from_file_bytes(&bytes, Some(&other)), None);
+        assert_eq!(PageSums::from_file_bytes(&bytes, None), None);
+    }
+
+    #[test]
+    fn empty_content_has_no_record() {
+        let s = PageSums {
+            content: Content::Empty,
+            ..sample()
+        };
+        assert_eq!(s.to_file_bytes(None).unwrap(), None);
+    }
+}
