@@ -1830,6 +1830,11 @@ impl SumCtx<'_> {
         PageSums::digest(self.seed, page)
     }
 
+    /// Whether the previous version's digests reach the page at `off`.
+    fn has_page(&self, off: u64, page: usize) -> bool {
+        (off / page as u64) < self.prev.len() as u64
+    }
+
     /// The previous version's id of the page at `off`, if the previous version had a page of
     /// the same length there with the same digest.
     fn unchanged(
@@ -1981,10 +1986,12 @@ fn mapped_segment(
         let mut changed = Vec::new();
         for (j, c) in data.chunks(page).enumerate() {
             let off = at + (j * page) as u64;
-            match sums {
-                Some(s) => {
-                    let d = s.digest(c);
-                    digests.push(d);
+            let digest = sums.map(|s| s.digest(c));
+            if let Some(d) = digest {
+                digests.push(d);
+            }
+            match (sums, digest) {
+                (Some(s), Some(d)) if s.has_page(off, page) => {
                     match s.unchanged(known, page, off, c.len(), d) {
                         Some(id) => ids.push(id),
                         None => {
@@ -1993,7 +2000,11 @@ fn mapped_segment(
                         }
                     }
                 }
-                None => {
+                // No digest of the previous version to compare with (no record, or a page
+                // past its end): compare ids. A page found unchanged keeps the digest taken in
+                // place: had the bytes changed between the two, the file's ctime would have
+                // too, and a file that changed while read keeps no stamp and so no record.
+                _ => {
                     let id = ChunkId::hash(key, c);
                     if !is_known(known, off, &id) {
                         changed.push(j);
