@@ -877,7 +877,7 @@ pub(crate) fn commit(
     // names content the stamp no longer does, and is ignored).
     let records: Vec<(&[u8], Option<&[u8]>)> = stamps
         .iter()
-        .filter(|(_, stamp, _)| stamp.page_size > 0)
+        .filter(|(_, stamp, sums)| sums.is_some() || stamp.size >= LARGE_FILE)
         .map(|(key, _, sums)| (key.as_slice(), sums.as_deref()))
         .collect();
     crate::pagesums::store(repo, &records);
@@ -1068,7 +1068,7 @@ fn read_file(
     };
     let mut sums = match mode {
         CutMode::Fixed(page) => sum_state(shared, path, page, before.len(), previous)?,
-        CutMode::Cdc => None,
+        CutMode::Cdc => sum_state(shared, path, 0, before.len(), previous)?,
     };
     let blob_reader = match &prev_index {
         Some(index) => Some(crate::restore::BlobReader::new(repo, index)?),
@@ -1094,6 +1094,17 @@ fn read_file(
         _ => None,
     };
 
+    // For a file cut by content: the previous version's chunks once more, for `CdcSkip`.
+    let cdc_prev = match (mode, previous) {
+        (CutMode::Cdc, Some(p))
+            if p.page_size == 0 && sums.as_ref().is_some_and(|s| !s.prev.is_empty()) =>
+        {
+            crate::tree::LeafWalker::new(&p.content, p.size, &fetch)
+                .ok()
+                .map(|w| (w, p.size))
+        }
+        _ => None,
+    };
     let mut builder = TreeBuilder::new(shared.key);
     let mut emit = |id: ChunkId, bytes: Vec<u8>| shared.store_node(id, bytes);
     let mut state = FileState {
@@ -1167,7 +1178,7 @@ fn read_file(
             let window = (before.len() as usize)
                 .saturating_add(1)
                 .min(crate::chunker::WINDOW);
-            read_cdc(shared, &file, window, &mut state).ctx("read", path)?
+            read_cdc(shared, &file, window, &mut state, cdc_prev).ctx("read", path)?
         }
     };
     let content = builder.finish(&mut emit)?;
@@ -1214,9 +1225,18 @@ fn sum_state(
     len: u64,
     previous: Option<&FileStamp>,
 ) -> Result<Option<SumState>> {
+    // Small files are cheap to hash: a record each would only fill the directory.
+    if len < LARGE_FILE {
+        return Ok(None);
+    }
+    // Pages, or content-defined chunks (at least half the average size but for a few).
+    let unit = match page {
+        0 => (shared.repo.chunker().params().avg as u64 / 2).max(1),
+        p => p as u64,
+    };
     // Room for the file to grow a little while it is read.
-    let want = (len / page as u64 + 1).saturating_add(SUM_PAGES_MAX / 64);
-    if len / page as u64 > SUM_PAGES_MAX {
+    let want = (len / unit + 1).saturating_add(SUM_PAGES_MAX / 64);
+    if len / unit > SUM_PAGES_MAX {
         return Ok(None);
     }
     let reserved = shared
@@ -1247,7 +1267,7 @@ fn sum_state(
     Ok(Some(SumState {
         seed,
         prev,
-        new: Vec::with_capacity((len / page as u64) as usize),
+        new: Vec::with_capacity((len / unit) as usize),
         reserved: want,
     }))
 }
@@ -1262,7 +1282,12 @@ fn sum_record(
     st: SumState,
 ) -> Result<Option<Vec<u8>>> {
     let give_back = |n: u64| shared.sum_budget.fetch_add(n, Ordering::Relaxed);
-    if st.new.len() as u64 != size.div_ceil(page_size as u64) {
+    let complete = match page_size {
+        // One digest per chunk of the content (checked as they were made, see `read_cdc`).
+        0 => !st.new.is_empty() || size == 0,
+        p => st.new.len() as u64 == size.div_ceil(p as u64),
+    };
+    if !complete {
         give_back(st.reserved);
         return Ok(None);
     }
@@ -1283,9 +1308,41 @@ fn read_cdc(
     reader: impl std::io::Read,
     window: usize,
     state: &mut FileState,
+    previous: Option<(crate::tree::LeafWalker, u64)>,
 ) -> std::result::Result<u64, ReadError> {
-    let mut stream = ChunkStream::with_window(reader, shared.repo.chunker(), CutMode::Cdc, window);
-    while let Some((offset, bytes, lens)) = stream.next_batch().map_err(ReadError::Io)? {
+    let chunker = shared.repo.chunker();
+    let mut stream = ChunkStream::with_window(reader, chunker, CutMode::Cdc, window);
+    let (sums, mut sink) = match state.sums.take() {
+        Some(s) => {
+            let (ctx, sink) = s.split();
+            (Some(ctx), Some(sink))
+        }
+        None => (None, None),
+    };
+    let mut skip = match (sums, previous) {
+        (Some(ctx), Some((walker, prev_size))) => Some(CdcSkip {
+            walker,
+            broken: false,
+            ahead: std::collections::VecDeque::new(),
+            next_offset: 0,
+            next_index: 0,
+            ctx,
+            prev_size,
+            max: chunker.params().max as usize,
+            checked: None,
+            reused: Vec::new(),
+        }),
+        _ => None,
+    };
+    loop {
+        let batch = match skip.as_mut() {
+            Some(k) => stream.next_batch_known(&mut |at, rest| k.at(at, rest)),
+            None => stream.next_batch(),
+        }
+        .map_err(ReadError::Io)?;
+        let Some((offset, bytes, lens)) = batch else {
+            break;
+        };
         let mut spans = Vec::with_capacity(lens.len());
         let mut pos = 0usize;
         for len in lens {
@@ -1297,13 +1354,127 @@ fn read_cdc(
             });
             pos += len;
         }
-        let ids: Vec<ChunkId> = spans
+        let reused = skip
+            .as_mut()
+            .map(|k| std::mem::take(&mut k.reused))
+            .unwrap_or_default();
+        let found = |off: u64| {
+            reused
+                .binary_search_by_key(&off, |r| r.0)
+                .ok()
+                .map(|i| (reused[i].1, reused[i].2))
+        };
+        let hashed: Vec<(ChunkId, Option<u128>)> = spans
             .par_iter()
-            .map(|sp| ChunkId::hash(shared.key.as_ref(), &bytes[sp.start..sp.start + sp.len]))
+            .map(|sp| match found(sp.offset) {
+                Some((id, digest)) => (id, Some(digest)),
+                None => {
+                    let data = &bytes[sp.start..sp.start + sp.len];
+                    (
+                        ChunkId::hash(shared.key.as_ref(), data),
+                        sums.map(|s| s.digest(data)),
+                    )
+                }
+            })
             .collect();
+        if let Some(sink) = sink.as_mut() {
+            let digests: Vec<u128> = hashed.iter().filter_map(|h| h.1).collect();
+            sink.extend(&digests);
+        }
+        let ids: Vec<ChunkId> = hashed.into_iter().map(|h| h.0).collect();
         process_batch(shared, &[bytes], &spans, &ids, state).map_err(ReadError::Store)?;
     }
     Ok(stream.bytes_read())
+}
+
+/// Recognises, in a file cut by content, the chunks of the previous version that the cutter
+/// would cut again, so they need neither cutting nor BLAKE3.
+///
+/// FastCDC decides where a chunk that starts at `p` ends from the bytes `p .. p + len` and the
+/// byte at `p + len` (the next chunk's first), given how much input there is past `p`, which is
+/// capped at the largest chunk size. So a chunk of the previous version that started at `p`
+/// ends at the same place in this one when: both versions have at least the largest chunk size
+/// of input past `p`; the chunk's bytes have its recorded digest; and so do the bytes of the
+/// chunk after it (which covers the byte that decided the cut). Everywhere else the cutter runs,
+/// and once one of its cuts lands where a previous chunk began, chunks are recognised again.
+struct CdcSkip<'a, 'w> {
+    walker: crate::tree::LeafWalker<'w>,
+    broken: bool,
+    /// The previous version's chunks read from the walker and not passed yet: offset, id,
+    /// length, digest.
+    ahead: std::collections::VecDeque<(u64, ChunkId, u64, u128)>,
+    next_offset: u64,
+    next_index: usize,
+    ctx: SumCtx<'a>,
+    prev_size: u64,
+    max: usize,
+    /// The chunk last found to match (offset, digest), to skip digesting it twice.
+    checked: Option<(u64, u128)>,
+    /// Chunks recognised since the caller last took them: offset, id, digest.
+    reused: Vec<(u64, ChunkId, u128)>,
+}
+
+impl CdcSkip<'_, '_> {
+    /// Makes `ahead` hold at least `n` chunks, unless the previous version ends first.
+    fn fill(&mut self, n: usize) {
+        while self.ahead.len() < n && !self.broken {
+            match self.walker.next_leaf() {
+                Ok(Some(e)) => {
+                    let Some(&digest) = self.ctx.prev.get(self.next_index) else {
+                        self.broken = true;
+                        return;
+                    };
+                    self.ahead
+                        .push_back((self.next_offset, e.id, e.bytes, digest));
+                    self.next_offset += e.bytes;
+                    self.next_index += 1;
+                }
+                // The previous version is only a hint.
+                _ => self.broken = true,
+            }
+        }
+    }
+
+    fn matches(&mut self, at: u64, bytes: &[u8], digest: u128) -> bool {
+        if self.checked == Some((at, digest)) {
+            return true;
+        }
+        self.ctx.digest(bytes) == digest
+    }
+
+    /// The length of the chunk at file offset `at` if it is the previous version's, with
+    /// `rest` the input from `at` on.
+    fn at(&mut self, at: u64, rest: &[u8]) -> Option<usize> {
+        if rest.len() < self.max || at.saturating_add(self.max as u64) > self.prev_size {
+            return None;
+        }
+        loop {
+            self.fill(1);
+            match self.ahead.front() {
+                Some(c) if c.0 < at => {
+                    self.ahead.pop_front();
+                }
+                Some(_) => break,
+                None => return None,
+            }
+        }
+        self.fill(2);
+        let (off, id, len, digest) = *self.ahead.front()?;
+        let (next_off, _, next_len, next_digest) = *self.ahead.get(1)?;
+        let (len, next_len) = (len as usize, next_len as usize);
+        if off != at || next_off != at + len as u64 || rest.len() < len + next_len {
+            return None;
+        }
+        if !self.matches(at, &rest[..len], digest)
+            || !self.matches(next_off, &rest[len..len + next_len], next_digest)
+        {
+            return None;
+        }
+        self.checked = Some((next_off, next_digest));
+        self.reused.push((at, id, digest));
+        self.ahead.pop_front();
+        Some(len)
+    }
 }
 
 /// Why reading a source failed: its own I/O, or storing what was read.
@@ -1497,7 +1668,7 @@ fn read_stream_source(shared: &Shared, src: &StreamSource) -> Result<ReadStream>
                 inner: std::io::stdin().lock(),
                 head: Vec::new(),
             };
-            let size = read_cdc(shared, &mut input, crate::chunker::WINDOW, &mut state)
+            let size = read_cdc(shared, &mut input, crate::chunker::WINDOW, &mut state, None)
                 .ctx("read standard input for", &what)?;
             (size, input.head)
         }
@@ -1517,7 +1688,7 @@ fn read_stream_source(shared: &Shared, src: &StreamSource) -> Result<ReadStream>
                 inner: child.stdout.take().expect("stdout is piped"),
                 head: Vec::new(),
             };
-            let read = read_cdc(shared, &mut out, crate::chunker::WINDOW, &mut state);
+            let read = read_cdc(shared, &mut out, crate::chunker::WINDOW, &mut state, None);
             if read.is_err() {
                 let _ = child.kill();
             }

@@ -213,13 +213,30 @@ impl<'c, R: Read> ChunkStream<'c, R> {
     /// The next batch: the file offset of its first byte, the bytes, and the chunk lengths that
     /// tile them. `None` at end of input.
     pub fn next_batch(&mut self) -> std::io::Result<Option<Batch<'_>>> {
+        self.next_batch_known(&mut |_, _| None)
+    }
+
+    /// Like [`ChunkStream::next_batch`], but at each chunk boundary `known(offset, rest)` may
+    /// answer with the length of the chunk that starts there, where the caller can tell that the
+    /// cutter would cut there too (see `backup::CdcSkip`); the cutter runs only where it does
+    /// not.
+    pub fn next_batch_known(
+        &mut self,
+        known: &mut dyn FnMut(u64, &[u8]) -> Option<usize>,
+    ) -> std::io::Result<Option<Batch<'_>>> {
         self.fill()?;
         let mut lens = Vec::new();
         let mut pos = self.start;
-        while let Some(len) = self
-            .chunker
-            .next_cut(&self.buf[pos..self.end], self.eof, self.mode)
-        {
+        loop {
+            let at = self.offset + (pos - self.start) as u64;
+            let rest = &self.buf[pos..self.end];
+            let len = match known(at, rest).filter(|&l| l > 0 && l <= rest.len()) {
+                Some(l) => l,
+                None => match self.chunker.next_cut(rest, self.eof, self.mode) {
+                    Some(l) => l,
+                    None => break,
+                },
+            };
             lens.push(len);
             pos += len;
         }

@@ -1,17 +1,19 @@
-//! Page digests: which pages of a page-aligned file (a SQLite database) changed since its last
-//! backup, without BLAKE3 over the pages that did not.
+//! Chunk digests: which chunks of a large file changed since its last backup, without BLAKE3
+//! (or, for a file cut by content, FastCDC) over the ones that did not.
 //!
-//! After a page-aligned file is stored, its pages' 128-bit XXH3 digests (seeded at random per
-//! file) are kept beside the index in `page-sums/<BLAKE3 of the file key, hex>`, together with
-//! the root id of the content they describe. The next backup of the file, if its cached stamp
-//! still names that content, digests each page: a page whose digest is the one recorded for its
-//! place, with the same length, keeps the previous version's blob id; only the others are
-//! hashed with BLAKE3 (and stored if new). XXH3 runs at memory speed where BLAKE3 of 4 KiB pages
-//! does about 2 GiB/s per core here, and an hourly backup of a large database is mostly that.
+//! After a file of at least 4 MiB is stored, the 128-bit XXH3 digests (seeded at random per
+//! file) of its chunks (pages of a page-aligned file) are kept beside the index in
+//! `page-sums/<BLAKE3 of the file key, hex>`, together with the root id of the content they
+//! describe. The next backup of the file, if its cached stamp still names that content, digests
+//! what it reads: a page whose digest is the one recorded for its place keeps the previous
+//! version's blob id, and a content-defined chunk the cutter provably cuts again (see
+//! `backup::CdcSkip`) is taken as is. Only the rest is cut, hashed with BLAKE3 and, if new,
+//! stored. XXH3 runs at memory speed where BLAKE3 of 4 KiB pages does about 2 GiB/s per core
+//! here, and an hourly backup of a large database is mostly that hashing.
 //!
 //! The records are a local cache, like the file cache: a missing, damaged or outdated record
-//! only means every page is hashed. An encrypted repository seals each record (the digests are
-//! of plaintext pages); an unencrypted one ends it with a checksum.
+//! only means every chunk is hashed. An encrypted repository seals each record (the digests are
+//! of plaintext); an unencrypted one ends it with a checksum. Layout: docs/FORMAT.md.
 
 use crate::error::Result;
 use crate::id::ChunkId;
@@ -19,11 +21,12 @@ use crate::manifest::Content;
 use crate::repo::Repo;
 use std::path::PathBuf;
 
-/// The digests of one stored version of a page-aligned file, in file order.
+/// The digests of the chunks of one stored version of a file, in file order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PageSums {
     /// What the file was stored as: the record is used only while the file's stamp names it.
     pub content: Content,
+    /// The page size, or 0 for a file cut by content.
     pub page_size: u32,
     pub seed: u64,
     pub sums: Vec<u128>,

@@ -5,7 +5,7 @@
 //! REPO/packs/ab/<id>.pack     pack files, named by the BLAKE3 of their bytes
 //! REPO/snapshots/<id>.snap    one framed manifest per snapshot
 //! REPO/index.redb             the index (a rebuildable cache)
-//! REPO/page-sums/<hex>        page digests of page-aligned source files ([`crate::pagesums`])
+//! REPO/page-sums/<hex>        chunk digests of large source files ([`crate::pagesums`])
 //! REPO/lock                   present while a writer works
 //! ```
 
