@@ -142,7 +142,7 @@ struct Shared<'r> {
     raw_sqlite: bool,
     /// Databases named with `--sqlite`: a consistent image or the backup fails.
     databases: &'r HashSet<PathBuf>,
-    /// Page digests this backup may still hold until its commit (see [`SUM_BUDGET`]).
+    /// Chunk digests this backup may still hold until its commit (see [`SUM_BUDGET`]).
     sum_budget: AtomicU64,
 }
 
@@ -986,7 +986,24 @@ struct PreviousVersion<'a> {
     broken: bool,
 }
 
-impl PreviousVersion<'_> {
+impl<'a> PreviousVersion<'a> {
+    fn new(walker: crate::tree::LeafWalker<'a>) -> Self {
+        PreviousVersion {
+            walker,
+            current: None,
+            next_offset: 0,
+            broken: false,
+        }
+    }
+
+    /// The next chunk of the previous version, in file order.
+    fn next_chunk(&mut self) -> Option<Known> {
+        if self.current.is_none() && !self.broken {
+            self.advance();
+        }
+        self.current.take()
+    }
+
     /// The chunks of the previous version that start in `[start, end)`, by ascending offset.
     /// Calls must ask for ranges in ascending order.
     fn chunks_in(&mut self, start: u64, end: u64) -> Vec<Known> {
@@ -1066,10 +1083,7 @@ fn read_file(
         Some(_) => Some(IndexReader::new(&repo.index.read()?)?),
         None => None,
     };
-    let mut sums = match mode {
-        CutMode::Fixed(page) => sum_state(shared, path, page, before.len(), previous)?,
-        CutMode::Cdc => sum_state(shared, path, 0, before.len(), previous)?,
-    };
+    let mut sums = sum_state(shared, path, page_size, before.len(), previous)?;
     let blob_reader = match &prev_index {
         Some(index) => Some(crate::restore::BlobReader::new(repo, index)?),
         None => None,
@@ -1084,12 +1098,7 @@ fn read_file(
         Some(p) if p.page_size == page_size => {
             crate::tree::LeafWalker::new(&p.content, p.size, &fetch)
                 .ok()
-                .map(|walker| PreviousVersion {
-                    walker,
-                    current: None,
-                    next_offset: 0,
-                    broken: false,
-                })
+                .map(PreviousVersion::new)
         }
         _ => None,
     };
@@ -1101,7 +1110,7 @@ fn read_file(
         {
             crate::tree::LeafWalker::new(&p.content, p.size, &fetch)
                 .ok()
-                .map(|w| (w, p.size))
+                .map(|w| (PreviousVersion::new(w), p.size))
         }
         _ => None,
     };
@@ -1215,9 +1224,10 @@ fn read_file(
     })
 }
 
-/// The page digests to keep while a page-aligned file of `len` bytes is read, with the previous
-/// version's if they describe the stamped content: `None` when the file is too large for them or
-/// the backup's budget is spent.
+/// The chunk digests to keep while a file of `len` bytes is read (cut at pages of `page` bytes,
+/// or by content when `page` is 0), with the previous version's if they describe the stamped
+/// content: `None` for a small file, one too large for them, or when the backup's budget is
+/// spent.
 fn sum_state(
     shared: &Shared,
     path: &std::path::Path,
@@ -1273,7 +1283,7 @@ fn sum_state(
 }
 
 /// The [`PageSums`] record of a file just read (sealed in an encrypted repository), if its
-/// digests cover every page. The digests stay held (within the backup's budget) until the commit.
+/// digests cover every chunk. The digests stay held (within the backup's budget) until the commit.
 fn sum_record(
     shared: &Shared,
     content: &Content,
@@ -1308,23 +1318,15 @@ fn read_cdc(
     reader: impl std::io::Read,
     window: usize,
     state: &mut FileState,
-    previous: Option<(crate::tree::LeafWalker, u64)>,
+    previous: Option<(PreviousVersion, u64)>,
 ) -> std::result::Result<u64, ReadError> {
     let chunker = shared.repo.chunker();
     let mut stream = ChunkStream::with_window(reader, chunker, CutMode::Cdc, window);
-    let (sums, mut sink) = match state.sums.take() {
-        Some(s) => {
-            let (ctx, sink) = s.split();
-            (Some(ctx), Some(sink))
-        }
-        None => (None, None),
-    };
+    let (sums, mut sink) = SumState::split_opt(state.sums.take());
     let mut skip = match (sums, previous) {
-        (Some(ctx), Some((walker, prev_size))) => Some(CdcSkip {
-            walker,
-            broken: false,
+        (Some(ctx), Some((prev, prev_size))) => Some(CdcSkip {
+            prev,
             ahead: std::collections::VecDeque::new(),
-            next_offset: 0,
             next_index: 0,
             ctx,
             prev_size,
@@ -1398,12 +1400,11 @@ fn read_cdc(
 /// chunk after it (which covers the byte that decided the cut). Everywhere else the cutter runs,
 /// and once one of its cuts lands where a previous chunk began, chunks are recognised again.
 struct CdcSkip<'a, 'w> {
-    walker: crate::tree::LeafWalker<'w>,
-    broken: bool,
-    /// The previous version's chunks read from the walker and not passed yet: offset, id,
-    /// length, digest.
+    prev: PreviousVersion<'w>,
+    /// The previous version's chunks taken from `prev` and not passed yet: offset, id, length,
+    /// digest.
     ahead: std::collections::VecDeque<(u64, ChunkId, u64, u128)>,
-    next_offset: u64,
+    /// Number of the next chunk `prev` gives (its digest's index).
     next_index: usize,
     ctx: SumCtx<'a>,
     prev_size: u64,
@@ -1417,20 +1418,16 @@ struct CdcSkip<'a, 'w> {
 impl CdcSkip<'_, '_> {
     /// Makes `ahead` hold at least `n` chunks, unless the previous version ends first.
     fn fill(&mut self, n: usize) {
-        while self.ahead.len() < n && !self.broken {
-            match self.walker.next_leaf() {
-                Ok(Some(e)) => {
-                    let Some(&digest) = self.ctx.prev.get(self.next_index) else {
-                        self.broken = true;
-                        return;
-                    };
-                    self.ahead
-                        .push_back((self.next_offset, e.id, e.bytes, digest));
-                    self.next_offset += e.bytes;
-                    self.next_index += 1;
-                }
-                // The previous version is only a hint.
-                _ => self.broken = true,
+        while self.ahead.len() < n {
+            let Some((off, id, len)) = self.prev.next_chunk() else {
+                return;
+            };
+            let digest = self.ctx.prev.get(self.next_index).copied();
+            self.next_index += 1;
+            match digest {
+                Some(d) => self.ahead.push_back((off, id, len, d)),
+                // Fewer digests than chunks: recognise nothing past them.
+                None => return,
             }
         }
     }
@@ -1841,13 +1838,7 @@ fn read_pages(
     let mut prev = state.prev.take();
     let builder = &mut *state.builder;
     let emit = &mut *state.emit;
-    let (sums, mut sink) = match state.sums.as_deref_mut() {
-        Some(s) => {
-            let (ctx, sink) = s.split();
-            (Some(ctx), Some(sink))
-        }
-        None => (None, None),
-    };
+    let (sums, mut sink) = SumState::split_opt(state.sums.as_deref_mut());
     // Bytes that may be read through mappings: the file as it is now, when there is a previous
     // version to compare with (a first backup stores nearly every page and reads into buffers).
     let mapped_len = match prev {
@@ -1979,8 +1970,8 @@ const SUM_PAGES_MAX: u64 = 1 << 20;
 /// Page digests a backup holds at once for its commit (32 MiB), over all its files.
 const SUM_BUDGET: u64 = 2 << 20;
 
-/// The page digests of a page-aligned file being read: the previous version's, by page number,
-/// and this version's as its pages are read (see [`PageSums`]).
+/// The chunk digests of a file being read: the previous version's, by chunk number, and this
+/// version's as its chunks are read (see [`PageSums`]).
 struct SumState {
     seed: u64,
     prev: Vec<u128>,
@@ -2027,18 +2018,22 @@ impl SumCtx<'_> {
 }
 
 impl SumState {
-    /// Splits into what the readers share and where the digests of read pages go.
-    fn split(&mut self) -> (SumCtx<'_>, SumSink<'_>) {
-        (
-            SumCtx {
-                seed: self.seed,
-                prev: &self.prev,
-            },
-            SumSink {
-                new: Some(&mut self.new),
-                reserved: self.reserved,
-            },
-        )
+    /// Splits into what the readers share and where the digests of read chunks go (both `None`
+    /// for a file that keeps no digests).
+    fn split_opt(state: Option<&mut SumState>) -> (Option<SumCtx<'_>>, Option<SumSink<'_>>) {
+        match state {
+            Some(s) => (
+                Some(SumCtx {
+                    seed: s.seed,
+                    prev: &s.prev,
+                }),
+                Some(SumSink {
+                    new: Some(&mut s.new),
+                    reserved: s.reserved,
+                }),
+            ),
+            None => (None, None),
+        }
     }
 }
 
@@ -2229,13 +2224,7 @@ fn read_sqlite(
     let (full_tx, full_rx) = sync_channel::<Vec<u8>>(4);
     let (free_tx, free_rx) = sync_channel::<Vec<u8>>(SQLITE_ROUND + 6);
     let page_len = page as usize;
-    let (sums, mut sink) = match state.sums.as_deref_mut() {
-        Some(s) => {
-            let (ctx, sink) = s.split();
-            (Some(ctx), Some(sink))
-        }
-        None => (None, None),
-    };
+    let (sums, mut sink) = SumState::split_opt(state.sums.as_deref_mut());
     std::thread::scope(|s| {
         let reader = s.spawn(move || -> Result<crate::sqlite::Image> {
             let take = || {

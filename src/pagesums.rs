@@ -137,11 +137,14 @@ impl PageSums {
     }
 }
 
-/// Where the record of the file with cache key `file_key` (see [`Repo::file_key`]) is kept.
+/// The name of the record of the file with cache key `file_key` (see [`Repo::file_key`]).
+fn record_name(file_key: &[u8]) -> String {
+    blake3::hash(file_key).to_hex().to_string()
+}
+
+/// Where the record of the file with cache key `file_key` is kept.
 fn record_path(repo: &Repo, file_key: &[u8]) -> PathBuf {
-    repo.root
-        .join(DIR)
-        .join(blake3::hash(file_key).to_hex().as_str())
+    repo.root.join(DIR).join(record_name(file_key))
 }
 
 /// The record kept for `file_key`, if there is a readable one.
@@ -155,19 +158,17 @@ pub fn load(repo: &Repo, file_key: &[u8]) -> Option<PageSums> {
 /// backup hashes every page of that file.
 pub fn store(repo: &Repo, records: &[(&[u8], Option<&[u8]>)]) {
     let dir = repo.root.join(DIR);
+    if records.iter().any(|(_, b)| b.is_some()) && std::fs::create_dir_all(&dir).is_err() {
+        return;
+    }
     for (key, bytes) in records {
-        let path = record_path(repo, key);
+        let name = record_name(key);
+        let path = dir.join(&name);
         match bytes {
             Some(bytes) => {
-                if std::fs::create_dir_all(&dir).is_err() {
-                    return;
-                }
                 // One writer at a time holds the repository lock: a fixed temporary name per
                 // record, so a killed writer leaves at most one, which the next write replaces.
-                let tmp = dir.join(format!(
-                    ".{}.strata-tmp",
-                    blake3::hash(key).to_hex().as_str()
-                ));
+                let tmp = dir.join(format!(".{name}.strata-tmp"));
                 let written =
                     std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, &path));
                 if let Err(e) = written {

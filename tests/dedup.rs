@@ -75,8 +75,9 @@ fn python_sqlite(db: &std::path::Path, script: &str) {
     assert!(status.success());
 }
 
-#[test]
-fn sqlite_update_adds_about_the_changed_pages() {
+/// A repository, and a source directory `src` holding `app.db`: a SQLite table of `rows` rows
+/// of about 400 bytes each.
+fn env_with_db(rows: usize) -> (Env, std::path::PathBuf, std::path::PathBuf) {
     let env = Env::new();
     env.init();
     let src = env.path("src");
@@ -84,9 +85,17 @@ fn sqlite_update_adds_about_the_changed_pages() {
     let db = src.join("app.db");
     python_sqlite(
         &db,
-        "con.execute('create table t(id integer primary key, body text)')\n\
-         con.executemany('insert into t values(?,?)', [(i, ('row %d ' % i) * 40) for i in range(20000)])",
+        &format!(
+            "con.execute('create table t(id integer primary key, body text)')\n\
+             con.executemany('insert into t values(?,?)', [(i, ('row %d ' % i) * 40) for i in range({rows})])"
+        ),
     );
+    (env, src, db)
+}
+
+#[test]
+fn sqlite_update_adds_about_the_changed_pages() {
+    let (env, src, db) = env_with_db(20000);
     let size = std::fs::metadata(&db).unwrap().len();
     env.backup(&[&src]);
     let show = env.json(&["show", "latest"]);
@@ -147,16 +156,7 @@ fn flip_pages(db: &std::path::Path, pages: &[u64]) {
 
 #[test]
 fn page_digests_skip_unchanged_pages_and_miss_no_change() {
-    let env = Env::new();
-    env.init();
-    let src = env.path("src");
-    std::fs::create_dir_all(&src).unwrap();
-    let db = src.join("app.db");
-    python_sqlite(
-        &db,
-        "con.execute('create table t(id integer primary key, body text)')\n\
-         con.executemany('insert into t values(?,?)', [(i, ('row %d ' % i) * 40) for i in range(14000)])",
-    );
+    let (env, src, db) = env_with_db(14000);
     // Older than the racy window, so the backup keeps its stamp (and digests).
     std::thread::sleep(std::time::Duration::from_millis(200));
     env.backup(&[&src]);
