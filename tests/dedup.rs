@@ -260,17 +260,35 @@ fn chunks_recognised_by_digest_are_the_ones_the_cutter_makes() {
     // Edits of every kind, each followed by a backup that recognises the unchanged chunks, and
     // a backup of the same bytes under a new path, which cuts them all: both must give the same
     // chunks (the same chunk-list root).
+    // The last rounds change the byte on either side of a cut of the default (unkeyed) cutter:
+    // the first byte of a chunk decides where the chunk before it ends.
+    let cutter = strata::chunker::Chunker::new(Default::default(), 0).unwrap();
     let mut seed = 5u64;
-    for round in 0..8 {
+    for round in 0..12 {
         seed = seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         let at = (seed >> 33) as usize % data.len();
-        match round % 4 {
-            0 => data.splice(at..at, text(3_000, seed)).for_each(drop),
-            1 => data[at] ^= 0x11,
-            2 => data.extend_from_slice(&text(40_000, seed)),
-            _ => data.truncate(data.len() - 20_000),
+        let cut = || {
+            let lens = cutter.cut_all(&data, strata::chunker::CutMode::Cdc);
+            let k = 1 + (seed >> 40) as usize % (lens.len() - 2);
+            lens[..k].iter().sum::<usize>()
+        };
+        match round {
+            8 | 10 => {
+                let c = cut();
+                data[c] ^= 0x11;
+            }
+            9 | 11 => {
+                let c = cut();
+                data[c - 1] ^= 0x11;
+            }
+            _ => match round % 4 {
+                0 => data.splice(at..at, text(3_000, seed)).for_each(drop),
+                1 => data[at] ^= 0x11,
+                2 => data.extend_from_slice(&text(40_000, seed)),
+                _ => data.truncate(data.len() - 20_000),
+            },
         }
         write(&f, &data);
         std::thread::sleep(std::time::Duration::from_millis(200));
