@@ -310,10 +310,18 @@ pub fn verify_reading(repo: &Repo, read: ReadData) -> Result<VerifyReport> {
             .strip_prefix("snapshots/")
             .and_then(|n| n.strip_suffix(".snap"))
             .and_then(|h| h.parse::<ChunkId>().ok());
-        let decoded = repo
-            .backend
-            .get(&name)
-            .and_then(|b| Manifest::decode(&b, id.as_ref(), repo.keys()));
+        let bytes = match repo.backend.get(&name) {
+            // Listed, then gone: another machine's `forget` deleted it after the listing (an
+            // object store's listing can also lag a delete). Nothing is lost.
+            Err(e) if e.kind() == crate::ErrorKind::NotFound => {
+                report.notes.push(format!(
+                    "{name} was listed but is gone: deleted while verify ran"
+                ));
+                continue;
+            }
+            other => other,
+        };
+        let decoded = bytes.and_then(|b| Manifest::decode(&b, id.as_ref(), repo.keys()));
         match decoded {
             Ok(_) => report.notes.push(format!(
                 "{name} holds a snapshot the index does not list; `strata repair index` adds it"
