@@ -100,6 +100,33 @@ fn retry() -> RetryConfig {
     }
 }
 
+/// Runs a read (GET, HEAD, LIST: idempotent) again when it failed before the store answered in
+/// a way object_store does not retry: its HTTP client's "error sending request" without a
+/// cause it recognises, as when a pooled connection is closed by the server as it is reused.
+fn retry_unsent<T>(
+    mut op: impl FnMut() -> std::result::Result<T, object_store::Error>,
+) -> std::result::Result<T, object_store::Error> {
+    let mut delay = Duration::from_millis(50);
+    let mut tries = 1;
+    loop {
+        match op() {
+            Err(e) if tries < 4 && unsent(&e) => {
+                tracing::debug!("request not sent ({e}); trying again");
+                std::thread::sleep(delay);
+                delay *= 4;
+                tries += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// True for an error of a request that never reached the store.
+fn unsent(e: &object_store::Error) -> bool {
+    matches!(e, object_store::Error::Generic { .. })
+        && e.to_string().contains("error sending request")
+}
+
 impl S3Backend {
     /// Connects with the settings of `settings::for_bucket`: the standard AWS variables
     /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL`) and the
@@ -200,13 +227,13 @@ impl S3Backend {
         let got = slot.get_or_init(|| {
             // A range past the end of the object returns what there is.
             Stats::add(&self.stats.get, 1);
-            let got = self
-                .runtime
-                .block_on(
+            let got = retry_unsent(|| {
+                self.runtime.block_on(
                     self.store
                         .get_range(&self.key(name), no * BLOCK..(no + 1) * BLOCK),
                 )
-                .map_err(|e| self.fail("download", name, e).to_string());
+            })
+            .map_err(|e| self.fail("download", name, e).to_string());
             if let Ok(b) = &got {
                 Stats::add(&self.stats.down, b.len() as u64);
             }
@@ -352,16 +379,17 @@ impl Backend for S3Backend {
     fn get(&self, name: &str) -> Result<Vec<u8>> {
         let key = self.key(name);
         Stats::add(&self.stats.get, 1);
-        self.runtime
-            .block_on(async {
+        retry_unsent(|| {
+            self.runtime.block_on(async {
                 let got = self.store.get(&key).await?;
                 got.bytes().await
             })
-            .map(|b| {
-                Stats::add(&self.stats.down, b.len() as u64);
-                b.to_vec()
-            })
-            .map_err(|e| self.fail("download", name, e))
+        })
+        .map(|b| {
+            Stats::add(&self.stats.down, b.len() as u64);
+            b.to_vec()
+        })
+        .map_err(|e| self.fail("download", name, e))
     }
 
     fn read_into(&self, name: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
@@ -377,11 +405,10 @@ impl Backend for S3Backend {
         Stats::add(&self.stats.get, 1);
         Stats::add(&self.stats.down, buf.len() as u64);
         // The body is copied into `buf` as it arrives: no second buffer of the whole range.
-        let got = self
-            .runtime
-            .block_on(async {
+        let got = retry_unsent(|| {
+            self.runtime.block_on(async {
                 use futures::StreamExt;
-                let options = object_store::GetOptions::new().with_range(Some(range));
+                let options = object_store::GetOptions::new().with_range(Some(range.clone()));
                 let mut body = self.store.get_opts(&key, options).await?.into_stream();
                 let mut at = 0usize;
                 while let Some(piece) = body.next().await {
@@ -394,7 +421,8 @@ impl Backend for S3Backend {
                 }
                 Ok(Some(at))
             })
-            .map_err(|e| self.fail("download", name, e))?;
+        })
+        .map_err(|e| self.fail("download", name, e))?;
         if got != Some(buf.len()) {
             return Err(Error::corrupt(format!(
                 "{}/{name}: {} bytes at {offset} asked, {} returned",
@@ -409,8 +437,7 @@ impl Backend for S3Backend {
     fn size(&self, name: &str) -> Result<u64> {
         let key = self.key(name);
         Stats::add(&self.stats.head, 1);
-        self.runtime
-            .block_on(self.store.head(&key))
+        retry_unsent(|| self.runtime.block_on(self.store.head(&key)))
             .map(|m| m.size)
             .map_err(|e| self.fail("look up", name, e))
     }
@@ -424,10 +451,11 @@ impl Backend for S3Backend {
         } else {
             format!("{}/", self.location.prefix)
         };
-        let metas: Vec<object_store::ObjectMeta> = self
-            .runtime
-            .block_on(self.store.list(Some(&key)).try_collect())
-            .map_err(|e| self.fail("list", prefix, e))?;
+        let metas: Vec<object_store::ObjectMeta> = retry_unsent(|| {
+            self.runtime
+                .block_on(self.store.list(Some(&key)).try_collect())
+        })
+        .map_err(|e| self.fail("list", prefix, e))?;
         let mut out: Vec<String> = metas
             .into_iter()
             .filter_map(|m| m.location.as_ref().strip_prefix(&strip).map(str::to_string))
@@ -457,7 +485,7 @@ impl Backend for S3Backend {
     fn exists(&self, name: &str) -> Result<bool> {
         let key = self.key(name);
         Stats::add(&self.stats.head, 1);
-        match self.runtime.block_on(self.store.head(&key)) {
+        match retry_unsent(|| self.runtime.block_on(self.store.head(&key))) {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
             Err(e) => Err(self.fail("look up", name, e)),
@@ -536,7 +564,7 @@ fn read_lease(
     store: &AmazonS3,
     key: &ObjPath,
 ) -> Result<Option<LeaseInfo>> {
-    match rt.block_on(async { store.get(key).await?.bytes().await }) {
+    match retry_unsent(|| rt.block_on(async { store.get(key).await?.bytes().await })) {
         Ok(b) => Ok(serde_json::from_slice(&b).ok()),
         Err(object_store::Error::NotFound { .. }) => Ok(None),
         Err(e) => Err(Error::io(
@@ -694,5 +722,51 @@ impl Drop for Lease {
         {
             let _ = rt.block_on(self.store.delete(&self.key));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn generic(msg: &str) -> object_store::Error {
+        object_store::Error::Generic {
+            store: "S3",
+            source: Box::new(std::io::Error::other(msg.to_string())),
+        }
+    }
+
+    #[test]
+    fn a_request_that_was_not_sent_is_tried_again_and_others_are_not() {
+        let mut calls = 0;
+        let got = retry_unsent(|| {
+            calls += 1;
+            match calls {
+                1 | 2 => Err(generic("HTTP error: error sending request")),
+                _ => Ok(7),
+            }
+        });
+        assert_eq!((got.unwrap(), calls), (7, 3));
+
+        // Not forever.
+        let mut calls = 0;
+        let got: std::result::Result<(), _> = retry_unsent(|| {
+            calls += 1;
+            Err(generic("HTTP error: error sending request"))
+        });
+        assert!(got.is_err());
+        assert_eq!(calls, 4);
+
+        // An answer from the store is final here (object_store retries what it should).
+        let mut calls = 0;
+        let got: std::result::Result<(), _> = retry_unsent(|| {
+            calls += 1;
+            Err(object_store::Error::NotFound {
+                path: "x".into(),
+                source: Box::new(std::io::Error::other("404")),
+            })
+        });
+        assert!(got.is_err());
+        assert_eq!(calls, 1);
     }
 }
