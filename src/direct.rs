@@ -30,27 +30,36 @@ const WRITE_PIECE: usize = 1 << 20;
 struct Block([u8; ALIGN]);
 
 /// A zeroed, 4096-aligned byte buffer.
-struct AlignedBuf {
+#[derive(Default)]
+pub struct AlignedBuf {
     blocks: Vec<Block>,
 }
 
 impl AlignedBuf {
-    fn new(len: usize) -> AlignedBuf {
+    pub fn new(len: usize) -> AlignedBuf {
         AlignedBuf {
             blocks: vec![Block([0; ALIGN]); len.div_ceil(ALIGN).max(1)],
         }
     }
 
-    fn capacity(&self) -> usize {
+    /// Grows the buffer to at least `len` bytes (new bytes zeroed).
+    pub fn reserve(&mut self, len: usize) {
+        let want = len.div_ceil(ALIGN);
+        if want > self.blocks.len() {
+            self.blocks.resize(want, Block([0; ALIGN]));
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
         self.blocks.len() * ALIGN
     }
 
-    fn bytes(&self) -> &[u8] {
+    pub fn bytes(&self) -> &[u8] {
         // SAFETY: Block is plain bytes with no padding (size == align == ALIGN).
         unsafe { std::slice::from_raw_parts(self.blocks.as_ptr().cast(), self.capacity()) }
     }
 
-    fn bytes_mut(&mut self) -> &mut [u8] {
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
         // SAFETY: as above; the borrow of self makes the slice unique.
         unsafe { std::slice::from_raw_parts_mut(self.blocks.as_mut_ptr().cast(), self.capacity()) }
     }
@@ -60,6 +69,20 @@ struct Job {
     buf: AlignedBuf,
     len: usize,
     offset: u64,
+}
+
+/// Opens the existing file `path` a second time, for writes with `O_DIRECT` at aligned offsets
+/// from aligned buffers. `Ok(None)` when the filesystem does not support `O_DIRECT`.
+pub fn open_for_direct_writes(path: &Path) -> Result<Option<File>> {
+    match OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+    {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(None),
+        Err(e) => Err(Error::io_path("open", path, e)),
+    }
 }
 
 /// Writes a file front to back with `O_DIRECT` (see the module documentation).

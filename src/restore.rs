@@ -238,6 +238,9 @@ pub struct RestoreOptions {
     /// Leave out what exists below a restored directory but is not in the snapshot (by default
     /// it is kept).
     pub delete: bool,
+    /// Databases are about to be read (an integrity check): write them through the page cache,
+    /// where the check finds them. Otherwise large files go straight to the device.
+    pub cache_databases: bool,
 }
 
 impl RestoreOptions {
@@ -247,6 +250,7 @@ impl RestoreOptions {
             target,
             paths: vec![],
             delete: false,
+            cache_databases: false,
         }
     }
 }
@@ -433,7 +437,7 @@ fn for_each_batch(
 
 thread_local! {
     static SPAN: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-    static GROUP: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    static GROUP: std::cell::RefCell<crate::direct::AlignedBuf> = std::cell::RefCell::new(Default::default());
     static FRAME: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
@@ -443,14 +447,26 @@ fn with_group<T>(
     group: &Group,
     f: impl FnOnce(&[u8]) -> Result<T>,
 ) -> Result<T> {
+    with_group_padded(blobs, group, 1, f)
+}
+
+/// [`with_group`] with the bytes at an aligned address and zero-padded to a multiple of
+/// `pad` (a power of two, at most [`crate::direct::ALIGN`]), for a direct write.
+fn with_group_padded<T>(
+    blobs: &BlobReader,
+    group: &Group,
+    pad: usize,
+    f: impl FnOnce(&[u8]) -> Result<T>,
+) -> Result<T> {
     let total = group.bytes() as usize;
+    let padded = total.next_multiple_of(pad);
     GROUP.with(|out| {
         let mut out = out.borrow_mut();
-        if out.len() < total {
-            out.resize(total, 0);
-        }
+        out.reserve(padded);
+        let out = out.bytes_mut();
         fill_group(blobs, group, &mut out[..total])?;
-        f(&out[..total])
+        out[total..padded].fill(0);
+        f(&out[..padded])
     })
 }
 
@@ -633,14 +649,26 @@ fn write_content_at(
     blobs: &BlobReader,
     entry: &Entry,
     file: &std::fs::File,
+    direct: Option<&std::fs::File>,
     path: &Path,
 ) -> Result<u64> {
+    use crate::direct::ALIGN;
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::FileExt;
     use std::sync::atomic::{AtomicUsize, Ordering};
     let (batch_max, group_max, _) = blobs.read_shape();
     let window = (2 * batch_max / group_max).max(2) as usize;
     let write_group = |g: &Group| -> Result<()> {
+        // A group at a block boundary that fills whole blocks (or ends the file: the padding
+        // is cut off at the end) goes straight to the device, without a copy into the page
+        // cache: the groups of a database cut at its pages, most of a restore's bytes.
+        let aligned = g.offset.is_multiple_of(ALIGN as u64)
+            && (g.bytes().is_multiple_of(ALIGN as u64) || g.offset + g.bytes() == entry.size);
+        if let (Some(direct), true) = (direct, aligned) {
+            return with_group_padded(blobs, g, ALIGN, |data| {
+                direct.write_all_at(data, g.offset).ctx("write", path)
+            });
+        }
         with_group(blobs, g, |data| {
             file.write_all_at(data, g.offset).ctx("write", path)
         })?;
@@ -764,7 +792,7 @@ fn set_mtime(path: &Path, mtime_ns: i64, follow: bool) -> Result<()> {
     Ok(())
 }
 
-fn restore_file(blobs: &BlobReader, entry: &Entry, dest: &Path) -> Result<u64> {
+fn restore_file(blobs: &BlobReader, entry: &Entry, dest: &Path, how: Writes) -> Result<u64> {
     if fs::symlink_metadata(dest).is_ok_and(|m| m.is_dir()) {
         return Err(Error::invalid(format!(
             "{} is a directory; not replacing it with a file",
@@ -778,7 +806,15 @@ fn restore_file(blobs: &BlobReader, entry: &Entry, dest: &Path) -> Result<u64> {
             .create_new(true)
             .open(&tmp)
             .ctx("create", &tmp)?;
-        let written = write_content_at(blobs, entry, &f, &tmp)?;
+        let direct = match how.direct(entry) {
+            true => crate::direct::open_for_direct_writes(&tmp)?,
+            false => None,
+        };
+        let written = write_content_at(blobs, entry, &f, direct.as_ref(), &tmp)?;
+        if direct.is_some() {
+            // A padded last block written directly is cut off.
+            f.set_len(entry.size).ctx("set length", &tmp)?;
+        }
         // Owner first: chown clears set-id bits, which the mode then restores.
         restore_owner(&tmp, entry)?;
         f.set_permissions(fs::Permissions::from_mode(entry.mode & 0o7777))
@@ -863,6 +899,9 @@ fn remove_left_by_dead_processes(
     }
 }
 
+/// A restore of at least this many bytes reads the index ahead (see [`Repo::prefetch_index`]).
+const PREFETCH_INDEX_FROM: u64 = 64 << 20;
+
 /// Restores the selected entries of `manifest` below `opts.target`.
 ///
 /// A selected directory that already exists at its destination is restored into a staging
@@ -874,6 +913,9 @@ fn remove_left_by_dead_processes(
 pub fn restore(repo: &Repo, manifest: &Manifest, opts: &RestoreOptions) -> Result<RestoreReport> {
     let entries = select(manifest, &opts.paths)?;
     check_entries(&entries)?;
+    if entries.iter().map(|e| e.size).sum::<u64>() >= PREFETCH_INDEX_FROM {
+        repo.prefetch_index();
+    }
     fs::create_dir_all(&opts.target).ctx("create", &opts.target)?;
     let target = fs::canonicalize(&opts.target).ctx("resolve", &opts.target)?;
     let txn = repo.index.read()?;
@@ -884,7 +926,10 @@ pub fn restore(repo: &Repo, manifest: &Manifest, opts: &RestoreOptions) -> Resul
     let (staged, direct): (Vec<&Entry>, Vec<&Entry>) = entries
         .iter()
         .partition(|e| stages.iter().any(|st| st.holds(&e.path)));
-    let mut report = restore_entries(&blobs, &target, &direct)?;
+    let how = Writes {
+        cache_databases: opts.cache_databases,
+    };
+    let mut report = restore_entries(&blobs, &target, &direct, how)?;
     for stage in &stages {
         let rebased: Vec<Entry> = staged
             .iter()
@@ -894,7 +939,7 @@ pub fn restore(repo: &Repo, manifest: &Manifest, opts: &RestoreOptions) -> Resul
                 ..(*e).clone()
             })
             .collect();
-        let result = stage.run(&blobs, &rebased, opts.delete);
+        let result = stage.run(&blobs, &rebased, opts.delete, how);
         let _ = fs::remove_dir_all(&stage.dir);
         match result {
             Ok(r) => report.merge(r),
@@ -956,9 +1001,15 @@ impl Stage {
         self.dir.join(OsStr::from_bytes(&self.name))
     }
 
-    fn run(&self, blobs: &BlobReader, entries: &[Entry], delete: bool) -> Result<RestoreReport> {
+    fn run(
+        &self,
+        blobs: &BlobReader,
+        entries: &[Entry],
+        delete: bool,
+        how: Writes,
+    ) -> Result<RestoreReport> {
         let refs: Vec<&Entry> = entries.iter().collect();
-        let mut report = restore_entries(blobs, &self.dir, &refs)?;
+        let mut report = restore_entries(blobs, &self.dir, &refs, how)?;
         if !report.errors.is_empty() {
             return Err(Error::invalid(format!(
                 "{} file(s) could not be restored: {}",
@@ -1157,8 +1208,29 @@ fn exchange(staged: &Path, dest: &Path, stage_dir: &Path) -> Result<()> {
     sync_dir(stage_dir)
 }
 
+/// How restored files are written.
+#[derive(Clone, Copy)]
+struct Writes {
+    /// Databases through the page cache (see [`RestoreOptions::cache_databases`]).
+    cache_databases: bool,
+}
+
+impl Writes {
+    /// Whether `entry` is written with `O_DIRECT` where its groups allow (see
+    /// [`write_content_at`]): large files, unless a reader is about to want them cached.
+    fn direct(self, entry: &Entry) -> bool {
+        entry.size >= crate::direct::MIN_DIRECT_BYTES
+            && !(self.cache_databases && entry.page_size > 0)
+    }
+}
+
 /// Restores `entries` below `target`, each file renamed into place complete.
-fn restore_entries(blobs: &BlobReader, target: &Path, entries: &[&Entry]) -> Result<RestoreReport> {
+fn restore_entries(
+    blobs: &BlobReader,
+    target: &Path,
+    entries: &[&Entry],
+    how: Writes,
+) -> Result<RestoreReport> {
     let checked = Mutex::new(HashSet::new());
     let mut report = RestoreReport::default();
 
@@ -1175,18 +1247,22 @@ fn restore_entries(blobs: &BlobReader, target: &Path, entries: &[&Entry]) -> Res
         .iter()
         .filter(|e| e.kind == EntryKind::File)
         .collect();
-    // On object storage, enough threads to keep many ranged reads in flight.
-    let results: Vec<(String, Result<(u64, PathBuf)>)> =
-        crate::storage::with_io_pool(blobs.backend, usize::MAX, || {
-            files
-                .par_iter()
-                .map(|e| {
-                    let r = prepare_parent(target, &e.path, &checked)
-                        .and_then(|dest| restore_file(blobs, e, &dest).map(|n| (n, dest)));
-                    (e.path_lossy(), r)
-                })
-                .collect()
-        });
+    // On object storage, enough threads to keep many ranged reads in flight; on a local disk,
+    // twice as many as cores, as threads wait on reads and on direct writes.
+    let threads = blobs
+        .backend
+        .parallelism()
+        .unwrap_or(2 * rayon::current_num_threads());
+    let results: Vec<(String, Result<(u64, PathBuf)>)> = crate::storage::with_pool(threads, || {
+        files
+            .par_iter()
+            .map(|e| {
+                let r = prepare_parent(target, &e.path, &checked)
+                    .and_then(|dest| restore_file(blobs, e, &dest, how).map(|n| (n, dest)));
+                (e.path_lossy(), r)
+            })
+            .collect()
+    });
     let mut touched_dirs = HashSet::new();
     for ((path, r), e) in results.into_iter().zip(&files) {
         match r {

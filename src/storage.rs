@@ -77,14 +77,20 @@ pub trait Backend: Send + Sync {
 /// Runs `f` on a thread pool as wide as `backend` wants for its reads (see
 /// [`Backend::parallelism`]) but at most `max` threads, or on the global pool.
 pub fn with_io_pool<T: Send>(backend: &dyn Backend, max: usize, f: impl FnOnce() -> T + Send) -> T {
-    match backend.parallelism().map(|n| n.min(max)) {
-        Some(n) if n > rayon::current_num_threads() => {
-            match rayon::ThreadPoolBuilder::new().num_threads(n).build() {
-                Ok(pool) => pool.install(f),
-                Err(_) => f(),
-            }
-        }
-        _ => f(),
+    match backend.parallelism() {
+        Some(n) => with_pool(n.min(max), f),
+        None => f(),
+    }
+}
+
+/// Runs `f` on a pool of `threads` threads, or on the current pool if that is as wide.
+pub fn with_pool<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
+    if threads <= rayon::current_num_threads() {
+        return f();
+    }
+    match rayon::ThreadPoolBuilder::new().num_threads(threads).build() {
+        Ok(pool) => pool.install(f),
+        Err(_) => f(),
     }
 }
 

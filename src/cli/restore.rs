@@ -113,6 +113,7 @@ pub fn restore(repo: &Repo, args: RestoreArgs) -> Result<ExitCode> {
             target: target.clone(),
             paths: args.paths.clone(),
             delete: args.delete,
+            cache_databases: !args.no_check_sqlite,
         },
     );
     let failed = match &result {
@@ -134,6 +135,7 @@ pub fn restore(repo: &Repo, args: RestoreArgs) -> Result<ExitCode> {
                 paths: vec![],
                 // The point holds the whole of what was there.
                 delete: true,
+                cache_databases: false,
             },
         );
         match back {
