@@ -4,7 +4,7 @@
 use crate::error::{Error, IoContext, Result};
 use crate::id::ChunkId;
 use crate::index::{BlobLoc, IndexReader, Locate};
-use crate::manifest::{Entry, EntryKind, Manifest};
+use crate::manifest::{Content, Entry, EntryKind, Manifest};
 use crate::pack::BlobKind;
 use crate::repo::Repo;
 use crate::storage::{sync_dir, temp_name};
@@ -26,6 +26,9 @@ pub struct BlobReader<'a, L: ?Sized = IndexReader> {
     keys: Option<&'a crate::crypto::Keys>,
     index: &'a L,
     packs: Mutex<HashMap<u32, String>>,
+    /// Ask the backend to read each pack ahead when it is first named (a large restore, which
+    /// reads most of every pack it touches).
+    prefetch: bool,
 }
 
 impl<'a> BlobReader<'a, IndexReader> {
@@ -46,6 +49,7 @@ impl<'a, L: Locate + ?Sized> BlobReader<'a, L> {
             keys,
             index,
             packs: Mutex::new(HashMap::new()),
+            prefetch: false,
         }
     }
 
@@ -56,6 +60,9 @@ impl<'a, L: Locate + ?Sized> BlobReader<'a, L> {
         }
         let name = self.index.pack(no)?.object_name();
         packs.insert(no, name.clone());
+        if self.prefetch {
+            self.backend.will_need(&name);
+        }
         Ok(name)
     }
 
@@ -810,6 +817,9 @@ fn restore_file(blobs: &BlobReader, entry: &Entry, dest: &Path, how: Writes) -> 
             true => crate::direct::open_for_direct_writes(&tmp)?,
             false => None,
         };
+        if direct.is_some() && chunk_list_total(blobs, entry) == Some(entry.size) {
+            allocate(&f, entry.size, &tmp)?;
+        }
         let written = write_content_at(blobs, entry, &f, direct.as_ref(), &tmp)?;
         if direct.is_some() {
             // A padded last block written directly is cut off.
@@ -832,6 +842,38 @@ fn restore_file(blobs: &BlobReader, entry: &Entry, dest: &Path, how: Writes) -> 
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// The size a file's chunk list gives at its root, if it can be read: a manifest's size is
+/// only trusted for allocating space when its chunk list agrees (the walk checks the rest).
+fn chunk_list_total(blobs: &BlobReader, entry: &Entry) -> Option<u64> {
+    let Content::Tree(root) = &entry.content else {
+        return None;
+    };
+    let bytes = blobs.read(root).ok()?;
+    let node = crate::tree::Node::decode(&bytes, &"chunk-list root").ok()?;
+    node.entries
+        .iter()
+        .try_fold(0u64, |sum, e| sum.checked_add(e.bytes))
+}
+
+/// Allocates the whole of a file about to be written directly: the writes then fill allocated
+/// blocks, which ext4 lets threads do side by side (writes that allocate take the inode's lock
+/// in turn), and a disk too full for the file fails here, before anything is written. A
+/// filesystem without `fallocate` is written as it is.
+fn allocate(f: &fs::File, len: u64, path: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fallocate on an open file descriptor.
+    if unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, len as libc::off_t) } == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) | Some(libc::EFBIG) => {
+            Err(Error::io_path("allocate", path, err))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// A database's -wal, -shm or -journal file left beside the destination belongs to the file
@@ -899,8 +941,9 @@ fn remove_left_by_dead_processes(
     }
 }
 
-/// A restore of at least this many bytes reads the index ahead (see [`Repo::prefetch_index`]).
-const PREFETCH_INDEX_FROM: u64 = 64 << 20;
+/// A restore of at least this many bytes reads the index ahead (see [`Repo::prefetch_index`]),
+/// and each pack it touches (see [`crate::storage::Backend::will_need`]).
+const PREFETCH_FROM: u64 = 64 << 20;
 
 /// Restores the selected entries of `manifest` below `opts.target`.
 ///
@@ -913,14 +956,16 @@ const PREFETCH_INDEX_FROM: u64 = 64 << 20;
 pub fn restore(repo: &Repo, manifest: &Manifest, opts: &RestoreOptions) -> Result<RestoreReport> {
     let entries = select(manifest, &opts.paths)?;
     check_entries(&entries)?;
-    if entries.iter().map(|e| e.size).sum::<u64>() >= PREFETCH_INDEX_FROM {
+    let large = entries.iter().map(|e| e.size).sum::<u64>() >= PREFETCH_FROM;
+    if large {
         repo.prefetch_index();
     }
     fs::create_dir_all(&opts.target).ctx("create", &opts.target)?;
     let target = fs::canonicalize(&opts.target).ctx("resolve", &opts.target)?;
     let txn = repo.index.read()?;
     let index = IndexReader::new(&txn)?;
-    let blobs = BlobReader::new(repo, &index)?;
+    let mut blobs = BlobReader::new(repo, &index)?;
+    blobs.prefetch = large;
 
     let stages = plan_stages(&target, &entries, opts)?;
     let (staged, direct): (Vec<&Entry>, Vec<&Entry>) = entries

@@ -36,6 +36,11 @@ pub trait Backend: Send + Sync {
         self.read_into(name, offset, buf)
     }
     fn size(&self, name: &str) -> Result<u64>;
+    /// A hint that most of object `name` is about to be read: a local disk starts reading it
+    /// into the page cache. Nothing by default.
+    fn will_need(&self, name: &str) {
+        let _ = name;
+    }
     /// Object names under `prefix` (a directory-like path such as `packs`), recursively.
     fn list(&self, prefix: &str) -> Result<Vec<String>>;
     fn delete(&self, name: &str) -> Result<()>;
@@ -312,6 +317,14 @@ impl Backend for LocalBackend {
         Ok(fs::metadata(&path).ctx("stat", &path)?.len())
     }
 
+    fn will_need(&self, name: &str) {
+        use std::os::fd::AsRawFd;
+        if let Ok(f) = self.handle(name, &self.path(name)) {
+            // SAFETY: posix_fadvise on an open file descriptor only affects caching.
+            unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_WILLNEED) };
+        }
+    }
+
     fn list(&self, prefix: &str) -> Result<Vec<String>> {
         let mut out = Vec::new();
         let base = self.path(prefix);
@@ -525,6 +538,9 @@ impl Backend for FaultyBackend {
     fn size(&self, name: &str) -> Result<u64> {
         self.spend_read(name)?;
         self.inner.size(name)
+    }
+    fn will_need(&self, name: &str) {
+        self.inner.will_need(name)
     }
     fn list(&self, prefix: &str) -> Result<Vec<String>> {
         self.spend_read(prefix)?;
