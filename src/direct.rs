@@ -68,8 +68,8 @@ impl AlignedBuf {
 /// Buffers of finished writers, for the next one: a backup writes pack after pack, and a fresh
 /// buffer costs a page fault and a page clearing per 4 KiB (a few percent of a first backup).
 static SPARE: std::sync::Mutex<Vec<AlignedBuf>> = std::sync::Mutex::new(Vec::new());
-/// Buffers kept in [`SPARE`]: those of two writers (kept memory counts against peak RSS).
-const SPARE_MAX: usize = 4;
+/// Buffers kept in [`SPARE`]: those of one writer (kept memory counts against peak RSS).
+const SPARE_MAX: usize = 2;
 
 /// A buffer of at least `len` bytes, reused if one is spare (its bytes are not cleared).
 fn spare_buf(len: usize) -> AlignedBuf {
