@@ -673,7 +673,15 @@ fn write_content_at(
             && (g.bytes().is_multiple_of(ALIGN as u64) || g.offset + g.bytes() == entry.size);
         if let (Some(direct), true) = (direct, aligned) {
             return with_group_padded(blobs, g, ALIGN, |data| {
-                direct.write_all_at(data, g.offset).ctx("write", path)
+                match direct.write_all_at(data, g.offset) {
+                    // A filesystem that took O_DIRECT at open but not this write: the page
+                    // cache then (the padding is cut off all the same).
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                        file.write_all_at(data, g.offset)
+                    }
+                    written => written,
+                }
+                .ctx("write", path)
             });
         }
         with_group(blobs, g, |data| {
