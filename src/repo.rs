@@ -508,13 +508,11 @@ impl Repo {
     /// in random order (a large restore). On a cold cache each lookup would otherwise wait on
     /// random 4 KiB reads of the device. Only a hint; an index over 1 GiB is left alone.
     pub fn prefetch_index(&self) {
-        use std::os::fd::AsRawFd;
         let Ok(file) = fs::File::open(self.root.join(INDEX_NAME)) else {
             return;
         };
         if file.metadata().is_ok_and(|m| m.len() <= PREFETCH_INDEX_MAX) {
-            // SAFETY: posix_fadvise on an open file descriptor only affects caching.
-            unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_WILLNEED) };
+            crate::storage::read_ahead(&file);
         }
     }
 

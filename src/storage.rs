@@ -235,6 +235,13 @@ impl LocalBackend {
     }
 }
 
+/// Asks the kernel to start reading the whole of `file` into the page cache (only a hint).
+pub fn read_ahead(file: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: posix_fadvise on an open file descriptor only affects caching.
+    unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_WILLNEED) };
+}
+
 /// fsyncs a directory so a rename or create inside it is durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
@@ -318,10 +325,8 @@ impl Backend for LocalBackend {
     }
 
     fn will_need(&self, name: &str) {
-        use std::os::fd::AsRawFd;
         if let Ok(f) = self.handle(name, &self.path(name)) {
-            // SAFETY: posix_fadvise on an open file descriptor only affects caching.
-            unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_WILLNEED) };
+            read_ahead(&f);
         }
     }
 
