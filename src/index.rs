@@ -7,8 +7,10 @@ use crate::compress::Compression;
 use crate::error::{Error, Result};
 use crate::id::ChunkId;
 use crate::pack::BlobKind;
+use rayon::prelude::*;
 use redb::{
-    Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
+    Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable,
+    ReadableTableMetadata, TableDefinition,
 };
 use std::path::Path;
 
@@ -350,6 +352,95 @@ impl Locate for WriteLocator<'_> {
 pub struct IndexReader {
     blobs: Option<redb::ReadOnlyTable<&'static [u8; 32], &'static [u8; BLOB_LOC_LEN]>>,
     packs: Option<redb::ReadOnlyTable<u32, &'static [u8; 48]>>,
+    /// The blob table in memory, when [`IndexReader::load_blobs`] made it.
+    loaded: Option<LoadedBlobs>,
+}
+
+/// Bytes of memory one blob takes in [`LoadedBlobs`].
+pub const LOADED_BLOB_BYTES: u64 = (32 + BLOB_LOC_LEN) as u64;
+
+/// The blob table read whole into memory: ids in order, each with its encoded location.
+///
+/// A large restore looks up most of the index's blobs; one pass over the table and a lookup in
+/// memory each cost a fraction of a B-tree descent per blob. The table is split by the first
+/// byte of the id (ids are BLAKE3 output, so the parts are about equal), the parts are read in
+/// parallel, and within a part a table of offsets by the id's leading bits narrows each
+/// lookup to a few entries before a binary search. Ids from a hostile index that crowd into
+/// one range only make that search longer: it stays a binary search.
+struct LoadedBlobs {
+    parts: Vec<LoadedPart>,
+}
+
+/// Parts of [`LoadedBlobs`]: a power of two, so that the first byte names the part.
+const LOADED_PARTS: usize = 8;
+
+#[derive(Default)]
+struct LoadedPart {
+    ids: Vec<[u8; 32]>,
+    locs: Vec<[u8; BLOB_LOC_LEN]>,
+    /// `starts[k]` is the first position whose id's leading `bits` bits (after the part's own)
+    /// are at least `k`; one more entry closes the last range.
+    starts: Vec<u32>,
+    bits: u32,
+}
+
+impl LoadedPart {
+    fn read(
+        t: &redb::ReadOnlyTable<&'static [u8; 32], &'static [u8; BLOB_LOC_LEN]>,
+        first: u8,
+        last: u8,
+    ) -> Result<LoadedPart> {
+        let (mut lo, mut hi) = ([0u8; 32], [0xffu8; 32]);
+        lo[0] = first;
+        hi[0] = last;
+        let mut part = LoadedPart::default();
+        for item in t.range::<&[u8; 32]>(&lo..=&hi)? {
+            let (k, v) = item?;
+            part.ids.push(*k.value());
+            part.locs.push(*v.value());
+        }
+        part.ids.shrink_to_fit();
+        part.locs.shrink_to_fit();
+        // About four ids per range of the offset table.
+        part.bits = (part.ids.len() / 4).max(1).ilog2().min(20);
+        let buckets = 1usize << part.bits;
+        part.starts = Vec::with_capacity(buckets + 1);
+        let mut at = 0usize;
+        for k in 0..buckets {
+            while at < part.ids.len() && part.bucket(&part.ids[at]) < k {
+                at += 1;
+            }
+            part.starts.push(at as u32);
+        }
+        part.starts.push(part.ids.len() as u32);
+        Ok(part)
+    }
+
+    /// The range of the offset table `id` falls in: its bits after the part's first bits.
+    fn bucket(&self, id: &[u8; 32]) -> usize {
+        if self.bits == 0 {
+            return 0;
+        }
+        let lead = u64::from_be_bytes(id[..8].try_into().expect("8 bytes"));
+        ((lead << LOADED_PARTS.ilog2()) >> (64 - self.bits)) as usize
+    }
+
+    fn get(&self, id: &[u8; 32]) -> Option<&[u8; BLOB_LOC_LEN]> {
+        let k = self.bucket(id);
+        let (from, to) = (self.starts[k] as usize, self.starts[k + 1] as usize);
+        let at = self.ids[from..to].binary_search(id).ok()?;
+        Some(&self.locs[from + at])
+    }
+}
+
+impl LoadedBlobs {
+    fn part_of(id: &[u8; 32]) -> usize {
+        (id[0] >> (8 - LOADED_PARTS.ilog2())) as usize
+    }
+
+    fn get(&self, id: &[u8; 32]) -> Option<&[u8; BLOB_LOC_LEN]> {
+        self.parts[Self::part_of(id)].get(id)
+    }
 }
 
 fn open_opt<K: redb::Key + 'static, V: redb::Value + 'static>(
@@ -368,10 +459,37 @@ impl IndexReader {
         Ok(IndexReader {
             blobs: open_opt(txn, BLOBS)?,
             packs: open_opt(txn, PACKS)?,
+            loaded: None,
         })
     }
 
+    /// Blobs in the index (0 without a blob table).
+    pub fn blob_count(&self) -> Result<u64> {
+        match &self.blobs {
+            Some(t) => Ok(t.len()?),
+            None => Ok(0),
+        }
+    }
+
+    /// Reads the whole blob table into memory (about [`LOADED_BLOB_BYTES`] per blob), so that
+    /// [`IndexReader::blob`] no longer walks the B-tree.
+    pub fn load_blobs(&mut self) -> Result<()> {
+        let Some(t) = &self.blobs else {
+            return Ok(());
+        };
+        let step = 256 / LOADED_PARTS;
+        let parts = (0..LOADED_PARTS)
+            .into_par_iter()
+            .map(|i| LoadedPart::read(t, (i * step) as u8, (i * step + step - 1) as u8))
+            .collect::<Result<Vec<_>>>()?;
+        self.loaded = Some(LoadedBlobs { parts });
+        Ok(())
+    }
+
     pub fn blob(&self, id: &ChunkId) -> Result<Option<BlobLoc>> {
+        if let Some(loaded) = &self.loaded {
+            return loaded.get(id.as_bytes()).map(BlobLoc::decode).transpose();
+        }
         let Some(t) = &self.blobs else {
             return Ok(None);
         };
@@ -382,6 +500,9 @@ impl IndexReader {
     }
 
     pub fn contains(&self, id: &ChunkId) -> Result<bool> {
+        if let Some(loaded) = &self.loaded {
+            return Ok(loaded.get(id.as_bytes()).is_some());
+        }
         let Some(t) = &self.blobs else {
             return Ok(false);
         };
@@ -511,4 +632,87 @@ pub fn meta(txn: &ReadTransaction, key: &str) -> Result<Option<u64>> {
         return Ok(None);
     };
     Ok(t.get(key)?.map(|v| v.value()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loc(i: u32) -> BlobLoc {
+        BlobLoc {
+            pack: i,
+            frame_offset: i.wrapping_mul(7),
+            frame_stored_len: 100 + i,
+            frame_raw_len: 200 + i,
+            offset_in_frame: i % 64,
+            raw_len: 1 + i % 4096,
+            kind: BlobKind::Data,
+            compression: Compression::Zstd,
+        }
+    }
+
+    /// Writes `ids` with locations `loc(position)`, then checks every lookup, and as many absent
+    /// ids, against the B-tree and against the table loaded into memory.
+    fn check_loaded(ids: &[ChunkId], absent: &[ChunkId]) {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open_write(&dir.path().join("index.redb")).unwrap();
+        let txn = index.write().unwrap();
+        {
+            let mut t = txn.open_table(BLOBS).unwrap();
+            for (i, id) in ids.iter().enumerate() {
+                t.insert(id.as_bytes(), &loc(i as u32).encode()).unwrap();
+            }
+        }
+        txn.commit().unwrap();
+        let read = index.read().unwrap();
+        let mut reader = IndexReader::new(&read).unwrap();
+        assert_eq!(reader.blob_count().unwrap(), ids.len() as u64);
+        let before: Vec<_> = ids.iter().map(|id| reader.blob(id).unwrap()).collect();
+        reader.load_blobs().unwrap();
+        assert!(reader.loaded.is_some());
+        for (i, id) in ids.iter().enumerate() {
+            let got = reader.blob(id).unwrap();
+            assert_eq!(got, Some(loc(i as u32)), "id #{i}");
+            assert_eq!(got, before[i]);
+            assert!(reader.contains(id).unwrap());
+        }
+        for id in absent {
+            assert_eq!(reader.blob(id).unwrap(), None);
+            assert!(!reader.contains(id).unwrap());
+        }
+    }
+
+    fn hashed(n: u32, salt: &str) -> Vec<ChunkId> {
+        (0..n)
+            .map(|i| ChunkId(*blake3::hash(format!("{salt}{i}").as_bytes()).as_bytes()))
+            .collect()
+    }
+
+    #[test]
+    fn loaded_blobs_find_what_the_btree_finds() {
+        for n in [0, 1, 3, 17, 5_000, 40_000] {
+            check_loaded(&hashed(n, "present"), &hashed(500, "absent"));
+        }
+    }
+
+    #[test]
+    fn loaded_blobs_survive_ids_crowded_into_one_range() {
+        // Ids a hostile index could hold: the same first 31 bytes, or all zero or all 0xff but
+        // for the last byte. Every part and offset range but one is empty.
+        let mut ids = Vec::new();
+        for b in 0..=255u8 {
+            let mut low = [0u8; 32];
+            low[31] = b;
+            let mut high = [0xffu8; 32];
+            high[31] = b;
+            let mut mid = [0x5au8; 32];
+            mid[31] = b;
+            ids.extend([ChunkId(low), ChunkId(high), ChunkId(mid)]);
+        }
+        let mut absent = hashed(100, "absent");
+        let mut gap = [0x5au8; 32];
+        gap[30] = 0x5b;
+        absent.push(ChunkId(gap));
+        check_loaded(&ids, &absent);
+    }
 }

@@ -953,6 +953,25 @@ fn remove_left_by_dead_processes(
 /// and each pack it touches (see [`crate::storage::Backend::will_need`]).
 const PREFETCH_FROM: u64 = 64 << 20;
 
+/// Memory a restore may spend on the index in memory (see [`IndexReader::load_blobs`]).
+const LOADED_INDEX_MAX: u64 = 32 << 20;
+
+/// Whether to read the whole blob table into memory: it fits in [`LOADED_INDEX_MAX`], and the
+/// restore is expected to look up at least a quarter as many blobs as the table has. Reading
+/// the table costs about a fifth of a B-tree lookup per blob (45-74 ms for the 314,000 blobs of
+/// W1 after five hourly backups). The expectation counts one chunk per average chunk size of
+/// the repository's chunker; database files cut at their pages have smaller chunks, so it errs
+/// low.
+fn loading_pays(repo: &Repo, index: &IndexReader, entries: &[&Entry]) -> Result<bool> {
+    let blobs = index.blob_count()?;
+    if blobs.saturating_mul(crate::index::LOADED_BLOB_BYTES) > LOADED_INDEX_MAX {
+        return Ok(false);
+    }
+    let bytes: u64 = entries.iter().map(|e| e.size).sum();
+    let expected = bytes / u64::from(repo.config.chunker.avg.max(1));
+    Ok(expected.saturating_mul(4) >= blobs)
+}
+
 /// Restores the selected entries of `manifest` below `opts.target`.
 ///
 /// A selected directory that already exists at its destination is restored into a staging
@@ -971,7 +990,10 @@ pub fn restore(repo: &Repo, manifest: &Manifest, opts: &RestoreOptions) -> Resul
     fs::create_dir_all(&opts.target).ctx("create", &opts.target)?;
     let target = fs::canonicalize(&opts.target).ctx("resolve", &opts.target)?;
     let txn = repo.index.read()?;
-    let index = IndexReader::new(&txn)?;
+    let mut index = IndexReader::new(&txn)?;
+    if large && loading_pays(repo, &index, &entries)? {
+        index.load_blobs()?;
+    }
     let mut blobs = BlobReader::new(repo, &index)?;
     blobs.prefetch = large;
 
@@ -1301,11 +1323,13 @@ fn restore_entries(
         .filter(|e| e.kind == EntryKind::File)
         .collect();
     // On object storage, enough threads to keep many ranged reads in flight; on a local disk,
-    // twice as many as cores, as threads wait on reads and on direct writes.
+    // four per core, as threads wait on pack reads and on direct writes (W1's restore on 2
+    // cores: 1.94 s median with 8 threads, 2.15 s with 4, no faster with 16; see
+    // docs/PERFORMANCE.md).
     let threads = blobs
         .backend
         .parallelism()
-        .unwrap_or(2 * rayon::current_num_threads());
+        .unwrap_or(4 * rayon::current_num_threads());
     let results: Vec<(String, Result<(u64, PathBuf)>)> = crate::storage::with_pool(threads, || {
         files
             .par_iter()
