@@ -21,8 +21,10 @@ use crate::compress::compress;
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, SnapshotId};
 use crate::index::{
-    BLOBS, BlobLoc, IndexReader, META, META_NEXT_PACK, PACK_USE, PACKS, PackInfo, REFS, SNAPSHOTS,
+    BLOBS, BlobLoc, FILES, FileStamp, IndexReader, META, META_NEXT_PACK, PACK_USE, PACKS, PackInfo,
+    REFS, SNAPSHOTS,
 };
+use crate::manifest::Content;
 use crate::pack::PackWriter;
 use crate::packer::WrittenPack;
 use crate::repo::Repo;
@@ -96,6 +98,10 @@ pub struct GcReport {
     /// After gc: bytes of compressed chunk data in packs, and the part of it that is live.
     pub frame_bytes_after: u64,
     pub live_bytes_after: u64,
+    /// File-cache entries dropped because what they name is gone from the index (no snapshot
+    /// holds that version of the file any more), and chunk-digest records removed with them.
+    pub file_entries_dropped: u64,
+    pub page_sums_removed: u64,
 }
 
 /// What gc does with one pack.
@@ -373,8 +379,19 @@ pub fn gc(repo: &Repo, opts: &GcOptions) -> Result<GcReport> {
         let mut meta = wtxn.open_table(META)?;
         let next = meta.get(META_NEXT_PACK)?.map(|v| v.value()).unwrap_or(0);
         meta.insert(META_NEXT_PACK, next.max(next_no as u64))?;
+        report.file_entries_dropped = drop_stale_files(&wtxn, &blob_table)?;
     }
     wtxn.commit()?;
+    // The digest records of files the cache no longer holds (dropped above, or left by a
+    // killed writer): after the commit, as a record without its entry is never read.
+    let read = repo.index.read()?;
+    if let Some(files) = crate::index::open_files(&read)? {
+        let mut keys = Vec::new();
+        for item in files.iter()? {
+            keys.push(item?.0.value().to_vec());
+        }
+        report.page_sums_removed = crate::pagesums::sweep(repo, keys.iter().map(Vec::as_slice));
+    }
     if let Some(cache) = repo.backend.node_cache() {
         let dead: std::collections::HashSet<&ChunkId> =
             touched.values().flat_map(|b| &b.dead).collect();
@@ -397,6 +414,38 @@ pub fn gc(repo: &Repo, opts: &GcOptions) -> Result<GcReport> {
     report.frame_bytes_after = kept_frames + new_frames;
     report.live_bytes_after = kept_live + new_frames;
     Ok(report)
+}
+
+/// Removes the file-cache entries whose content is not in the index any more (or that cannot be
+/// read): a backup could not reuse them, and they would stay forever for a file no longer
+/// backed up. Returns how many went.
+fn drop_stale_files(
+    wtxn: &redb::WriteTransaction,
+    blobs: &redb::Table<&'static [u8; 32], &'static [u8; crate::index::BLOB_LOC_LEN]>,
+) -> Result<u64> {
+    let mut files = wtxn.open_table(FILES)?;
+    let mut stale: Vec<Vec<u8>> = Vec::new();
+    for item in files.iter()? {
+        let (key, value) = item?;
+        let root = match crate::codec::decode::<FileStamp>(value.value(), "file cache") {
+            Ok(stamp) => match stamp.content {
+                Content::Empty => continue,
+                Content::Chunk(id) | Content::Tree(id) => Some(id),
+            },
+            Err(_) => None,
+        };
+        let present = match root {
+            Some(id) => blobs.get(id.as_bytes())?.is_some(),
+            None => false,
+        };
+        if !present {
+            stale.push(key.value().to_vec());
+        }
+    }
+    for key in &stale {
+        files.remove(key.as_slice())?;
+    }
+    Ok(stale.len() as u64)
 }
 
 /// Bytes of a pack that hold frames: the file without header, trailer and footer.

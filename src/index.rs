@@ -574,6 +574,13 @@ pub fn snapshot_manifest(txn: &ReadTransaction, id: &ChunkId) -> Result<Option<V
     }
 }
 
+/// The file-cache table, if the index has one.
+pub fn open_files(
+    txn: &ReadTransaction,
+) -> Result<Option<redb::ReadOnlyTable<&'static [u8], &'static [u8]>>> {
+    open_opt(txn, FILES)
+}
+
 pub fn file_stamp(txn: &ReadTransaction, path: &[u8]) -> Result<Option<FileStamp>> {
     let Some(t) = open_opt(txn, FILES)? else {
         return Ok(None);

@@ -432,6 +432,12 @@ pub fn run_gc(repo: &Repo, args: GcArgs) -> Result<ExitCode> {
             bytes(r.bytes_after),
             bytes(r.bytes_reclaimed)
         );
+        if r.file_entries_dropped > 0 || r.page_sums_removed > 0 {
+            println!(
+                "dropped {} file-cache entries of file versions no snapshot holds, and {} chunk-digest records",
+                r.file_entries_dropped, r.page_sums_removed
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
