@@ -60,6 +60,9 @@ impl<'a, L: Locate + ?Sized> BlobReader<'a, L> {
         }
         let name = self.index.pack(no)?.object_name();
         packs.insert(no, name.clone());
+        // Not under the lock: the hint itself can take milliseconds (the kernel allocates the
+        // pack's pages and queues their reads), and every other thread needs the lock.
+        drop(packs);
         if self.prefetch {
             self.backend.will_need(&name);
         }
