@@ -100,6 +100,7 @@ pub struct GcReport {
     pub live_bytes_after: u64,
     /// File-cache entries dropped because what they name is gone from the index (no snapshot
     /// holds that version of the file any more), and chunk-digest records removed with them.
+    /// A dry run does not count them (0).
     pub file_entries_dropped: u64,
     pub page_sums_removed: u64,
 }
