@@ -389,11 +389,16 @@ impl LoadedPart {
         t: &redb::ReadOnlyTable<&'static [u8; 32], &'static [u8; BLOB_LOC_LEN]>,
         first: u8,
         last: u8,
+        expect: usize,
     ) -> Result<LoadedPart> {
         let (mut lo, mut hi) = ([0u8; 32], [0xffu8; 32]);
         lo[0] = first;
         hi[0] = last;
-        let mut part = LoadedPart::default();
+        let mut part = LoadedPart {
+            ids: Vec::with_capacity(expect),
+            locs: Vec::with_capacity(expect),
+            ..LoadedPart::default()
+        };
         for item in t.range::<&[u8; 32]>(&lo..=&hi)? {
             let (k, v) = item?;
             part.ids.push(*k.value());
@@ -478,9 +483,11 @@ impl IndexReader {
             return Ok(());
         };
         let step = 256 / LOADED_PARTS;
+        // Each part's share and a little more: BLAKE3 ids spread evenly.
+        let expect = (t.len()? as usize / LOADED_PARTS).saturating_mul(17) / 16 + 64;
         let parts = (0..LOADED_PARTS)
             .into_par_iter()
-            .map(|i| LoadedPart::read(t, (i * step) as u8, (i * step + step - 1) as u8))
+            .map(|i| LoadedPart::read(t, (i * step) as u8, (i * step + step - 1) as u8, expect))
             .collect::<Result<Vec<_>>>()?;
         self.loaded = Some(LoadedBlobs { parts });
         Ok(())

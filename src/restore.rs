@@ -994,8 +994,13 @@ pub fn restore(repo: &Repo, manifest: &Manifest, opts: &RestoreOptions) -> Resul
     let target = fs::canonicalize(&opts.target).ctx("resolve", &opts.target)?;
     let txn = repo.index.read()?;
     let mut index = IndexReader::new(&txn)?;
-    if large && loading_pays(repo, &index, &entries)? {
-        index.load_blobs()?;
+    if large
+        && loading_pays(repo, &index, &entries)?
+        && let Err(e) = index.load_blobs()
+    {
+        // A damaged part of the index fails only the files whose chunks it holds, as it does
+        // when they are looked up one by one.
+        tracing::warn!("reading the index into memory: {e}; looking chunks up one by one");
     }
     let mut blobs = BlobReader::new(repo, &index)?;
     blobs.prefetch = large;
