@@ -99,8 +99,8 @@ pub struct GcReport {
     pub frame_bytes_after: u64,
     pub live_bytes_after: u64,
     /// File-cache entries dropped because what they name is gone from the index (no snapshot
-    /// holds that version of the file any more), and chunk-digest records removed with them.
-    /// A dry run does not count them (0).
+    /// holds that version of the file any more), and chunk-digest records removed with them
+    /// (in a dry run: that would be).
     pub file_entries_dropped: u64,
     pub page_sums_removed: u64,
 }
@@ -281,6 +281,17 @@ pub fn gc(repo: &Repo, opts: &GcOptions) -> Result<GcReport> {
         report.live_bytes_after = kept_live + rewritten_live;
         report.bytes_after = report.bytes_before - removed_bytes + rewritten_live;
         report.bytes_reclaimed = report.bytes_before - report.bytes_after;
+        // What gc would drop: stamps whose root blob is unindexed or unreferenced.
+        if let Some(files) = crate::index::open_files(&txn)? {
+            let refs = txn.open_table(REFS)?;
+            let stale = stale_file_keys(&files, |id| {
+                Ok(index.contains(id)? && refs.get(id.as_bytes())?.is_some())
+            })?;
+            report.file_entries_dropped = stale.len() as u64;
+            let remaining = remaining_file_keys(&files, &stale)?;
+            report.page_sums_removed =
+                crate::pagesums::sweep(repo, remaining.iter().map(Vec::as_slice), false);
+        }
         return Ok(report);
     }
 
@@ -357,6 +368,7 @@ pub fn gc(repo: &Repo, opts: &GcOptions) -> Result<GcReport> {
     drop(txn);
 
     // One transaction: new locations, unreferenced blobs and old packs gone.
+    let remaining: Vec<Vec<u8>>;
     let wtxn = repo.index.write()?;
     insert_packs(&wtxn, written)?;
     {
@@ -380,19 +392,21 @@ pub fn gc(repo: &Repo, opts: &GcOptions) -> Result<GcReport> {
         let mut meta = wtxn.open_table(META)?;
         let next = meta.get(META_NEXT_PACK)?.map(|v| v.value()).unwrap_or(0);
         meta.insert(META_NEXT_PACK, next.max(next_no as u64))?;
-        report.file_entries_dropped = drop_stale_files(&wtxn, &blob_table)?;
+        // Every unreferenced blob has just left the index (each pack holding one is in the
+        // plan), so a stamp naming one goes too.
+        let mut files = wtxn.open_table(FILES)?;
+        let stale = stale_file_keys(&files, |id| Ok(blob_table.get(id.as_bytes())?.is_some()))?;
+        for key in &stale {
+            files.remove(key.as_slice())?;
+        }
+        report.file_entries_dropped = stale.len() as u64;
+        remaining = remaining_file_keys(&files, &[])?;
     }
     wtxn.commit()?;
     // The digest records of files the cache no longer holds (dropped above, or left by a
     // killed writer): after the commit, as a record without its entry is never read.
-    let read = repo.index.read()?;
-    if let Some(files) = crate::index::open_files(&read)? {
-        let mut keys = Vec::new();
-        for item in files.iter()? {
-            keys.push(item?.0.value().to_vec());
-        }
-        report.page_sums_removed = crate::pagesums::sweep(repo, keys.iter().map(Vec::as_slice));
-    }
+    report.page_sums_removed =
+        crate::pagesums::sweep(repo, remaining.iter().map(Vec::as_slice), true);
     if let Some(cache) = repo.backend.node_cache() {
         let dead: std::collections::HashSet<&ChunkId> =
             touched.values().flat_map(|b| &b.dead).collect();
@@ -417,36 +431,44 @@ pub fn gc(repo: &Repo, opts: &GcOptions) -> Result<GcReport> {
     Ok(report)
 }
 
-/// Removes the file-cache entries whose content is not in the index any more (or that cannot be
-/// read): a backup could not reuse them, and they would stay forever for a file no longer
-/// backed up. Returns how many went.
-fn drop_stale_files(
-    wtxn: &redb::WriteTransaction,
-    blobs: &redb::Table<&'static [u8; 32], &'static [u8; crate::index::BLOB_LOC_LEN]>,
-) -> Result<u64> {
-    let mut files = wtxn.open_table(FILES)?;
-    let mut stale: Vec<Vec<u8>> = Vec::new();
+/// The keys of the file-cache entries whose content's root blob `live` rejects (or that cannot
+/// be read): a backup could not reuse them, and they would stay forever for a file no longer
+/// backed up.
+fn stale_file_keys(
+    files: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    live: impl Fn(&ChunkId) -> Result<bool>,
+) -> Result<Vec<Vec<u8>>> {
+    let mut stale = Vec::new();
     for item in files.iter()? {
         let (key, value) = item?;
-        let root = match crate::codec::decode::<FileStamp>(value.value(), "file cache") {
+        let keep = match crate::codec::decode::<FileStamp>(value.value(), "file cache") {
             Ok(stamp) => match stamp.content {
-                Content::Empty => continue,
-                Content::Chunk(id) | Content::Tree(id) => Some(id),
+                Content::Empty => true,
+                Content::Chunk(id) | Content::Tree(id) => live(&id)?,
             },
-            Err(_) => None,
+            Err(_) => false,
         };
-        let present = match root {
-            Some(id) => blobs.get(id.as_bytes())?.is_some(),
-            None => false,
-        };
-        if !present {
+        if !keep {
             stale.push(key.value().to_vec());
         }
     }
-    for key in &stale {
-        files.remove(key.as_slice())?;
+    Ok(stale)
+}
+
+/// The keys of every file-cache entry but `dropped`.
+fn remaining_file_keys(
+    files: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    dropped: &[Vec<u8>],
+) -> Result<Vec<Vec<u8>>> {
+    let dropped: HashSet<&[u8]> = dropped.iter().map(Vec::as_slice).collect();
+    let mut keys = Vec::new();
+    for item in files.iter()? {
+        let key = item?.0.value().to_vec();
+        if !dropped.contains(key.as_slice()) {
+            keys.push(key);
+        }
     }
-    Ok(stale.len() as u64)
+    Ok(keys)
 }
 
 /// Bytes of a pack that hold frames: the file without header, trailer and footer.

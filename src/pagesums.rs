@@ -183,10 +183,11 @@ pub fn store(repo: &Repo, records: &[(&[u8], Option<&[u8]>)]) {
     }
 }
 
-/// Removes every record (and every temporary file a killed writer left) that is not the record
-/// of one of `live_keys`, the file keys the file cache still holds. Returns how many went. Best
-/// effort, like [`store`]: a record left behind only takes space.
-pub fn sweep<'k>(repo: &Repo, live_keys: impl IntoIterator<Item = &'k [u8]>) -> u64 {
+/// Removes (with `remove`, else only counts) every record, and every temporary file a killed
+/// writer left, that is not the record of one of `live_keys`, the file keys the file cache
+/// still holds. Returns how many. Best effort, like [`store`]: a record left behind only takes
+/// space.
+pub fn sweep<'k>(repo: &Repo, live_keys: impl IntoIterator<Item = &'k [u8]>, remove: bool) -> u64 {
     let dir = repo.root.join(DIR);
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return 0;
@@ -199,7 +200,7 @@ pub fn sweep<'k>(repo: &Repo, live_keys: impl IntoIterator<Item = &'k [u8]>) -> 
             continue;
         }
         if entry.file_type().is_ok_and(|t| t.is_file())
-            && std::fs::remove_file(entry.path()).is_ok()
+            && (!remove || std::fs::remove_file(entry.path()).is_ok())
         {
             removed += 1;
         }

@@ -607,6 +607,11 @@ fn gc_drops_the_file_cache_of_file_versions_no_snapshot_holds() {
     assert_eq!(records(), 2);
 
     env.ok(&["forget", "--keep-last", "1"]);
+    // A dry run counts what gc then drops, and drops nothing.
+    let dry = env.json(&["gc", "--dry-run"]);
+    assert_eq!(dry["file_entries_dropped"], 1);
+    assert_eq!(dry["page_sums_removed"], 1);
+    assert_eq!(records(), 2);
     let report = env.json(&["gc"]);
     assert_eq!(report["file_entries_dropped"], 1);
     assert_eq!(report["page_sums_removed"], 1);

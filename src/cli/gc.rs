@@ -434,8 +434,10 @@ pub fn run_gc(repo: &Repo, args: GcArgs) -> Result<ExitCode> {
         );
         if r.file_entries_dropped > 0 || r.page_sums_removed > 0 {
             println!(
-                "dropped {} file-cache entries of file versions no snapshot holds, and {} chunk-digest records",
-                r.file_entries_dropped, r.page_sums_removed
+                "{} {} file-cache entries of file versions no snapshot holds, and {} chunk-digest records",
+                if r.dry_run { "would drop" } else { "dropped" },
+                r.file_entries_dropped,
+                r.page_sums_removed
             );
         }
     }
