@@ -284,13 +284,12 @@ pub fn gc(repo: &Repo, opts: &GcOptions) -> Result<GcReport> {
         // What gc would drop: stamps whose root blob is unindexed or unreferenced.
         if let Some(files) = crate::index::open_files(&txn)? {
             let refs = txn.open_table(REFS)?;
-            let stale = stale_file_keys(&files, |id| {
+            let (stale, kept) = split_file_keys(&files, |id| {
                 Ok(index.contains(id)? && refs.get(id.as_bytes())?.is_some())
             })?;
             report.file_entries_dropped = stale.len() as u64;
-            let remaining = remaining_file_keys(&files, &stale)?;
             report.page_sums_removed =
-                crate::pagesums::sweep(repo, remaining.iter().map(Vec::as_slice), false);
+                crate::pagesums::sweep(repo, kept.iter().map(Vec::as_slice), false);
         }
         return Ok(report);
     }
@@ -368,7 +367,7 @@ pub fn gc(repo: &Repo, opts: &GcOptions) -> Result<GcReport> {
     drop(txn);
 
     // One transaction: new locations, unreferenced blobs and old packs gone.
-    let remaining: Vec<Vec<u8>>;
+    let kept: FileKeys;
     let wtxn = repo.index.write()?;
     insert_packs(&wtxn, written)?;
     {
@@ -395,18 +394,17 @@ pub fn gc(repo: &Repo, opts: &GcOptions) -> Result<GcReport> {
         // Every unreferenced blob has just left the index (each pack holding one is in the
         // plan), so a stamp naming one goes too.
         let mut files = wtxn.open_table(FILES)?;
-        let stale = stale_file_keys(&files, |id| Ok(blob_table.get(id.as_bytes())?.is_some()))?;
+        let stale;
+        (stale, kept) = split_file_keys(&files, |id| Ok(blob_table.get(id.as_bytes())?.is_some()))?;
         for key in &stale {
             files.remove(key.as_slice())?;
         }
         report.file_entries_dropped = stale.len() as u64;
-        remaining = remaining_file_keys(&files, &[])?;
     }
     wtxn.commit()?;
     // The digest records of files the cache no longer holds (dropped above, or left by a
     // killed writer): after the commit, as a record without its entry is never read.
-    report.page_sums_removed =
-        crate::pagesums::sweep(repo, remaining.iter().map(Vec::as_slice), true);
+    report.page_sums_removed = crate::pagesums::sweep(repo, kept.iter().map(Vec::as_slice), true);
     if let Some(cache) = repo.backend.node_cache() {
         let dead: std::collections::HashSet<&ChunkId> =
             touched.values().flat_map(|b| &b.dead).collect();
@@ -431,14 +429,17 @@ pub fn gc(repo: &Repo, opts: &GcOptions) -> Result<GcReport> {
     Ok(report)
 }
 
-/// The keys of the file-cache entries whose content's root blob `live` rejects (or that cannot
-/// be read): a backup could not reuse them, and they would stay forever for a file no longer
-/// backed up.
-fn stale_file_keys(
+/// File-cache keys (absolute source paths).
+type FileKeys = Vec<Vec<u8>>;
+
+/// The keys of the file-cache entries, split into those whose content's root blob `live`
+/// rejects (or that cannot be read) and the rest. The first kind a backup could not reuse, and
+/// they would stay forever for a file no longer backed up.
+fn split_file_keys(
     files: &impl ReadableTable<&'static [u8], &'static [u8]>,
     live: impl Fn(&ChunkId) -> Result<bool>,
-) -> Result<Vec<Vec<u8>>> {
-    let mut stale = Vec::new();
+) -> Result<(FileKeys, FileKeys)> {
+    let (mut stale, mut kept) = (Vec::new(), Vec::new());
     for item in files.iter()? {
         let (key, value) = item?;
         let keep = match crate::codec::decode::<FileStamp>(value.value(), "file cache") {
@@ -448,27 +449,12 @@ fn stale_file_keys(
             },
             Err(_) => false,
         };
-        if !keep {
-            stale.push(key.value().to_vec());
+        match keep {
+            true => kept.push(key.value().to_vec()),
+            false => stale.push(key.value().to_vec()),
         }
     }
-    Ok(stale)
-}
-
-/// The keys of every file-cache entry but `dropped`.
-fn remaining_file_keys(
-    files: &impl ReadableTable<&'static [u8], &'static [u8]>,
-    dropped: &[Vec<u8>],
-) -> Result<Vec<Vec<u8>>> {
-    let dropped: HashSet<&[u8]> = dropped.iter().map(Vec::as_slice).collect();
-    let mut keys = Vec::new();
-    for item in files.iter()? {
-        let key = item?.0.value().to_vec();
-        if !dropped.contains(key.as_slice()) {
-            keys.push(key);
-        }
-    }
-    Ok(keys)
+    Ok((stale, kept))
 }
 
 /// Bytes of a pack that hold frames: the file without header, trailer and footer.

@@ -959,18 +959,17 @@ const PREFETCH_FROM: u64 = 64 << 20;
 /// Memory a restore may spend on the index in memory (see [`IndexReader::load_blobs`]).
 const LOADED_INDEX_MAX: u64 = 32 << 20;
 
-/// Whether to read the whole blob table into memory: it fits in [`LOADED_INDEX_MAX`], and the
-/// restore is expected to look up at least a quarter as many blobs as the table has. Reading
-/// the table costs about a fifth of a B-tree lookup per blob (45-74 ms for the 314,000 blobs of
+/// Whether to read the whole blob table into memory for a restore of `bytes`: it fits in
+/// [`LOADED_INDEX_MAX`], and the restore is expected to look up at least a quarter as many
+/// blobs as the table has. Reading the table costs about a fifth of a B-tree lookup per blob (45-74 ms for the 314,000 blobs of
 /// W1 after five hourly backups). The expectation counts one chunk per average chunk size of
 /// the repository's chunker; database files cut at their pages have smaller chunks, so it errs
 /// low.
-fn loading_pays(repo: &Repo, index: &IndexReader, entries: &[&Entry]) -> Result<bool> {
+fn loading_pays(repo: &Repo, index: &IndexReader, bytes: u64) -> Result<bool> {
     let blobs = index.blob_count()?;
     if blobs.saturating_mul(crate::index::LOADED_BLOB_BYTES) > LOADED_INDEX_MAX {
         return Ok(false);
     }
-    let bytes: u64 = entries.iter().map(|e| e.size).sum();
     let expected = bytes / u64::from(repo.config.chunker.avg.max(1));
     Ok(expected.saturating_mul(4) >= blobs)
 }
@@ -986,7 +985,8 @@ fn loading_pays(repo: &Repo, index: &IndexReader, entries: &[&Entry]) -> Result<
 pub fn restore(repo: &Repo, manifest: &Manifest, opts: &RestoreOptions) -> Result<RestoreReport> {
     let entries = select(manifest, &opts.paths)?;
     check_entries(&entries)?;
-    let large = entries.iter().map(|e| e.size).sum::<u64>() >= PREFETCH_FROM;
+    let bytes: u64 = entries.iter().map(|e| e.size).sum();
+    let large = bytes >= PREFETCH_FROM;
     if large {
         repo.prefetch_index();
     }
@@ -995,7 +995,7 @@ pub fn restore(repo: &Repo, manifest: &Manifest, opts: &RestoreOptions) -> Resul
     let txn = repo.index.read()?;
     let mut index = IndexReader::new(&txn)?;
     if large
-        && loading_pays(repo, &index, &entries)?
+        && loading_pays(repo, &index, bytes)?
         && let Err(e) = index.load_blobs()
     {
         // A damaged part of the index fails only the files whose chunks it holds, as it does
