@@ -2,8 +2,10 @@
 //!
 //!     cargo bench --bench throughput
 //!     STRATA_BENCH_INDEX_MAX=10000000 cargo bench --bench throughput -- index   # up to 10^7 entries
+//!     STRATA_BENCH_DATA=W1/app.db cargo bench --bench throughput -- stages      # stages on a real file
 //!
-//! The data is half text-like (compressible) and half noise, like an application database.
+//! The data is half text-like (compressible) and half noise, like an application database, or
+//! for the stages the first 256 MiB of the file `STRATA_BENCH_DATA` names.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
@@ -45,8 +47,21 @@ fn mixed(len: usize) -> Vec<u8> {
     out
 }
 
+/// The data the stages run on: `STRATA_BENCH_DATA`'s first 256 MiB, else 32 MiB of [`mixed`].
+fn stage_data() -> Vec<u8> {
+    let Some(path) = std::env::var_os("STRATA_BENCH_DATA") else {
+        return mixed(32 << 20);
+    };
+    use std::io::Read;
+    let mut data = Vec::new();
+    std::fs::File::open(&path)
+        .and_then(|f| f.take(256 << 20).read_to_end(&mut data))
+        .unwrap_or_else(|e| panic!("STRATA_BENCH_DATA {}: {e}", path.display()));
+    data
+}
+
 fn stages(c: &mut Criterion) {
-    let data = mixed(32 << 20);
+    let data = stage_data();
     let mut g = c.benchmark_group("stages");
     g.throughput(Throughput::Bytes(data.len() as u64));
     g.sample_size(10);
@@ -105,6 +120,26 @@ fn stages(c: &mut Criterion) {
             },
         );
     }
+    // The CPU a backup cannot avoid for each new 64 KiB of a database: BLAKE3 of its 4 KiB pages
+    // (their ids), zstd at the default level, and the check that decodes the frame and rehashes
+    // every page before it may be written. Per core: a backup of N bytes of new pages on C cores
+    // needs at least N / (C x this) seconds.
+    g.bench_function("new frame: page ids + zstd 1 + check", |b| {
+        b.iter(|| {
+            let mut out = 0;
+            for frame in data.chunks(64 << 10) {
+                let members: Vec<(ChunkId, usize)> = frame
+                    .chunks(4096)
+                    .map(|p| (ChunkId::hash(None, p), p.len()))
+                    .collect();
+                let (compression, stored) = strata::compress::compress(frame, 1).unwrap();
+                strata::compress::check_frame(&stored, compression, frame.len(), &members, None)
+                    .unwrap();
+                out += stored.len();
+            }
+            black_box(out)
+        })
+    });
     // Packs: frames appended to a pack streamed to disk, fsynced and renamed into place.
     use strata::storage::Backend;
     let dir = tempfile::tempdir().unwrap();
