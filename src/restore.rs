@@ -4,7 +4,7 @@
 use crate::error::{Error, IoContext, Result};
 use crate::id::ChunkId;
 use crate::index::{BlobLoc, IndexReader, Locate};
-use crate::manifest::{Content, Entry, EntryKind, Manifest};
+use crate::manifest::{Entry, EntryKind, Manifest};
 use crate::pack::BlobKind;
 use crate::repo::Repo;
 use crate::storage::{sync_dir, temp_name};
@@ -377,14 +377,14 @@ impl Group {
     }
 }
 
-/// Walks a file's chunk list in groups of consecutive chunks, calling `f` per group in order.
+/// Walks a file's chunk list (`walker`, made for `entry`) in groups of consecutive chunks,
+/// calling `f` per group in order.
 fn for_each_group(
     blobs: &BlobReader,
     entry: &Entry,
+    mut walker: LeafWalker,
     f: &mut dyn FnMut(Group) -> Result<()>,
 ) -> Result<u64> {
-    let fetch = |id: &ChunkId| blobs.read(id);
-    let mut walker = LeafWalker::new(&entry.content, entry.size, &fetch)?;
     let (_, group_max, _) = blobs.read_shape();
     let mut offset = 0u64;
     let mut group = Group {
@@ -430,7 +430,9 @@ fn for_each_batch(
     let (batch_max, _, _) = blobs.read_shape();
     let mut batch: Vec<Group> = Vec::new();
     let mut batch_bytes = 0;
-    let size = for_each_group(blobs, entry, &mut |g| {
+    let fetch = |id: &ChunkId| blobs.read(id);
+    let walker = LeafWalker::new(&entry.content, entry.size, &fetch)?;
+    let size = for_each_group(blobs, entry, walker, &mut |g| {
         batch_bytes += g.bytes();
         batch.push(g);
         if batch_bytes >= batch_max {
@@ -658,6 +660,7 @@ pub fn write_content(
 fn write_content_at(
     blobs: &BlobReader,
     entry: &Entry,
+    walker: LeafWalker,
     file: &std::fs::File,
     direct: Option<&std::fs::File>,
     path: &Path,
@@ -713,7 +716,7 @@ fn write_content_at(
             .get_or_insert(e);
     };
     let walked = rayon::in_place_scope(|scope| {
-        for_each_group(blobs, entry, &mut |g| {
+        for_each_group(blobs, entry, walker, &mut |g| {
             if failed.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
                 return Err(Error::invalid("a read failed"));
             }
@@ -828,10 +831,14 @@ fn restore_file(blobs: &BlobReader, entry: &Entry, dest: &Path, how: Writes) -> 
             true => crate::direct::open_for_direct_writes(&tmp)?,
             false => None,
         };
-        if direct.is_some() && chunk_list_total(blobs, entry) == Some(entry.size) {
+        let fetch = |id: &ChunkId| blobs.read(id);
+        let walker = LeafWalker::new(&entry.content, entry.size, &fetch)?;
+        // The manifest's size is only trusted for allocating space when the chunk list's root
+        // agrees with it (a hostile manifest cannot make strata allocate what it claims).
+        if direct.is_some() && walker.root_total() == Some(entry.size) {
             allocate(&f, entry.size, &tmp)?;
         }
-        let written = write_content_at(blobs, entry, &f, direct.as_ref(), &tmp)?;
+        let written = write_content_at(blobs, entry, walker, &f, direct.as_ref(), &tmp)?;
         if direct.is_some() {
             // A padded last block written directly is cut off.
             f.set_len(entry.size).ctx("set length", &tmp)?;
@@ -855,23 +862,9 @@ fn restore_file(blobs: &BlobReader, entry: &Entry, dest: &Path, how: Writes) -> 
     result
 }
 
-/// The size a file's chunk list gives at its root, if it can be read: a manifest's size is
-/// only trusted for allocating space when its chunk list agrees (the walk checks the rest).
-fn chunk_list_total(blobs: &BlobReader, entry: &Entry) -> Option<u64> {
-    let Content::Tree(root) = &entry.content else {
-        return None;
-    };
-    let bytes = blobs.read(root).ok()?;
-    let node = crate::tree::Node::decode(&bytes, &"chunk-list root").ok()?;
-    node.entries
-        .iter()
-        .try_fold(0u64, |sum, e| sum.checked_add(e.bytes))
-}
-
-/// Allocates the whole of a file about to be written directly: the writes then fill allocated
-/// blocks, which ext4 lets threads do side by side (writes that allocate take the inode's lock
-/// in turn), and a disk too full for the file fails here, before anything is written. A
-/// filesystem without `fallocate` is written as it is.
+/// Reserves `len` bytes for `f`, so that direct writes fill blocks already allocated side by side
+/// and a full disk fails here, before anything is written. A filesystem without `fallocate`
+/// allocates as the writes come.
 fn allocate(f: &fs::File, len: u64, path: &Path) -> Result<()> {
     use std::os::fd::AsRawFd;
     // SAFETY: fallocate on an open file descriptor.

@@ -222,6 +222,16 @@ impl<'a> LeafWalker<'a> {
         Ok(w)
     }
 
+    /// The file size the root node gives (the sum of its entries), for a file with a chunk-list
+    /// tree; `None` for other contents or sizes that overflow. Only the root has been read: the
+    /// walk checks the rest.
+    pub fn root_total(&self) -> Option<u64> {
+        let (root, _) = self.stack.first()?;
+        root.entries
+            .iter()
+            .try_fold(0u64, |sum, e| sum.checked_add(e.bytes))
+    }
+
     fn load(&self, id: &ChunkId, expected_level: Option<u8>) -> Result<Node> {
         let bytes = (self.fetch)(id)?;
         let node = Node::decode(&bytes, &format_args!("chunk-list node {}", id.short()))?;
@@ -329,6 +339,32 @@ mod tests {
         #[test]
         fn node_decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = Node::decode(&bytes, &"n");
+        }
+    }
+
+    #[test]
+    fn the_root_gives_the_size_of_the_file_it_lists() {
+        let mut store = HashMap::new();
+        for n in [2usize, 70, 5000] {
+            let mut list = ids(n, n as u64);
+            list[n / 2].1 = 100;
+            let content = build(&list, &mut store);
+            let size: u64 = list.iter().map(|x| x.1).sum();
+            let fetch = |id: &ChunkId| {
+                store
+                    .get(id)
+                    .cloned()
+                    .ok_or_else(|| Error::not_found("node"))
+            };
+            // The manifest's size does not enter into it: a hostile one gets the true total.
+            let w = LeafWalker::new(&content, size + 1, &fetch).unwrap();
+            assert_eq!(w.root_total(), Some(size), "{n} chunks");
+        }
+        let fetch = |_: &ChunkId| -> Result<Vec<u8>> { Err(Error::not_found("node")) };
+        let one = Content::Chunk(ChunkId::hash(None, b"x"));
+        for content in [Content::Empty, one] {
+            let w = LeafWalker::new(&content, 1, &fetch).unwrap();
+            assert_eq!(w.root_total(), None);
         }
     }
 
