@@ -1839,12 +1839,6 @@ fn read_pages(
     let builder = &mut *state.builder;
     let emit = &mut *state.emit;
     let (sums, mut sink) = SumState::split_opt(state.sums.as_deref_mut());
-    // Bytes that may be read through mappings: the file as it is now, when there is a previous
-    // version to compare with (a first backup stores nearly every page and reads into buffers).
-    let mapped_len = match prev {
-        Some(_) => file.metadata().ctx("stat", path)?.len().min(limit),
-        None => 0,
-    };
     // The previous version's pages in a round: the same page at the same offset needs no index
     // lookup.
     let mut known = match prev.as_mut() {
@@ -1890,7 +1884,6 @@ fn read_pages(
                             page,
                             offset + (k * SEGMENT) as u64,
                             limit,
-                            mapped_len,
                             &known,
                             sums,
                         )
@@ -1928,16 +1921,9 @@ fn read_segment(
     page: usize,
     at: u64,
     limit: u64,
-    mapped_len: u64,
     known: &[Known],
     sums: Option<SumCtx>,
 ) -> Result<Segment> {
-    // With a previous version most pages are unchanged: hash them in place.
-    if at + SEGMENT as u64 <= mapped_len
-        && let Some(done) = mapped_segment(shared, file, page, at, known, sums)?
-    {
-        return Ok(done);
-    }
     SEGMENT_BUF.with(|buf| {
         let mut buf = buf.borrow_mut();
         let want = limit.saturating_sub(at).min(SEGMENT as u64) as usize;
@@ -1990,11 +1976,6 @@ struct SumCtx<'a> {
 impl SumCtx<'_> {
     fn digest(&self, page: &[u8]) -> u128 {
         PageSums::digest(self.seed, page)
-    }
-
-    /// Whether the previous version's digests reach the page at `off`.
-    fn has_page(&self, off: u64, page: usize) -> bool {
-        (off / page as u64) < self.prev.len() as u64
     }
 
     /// The previous version's id of the page at `off`, if the previous version had a page of
@@ -2125,85 +2106,6 @@ fn store_segment(
         .collect();
     store_fresh(shared, data, &pages)?;
     Ok((ids, digests))
-}
-
-/// Reads a segment that lies wholly inside the file through a mapping. Every page is compared
-/// with the previous version in place: by its digest when the file keeps page digests, else by
-/// its BLAKE3 id. Pages that differ are copied out and hashed (again) from the copy (the file may
-/// be changing), and that copy is what gets stored. `None` if the mapping could not be made or
-/// the file shrank meanwhile: the caller then reads with `pread`.
-fn mapped_segment(
-    shared: &Shared,
-    file: &File,
-    page: usize,
-    at: u64,
-    known: &[Known],
-    sums: Option<SumCtx>,
-) -> Result<Option<Segment>> {
-    let Ok(map) = crate::mapped::Mapping::new(file, at, SEGMENT) else {
-        return Ok(None);
-    };
-    let key = shared.key.as_ref();
-    // Pages not yet hashed get this placeholder id until their copy is.
-    let unhashed = ChunkId([0; 32]);
-    let Some((mut ids, mut digests, changed, copies)) = map.read(|data| {
-        let mut ids = Vec::with_capacity(SEGMENT / page);
-        let mut digests = Vec::new();
-        let mut changed = Vec::new();
-        for (j, c) in data.chunks(page).enumerate() {
-            let off = at + (j * page) as u64;
-            let digest = sums.map(|s| s.digest(c));
-            if let Some(d) = digest {
-                digests.push(d);
-            }
-            match (sums, digest) {
-                (Some(s), Some(d)) if s.has_page(off, page) => {
-                    match s.unchanged(known, page, off, c.len(), d) {
-                        Some(id) => ids.push(id),
-                        None => {
-                            ids.push(unhashed);
-                            changed.push(j);
-                        }
-                    }
-                }
-                // No digest of the previous version to compare with (no record, or a page
-                // past its end): compare ids. A page found unchanged keeps the digest taken in
-                // place: had the bytes changed between the two, the file's ctime would have
-                // too, and a file that changed while read keeps no stamp and so no record.
-                _ => {
-                    let id = ChunkId::hash(key, c);
-                    if !is_known(known, off, &id) {
-                        changed.push(j);
-                    }
-                    ids.push(id);
-                }
-            }
-        }
-        let mut copies = Vec::with_capacity(changed.len() * page);
-        for &j in &changed {
-            copies.extend_from_slice(&data[j * page..((j + 1) * page).min(data.len())]);
-        }
-        (ids, digests, changed, copies)
-    }) else {
-        return Ok(None);
-    };
-    drop(map);
-    let mut pages = Vec::with_capacity(changed.len());
-    let mut pos = 0;
-    for &j in &changed {
-        let len = page.min(SEGMENT - j * page);
-        let copy = &copies[pos..pos + len];
-        let id = ChunkId::hash(key, copy);
-        ids[j] = id;
-        if let Some(s) = sums {
-            // The digest kept must be of the bytes the id is of.
-            digests[j] = s.digest(copy);
-        }
-        pages.push((pos, len, at + (j * page) as u64, id));
-        pos += len;
-    }
-    store_fresh(shared, &copies, &pages)?;
-    Ok(Some((SEGMENT, ids, digests)))
 }
 
 /// Segments of a captured database processed per round (bounded memory: a round's buffers

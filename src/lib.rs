@@ -50,7 +50,6 @@ pub mod gc;
 pub mod id;
 pub mod index;
 pub mod manifest;
-pub mod mapped;
 pub mod nodecache;
 pub mod pack;
 pub mod packer;
