@@ -352,8 +352,9 @@ impl Locate for WriteLocator<'_> {
 pub struct IndexReader {
     blobs: Option<redb::ReadOnlyTable<&'static [u8; 32], &'static [u8; BLOB_LOC_LEN]>>,
     packs: Option<redb::ReadOnlyTable<u32, &'static [u8; 48]>>,
-    /// The blob table in memory, when [`IndexReader::load_blobs`] made it.
-    loaded: Option<LoadedBlobs>,
+    /// The blob table in memory, once [`IndexReader::load_blobs`] has made it (lookups use the
+    /// B-tree until then, and give the same answers).
+    loaded: std::sync::OnceLock<LoadedBlobs>,
 }
 
 /// Bytes of memory one blob takes in [`LoadedBlobs`].
@@ -464,7 +465,7 @@ impl IndexReader {
         Ok(IndexReader {
             blobs: open_opt(txn, BLOBS)?,
             packs: open_opt(txn, PACKS)?,
-            loaded: None,
+            loaded: std::sync::OnceLock::new(),
         })
     }
 
@@ -477,8 +478,9 @@ impl IndexReader {
     }
 
     /// Reads the whole blob table into memory (about [`LOADED_BLOB_BYTES`] per blob), so that
-    /// [`IndexReader::blob`] no longer walks the B-tree.
-    pub fn load_blobs(&mut self) -> Result<()> {
+    /// [`IndexReader::blob`] no longer walks the B-tree. Other threads may look blobs up
+    /// meanwhile.
+    pub fn load_blobs(&self) -> Result<()> {
         let Some(t) = &self.blobs else {
             return Ok(());
         };
@@ -489,12 +491,12 @@ impl IndexReader {
             .into_par_iter()
             .map(|i| LoadedPart::read(t, (i * step) as u8, (i * step + step - 1) as u8, expect))
             .collect::<Result<Vec<_>>>()?;
-        self.loaded = Some(LoadedBlobs { parts });
+        let _ = self.loaded.set(LoadedBlobs { parts });
         Ok(())
     }
 
     pub fn blob(&self, id: &ChunkId) -> Result<Option<BlobLoc>> {
-        if let Some(loaded) = &self.loaded {
+        if let Some(loaded) = self.loaded.get() {
             return loaded.get(id.as_bytes()).map(BlobLoc::decode).transpose();
         }
         let Some(t) = &self.blobs else {
@@ -507,7 +509,7 @@ impl IndexReader {
     }
 
     pub fn contains(&self, id: &ChunkId) -> Result<bool> {
-        if let Some(loaded) = &self.loaded {
+        if let Some(loaded) = self.loaded.get() {
             return Ok(loaded.get(id.as_bytes()).is_some());
         }
         let Some(t) = &self.blobs else {
@@ -679,11 +681,11 @@ mod tests {
         }
         txn.commit().unwrap();
         let read = index.read().unwrap();
-        let mut reader = IndexReader::new(&read).unwrap();
+        let reader = IndexReader::new(&read).unwrap();
         assert_eq!(reader.blob_count().unwrap(), ids.len() as u64);
         let before: Vec<_> = ids.iter().map(|id| reader.blob(id).unwrap()).collect();
         reader.load_blobs().unwrap();
-        assert!(reader.loaded.is_some());
+        assert!(reader.loaded.get().is_some());
         for (i, id) in ids.iter().enumerate() {
             let got = reader.blob(id).unwrap();
             assert_eq!(got, Some(loc(i as u32)), "id #{i}");

@@ -986,26 +986,43 @@ pub fn restore(repo: &Repo, manifest: &Manifest, opts: &RestoreOptions) -> Resul
     fs::create_dir_all(&opts.target).ctx("create", &opts.target)?;
     let target = fs::canonicalize(&opts.target).ctx("resolve", &opts.target)?;
     let txn = repo.index.read()?;
-    let mut index = IndexReader::new(&txn)?;
-    if large
-        && loading_pays(repo, &index, bytes)?
-        && let Err(e) = index.load_blobs()
-    {
-        // A damaged part of the index fails only the files whose chunks it holds, as it does
-        // when they are looked up one by one.
-        tracing::warn!("reading the index into memory: {e}; looking chunks up one by one");
-    }
+    let index = IndexReader::new(&txn)?;
+    let load = large && loading_pays(repo, &index, bytes)?;
     let mut blobs = BlobReader::new(repo, &index)?;
     blobs.prefetch = large;
+    std::thread::scope(|s| {
+        if load {
+            // Read while the restore starts: its first reads wait on the disk anyway, and its
+            // lookups meanwhile go through the B-tree (with the same answers).
+            s.spawn(|| {
+                if let Err(e) = index.load_blobs() {
+                    // A damaged part of the index fails only the files whose chunks it holds, as
+                    // it does when they are looked up one by one.
+                    tracing::warn!(
+                        "reading the index into memory: {e}; looking chunks up one by one"
+                    );
+                }
+            });
+        }
+        restore_selected(&blobs, &target, &entries, opts)
+    })
+}
 
-    let stages = plan_stages(&target, &entries, opts)?;
+/// Restores `entries` into `target` (see [`restore`]).
+fn restore_selected(
+    blobs: &BlobReader,
+    target: &Path,
+    entries: &[&Entry],
+    opts: &RestoreOptions,
+) -> Result<RestoreReport> {
+    let stages = plan_stages(target, entries, opts)?;
     let (staged, direct): (Vec<&Entry>, Vec<&Entry>) = entries
         .iter()
         .partition(|e| stages.iter().any(|st| st.holds(&e.path)));
     let how = Writes {
         cache_databases: opts.cache_databases,
     };
-    let mut report = restore_entries(&blobs, &target, &direct, how)?;
+    let mut report = restore_entries(blobs, target, &direct, how)?;
     for stage in &stages {
         let rebased: Vec<Entry> = staged
             .iter()
@@ -1015,7 +1032,7 @@ pub fn restore(repo: &Repo, manifest: &Manifest, opts: &RestoreOptions) -> Resul
                 ..(*e).clone()
             })
             .collect();
-        let result = stage.run(&blobs, &rebased, opts.delete, how);
+        let result = stage.run(blobs, &rebased, opts.delete, how);
         let _ = fs::remove_dir_all(&stage.dir);
         match result {
             Ok(r) => report.merge(r),
