@@ -862,9 +862,10 @@ fn restore_file(blobs: &BlobReader, entry: &Entry, dest: &Path, how: Writes) -> 
     result
 }
 
-/// Reserves `len` bytes for `f`, so that direct writes fill blocks already allocated side by side
-/// and a full disk fails here, before anything is written. A filesystem without `fallocate`
-/// allocates as the writes come.
+/// Allocates the whole of a file about to be written directly: the writes then fill allocated
+/// blocks, which ext4 lets threads do side by side (writes that allocate take the inode's lock
+/// in turn), and a disk too full for the file fails here, before anything is written. A
+/// filesystem without `fallocate` is written as it is.
 fn allocate(f: &fs::File, len: u64, path: &Path) -> Result<()> {
     use std::os::fd::AsRawFd;
     // SAFETY: fallocate on an open file descriptor.
@@ -954,10 +955,10 @@ const LOADED_INDEX_MAX: u64 = 32 << 20;
 
 /// Whether to read the whole blob table into memory for a restore of `bytes`: it fits in
 /// [`LOADED_INDEX_MAX`], and the restore is expected to look up at least a quarter as many
-/// blobs as the table has. Reading the table costs about a fifth of a B-tree lookup per blob (45-74 ms for the 314,000 blobs of
-/// W1 after five hourly backups). The expectation counts one chunk per average chunk size of
-/// the repository's chunker; database files cut at their pages have smaller chunks, so it errs
-/// low.
+/// blobs as the table has. Reading the table costs about a fifth of a B-tree lookup per blob
+/// (45-74 ms for the 314,000 blobs of W1 after five hourly backups). The expectation counts one
+/// chunk per average chunk size of the repository's chunker; database files cut at their pages
+/// have smaller chunks, so it errs low.
 fn loading_pays(repo: &Repo, index: &IndexReader, bytes: u64) -> Result<bool> {
     let blobs = index.blob_count()?;
     if blobs.saturating_mul(crate::index::LOADED_BLOB_BYTES) > LOADED_INDEX_MAX {
