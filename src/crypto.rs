@@ -159,6 +159,20 @@ pub const KDF_MEMORY_KIB: u32 = 64 * 1024;
 pub const KDF_PASSES: u32 = 3;
 pub const KDF_LANES: u32 = 4;
 
+/// The most a key file may ask of argon2: memory, and memory x passes (the work), about ten
+/// times the default cost. A key file asking for more would stall every command that opens the
+/// repository.
+pub const KDF_MAX_MEMORY_KIB: u32 = 1 << 20;
+pub const KDF_MAX_WORK_KIB: u64 = 2 << 20;
+
+/// Whether argon2 parameters are within what strata accepts (and creates).
+pub fn kdf_cost_acceptable(memory_kib: u32, passes: u32, lanes: u32) -> bool {
+    memory_kib <= KDF_MAX_MEMORY_KIB
+        && passes >= 1
+        && memory_kib as u64 * passes as u64 <= KDF_MAX_WORK_KIB
+        && (1..=16).contains(&lanes)
+}
+
 /// A key file: the master key wrapped by one passphrase.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -204,7 +218,7 @@ impl KeyFile {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(KDF_MEMORY_KIB)
-            .max(8 * 1024);
+            .clamp(8 * 1024, KDF_MAX_WORK_KIB as u32 / KDF_PASSES);
         let mut salt = [0u8; 16];
         crate::repo::secure_random(&mut salt)?;
         let mut id = [0u8; 8];
@@ -235,10 +249,17 @@ impl KeyFile {
             )));
         }
         // Bounds against a hostile key file asking for unbounded work or memory.
-        if self.memory_kib > 4 << 20 || self.passes > 64 || self.lanes == 0 || self.lanes > 16 {
+        if !kdf_cost_acceptable(self.memory_kib, self.passes, self.lanes) {
             return Err(Error::corrupt(format!(
-                "key file {}: argon2 parameters out of range",
-                self.id
+                "key file {}: argon2 cost of {} MiB x {} passes ({} lanes) is beyond what strata \
+                 accepts (at most {} MiB, and {} MiB x passes in all); the key file is damaged \
+                 or was not made by strata",
+                self.id,
+                self.memory_kib / 1024,
+                self.passes,
+                self.lanes,
+                KDF_MAX_MEMORY_KIB / 1024,
+                KDF_MAX_WORK_KIB / 1024
             )));
         }
         let salt = unhex(&self.salt).ok_or_else(|| Error::corrupt("key file: bad salt"))?;

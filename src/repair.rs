@@ -26,6 +26,10 @@ pub struct RepairReport {
     pub missing_blobs: u64,
     /// Files that could not be used, with the reason.
     pub damaged: Vec<String>,
+    /// Snapshot files that could not be read and that no copy could stand in for: those
+    /// snapshots are not in the rebuilt index. (A damaged pack's readable blobs are salvaged;
+    /// `verify` names the files that lost data.)
+    pub lost: Vec<String>,
     pub dry_run: bool,
 }
 
@@ -290,6 +294,7 @@ fn rebuild(
     }
 
     let mut snapshots = Vec::new();
+    let mut unreadable: Vec<(ChunkId, String)> = Vec::new();
     for name in backend.list("snapshots")? {
         let Some(hex) = name
             .rsplit('/')
@@ -305,7 +310,10 @@ fn rebuild(
         let bytes = backend.get(&name)?;
         match Manifest::decode(&bytes, Some(&id), keys.as_ref()) {
             Ok(_) => snapshots.push((id, bytes)),
-            Err(e) => report.damaged.push(format!("{name}: {e}")),
+            Err(e) => {
+                report.damaged.push(format!("{name}: {e}"));
+                unreadable.push((id, name.clone()));
+            }
         }
     }
     // Snapshots whose file is damaged or missing: the index being replaced holds a second copy
@@ -334,6 +342,14 @@ fn rebuild(
         ));
         snapshots.push((id, bytes));
     }
+    let recovered: std::collections::HashSet<ChunkId> =
+        snapshots.iter().map(|(id, _)| *id).collect();
+    report.lost.extend(
+        unreadable
+            .into_iter()
+            .filter(|(id, _)| !recovered.contains(id))
+            .map(|(_, name)| name),
+    );
     report.packs = packs.len() as u64;
     report.snapshots = snapshots.len() as u64;
     report.blobs = packs.iter().map(|p| p.entries.len() as u64).sum();

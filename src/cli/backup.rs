@@ -429,7 +429,8 @@ pub fn backup(rp: &RepoPath, args: BackupArgs) -> Result<ExitCode> {
             eprintln!("warning: {w}");
         }
         let dedup = if s.bytes_read > 0 {
-            100.0 * (1.0 - s.new_raw_bytes as f64 / s.bytes_read as f64)
+            // Stores (databases, streams) can add more new bytes than files were read.
+            100.0 * s.bytes_read.saturating_sub(s.new_raw_bytes) as f64 / s.bytes_read as f64
         } else {
             100.0
         };

@@ -55,5 +55,16 @@ pub fn repair(rp: &RepoPath, args: RepairArgs) -> Result<ExitCode> {
             }
         );
     }
+    if !report.lost.is_empty() {
+        // What those files held is not (all) in the index: a script must not take this for a
+        // clean repair.
+        eprintln!(
+            "strata: {} damaged file(s) could not be used in full ({}); what they held is not \
+             in the rebuilt index",
+            report.lost.len(),
+            report.lost.join(", ")
+        );
+        return Ok(ExitCode::from(super::EXIT_DAMAGE));
+    }
     Ok(ExitCode::SUCCESS)
 }
