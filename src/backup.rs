@@ -858,6 +858,7 @@ pub(crate) fn commit(
 ) -> Result<()> {
     // The last packs, the snapshot and the file stamps commit together, durably. The snapshot's
     // references are counted by the next forget or gc (see `refs`).
+    repo.ensure_current()?;
     let txn = repo.index.write()?;
     insert_packs(&txn, packs)?;
     txn.open_table(UNCOUNTED)?.insert(id.as_bytes(), 0)?;
@@ -873,6 +874,9 @@ pub(crate) fn commit(
         }
     }
     txn.commit()?;
+    // Had the index been replaced or the lock taken between the check above and the commit,
+    // the snapshot would be in a file nobody reads: fail rather than report it saved.
+    repo.ensure_current()?;
     // Page digests follow the stamps they describe (a record left behind by a crash here
     // names content the stamp no longer does, and is ignored).
     let records: Vec<(&[u8], Option<&[u8]>)> = stamps

@@ -46,6 +46,7 @@ pub fn remove_snapshots(repo: &Repo, ids: &[SnapshotId]) -> Result<()> {
             repo.backend.delete(&name)?;
         }
     }
+    repo.ensure_current()?;
     let txn = repo.index.write()?;
     {
         let mut removed = Vec::new();
@@ -103,6 +104,12 @@ pub struct GcReport {
     /// (in a dry run: that would be).
     pub file_entries_dropped: u64,
     pub page_sums_removed: u64,
+    /// Readers (restore, verify...) that were running when gc was about to delete pack files;
+    /// while there are any, the pack files gc no longer needs are kept (and counted here) for
+    /// the next gc to delete.
+    pub readers: u64,
+    pub packs_deferred: u64,
+    pub bytes_deferred: u64,
 }
 
 /// What gc does with one pack.
@@ -204,6 +211,8 @@ pub fn gc(repo: &Repo, opts: &GcOptions) -> Result<GcReport> {
         dry_run: opts.dry_run,
         ..GcReport::default()
     };
+    repo.ensure_current()?;
+    refuse_behind_snapshot_files(repo)?;
     // The plan needs every snapshot's references counted. (Also in a dry run: counting is
     // bookkeeping and removes nothing.)
     let settle = repo.index.write()?;
@@ -402,6 +411,9 @@ pub fn gc(repo: &Repo, opts: &GcOptions) -> Result<GcReport> {
         report.file_entries_dropped = stale.len() as u64;
     }
     wtxn.commit()?;
+    // Files are deleted below only if the index just committed is the repository's: one
+    // replaced meanwhile may still need them.
+    repo.ensure_current()?;
     // The digest records of files the cache no longer holds (dropped above, or left by a
     // killed writer): after the commit, as a record without its entry is never read.
     report.page_sums_removed = crate::pagesums::sweep(repo, kept.iter().map(Vec::as_slice), true);
@@ -412,21 +424,61 @@ pub fn gc(repo: &Repo, opts: &GcOptions) -> Result<GcReport> {
     }
 
     // Only now: old files. (A rewritten pack can come out byte for byte like an old one, and
-    // then has its name: that file is the new pack and stays.)
-    for (no, p) in &plan {
-        let name = infos[no].object_name();
-        if *p != Plan::Trim && !new_names.contains(&name) {
-            repo.backend.delete(&name)?;
+    // then has its name: that file is the new pack and stays.) Readers that opened the index
+    // before the commit above may still read them: while one runs, they stay, as pack files
+    // the index does not know, for the next gc.
+    let doomed: Vec<String> = plan
+        .iter()
+        .filter(|(_, p)| **p != Plan::Trim)
+        .map(|(no, _)| infos[no].object_name())
+        .chain(unknown.iter().cloned())
+        .filter(|n| !new_names.contains(n))
+        .collect();
+    let readers = crate::readers::live(repo.backend.as_ref())?;
+    if readers.is_empty() {
+        for name in &doomed {
+            repo.backend.delete(name)?;
         }
+    } else {
+        report.readers = readers.len() as u64;
+        report.packs_deferred = doomed.len() as u64;
+        report.bytes_deferred = doomed
+            .iter()
+            .map(|n| repo.backend.size(n).unwrap_or(0))
+            .sum();
     }
-    for n in unknown.iter().filter(|n| !new_names.contains(*n)) {
-        repo.backend.delete(n)?;
-    }
-    report.bytes_after = report.bytes_before - removed_bytes + new_bytes;
+    report.bytes_after = report.bytes_before - removed_bytes + new_bytes + report.bytes_deferred;
     report.bytes_reclaimed = report.bytes_before - report.bytes_after;
     report.frame_bytes_after = kept_frames + new_frames;
     report.live_bytes_after = kept_live + new_frames;
     Ok(report)
+}
+
+/// Refuses to collect garbage while a snapshot has a manifest file but the index does not list
+/// it (an index copied back from before that backup, or replaced under a running writer): its
+/// packs would look like garbage. `strata repair index` rebuilds the index from the files.
+fn refuse_behind_snapshot_files(repo: &Repo) -> Result<()> {
+    let txn = repo.index.read()?;
+    let indexed: HashSet<String> = crate::index::snapshot_ids(&txn)?
+        .iter()
+        .map(crate::manifest::object_name)
+        .collect();
+    let unlisted: Vec<String> = repo
+        .backend
+        .list("snapshots")?
+        .into_iter()
+        .filter(|n| !indexed.contains(n))
+        .collect();
+    match unlisted.first() {
+        None => Ok(()),
+        Some(first) => Err(Error::corrupt(format!(
+            "the index does not list {} snapshot file(s) ({first}{}): it is behind the \
+             repository, and gc would take their data for garbage; nothing was removed. Run \
+             `strata repair index`, then gc again",
+            unlisted.len(),
+            if unlisted.len() > 1 { ", ..." } else { "" }
+        ))),
+    }
 }
 
 /// File-cache keys (absolute source paths).

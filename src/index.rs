@@ -177,6 +177,15 @@ enum Db {
 
 pub struct Index {
     db: Db,
+    /// The file opened and its device and inode, to notice it being replaced (by `strata repair
+    /// index`) while this process works on the one it opened.
+    file: Option<(std::path::PathBuf, u64, u64)>,
+}
+
+/// The device and inode of `path`, if it exists.
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 const CACHE_BYTES: usize = 16 << 20;
@@ -220,7 +229,9 @@ fn builder() -> redb::Builder {
 impl Index {
     /// Opens (creating if absent) for writing. The caller holds the repository lock.
     pub fn open_write(path: &Path) -> Result<Self> {
-        Index::writable(builder().create(path), path)
+        let mut index = Index::writable(builder().create(path), path)?;
+        index.file = identity(path).map(|(dev, ino)| (path.to_path_buf(), dev, ino));
+        Ok(index)
     }
 
     /// [`Index::open_write`] through a given storage backend (a fault-injecting test file).
@@ -233,7 +244,10 @@ impl Index {
         path: &Path,
     ) -> Result<Self> {
         let db = opened.map_err(|e| map_open_error(e, path))?;
-        let index = Index { db: Db::Write(db) };
+        let index = Index {
+            db: Db::Write(db),
+            file: None,
+        };
         index.init_tables()?;
         Ok(index)
     }
@@ -246,10 +260,30 @@ impl Index {
                 path.display()
             )));
         }
+        let before = identity(path);
         let db = builder()
             .open_read_only(path)
             .map_err(|e| map_open_error(e, path))?;
-        Ok(Index { db: Db::Read(db) })
+        Ok(Index {
+            db: Db::Read(db),
+            file: before.map(|(dev, ino)| (path.to_path_buf(), dev, ino)),
+        })
+    }
+
+    /// Fails if the index file on disk is no longer the one this handle opened: it was replaced
+    /// (by `strata repair index`), and what this handle commits would be lost with the old file.
+    pub fn ensure_current(&self) -> Result<()> {
+        let Some((path, dev, ino)) = &self.file else {
+            return Ok(());
+        };
+        if identity(path) == Some((*dev, *ino)) {
+            return Ok(());
+        }
+        Err(Error::Locked(format!(
+            "index {} was replaced while this command ran (by `strata repair index`?); what \
+             this command wrote after that is not in it: run the command again",
+            path.display()
+        )))
     }
 
     fn init_tables(&self) -> Result<()> {

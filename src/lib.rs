@@ -54,6 +54,7 @@ pub mod nodecache;
 pub mod pack;
 pub mod packer;
 pub mod pagesums;
+pub mod readers;
 pub mod refs;
 pub mod repair;
 pub mod repo;

@@ -11,7 +11,7 @@
 
 use crate::chunker::{Chunker, ChunkerParams};
 use crate::codec::frame;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::id::ChunkId;
 use crate::index::Index;
 use crate::storage::{Backend, LocalBackend};
@@ -22,6 +22,9 @@ use std::path::{Path, PathBuf};
 pub const CONFIG_MAGIC: &[u8; 8] = b"STRACONF";
 pub const CONFIG_VERSION: u32 = 1;
 pub const CONFIG_NAME: &str = "config";
+/// A second copy of `config`, byte for byte: one damaged file does not make the repository
+/// unusable (see [`load_config`]).
+pub const CONFIG_COPY_NAME: &str = "config.copy";
 pub const INDEX_NAME: &str = "index.redb";
 /// The node cache of a remote repository, beside its index cache ([`crate::nodecache`]).
 pub const NODES_NAME: &str = "nodes.redb";
@@ -116,7 +119,18 @@ pub fn load_config(backend: &dyn Backend, root: &Path) -> Result<Config> {
             root.display()
         )));
     }
-    Config::decode(&backend.get(CONFIG_NAME)?)
+    match backend.get(CONFIG_NAME).and_then(|b| Config::decode(&b)) {
+        Ok(config) => Ok(config),
+        // Damaged (its checksum or contents): the copy, if it is whole, stands in, and the next
+        // writer puts the file right (`Repo::mend_config`).
+        Err(e) if matches!(e.kind(), ErrorKind::Corrupt | ErrorKind::Io) => {
+            match backend.get(CONFIG_COPY_NAME).map(|b| Config::decode(&b)) {
+                Ok(Ok(copy)) => Ok(copy),
+                _ => Err(e),
+            }
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Each key file of an encrypted repository, read and decoded, or why it could not be.
@@ -307,6 +321,8 @@ fn cache_current(backend: &dyn Backend, index_path: &Path) -> Result<bool> {
 /// Held while a writer works on the repository; removes the lock file on drop.
 pub struct Lock {
     path: PathBuf,
+    /// What this process wrote into the lock file.
+    body: Vec<u8>,
 }
 
 /// What the lock file says about its holder (JSON).
@@ -346,24 +362,46 @@ impl Lock {
             command: command.to_string(),
         };
         let body = serde_json::to_vec(&info).unwrap_or_default();
-        for _ in 0..3 {
-            match fs::OpenOptions::new()
+        // The lock appears with its contents (written beside it, then hard-linked into place,
+        // which fails if it exists): no other process ever sees it empty, so none can take a
+        // live writer's lock for a dead one's.
+        let tmp = crate::storage::temp_name(&path);
+        {
+            use std::io::Write;
+            let mut f = fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
-                .open(&path)
-            {
-                Ok(mut f) => {
-                    use std::io::Write;
-                    f.write_all(&body).ctx("write lock", &path)?;
-                    f.sync_all().ctx("fsync lock", &path)?;
-                    return Ok(Lock { path });
+                .open(&tmp)
+                .ctx("create", &tmp)?;
+            let written = f.write_all(&body).and_then(|()| f.sync_all());
+            if let Err(e) = written {
+                let _ = fs::remove_file(&tmp);
+                return Err(Error::io_path("write lock", &tmp, e));
+            }
+        }
+        let taken = Lock::link_into_place(&tmp, &path, &body, &info);
+        let _ = fs::remove_file(&tmp);
+        taken
+    }
+
+    fn link_into_place(tmp: &Path, path: &Path, body: &[u8], info: &LockInfo) -> Result<Lock> {
+        for _ in 0..3 {
+            match fs::hard_link(tmp, path) {
+                Ok(()) => {
+                    if let Some(dir) = path.parent() {
+                        crate::storage::sync_dir(dir)?;
+                    }
+                    return Ok(Lock {
+                        path: path.to_path_buf(),
+                        body: body.to_vec(),
+                    });
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let held = fs::read(&path).unwrap_or_default();
+                    let held = fs::read(path).unwrap_or_default();
                     match parse_lock(&held) {
                         Ok(h) if h.host == info.host && !pid_alive(h.pid) => {
                             // The holder died: its lock is stale.
-                            let _ = fs::remove_file(&path);
+                            let _ = fs::remove_file(path);
                             continue;
                         }
                         Ok(h) => {
@@ -374,10 +412,11 @@ impl Lock {
                             )));
                         }
                         Err(_) if held.is_empty() => {
-                            // A writer between create and write, or one that died there.
+                            // Only a strata from before locks were linked into place leaves an
+                            // empty lock (between create and write, or dying there).
                             std::thread::sleep(std::time::Duration::from_millis(50));
-                            if fs::read(&path).map(|b| b.is_empty()).unwrap_or(false) {
-                                let _ = fs::remove_file(&path);
+                            if fs::read(path).map(|b| b.is_empty()).unwrap_or(false) {
+                                let _ = fs::remove_file(path);
                             }
                             continue;
                         }
@@ -390,7 +429,22 @@ impl Lock {
                         }
                     }
                 }
-                Err(e) => return Err(Error::io_path("create lock", &path, e)),
+                // A file system without hard links: created, then written.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EOPNOTSUPP)) => {
+                    use std::io::Write;
+                    let mut f = fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(path)
+                        .ctx("create lock", path)?;
+                    f.write_all(body).ctx("write lock", path)?;
+                    f.sync_all().ctx("fsync lock", path)?;
+                    return Ok(Lock {
+                        path: path.to_path_buf(),
+                        body: body.to_vec(),
+                    });
+                }
+                Err(e) => return Err(Error::io_path("create lock", path, e)),
             }
         }
         Err(Error::Locked(format!(
@@ -400,14 +454,33 @@ impl Lock {
     }
 }
 
-impl Drop for Lock {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.path);
+impl Lock {
+    /// Fails if the lock file is no longer the one this process wrote (`strata unlock --force`
+    /// removed it, and perhaps another writer took it since).
+    pub fn ensure_held(&self) -> Result<()> {
+        match fs::read(&self.path) {
+            Ok(b) if b == self.body => Ok(()),
+            _ => Err(Error::Locked(format!(
+                "the repository lock {} was removed while this command ran (`strata unlock \
+                 --force`?); it stopped before committing more: run it again",
+                self.path.display()
+            ))),
+        }
     }
 }
 
-/// Removes the lock file unconditionally (`strata unlock`).
-pub fn force_unlock(root: &Path) -> Result<bool> {
+impl Drop for Lock {
+    fn drop(&mut self) {
+        // Only our own lock: after a forced unlock, the file may be another writer's.
+        if fs::read(&self.path).is_ok_and(|b| b == self.body) {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Removes the lock file (`strata unlock`). A lock whose holder is alive on this machine is
+/// refused unless `force`: removing it would let a second writer in beside the first.
+pub fn force_unlock(root: &Path, force: bool) -> Result<bool> {
     #[cfg(feature = "s3")]
     if let Some(loc) = remote(root)? {
         return crate::s3::S3Backend::new(&loc)?.break_lease();
@@ -415,6 +488,19 @@ pub fn force_unlock(root: &Path) -> Result<bool> {
     #[cfg(not(feature = "s3"))]
     remote(root)?;
     let path = root.join(LOCK_NAME);
+    if !force
+        && let Ok(held) = fs::read(&path)
+        && let Ok(h) = parse_lock(&held)
+        && h.host == hostname()
+        && pid_alive(h.pid)
+    {
+        return Err(Error::Locked(format!(
+            "the lock is held by pid {} ({}) since {}, which is still running on this machine; \
+             wait for it or stop it (`strata unlock --force` removes the lock anyway, and then \
+             that process fails at its next commit)",
+            h.pid, h.command, h.time
+        )));
+    }
     match fs::remove_file(&path) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
@@ -444,6 +530,7 @@ fn create(root: &Path, config: &Config, key: Option<&crate::crypto::KeyFile>) ->
         if let Some(key) = key {
             backend.put(&key.object_name(), &key.encode()?)?;
         }
+        backend.put(CONFIG_COPY_NAME, &config.encode()?)?;
         backend.put(CONFIG_NAME, &config.encode()?)?;
         drop(lease);
         let state = cache_dir_for(&config.id);
@@ -476,6 +563,7 @@ fn create(root: &Path, config: &Config, key: Option<&crate::crypto::KeyFile>) ->
     if let Some(key) = key {
         backend.put(&key.object_name(), &key.encode()?)?;
     }
+    backend.put(CONFIG_COPY_NAME, &config.encode()?)?;
     backend.put(CONFIG_NAME, &config.encode()?)?;
     drop(lock);
     Ok(())
@@ -495,6 +583,8 @@ pub struct Repo {
     /// The key file that opened it.
     key_id: Option<String>,
     _lock: Option<Lock>,
+    /// This reader's file under `readers/` (see [`crate::readers`]), removed on drop.
+    reader: Option<String>,
     /// A writer's lease on a repository on object storage.
     #[cfg(feature = "s3")]
     _lease: Option<crate::s3::Lease>,
@@ -688,33 +778,52 @@ impl Repo {
         } else {
             None
         };
-        let index_path = root.join(INDEX_NAME);
-        if index_file.is_none() && !index_path.exists() {
-            // Never an empty index in its place: gc would take every pack for garbage.
-            return Err(Error::corrupt(format!(
-                "index {} is missing; run `strata repair index`",
-                index_path.display()
-            )));
-        }
-        let index = if let Some(file) = index_file {
-            Index::open_write_with(file, &index_path)?
-        } else if write {
-            Index::open_write(&index_path)?
+        // A reader announces itself before it opens the index, so a gc that cannot see it
+        // committed before this open (see `readers`).
+        let reader = if write {
+            None
         } else {
-            match Index::open_read(&index_path) {
-                Ok(index) => index,
-                Err(e) if e.needs_recovery() => {
-                    // A writer was killed: recover the index (which needs write access, so the
-                    // lock) and carry on with that handle.
-                    lock = Some(Lock::acquire(root, command)?);
-                    Index::open_write(&index_path)?
-                }
-                Err(e) => return Err(e),
-            }
+            crate::readers::register(backend.as_ref(), command)
         };
-        let chunker = match &keys {
-            Some(k) => Chunker::with_gear(config.chunker, k.gear())?,
-            None => Chunker::new(config.chunker, 0)?,
+        let opened = (|| {
+            let index_path = root.join(INDEX_NAME);
+            if index_file.is_none() && !index_path.exists() {
+                // Never an empty index in its place: gc would take every pack for garbage.
+                return Err(Error::corrupt(format!(
+                    "index {} is missing; run `strata repair index`",
+                    index_path.display()
+                )));
+            }
+            let index = if let Some(file) = index_file {
+                Index::open_write_with(file, &index_path)?
+            } else if write {
+                Index::open_write(&index_path)?
+            } else {
+                match Index::open_read(&index_path) {
+                    Ok(index) => index,
+                    Err(e) if e.needs_recovery() => {
+                        // A writer was killed: recover the index (which needs write access, so
+                        // the lock) and carry on with that handle.
+                        lock = Some(Lock::acquire(root, command)?);
+                        Index::open_write(&index_path)?
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
+            let chunker = match &keys {
+                Some(k) => Chunker::with_gear(config.chunker, k.gear())?,
+                None => Chunker::new(config.chunker, 0)?,
+            };
+            Ok((index, chunker))
+        })();
+        let (index, chunker) = match opened {
+            Ok(v) => v,
+            Err(e) => {
+                if let Some(name) = &reader {
+                    crate::readers::unregister(backend.as_ref(), name);
+                }
+                return Err(e);
+            }
         };
         let repo = Repo {
             root: root.to_path_buf(),
@@ -725,10 +834,12 @@ impl Repo {
             keys,
             key_id,
             _lock: lock,
+            reader,
             #[cfg(feature = "s3")]
             _lease: None,
         };
         if write {
+            repo.mend_config()?;
             repo.finish_interrupted()?;
             crate::refs::upgrade(&repo)?;
         }
@@ -737,6 +848,17 @@ impl Repo {
 
     pub fn chunker(&self) -> &Chunker {
         &self.chunker
+    }
+
+    /// Before and after a writer commits: fails if its lock was taken away or the index file
+    /// replaced under it, so that it never reports success for a commit nobody will see, and
+    /// never acts (deletes packs, writes a manifest file) on an index that is not the
+    /// repository's any more.
+    pub fn ensure_current(&self) -> Result<()> {
+        if let Some(lock) = &self._lock {
+            lock.ensure_held()?;
+        }
+        self.index.ensure_current()
     }
 
     /// The key for blob ids (`None` while the repository is unencrypted).
@@ -776,6 +898,29 @@ impl Repo {
         }
     }
 
+    /// Under the lock: makes `config` and its copy both whole again, from whichever is (a
+    /// repository made before the copy existed gets it here).
+    fn mend_config(&self) -> Result<()> {
+        let read = |name| match self.backend.get(name) {
+            Ok(bytes) if Config::decode(&bytes).is_ok_and(|c| c == self.config) => Ok(Some(bytes)),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        };
+        let (main, copy) = (read(CONFIG_NAME)?, read(CONFIG_COPY_NAME)?);
+        let good = match (&main, &copy) {
+            (Some(b), _) | (None, Some(b)) => b.clone(),
+            (None, None) => self.config.encode()?,
+        };
+        if main.is_none() {
+            self.backend.put(CONFIG_NAME, &good)?;
+        }
+        if copy.is_none() {
+            self.backend.put(CONFIG_COPY_NAME, &good)?;
+        }
+        Ok(())
+    }
+
     /// Under the lock: removes temporary files a killed writer left, and writes manifest files
     /// for snapshots the index committed but whose file write was interrupted.
     fn finish_interrupted(&self) -> Result<()> {
@@ -802,6 +947,14 @@ impl Repo {
             }
         }
         Ok(())
+    }
+}
+
+impl Drop for Repo {
+    fn drop(&mut self) {
+        if let Some(name) = self.reader.take() {
+            crate::readers::unregister(self.backend.as_ref(), &name);
+        }
     }
 }
 

@@ -82,6 +82,19 @@ impl ReadData {
     }
 }
 
+/// What reading one pack found.
+struct PackCheck {
+    pack: u32,
+    blobs: u64,
+    bytes: u64,
+    /// Blobs that failed their check, and what was wrong.
+    bad: Vec<ChunkId>,
+    msgs: Vec<String>,
+    /// Index entries placing a blob in this pack that its trailer confirmed (`None`: the pack
+    /// could not be read).
+    confirmed: Option<u64>,
+}
+
 pub fn verify(repo: &Repo, read_data: bool) -> Result<VerifyReport> {
     verify_reading(
         repo,
@@ -130,10 +143,12 @@ pub fn verify_reading(repo: &Repo, read: ReadData) -> Result<VerifyReport> {
         }
     }
     let mut bad_blobs: HashSet<ChunkId> = HashSet::new();
+    // Per pack read: how many index entries its trailer confirmed.
+    let mut confirmed_in: HashMap<u32, u64> = HashMap::new();
     if read_data {
         let key = repo.id_key().copied();
         // Whole packs are read: a few at once on object storage bound the memory they take.
-        let checked: Vec<(u64, u64, Vec<ChunkId>, Vec<String>)> =
+        let checked: Vec<PackCheck> =
             crate::storage::with_io_pool(repo.backend.as_ref(), 4, || {
                 packs
                     .par_iter()
@@ -144,8 +159,23 @@ pub fn verify_reading(repo: &Repo, read: ReadData) -> Result<VerifyReport> {
                         let mut msgs = Vec::new();
                         let bytes = match repo.backend.get(&name) {
                             Ok(b) => b,
-                            Err(e) => return (0, 0, bad, vec![format!("{name}: {e}")]),
+                            Err(e) => {
+                                return PackCheck {
+                                    pack: *no,
+                                    blobs: 0,
+                                    bytes: 0,
+                                    bad,
+                                    msgs: vec![format!("{name}: {e}")],
+                                    confirmed: None,
+                                };
+                            }
                         };
+                        // Index entries that place a blob in this pack and that its trailer
+                        // confirms, place for place.
+                        // Ids whose index place one of this pack's entries confirms, and the
+                        // index places no entry here matched (a pack can hold a chunk twice).
+                        let mut confirmed: HashSet<ChunkId> = HashSet::new();
+                        let mut misplaced: Vec<(ChunkId, crate::index::BlobLoc)> = Vec::new();
                         if ChunkId(*blake3::hash(&bytes).as_bytes()) != info.id {
                             msgs.push(format!("{name}: pack content does not match its name"));
                         }
@@ -161,6 +191,19 @@ pub fn verify_reading(repo: &Repo, read: ReadData) -> Result<VerifyReport> {
                         for e in &entries {
                             count += 1;
                             let loc = crate::index::BlobLoc::from_entry(*no, e);
+                            match index.blob(&e.id) {
+                                Ok(Some(at)) if at == loc => {
+                                    confirmed.insert(e.id);
+                                }
+                                Ok(Some(at)) if at.pack == *no => misplaced.push((e.id, at)),
+                                // Also stored elsewhere (the index names one copy), or not
+                                // indexed (gc drops those entries): not this pack's to confirm.
+                                Ok(_) => {}
+                                Err(err) => msgs.push(format!(
+                                    "index entry of chunk {}: {err}; run `strata repair index`",
+                                    e.id
+                                )),
+                            }
                             let f = e.frame;
                             if frame_cache.as_ref().map(|c| c.0) != Some(f.offset) {
                                 let stored = &bytes
@@ -195,16 +238,37 @@ pub fn verify_reading(repo: &Repo, read: ReadData) -> Result<VerifyReport> {
                                 msgs.push(err.to_string());
                             }
                         }
-                        (count, bytes.len() as u64, bad, msgs)
+                        misplaced.retain(|(id, _)| !confirmed.contains(id));
+                        misplaced.sort_unstable_by_key(|(id, _)| *id);
+                        misplaced.dedup_by_key(|(id, _)| *id);
+                        for (id, at) in misplaced {
+                            msgs.push(format!(
+                                "index entry of chunk {id}: {name} at frame offset {}, {} bytes \
+                                 at {} in the frame, where the pack's trailer has no such \
+                                 chunk; run `strata repair index`",
+                                at.frame_offset, at.raw_len, at.offset_in_frame
+                            ));
+                        }
+                        PackCheck {
+                            pack: *no,
+                            blobs: count,
+                            bytes: bytes.len() as u64,
+                            bad,
+                            msgs,
+                            confirmed: Some(confirmed.len() as u64),
+                        }
                     })
                     .collect()
             });
-        for (count, bytes, bad, msgs) in checked {
+        for c in checked {
+            if let Some(n) = c.confirmed {
+                confirmed_in.insert(c.pack, n);
+            }
             report.packs_read += 1;
-            report.blobs_read += count;
-            report.bytes_read += bytes;
-            bad_blobs.extend(bad);
-            for m in msgs {
+            report.blobs_read += c.blobs;
+            report.bytes_read += c.bytes;
+            bad_blobs.extend(c.bad);
+            for m in c.msgs {
                 problem(&mut report, None, None, m);
             }
         }
@@ -322,10 +386,23 @@ pub fn verify_reading(repo: &Repo, read: ReadData) -> Result<VerifyReport> {
             other => other,
         };
         let decoded = bytes.and_then(|b| Manifest::decode(&b, id.as_ref(), repo.keys()));
+        let committed_since = match &id {
+            Some(id) if decoded.is_ok() => indexed_now(repo, id)?,
+            _ => false,
+        };
         match decoded {
-            Ok(_) => report.notes.push(format!(
-                "{name} holds a snapshot the index does not list; `strata repair index` adds it"
-            )),
+            // Written by a backup that committed after this verify began.
+            Ok(_) if committed_since => {}
+            // The index is behind the repository's files: gc would take that snapshot's data
+            // for garbage, so it is damage to repair, not a remark.
+            Ok(_) => problem(
+                &mut report,
+                None,
+                Some(name.clone()),
+                "holds a snapshot the index does not list (the index is behind the \
+                 repository); run `strata repair index`"
+                    .into(),
+            ),
             Err(e) => problem(
                 &mut report,
                 None,
@@ -337,15 +414,66 @@ pub fn verify_reading(repo: &Repo, read: ReadData) -> Result<VerifyReport> {
     // Recount: every blob reached above is referenced; indexed blobs that were not are leaks
     // until gc reclaims them, and referenced ones missing from the index were reported above.
     report.referenced_blobs = node_verdict.len() as u64;
+    // And every index entry placing a blob in a pack that was read must have been confirmed by
+    // that pack's trailer (a damaged entry can name another pack, or one that does not exist).
+    let mut indexed_in: HashMap<u32, u64> = HashMap::new();
+    let known_packs: HashSet<u32> = packs.iter().map(|(no, _)| *no).collect();
+    let mut unknown_pack_entries = 0u64;
     index.for_each_blob(|id, loc| {
         if !node_verdict.contains_key(&id) {
             report.unreferenced_blobs += 1;
             report.unreferenced_bytes += crate::refs::share(&loc);
         }
+        if !known_packs.contains(&loc.pack) {
+            unknown_pack_entries += 1;
+        }
+        *indexed_in.entry(loc.pack).or_default() += 1;
         Ok(())
     })?;
+    if unknown_pack_entries > 0 {
+        problem(
+            &mut report,
+            None,
+            None,
+            format!(
+                "{unknown_pack_entries} index entries name packs the index does not list; run \
+                 `strata repair index`"
+            ),
+        );
+    }
+    let mut unconfirmed: Vec<(u32, u64)> = confirmed_in
+        .iter()
+        .filter(|(no, _)| !bad_packs.contains(no))
+        .filter_map(|(no, c)| {
+            let listed = indexed_in.get(no).copied().unwrap_or(0);
+            (listed > *c).then_some((*no, listed - c))
+        })
+        .collect();
+    unconfirmed.sort_unstable();
+    for (no, n) in unconfirmed {
+        let name = packs
+            .iter()
+            .find(|(p, _)| *p == no)
+            .map(|(_, info)| info.object_name())
+            .unwrap_or_default();
+        problem(
+            &mut report,
+            None,
+            None,
+            format!(
+                "the index places {n} chunk(s) in {name} where its trailer does not have them; \
+                 run `strata repair index`"
+            ),
+        );
+    }
     check_counts(repo, &mut report, &txn, &index, &blobs)?;
     Ok(report)
+}
+
+/// Whether the index lists snapshot `id` now (in a transaction newer than verify's own).
+fn indexed_now(repo: &Repo, id: &ChunkId) -> Result<bool> {
+    let txn = repo.index.read()?;
+    Ok(crate::index::snapshot_manifest(&txn, id)?.is_some())
 }
 
 /// Compares the recorded reference counts and pack use with a recount of the snapshots they

@@ -111,10 +111,22 @@ fn damaged_manifest_file_and_config_are_reported() {
     assert_eq!(code(&r), 3);
     assert!(String::from_utf8_lossy(&r.stdout).contains("manifest file"));
 
+    // One flipped bit in `config`: its checksummed copy stands in, and the next writer puts
+    // the file right.
     let cfg = env.repo.join("config");
-    let mut c = fs::read(&cfg).unwrap();
+    let whole = fs::read(&cfg).unwrap();
+    let mut c = whole.clone();
     c[30] ^= 1;
     fs::write(&cfg, &c).unwrap();
+    env.ok(&["list"]);
+    env.ok(&["gc"]);
+    assert_eq!(fs::read(&cfg).unwrap(), whole, "config not mended");
+    // Both damaged: a clear error naming the config.
+    let copy = env.repo.join("config.copy");
+    fs::write(&cfg, &c).unwrap();
+    let mut d = fs::read(&copy).unwrap();
+    d[30] ^= 1;
+    fs::write(&copy, &d).unwrap();
     let r = env.run(&["list"]);
     assert_eq!(code(&r), 1);
     assert!(stderr(&r).contains("config"), "{}", stderr(&r));

@@ -72,7 +72,10 @@ fn locked_repository_names_the_holder() {
         e.contains("locked by pid") && e.contains("strata unlock"),
         "{e}"
     );
-    env.ok(&["unlock"]);
+    // The holder is alive: unlock refuses unless forced.
+    let r = env.run(&["unlock"]);
+    assert_ne!(code(&r), 0, "unlock removed a live holder's lock");
+    env.ok(&["unlock", "--force"]);
     env.ok(&["backup", src.to_str().unwrap()]);
 }
 

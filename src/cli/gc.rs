@@ -440,6 +440,15 @@ pub fn run_gc(repo: &Repo, args: GcArgs) -> Result<ExitCode> {
                 r.page_sums_removed
             );
         }
+        if r.packs_deferred > 0 {
+            println!(
+                "kept {} pack files ({}) that {} running reader(s) may still read; the next gc \
+                 deletes them",
+                r.packs_deferred,
+                bytes(r.bytes_deferred),
+                r.readers
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -78,7 +78,7 @@ enum Command {
     /// Copy snapshots into another repository (only the data it lacks)
     Copy(copy::CopyArgs),
     /// Remove a stale repository lock
-    Unlock,
+    Unlock(UnlockArgs),
     /// Run scheduled snapshots and the HTTP admin API, metrics and web page
     Serve(serve::ServeArgs),
 }
@@ -105,7 +105,9 @@ pub fn main() -> ExitCode {
         }
     };
     // A panic (a bug, or a library tripping over damaged input such as a corrupt index) ends
-    // the command with one clear line and the error exit code, not a backtrace.
+    // the command with one clear line and an exit code, not a backtrace. One inside the index
+    // database is damage (exit 3, with the repair to run); `println!` into a closed pipe is the
+    // reader having seen enough (a quiet exit).
     std::panic::set_hook(Box::new(|info| {
         let msg = info
             .payload()
@@ -113,14 +115,25 @@ pub fn main() -> ExitCode {
             .map(|s| s.to_string())
             .or_else(|| info.payload().downcast_ref::<String>().cloned())
             .unwrap_or_default();
+        let file = info.location().map(|l| l.file()).unwrap_or("");
         let at = info
             .location()
             .map(|l| format!(" at {}:{}", l.file(), l.line()))
             .unwrap_or_default();
-        eprintln!(
-            "strata: internal error: {msg}{at}\nstrata: committed snapshots are not affected by this \
-             failure; run `strata verify`, and `strata repair index` if it reports a damaged index"
-        );
+        let kind = panic_kind(&msg, file);
+        let _ = PANIC_KIND.set(kind);
+        match kind {
+            PanicKind::ClosedStdout => {}
+            PanicKind::Index => eprintln!(
+                "strata: error: the index is damaged ({msg}{at}); the packs and snapshot files \
+                 are not affected: run `strata repair index`, then `strata verify`"
+            ),
+            PanicKind::Bug => eprintln!(
+                "strata: internal error: {msg}{at}\nstrata: committed snapshots are not affected \
+                 by this failure; run `strata verify`, and `strata repair index` if it reports a \
+                 damaged index"
+            ),
+        }
     }));
     match std::panic::catch_unwind(|| run(cli)) {
         Ok(Ok(code)) => code,
@@ -131,7 +144,32 @@ pub fn main() -> ExitCode {
             eprintln!("strata: error: {e:#}");
             ExitCode::from(EXIT_ERROR)
         }
-        Err(_) => ExitCode::from(EXIT_ERROR),
+        Err(_) => match PANIC_KIND.get() {
+            Some(PanicKind::ClosedStdout) => ExitCode::SUCCESS,
+            Some(PanicKind::Index) => ExitCode::from(EXIT_DAMAGE),
+            _ => ExitCode::from(EXIT_ERROR),
+        },
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PanicKind {
+    ClosedStdout,
+    Index,
+    Bug,
+}
+
+/// The first panic's kind, for the exit code.
+static PANIC_KIND: std::sync::OnceLock<PanicKind> = std::sync::OnceLock::new();
+
+/// What a panic with this message, raised in this source file, means for the user.
+fn panic_kind(msg: &str, file: &str) -> PanicKind {
+    if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+        PanicKind::ClosedStdout
+    } else if file.contains("/redb-") || file.starts_with("redb-") {
+        PanicKind::Index
+    } else {
+        PanicKind::Bug
     }
 }
 
@@ -141,6 +179,14 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
             .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
             || c.to_string().contains("Broken pipe")
     })
+}
+
+#[derive(clap::Args)]
+pub struct UnlockArgs {
+    /// Remove the lock even if its holder is still running on this machine (that process then
+    /// fails at its next commit instead of saving)
+    #[arg(long)]
+    force: bool,
 }
 
 /// Which repository to use and whether it came from the default location.
@@ -199,8 +245,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Repair(args) => repair::repair(&rp, args),
         Command::Tune(args) => tune::tune(args),
         Command::Key(args) => key::key(&rp, args),
-        Command::Unlock => {
-            if strata::repo::force_unlock(&rp.path)? {
+        Command::Unlock(args) => {
+            if strata::repo::force_unlock(&rp.path, args.force)? {
                 println!("removed the lock of {}", rp.path.display());
             } else {
                 println!("{} was not locked", rp.path.display());
@@ -215,4 +261,35 @@ fn create_default(rp: &RepoPath) -> Result<Repo> {
     let config = Config::new(Default::default(), backup::DEFAULT_ZSTD_LEVEL)?;
     Repo::init(&rp.path, config)
         .with_context(|| format!("creating repository {}", rp.path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panics_are_told_apart_by_message_and_place() {
+        assert_eq!(
+            panic_kind(
+                "failed printing to stdout: Broken pipe (os error 32)",
+                "library/std/src/io/stdio.rs"
+            ),
+            PanicKind::ClosedStdout
+        );
+        assert_eq!(
+            panic_kind(
+                "index out of bounds",
+                "/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/redb-4.6.0/src/tree_store/btree.rs"
+            ),
+            PanicKind::Index
+        );
+        assert_eq!(
+            panic_kind(
+                "failed printing to stdout: No space left",
+                "src/cli/inspect.rs"
+            ),
+            PanicKind::Bug
+        );
+        assert_eq!(panic_kind("oops", "src/restore.rs"), PanicKind::Bug);
+    }
 }
