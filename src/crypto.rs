@@ -334,6 +334,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn key_file_costs_are_capped() {
+        assert!(kdf_cost_acceptable(KDF_MEMORY_KIB, KDF_PASSES, KDF_LANES));
+        assert!(kdf_cost_acceptable(8 * 1024, 1, 1));
+        // The most a reader accepted before: 4 GiB and 64 passes, over a minute of work.
+        assert!(!kdf_cost_acceptable(4 << 20, 64, 4));
+        assert!(!kdf_cost_acceptable(KDF_MAX_MEMORY_KIB + 1, 1, 4));
+        assert!(!kdf_cost_acceptable(KDF_MAX_MEMORY_KIB, 3, 4));
+        assert!(!kdf_cost_acceptable(KDF_MEMORY_KIB, 0, 4));
+        assert!(!kdf_cost_acceptable(KDF_MEMORY_KIB, KDF_PASSES, 0));
+    }
+
+    #[test]
     fn key_files_carry_their_own_costs() {
         let master = [7u8; 32];
         let mut k = KeyFile::create(&master, "pw", "repo-id").unwrap();

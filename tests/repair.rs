@@ -94,3 +94,22 @@ fn damaged_pack_is_reported_and_what_it_holds_is_salvaged() {
     assert_eq!(code(&v), 3, "{said}");
     assert!(said.contains("src/f"), "{said}");
 }
+
+#[test]
+fn a_snapshot_file_nothing_can_stand_in_for_makes_repair_exit_3_and_name_it() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    write(&src.join("a.bin"), &noise(100_000, 5));
+    let id = env.backup(&[&src]);
+    // The manifest file damaged, and no index left to hold a copy of it.
+    let snap = env.repo.join("snapshots").join(format!("{id}.snap"));
+    let mut bytes = fs::read(&snap).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 1;
+    fs::write(&snap, &bytes).unwrap();
+    fs::remove_file(env.repo.join("index.redb")).unwrap();
+    let r = env.run(&["repair", "index"]);
+    assert_eq!(code(&r), 3, "{}", stderr(&r));
+    assert!(stderr(&r).contains(&format!("{id}.snap")), "{}", stderr(&r));
+}
