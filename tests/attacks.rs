@@ -346,3 +346,53 @@ fn index_byte_flips_are_found_by_verify_or_harmless() {
     env.ok(&["verify", "--read-data"]);
     let _ = snap2;
 }
+
+#[test]
+fn verify_paused_beside_gc_reports_no_false_damage() {
+    let env = Env::new();
+    env.init();
+    let doomed = env.path("doomed");
+    for i in 0..200 {
+        write(
+            &doomed.join(format!("f{i:03}.bin")),
+            &noise(200_000, 500 + i),
+        );
+    }
+    let snap = env.backup(&[&doomed]);
+    let other = env.path("other");
+    write(&other.join("x.bin"), &noise(100_000, 9));
+    env.backup(&[&other]);
+
+    let mut verify = env
+        .cmd()
+        .args(["verify", "--read-data", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Paused once it has announced itself as a reader, wherever it is in its work then.
+    let readers = env.repo.join("readers");
+    let start = Instant::now();
+    while std::fs::read_dir(&readers).map_or(0, |d| d.count()) == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "verify never registered"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    std::thread::sleep(Duration::from_millis(30));
+    // SAFETY: kill has no memory effects; the pid is our child.
+    assert_eq!(unsafe { libc_kill(verify.id() as i32, SIGSTOP) }, 0);
+    env.ok(&["delete", &snap]);
+    let gc = env.json(&["gc"]);
+    assert!(gc["packs_deleted"].as_u64().unwrap() > 0, "{gc}");
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc_kill(verify.id() as i32, SIGCONT) }, 0);
+    let out = verify.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "verify beside gc reported damage: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
