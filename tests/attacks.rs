@@ -138,10 +138,10 @@ fn a_writer_whose_lock_and_index_were_taken_fails_and_gc_keeps_every_snapshot() 
     env.ok(&["unlock", "--force"]);
     env.ok(&["repair", "index"]);
     let out = backup.wait_with_output().unwrap();
-    assert_ne!(
+    assert_eq!(
         out.status.code(),
-        Some(0),
-        "the backup said it saved into a replaced index: {}",
+        Some(5),
+        "the backup must fail as locked out, not save into a replaced index: {}",
         String::from_utf8_lossy(&out.stdout)
     );
     let err = String::from_utf8_lossy(&out.stderr);
@@ -363,7 +363,7 @@ fn verify_paused_beside_gc_reports_no_false_damage() {
     write(&other.join("x.bin"), &noise(100_000, 9));
     env.backup(&[&other]);
 
-    let mut verify = env
+    let verify = env
         .cmd()
         .args(["verify", "--read-data", "--json"])
         .stdout(Stdio::piped())

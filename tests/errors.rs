@@ -66,7 +66,7 @@ fn locked_repository_names_the_holder() {
     let src = env.path("src");
     write(&src.join("f"), b"x");
     let r = env.run(&["backup", src.to_str().unwrap()]);
-    assert_eq!(code(&r), 1);
+    assert_eq!(code(&r), 5, "a locked repository has its own exit code");
     let e = stderr(&r);
     assert!(
         e.contains("locked by pid") && e.contains("strata unlock"),

@@ -1,7 +1,8 @@
 //! Command-line definitions and dispatch. Each command lives in its own file; output for humans
 //! and for `--json` is produced here, never in the library.
 //!
-//! Exit codes: 0 success, 1 error, 2 usage, 3 damage found (verify, restore), 4 partial backup
+//! Exit codes: 0 success, 1 error, 2 usage, 3 damage found (verify, restore), 4 partial backup,
+//! 5 the repository is locked by another process (or the lock was taken away: run again)
 //! (some files could not be read).
 
 mod backup;
@@ -24,6 +25,7 @@ use strata::repo::{Config, Repo, default_location};
 pub const EXIT_ERROR: u8 = 1;
 pub const EXIT_DAMAGE: u8 = 3;
 pub const EXIT_PARTIAL: u8 = 4;
+pub const EXIT_LOCKED: u8 = 5;
 
 #[derive(Parser)]
 #[command(
@@ -142,7 +144,7 @@ pub fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             eprintln!("strata: error: {e:#}");
-            ExitCode::from(EXIT_ERROR)
+            ExitCode::from(exit_code_of(&e))
         }
         Err(_) => match PANIC_KIND.get() {
             Some(PanicKind::ClosedStdout) => ExitCode::SUCCESS,
@@ -170,6 +172,18 @@ fn panic_kind(msg: &str, file: &str) -> PanicKind {
         PanicKind::Index
     } else {
         PanicKind::Bug
+    }
+}
+
+/// The exit code of a failed command, from the library's error kind where there is one.
+fn exit_code_of(e: &anyhow::Error) -> u8 {
+    let kind = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<strata::Error>())
+        .map(strata::Error::kind);
+    match kind {
+        Some(strata::ErrorKind::Locked) => EXIT_LOCKED,
+        _ => EXIT_ERROR,
     }
 }
 

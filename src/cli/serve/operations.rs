@@ -23,7 +23,7 @@ impl Daemon {
         let mut said = false;
         loop {
             let out = self.child_once(args)?;
-            let locked = out.code == Some(1) && out.stderr.contains("repository locked by pid");
+            let locked = out.code == Some(i32::from(super::super::EXIT_LOCKED));
             if !locked || Instant::now() >= until || self.stopping.load(Ordering::SeqCst) {
                 return Ok(out);
             }
