@@ -269,3 +269,26 @@ fn permission_denied_is_a_clear_error_and_changes_nothing() {
     assert_eq!(env.json(&["list"]).as_array().unwrap().len(), 1);
     env.ok(&["verify", "--read-data"]);
 }
+
+#[test]
+fn a_closed_pipe_is_a_quiet_exit() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    write(&src.join("f"), b"x");
+    for _ in 0..3 {
+        env.backup(&[&src]);
+    }
+    // The reader is gone before strata writes (`true` reads nothing and exits at once); five
+    // times, as the reader may also lose the race and read.
+    for _ in 0..5 {
+        let out = std::process::Command::new("bash")
+            .args(["-c", "\"$STRATA_BIN\" list | true; exit ${PIPESTATUS[0]}"])
+            .env("STRATA_BIN", common::bin())
+            .env("STRATA_REPO", &env.repo)
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        assert_eq!(stderr(&out), "", "a closed pipe printed something");
+    }
+}
