@@ -33,6 +33,7 @@ use crate::packer::{Packer, WrittenPack};
 use crate::pagesums::PageSums;
 use crate::refs::UsageCache;
 use crate::repo::Repo;
+use crate::sys::{ctime_ns, mtime_ns};
 use crate::tree::TreeBuilder;
 use crate::walk::{WalkItem, walk_sources_excluding};
 use rayon::prelude::*;
@@ -662,7 +663,7 @@ fn capture(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
     stats.duration_ms = started.elapsed().as_millis() as u64;
     let manifest = Manifest {
         time_ns: start_ns,
-        hostname: crate::repo::hostname(),
+        hostname: crate::sys::hostname(),
         name: opts.name.clone(),
         kind: opts.kind.clone(),
         tags: opts.tags.clone(),
@@ -953,14 +954,6 @@ pub(crate) fn insert_packs(txn: &redb::WriteTransaction, packs: Vec<WrittenPack>
 
 fn now_ns() -> i64 {
     chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX)
-}
-
-pub(crate) fn mtime_ns(m: &std::fs::Metadata) -> i64 {
-    m.mtime().saturating_mul(1_000_000_000) + m.mtime_nsec()
-}
-
-pub(crate) fn ctime_ns(m: &std::fs::Metadata) -> i64 {
-    m.ctime().saturating_mul(1_000_000_000) + m.ctime_nsec()
 }
 
 fn stamp_matches(s: &FileStamp, m: &std::fs::Metadata) -> bool {
@@ -1274,7 +1267,7 @@ fn sum_state(
         Some(r) => (r.seed, r.sums),
         None => {
             let mut seed = [0u8; 8];
-            crate::repo::getrandom(&mut seed);
+            crate::sys::getrandom(&mut seed);
             (u64::from_le_bytes(seed), Vec::new())
         }
     };

@@ -102,8 +102,8 @@ impl Seen {
     pub fn of(m: &Metadata) -> Seen {
         Seen {
             size: m.len(),
-            mtime_ns: crate::backup::mtime_ns(m),
-            ctime_ns: crate::backup::ctime_ns(m),
+            mtime_ns: crate::sys::mtime_ns(m),
+            ctime_ns: crate::sys::ctime_ns(m),
             ino: m.ino(),
             dev: m.dev(),
         }

@@ -106,7 +106,7 @@ impl Keys {
     /// `nonce || ciphertext || tag`.
     pub fn seal(&self, object: Object, plain: &[u8]) -> Result<Vec<u8>> {
         let mut nonce = [0u8; NONCE_LEN];
-        crate::repo::secure_random(&mut nonce)?;
+        crate::sys::secure_random(&mut nonce)?;
         seal_with(&self.cipher, &nonce, object.associated_data(), plain)
     }
 
@@ -220,17 +220,17 @@ impl KeyFile {
             .unwrap_or(KDF_MEMORY_KIB)
             .clamp(8 * 1024, KDF_MAX_WORK_KIB as u32 / KDF_PASSES);
         let mut salt = [0u8; 16];
-        crate::repo::secure_random(&mut salt)?;
+        crate::sys::secure_random(&mut salt)?;
         let mut id = [0u8; 8];
-        crate::repo::secure_random(&mut id)?;
+        crate::sys::secure_random(&mut id)?;
         let mut nonce = [0u8; NONCE_LEN];
-        crate::repo::secure_random(&mut nonce)?;
+        crate::sys::secure_random(&mut nonce)?;
         let cipher = kek(passphrase, &salt, memory_kib, KDF_PASSES, KDF_LANES)?;
         let wrapped = seal_with(&cipher, &nonce, repo_id.as_bytes(), master)?;
         Ok(KeyFile {
             id: hex(&id),
             created: chrono::Local::now().to_rfc3339(),
-            host: crate::repo::hostname(),
+            host: crate::sys::hostname(),
             kdf: "argon2id".into(),
             memory_kib,
             passes: KDF_PASSES,

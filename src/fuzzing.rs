@@ -244,7 +244,7 @@ struct Scratch(PathBuf);
 impl Scratch {
     fn new() -> Scratch {
         let mut r = [0u8; 8];
-        crate::repo::getrandom(&mut r);
+        crate::sys::getrandom(&mut r);
         let hex: String = r.iter().map(|b| format!("{b:02x}")).collect();
         let p = std::env::temp_dir().join(format!("strata-model-{hex}"));
         std::fs::create_dir_all(&p).unwrap();

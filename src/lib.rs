@@ -66,6 +66,7 @@ pub mod snapshots;
 pub mod sqlite;
 pub mod stats;
 pub mod storage;
+pub mod sys;
 pub mod tree;
 pub mod tune;
 pub mod verify;

@@ -36,16 +36,16 @@ pub struct ReaderInfo {
 /// user either).
 pub fn register(backend: &dyn Backend, command: &str) -> Option<String> {
     let mut nonce = [0u8; 8];
-    crate::repo::getrandom(&mut nonce);
+    crate::sys::getrandom(&mut nonce);
     let name = format!(
         "{PREFIX}/{}-{}-{:016x}.json",
-        crate::repo::hostname(),
+        crate::sys::hostname(),
         std::process::id(),
         u64::from_le_bytes(nonce)
     );
     let info = ReaderInfo {
         pid: std::process::id(),
-        host: crate::repo::hostname(),
+        host: crate::sys::hostname(),
         started: chrono::Utc::now().timestamp(),
         command: command.to_string(),
     };
@@ -62,7 +62,7 @@ pub fn unregister(backend: &dyn Backend, name: &str) {
 /// Whether the reader a file describes may still be reading, as seen from this host at `now`.
 pub fn is_live(info: &ReaderInfo, host: &str, now: i64) -> bool {
     if info.host == host {
-        crate::repo::pid_alive(info.pid)
+        crate::sys::pid_alive(info.pid)
     } else {
         now.saturating_sub(info.started) < REMOTE_READER_TTL_S
     }
@@ -71,7 +71,7 @@ pub fn is_live(info: &ReaderInfo, host: &str, now: i64) -> bool {
 /// The live readers of the repository. Files of readers that are gone (and unreadable ones,
 /// which only a killed `put` can leave half written) are removed on the way.
 pub fn live(backend: &dyn Backend) -> Result<Vec<ReaderInfo>> {
-    let host = crate::repo::hostname();
+    let host = crate::sys::hostname();
     let now = chrono::Utc::now().timestamp();
     let mut out = Vec::new();
     for name in backend.list(PREFIX)? {
@@ -112,7 +112,7 @@ mod tests {
         // A reader of this host whose process is gone, and a half-written file: both stale.
         let gone = ReaderInfo {
             pid: u32::MAX - 7,
-            host: crate::repo::hostname(),
+            host: crate::sys::hostname(),
             started: chrono::Utc::now().timestamp(),
             command: "restore".into(),
         };

@@ -15,6 +15,8 @@ use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::id::ChunkId;
 use crate::index::Index;
 use crate::storage::{Backend, LocalBackend};
+// Where they were first defined; new code takes them from `sys`.
+pub use crate::sys::{getrandom, hostname, pid_alive, secure_random};
 use serde::{Deserialize, Serialize};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -201,42 +203,6 @@ pub fn unlock(
     )))
 }
 
-/// Random bytes from the kernel, or an error: for keys and nonces, which must be secret.
-pub fn secure_random(buf: &mut [u8]) -> Result<()> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        let rest = &mut buf[filled..];
-        // SAFETY: the pointer and length describe the writable rest of `buf`.
-        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(Error::io("getrandom", e));
-        }
-        filled += n as usize;
-    }
-    Ok(())
-}
-
-/// Random bytes from the kernel.
-pub fn getrandom(buf: &mut [u8]) {
-    use std::io::Read;
-    let filled = fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(buf));
-    if filled.is_err() {
-        // Fall back to time and pid: ids only need to be unique, not secret, without a key scheme.
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let h = blake3::hash(format!("{t}-{}", std::process::id()).as_bytes());
-        for (b, s) in buf.iter_mut().zip(h.as_bytes().iter().cycle()) {
-            *b = *s;
-        }
-    }
-}
-
 /// The repository location when none is given: `$XDG_DATA_HOME/strata/repo`, else
 /// `~/.local/share/strata/repo`.
 pub fn default_location() -> PathBuf {
@@ -337,19 +303,6 @@ pub struct LockInfo {
 /// Parses a lock file's bytes.
 pub fn parse_lock(bytes: &[u8]) -> std::result::Result<LockInfo, serde_json::Error> {
     serde_json::from_slice::<LockInfo>(bytes)
-}
-
-pub fn hostname() -> String {
-    fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
-}
-
-/// Whether a process with this pid exists on this machine.
-pub fn pid_alive(pid: u32) -> bool {
-    // SAFETY: kill with signal 0 only checks for existence and permission.
-    let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
-    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 impl Lock {

@@ -940,7 +940,7 @@ fn remove_left_by_dead_processes(
             continue;
         };
         let pid = rest.split('.').next().and_then(|p| p.parse::<u32>().ok());
-        if pid.is_some_and(|p| !crate::repo::pid_alive(p)) {
+        if pid.is_some_and(|p| !crate::sys::pid_alive(p)) {
             let _ = remove(&entry.path());
         }
     }
@@ -1240,7 +1240,7 @@ fn keep_extras(
                     .ctx("set owner", &to)?;
             }
             fs::set_permissions(&to, meta.permissions()).ctx("set permissions", &to)?;
-            set_mtime(&to, crate::backup::mtime_ns(&meta), true)?;
+            set_mtime(&to, crate::sys::mtime_ns(&meta), true)?;
             continue;
         } else if ft.is_symlink() {
             let target = fs::read_link(&from).ctx("read symlink", &from)?;
@@ -1248,7 +1248,7 @@ fn keep_extras(
         } else if ft.is_file() {
             if fs::hard_link(&from, &to).is_err() {
                 fs::copy(&from, &to).ctx("copy", &from)?;
-                set_mtime(&to, crate::backup::mtime_ns(&meta), true)?;
+                set_mtime(&to, crate::sys::mtime_ns(&meta), true)?;
                 fs::File::open(&to)
                     .and_then(|f| f.sync_all())
                     .ctx("fsync", &to)?;

@@ -611,10 +611,10 @@ impl S3Backend {
             )));
         }
         let mut token = [0u8; 16];
-        crate::repo::secure_random(&mut token)?;
+        crate::sys::secure_random(&mut token)?;
         let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
         let info = LeaseInfo {
-            host: crate::repo::hostname(),
+            host: crate::sys::hostname(),
             pid: std::process::id(),
             command: command.to_string(),
             token: token.clone(),
