@@ -30,13 +30,13 @@ pub const REFS: TableDefinition<&[u8; 32], u32> = TableDefinition::new("refs");
 /// snapshot id -> 0: snapshots whose references are not in [`REFS`] yet (a backup adds its
 /// snapshot here; the next forget or gc counts it: see [`crate::refs`]).
 pub const UNCOUNTED: TableDefinition<&[u8; 32], u8> = TableDefinition::new("uncounted");
-/// pack number -> [`crate::refs::PackUse`] (16 bytes): how many of its blobs are indexed and live.
+/// pack number -> [`PackUse`] (16 bytes): how many of its blobs are indexed and live.
 pub const PACK_USE: TableDefinition<u32, &[u8; 16]> = TableDefinition::new("pack_use");
 
 pub const META_NEXT_PACK: &str = "next_pack";
 pub const META_INDEX_VERSION: &str = "index_version";
 /// 2: reference counts ([`REFS`], [`PACK_USE`]). A version-1 index gets them on its first write
-/// open ([`crate::refs::upgrade`]).
+/// open (`refs::upgrade`).
 pub const INDEX_VERSION: u64 = 2;
 
 /// Where a blob is stored: its frame in a pack, and its place inside the frame.
@@ -382,6 +382,50 @@ impl Locate for WriteLocator<'_> {
     }
 }
 
+/// What the index knows of one pack's blobs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PackUse {
+    /// Blobs the blob table places in this pack.
+    pub indexed: u32,
+    /// Of those, the ones with a reference count above zero.
+    pub live_blobs: u32,
+    /// Their share of the pack's frame bytes (see [`share`]).
+    pub live_bytes: u64,
+}
+
+impl PackUse {
+    pub fn encode(&self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[0..4].copy_from_slice(&self.indexed.to_le_bytes());
+        b[4..8].copy_from_slice(&self.live_blobs.to_le_bytes());
+        b[8..16].copy_from_slice(&self.live_bytes.to_le_bytes());
+        b
+    }
+
+    pub fn decode(b: &[u8; 16]) -> Self {
+        PackUse {
+            indexed: u32::from_le_bytes(b[0..4].try_into().expect("4 bytes")),
+            live_blobs: u32::from_le_bytes(b[4..8].try_into().expect("4 bytes")),
+            live_bytes: u64::from_le_bytes(b[8..16].try_into().expect("8 bytes")),
+        }
+    }
+
+    pub fn gain(&mut self, loc: &BlobLoc) {
+        self.live_blobs = self.live_blobs.saturating_add(1);
+        self.live_bytes = self.live_bytes.saturating_add(share(loc));
+    }
+
+    pub fn lose(&mut self, loc: &BlobLoc) {
+        self.live_blobs = self.live_blobs.saturating_sub(1);
+        self.live_bytes = self.live_bytes.saturating_sub(share(loc));
+    }
+}
+
+/// A blob's share of its pack's bytes: its part of the stored frame it is in.
+pub fn share(loc: &BlobLoc) -> u64 {
+    loc.frame_stored_len as u64 * loc.raw_len as u64 / (loc.frame_raw_len as u64).max(1)
+}
+
 /// Read-side helpers over one transaction.
 pub struct IndexReader {
     blobs: Option<redb::ReadOnlyTable<&'static [u8; 32], &'static [u8; BLOB_LOC_LEN]>>,
@@ -635,15 +679,13 @@ pub fn file_stamp(txn: &ReadTransaction, path: &[u8]) -> Result<Option<FileStamp
     }
 }
 
-/// Every pack's [`crate::refs::PackUse`] row.
-pub fn pack_uses(
-    txn: &ReadTransaction,
-) -> Result<std::collections::HashMap<u32, crate::refs::PackUse>> {
+/// Every pack's [`PackUse`] row.
+pub fn pack_uses(txn: &ReadTransaction) -> Result<std::collections::HashMap<u32, PackUse>> {
     let mut out = std::collections::HashMap::new();
     if let Some(t) = open_opt(txn, PACK_USE)? {
         for item in t.iter()? {
             let (k, v) = item?;
-            out.insert(k.value(), crate::refs::PackUse::decode(v.value()));
+            out.insert(k.value(), PackUse::decode(v.value()));
         }
     }
     Ok(out)

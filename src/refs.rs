@@ -29,49 +29,7 @@ use crate::tree::Node;
 use redb::ReadableTable;
 use std::collections::HashMap;
 
-/// What the index knows of one pack's blobs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct PackUse {
-    /// Blobs the blob table places in this pack.
-    pub indexed: u32,
-    /// Of those, the ones with a reference count above zero.
-    pub live_blobs: u32,
-    /// Their share of the pack's frame bytes (see [`share`]).
-    pub live_bytes: u64,
-}
-
-impl PackUse {
-    pub fn encode(&self) -> [u8; 16] {
-        let mut b = [0u8; 16];
-        b[0..4].copy_from_slice(&self.indexed.to_le_bytes());
-        b[4..8].copy_from_slice(&self.live_blobs.to_le_bytes());
-        b[8..16].copy_from_slice(&self.live_bytes.to_le_bytes());
-        b
-    }
-
-    pub fn decode(b: &[u8; 16]) -> Self {
-        PackUse {
-            indexed: u32::from_le_bytes(b[0..4].try_into().expect("4 bytes")),
-            live_blobs: u32::from_le_bytes(b[4..8].try_into().expect("4 bytes")),
-            live_bytes: u64::from_le_bytes(b[8..16].try_into().expect("8 bytes")),
-        }
-    }
-
-    pub fn gain(&mut self, loc: &BlobLoc) {
-        self.live_blobs = self.live_blobs.saturating_add(1);
-        self.live_bytes = self.live_bytes.saturating_add(share(loc));
-    }
-
-    pub fn lose(&mut self, loc: &BlobLoc) {
-        self.live_blobs = self.live_blobs.saturating_sub(1);
-        self.live_bytes = self.live_bytes.saturating_sub(share(loc));
-    }
-}
-
-/// A blob's share of its pack's bytes: its part of the stored frame it is in.
-pub fn share(loc: &BlobLoc) -> u64 {
-    loc.frame_stored_len as u64 * loc.raw_len as u64 / (loc.frame_raw_len as u64).max(1)
-}
+pub use crate::index::{PackUse, share};
 
 /// The blobs a manifest references directly, one per file entry.
 pub fn roots(manifest: &Manifest) -> impl Iterator<Item = ChunkId> + '_ {

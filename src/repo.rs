@@ -101,7 +101,7 @@ impl Config {
     }
 }
 
-pub const DEFAULT_PACK_TARGET: u64 = 16 << 20;
+pub use crate::storage::DEFAULT_PACK_TARGET;
 
 /// Decodes config bytes, for the fuzzer: whatever decodes encodes and decodes to the same.
 #[doc(hidden)]

@@ -11,6 +11,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+/// The size packs are filled to before a new one starts (the repository config can set another).
+pub const DEFAULT_PACK_TARGET: u64 = 16 << 20;
+
 /// A flat namespace of immutable objects named by '/'-separated relative paths.
 pub trait Backend: Send + Sync {
     /// Writes `name` atomically and durably: after `put` returns, the object is either absent
@@ -62,7 +65,7 @@ pub trait Backend: Send + Sync {
             backend: self,
             // A pack of the default target size and its last frame without growing (untouched
             // capacity costs no memory).
-            data: Vec::with_capacity((crate::repo::DEFAULT_PACK_TARGET + (1 << 20)) as usize),
+            data: Vec::with_capacity((DEFAULT_PACK_TARGET + (1 << 20)) as usize),
         }))
     }
 
