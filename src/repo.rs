@@ -436,7 +436,7 @@ impl Drop for Lock {
 pub fn force_unlock(root: &Path, force: bool) -> Result<bool> {
     #[cfg(feature = "s3")]
     if let Some(loc) = remote(root)? {
-        return crate::s3::S3Backend::new(&loc)?.break_lease();
+        return crate::s3::S3Backend::new(&loc)?.break_lease(force);
     }
     #[cfg(not(feature = "s3"))]
     remote(root)?;

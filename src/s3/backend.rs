@@ -649,9 +649,24 @@ impl S3Backend {
     }
 
     /// Removes the lease object whoever holds it (`strata unlock`); true if there was one.
-    pub fn break_lease(&self) -> Result<bool> {
+    /// Deletes the lease (`strata unlock`). A live one (its holder runs on this host, or, on
+    /// another host, it has not expired) is refused unless `force`.
+    pub fn break_lease(&self, force: bool) -> Result<bool> {
         let key = self.key(LOCK_OBJECT);
-        let held = read_lease(&self.runtime, &self.store, &key)?.is_some();
+        let lease = read_lease(&self.runtime, &self.store, &key)?;
+        if let Some(l) = &lease
+            && !force
+            && l.expires_ms > now_ms()
+            && (l.host != crate::sys::hostname() || crate::sys::pid_alive(l.pid))
+        {
+            return Err(Error::Locked(format!(
+                "the lease is held by pid {} on {} ({}) since {} and is still being renewed; wait \
+                 for it (`strata unlock --force` removes it anyway, and then that writer fails \
+                 at its next commit)",
+                l.pid, l.host, l.command, l.time
+            )));
+        }
+        let held = lease.is_some();
         if held {
             self.runtime
                 .block_on(self.store.delete(&key))
