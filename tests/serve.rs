@@ -1,6 +1,8 @@
-//! `strata serve` over real HTTP: authentication, scheduled jobs with retention, metrics,
-//! health, the API's operations checked against docs/openapi.json, shutdown during a snapshot,
-//! the web page in a headless Chromium, and a bounded load test.
+//! `strata serve` over real HTTP: authentication (a token always, from a private file when none
+//! is configured), scheduled jobs with retention, metrics, health, the API's operations checked
+//! against docs/openapi.json, requests browsers send for other sites, restore and snapshot paths
+//! confined to their roots, header limits and slow clients, shutdown during a snapshot, the web
+//! page in a headless Chromium, and a bounded load test.
 
 mod common;
 
@@ -136,7 +138,7 @@ unsafe extern "C" {
     fn libc_kill(pid: i32, sig: i32) -> i32;
 }
 
-/// One HTTP/1.1 request on its own connection; returns status and body.
+/// One HTTP/1.1 request on its own connection, with a JSON body; returns status and body.
 fn request(
     addr: SocketAddr,
     method: &str,
@@ -145,27 +147,50 @@ fn request(
     host: Option<&str>,
     body: Option<&str>,
 ) -> (u16, Vec<u8>) {
+    let host = host.map(str::to_string).unwrap_or_else(|| addr.to_string());
+    let mut head = vec![
+        ("Host", host.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+    let auth = token.map(|t| format!("Bearer {t}"));
+    if let Some(a) = &auth {
+        head.push(("Authorization", a));
+    }
+    request_with(addr, method, path, &head, body.unwrap_or(""))
+}
+
+/// One request with exactly these headers (and Connection, Content-Length); status and body.
+fn request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, Vec<u8>) {
+    let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
-        host.map(str::to_string).unwrap_or_else(|| addr.to_string())
-    );
-    if let Some(t) = token {
-        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
-    }
-    let body = body.unwrap_or("");
-    req.push_str(&format!(
-        "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    ));
     s.write_all(req.as_bytes()).expect("send");
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw);
+    response(&raw)
+}
+
+/// Status and body of a response as read from the connection.
+fn response(raw: &[u8]) -> (u16, Vec<u8>) {
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .expect("a complete response");
+        .unwrap_or_else(|| {
+            panic!(
+                "not a complete response: {:?}",
+                String::from_utf8_lossy(raw)
+            )
+        });
     let head = String::from_utf8_lossy(&raw[..split]).to_string();
     let status: u16 = head
         .split_whitespace()
@@ -206,6 +231,24 @@ fn new_token(env: &Env) -> (String, String) {
     let entry = lines[3..].join("\n");
     assert!(entry.starts_with("[[token]]"), "{out}");
     (token, entry)
+}
+
+/// The API token file a daemon without a [[token]] names at start, and the token in it.
+fn token_file(d: &Daemon) -> (std::path::PathBuf, String) {
+    let log = d.log();
+    let path = log
+        .lines()
+        .find_map(|l| l.strip_prefix("strata serve: API token in "))
+        .and_then(|l| l.split(" (open ").next())
+        .unwrap_or_else(|| panic!("no token file named in the log:\n{log}"));
+    let token = std::fs::read_to_string(path).expect("read the token file");
+    (path.into(), token.trim().to_string())
+}
+
+/// `restore_roots` and `backup_roots` of a test: its whole scratch directory.
+fn roots(env: &Env) -> String {
+    let dir = env.dir.path().display().to_string();
+    format!("restore_roots = [{dir:?}]\nbackup_roots = [{dir:?}]\n")
 }
 
 /// Writes a daemon config. Unless `body` sets its own `disk_min_free`, the disk check is off:
@@ -329,8 +372,9 @@ fn api_requires_tokens_runs_jobs_rotates_and_matches_its_description() {
     let cfg = config(
         &env,
         &format!(
-            "gc_min_garbage = \"1\"\n{entry}\n[[job]]\nname = \"app\"\npaths = [{:?}]\n\
+            "gc_min_garbage = \"1\"\n{}{entry}\n[[job]]\nname = \"app\"\npaths = [{:?}]\n\
              schedule = \"every 1s\"\nkind = \"hourly\"\nretention = \"keep-last=2\"\non_start = true\n",
+            roots(&env),
             data.display().to_string()
         ),
     );
@@ -944,15 +988,21 @@ fn runs_from_environment_variables_alone_with_json_logs() {
     assert!(!child_env_only.output().unwrap().status.success());
     let empty = env.path("empty.toml");
     std::fs::write(&empty, "").unwrap();
+    let state = env.path("state");
+    env.set_var("XDG_STATE_HOME", state.to_str().unwrap());
     let d = Daemon::start(&env, &empty);
-    let jobs = d.wait_jobs("unused", "three runs of the default job", |_| {
-        let (_, ops) = d.get("/api/operations", None);
+    // No [[token]]: the daemon made one, in a file only its user can read.
+    let (path, token) = token_file(&d);
+    assert_eq!(path, state.join("strata/api-token"));
+    assert_eq!(d.get("/api/operations", None).0, 401);
+    let jobs = d.wait_jobs(&token, "three runs of the default job", |_| {
+        let (_, ops) = d.get("/api/operations", Some(&token));
         ops.as_array()
             .is_some_and(|o| o.iter().filter(|op| op["status"] == "succeeded").count() >= 3)
     });
     assert_eq!(jobs[0]["name"], "default", "{jobs}");
     assert_eq!(jobs[0]["schedule"], "every 1s");
-    let (_, snaps) = d.get("/api/snapshots", None);
+    let (_, snaps) = d.get("/api/snapshots", Some(&token));
     assert!(
         snaps.as_array().unwrap().len() <= 3,
         "max 2 (3 between backup and forget): {snaps}"
@@ -961,7 +1011,7 @@ fn runs_from_environment_variables_alone_with_json_logs() {
     let log = d.log();
     let lines: Vec<&str> = log
         .lines()
-        .filter(|l| !l.starts_with("strata serve: listening"))
+        .filter(|l| !l.starts_with("strata serve: "))
         .collect();
     assert!(lines.len() >= 3, "{log}");
     for l in lines {
@@ -1016,4 +1066,499 @@ fn a_job_waits_for_a_lock_another_process_holds() {
         !j[0]["last_status"].is_null()
     });
     assert_eq!(jobs[0]["last_status"], "succeeded", "{jobs}\n{}", d.log());
+}
+
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+fn chmod(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn without_a_token_entry_a_private_token_file_is_required() {
+    let env = Env::new();
+    env.init();
+    let state = env.path("state");
+    env.set_var("XDG_STATE_HOME", state.to_str().unwrap());
+    let cfg = config(&env, "");
+    let d = Daemon::start(&env, &cfg);
+    let (path, token) = token_file(&d);
+    assert_eq!(path, state.join("strata/api-token"));
+    assert!(token.len() >= 32, "{token}");
+    assert!(!d.log().contains(&token), "the token itself is not logged");
+    assert!(d.log().contains(&format!(
+        "http://{}/#token=$(cat {})",
+        d.addr,
+        path.display()
+    )));
+    assert_eq!(mode(&path), 0o600);
+    assert_eq!(mode(path.parent().unwrap()), 0o700);
+
+    // Nothing but the public paths without it: no "local" trust.
+    for p in [
+        "/api/snapshots",
+        "/api/stats",
+        "/api/jobs",
+        "/api/operations",
+        "/metrics",
+    ] {
+        assert_eq!(d.get(p, None).0, 401, "{p}");
+        assert_eq!(d.get(p, Some("wrong")).0, 401, "{p}");
+        assert_eq!(d.get(p, Some(&token)).0, 200, "{p}");
+    }
+    let evil = r#"{"paths": ["/"], "name": "evil"}"#;
+    let (status, _) = request(d.addr, "POST", "/api/snapshots", None, None, Some(evil));
+    assert_eq!(status, 401);
+    let restore = r#"{"snapshot": "evil", "target": "/root/private", "delete": true}"#;
+    let (status, _) = request(d.addr, "POST", "/api/restore", None, None, Some(restore));
+    assert_eq!(status, 401);
+    assert_eq!(d.get("/health", None).0, 200);
+    let (_, ops) = d.get("/api/operations", Some(&token));
+    assert_eq!(ops, serde_json::json!([]), "nothing was queued");
+    drop(d);
+
+    // The same token after a restart.
+    let d = Daemon::start(&env, &cfg);
+    assert_eq!(token_file(&d), (path.clone(), token.clone()));
+    assert_eq!(d.get("/api/stats", Some(&token)).0, 200);
+    drop(d);
+
+    // A token file others can read, or one someone else owns, is refused.
+    chmod(&path, 0o640);
+    let out = env.run(&["serve", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(common::code(&out), 1);
+    let err = common::stderr(&out);
+    assert!(
+        err.contains("mode 0640") && err.contains("chmod 600"),
+        "{err}"
+    );
+    chmod(&path, 0o600);
+    if std::os::unix::fs::chown(&path, Some(1), None).is_ok() {
+        let out = env.run(&["serve", "--config", cfg.to_str().unwrap()]);
+        assert_eq!(common::code(&out), 1);
+        let err = common::stderr(&out);
+        assert!(err.contains("owned by uid 1"), "{err}");
+    }
+    // A symbolic link in its place is refused too.
+    std::fs::remove_file(&path).unwrap();
+    let elsewhere = env.path("planted-token");
+    std::fs::write(&elsewhere, "0123456789abcdef0123456789abcdef\n").unwrap();
+    chmod(&elsewhere, 0o600);
+    std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
+    let out = env.run(&["serve", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(common::code(&out), 1);
+    assert!(
+        common::stderr(&out).contains("symbolic link"),
+        "{}",
+        common::stderr(&out)
+    );
+
+    // token_file names another place; with a [[token]], no file is made at all.
+    let chosen = env.path("chosen/token");
+    let cfg = config(
+        &env,
+        &format!("token_file = {:?}\n", chosen.display().to_string()),
+    );
+    let d = Daemon::start(&env, &cfg);
+    assert_eq!(token_file(&d).0, chosen);
+    drop(d);
+    let (_, entry) = new_token(&env);
+    let other = env.path("other-state");
+    env.set_var("XDG_STATE_HOME", other.to_str().unwrap());
+    let d = Daemon::start(&env, &config(&env, &entry));
+    assert!(!d.log().contains("API token in"), "{}", d.log());
+    assert!(!other.exists());
+}
+
+#[test]
+fn browsers_cannot_send_requests_for_another_site() {
+    let env = Env::new();
+    env.init();
+    let (token, entry) = new_token(&env);
+    let d = Daemon::start(&env, &config(&env, &entry));
+    let doc = openapi();
+    let host = d.addr.to_string();
+    let auth = format!("Bearer {token}");
+    let verify = |extra: &[(&str, &str)], body: &str| {
+        let mut headers = vec![("Host", host.as_str()), ("Authorization", auth.as_str())];
+        headers.extend_from_slice(extra);
+        let (status, body) = request_with(d.addr, "POST", "/api/verify", &headers, body);
+        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        check_response(&doc, "post", "/api/verify", status, &body);
+        (status, body)
+    };
+    // Bodies a cross-site form or a fetch without preflight can send: refused.
+    for ct in [
+        "text/plain",
+        "text/plain;charset=UTF-8",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+    ] {
+        let (status, body) = verify(&[("Content-Type", ct)], "{}");
+        assert_eq!(status, 415, "{ct}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("application/json"),
+            "{body}"
+        );
+    }
+    assert_eq!(verify(&[], "{}").0, 415, "no Content-Type");
+    assert_eq!(verify(&[], "").0, 415, "no Content-Type, no body");
+    // Pages of other origins, and what the browser marks cross-site: refused.
+    let json = ("Content-Type", "application/json");
+    for origin in [
+        "http://evil.example",
+        "null",
+        "http://localhost:1",
+        "http://127.0.0.1",
+    ] {
+        assert_eq!(verify(&[json, ("Origin", origin)], "{}").0, 403, "{origin}");
+    }
+    assert_eq!(
+        verify(&[json, ("Sec-Fetch-Site", "cross-site")], "{}").0,
+        403
+    );
+    let (status, _) = request_with(
+        d.addr,
+        "GET",
+        "/api/snapshots",
+        &[
+            ("Host", &host),
+            ("Authorization", &auth),
+            ("Origin", "http://evil.example"),
+        ],
+        "",
+    );
+    assert_eq!(status, 403);
+    let (_, ops) = d.get("/api/operations", Some(&token));
+    assert_eq!(
+        ops,
+        serde_json::json!([]),
+        "the refused requests queued nothing"
+    );
+    // The page's own requests, and JSON with parameters, are accepted.
+    let own = format!("http://{host}");
+    let (status, body) = verify(
+        &[
+            ("Content-Type", "application/json; charset=utf-8"),
+            ("Origin", &own),
+            ("Sec-Fetch-Site", "same-origin"),
+        ],
+        "{}",
+    );
+    assert_eq!(status, 202, "{body}");
+    // A DELETE without a body needs no Content-Type; one with a body must be JSON.
+    let (status, _) = request_with(
+        d.addr,
+        "DELETE",
+        "/api/snapshots/latest",
+        &[
+            ("Host", &host),
+            ("Authorization", &auth),
+            ("Content-Type", "text/plain"),
+        ],
+        "x",
+    );
+    assert_eq!(status, 415);
+    let (status, _) = request_with(
+        d.addr,
+        "DELETE",
+        "/api/snapshots/latest",
+        &[("Host", &host), ("Authorization", &auth)],
+        "",
+    );
+    assert_eq!(status, 404, "no snapshots: checked, not refused");
+}
+
+#[test]
+fn restores_through_the_api_only_write_below_restore_roots() {
+    let env = Env::new();
+    env.init();
+    let data = env.path("data");
+    write(&data.join("f.txt"), b"restored content");
+    env.backup_args(&["--name", "snap", data.to_str().unwrap()]);
+    let (token, entry) = new_token(&env);
+    let doc = openapi();
+    let outside = env.path("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let restore = |d: &Daemon, target: &Path| {
+        let body = serde_json::json!({"snapshot": "snap", "target": target, "delete": true});
+        let (status, answer) = d.send("POST", "/api/restore", &token, &body.to_string());
+        check_response(&doc, "post", "/api/restore", status, &answer);
+        (status, answer)
+    };
+
+    // None configured: restores through the API are off.
+    let d = Daemon::start(&env, &config(&env, &entry));
+    let (status, answer) = restore(&d, &outside);
+    assert_eq!(status, 403, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("restore_roots"),
+        "{answer}"
+    );
+    drop(d);
+
+    let root = env.path("restore-root");
+    std::fs::create_dir_all(root.join("later")).unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("escape")).unwrap();
+    let cfg = config(
+        &env,
+        &format!(
+            "restore_roots = [{:?}]\n{entry}\n[[job]]\nname = \"slow\"\n\
+             commands = [\"sleep 3; echo x=slow.txt\"]\nkind = \"hourly\"\n",
+            root.display().to_string()
+        ),
+    );
+    let d = Daemon::start(&env, &cfg);
+    // Outside, through a link that leads outside, the link itself, and `..`.
+    for target in [
+        outside.join("x"),
+        root.join("escape/x"),
+        root.join("escape"),
+    ] {
+        let (status, answer) = restore(&d, &target);
+        assert_eq!(status, 403, "{target:?}: {answer}");
+    }
+    let (status, _) = restore(&d, &root.join("../outside"));
+    assert_eq!(status, 400);
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+
+    // Inside: a new directory is made private; an existing one keeps its mode.
+    let fresh = root.join("fresh/dir");
+    let (status, accepted) = restore(&d, &fresh);
+    assert_eq!(status, 202, "{accepted}");
+    let op = d.wait_op(&accepted, &token);
+    assert_eq!(op["status"], "succeeded", "{op}");
+    assert_eq!(
+        std::fs::read(fresh.join("data/f.txt")).unwrap(),
+        b"restored content"
+    );
+    assert_eq!(mode(&fresh), 0o700);
+    let existing = root.join("existing");
+    std::fs::create_dir(&existing).unwrap();
+    chmod(&existing, 0o700);
+    write(&existing.join("old.txt"), b"old");
+    let (_, accepted) = restore(&d, &existing);
+    let op = d.wait_op(&accepted, &token);
+    assert_eq!(op["status"], "succeeded", "{op}");
+    assert_eq!(mode(&existing), 0o700);
+    assert!(existing.join("data/f.txt").exists() && existing.join("old.txt").exists());
+
+    // Checked again when the restore runs: a directory swapped for a link meanwhile is refused.
+    let (_, slow) = d.send("POST", "/api/snapshots", &token, "{\"job\": \"slow\"}");
+    let (status, accepted) = restore(&d, &root.join("later/t"));
+    assert_eq!(status, 202, "{accepted}");
+    std::fs::rename(root.join("later"), root.join("later-was")).unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("later")).unwrap();
+    assert_eq!(d.wait_op(&slow, &token)["status"], "succeeded");
+    let op = d.wait_op(&accepted, &token);
+    assert_eq!(op["status"], "failed", "{op}");
+    assert!(
+        op["error"]
+            .as_str()
+            .unwrap()
+            .contains("not inside restore_roots"),
+        "{op}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&outside).unwrap().count(),
+        0,
+        "nothing written outside"
+    );
+}
+
+#[test]
+fn api_snapshots_of_given_paths_only_read_below_backup_roots() {
+    let env = Env::new();
+    env.init();
+    let (token, entry) = new_token(&env);
+    let doc = openapi();
+    let root = env.path("backup-root");
+    let outside = env.path("outside");
+    write(&root.join("mine/f.txt"), b"may be read");
+    write(&outside.join("secret.txt"), b"root only");
+    write(&outside.join("app.db"), b"not really a database");
+    std::os::unix::fs::symlink(&outside, root.join("escape")).unwrap();
+    std::os::unix::fs::symlink(outside.join("app.db"), root.join("app.db")).unwrap();
+    let job = format!(
+        "{entry}\n[[job]]\nname = \"app\"\npaths = [{:?}]\nkind = \"hourly\"\n",
+        outside.display().to_string()
+    );
+    let snapshot = |d: &Daemon, body: Value| {
+        let (status, answer) = d.send("POST", "/api/snapshots", &token, &body.to_string());
+        check_response(&doc, "post", "/api/snapshots", status, &answer);
+        (status, answer)
+    };
+
+    // None configured: only jobs.
+    let d = Daemon::start(&env, &config(&env, &job));
+    let (status, answer) = snapshot(&d, serde_json::json!({"paths": [root.join("mine")]}));
+    assert_eq!(status, 403, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("backup_roots"),
+        "{answer}"
+    );
+    let (status, accepted) = snapshot(&d, serde_json::json!({"job": "app"}));
+    assert_eq!(status, 202);
+    assert_eq!(d.wait_op(&accepted, &token)["status"], "succeeded");
+    drop(d);
+
+    let cfg = config(
+        &env,
+        &format!("backup_roots = [{:?}]\n{job}", root.display().to_string()),
+    );
+    let d = Daemon::start(&env, &cfg);
+    for body in [
+        serde_json::json!({"paths": [outside.join("secret.txt")]}),
+        serde_json::json!({"paths": [root.join("mine"), root.join("escape/secret.txt")]}),
+        serde_json::json!({"paths": ["/"]}),
+        serde_json::json!({"sqlite": [outside.join("app.db")]}),
+        serde_json::json!({"sqlite": [root.join("app.db")]}),
+    ] {
+        let (status, answer) = snapshot(&d, body.clone());
+        assert_eq!(status, 403, "{body}: {answer}");
+    }
+    let (status, _) = snapshot(&d, serde_json::json!({"paths": ["mine"]}));
+    assert_eq!(status, 400, "relative");
+    let (status, accepted) = snapshot(
+        &d,
+        serde_json::json!({"paths": [root.join("mine")], "name": "--delete"}),
+    );
+    assert_eq!(status, 202);
+    let op = d.wait_op(&accepted, &token);
+    assert_eq!(op["status"], "succeeded", "{op}");
+    let (_, snaps) = d.get("/api/snapshots", Some(&token));
+    let names: Vec<&Value> = snaps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| &s["name"])
+        .collect();
+    assert!(names.contains(&&Value::from("--delete")), "{snaps}");
+}
+
+/// VmRSS of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+#[test]
+fn oversized_headers_are_refused_without_growing_the_daemon() {
+    let env = Env::new();
+    env.init();
+    let (token, entry) = new_token(&env);
+    let d = Daemon::start(&env, &config(&env, &entry));
+    assert_eq!(d.get("/api/stats", Some(&token)).0, 200);
+    let before = rss_kib(d.child.id());
+    // Four clients at once, each sending one header line of a megabyte.
+    let addr = d.addr;
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                let head = format!("GET /api/stats HTTP/1.1\r\nHost: {addr}\r\nX-Fill: ");
+                let _ = s.write_all(head.as_bytes());
+                let fill = vec![b'a'; 64 << 10];
+                for _ in 0..16 {
+                    if s.write_all(&fill).is_err() {
+                        break;
+                    }
+                }
+                let _ = s.write_all(b"\r\n\r\n");
+                let mut raw = Vec::new();
+                let _ = s.read_to_end(&mut raw);
+                response(&raw).0
+            })
+        })
+        .collect();
+    for c in clients {
+        assert_eq!(c.join().unwrap(), 431);
+    }
+    // More fields than allowed, each small.
+    let mut many: Vec<(String, String)> =
+        (0..100).map(|i| (format!("X-{i}"), "v".into())).collect();
+    many.push(("Host".into(), addr.to_string()));
+    let headers: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_eq!(request_with(addr, "GET", "/api/stats", &headers, "").0, 431);
+    // A body announced as chunked is refused rather than read without a bound.
+    let (status, _) = request_with(
+        addr,
+        "POST",
+        "/api/verify",
+        &[
+            ("Host", &addr.to_string()),
+            ("Transfer-Encoding", "chunked"),
+        ],
+        "",
+    );
+    assert_eq!(status, 501);
+    let after = rss_kib(d.child.id());
+    assert!(
+        after < before + (20 << 10),
+        "the daemon grew from {before} KiB to {after} KiB"
+    );
+    assert_eq!(d.get("/api/stats", Some(&token)).0, 200);
+}
+
+#[test]
+fn a_stalled_request_is_closed_while_others_are_answered() {
+    let env = Env::new();
+    env.init();
+    let (token, entry) = new_token(&env);
+    let d = Daemon::start(&env, &config(&env, &entry));
+    let addr = d.addr;
+    // Half a header, then nothing.
+    let stalled: Vec<(TcpStream, Instant)> = (0..5)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.write_all(format!("GET /api/stats HTTP/1.1\r\nHost: {addr}\r\nAutho").as_bytes())
+                .unwrap();
+            (s, Instant::now())
+        })
+        .collect();
+    // A header trickling in a byte at a time, never finished.
+    let mut trickle = TcpStream::connect(addr).unwrap();
+    let trickle_start = Instant::now();
+    trickle
+        .write_all(format!("GET /api/stats HTTP/1.1\r\nHost: {addr}\r\nX-Slow: ").as_bytes())
+        .unwrap();
+    let mut writer = trickle.try_clone().unwrap();
+    std::thread::spawn(move || {
+        for _ in 0..120 {
+            std::thread::sleep(Duration::from_millis(250));
+            if writer.write_all(b"a").is_err() {
+                break;
+            }
+        }
+    });
+    // Everyone else is answered meanwhile.
+    for _ in 0..20 {
+        assert_eq!(d.get("/api/stats", Some(&token)).0, 200);
+    }
+    let closes = |mut s: TcpStream, since: Instant, what: &str| {
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut raw = Vec::new();
+        let read = s.read_to_end(&mut raw);
+        let took = since.elapsed();
+        assert!(read.is_ok(), "{what}: still open after {took:?}");
+        assert!(
+            took < Duration::from_secs(15),
+            "{what}: closed after {took:?}"
+        );
+        assert_eq!(response(&raw).0, 408, "{what}");
+    };
+    for (s, since) in stalled {
+        closes(s, since, "half a header");
+    }
+    closes(trickle, trickle_start, "a trickling header");
+    assert_eq!(d.get("/api/stats", Some(&token)).0, 200);
 }

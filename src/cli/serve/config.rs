@@ -28,6 +28,11 @@ struct FileConfig {
     disk_min_free: Option<Spanned<String>>,
     shutdown_grace: Option<Spanned<String>>,
     max_body: Option<Spanned<String>>,
+    token_file: Option<PathBuf>,
+    #[serde(default)]
+    restore_roots: Vec<PathBuf>,
+    #[serde(default)]
+    backup_roots: Vec<PathBuf>,
     #[serde(default)]
     token: Vec<FileToken>,
     #[serde(default)]
@@ -107,6 +112,14 @@ pub struct ServeConfig {
     pub shutdown_grace_s: u64,
     pub max_body: usize,
     pub tokens: Vec<Token>,
+    /// Where the API token is kept when no `[[token]]` is configured (default: see
+    /// `token_file::default_path`).
+    pub token_file: Option<PathBuf>,
+    /// Restores through the API only go below these (none: no restores through the API).
+    pub restore_roots: Vec<PathBuf>,
+    /// Snapshots of sources given in an API request only read below these (none: only
+    /// configured jobs).
+    pub backup_roots: Vec<PathBuf>,
     pub jobs: Vec<Job>,
 }
 
@@ -202,6 +215,20 @@ fn parse_kind(s: &str) -> Result<String> {
 fn parse_token_hash(s: &str) -> Result<blake3::Hash> {
     blake3::Hash::from_hex(s.trim())
         .map_err(|_| anyhow!("a token's blake3 is 64 hex digits (`strata serve --hash-token`)"))
+}
+
+/// `roots` from the file, or the `var` of paths separated by `:`; each must be absolute.
+fn roots(file: &str, setting: &str, var: &str, from_file: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let (roots, origin): (Vec<PathBuf>, String) = match env(var) {
+        Some(v) => (std::env::split_paths(&v).collect(), var.to_string()),
+        None => (from_file.to_vec(), format!("{file}: {setting}")),
+    };
+    for r in &roots {
+        if !r.is_absolute() {
+            bail!("{origin}: {} is not an absolute path", r.display());
+        }
+    }
+    Ok(roots)
 }
 
 fn parse_name(s: &str) -> Result<String> {
@@ -337,8 +364,28 @@ impl ServeConfig {
                 .unwrap_or(64 << 10)
                 .min(16 << 20) as usize,
             tokens,
+            token_file: env("STRATA_TOKEN_FILE")
+                .map(PathBuf::from)
+                .or(raw.token_file),
+            restore_roots: roots(
+                file,
+                "restore_roots",
+                "STRATA_RESTORE_ROOTS",
+                &raw.restore_roots,
+            )?,
+            backup_roots: roots(
+                file,
+                "backup_roots",
+                "STRATA_BACKUP_ROOTS",
+                &raw.backup_roots,
+            )?,
             jobs,
         };
+        if let Some(t) = &config.token_file
+            && !t.is_absolute()
+        {
+            bail!("{file}: token_file {} is not an absolute path", t.display());
+        }
         if !config.listen.ip().is_loopback() && config.tokens.is_empty() {
             bail!(
                 "{file}: listen {} is not a loopback address, and no [[token]] is configured: \
@@ -526,6 +573,26 @@ on_start = true
         assert!(e.contains("not a loopback address"), "{e}");
         let with_token = GOOD.replace("127.0.0.1:7999", "0.0.0.0:7999");
         assert!(ServeConfig::parse(&with_token, "s.toml").is_ok());
+    }
+
+    #[test]
+    fn roots_and_the_token_file_are_absolute_paths() {
+        let text = "restore_roots = [\"/srv/restore\"]\nbackup_roots = [\"/srv/a\", \"/srv/b\"]\n\
+                    token_file = \"/run/strata/token\"\n";
+        let c = ServeConfig::parse(text, "s.toml").unwrap();
+        assert_eq!(c.restore_roots, [PathBuf::from("/srv/restore")]);
+        assert_eq!(c.backup_roots.len(), 2);
+        assert_eq!(c.token_file, Some(PathBuf::from("/run/strata/token")));
+        let c = ServeConfig::parse("", "s.toml").unwrap();
+        assert!(c.restore_roots.is_empty() && c.backup_roots.is_empty());
+        for bad in [
+            "restore_roots = [\"restore\"]\n",
+            "backup_roots = [\"./b\"]\n",
+            "token_file = \"token\"\n",
+        ] {
+            let e = format!("{:#}", ServeConfig::parse(bad, "s.toml").unwrap_err());
+            assert!(e.contains("not an absolute path"), "{e}");
+        }
     }
 
     #[test]

@@ -1,65 +1,58 @@
-//! The HTTP side of `strata serve`: routing, authentication, limits and the JSON answers.
+//! The HTTP side of `strata serve`: routing, authentication, request checks and the JSON
+//! answers. Reading requests within limits is `wire`'s.
 //!
 //! Bearer tokens are known only by their BLAKE3 hashes; a presented token is hashed and compared
-//! with `blake3::Hash`'s constant-time equality. Requests whose `Host` header names neither the
-//! listening address, localhost nor a configured host are refused (DNS rebinding), as are
-//! bodies over the configured limit.
+//! with `blake3::Hash`'s constant-time equality; a daemon always has at least one (see
+//! `token_file`). Requests whose `Host` header names neither the listening address, localhost
+//! nor a configured host are refused (DNS rebinding), as are requests a browser sends for
+//! another site (an `Origin` of another host, `Sec-Fetch-Site: cross-site`) and bodies that are
+//! not declared JSON (a cross-site form or `text/plain` POST needs no preflight).
 
+use super::roots;
+use super::wire::{self, Request, Response};
 use super::{AdHoc, Daemon, RestoreRequest, Task};
 use anyhow::{Context, Result};
 use serde::Serialize;
-use std::io::Read;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
-use std::time::Duration;
 use strata::snapshots;
-use tiny_http::{Header, Method, Request, Response};
 
 const PAGE: &str = include_str!("page.html");
 pub const OPENAPI: &str = include_str!("../../../docs/openapi.json");
-const WORKERS: usize = 4;
+
+/// Sent with every answer.
+const SECURITY_HEADERS: &[(&str, &str)] = &[
+    ("Cache-Control", "no-store"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Frame-Options", "DENY"),
+    (
+        "Content-Security-Policy",
+        "default-src 'self'; style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'",
+    ),
+];
 
 pub struct Server {
-    inner: Arc<tiny_http::Server>,
-    threads: Vec<std::thread::JoinHandle<()>>,
+    inner: wire::Server,
     addr: SocketAddr,
 }
 
 impl Server {
     pub fn start(daemon: Arc<Daemon>) -> Result<Server> {
         let listen = daemon.cfg.listen;
-        let inner = Arc::new(
-            tiny_http::Server::http(listen)
-                .map_err(|e| anyhow::anyhow!("listening on {listen}: {e}"))?,
-        );
-        let addr = inner
-            .server_addr()
-            .to_ip()
-            .context("the server has no IP address")?;
-        let mut threads = Vec::new();
-        for i in 0..WORKERS {
-            let server = inner.clone();
-            let d = daemon.clone();
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("http-{i}"))
-                    .spawn(move || {
-                        while !d.stopping() {
-                            match server.recv_timeout(Duration::from_millis(250)) {
-                                Ok(Some(req)) => handle(&d, addr, req),
-                                Ok(None) => {}
-                                Err(_) => break,
-                            }
-                        }
-                    })
-                    .context("starting an HTTP thread")?,
-            );
-        }
-        Ok(Server {
-            inner,
-            threads,
-            addr,
+        let listener =
+            TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
+        let addr = listener
+            .local_addr()
+            .context("the listening socket has no address")?;
+        let limits = wire::Limits {
+            body_bytes: daemon.cfg.max_body,
+            ..wire::Limits::default()
+        };
+        let inner = wire::Server::start(listener, limits, SECURITY_HEADERS, move |req| {
+            handle(&daemon, addr, req)
         })
+        .context("starting the HTTP server")?;
+        Ok(Server { inner, addr })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -67,41 +60,18 @@ impl Server {
     }
 
     pub fn stop(self) {
-        self.inner.unblock();
-        for t in self.threads {
-            let _ = t.join();
-        }
+        self.inner.stop();
     }
 }
 
-/// An answer: status and JSON (or other) body.
-struct Reply {
-    status: u16,
-    body: Vec<u8>,
-    content_type: &'static str,
-}
+type Reply = Response;
 
 fn json<T: Serialize>(status: u16, v: &T) -> Reply {
-    Reply {
-        status,
-        body: serde_json::to_vec_pretty(v).unwrap_or_default(),
-        content_type: "application/json",
-    }
+    Response::json(status, v)
 }
 
 fn error(status: u16, msg: impl Into<String>) -> Reply {
-    #[derive(Serialize)]
-    struct E {
-        error: String,
-    }
-    json(status, &E { error: msg.into() })
-}
-
-fn header<'a>(req: &'a Request, name: &'static str) -> Option<&'a str> {
-    req.headers()
-        .iter()
-        .find(|h| h.field.equiv(name))
-        .map(|h| h.value.as_str())
+    Response::error(status, msg)
 }
 
 /// Whether `host` (a Host header) names this server.
@@ -122,52 +92,108 @@ fn host_allowed(host: &str, addr: SocketAddr, extra: &[String]) -> bool {
             || extra.iter().any(|e| e.eq_ignore_ascii_case(name)))
 }
 
-fn handle(d: &Daemon, addr: SocketAddr, mut req: Request) {
+/// Whether `origin` (an Origin header: `scheme://host[:port]`) is this server. Without a port,
+/// the scheme's default port must be the listening one, unless the host is an `allowed_hosts`
+/// entry (a proxy in front of the daemon).
+fn origin_allowed(origin: &str, addr: SocketAddr, extra: &[String]) -> bool {
+    let o = origin.trim().to_ascii_lowercase();
+    let (default_port, host) = if let Some(h) = o.strip_prefix("http://") {
+        (80, h)
+    } else if let Some(h) = o.strip_prefix("https://") {
+        (443, h)
+    } else {
+        // Includes "null": a sandboxed frame, a file, a redirect across sites.
+        return false;
+    };
+    if host.is_empty() || host.contains(['/', '@', '?', '#', ' ', '\\']) {
+        return false;
+    }
+    let has_port = host.rsplit_once(':').is_some_and(|(_, p)| !p.contains(']'));
+    if has_port {
+        return host_allowed(host, addr, extra);
+    }
+    let name = host.trim_start_matches('[').trim_end_matches(']');
+    extra.iter().any(|e| e.eq_ignore_ascii_case(name))
+        || (default_port == addr.port() && host_allowed(host, addr, extra))
+}
+
+/// A refusal for a request a browser made on behalf of another site.
+fn cross_site(req: &Request, addr: SocketAddr, extra: &[String]) -> Option<Reply> {
+    if req
+        .header("Sec-Fetch-Site")
+        .is_some_and(|s| s.trim().eq_ignore_ascii_case("cross-site"))
+    {
+        return Some(error(
+            403,
+            "refused: a browser sent this request for another site (Sec-Fetch-Site: cross-site)",
+        ));
+    }
+    match req.header("Origin") {
+        Some(o) if !origin_allowed(o, addr, extra) => Some(error(
+            403,
+            format!(
+                "refused: Origin {o:?} is not this server (a page of another site); a proxy's \
+                 host name goes in allowed_hosts"
+            ),
+        )),
+        _ => None,
+    }
+}
+
+/// Whether a Content-Type names JSON (`application/json`, parameters allowed).
+fn is_json(content_type: &str) -> bool {
+    content_type
+        .split(';')
+        .next()
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// A refusal for a body not declared JSON: any POST, and PUT, PATCH or DELETE with a body.
+fn not_json(req: &Request) -> Option<Reply> {
+    let needs = match req.method.as_str() {
+        "POST" => true,
+        "PUT" | "PATCH" | "DELETE" => !req.body.is_empty(),
+        _ => false,
+    };
+    match req.header("Content-Type") {
+        _ if !needs => None,
+        Some(t) if is_json(t) => None,
+        Some(t) => Some(error(
+            415,
+            format!(
+                "Content-Type {t:?} is not accepted: send JSON as `Content-Type: application/json`"
+            ),
+        )),
+        None => Some(error(
+            415,
+            format!(
+                "{} needs `Content-Type: application/json` (and a JSON body, `{{}}` for none)",
+                req.method
+            ),
+        )),
+    }
+}
+
+fn handle(d: &Daemon, addr: SocketAddr, req: &Request) -> Response {
     let started = std::time::Instant::now();
-    let method = req.method().clone();
-    let url = req.url().to_string();
-    let remote = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
-    let reply = route(d, addr, &mut req);
-    let reply = match reply {
+    let reply = match route(d, addr, req) {
         Ok(r) => r,
         Err(e) => error(500, format!("{e:#}")),
     };
     tracing::debug!(
-        method = %method,
-        url = url.as_str(),
-        remote = remote.as_str(),
+        method = req.method.as_str(),
+        url = req.target.as_str(),
+        remote = %req.remote,
         status = reply.status,
         ms = started.elapsed().as_secs_f64() * 1000.0,
         "request"
     );
-    let mut response = Response::from_data(reply.body).with_status_code(reply.status);
-    for (k, v) in [
-        ("Content-Type", reply.content_type),
-        ("Cache-Control", "no-store"),
-        ("X-Content-Type-Options", "nosniff"),
-        ("X-Frame-Options", "DENY"),
-        (
-            "Content-Security-Policy",
-            "default-src 'self'; style-src 'self' 'unsafe-inline'; script-src 'self' \
-             'unsafe-inline'",
-        ),
-    ] {
-        if let Ok(h) = Header::from_bytes(k.as_bytes(), v.as_bytes()) {
-            response.add_header(h);
-        }
-    }
-    let _ = req.respond(response);
+    reply
 }
 
 /// Who the request is from: a token's name, or `None` if it must be refused.
 fn authenticate(d: &Daemon, req: &Request) -> Option<String> {
-    if d.cfg.tokens.is_empty() {
-        // Only possible on a loopback address (checked when the configuration is read).
-        return Some("local".into());
-    }
-    let presented = header(req, "Authorization")?
-        .strip_prefix("Bearer ")?
-        .trim();
+    let presented = req.header("Authorization")?.strip_prefix("Bearer ")?.trim();
     let hash = blake3::hash(presented.as_bytes());
     // blake3::Hash compares in constant time; every token is compared.
     let mut who = None;
@@ -179,27 +205,17 @@ fn authenticate(d: &Daemon, req: &Request) -> Option<String> {
     who
 }
 
-fn read_body(d: &Daemon, req: &mut Request) -> Result<Vec<u8>, Reply> {
-    let limit = d.cfg.max_body;
-    if req.body_length().is_some_and(|n| n > limit) {
-        return Err(error(413, format!("request body over {limit} bytes")));
-    }
-    let mut body = Vec::new();
-    req.as_reader()
-        .take(limit as u64 + 1)
-        .read_to_end(&mut body)
-        .map_err(|e| error(400, format!("reading the request body: {e}")))?;
-    if body.len() > limit {
-        return Err(error(413, format!("request body over {limit} bytes")));
-    }
-    Ok(body)
-}
-
 fn parse<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, Reply> {
     if body.iter().all(|b| b.is_ascii_whitespace()) {
         return Ok(T::default());
     }
     serde_json::from_slice(body).map_err(|e| error(400, format!("request body: {e}")))
+}
+
+/// The answer for a path refused by `roots`.
+/// The answer for a path refused by `roots`.
+fn refused(r: roots::Refusal) -> Reply {
+    error(r.status, r.message)
 }
 
 #[derive(Serialize)]
@@ -218,26 +234,34 @@ fn accepted(id: u64) -> Reply {
     )
 }
 
-fn route(d: &Daemon, addr: SocketAddr, req: &mut Request) -> Result<Reply> {
-    match header(req, "Host") {
+fn route(d: &Daemon, addr: SocketAddr, req: &Request) -> Result<Reply> {
+    match req.header("Host") {
         Some(h) if host_allowed(h, addr, &d.cfg.allowed_hosts) => {}
         Some(h) => return Ok(error(421, format!("unexpected Host header {h:?}"))),
         None => return Ok(error(400, "a Host header is required")),
     }
-    let method = req.method().clone();
-    let full = req.url().to_string();
-    let path = full.split(['?', '#']).next().unwrap_or("").to_string();
+    if let Some(refusal) = cross_site(req, addr, &d.cfg.allowed_hosts) {
+        tracing::warn!(
+            method = req.method.as_str(),
+            remote = %req.remote,
+            origin = req.header("Origin").unwrap_or(""),
+            "refused: a request for another site"
+        );
+        return Ok(refusal);
+    }
+    let method = req.method.as_str();
+    let path = req.target.split(['?', '#']).next().unwrap_or("");
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     // Public: the page (no data in it) and the API description.
-    match (&method, parts.as_slice()) {
-        (Method::Get, [""]) | (Method::Get, ["index.html"]) => {
+    match (method, parts.as_slice()) {
+        ("GET", [""]) | ("GET", ["index.html"]) => {
             return Ok(Reply {
                 status: 200,
                 body: PAGE.as_bytes().to_vec(),
                 content_type: "text/html; charset=utf-8",
             });
         }
-        (Method::Get, ["api", "openapi.json"]) => {
+        ("GET", ["api", "openapi.json"]) => {
             return Ok(Reply {
                 status: 200,
                 body: OPENAPI.as_bytes().to_vec(),
@@ -247,7 +271,7 @@ fn route(d: &Daemon, addr: SocketAddr, req: &mut Request) -> Result<Reply> {
         _ => {}
     }
     let who = authenticate(d, req);
-    if let (Method::Get, ["health"]) = (&method, parts.as_slice()) {
+    if let ("GET", ["health"]) = (method, parts.as_slice()) {
         #[derive(Serialize)]
         struct Health {
             status: &'static str,
@@ -271,9 +295,9 @@ fn route(d: &Daemon, addr: SocketAddr, req: &mut Request) -> Result<Reply> {
     }
     let Some(who) = who else {
         tracing::warn!(
-            method = %method,
-            path = path.as_str(),
-            remote = %req.remote_addr().map(|a| a.to_string()).unwrap_or_default(),
+            method,
+            path,
+            remote = %req.remote,
             "refused: missing or unknown bearer token"
         );
         return Ok(error(
@@ -281,13 +305,10 @@ fn route(d: &Daemon, addr: SocketAddr, req: &mut Request) -> Result<Reply> {
             "a valid `Authorization: Bearer TOKEN` is required",
         ));
     };
-    let body = match method {
-        Method::Post | Method::Put | Method::Delete | Method::Patch => match read_body(d, req) {
-            Ok(b) => b,
-            Err(r) => return Ok(r),
-        },
-        _ => Vec::new(),
-    };
+    if let Some(refusal) = not_json(req) {
+        return Ok(refusal);
+    }
+    let body = req.body.as_slice();
     let mutate = |what: String, task: Task| -> Reply {
         match d.submit(task, &who) {
             Ok(id) => {
@@ -302,13 +323,13 @@ fn route(d: &Daemon, addr: SocketAddr, req: &mut Request) -> Result<Reply> {
             Err(e) => error(503, format!("{e:#}")),
         }
     };
-    Ok(match (&method, parts.as_slice()) {
-        (Method::Get, ["metrics"]) => Reply {
+    Ok(match (method, parts.as_slice()) {
+        ("GET", ["metrics"]) => Reply {
             status: 200,
             body: d.metrics.render().into_bytes(),
             content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
         },
-        (Method::Get, ["api", "snapshots"]) => {
+        ("GET", ["api", "snapshots"]) => {
             let repo = d.open_read()?;
             let snaps = snapshots::list(&repo)?;
             let out: Vec<_> = snaps
@@ -318,7 +339,7 @@ fn route(d: &Daemon, addr: SocketAddr, req: &mut Request) -> Result<Reply> {
                 .collect();
             json(200, &out)
         }
-        (Method::Get, ["api", "snapshots", id]) => {
+        ("GET", ["api", "snapshots", id]) => {
             let repo = d.open_read()?;
             let snaps = snapshots::list(&repo)?;
             match snapshots::resolve(&snaps, id) {
@@ -326,7 +347,7 @@ fn route(d: &Daemon, addr: SocketAddr, req: &mut Request) -> Result<Reply> {
                 Err(e) => error(404, e.to_string()),
             }
         }
-        (Method::Post, ["api", "snapshots"]) => {
+        ("POST", ["api", "snapshots"]) => {
             #[derive(serde::Deserialize, Default)]
             #[serde(deny_unknown_fields)]
             struct Req {
@@ -340,7 +361,7 @@ fn route(d: &Daemon, addr: SocketAddr, req: &mut Request) -> Result<Reply> {
                 tags: Vec<String>,
                 kind: Option<String>,
             }
-            let r: Req = match parse(&body) {
+            let r: Req = match parse(body) {
                 Ok(r) => r,
                 Err(e) => return Ok(e),
             };
@@ -358,6 +379,10 @@ fn route(d: &Daemon, addr: SocketAddr, req: &mut Request) -> Result<Reply> {
                             400,
                             "give a job, or paths / sqlite for a snapshot of your own",
                         ));
+                    }
+                    if let Err(r) = roots::backup_sources(&d.cfg.backup_roots, &a.paths, &a.sqlite)
+                    {
+                        return Ok(refused(r));
                     }
                     if let Some(k) = &a.kind
                         && !["manual", "hourly", "daily", "weekly", "monthly"].contains(&k.as_str())
@@ -377,7 +402,7 @@ fn route(d: &Daemon, addr: SocketAddr, req: &mut Request) -> Result<Reply> {
                 }
             }
         }
-        (Method::Delete, ["api", "snapshots", id]) => {
+        ("DELETE", ["api", "snapshots", id]) => {
             // Resolved now, so a mistyped id fails at once and the operation names one snapshot.
             let repo = d.open_read()?;
             let snaps = snapshots::list(&repo)?;
@@ -389,35 +414,35 @@ fn route(d: &Daemon, addr: SocketAddr, req: &mut Request) -> Result<Reply> {
                 Err(e) => error(404, e.to_string()),
             }
         }
-        (Method::Get, ["api", "stats"]) => {
+        ("GET", ["api", "stats"]) => {
             let repo = d.open_read()?;
             let snaps = snapshots::list(&repo)?;
             json(200, &strata::stats::stats(&repo, &snaps)?)
         }
-        (Method::Post, ["api", "restore"]) => {
-            let r: RestoreRequest = match serde_json::from_slice(&body) {
+        ("POST", ["api", "restore"]) => {
+            let r: RestoreRequest = match serde_json::from_slice(body) {
                 Ok(r) => r,
                 Err(e) => return Ok(error(400, format!("request body: {e}"))),
             };
             if r.snapshot.is_some() == r.at.is_some() {
                 return Ok(error(400, "give either snapshot or at"));
             }
-            if !r.target.is_absolute() {
-                return Ok(error(400, "target must be an absolute path"));
+            if let Err(r) = roots::restore_target(&d.cfg.restore_roots, &r.target) {
+                return Ok(refused(r));
             }
             mutate(
                 format!("restore to {}", r.target.display()),
                 Task::Restore(r),
             )
         }
-        (Method::Post, ["api", "verify"]) => {
+        ("POST", ["api", "verify"]) => {
             #[derive(serde::Deserialize, Default)]
             #[serde(deny_unknown_fields)]
             struct Req {
                 #[serde(default)]
                 read_data: bool,
             }
-            let r: Req = match parse(&body) {
+            let r: Req = match parse(body) {
                 Ok(r) => r,
                 Err(e) => return Ok(e),
             };
@@ -428,9 +453,9 @@ fn route(d: &Daemon, addr: SocketAddr, req: &mut Request) -> Result<Reply> {
                 },
             )
         }
-        (Method::Get, ["api", "jobs"]) => json(200, &d.job_statuses()),
-        (Method::Get, ["api", "operations"]) => json(200, &d.operations()),
-        (Method::Get, ["api", "operations", id]) => match id.parse::<u64>() {
+        ("GET", ["api", "jobs"]) => json(200, &d.job_statuses()),
+        ("GET", ["api", "operations"]) => json(200, &d.operations()),
+        ("GET", ["api", "operations", id]) => match id.parse::<u64>() {
             Ok(n) => match d.operation(n) {
                 Some(op) => json(200, &op),
                 None => error(404, format!("no operation {n}")),
@@ -504,6 +529,82 @@ mod tests {
         let public: SocketAddr = "10.0.0.5:7433".parse().unwrap();
         assert!(!host_allowed("localhost:7433", public, &[]));
         assert!(host_allowed("10.0.0.5:7433", public, &[]));
+    }
+
+    #[test]
+    fn origin_must_be_this_server() {
+        let addr: SocketAddr = "127.0.0.1:7433".parse().unwrap();
+        for ok in [
+            "http://127.0.0.1:7433",
+            "http://localhost:7433",
+            "HTTP://LOCALHOST:7433",
+            "http://[::1]:7433",
+        ] {
+            assert!(origin_allowed(ok, addr, &[]), "{ok}");
+        }
+        for bad in [
+            "null",
+            "http://evil.example",
+            "http://evil.example:7433",
+            "http://localhost",
+            "http://localhost:8080",
+            "file://",
+            "http://localhost:7433/path",
+            "http://user@localhost:7433",
+            "127.0.0.1:7433",
+        ] {
+            assert!(!origin_allowed(bad, addr, &[]), "{bad}");
+        }
+        // A proxy in front: its name is allowed, on its own port.
+        let proxied = ["backup.lan".to_string()];
+        assert!(origin_allowed("https://backup.lan", addr, &proxied));
+        assert!(!origin_allowed("https://backup.lan.evil", addr, &proxied));
+        let on80: SocketAddr = "127.0.0.1:80".parse().unwrap();
+        assert!(origin_allowed("http://localhost", on80, &[]));
+    }
+
+    #[test]
+    fn bodies_must_be_declared_json() {
+        let req = |method: &str, ct: Option<&str>, body: &[u8]| Request {
+            method: method.into(),
+            target: "/api/verify".into(),
+            headers: ct
+                .map(|c| vec![("content-type".to_string(), c.to_string())])
+                .unwrap_or_default(),
+            body: body.to_vec(),
+            remote: "127.0.0.1:1".parse().unwrap(),
+        };
+        for (method, ct, body, refused) in [
+            ("POST", Some("application/json"), &b"{}"[..], false),
+            (
+                "POST",
+                Some("Application/JSON; charset=utf-8"),
+                b"{}",
+                false,
+            ),
+            ("POST", Some("text/plain"), b"{}", true),
+            (
+                "POST",
+                Some("application/x-www-form-urlencoded"),
+                b"a=b",
+                true,
+            ),
+            ("POST", Some("multipart/form-data; boundary=x"), b"", true),
+            ("POST", Some("application/jsonp"), b"{}", true),
+            ("POST", None, b"", true),
+            ("POST", None, b"{}", true),
+            ("DELETE", None, b"", false),
+            ("DELETE", Some("text/plain"), b"x", true),
+            ("PUT", None, b"x", true),
+            ("GET", Some("text/plain"), b"", false),
+        ] {
+            let r = not_json(&req(method, ct, body));
+            assert_eq!(
+                r.as_ref().map(|r| r.status),
+                refused.then_some(415),
+                "{method} {ct:?} {body:?}"
+            );
+        }
     }
 
     #[test]

@@ -11,6 +11,9 @@ mod config;
 mod http;
 mod metrics;
 mod operations;
+mod roots;
+mod token_file;
+mod wire;
 
 use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Local, Utc};
@@ -50,6 +53,27 @@ pub fn check_config(file: &Path) -> Result<ExitCode> {
         c.tokens.len(),
         c.jobs.len()
     );
+    if c.tokens.is_empty() {
+        match c
+            .token_file
+            .clone()
+            .map_or_else(token_file::default_path, Ok)
+        {
+            Ok(p) => println!("  API token: in {} (made at start if missing)", p.display()),
+            Err(e) => println!("  API token: {e:#}"),
+        }
+    }
+    for (what, roots) in [
+        ("restores through the API into", &c.restore_roots),
+        ("snapshots of request paths from", &c.backup_roots),
+    ] {
+        if roots.is_empty() {
+            println!("  {what}: none (off)");
+        } else {
+            let list: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
+            println!("  {what}: {}", list.join(", "));
+        }
+    }
     let now = Local::now();
     for j in &c.jobs {
         let next = j.schedule.map(|s| s.next_after(&now));
@@ -309,10 +333,6 @@ impl Daemon {
         }
         reasons
     }
-
-    fn stopping(&self) -> bool {
-        self.stopping.load(Ordering::SeqCst)
-    }
 }
 
 fn human_seconds(s: i64) -> String {
@@ -388,6 +408,21 @@ pub fn serve(repo_path: PathBuf, args: ServeArgs) -> Result<ExitCode> {
         cfg.json_logs = f == "json";
     }
     init_logging(cfg.json_logs);
+    // Without a [[token]], the token kept in the token file (made now if missing).
+    let token_path = if cfg.tokens.is_empty() {
+        let path = match &cfg.token_file {
+            Some(p) => p.clone(),
+            None => token_file::default_path()?,
+        };
+        let token = token_file::load_or_create(&path)?;
+        cfg.tokens.push(config::Token {
+            name: "local".into(),
+            hash: blake3::hash(token.as_bytes()),
+        });
+        Some(path)
+    } else {
+        None
+    };
     let repo = cfg.repo.clone().unwrap_or(repo_path);
     if let Some(f) = &cfg.password_file {
         // SAFETY: no other thread runs yet.
@@ -524,6 +559,14 @@ pub fn serve(repo_path: PathBuf, args: ServeArgs) -> Result<ExitCode> {
         jobs = daemon.cfg.jobs.len(),
         "strata serve started"
     );
+    if let Some(p) = &token_path {
+        eprintln!(
+            "strata serve: API token in {} (open http://{}/#token=$(cat {}))",
+            p.display(),
+            server.addr(),
+            p.display()
+        );
+    }
     eprintln!("strata serve: listening on http://{}", server.addr());
 
     let term = Arc::new(AtomicBool::new(false));

@@ -3,10 +3,13 @@
 
 use super::config::Job;
 use super::metrics::Metrics;
+use super::roots;
 use super::{AdHoc, Daemon, RestoreRequest, Task, now_text};
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use chrono::Utc;
 use std::io::Read;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -151,20 +154,31 @@ impl Daemon {
         })
     }
 
+    /// Runs a restore. The target is checked against `restore_roots` again here, just before
+    /// the child starts (it may have changed since the request was accepted), and the child is
+    /// given the resolved path.
     fn run_restore(&self, r: &RestoreRequest) -> Result<Outcome> {
-        let mut args = vec!["restore".to_string(), "--json".into()];
-        match (&r.snapshot, &r.at) {
-            (Some(s), None) => args.push(s.clone()),
-            (None, Some(t)) => {
-                args.push("--at".into());
-                args.push(t.clone());
+        let roots = &self.cfg.restore_roots;
+        let target = roots::restore_target(roots, &r.target).map_err(|e| anyhow!("{e}"))?;
+        // A missing target is made private; an existing one keeps its mode (see below).
+        let before = match std::fs::symlink_metadata(&target) {
+            Ok(m) => m.permissions().mode() & 0o7777,
+            Err(_) => {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&target)
+                    .with_context(|| format!("creating {}", target.display()))?;
+                // What was made must still be where it was checked to be.
+                if roots::restore_target(roots, &r.target).ok().as_ref() != Some(&target) {
+                    bail!("{} changed while it was being made", r.target.display());
+                }
+                0o700
             }
-            _ => bail!("give either snapshot or at"),
-        }
-        args.push(r.target.display().to_string());
+        };
+        let mut args = vec!["restore".to_string(), "--json".into()];
         for p in &r.paths {
-            args.push("--path".into());
-            args.push(p.clone());
+            args.push(format!("--path={p}"));
         }
         if r.restore_point == Some(false) {
             args.push("--no-restore-point".into());
@@ -172,30 +186,58 @@ impl Daemon {
         if r.delete {
             args.push("--delete".into());
         }
-        self.simple(&args)
+        // Options first, then `--`: a snapshot named like an option stays a name.
+        match (&r.snapshot, &r.at) {
+            (Some(s), None) => args.extend(["--".into(), s.clone()]),
+            (None, Some(t)) => args.extend([format!("--at={t}"), "--".into()]),
+            _ => bail!("give either snapshot or at"),
+        }
+        args.push(utf8(&target)?);
+        let outcome = self.simple(&args);
+        // The restore writes the snapshot's entries below the target, never the target's own
+        // mode; should it ever be loosened, it is put back.
+        if let Ok(m) = std::fs::symlink_metadata(&target)
+            && m.is_dir()
+            && m.permissions().mode() & 0o7777 & !before != 0
+        {
+            tracing::warn!(
+                target = %target.display(),
+                was = format!("{before:04o}"),
+                now = format!("{:04o}", m.permissions().mode() & 0o7777),
+                "the restore loosened its target directory's mode; putting it back"
+            );
+            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(before))
+                .with_context(|| format!("setting the mode of {}", target.display()))?;
+        }
+        outcome
     }
 
+    /// Runs a snapshot of sources given in a request; they are checked against `backup_roots`
+    /// again here, and the child is given the resolved paths.
     fn run_adhoc(&self, a: &AdHoc) -> Result<Outcome> {
+        let (paths, sqlite) = roots::backup_sources(&self.cfg.backup_roots, &a.paths, &a.sqlite)
+            .map_err(|e| anyhow!("{e}"))?;
         let mut args = vec![
             "backup".to_string(),
             "--json".into(),
-            "--kind".into(),
-            a.kind.clone().unwrap_or_else(|| "manual".into()),
+            format!(
+                "--kind={}",
+                a.kind.clone().unwrap_or_else(|| "manual".into())
+            ),
         ];
         if let Some(n) = &a.name {
-            args.push("--name".into());
-            args.push(n.clone());
+            args.push(format!("--name={n}"));
         }
         for t in &a.tags {
-            args.push("--tag".into());
-            args.push(t.clone());
+            args.push(format!("--tag={t}"));
         }
-        for s in &a.sqlite {
-            args.push("--sqlite".into());
-            args.push(s.clone());
+        for s in &sqlite {
+            args.push(format!("--sqlite={s}"));
         }
         args.push("--".into());
-        args.extend(a.paths.iter().map(|p| p.display().to_string()));
+        for p in &paths {
+            args.push(utf8(p)?);
+        }
         self.snapshot("api", &args)
     }
 
@@ -421,6 +463,13 @@ struct Outcome {
     ok: bool,
     json: Option<serde_json::Value>,
     error: Option<String>,
+}
+
+/// A path as a child's argument; one that is not UTF-8 is refused rather than changed.
+fn utf8(p: &Path) -> Result<String> {
+    p.to_str()
+        .map(str::to_string)
+        .ok_or_else(|| anyhow!("{}: not a UTF-8 path", p.display()))
 }
 
 fn job_tag(name: &str) -> String {
