@@ -214,7 +214,7 @@ fn parse_kind(s: &str) -> Result<String> {
 
 fn parse_token_hash(s: &str) -> Result<blake3::Hash> {
     blake3::Hash::from_hex(s.trim())
-        .map_err(|_| anyhow!("a token's blake3 is 64 hex digits (`strata serve --hash-token`)"))
+        .map_err(|_| anyhow!("a token's blake3 is 64 hex digits (`strata serve --new-token NAME`)"))
 }
 
 /// `roots` from the file, or the `var` of paths separated by `:`; each must be absolute.
@@ -390,7 +390,7 @@ impl ServeConfig {
             bail!(
                 "{file}: listen {} is not a loopback address, and no [[token]] is configured: \
                  anyone who can reach it could run restores; add a token (`strata serve \
-                 --hash-token`) or listen on 127.0.0.1",
+                 --new-token NAME`) or listen on 127.0.0.1",
                 config.listen
             );
         }
@@ -564,6 +564,18 @@ on_start = true
                 "expected line {line} and {what:?}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn token_hints_name_the_option_that_exists() {
+        let bad = GOOD.replace("af1349", "zz1349");
+        let e = format!("{:#}", ServeConfig::parse(&bad, "s.toml").unwrap_err());
+        assert!(e.contains("strata serve --new-token NAME"), "{e}");
+        let open = format!(
+            "{:#}",
+            ServeConfig::parse("listen = \"0.0.0.0:7433\"\n", "s.toml").unwrap_err()
+        );
+        assert!(open.contains("--new-token NAME"), "{open}");
     }
 
     #[test]
