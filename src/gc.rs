@@ -225,42 +225,12 @@ pub fn gc(repo: &Repo, opts: &GcOptions) -> Result<GcReport> {
     report.packs_before = packs.len() as u64;
     let usage = crate::index::pack_uses(&txn)?;
 
-    let mut plan: BTreeMap<u32, Plan> = BTreeMap::new();
-    // Frame bytes and live frame bytes of the packs that stay as they are.
-    let (mut kept_frames, mut kept_live) = (0u64, 0u64);
-    let mut rewritten_live = 0u64;
-    for (no, info) in &packs {
-        let u = usage.get(no).ok_or_else(|| {
-            Error::corrupt(format!(
-                "the index has no usage record for pack #{no}; run `strata repair index`"
-            ))
-        })?;
-        report.bytes_before += info.size;
-        report.live_blobs += u.live_blobs as u64;
-        report.dead_blobs += u.indexed.saturating_sub(u.live_blobs) as u64;
-        let frames = frame_bytes(info.size, info.blobs);
-        // (Shares are rounded down per blob; a pack whose every blob is live is live whole.)
-        let live = if u.live_blobs == info.blobs {
-            frames
-        } else {
-            u.live_bytes.min(frames)
-        };
-        // Unused bytes may be at most `max_unused` times the live ones, so that after gc the
-        // packs hold at most live x (1 + max_unused) frame bytes.
-        let unused = frames - live;
-        if u.live_blobs == 0 {
-            plan.insert(*no, Plan::Delete);
-        } else if u.live_blobs < info.blobs && unused as f64 > opts.max_unused * live as f64 {
-            plan.insert(*no, Plan::Rewrite);
-            rewritten_live += live;
-        } else {
-            if u.indexed > u.live_blobs {
-                plan.insert(*no, Plan::Trim);
-            }
-            kept_frames += frames;
-            kept_live += live;
-        }
-    }
+    let PackPlan {
+        plan,
+        kept_frames,
+        kept_live,
+        rewritten_live,
+    } = plan_packs(&packs, &usage, opts.max_unused, &mut report)?;
     let count = |p: Plan| plan.values().filter(|&&v| v == p).count() as u64;
     report.packs_deleted = count(Plan::Delete);
     report.packs_rewritten = count(Plan::Rewrite);
@@ -481,6 +451,64 @@ fn refuse_behind_snapshot_files(repo: &Repo) -> Result<()> {
     }
 }
 
+/// What gc does with each pack, and the frame bytes that stay.
+#[derive(Debug, Default, PartialEq)]
+struct PackPlan {
+    /// Packs that are deleted, rewritten or trimmed; the others stay as they are.
+    plan: BTreeMap<u32, Plan>,
+    /// Frame bytes and live frame bytes of the packs that stay as they are.
+    kept_frames: u64,
+    kept_live: u64,
+    /// Live frame bytes of the packs being rewritten.
+    rewritten_live: u64,
+}
+
+/// Plans every pack from its row in `pack_use` alone (no pack is read): a pack with no live blob
+/// is deleted; one whose unused frame bytes exceed `max_unused` times its live ones is
+/// rewritten; a kept one with unreferenced index entries is trimmed. Also adds up the totals of
+/// `report` that depend only on the rows.
+fn plan_packs(
+    packs: &[(u32, PackInfo)],
+    usage: &HashMap<u32, crate::index::PackUse>,
+    max_unused: f64,
+    report: &mut GcReport,
+) -> Result<PackPlan> {
+    let mut out = PackPlan::default();
+    for (no, info) in packs {
+        let u = usage.get(no).ok_or_else(|| {
+            Error::corrupt(format!(
+                "the index has no usage record for pack #{no}; run `strata repair index`"
+            ))
+        })?;
+        report.bytes_before += info.size;
+        report.live_blobs += u.live_blobs as u64;
+        report.dead_blobs += u.indexed.saturating_sub(u.live_blobs) as u64;
+        let frames = frame_bytes(info.size, info.blobs);
+        // (Shares are rounded down per blob; a pack whose every blob is live is live whole.)
+        let live = if u.live_blobs == info.blobs {
+            frames
+        } else {
+            u.live_bytes.min(frames)
+        };
+        // Unused bytes may be at most `max_unused` times the live ones, so that after gc the
+        // packs hold at most live x (1 + max_unused) frame bytes.
+        let unused = frames - live;
+        if u.live_blobs == 0 {
+            out.plan.insert(*no, Plan::Delete);
+        } else if u.live_blobs < info.blobs && unused as f64 > max_unused * live as f64 {
+            out.plan.insert(*no, Plan::Rewrite);
+            out.rewritten_live += live;
+        } else {
+            if u.indexed > u.live_blobs {
+                out.plan.insert(*no, Plan::Trim);
+            }
+            out.kept_frames += frames;
+            out.kept_live += live;
+        }
+    }
+    Ok(out)
+}
+
 /// File-cache keys (absolute source paths).
 type FileKeys = Vec<Vec<u8>>;
 
@@ -533,4 +561,88 @@ pub(crate) fn seal(
         size,
         entries,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::PackUse;
+
+    /// A pack of `blobs` blobs with `frames` frame bytes.
+    fn pack(no: u32, blobs: u32, frames: u64) -> (u32, PackInfo) {
+        let overhead = (crate::pack::HEADER_LEN + crate::pack::FOOTER_LEN) as u64
+            + blobs as u64 * crate::pack::ENTRY_LEN as u64;
+        (
+            no,
+            PackInfo {
+                id: ChunkId([no as u8; 32]),
+                size: frames + overhead,
+                blobs,
+            },
+        )
+    }
+
+    fn usage(indexed: u32, live_blobs: u32, live_bytes: u64) -> PackUse {
+        PackUse {
+            indexed,
+            live_blobs,
+            live_bytes,
+        }
+    }
+
+    #[test]
+    fn each_pack_is_planned_from_its_usage_row() {
+        let packs = vec![
+            pack(1, 10, 1000), // all live: stays
+            pack(2, 10, 1000), // nothing live: deleted
+            pack(3, 10, 1000), // 30% unused of 70% live, over 10%: rewritten
+            pack(4, 10, 1000), // 5% unused: stays, its unreferenced entries trimmed
+            pack(5, 10, 1000), // all live, one stale entry gone already: stays untouched
+        ];
+        let rows: HashMap<u32, PackUse> = [
+            (1, usage(10, 10, 990)),
+            (2, usage(10, 0, 0)),
+            (3, usage(10, 7, 700)),
+            (4, usage(10, 9, 952)),
+            (5, usage(9, 9, 1000)),
+        ]
+        .into_iter()
+        .collect();
+        let mut report = GcReport::default();
+        let p = plan_packs(&packs, &rows, 0.1, &mut report).unwrap();
+        let want: BTreeMap<u32, Plan> = [(2, Plan::Delete), (3, Plan::Rewrite), (4, Plan::Trim)]
+            .into_iter()
+            .collect();
+        assert_eq!(p.plan, want);
+        // Pack 1 is live whole (its rounded-down shares do not count); pack 5 has 9 of 10
+        // blobs live, at most its frames.
+        assert_eq!(p.kept_frames, 3000);
+        assert_eq!(p.kept_live, 1000 + 952 + 1000);
+        assert_eq!(p.rewritten_live, 700);
+        assert_eq!(report.live_blobs, 10 + 7 + 9 + 9);
+        assert_eq!(report.dead_blobs, 10 + 3 + 1);
+        assert_eq!(
+            report.bytes_before,
+            packs.iter().map(|(_, i)| i.size).sum::<u64>()
+        );
+
+        // With all unused space allowed, the partly used pack stays (trimmed); a pack with no
+        // live blob goes whatever the setting.
+        let p = plan_packs(&packs, &rows, 1.0, &mut GcReport::default()).unwrap();
+        assert_eq!(p.plan.get(&3), Some(&Plan::Trim));
+        assert_eq!(p.plan.get(&2), Some(&Plan::Delete));
+        // With none allowed, every pack with an unused byte is rewritten.
+        let p = plan_packs(&packs, &rows, 0.0, &mut GcReport::default()).unwrap();
+        assert_eq!(p.plan.get(&4), Some(&Plan::Rewrite));
+    }
+
+    #[test]
+    fn a_pack_without_a_usage_row_stops_the_plan() {
+        let packs = vec![pack(1, 4, 400), pack(2, 4, 400)];
+        let rows: HashMap<u32, PackUse> = [(1, usage(4, 4, 400))].into_iter().collect();
+        let e = plan_packs(&packs, &rows, 0.1, &mut GcReport::default()).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Corrupt);
+        assert!(e.to_string().contains("pack #2"), "{e}");
+        assert!(e.to_string().contains("repair index"), "{e}");
+    }
 }
