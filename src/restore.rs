@@ -4,7 +4,7 @@
 use crate::error::{Error, IoContext, Result};
 use crate::id::ChunkId;
 use crate::index::{BlobLoc, IndexReader, Locate};
-use crate::manifest::{Entry, EntryKind, Manifest};
+use crate::manifest::{Content, Entry, EntryKind, Manifest};
 use crate::pack::BlobKind;
 use crate::repo::Repo;
 use crate::storage::{sync_dir, temp_name};
@@ -393,6 +393,15 @@ fn for_each_group(
     };
     let mut group_bytes = 0;
     while let Some(e) = walker.next_leaf()? {
+        // A larger claim is damage, and must not size a buffer.
+        if e.bytes > u64::from(crate::pack::MAX_BLOB_BYTES) {
+            return Err(Error::corrupt(format!(
+                "{}: chunk {} of {} bytes in its chunk list, more than a chunk can hold",
+                entry.path_lossy(),
+                e.id,
+                e.bytes
+            )));
+        }
         group_bytes += e.bytes;
         offset = offset
             .checked_add(e.bytes)
@@ -420,6 +429,27 @@ fn for_each_group(
     Ok(offset)
 }
 
+/// Checks the size the manifest gives `entry` against its chunk list (`walker`, made for it)
+/// before anything is allocated or written for it: a hostile manifest cannot make a restore
+/// allocate what it claims. Of a chunk-list tree only the root has been read; the walk checks
+/// every node below against it, and the index's length of each chunk against the list.
+fn check_size(blobs: &BlobReader, entry: &Entry, walker: &LeafWalker) -> Result<()> {
+    let listed = match &entry.content {
+        Content::Empty => Some(0),
+        Content::Chunk(id) => Some(u64::from(blobs.locate(id)?.raw_len)),
+        Content::Tree(_) => walker.root_total(),
+    };
+    if listed == Some(entry.size) {
+        return Ok(());
+    }
+    Err(Error::corrupt(format!(
+        "{}: the manifest gives its size as {} bytes, its chunk list holds {}; not restored",
+        entry.path_lossy(),
+        entry.size,
+        listed.map_or_else(|| "more than 2^64".to_string(), |n| n.to_string())
+    )))
+}
+
 /// Walks a file's chunk list in batches of consecutive groups (up to the batch size of
 /// [`BlobReader::read_shape`]), calling `f` per batch in order.
 fn for_each_batch(
@@ -432,6 +462,7 @@ fn for_each_batch(
     let mut batch_bytes = 0;
     let fetch = |id: &ChunkId| blobs.read(id);
     let walker = LeafWalker::new(&entry.content, entry.size, &fetch)?;
+    check_size(blobs, entry, &walker)?;
     let size = for_each_group(blobs, entry, walker, &mut |g| {
         batch_bytes += g.bytes();
         batch.push(g);
@@ -833,9 +864,8 @@ fn restore_file(blobs: &BlobReader, entry: &Entry, dest: &Path, how: Writes) -> 
         };
         let fetch = |id: &ChunkId| blobs.read(id);
         let walker = LeafWalker::new(&entry.content, entry.size, &fetch)?;
-        // The manifest's size is only trusted for allocating space when the chunk list's root
-        // agrees with it (a hostile manifest cannot make strata allocate what it claims).
-        if direct.is_some() && walker.root_total() == Some(entry.size) {
+        check_size(blobs, entry, &walker)?;
+        if direct.is_some() {
             allocate(&f, entry.size, &tmp)?;
         }
         let written = write_content_at(blobs, entry, walker, &f, direct.as_ref(), &tmp)?;
@@ -979,7 +1009,10 @@ fn loading_pays(repo: &Repo, index: &IndexReader, bytes: u64) -> Result<bool> {
 pub fn restore(repo: &Repo, manifest: &Manifest, opts: &RestoreOptions) -> Result<RestoreReport> {
     let entries = select(manifest, &opts.paths)?;
     check_entries(&entries)?;
-    let bytes: u64 = entries.iter().map(|e| e.size).sum();
+    // Sizes are only a hint here (each is checked against its chunk list before it is used).
+    let bytes = entries
+        .iter()
+        .fold(0u64, |sum, e| sum.saturating_add(e.size));
     let large = bytes >= PREFETCH_FROM;
     if large {
         repo.prefetch_index();
