@@ -703,40 +703,52 @@ fn write_content_at(
     let (batch_max, group_max, _) = blobs.read_shape();
     let window = (2 * batch_max / group_max).max(2) as usize;
     let write_group = |g: &Group| -> Result<()> {
-        // A group at a block boundary that fills whole blocks (or ends the file: the padding
-        // is cut off at the end) goes straight to the device, without a copy into the page
-        // cache: the groups of a database cut at its pages, most of a restore's bytes.
-        let aligned = g.offset.is_multiple_of(ALIGN as u64)
-            && (g.bytes().is_multiple_of(ALIGN as u64) || g.offset + g.bytes() == entry.size);
-        if let (Some(direct), true) = (direct, aligned) {
-            return with_group_padded(blobs, g, ALIGN, |data| {
-                match direct.write_all_at(data, g.offset) {
-                    // A filesystem that took O_DIRECT at open but not this write: the page
-                    // cache then (the padding is cut off all the same).
-                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                        file.write_all_at(data, g.offset)
+        // A group at a block boundary is assembled at an aligned address and padded to whole
+        // blocks, so that its pieces can go straight to the device.
+        let at_block = direct.is_some() && g.offset.is_multiple_of(ALIGN as u64);
+        let pad = if at_block { ALIGN } else { 1 };
+        with_group_padded(blobs, g, pad, |data| {
+            for (start, end) in pieces(g, &data[..g.bytes() as usize]) {
+                let at = g.offset + start as u64;
+                let len = end - start;
+                // A piece at a block boundary that fills whole blocks (or ends the file: the
+                // padding is cut off at the end) goes straight to the device, without a copy
+                // into the page cache: the groups of a database cut at its pages, most of a
+                // restore's bytes. Its blocks are allocated first (see `allocate`).
+                let whole_blocks = at_block
+                    && start.is_multiple_of(ALIGN)
+                    && (len.is_multiple_of(ALIGN) || at + len as u64 == entry.size);
+                if let (Some(direct), true) = (direct, whole_blocks) {
+                    let blocks = &data[start..start + len.next_multiple_of(ALIGN)];
+                    allocate(file, at, blocks.len() as u64, path)?;
+                    match direct.write_all_at(blocks, at) {
+                        // A filesystem that took O_DIRECT at open but not this write: the page
+                        // cache then (the padding is cut off all the same).
+                        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                            file.write_all_at(blocks, at)
+                        }
+                        written => written,
                     }
-                    written => written,
+                    .ctx("write", path)?;
+                    continue;
                 }
-                .ctx("write", path)
-            });
-        }
-        with_group(blobs, g, |data| {
-            file.write_all_at(data, g.offset).ctx("write", path)
-        })?;
-        // Start writing this group to disk now, so the device works while the rest is read
-        // and the final fsync has little left to wait for. (Only a hint: the fsync before
-        // the rename is what makes the file durable.)
-        // SAFETY: sync_file_range only starts writeback of a range of this open file.
-        unsafe {
-            libc::sync_file_range(
-                file.as_raw_fd(),
-                g.offset as libc::off64_t,
-                g.bytes() as libc::off64_t,
-                libc::SYNC_FILE_RANGE_WRITE,
-            );
-        }
-        Ok(())
+                file.write_all_at(&data[start..end], at)
+                    .ctx("write", path)?;
+                // Start writing this piece to disk now, so the device works while the rest is
+                // read and the final fsync has little left to wait for. (Only a hint: the fsync
+                // before the rename is what makes the file durable.)
+                // SAFETY: sync_file_range only starts writeback of a range of this open file.
+                unsafe {
+                    libc::sync_file_range(
+                        file.as_raw_fd(),
+                        at as libc::off64_t,
+                        len as libc::off64_t,
+                        libc::SYNC_FILE_RANGE_WRITE,
+                    );
+                }
+            }
+            Ok(())
+        })
     };
     let in_flight = AtomicUsize::new(0);
     let failed: Mutex<Option<Error>> = Mutex::new(None);
@@ -770,6 +782,61 @@ fn write_content_at(
         return Err(e);
     }
     walked
+}
+
+/// The parts of a group's bytes (`data`) to write: all of them, less the whole blocks that lie
+/// in runs of all-zero chunks, which stay holes in the new file, so a sparse file restores
+/// sparse. Holes are whole blocks of the file, so the pieces around them still start at block
+/// boundaries where the group does. A chunk is read only up to its first non-zero byte, which
+/// in most data is among the first few.
+fn pieces(g: &Group, data: &[u8]) -> Vec<(usize, usize)> {
+    let block = crate::direct::ALIGN as u64;
+    let mut out = Vec::with_capacity(1);
+    // Where the next piece starts, and where the run of zero chunks being passed started.
+    let mut from = 0usize;
+    let mut zeros: Option<usize> = None;
+    let hole = |out: &mut Vec<(usize, usize)>, from: &mut usize, start: usize, end: usize| {
+        let first = (g.offset + start as u64).next_multiple_of(block);
+        let last = (g.offset + end as u64) / block * block;
+        if last > first {
+            let (first, last) = ((first - g.offset) as usize, (last - g.offset) as usize);
+            if first > *from {
+                out.push((*from, first));
+            }
+            *from = last;
+        }
+    };
+    let mut at = 0usize;
+    for leaf in &g.leaves {
+        let end = at + leaf.bytes as usize;
+        let zero = data.get(at..end).is_some_and(all_zero);
+        match (zero, zeros) {
+            (true, None) => zeros = Some(at),
+            (false, Some(start)) => {
+                hole(&mut out, &mut from, start, at);
+                zeros = None;
+            }
+            _ => {}
+        }
+        at = end;
+    }
+    if let Some(start) = zeros {
+        hole(&mut out, &mut from, start, at);
+    }
+    if from < data.len() {
+        out.push((from, data.len()));
+    }
+    out
+}
+
+/// Whether every byte of `data` is zero; stops at the first 64 bytes that are not.
+fn all_zero(data: &[u8]) -> bool {
+    let blocks = data.chunks_exact(64);
+    let rest = blocks.remainder();
+    blocks
+        .into_iter()
+        .all(|b| b.iter().fold(0u8, |acc, &x| acc | x) == 0)
+        && rest.iter().all(|&x| x == 0)
 }
 
 /// Makes `dir` a real directory: creates it if missing, refuses a symlink or a non-directory in
@@ -865,9 +932,8 @@ fn restore_file(blobs: &BlobReader, entry: &Entry, dest: &Path, how: Writes) -> 
         let fetch = |id: &ChunkId| blobs.read(id);
         let walker = LeafWalker::new(&entry.content, entry.size, &fetch)?;
         check_size(blobs, entry, &walker)?;
-        if direct.is_some() {
-            allocate(&f, entry.size, &tmp)?;
-        }
+        // The whole length first: what is not written (runs of zeros) stays a hole.
+        f.set_len(entry.size).ctx("set length", &tmp)?;
         let written = write_content_at(blobs, entry, walker, &f, direct.as_ref(), &tmp)?;
         if direct.is_some() {
             // A padded last block written directly is cut off.
@@ -892,14 +958,15 @@ fn restore_file(blobs: &BlobReader, entry: &Entry, dest: &Path, how: Writes) -> 
     result
 }
 
-/// Allocates the whole of a file about to be written directly: the writes then fill allocated
-/// blocks, which ext4 lets threads do side by side (writes that allocate take the inode's lock
-/// in turn), and a disk too full for the file fails here, before anything is written. A
-/// filesystem without `fallocate` is written as it is.
-fn allocate(f: &fs::File, len: u64, path: &Path) -> Result<()> {
+/// Allocates `len` bytes at `offset` of a file about to be written there directly: the writes
+/// then fill allocated blocks, which ext4 lets threads do side by side (writes that allocate
+/// take the inode's lock in turn). Only what is written is allocated, so the holes of a sparse
+/// file stay holes. A filesystem without `fallocate` is written as it is.
+fn allocate(f: &fs::File, offset: u64, len: u64, path: &Path) -> Result<()> {
     use std::os::fd::AsRawFd;
     // SAFETY: fallocate on an open file descriptor.
-    if unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, len as libc::off_t) } == 0 {
+    let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, offset as libc::off_t, len as libc::off_t) };
+    if r == 0 {
         return Ok(());
     }
     let err = std::io::Error::last_os_error();
@@ -1483,4 +1550,61 @@ pub fn restore_to_writer(
     }
     out.flush().map_err(|e| Error::io("write to stdout", e))?;
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(offset: u64, sizes: &[u64]) -> Group {
+        Group {
+            offset,
+            leaves: sizes
+                .iter()
+                .map(|&bytes| NodeEntry {
+                    id: ChunkId([0; 32]),
+                    bytes,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn runs_of_zero_chunks_become_holes_of_whole_blocks() {
+        const B: usize = crate::direct::ALIGN;
+        // Data, zeros, data: the zero chunk's whole blocks are left out.
+        let g = group(0, &[100, 3 * B as u64, 50]);
+        let mut data = vec![0u8; 100 + 3 * B + 50];
+        data[..100].fill(1);
+        data[100 + 3 * B..].fill(2);
+        assert_eq!(pieces(&g, &data), vec![(0, B), (3 * B, data.len())]);
+        // Nothing but zeros at a block boundary: nothing to write.
+        let g = group(4 * B as u64, &[B as u64, 2 * B as u64]);
+        assert_eq!(pieces(&g, &vec![0u8; 3 * B]), vec![]);
+        // Zeros shorter than a block: written as they are.
+        let g = group(10, &[10, 100, 10]);
+        let mut data = vec![1u8; 120];
+        data[10..110].fill(0);
+        assert_eq!(pieces(&g, &data), vec![(0, 120)]);
+        // No zeros: one piece, the whole group.
+        let g = group(7, &[B as u64, 9]);
+        assert_eq!(pieces(&g, &vec![3u8; B + 9]), vec![(0, B + 9)]);
+        // A zero run at the end of a group that does not start at a block boundary.
+        // (Only its whole blocks become a hole; the rest of the last one is written.)
+        let g = group(B as u64 - 10, &[10, 2 * B as u64 - 100]);
+        let mut data = vec![0u8; 2 * B - 90];
+        data[..10].fill(5);
+        assert_eq!(pieces(&g, &data), vec![(0, 10), (B + 10, 2 * B - 90)]);
+    }
+
+    #[test]
+    fn all_zero_looks_at_every_byte() {
+        assert!(all_zero(&[]));
+        assert!(all_zero(&[0; 1000]));
+        for at in [0, 63, 64, 999] {
+            let mut d = vec![0u8; 1000];
+            d[at] = 1;
+            assert!(!all_zero(&d), "{at}");
+        }
+    }
 }

@@ -672,3 +672,41 @@ fn readers_never_see_a_half_restored_directory() {
     let views = reader.join().expect("reader saw a mix");
     assert!(views > 0);
 }
+
+/// A sparse file restores sparse, byte for byte, whether its holes are in the middle or at
+/// the end, and a file of zeros restored over another still reads as zeros.
+#[test]
+fn a_sparse_file_restores_sparse() {
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let size = 64u64 << 20;
+    let f = std::fs::File::create(src.join("sparse.bin")).unwrap();
+    f.set_len(size).unwrap();
+    f.write_all_at(&noise(1 << 20, 3), 20 << 20).unwrap();
+    f.write_all_at(b"the end", size - 7).unwrap();
+    drop(f);
+    let f = std::fs::File::create(src.join("tail.bin")).unwrap();
+    f.write_all_at(&noise(100_000, 4), 0).unwrap();
+    f.set_len(8 << 20).unwrap();
+    drop(f);
+    let snap = env.backup(&[&src]);
+    let t = env.path("t");
+    env.ok(&["restore", &snap[..12], t.to_str().unwrap()]);
+    for (name, len) in [("sparse.bin", size), ("tail.bin", 8 << 20)] {
+        let m = std::fs::metadata(t.join("src").join(name)).unwrap();
+        assert_eq!(m.len(), len, "{name}");
+        assert!(
+            m.blocks() * 512 < 4 << 20,
+            "{name}: {} bytes allocated",
+            m.blocks() * 512
+        );
+        assert!(
+            std::fs::read(t.join("src").join(name)).unwrap()
+                == std::fs::read(src.join(name)).unwrap(),
+            "{name}: bytes differ"
+        );
+    }
+}
