@@ -1016,12 +1016,40 @@ fn restore_symlink(entry: &Entry, dest: &Path) -> Result<()> {
     })
 }
 
-/// Removes `.NAME.strata-tmp.PID.N` files in `dir` whose process no longer exists.
-fn remove_stale_temp_files(dir: &Path) {
-    remove_left_by_dead_processes(dir, ".strata-tmp.", |p| fs::remove_file(p));
+/// Temporary files are named `.NAME.strata-tmp.PID.N` beside their destination (see
+/// [`temp_name`]).
+const TEMP_MARK: &str = ".strata-tmp.";
+
+/// The process that made the file or directory `name`, when the name is exactly one strata
+/// gives its own with `mark`: `.NAME<mark>PID.N`, a leading dot, a name, the mark, then a
+/// process id and a counter in decimal. A user's file whose name merely holds the mark
+/// (`report.strata-tmp.1.txt`) is not strata's.
+fn maker(name: &OsStr, mark: &str) -> Option<u32> {
+    let rest = name.to_str()?.strip_prefix('.')?;
+    let (base, tail) = rest.rsplit_once(mark)?;
+    let (pid, n) = tail.split_once('.')?;
+    let decimal = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if base.is_empty() || !decimal(pid) || !decimal(n) {
+        return None;
+    }
+    pid.parse().ok()
 }
 
-/// Removes the entries of `dir` named `...MARK<pid>...` whose process no longer exists.
+/// Whether `name` is a temporary file or staging directory of this process, or of one that no
+/// longer exists: strata's own, never the user's.
+fn left_by_strata(name: &OsStr) -> bool {
+    [TEMP_MARK, STAGE_MARK]
+        .into_iter()
+        .filter_map(|mark| maker(name, mark))
+        .any(|pid| pid == std::process::id() || !crate::repo::pid_alive(pid))
+}
+
+/// Removes temporary files in `dir` whose process no longer exists.
+fn remove_stale_temp_files(dir: &Path) {
+    remove_left_by_dead_processes(dir, TEMP_MARK, |p| fs::remove_file(p));
+}
+
+/// Removes the entries of `dir` named `.NAME<mark>PID.N` whose process no longer exists.
 fn remove_left_by_dead_processes(
     dir: &Path,
     mark: &str,
@@ -1031,12 +1059,7 @@ fn remove_left_by_dead_processes(
         return;
     };
     for entry in listing.flatten() {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        let Some((_, rest)) = name.rsplit_once(mark) else {
-            continue;
-        };
-        let pid = rest.split('.').next().and_then(|p| p.parse::<u32>().ok());
+        let pid = maker(&entry.file_name(), mark);
         if pid.is_some_and(|p| !crate::repo::pid_alive(p)) {
             let _ = remove(&entry.path());
         }
@@ -1298,9 +1321,10 @@ fn remove_stale_stages(dir: &Path) {
     remove_left_by_dead_processes(dir, STAGE_MARK, |p| fs::remove_dir_all(p));
 }
 
-/// Carries what exists below `old` but not below `new` over into `new`: files as hard links
-/// (copies where links are impossible), symlinks and directories recreated. Where both have a
-/// path, `new` (the snapshot) wins.
+/// Carries what exists below `old` but not below `new` over into `new`: files, fifos, sockets
+/// and devices as hard links, so they stay the same inodes (files are copied where links are
+/// impossible), symlinks and directories recreated. Where both have a path, `new` (the
+/// snapshot) wins. Temporary files and staging directories strata left are not carried over.
 fn keep_extras(
     old: &Path,
     new: &Path,
@@ -1310,8 +1334,7 @@ fn keep_extras(
     for item in fs::read_dir(old).ctx("list", old)? {
         let item = item.ctx("list", old)?;
         let name = item.file_name();
-        let text = name.to_string_lossy();
-        if text.contains(".strata-tmp.") || text.contains(STAGE_MARK) {
+        if left_by_strata(&name) {
             continue;
         }
         let (from, to) = (item.path(), new.join(&name));
@@ -1345,17 +1368,18 @@ fn keep_extras(
         } else if ft.is_symlink() {
             let target = fs::read_link(&from).ctx("read symlink", &from)?;
             std::os::unix::fs::symlink(&target, &to).ctx("create symlink", &to)?;
+        } else if fs::hard_link(&from, &to).is_ok() {
+            // The same file (fifo, socket...), with its other links.
         } else if ft.is_file() {
-            if fs::hard_link(&from, &to).is_err() {
-                fs::copy(&from, &to).ctx("copy", &from)?;
-                set_mtime(&to, crate::backup::mtime_ns(&meta), true)?;
-                fs::File::open(&to)
-                    .and_then(|f| f.sync_all())
-                    .ctx("fsync", &to)?;
-            }
+            fs::copy(&from, &to).ctx("copy", &from)?;
+            set_mtime(&to, crate::backup::mtime_ns(&meta), true)?;
+            fs::File::open(&to)
+                .and_then(|f| f.sync_all())
+                .ctx("fsync", &to)?;
         } else {
             report.notes.push(format!(
-                "{}: not a file, directory or symlink; not carried over",
+                "{}: a special file that could not be linked into the restored directory; not \
+                 carried over",
                 from.display()
             ));
             continue;
@@ -1555,6 +1579,35 @@ pub fn restore_to_writer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_names_strata_gives_are_its_own() {
+        let pid = |n: &str| maker(OsStr::new(n), TEMP_MARK);
+        assert_eq!(pid(".a.txt.strata-tmp.4121.0"), Some(4121));
+        assert_eq!(pid(".a.strata-tmp.1.txt.strata-tmp.77.3"), Some(77));
+        for user in [
+            "report.strata-tmp.1.txt",
+            ".report.strata-tmp.1.txt",
+            "a.strata-tmp.4121.0",
+            ".strata-tmp.4121.0",
+            ".a.strata-tmp.4121",
+            ".a.strata-tmp..0",
+            ".a.strata-tmp.-1.0",
+            ".a.strata-tmp.41x.0",
+            ".a.strata-tmp.4121.0.bak",
+        ] {
+            assert_eq!(pid(user), None, "{user}");
+        }
+        let stage = |n: &str| maker(OsStr::new(n), STAGE_MARK);
+        assert_eq!(stage(".app.strata-restore.12.0"), Some(12));
+        assert_eq!(stage("app.strata-restore.12.0"), None);
+        assert!(left_by_strata(OsStr::new(&format!(
+            ".x.strata-tmp.{}.9",
+            std::process::id()
+        ))));
+        assert!(left_by_strata(OsStr::new(".x.strata-restore.4194999.0")));
+        assert!(!left_by_strata(OsStr::new("x.strata-restore.4194999.0")));
+    }
 
     fn group(offset: u64, sizes: &[u64]) -> Group {
         Group {

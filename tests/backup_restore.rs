@@ -673,6 +673,81 @@ fn readers_never_see_a_half_restored_directory() {
     assert!(views > 0);
 }
 
+fn mkfifo(path: &std::path::Path) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0, "mkfifo");
+}
+
+/// Without --delete, a restore keeps every file of the target the snapshot does not replace:
+/// names that merely look like strata's temporary files, fifos and sockets. Only strata's own
+/// leftovers of a process that is gone are removed.
+#[test]
+fn files_that_look_like_strata_temporaries_fifos_and_sockets_are_kept() {
+    use std::os::unix::fs::FileTypeExt;
+    let env = Env::new();
+    env.init();
+    let src = env.path("app");
+    write(&src.join("a.txt"), b"a, as backed up");
+    let snap = env.backup(&[&src]);
+    let t = env.path("t");
+    env.ok(&["restore", &snap[..12], t.to_str().unwrap()]);
+    let app = t.join("app");
+    // No process can have a pid above the kernel's largest, 2^22.
+    let dead = 4_194_999;
+    let users = [
+        "report.strata-tmp.1.txt".to_string(),
+        ".report.strata-tmp.1.txt".into(),
+        format!("data.strata-tmp.{dead}.2"),
+        format!("x.strata-restore.{dead}.0"),
+        ".notes.strata-tmp.abc.1".into(),
+        format!(".strata-tmp.{dead}.1"),
+    ];
+    for (k, how) in ["whole directory", "--path"].into_iter().enumerate() {
+        for name in &users {
+            write(&app.join(name), name.as_bytes());
+        }
+        let _ = std::fs::remove_file(app.join("fifo"));
+        let _ = std::fs::remove_file(app.join("sock"));
+        mkfifo(&app.join("fifo"));
+        let _socket = std::os::unix::net::UnixListener::bind(app.join("sock")).unwrap();
+        let (fifo, sock) = (inode(&app.join("fifo")), inode(&app.join("sock")));
+        let left = app.join(format!(".a.txt.strata-tmp.{dead}.{k}"));
+        write(&left, b"left by a killed restore");
+        let mut args = vec!["restore", &snap[..12], t.to_str().unwrap()];
+        if k == 1 {
+            args.extend(["--path", "app/a.txt"]);
+        }
+        let out = env.run(&args);
+        assert_eq!(code(&out), 0, "{how}: {}", stderr(&out));
+        assert!(
+            !stderr(&out).contains("not carried over"),
+            "{}",
+            stderr(&out)
+        );
+        for name in &users {
+            assert_eq!(
+                std::fs::read(app.join(name)).ok().as_deref(),
+                Some(name.as_bytes()),
+                "{how}: {name} is gone"
+            );
+        }
+        let kind = |n: &str| std::fs::symlink_metadata(app.join(n)).unwrap().file_type();
+        assert!(kind("fifo").is_fifo(), "{how}");
+        assert!(kind("sock").is_socket(), "{how}");
+        assert_eq!(inode(&app.join("fifo")), fifo, "{how}");
+        assert_eq!(inode(&app.join("sock")), sock, "{how}");
+        assert!(
+            !left.exists(),
+            "{how}: strata's own leftover is still there"
+        );
+        assert_eq!(
+            std::fs::read(app.join("a.txt")).unwrap(),
+            b"a, as backed up"
+        );
+    }
+}
+
 /// A sparse file restores sparse, byte for byte, whether its holes are in the middle or at
 /// the end, and a file of zeros restored over another still reads as zeros.
 #[test]
