@@ -7,6 +7,7 @@ use crate::index::{BlobLoc, IndexReader, Locate};
 use crate::manifest::{Content, Entry, EntryKind, Manifest};
 use crate::pack::BlobKind;
 use crate::repo::Repo;
+use crate::rollback::{Change, Changes};
 use crate::storage::{sync_dir, temp_name};
 use crate::tree::{LeafWalker, NodeEntry};
 use rayon::prelude::*;
@@ -16,6 +17,7 @@ use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -839,9 +841,32 @@ fn all_zero(data: &[u8]) -> bool {
         && rest.iter().all(|&x| x == 0)
 }
 
+/// The directories below a target that a restore has found or made real directories (not
+/// symlinks), and where it records what it changes there (`None` in a staging directory, which
+/// holds nothing of the user's).
+struct Dirs<'c> {
+    checked: Mutex<HashSet<PathBuf>>,
+    changes: Option<&'c Changes>,
+}
+
+impl<'c> Dirs<'c> {
+    fn new(changes: Option<&'c Changes>) -> Self {
+        Dirs {
+            checked: Mutex::new(HashSet::new()),
+            changes,
+        }
+    }
+
+    fn record(&self, change: Change) {
+        if let Some(c) = self.changes {
+            c.record(change);
+        }
+    }
+}
+
 /// Makes `dir` a real directory: creates it if missing, refuses a symlink or a non-directory in
 /// its place, and remembers it as checked.
-fn ensure_dir(dir: &Path, checked: &Mutex<HashSet<PathBuf>>) -> Result<()> {
+fn ensure_dir(dir: &Path, dirs: &Dirs) -> Result<()> {
     match fs::symlink_metadata(dir) {
         Ok(m) if m.file_type().is_symlink() => {
             return Err(Error::invalid(format!(
@@ -856,9 +881,12 @@ fn ensure_dir(dir: &Path, checked: &Mutex<HashSet<PathBuf>>) -> Result<()> {
                 dir.display()
             )));
         }
-        Err(_) => fs::create_dir(dir).ctx("create directory", dir)?,
+        Err(_) => {
+            fs::create_dir(dir).ctx("create directory", dir)?;
+            dirs.record(Change::CreatedDir(dir.to_path_buf()));
+        }
     }
-    checked
+    dirs.checked
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .insert(dir.to_path_buf());
@@ -867,24 +895,25 @@ fn ensure_dir(dir: &Path, checked: &Mutex<HashSet<PathBuf>>) -> Result<()> {
 
 /// Makes sure every existing component of `rel`'s parent below `target` is a real directory
 /// (not a symlink that could lead outside), creating missing ones.
-fn prepare_parent(target: &Path, rel: &[u8], checked: &Mutex<HashSet<PathBuf>>) -> Result<PathBuf> {
+fn prepare_parent(target: &Path, rel: &[u8], dirs: &Dirs) -> Result<PathBuf> {
     let comps: Vec<&[u8]> = rel.split(|&b| b == b'/').collect();
     let mut dir = target.to_path_buf();
     for c in &comps[..comps.len() - 1] {
         dir.push(OsStr::from_bytes(c));
-        if checked
+        if dirs
+            .checked
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .contains(&dir)
         {
             continue;
         }
-        ensure_dir(&dir, checked)?;
+        ensure_dir(&dir, dirs)?;
     }
     Ok(dir.join(OsStr::from_bytes(comps[comps.len() - 1])))
 }
 
-fn set_mtime(path: &Path, mtime_ns: i64, follow: bool) -> Result<()> {
+pub(crate) fn set_mtime(path: &Path, mtime_ns: i64, follow: bool) -> Result<()> {
     let ts = libc::timespec {
         tv_sec: mtime_ns.div_euclid(1_000_000_000) as libc::time_t,
         tv_nsec: mtime_ns.rem_euclid(1_000_000_000) as libc::c_long,
@@ -911,51 +940,88 @@ fn set_mtime(path: &Path, mtime_ns: i64, follow: bool) -> Result<()> {
     Ok(())
 }
 
-fn restore_file(blobs: &BlobReader, entry: &Entry, dest: &Path, how: Writes) -> Result<u64> {
+/// A file being made beside its destination: removed when dropped before it is renamed into
+/// place, whether the restore of it failed or a panic unwinds through.
+struct Temporary {
+    path: PathBuf,
+    placed: bool,
+}
+
+impl Temporary {
+    fn new(path: PathBuf) -> Self {
+        Temporary {
+            path,
+            placed: false,
+        }
+    }
+
+    /// Renames it to `dest`; records the change.
+    fn place(mut self, dest: &Path, dirs: &Dirs) -> Result<()> {
+        let existed = fs::symlink_metadata(dest).is_ok();
+        fs::rename(&self.path, dest).ctx("rename into place", dest)?;
+        self.placed = true;
+        dirs.record(match existed {
+            true => Change::Replaced(dest.to_path_buf()),
+            false => Change::Created(dest.to_path_buf()),
+        });
+        Ok(())
+    }
+}
+
+impl Drop for Temporary {
+    fn drop(&mut self) {
+        if !self.placed {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn restore_file(
+    blobs: &BlobReader,
+    entry: &Entry,
+    dest: &Path,
+    how: Writes,
+    dirs: &Dirs,
+) -> Result<u64> {
     if fs::symlink_metadata(dest).is_ok_and(|m| m.is_dir()) {
         return Err(Error::invalid(format!(
             "{} is a directory; not replacing it with a file",
             dest.display()
         )));
     }
-    let tmp = temp_name(dest);
-    let result = (|| {
-        let f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .ctx("create", &tmp)?;
-        let direct = match how.direct(entry) {
-            true => crate::direct::open_for_direct_writes(&tmp)?,
-            false => None,
-        };
-        let fetch = |id: &ChunkId| blobs.read(id);
-        let walker = LeafWalker::new(&entry.content, entry.size, &fetch)?;
-        check_size(blobs, entry, &walker)?;
-        // The whole length first: what is not written (runs of zeros) stays a hole.
-        f.set_len(entry.size).ctx("set length", &tmp)?;
-        let written = write_content_at(blobs, entry, walker, &f, direct.as_ref(), &tmp)?;
-        if direct.is_some() {
-            // A padded last block written directly is cut off.
-            f.set_len(entry.size).ctx("set length", &tmp)?;
-        }
-        // Owner first: chown clears set-id bits, which the mode then restores.
-        restore_owner(&tmp, entry)?;
-        f.set_permissions(fs::Permissions::from_mode(entry.mode & 0o7777))
-            .ctx("set permissions", &tmp)?;
-        f.sync_all().ctx("fsync", &tmp)?;
-        drop(f);
-        set_mtime(&tmp, entry.mtime_ns, false)?;
-        if entry.page_size > 0 {
-            remove_stale_sqlite_siblings(dest)?;
-        }
-        fs::rename(&tmp, dest).ctx("rename into place", dest)?;
-        Ok(written)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+    let fetch = |id: &ChunkId| blobs.read(id);
+    let walker = LeafWalker::new(&entry.content, entry.size, &fetch)?;
+    check_size(blobs, entry, &walker)?;
+    let path = temp_name(dest);
+    let f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .ctx("create", &path)?;
+    let tmp = Temporary::new(path);
+    let direct = match how.direct(entry) {
+        true => crate::direct::open_for_direct_writes(&tmp.path)?,
+        false => None,
+    };
+    // The whole length first: what is not written (runs of zeros) stays a hole.
+    f.set_len(entry.size).ctx("set length", &tmp.path)?;
+    let written = write_content_at(blobs, entry, walker, &f, direct.as_ref(), &tmp.path)?;
+    if direct.is_some() {
+        // A padded last block written directly is cut off.
+        f.set_len(entry.size).ctx("set length", &tmp.path)?;
     }
-    result
+    // Owner first: chown clears set-id bits, which the mode then restores.
+    restore_owner(&tmp.path, entry)?;
+    f.set_permissions(fs::Permissions::from_mode(entry.mode & 0o7777))
+        .ctx("set permissions", &tmp.path)?;
+    f.sync_all().ctx("fsync", &tmp.path)?;
+    drop(f);
+    set_mtime(&tmp.path, entry.mtime_ns, false)?;
+    if entry.page_size > 0 {
+        remove_stale_sqlite_siblings(dest, dirs)?;
+    }
+    tmp.place(dest, dirs)?;
+    Ok(written)
 }
 
 /// Allocates `len` bytes at `offset` of a file about to be written there directly: the writes
@@ -980,10 +1046,10 @@ fn allocate(f: &fs::File, offset: u64, len: u64, path: &Path) -> Result<()> {
 
 /// A database's -wal, -shm or -journal file left beside the destination belongs to the file
 /// being replaced; SQLite would replay it over the restored image, so it goes first.
-fn remove_stale_sqlite_siblings(dest: &Path) -> Result<()> {
+fn remove_stale_sqlite_siblings(dest: &Path, dirs: &Dirs) -> Result<()> {
     for sibling in crate::sqlite::siblings(dest) {
         match fs::remove_file(&sibling) {
-            Ok(()) => {}
+            Ok(()) => dirs.record(Change::Removed(sibling)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io_path("remove stale", &sibling, e)),
         }
@@ -1001,19 +1067,17 @@ fn restore_owner(path: &Path, entry: &Entry) -> Result<()> {
     std::os::unix::fs::lchown(path, Some(entry.uid), Some(entry.gid)).ctx("set owner", path)
 }
 
-fn restore_symlink(entry: &Entry, dest: &Path) -> Result<()> {
+fn restore_symlink(entry: &Entry, dest: &Path, dirs: &Dirs) -> Result<()> {
     let target = entry
         .target
         .as_ref()
         .ok_or_else(|| Error::corrupt(format!("{}: symlink without target", entry.path_lossy())))?;
-    let tmp = temp_name(dest);
-    std::os::unix::fs::symlink(OsStr::from_bytes(target), &tmp).ctx("create symlink", &tmp)?;
-    restore_owner(&tmp, entry)?;
-    set_mtime(&tmp, entry.mtime_ns, false).ok();
-    fs::rename(&tmp, dest).map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        Error::io_path("rename into place", dest, e)
-    })
+    let path = temp_name(dest);
+    std::os::unix::fs::symlink(OsStr::from_bytes(target), &path).ctx("create symlink", &path)?;
+    let tmp = Temporary::new(path);
+    restore_owner(&tmp.path, entry)?;
+    set_mtime(&tmp.path, entry.mtime_ns, false).ok();
+    tmp.place(dest, dirs)
 }
 
 /// Temporary files are named `.NAME.strata-tmp.PID.N` beside their destination (see
@@ -1094,9 +1158,52 @@ fn loading_pays(repo: &Repo, index: &IndexReader, bytes: u64) -> Result<bool> {
 /// directory beside it and swapped in whole (`renameat2(RENAME_EXCHANGE)`, else two renames), so
 /// an application never sees it half-restored; if any of its files fails, the existing
 /// directory is left untouched. Files of the old directory that the snapshot does not have are
-/// carried over (hard links) unless `opts.delete`. Everything else is restored file by file,
-/// each renamed into place complete.
+/// carried over (hard links, so they keep their inodes; fifos and sockets too) unless
+/// `opts.delete`. Everything else is restored file by file, each renamed into place complete.
 pub fn restore(repo: &Repo, manifest: &Manifest, opts: &RestoreOptions) -> Result<RestoreReport> {
+    let changes = Changes::new();
+    let report = restore_undoable(repo, manifest, opts, &changes);
+    changes.keep();
+    report
+}
+
+/// [`restore`], recording in `changes` what it changes in the target, so that the caller can
+/// undo exactly that if the restore fails ([`Changes::undo`]) or keep it ([`Changes::keep`]).
+///
+/// Whatever happens, nothing of the restore's own is left in the target once `changes` is kept
+/// or undone: no temporary files, no staging directories. A panic inside (a damaged index can
+/// make redb panic) becomes an error.
+pub fn restore_undoable(
+    repo: &Repo,
+    manifest: &Manifest,
+    opts: &RestoreOptions,
+    changes: &Changes,
+) -> Result<RestoreReport> {
+    catch_unwind(AssertUnwindSafe(|| {
+        restore_recording(repo, manifest, opts, changes)
+    }))
+    .unwrap_or_else(|p| Err(panicked(p)))
+}
+
+/// A panic caught at the edge of a restore's work, as an error.
+fn panicked(payload: Box<dyn std::any::Any + Send>) -> Error {
+    let what = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into());
+    Error::corrupt(format!(
+        "the restore stopped on an internal error ({what}); a damaged index can cause this: run \
+         `strata verify`, and `strata repair index` if it finds the index damaged"
+    ))
+}
+
+fn restore_recording(
+    repo: &Repo,
+    manifest: &Manifest,
+    opts: &RestoreOptions,
+    changes: &Changes,
+) -> Result<RestoreReport> {
     let entries = select(manifest, &opts.paths)?;
     check_entries(&entries)?;
     // Sizes are only a hint here (each is checked against its chunk list before it is used).
@@ -1119,17 +1226,59 @@ pub fn restore(repo: &Repo, manifest: &Manifest, opts: &RestoreOptions) -> Resul
             // Read while the restore starts: its first reads wait on the disk anyway, and its
             // lookups meanwhile go through the B-tree (with the same answers).
             s.spawn(|| {
-                if let Err(e) = index.load_blobs() {
-                    // A damaged part of the index fails only the files whose chunks it holds, as
-                    // it does when they are looked up one by one.
-                    tracing::warn!(
+                // A damaged part of the index fails only the files whose chunks it holds, as
+                // it does when they are looked up one by one.
+                match catch_unwind(AssertUnwindSafe(|| index.load_blobs())) {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::warn!(
                         "reading the index into memory: {e}; looking chunks up one by one"
-                    );
+                    ),
+                    Err(p) => tracing::warn!(
+                        "reading the index into memory: {}; looking chunks up one by one",
+                        panicked(p)
+                    ),
                 }
             });
         }
-        restore_selected(&blobs, &target, &entries, opts)
+        restore_selected(&blobs, &target, &entries, opts, changes)
     })
+}
+
+/// Restores the files and symlinks of `manifest` at exactly `paths` below `target`, each
+/// renamed into place over whatever is there; missing parent directories are created, and no
+/// directory is staged or has its metadata set. Returns the report and the paths the manifest
+/// holds no file or symlink at.
+pub fn restore_files(
+    repo: &Repo,
+    manifest: &Manifest,
+    paths: &[Vec<u8>],
+    target: &Path,
+) -> Result<(RestoreReport, Vec<Vec<u8>>)> {
+    let wanted: HashSet<&[u8]> = paths.iter().map(|p| p.as_slice()).collect();
+    let entries: Vec<&Entry> = manifest
+        .entries
+        .iter()
+        .filter(|e| e.kind != EntryKind::Dir && wanted.contains(e.path.as_slice()))
+        .collect();
+    check_entries(&entries)?;
+    let found: HashSet<&[u8]> = entries.iter().map(|e| e.path.as_slice()).collect();
+    let missing = paths
+        .iter()
+        .filter(|p| !found.contains(p.as_slice()))
+        .cloned()
+        .collect();
+    let target = fs::canonicalize(target).ctx("resolve", target)?;
+    let txn = repo.index.read()?;
+    let index = IndexReader::new(&txn)?;
+    let blobs = BlobReader::new(repo, &index)?;
+    let how = Writes {
+        cache_databases: false,
+    };
+    let report = catch_unwind(AssertUnwindSafe(|| {
+        restore_entries(&blobs, &target, &entries, how, None)
+    }))
+    .unwrap_or_else(|p| Err(panicked(p)))?;
+    Ok((report, missing))
 }
 
 /// Restores `entries` into `target` (see [`restore`]).
@@ -1138,15 +1287,16 @@ fn restore_selected(
     target: &Path,
     entries: &[&Entry],
     opts: &RestoreOptions,
+    changes: &Changes,
 ) -> Result<RestoreReport> {
-    let stages = plan_stages(target, entries, opts)?;
+    let stages = plan_stages(target, entries, opts, changes)?;
     let (staged, direct): (Vec<&Entry>, Vec<&Entry>) = entries
         .iter()
         .partition(|e| stages.iter().any(|st| st.holds(&e.path)));
     let how = Writes {
         cache_databases: opts.cache_databases,
     };
-    let mut report = restore_entries(blobs, target, &direct, how)?;
+    let mut report = restore_entries(blobs, target, &direct, how, Some(changes))?;
     for stage in &stages {
         let rebased: Vec<Entry> = staged
             .iter()
@@ -1156,9 +1306,7 @@ fn restore_selected(
                 ..(*e).clone()
             })
             .collect();
-        let result = stage.run(blobs, &rebased, opts.delete, how);
-        let _ = fs::remove_dir_all(&stage.dir);
-        match result {
+        match stage.run(blobs, &rebased, opts.delete, how, changes) {
             Ok(r) => report.merge(r),
             Err(e) => report.errors.push(format!(
                 "{}: {e}; the existing directory was left as it was",
@@ -1184,7 +1332,9 @@ impl RestoreReport {
 }
 
 /// A selected directory that exists at its destination and is restored beside it, then swapped
-/// in.
+/// in. Its staging directory is removed when it is dropped, unless the swap handed it over to
+/// the restore's [`Changes`] (it then holds the replaced tree) or it holds the only copy of the
+/// replaced tree after a failed swap.
 struct Stage {
     /// Its path in the snapshot.
     root: Vec<u8>,
@@ -1194,6 +1344,16 @@ struct Stage {
     dir: PathBuf,
     /// `dest`'s file name.
     name: Vec<u8>,
+    /// The staging directory is someone else's to remove, or must stay.
+    kept: std::cell::Cell<bool>,
+}
+
+impl Drop for Stage {
+    fn drop(&mut self) {
+        if !self.kept.get() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
 }
 
 /// Staging directories are named `.NAME.strata-restore.PID.N` beside the destination.
@@ -1224,9 +1384,10 @@ impl Stage {
         entries: &[Entry],
         delete: bool,
         how: Writes,
+        changes: &Changes,
     ) -> Result<RestoreReport> {
         let refs: Vec<&Entry> = entries.iter().collect();
-        let mut report = restore_entries(blobs, &self.dir, &refs, how)?;
+        let mut report = restore_entries(blobs, &self.dir, &refs, how, None)?;
         if !report.errors.is_empty() {
             return Err(Error::invalid(format!(
                 "{} file(s) could not be restored: {}",
@@ -1244,9 +1405,23 @@ impl Stage {
                 .collect();
             keep_extras(&self.dest, &staged, &skip, &mut report)?;
         }
-        exchange(&staged, &self.dest, &self.dir)?;
+        let aside = self.dir.join(".old");
+        let old = exchange(&staged, &self.dest, &aside).inspect_err(|_| {
+            // A swap that could not put the old directory back leaves it here.
+            if fs::symlink_metadata(&aside).is_ok() {
+                self.kept.set(true);
+            }
+        })?;
+        self.kept.set(true);
+        changes.record(Change::Swapped {
+            dest: self.dest.clone(),
+            old,
+            stage: self.dir.clone(),
+        });
         let parent = self.dest.parent().unwrap_or(Path::new("/"));
-        sync_dir(parent)?;
+        if let Err(e) = sync_dir(parent) {
+            report.errors.push(e.to_string());
+        }
         for db in &mut report.databases {
             if let Ok(rest) = db.strip_prefix(&staged) {
                 *db = self.dest.join(rest);
@@ -1258,7 +1433,12 @@ impl Stage {
 }
 
 /// The selected directories that already exist at their destinations.
-fn plan_stages(target: &Path, entries: &[&Entry], opts: &RestoreOptions) -> Result<Vec<Stage>> {
+fn plan_stages(
+    target: &Path,
+    entries: &[&Entry],
+    opts: &RestoreOptions,
+    changes: &Changes,
+) -> Result<Vec<Stage>> {
     let roots: Vec<Vec<u8>> = if opts.paths.is_empty() {
         let mut r: Vec<Vec<u8>> = entries
             .iter()
@@ -1278,7 +1458,7 @@ fn plan_stages(target: &Path, entries: &[&Entry], opts: &RestoreOptions) -> Resu
             .map(|p| p.trim_matches('/').as_bytes().to_vec())
             .collect()
     };
-    let checked = Mutex::new(HashSet::new());
+    let dirs = Dirs::new(Some(changes));
     let mut stages: Vec<Stage> = Vec::new();
     for (n, root) in roots.into_iter().enumerate() {
         let is_dir = entries
@@ -1287,7 +1467,7 @@ fn plan_stages(target: &Path, entries: &[&Entry], opts: &RestoreOptions) -> Resu
         if !is_dir || stages.iter().any(|st| st.holds(&root)) {
             continue;
         }
-        let dest = prepare_parent(target, &root, &checked)?;
+        let dest = prepare_parent(target, &root, &dirs)?;
         let exists = fs::symlink_metadata(&dest).is_ok_and(|m| m.is_dir());
         if !exists {
             continue;
@@ -1310,6 +1490,7 @@ fn plan_stages(target: &Path, entries: &[&Entry], opts: &RestoreOptions) -> Resu
             dest,
             dir,
             name,
+            kept: std::cell::Cell::new(false),
         });
     }
     Ok(stages)
@@ -1390,8 +1571,10 @@ fn keep_extras(
 }
 
 /// Swaps `staged` and `dest` in one step where the filesystem can (`RENAME_EXCHANGE`); else
-/// moves `dest` into `stage_dir` and `staged` to `dest`. The old tree ends up in `stage_dir`.
-fn exchange(staged: &Path, dest: &Path, stage_dir: &Path) -> Result<()> {
+/// moves `dest` to `aside` (a path beside `staged`, in the same directory) and `staged` to
+/// `dest`. Returns where the tree that was at `dest` is now.
+pub(crate) fn exchange(staged: &Path, dest: &Path, aside: &Path) -> Result<PathBuf> {
+    let stage_dir = staged.parent().unwrap_or(Path::new("/"));
     let a = std::ffi::CString::new(staged.as_os_str().as_bytes())
         .map_err(|_| Error::invalid("path contains NUL"))?;
     let b = std::ffi::CString::new(dest.as_os_str().as_bytes())
@@ -1407,7 +1590,8 @@ fn exchange(staged: &Path, dest: &Path, stage_dir: &Path) -> Result<()> {
         )
     };
     if r == 0 {
-        return sync_dir(stage_dir);
+        sync_dir(stage_dir)?;
+        return Ok(staged.to_path_buf());
     }
     let err = std::io::Error::last_os_error();
     if !matches!(
@@ -1416,14 +1600,23 @@ fn exchange(staged: &Path, dest: &Path, stage_dir: &Path) -> Result<()> {
     ) {
         return Err(Error::io_path("swap in the restored directory", dest, err));
     }
-    let old = stage_dir.join(".old");
-    fs::rename(dest, &old).ctx("move aside", dest)?;
+    fs::rename(dest, aside).ctx("move aside", dest)?;
     if let Err(e) = fs::rename(staged, dest) {
         // Put the old directory back rather than leave nothing there.
-        let _ = fs::rename(&old, dest);
-        return Err(Error::io_path("swap in the restored directory", dest, e));
+        return Err(match fs::rename(aside, dest) {
+            Ok(()) => Error::io_path("swap in the restored directory", dest, e),
+            Err(_) => Error::io(
+                format!(
+                    "swap in the restored directory {} (what was there is now at {})",
+                    dest.display(),
+                    aside.display()
+                ),
+                e,
+            ),
+        });
     }
-    sync_dir(stage_dir)
+    sync_dir(stage_dir)?;
+    Ok(aside.to_path_buf())
 }
 
 /// How restored files are written.
@@ -1442,22 +1635,26 @@ impl Writes {
     }
 }
 
-/// Restores `entries` below `target`, each file renamed into place complete.
+/// Restores `entries` below `target`, each file renamed into place complete; records what it
+/// changes there in `changes`. A file whose restore panics fails alone, as with an error.
 fn restore_entries(
     blobs: &BlobReader,
     target: &Path,
     entries: &[&Entry],
     how: Writes,
+    changes: Option<&Changes>,
 ) -> Result<RestoreReport> {
-    let checked = Mutex::new(HashSet::new());
+    let checked = Dirs::new(changes);
     let mut report = RestoreReport::default();
 
-    // Directories first, so files have somewhere to go.
+    // Directories first, so files have somewhere to go. Those that exist already get their
+    // metadata set at the end; what it was is recorded.
     let mut dirs = Vec::new();
     for e in entries.iter().filter(|e| e.kind == EntryKind::Dir) {
         let dest = prepare_parent(target, &e.path, &checked)?;
+        let before = fs::symlink_metadata(&dest).ok().filter(|m| m.is_dir());
         ensure_dir(&dest, &checked)?;
-        dirs.push((dest, *e));
+        dirs.push((dest, *e, before));
     }
     report.dirs = dirs.len() as u64;
 
@@ -1477,8 +1674,12 @@ fn restore_entries(
         files
             .par_iter()
             .map(|e| {
-                let r = prepare_parent(target, &e.path, &checked)
-                    .and_then(|dest| restore_file(blobs, e, &dest, how).map(|n| (n, dest)));
+                let r = catch_unwind(AssertUnwindSafe(|| {
+                    prepare_parent(target, &e.path, &checked).and_then(|dest| {
+                        restore_file(blobs, e, &dest, how, &checked).map(|n| (n, dest))
+                    })
+                }))
+                .unwrap_or_else(|p| Err(panicked(p)));
                 (e.path_lossy(), r)
             })
             .collect()
@@ -1501,8 +1702,8 @@ fn restore_entries(
     }
     // Symlinks last, so none can redirect a file written above.
     for e in entries.iter().filter(|e| e.kind == EntryKind::Symlink) {
-        let r =
-            prepare_parent(target, &e.path, &checked).and_then(|dest| restore_symlink(e, &dest));
+        let r = prepare_parent(target, &e.path, &checked)
+            .and_then(|dest| restore_symlink(e, &dest, &checked));
         match r {
             Ok(()) => report.symlinks += 1,
             Err(err) => report.errors.push(format!("{}: {err}", e.path_lossy())),
@@ -1510,13 +1711,23 @@ fn restore_entries(
     }
     // Make the renames durable, then restore directory metadata, deepest first. Temporary files
     // that an earlier, killed restore left in these directories go too.
-    for d in touched_dirs.iter().chain(dirs.iter().map(|(d, _)| d)) {
+    for d in touched_dirs.iter().chain(dirs.iter().map(|(d, _, _)| d)) {
         if d.is_dir() {
             remove_stale_temp_files(d);
             sync_dir(d)?;
         }
     }
-    for (dest, e) in dirs.iter().rev() {
+    for (dest, e, before) in dirs.iter().rev() {
+        if let Some(m) = before {
+            use std::os::unix::fs::MetadataExt;
+            checked.record(Change::DirMeta {
+                path: dest.clone(),
+                uid: m.uid(),
+                gid: m.gid(),
+                mode: m.mode(),
+                mtime_ns: crate::backup::mtime_ns(m),
+            });
+        }
         restore_owner(dest, e)?;
         fs::set_permissions(dest, fs::Permissions::from_mode(e.mode & 0o7777))
             .ctx("set permissions", dest)?;
@@ -1530,8 +1741,6 @@ fn restore_entries(
 pub struct Replaced {
     /// Existing top-level paths (target/NAME) the selected entries fall under.
     pub existing: Vec<PathBuf>,
-    /// Destinations of selected files and symlinks that do not exist yet.
-    pub absent: Vec<PathBuf>,
 }
 
 /// Looks at `target` before a restore of `paths` (all when empty) of `manifest`.
@@ -1545,10 +1754,6 @@ pub fn replaced(manifest: &Manifest, paths: &[String], target: &Path) -> Result<
         let root = target.join(OsStr::from_bytes(first));
         if roots.insert(root.clone()) && fs::symlink_metadata(&root).is_ok() {
             out.existing.push(root);
-        }
-        let dest = target.join(OsStr::from_bytes(&e.path));
-        if e.kind != EntryKind::Dir && fs::symlink_metadata(&dest).is_err() {
-            out.absent.push(dest);
         }
     }
     Ok(out)
