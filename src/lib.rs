@@ -60,6 +60,7 @@ pub mod repair;
 pub mod repo;
 pub mod restore;
 pub mod retention;
+pub mod rollback;
 pub mod s3;
 pub mod schedule;
 pub mod snapshots;

@@ -4,9 +4,10 @@
 use crate::error::{Error, IoContext, Result};
 use crate::id::ChunkId;
 use crate::index::{BlobLoc, IndexReader, Locate};
-use crate::manifest::{Entry, EntryKind, Manifest};
+use crate::manifest::{Content, Entry, EntryKind, Manifest};
 use crate::pack::BlobKind;
 use crate::repo::Repo;
+use crate::rollback::{Change, Changes};
 use crate::storage::{sync_dir, temp_name};
 use crate::tree::{LeafWalker, NodeEntry};
 use rayon::prelude::*;
@@ -16,6 +17,7 @@ use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -393,6 +395,15 @@ fn for_each_group(
     };
     let mut group_bytes = 0;
     while let Some(e) = walker.next_leaf()? {
+        // A larger claim is damage, and must not size a buffer.
+        if e.bytes > u64::from(crate::pack::MAX_BLOB_BYTES) {
+            return Err(Error::corrupt(format!(
+                "{}: chunk {} of {} bytes in its chunk list, more than a chunk can hold",
+                entry.path_lossy(),
+                e.id,
+                e.bytes
+            )));
+        }
         group_bytes += e.bytes;
         offset = offset
             .checked_add(e.bytes)
@@ -420,6 +431,27 @@ fn for_each_group(
     Ok(offset)
 }
 
+/// Checks the size the manifest gives `entry` against its chunk list (`walker`, made for it)
+/// before anything is allocated or written for it: a hostile manifest cannot make a restore
+/// allocate what it claims. Of a chunk-list tree only the root has been read; the walk checks
+/// every node below against it, and the index's length of each chunk against the list.
+fn check_size(blobs: &BlobReader, entry: &Entry, walker: &LeafWalker) -> Result<()> {
+    let listed = match &entry.content {
+        Content::Empty => Some(0),
+        Content::Chunk(id) => Some(u64::from(blobs.locate(id)?.raw_len)),
+        Content::Tree(_) => walker.root_total(),
+    };
+    if listed == Some(entry.size) {
+        return Ok(());
+    }
+    Err(Error::corrupt(format!(
+        "{}: the manifest gives its size as {} bytes, its chunk list holds {}; not restored",
+        entry.path_lossy(),
+        entry.size,
+        listed.map_or_else(|| "more than 2^64".to_string(), |n| n.to_string())
+    )))
+}
+
 /// Walks a file's chunk list in batches of consecutive groups (up to the batch size of
 /// [`BlobReader::read_shape`]), calling `f` per batch in order.
 fn for_each_batch(
@@ -432,6 +464,7 @@ fn for_each_batch(
     let mut batch_bytes = 0;
     let fetch = |id: &ChunkId| blobs.read(id);
     let walker = LeafWalker::new(&entry.content, entry.size, &fetch)?;
+    check_size(blobs, entry, &walker)?;
     let size = for_each_group(blobs, entry, walker, &mut |g| {
         batch_bytes += g.bytes();
         batch.push(g);
@@ -672,40 +705,52 @@ fn write_content_at(
     let (batch_max, group_max, _) = blobs.read_shape();
     let window = (2 * batch_max / group_max).max(2) as usize;
     let write_group = |g: &Group| -> Result<()> {
-        // A group at a block boundary that fills whole blocks (or ends the file: the padding
-        // is cut off at the end) goes straight to the device, without a copy into the page
-        // cache: the groups of a database cut at its pages, most of a restore's bytes.
-        let aligned = g.offset.is_multiple_of(ALIGN as u64)
-            && (g.bytes().is_multiple_of(ALIGN as u64) || g.offset + g.bytes() == entry.size);
-        if let (Some(direct), true) = (direct, aligned) {
-            return with_group_padded(blobs, g, ALIGN, |data| {
-                match direct.write_all_at(data, g.offset) {
-                    // A filesystem that took O_DIRECT at open but not this write: the page
-                    // cache then (the padding is cut off all the same).
-                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                        file.write_all_at(data, g.offset)
+        // A group at a block boundary is assembled at an aligned address and padded to whole
+        // blocks, so that its pieces can go straight to the device.
+        let at_block = direct.is_some() && g.offset.is_multiple_of(ALIGN as u64);
+        let pad = if at_block { ALIGN } else { 1 };
+        with_group_padded(blobs, g, pad, |data| {
+            for (start, end) in pieces(g, &data[..g.bytes() as usize]) {
+                let at = g.offset + start as u64;
+                let len = end - start;
+                // A piece at a block boundary that fills whole blocks (or ends the file: the
+                // padding is cut off at the end) goes straight to the device, without a copy
+                // into the page cache: the groups of a database cut at its pages, most of a
+                // restore's bytes. Its blocks are allocated first (see `allocate`).
+                let whole_blocks = at_block
+                    && start.is_multiple_of(ALIGN)
+                    && (len.is_multiple_of(ALIGN) || at + len as u64 == entry.size);
+                if let (Some(direct), true) = (direct, whole_blocks) {
+                    let blocks = &data[start..start + len.next_multiple_of(ALIGN)];
+                    allocate(file, at, blocks.len() as u64, path)?;
+                    match direct.write_all_at(blocks, at) {
+                        // A filesystem that took O_DIRECT at open but not this write: the page
+                        // cache then (the padding is cut off all the same).
+                        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                            file.write_all_at(blocks, at)
+                        }
+                        written => written,
                     }
-                    written => written,
+                    .ctx("write", path)?;
+                    continue;
                 }
-                .ctx("write", path)
-            });
-        }
-        with_group(blobs, g, |data| {
-            file.write_all_at(data, g.offset).ctx("write", path)
-        })?;
-        // Start writing this group to disk now, so the device works while the rest is read
-        // and the final fsync has little left to wait for. (Only a hint: the fsync before
-        // the rename is what makes the file durable.)
-        // SAFETY: sync_file_range only starts writeback of a range of this open file.
-        unsafe {
-            libc::sync_file_range(
-                file.as_raw_fd(),
-                g.offset as libc::off64_t,
-                g.bytes() as libc::off64_t,
-                libc::SYNC_FILE_RANGE_WRITE,
-            );
-        }
-        Ok(())
+                file.write_all_at(&data[start..end], at)
+                    .ctx("write", path)?;
+                // Start writing this piece to disk now, so the device works while the rest is
+                // read and the final fsync has little left to wait for. (Only a hint: the fsync
+                // before the rename is what makes the file durable.)
+                // SAFETY: sync_file_range only starts writeback of a range of this open file.
+                unsafe {
+                    libc::sync_file_range(
+                        file.as_raw_fd(),
+                        at as libc::off64_t,
+                        len as libc::off64_t,
+                        libc::SYNC_FILE_RANGE_WRITE,
+                    );
+                }
+            }
+            Ok(())
+        })
     };
     let in_flight = AtomicUsize::new(0);
     let failed: Mutex<Option<Error>> = Mutex::new(None);
@@ -741,9 +786,87 @@ fn write_content_at(
     walked
 }
 
+/// The parts of a group's bytes (`data`) to write: all of them, less the whole blocks that lie
+/// in runs of all-zero chunks, which stay holes in the new file, so a sparse file restores
+/// sparse. Holes are whole blocks of the file, so the pieces around them still start at block
+/// boundaries where the group does. A chunk is read only up to its first non-zero byte, which
+/// in most data is among the first few.
+fn pieces(g: &Group, data: &[u8]) -> Vec<(usize, usize)> {
+    let block = crate::direct::ALIGN as u64;
+    let mut out = Vec::with_capacity(1);
+    // Where the next piece starts, and where the run of zero chunks being passed started.
+    let mut from = 0usize;
+    let mut zeros: Option<usize> = None;
+    let hole = |out: &mut Vec<(usize, usize)>, from: &mut usize, start: usize, end: usize| {
+        let first = (g.offset + start as u64).next_multiple_of(block);
+        let last = (g.offset + end as u64) / block * block;
+        if last > first {
+            let (first, last) = ((first - g.offset) as usize, (last - g.offset) as usize);
+            if first > *from {
+                out.push((*from, first));
+            }
+            *from = last;
+        }
+    };
+    let mut at = 0usize;
+    for leaf in &g.leaves {
+        let end = at + leaf.bytes as usize;
+        let zero = data.get(at..end).is_some_and(all_zero);
+        match (zero, zeros) {
+            (true, None) => zeros = Some(at),
+            (false, Some(start)) => {
+                hole(&mut out, &mut from, start, at);
+                zeros = None;
+            }
+            _ => {}
+        }
+        at = end;
+    }
+    if let Some(start) = zeros {
+        hole(&mut out, &mut from, start, at);
+    }
+    if from < data.len() {
+        out.push((from, data.len()));
+    }
+    out
+}
+
+/// Whether every byte of `data` is zero; stops at the first 64 bytes that are not.
+fn all_zero(data: &[u8]) -> bool {
+    let blocks = data.chunks_exact(64);
+    let rest = blocks.remainder();
+    blocks
+        .into_iter()
+        .all(|b| b.iter().fold(0u8, |acc, &x| acc | x) == 0)
+        && rest.iter().all(|&x| x == 0)
+}
+
+/// The directories below a target that a restore has found or made real directories (not
+/// symlinks), and where it records what it changes there (`None` in a staging directory, which
+/// holds nothing of the user's).
+struct Dirs<'c> {
+    checked: Mutex<HashSet<PathBuf>>,
+    changes: Option<&'c Changes>,
+}
+
+impl<'c> Dirs<'c> {
+    fn new(changes: Option<&'c Changes>) -> Self {
+        Dirs {
+            checked: Mutex::new(HashSet::new()),
+            changes,
+        }
+    }
+
+    fn record(&self, change: Change) {
+        if let Some(c) = self.changes {
+            c.record(change);
+        }
+    }
+}
+
 /// Makes `dir` a real directory: creates it if missing, refuses a symlink or a non-directory in
 /// its place, and remembers it as checked.
-fn ensure_dir(dir: &Path, checked: &Mutex<HashSet<PathBuf>>) -> Result<()> {
+fn ensure_dir(dir: &Path, dirs: &Dirs) -> Result<()> {
     match fs::symlink_metadata(dir) {
         Ok(m) if m.file_type().is_symlink() => {
             return Err(Error::invalid(format!(
@@ -758,9 +881,12 @@ fn ensure_dir(dir: &Path, checked: &Mutex<HashSet<PathBuf>>) -> Result<()> {
                 dir.display()
             )));
         }
-        Err(_) => fs::create_dir(dir).ctx("create directory", dir)?,
+        Err(_) => {
+            fs::create_dir(dir).ctx("create directory", dir)?;
+            dirs.record(Change::CreatedDir(dir.to_path_buf()));
+        }
     }
-    checked
+    dirs.checked
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .insert(dir.to_path_buf());
@@ -769,24 +895,25 @@ fn ensure_dir(dir: &Path, checked: &Mutex<HashSet<PathBuf>>) -> Result<()> {
 
 /// Makes sure every existing component of `rel`'s parent below `target` is a real directory
 /// (not a symlink that could lead outside), creating missing ones.
-fn prepare_parent(target: &Path, rel: &[u8], checked: &Mutex<HashSet<PathBuf>>) -> Result<PathBuf> {
+fn prepare_parent(target: &Path, rel: &[u8], dirs: &Dirs) -> Result<PathBuf> {
     let comps: Vec<&[u8]> = rel.split(|&b| b == b'/').collect();
     let mut dir = target.to_path_buf();
     for c in &comps[..comps.len() - 1] {
         dir.push(OsStr::from_bytes(c));
-        if checked
+        if dirs
+            .checked
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .contains(&dir)
         {
             continue;
         }
-        ensure_dir(&dir, checked)?;
+        ensure_dir(&dir, dirs)?;
     }
     Ok(dir.join(OsStr::from_bytes(comps[comps.len() - 1])))
 }
 
-fn set_mtime(path: &Path, mtime_ns: i64, follow: bool) -> Result<()> {
+pub(crate) fn set_mtime(path: &Path, mtime_ns: i64, follow: bool) -> Result<()> {
     let ts = libc::timespec {
         tv_sec: mtime_ns.div_euclid(1_000_000_000) as libc::time_t,
         tv_nsec: mtime_ns.rem_euclid(1_000_000_000) as libc::c_long,
@@ -813,63 +940,99 @@ fn set_mtime(path: &Path, mtime_ns: i64, follow: bool) -> Result<()> {
     Ok(())
 }
 
-fn restore_file(blobs: &BlobReader, entry: &Entry, dest: &Path, how: Writes) -> Result<u64> {
+/// A file being made beside its destination: removed when dropped before it is renamed into
+/// place, whether the restore of it failed or a panic unwinds through.
+struct Temporary {
+    path: PathBuf,
+    placed: bool,
+}
+
+impl Temporary {
+    fn new(path: PathBuf) -> Self {
+        Temporary {
+            path,
+            placed: false,
+        }
+    }
+
+    /// Renames it to `dest`; records the change.
+    fn place(mut self, dest: &Path, dirs: &Dirs) -> Result<()> {
+        let existed = fs::symlink_metadata(dest).is_ok();
+        fs::rename(&self.path, dest).ctx("rename into place", dest)?;
+        self.placed = true;
+        dirs.record(match existed {
+            true => Change::Replaced(dest.to_path_buf()),
+            false => Change::Created(dest.to_path_buf()),
+        });
+        Ok(())
+    }
+}
+
+impl Drop for Temporary {
+    fn drop(&mut self) {
+        if !self.placed {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn restore_file(
+    blobs: &BlobReader,
+    entry: &Entry,
+    dest: &Path,
+    how: Writes,
+    dirs: &Dirs,
+) -> Result<u64> {
     if fs::symlink_metadata(dest).is_ok_and(|m| m.is_dir()) {
         return Err(Error::invalid(format!(
             "{} is a directory; not replacing it with a file",
             dest.display()
         )));
     }
-    let tmp = temp_name(dest);
-    let result = (|| {
-        let f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .ctx("create", &tmp)?;
-        let direct = match how.direct(entry) {
-            true => crate::direct::open_for_direct_writes(&tmp)?,
-            false => None,
-        };
-        let fetch = |id: &ChunkId| blobs.read(id);
-        let walker = LeafWalker::new(&entry.content, entry.size, &fetch)?;
-        // The manifest's size is only trusted for allocating space when the chunk list's root
-        // agrees with it (a hostile manifest cannot make strata allocate what it claims).
-        if direct.is_some() && walker.root_total() == Some(entry.size) {
-            allocate(&f, entry.size, &tmp)?;
-        }
-        let written = write_content_at(blobs, entry, walker, &f, direct.as_ref(), &tmp)?;
-        if direct.is_some() {
-            // A padded last block written directly is cut off.
-            f.set_len(entry.size).ctx("set length", &tmp)?;
-        }
-        // Owner first: chown clears set-id bits, which the mode then restores.
-        restore_owner(&tmp, entry)?;
-        f.set_permissions(fs::Permissions::from_mode(entry.mode & 0o7777))
-            .ctx("set permissions", &tmp)?;
-        f.sync_all().ctx("fsync", &tmp)?;
-        drop(f);
-        set_mtime(&tmp, entry.mtime_ns, false)?;
-        if entry.page_size > 0 {
-            remove_stale_sqlite_siblings(dest)?;
-        }
-        fs::rename(&tmp, dest).ctx("rename into place", dest)?;
-        Ok(written)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+    let fetch = |id: &ChunkId| blobs.read(id);
+    let walker = LeafWalker::new(&entry.content, entry.size, &fetch)?;
+    check_size(blobs, entry, &walker)?;
+    let path = temp_name(dest);
+    let f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .ctx("create", &path)?;
+    let tmp = Temporary::new(path);
+    let direct = match how.direct(entry) {
+        true => crate::direct::open_for_direct_writes(&tmp.path)?,
+        false => None,
+    };
+    // The whole length first: what is not written (runs of zeros) stays a hole.
+    f.set_len(entry.size).ctx("set length", &tmp.path)?;
+    let written = write_content_at(blobs, entry, walker, &f, direct.as_ref(), &tmp.path)?;
+    if direct.is_some() {
+        // A padded last block written directly is cut off.
+        f.set_len(entry.size).ctx("set length", &tmp.path)?;
     }
-    result
+    // Owner first: chown clears set-id bits, which the mode then restores.
+    restore_owner(&tmp.path, entry)?;
+    f.set_permissions(fs::Permissions::from_mode(entry.mode & 0o7777))
+        .ctx("set permissions", &tmp.path)?;
+    f.sync_all().ctx("fsync", &tmp.path)?;
+    drop(f);
+    set_mtime(&tmp.path, entry.mtime_ns, false)?;
+    if entry.page_size > 0 {
+        remove_stale_sqlite_siblings(dest, dirs)?;
+    }
+    tmp.place(dest, dirs)?;
+    Ok(written)
 }
 
-/// Allocates the whole of a file about to be written directly: the writes then fill allocated
-/// blocks, which ext4 lets threads do side by side (writes that allocate take the inode's lock
-/// in turn), and a disk too full for the file fails here, before anything is written. A
-/// filesystem without `fallocate` is written as it is.
-fn allocate(f: &fs::File, len: u64, path: &Path) -> Result<()> {
+/// Allocates `len` bytes at `offset` of a file about to be written there directly: the writes
+/// then fill allocated blocks, which ext4 lets threads do side by side (writes that allocate
+/// take the inode's lock in turn). Only what is written is allocated, so the holes of a sparse
+/// file stay holes. A filesystem without `fallocate` is written as it is.
+fn allocate(f: &fs::File, offset: u64, len: u64, path: &Path) -> Result<()> {
     use std::os::fd::AsRawFd;
     // SAFETY: fallocate on an open file descriptor.
-    if unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, len as libc::off_t) } == 0 {
+    let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, offset as libc::off_t, len as libc::off_t) };
+    if r == 0 {
         return Ok(());
     }
     let err = std::io::Error::last_os_error();
@@ -883,10 +1046,10 @@ fn allocate(f: &fs::File, len: u64, path: &Path) -> Result<()> {
 
 /// A database's -wal, -shm or -journal file left beside the destination belongs to the file
 /// being replaced; SQLite would replay it over the restored image, so it goes first.
-fn remove_stale_sqlite_siblings(dest: &Path) -> Result<()> {
+fn remove_stale_sqlite_siblings(dest: &Path, dirs: &Dirs) -> Result<()> {
     for sibling in crate::sqlite::siblings(dest) {
         match fs::remove_file(&sibling) {
-            Ok(()) => {}
+            Ok(()) => dirs.record(Change::Removed(sibling)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io_path("remove stale", &sibling, e)),
         }
@@ -904,27 +1067,53 @@ fn restore_owner(path: &Path, entry: &Entry) -> Result<()> {
     std::os::unix::fs::lchown(path, Some(entry.uid), Some(entry.gid)).ctx("set owner", path)
 }
 
-fn restore_symlink(entry: &Entry, dest: &Path) -> Result<()> {
+fn restore_symlink(entry: &Entry, dest: &Path, dirs: &Dirs) -> Result<()> {
     let target = entry
         .target
         .as_ref()
         .ok_or_else(|| Error::corrupt(format!("{}: symlink without target", entry.path_lossy())))?;
-    let tmp = temp_name(dest);
-    std::os::unix::fs::symlink(OsStr::from_bytes(target), &tmp).ctx("create symlink", &tmp)?;
-    restore_owner(&tmp, entry)?;
-    set_mtime(&tmp, entry.mtime_ns, false).ok();
-    fs::rename(&tmp, dest).map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        Error::io_path("rename into place", dest, e)
-    })
+    let path = temp_name(dest);
+    std::os::unix::fs::symlink(OsStr::from_bytes(target), &path).ctx("create symlink", &path)?;
+    let tmp = Temporary::new(path);
+    restore_owner(&tmp.path, entry)?;
+    set_mtime(&tmp.path, entry.mtime_ns, false).ok();
+    tmp.place(dest, dirs)
 }
 
-/// Removes `.NAME.strata-tmp.PID.N` files in `dir` whose process no longer exists.
+/// Temporary files are named `.NAME.strata-tmp.PID.N` beside their destination (see
+/// [`temp_name`]).
+const TEMP_MARK: &str = ".strata-tmp.";
+
+/// The process that made the file or directory `name`, when the name is exactly one strata
+/// gives its own with `mark`: `.NAME<mark>PID.N`, a leading dot, a name, the mark, then a
+/// process id and a counter in decimal. A user's file whose name merely holds the mark
+/// (`report.strata-tmp.1.txt`) is not strata's.
+fn maker(name: &OsStr, mark: &str) -> Option<u32> {
+    let rest = name.to_str()?.strip_prefix('.')?;
+    let (base, tail) = rest.rsplit_once(mark)?;
+    let (pid, n) = tail.split_once('.')?;
+    let decimal = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if base.is_empty() || !decimal(pid) || !decimal(n) {
+        return None;
+    }
+    pid.parse().ok()
+}
+
+/// Whether `name` is a temporary file or staging directory of this process, or of one that no
+/// longer exists: strata's own, never the user's.
+fn left_by_strata(name: &OsStr) -> bool {
+    [TEMP_MARK, STAGE_MARK]
+        .into_iter()
+        .filter_map(|mark| maker(name, mark))
+        .any(|pid| pid == std::process::id() || !crate::sys::pid_alive(pid))
+}
+
+/// Removes temporary files in `dir` whose process no longer exists.
 fn remove_stale_temp_files(dir: &Path) {
-    remove_left_by_dead_processes(dir, ".strata-tmp.", |p| fs::remove_file(p));
+    remove_left_by_dead_processes(dir, TEMP_MARK, |p| fs::remove_file(p));
 }
 
-/// Removes the entries of `dir` named `...MARK<pid>...` whose process no longer exists.
+/// Removes the entries of `dir` named `.NAME<mark>PID.N` whose process no longer exists.
 fn remove_left_by_dead_processes(
     dir: &Path,
     mark: &str,
@@ -934,12 +1123,7 @@ fn remove_left_by_dead_processes(
         return;
     };
     for entry in listing.flatten() {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        let Some((_, rest)) = name.rsplit_once(mark) else {
-            continue;
-        };
-        let pid = rest.split('.').next().and_then(|p| p.parse::<u32>().ok());
+        let pid = maker(&entry.file_name(), mark);
         if pid.is_some_and(|p| !crate::sys::pid_alive(p)) {
             let _ = remove(&entry.path());
         }
@@ -974,12 +1158,58 @@ fn loading_pays(repo: &Repo, index: &IndexReader, bytes: u64) -> Result<bool> {
 /// directory beside it and swapped in whole (`renameat2(RENAME_EXCHANGE)`, else two renames), so
 /// an application never sees it half-restored; if any of its files fails, the existing
 /// directory is left untouched. Files of the old directory that the snapshot does not have are
-/// carried over (hard links) unless `opts.delete`. Everything else is restored file by file,
-/// each renamed into place complete.
+/// carried over (hard links, so they keep their inodes; fifos and sockets too) unless
+/// `opts.delete`. Everything else is restored file by file, each renamed into place complete.
 pub fn restore(repo: &Repo, manifest: &Manifest, opts: &RestoreOptions) -> Result<RestoreReport> {
+    let changes = Changes::new();
+    let report = restore_undoable(repo, manifest, opts, &changes);
+    changes.keep();
+    report
+}
+
+/// [`restore`], recording in `changes` what it changes in the target, so that the caller can
+/// undo exactly that if the restore fails ([`Changes::undo`]) or keep it ([`Changes::keep`]).
+///
+/// Whatever happens, nothing of the restore's own is left in the target once `changes` is kept
+/// or undone: no temporary files, no staging directories. A panic inside (a damaged index can
+/// make redb panic) becomes an error.
+pub fn restore_undoable(
+    repo: &Repo,
+    manifest: &Manifest,
+    opts: &RestoreOptions,
+    changes: &Changes,
+) -> Result<RestoreReport> {
+    catch_unwind(AssertUnwindSafe(|| {
+        restore_recording(repo, manifest, opts, changes)
+    }))
+    .unwrap_or_else(|p| Err(panicked(p)))
+}
+
+/// A panic caught at the edge of a restore's work, as an error.
+fn panicked(payload: Box<dyn std::any::Any + Send>) -> Error {
+    let what = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into());
+    Error::corrupt(format!(
+        "the restore stopped on an internal error ({what}); a damaged index can cause this: run \
+         `strata verify`, and `strata repair index` if it finds the index damaged"
+    ))
+}
+
+fn restore_recording(
+    repo: &Repo,
+    manifest: &Manifest,
+    opts: &RestoreOptions,
+    changes: &Changes,
+) -> Result<RestoreReport> {
     let entries = select(manifest, &opts.paths)?;
     check_entries(&entries)?;
-    let bytes: u64 = entries.iter().map(|e| e.size).sum();
+    // Sizes are only a hint here (each is checked against its chunk list before it is used).
+    let bytes = entries
+        .iter()
+        .fold(0u64, |sum, e| sum.saturating_add(e.size));
     let large = bytes >= PREFETCH_FROM;
     if large {
         repo.prefetch_index();
@@ -996,17 +1226,59 @@ pub fn restore(repo: &Repo, manifest: &Manifest, opts: &RestoreOptions) -> Resul
             // Read while the restore starts: its first reads wait on the disk anyway, and its
             // lookups meanwhile go through the B-tree (with the same answers).
             s.spawn(|| {
-                if let Err(e) = index.load_blobs() {
-                    // A damaged part of the index fails only the files whose chunks it holds, as
-                    // it does when they are looked up one by one.
-                    tracing::warn!(
+                // A damaged part of the index fails only the files whose chunks it holds, as
+                // it does when they are looked up one by one.
+                match catch_unwind(AssertUnwindSafe(|| index.load_blobs())) {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::warn!(
                         "reading the index into memory: {e}; looking chunks up one by one"
-                    );
+                    ),
+                    Err(p) => tracing::warn!(
+                        "reading the index into memory: {}; looking chunks up one by one",
+                        panicked(p)
+                    ),
                 }
             });
         }
-        restore_selected(&blobs, &target, &entries, opts)
+        restore_selected(&blobs, &target, &entries, opts, changes)
     })
+}
+
+/// Restores the files and symlinks of `manifest` at exactly `paths` below `target`, each
+/// renamed into place over whatever is there; missing parent directories are created, and no
+/// directory is staged or has its metadata set. Returns the report and the paths the manifest
+/// holds no file or symlink at.
+pub fn restore_files(
+    repo: &Repo,
+    manifest: &Manifest,
+    paths: &[Vec<u8>],
+    target: &Path,
+) -> Result<(RestoreReport, Vec<Vec<u8>>)> {
+    let wanted: HashSet<&[u8]> = paths.iter().map(|p| p.as_slice()).collect();
+    let entries: Vec<&Entry> = manifest
+        .entries
+        .iter()
+        .filter(|e| e.kind != EntryKind::Dir && wanted.contains(e.path.as_slice()))
+        .collect();
+    check_entries(&entries)?;
+    let found: HashSet<&[u8]> = entries.iter().map(|e| e.path.as_slice()).collect();
+    let missing = paths
+        .iter()
+        .filter(|p| !found.contains(p.as_slice()))
+        .cloned()
+        .collect();
+    let target = fs::canonicalize(target).ctx("resolve", target)?;
+    let txn = repo.index.read()?;
+    let index = IndexReader::new(&txn)?;
+    let blobs = BlobReader::new(repo, &index)?;
+    let how = Writes {
+        cache_databases: false,
+    };
+    let report = catch_unwind(AssertUnwindSafe(|| {
+        restore_entries(&blobs, &target, &entries, how, None)
+    }))
+    .unwrap_or_else(|p| Err(panicked(p)))?;
+    Ok((report, missing))
 }
 
 /// Restores `entries` into `target` (see [`restore`]).
@@ -1015,15 +1287,16 @@ fn restore_selected(
     target: &Path,
     entries: &[&Entry],
     opts: &RestoreOptions,
+    changes: &Changes,
 ) -> Result<RestoreReport> {
-    let stages = plan_stages(target, entries, opts)?;
+    let stages = plan_stages(target, entries, opts, changes)?;
     let (staged, direct): (Vec<&Entry>, Vec<&Entry>) = entries
         .iter()
         .partition(|e| stages.iter().any(|st| st.holds(&e.path)));
     let how = Writes {
         cache_databases: opts.cache_databases,
     };
-    let mut report = restore_entries(blobs, target, &direct, how)?;
+    let mut report = restore_entries(blobs, target, &direct, how, Some(changes))?;
     for stage in &stages {
         let rebased: Vec<Entry> = staged
             .iter()
@@ -1033,9 +1306,7 @@ fn restore_selected(
                 ..(*e).clone()
             })
             .collect();
-        let result = stage.run(blobs, &rebased, opts.delete, how);
-        let _ = fs::remove_dir_all(&stage.dir);
-        match result {
+        match stage.run(blobs, &rebased, opts.delete, how, changes) {
             Ok(r) => report.merge(r),
             Err(e) => report.errors.push(format!(
                 "{}: {e}; the existing directory was left as it was",
@@ -1061,7 +1332,9 @@ impl RestoreReport {
 }
 
 /// A selected directory that exists at its destination and is restored beside it, then swapped
-/// in.
+/// in. Its staging directory is removed when it is dropped, unless the swap handed it over to
+/// the restore's [`Changes`] (it then holds the replaced tree) or it holds the only copy of the
+/// replaced tree after a failed swap.
 struct Stage {
     /// Its path in the snapshot.
     root: Vec<u8>,
@@ -1071,6 +1344,16 @@ struct Stage {
     dir: PathBuf,
     /// `dest`'s file name.
     name: Vec<u8>,
+    /// The staging directory is someone else's to remove, or must stay.
+    kept: std::cell::Cell<bool>,
+}
+
+impl Drop for Stage {
+    fn drop(&mut self) {
+        if !self.kept.get() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
 }
 
 /// Staging directories are named `.NAME.strata-restore.PID.N` beside the destination.
@@ -1101,9 +1384,10 @@ impl Stage {
         entries: &[Entry],
         delete: bool,
         how: Writes,
+        changes: &Changes,
     ) -> Result<RestoreReport> {
         let refs: Vec<&Entry> = entries.iter().collect();
-        let mut report = restore_entries(blobs, &self.dir, &refs, how)?;
+        let mut report = restore_entries(blobs, &self.dir, &refs, how, None)?;
         if !report.errors.is_empty() {
             return Err(Error::invalid(format!(
                 "{} file(s) could not be restored: {}",
@@ -1121,9 +1405,23 @@ impl Stage {
                 .collect();
             keep_extras(&self.dest, &staged, &skip, &mut report)?;
         }
-        exchange(&staged, &self.dest, &self.dir)?;
+        let aside = self.dir.join(".old");
+        let old = exchange(&staged, &self.dest, &aside).inspect_err(|_| {
+            // A swap that could not put the old directory back leaves it here.
+            if fs::symlink_metadata(&aside).is_ok() {
+                self.kept.set(true);
+            }
+        })?;
+        self.kept.set(true);
+        changes.record(Change::Swapped {
+            dest: self.dest.clone(),
+            old,
+            stage: self.dir.clone(),
+        });
         let parent = self.dest.parent().unwrap_or(Path::new("/"));
-        sync_dir(parent)?;
+        if let Err(e) = sync_dir(parent) {
+            report.errors.push(e.to_string());
+        }
         for db in &mut report.databases {
             if let Ok(rest) = db.strip_prefix(&staged) {
                 *db = self.dest.join(rest);
@@ -1135,7 +1433,12 @@ impl Stage {
 }
 
 /// The selected directories that already exist at their destinations.
-fn plan_stages(target: &Path, entries: &[&Entry], opts: &RestoreOptions) -> Result<Vec<Stage>> {
+fn plan_stages(
+    target: &Path,
+    entries: &[&Entry],
+    opts: &RestoreOptions,
+    changes: &Changes,
+) -> Result<Vec<Stage>> {
     let roots: Vec<Vec<u8>> = if opts.paths.is_empty() {
         let mut r: Vec<Vec<u8>> = entries
             .iter()
@@ -1155,7 +1458,7 @@ fn plan_stages(target: &Path, entries: &[&Entry], opts: &RestoreOptions) -> Resu
             .map(|p| p.trim_matches('/').as_bytes().to_vec())
             .collect()
     };
-    let checked = Mutex::new(HashSet::new());
+    let dirs = Dirs::new(Some(changes));
     let mut stages: Vec<Stage> = Vec::new();
     for (n, root) in roots.into_iter().enumerate() {
         let is_dir = entries
@@ -1164,7 +1467,7 @@ fn plan_stages(target: &Path, entries: &[&Entry], opts: &RestoreOptions) -> Resu
         if !is_dir || stages.iter().any(|st| st.holds(&root)) {
             continue;
         }
-        let dest = prepare_parent(target, &root, &checked)?;
+        let dest = prepare_parent(target, &root, &dirs)?;
         let exists = fs::symlink_metadata(&dest).is_ok_and(|m| m.is_dir());
         if !exists {
             continue;
@@ -1187,6 +1490,7 @@ fn plan_stages(target: &Path, entries: &[&Entry], opts: &RestoreOptions) -> Resu
             dest,
             dir,
             name,
+            kept: std::cell::Cell::new(false),
         });
     }
     Ok(stages)
@@ -1198,9 +1502,10 @@ fn remove_stale_stages(dir: &Path) {
     remove_left_by_dead_processes(dir, STAGE_MARK, |p| fs::remove_dir_all(p));
 }
 
-/// Carries what exists below `old` but not below `new` over into `new`: files as hard links
-/// (copies where links are impossible), symlinks and directories recreated. Where both have a
-/// path, `new` (the snapshot) wins.
+/// Carries what exists below `old` but not below `new` over into `new`: files, fifos, sockets
+/// and devices as hard links, so they stay the same inodes (files are copied where links are
+/// impossible), symlinks and directories recreated. Where both have a path, `new` (the
+/// snapshot) wins. Temporary files and staging directories strata left are not carried over.
 fn keep_extras(
     old: &Path,
     new: &Path,
@@ -1210,8 +1515,7 @@ fn keep_extras(
     for item in fs::read_dir(old).ctx("list", old)? {
         let item = item.ctx("list", old)?;
         let name = item.file_name();
-        let text = name.to_string_lossy();
-        if text.contains(".strata-tmp.") || text.contains(STAGE_MARK) {
+        if left_by_strata(&name) {
             continue;
         }
         let (from, to) = (item.path(), new.join(&name));
@@ -1245,17 +1549,18 @@ fn keep_extras(
         } else if ft.is_symlink() {
             let target = fs::read_link(&from).ctx("read symlink", &from)?;
             std::os::unix::fs::symlink(&target, &to).ctx("create symlink", &to)?;
+        } else if fs::hard_link(&from, &to).is_ok() {
+            // The same file (fifo, socket...), with its other links.
         } else if ft.is_file() {
-            if fs::hard_link(&from, &to).is_err() {
-                fs::copy(&from, &to).ctx("copy", &from)?;
-                set_mtime(&to, crate::sys::mtime_ns(&meta), true)?;
-                fs::File::open(&to)
-                    .and_then(|f| f.sync_all())
-                    .ctx("fsync", &to)?;
-            }
+            fs::copy(&from, &to).ctx("copy", &from)?;
+            set_mtime(&to, crate::sys::mtime_ns(&meta), true)?;
+            fs::File::open(&to)
+                .and_then(|f| f.sync_all())
+                .ctx("fsync", &to)?;
         } else {
             report.notes.push(format!(
-                "{}: not a file, directory or symlink; not carried over",
+                "{}: a special file that could not be linked into the restored directory; not \
+                 carried over",
                 from.display()
             ));
             continue;
@@ -1266,8 +1571,10 @@ fn keep_extras(
 }
 
 /// Swaps `staged` and `dest` in one step where the filesystem can (`RENAME_EXCHANGE`); else
-/// moves `dest` into `stage_dir` and `staged` to `dest`. The old tree ends up in `stage_dir`.
-fn exchange(staged: &Path, dest: &Path, stage_dir: &Path) -> Result<()> {
+/// moves `dest` to `aside` (a path beside `staged`, in the same directory) and `staged` to
+/// `dest`. Returns where the tree that was at `dest` is now.
+pub(crate) fn exchange(staged: &Path, dest: &Path, aside: &Path) -> Result<PathBuf> {
+    let stage_dir = staged.parent().unwrap_or(Path::new("/"));
     let a = std::ffi::CString::new(staged.as_os_str().as_bytes())
         .map_err(|_| Error::invalid("path contains NUL"))?;
     let b = std::ffi::CString::new(dest.as_os_str().as_bytes())
@@ -1283,7 +1590,8 @@ fn exchange(staged: &Path, dest: &Path, stage_dir: &Path) -> Result<()> {
         )
     };
     if r == 0 {
-        return sync_dir(stage_dir);
+        sync_dir(stage_dir)?;
+        return Ok(staged.to_path_buf());
     }
     let err = std::io::Error::last_os_error();
     if !matches!(
@@ -1292,14 +1600,23 @@ fn exchange(staged: &Path, dest: &Path, stage_dir: &Path) -> Result<()> {
     ) {
         return Err(Error::io_path("swap in the restored directory", dest, err));
     }
-    let old = stage_dir.join(".old");
-    fs::rename(dest, &old).ctx("move aside", dest)?;
+    fs::rename(dest, aside).ctx("move aside", dest)?;
     if let Err(e) = fs::rename(staged, dest) {
         // Put the old directory back rather than leave nothing there.
-        let _ = fs::rename(&old, dest);
-        return Err(Error::io_path("swap in the restored directory", dest, e));
+        return Err(match fs::rename(aside, dest) {
+            Ok(()) => Error::io_path("swap in the restored directory", dest, e),
+            Err(_) => Error::io(
+                format!(
+                    "swap in the restored directory {} (what was there is now at {})",
+                    dest.display(),
+                    aside.display()
+                ),
+                e,
+            ),
+        });
     }
-    sync_dir(stage_dir)
+    sync_dir(stage_dir)?;
+    Ok(aside.to_path_buf())
 }
 
 /// How restored files are written.
@@ -1318,22 +1635,26 @@ impl Writes {
     }
 }
 
-/// Restores `entries` below `target`, each file renamed into place complete.
+/// Restores `entries` below `target`, each file renamed into place complete; records what it
+/// changes there in `changes`. A file whose restore panics fails alone, as with an error.
 fn restore_entries(
     blobs: &BlobReader,
     target: &Path,
     entries: &[&Entry],
     how: Writes,
+    changes: Option<&Changes>,
 ) -> Result<RestoreReport> {
-    let checked = Mutex::new(HashSet::new());
+    let checked = Dirs::new(changes);
     let mut report = RestoreReport::default();
 
-    // Directories first, so files have somewhere to go.
+    // Directories first, so files have somewhere to go. Those that exist already get their
+    // metadata set at the end; what it was is recorded.
     let mut dirs = Vec::new();
     for e in entries.iter().filter(|e| e.kind == EntryKind::Dir) {
         let dest = prepare_parent(target, &e.path, &checked)?;
+        let before = fs::symlink_metadata(&dest).ok().filter(|m| m.is_dir());
         ensure_dir(&dest, &checked)?;
-        dirs.push((dest, *e));
+        dirs.push((dest, *e, before));
     }
     report.dirs = dirs.len() as u64;
 
@@ -1353,8 +1674,12 @@ fn restore_entries(
         files
             .par_iter()
             .map(|e| {
-                let r = prepare_parent(target, &e.path, &checked)
-                    .and_then(|dest| restore_file(blobs, e, &dest, how).map(|n| (n, dest)));
+                let r = catch_unwind(AssertUnwindSafe(|| {
+                    prepare_parent(target, &e.path, &checked).and_then(|dest| {
+                        restore_file(blobs, e, &dest, how, &checked).map(|n| (n, dest))
+                    })
+                }))
+                .unwrap_or_else(|p| Err(panicked(p)));
                 (e.path_lossy(), r)
             })
             .collect()
@@ -1377,8 +1702,8 @@ fn restore_entries(
     }
     // Symlinks last, so none can redirect a file written above.
     for e in entries.iter().filter(|e| e.kind == EntryKind::Symlink) {
-        let r =
-            prepare_parent(target, &e.path, &checked).and_then(|dest| restore_symlink(e, &dest));
+        let r = prepare_parent(target, &e.path, &checked)
+            .and_then(|dest| restore_symlink(e, &dest, &checked));
         match r {
             Ok(()) => report.symlinks += 1,
             Err(err) => report.errors.push(format!("{}: {err}", e.path_lossy())),
@@ -1386,13 +1711,23 @@ fn restore_entries(
     }
     // Make the renames durable, then restore directory metadata, deepest first. Temporary files
     // that an earlier, killed restore left in these directories go too.
-    for d in touched_dirs.iter().chain(dirs.iter().map(|(d, _)| d)) {
+    for d in touched_dirs.iter().chain(dirs.iter().map(|(d, _, _)| d)) {
         if d.is_dir() {
             remove_stale_temp_files(d);
             sync_dir(d)?;
         }
     }
-    for (dest, e) in dirs.iter().rev() {
+    for (dest, e, before) in dirs.iter().rev() {
+        if let Some(m) = before {
+            use std::os::unix::fs::MetadataExt;
+            checked.record(Change::DirMeta {
+                path: dest.clone(),
+                uid: m.uid(),
+                gid: m.gid(),
+                mode: m.mode(),
+                mtime_ns: crate::sys::mtime_ns(m),
+            });
+        }
         restore_owner(dest, e)?;
         fs::set_permissions(dest, fs::Permissions::from_mode(e.mode & 0o7777))
             .ctx("set permissions", dest)?;
@@ -1406,8 +1741,6 @@ fn restore_entries(
 pub struct Replaced {
     /// Existing top-level paths (target/NAME) the selected entries fall under.
     pub existing: Vec<PathBuf>,
-    /// Destinations of selected files and symlinks that do not exist yet.
-    pub absent: Vec<PathBuf>,
 }
 
 /// Looks at `target` before a restore of `paths` (all when empty) of `manifest`.
@@ -1421,10 +1754,6 @@ pub fn replaced(manifest: &Manifest, paths: &[String], target: &Path) -> Result<
         let root = target.join(OsStr::from_bytes(first));
         if roots.insert(root.clone()) && fs::symlink_metadata(&root).is_ok() {
             out.existing.push(root);
-        }
-        let dest = target.join(OsStr::from_bytes(&e.path));
-        if e.kind != EntryKind::Dir && fs::symlink_metadata(&dest).is_err() {
-            out.absent.push(dest);
         }
     }
     Ok(out)
@@ -1450,4 +1779,90 @@ pub fn restore_to_writer(
     }
     out.flush().map_err(|e| Error::io("write to stdout", e))?;
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_names_strata_gives_are_its_own() {
+        let pid = |n: &str| maker(OsStr::new(n), TEMP_MARK);
+        assert_eq!(pid(".a.txt.strata-tmp.4121.0"), Some(4121));
+        assert_eq!(pid(".a.strata-tmp.1.txt.strata-tmp.77.3"), Some(77));
+        for user in [
+            "report.strata-tmp.1.txt",
+            ".report.strata-tmp.1.txt",
+            "a.strata-tmp.4121.0",
+            ".strata-tmp.4121.0",
+            ".a.strata-tmp.4121",
+            ".a.strata-tmp..0",
+            ".a.strata-tmp.-1.0",
+            ".a.strata-tmp.41x.0",
+            ".a.strata-tmp.4121.0.bak",
+        ] {
+            assert_eq!(pid(user), None, "{user}");
+        }
+        let stage = |n: &str| maker(OsStr::new(n), STAGE_MARK);
+        assert_eq!(stage(".app.strata-restore.12.0"), Some(12));
+        assert_eq!(stage("app.strata-restore.12.0"), None);
+        assert!(left_by_strata(OsStr::new(&format!(
+            ".x.strata-tmp.{}.9",
+            std::process::id()
+        ))));
+        assert!(left_by_strata(OsStr::new(".x.strata-restore.4194999.0")));
+        assert!(!left_by_strata(OsStr::new("x.strata-restore.4194999.0")));
+    }
+
+    fn group(offset: u64, sizes: &[u64]) -> Group {
+        Group {
+            offset,
+            leaves: sizes
+                .iter()
+                .map(|&bytes| NodeEntry {
+                    id: ChunkId([0; 32]),
+                    bytes,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn runs_of_zero_chunks_become_holes_of_whole_blocks() {
+        const B: usize = crate::direct::ALIGN;
+        // Data, zeros, data: the zero chunk's whole blocks are left out.
+        let g = group(0, &[100, 3 * B as u64, 50]);
+        let mut data = vec![0u8; 100 + 3 * B + 50];
+        data[..100].fill(1);
+        data[100 + 3 * B..].fill(2);
+        assert_eq!(pieces(&g, &data), vec![(0, B), (3 * B, data.len())]);
+        // Nothing but zeros at a block boundary: nothing to write.
+        let g = group(4 * B as u64, &[B as u64, 2 * B as u64]);
+        assert_eq!(pieces(&g, &vec![0u8; 3 * B]), vec![]);
+        // Zeros shorter than a block: written as they are.
+        let g = group(10, &[10, 100, 10]);
+        let mut data = vec![1u8; 120];
+        data[10..110].fill(0);
+        assert_eq!(pieces(&g, &data), vec![(0, 120)]);
+        // No zeros: one piece, the whole group.
+        let g = group(7, &[B as u64, 9]);
+        assert_eq!(pieces(&g, &vec![3u8; B + 9]), vec![(0, B + 9)]);
+        // A zero run at the end of a group that does not start at a block boundary.
+        // (Only its whole blocks become a hole; the rest of the last one is written.)
+        let g = group(B as u64 - 10, &[10, 2 * B as u64 - 100]);
+        let mut data = vec![0u8; 2 * B - 90];
+        data[..10].fill(5);
+        assert_eq!(pieces(&g, &data), vec![(0, 10), (B + 10, 2 * B - 90)]);
+    }
+
+    #[test]
+    fn all_zero_looks_at_every_byte() {
+        assert!(all_zero(&[]));
+        assert!(all_zero(&[0; 1000]));
+        for at in [0, 63, 64, 999] {
+            let mut d = vec![0u8; 1000];
+            d[at] = 1;
+            assert!(!all_zero(&d), "{at}");
+        }
+    }
 }

@@ -10,6 +10,7 @@ use crate::repo::Repo;
 use crate::restore::{BlobReader, check_entry_path, check_hash};
 use crate::tree::Node;
 use rayon::prelude::*;
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -277,6 +278,9 @@ pub fn verify_reading(repo: &Repo, read: ReadData) -> Result<VerifyReport> {
     // Snapshots: manifest copies, safe paths, and every tree and chunk they reference.
     let blobs = BlobReader::new(repo, &index)?;
     let mut node_verdict: HashMap<ChunkId, Option<String>> = HashMap::new();
+    // The bytes each chunk (its length in the index) and chunk-list node (the sum of its
+    // entries) holds, to check every size claimed for it.
+    let lengths: Lengths = RefCell::new(HashMap::new());
     let mut chunk_verdict =
         |id: &ChunkId, node_verdict: &mut HashMap<ChunkId, Option<String>>| -> Option<String> {
             if let Some(v) = node_verdict.get(id) {
@@ -289,7 +293,10 @@ pub fn verify_reading(repo: &Repo, read: ReadData) -> Result<VerifyReport> {
                     Ok(Some(loc)) if bad_packs.contains(&loc.pack) => {
                         Some(format!("chunk {id} is in a missing or damaged pack"))
                     }
-                    Ok(Some(_)) => None,
+                    Ok(Some(loc)) => {
+                        lengths.borrow_mut().insert(*id, u64::from(loc.raw_len));
+                        None
+                    }
                     Ok(None) => Some(format!("chunk {id} is missing from the index")),
                     Err(e) => Some(e.to_string()),
                 }
@@ -358,8 +365,22 @@ pub fn verify_reading(repo: &Repo, read: ReadData) -> Result<VerifyReport> {
                     &bad_blobs,
                     &mut node_verdict,
                     &mut chunk_verdict,
+                    &lengths,
                 ),
             };
+            // Restore refuses a file whose size disagrees with its chunk list.
+            let verdict = verdict.or_else(|| {
+                let listed = match &entry.content {
+                    Content::Empty => Some(0),
+                    Content::Chunk(id) | Content::Tree(id) => lengths.borrow().get(id).copied(),
+                };
+                listed.filter(|&n| n != entry.size).map(|n| {
+                    format!(
+                        "the manifest gives its size as {} bytes, its chunk list holds {n}",
+                        entry.size
+                    )
+                })
+            });
             if let Some(msg) = verdict {
                 problem(&mut report, Some(&id), Some(entry.path_lossy()), msg);
             }
@@ -583,6 +604,8 @@ fn check_counts(
 
 /// Memo of verdicts per blob id: `None` when fine, else what is wrong.
 type Memo = HashMap<ChunkId, Option<String>>;
+/// The bytes each checked chunk and chunk-list node holds.
+type Lengths = RefCell<HashMap<ChunkId, u64>>;
 type ChunkVerdict<'a> = dyn FnMut(&ChunkId, &mut Memo) -> Option<String> + 'a;
 
 /// Checks a tree below `root`, memoising verdicts per node so trees shared between snapshots are
@@ -594,6 +617,7 @@ fn check_tree(
     bad_blobs: &HashSet<ChunkId>,
     memo: &mut HashMap<ChunkId, Option<String>>,
     chunk_verdict: &mut ChunkVerdict,
+    lengths: &Lengths,
 ) -> Option<String> {
     if let Some(v) = memo.get(root) {
         return v.clone();
@@ -625,6 +649,12 @@ fn check_tree(
                 "{root} is stored as data, not as a chunk-list node"
             ));
         }
+        let Some(total) = node.total_bytes() else {
+            return Some(format!(
+                "chunk-list node {}: its sizes add up to more than 2^64",
+                root.short()
+            ));
+        };
         for e in &node.entries {
             let v = if node.level == 0 {
                 chunk_verdict(&e.id, memo)
@@ -636,12 +666,23 @@ fn check_tree(
                     bad_blobs,
                     memo,
                     chunk_verdict,
+                    lengths,
                 )
             };
             if v.is_some() {
                 return v;
             }
+            let holds = lengths.borrow().get(&e.id).copied();
+            if let Some(n) = holds.filter(|&n| n != e.bytes) {
+                return Some(format!(
+                    "chunk-list node {}: {} is listed with {} bytes, it holds {n}",
+                    root.short(),
+                    e.id.short(),
+                    e.bytes
+                ));
+            }
         }
+        lengths.borrow_mut().insert(*root, total);
         None
     })();
     memo.insert(*root, verdict.clone());

@@ -456,11 +456,7 @@ fn restore_over_existing_data_saves_it_first_and_puts_it_back_on_failure() {
     damage_largest_pack(&env.repo);
     let failed = env.run(&["restore", &snap[..12], target2.to_str().unwrap()]);
     assert_ne!(code(&failed), 0);
-    assert!(
-        stderr(&failed).contains("back as it was"),
-        "{}",
-        stderr(&failed)
-    );
+    assert!(stderr(&failed).contains("as it was"), "{}", stderr(&failed));
     assert_eq!(contents(&target2), before2);
 
     // --no-restore-point takes none.
@@ -671,4 +667,262 @@ fn readers_never_see_a_half_restored_directory() {
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let views = reader.join().expect("reader saw a mix");
     assert!(views > 0);
+}
+
+/// Inodes of the entries below `dir` (recursively), by path relative to it.
+fn inodes(dir: &std::path::Path) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if std::fs::symlink_metadata(&p).unwrap().is_dir() {
+                stack.push(p.clone());
+            }
+            let rel = p.strip_prefix(dir).unwrap().display().to_string();
+            out.insert(rel, inode(&p));
+        }
+    }
+    out
+}
+
+/// Names below `dir` (recursively) that strata gives its temporary files and staging
+/// directories.
+fn strata_leftovers(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            if name.contains(".strata-tmp.") || name.contains(".strata-restore.") {
+                out.push(p.display().to_string());
+            }
+            if std::fs::symlink_metadata(&p).unwrap().is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// The bytes of every regular file below `dir` (a fifo would block a reader).
+fn regular_files(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    files_below(dir)
+        .into_iter()
+        .filter(|p| std::fs::symlink_metadata(p).unwrap().is_file())
+        .map(|p| {
+            let rel = p.strip_prefix(dir).unwrap().display().to_string();
+            (rel, std::fs::read(&p).unwrap())
+        })
+        .collect()
+}
+
+fn mkfifo(path: &std::path::Path) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0, "mkfifo");
+}
+
+/// A failed restore of single files puts back what it changed and nothing else: the other
+/// entries of the directory keep their inodes, a hard-linked pair stays one inode, a fifo and a
+/// socket stay, and an application holding a file open still writes to the file that is there.
+#[test]
+fn a_failed_restore_rolls_back_only_what_it_changed() {
+    use std::io::Write;
+    use std::os::unix::fs::FileTypeExt;
+    let env = Env::new();
+    env.init();
+    let src = env.path("d");
+    write(&src.join("app.db"), &noise(300_000, 7));
+    let snap = env.backup(&[&src]);
+    write(&src.join("good.txt"), b"good, as backed up");
+    write(&src.join("new.txt"), b"not in the target yet");
+    let snap2 = env.backup(&[&src]);
+    // app.db's chunks lie in the first pack, the only one of its size.
+    damage_largest_pack(&env.repo);
+
+    let t = env.path("t");
+    let d = t.join("d");
+    write(&d.join("app.db"), b"the database as it is now");
+    write(&d.join("good.txt"), b"good, as it is now");
+    write(&d.join("a"), b"one file, two names");
+    std::fs::hard_link(d.join("a"), d.join("b")).unwrap();
+    write(&d.join("sub/x.txt"), b"x");
+    mkfifo(&d.join("fifo"));
+    let _socket = std::os::unix::net::UnixListener::bind(d.join("sock")).unwrap();
+    write(&d.join("app.log"), b"first line\n");
+    let mut log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(d.join("app.log"))
+        .unwrap();
+    let before = inodes(&t);
+
+    let check =
+        |out: &std::process::Output, what: &str, bytes: &std::collections::BTreeMap<_, _>| {
+            assert_eq!(code(out), 3, "{what}: {}", stderr(out));
+            assert!(stderr(out).contains("as it was"), "{what}: {}", stderr(out));
+            let after = inodes(&t);
+            for (rel, ino) in &before {
+                if rel != "d/good.txt" {
+                    assert_eq!(
+                        after.get(rel),
+                        Some(ino),
+                        "{what}: {rel} is not the same inode"
+                    );
+                }
+            }
+            assert_eq!(after.len(), before.len(), "{what}: {after:?}");
+            assert_eq!(inode(&d.join("a")), inode(&d.join("b")), "{what}");
+            let kind = |n: &str| std::fs::symlink_metadata(d.join(n)).unwrap().file_type();
+            assert!(kind("fifo").is_fifo(), "{what}");
+            assert!(kind("sock").is_socket(), "{what}");
+            assert_eq!(&regular_files(&t), bytes, "{what}");
+            assert_eq!(strata_leftovers(&t), Vec::<String>::new(), "{what}");
+        };
+
+    // The one file fails before it is put in place: nothing changed, nothing to put back.
+    let before_bytes = regular_files(&t);
+    let out = env.run(&[
+        "restore",
+        &snap[..12],
+        t.to_str().unwrap(),
+        "--path",
+        "d/app.db",
+    ]);
+    check(&out, "app.db alone", &before_bytes);
+    log.write_all(b"second line\n").unwrap();
+    assert_eq!(
+        std::fs::read(d.join("app.log")).unwrap(),
+        b"first line\nsecond line\n"
+    );
+
+    // One file replaced and one created before another fails: those two are undone.
+    let before_bytes = regular_files(&t);
+    let out = env.run(&[
+        "restore",
+        &snap2[..12],
+        t.to_str().unwrap(),
+        "--path",
+        "d/good.txt",
+        "--path",
+        "d/new.txt",
+        "--path",
+        "d/app.db",
+    ]);
+    assert!(stderr(&out).contains("back as it was"), "{}", stderr(&out));
+    check(&out, "three files", &before_bytes);
+    log.write_all(b"third line\n").unwrap();
+    assert!(
+        std::fs::read(d.join("app.log"))
+            .unwrap()
+            .ends_with(b"third line\n")
+    );
+}
+
+/// Without --delete, a restore keeps every file of the target the snapshot does not replace:
+/// names that merely look like strata's temporary files, fifos and sockets. Only strata's own
+/// leftovers of a process that is gone are removed.
+#[test]
+fn files_that_look_like_strata_temporaries_fifos_and_sockets_are_kept() {
+    use std::os::unix::fs::FileTypeExt;
+    let env = Env::new();
+    env.init();
+    let src = env.path("app");
+    write(&src.join("a.txt"), b"a, as backed up");
+    let snap = env.backup(&[&src]);
+    let t = env.path("t");
+    env.ok(&["restore", &snap[..12], t.to_str().unwrap()]);
+    let app = t.join("app");
+    // No process can have a pid above the kernel's largest, 2^22.
+    let dead = 4_194_999;
+    let users = [
+        "report.strata-tmp.1.txt".to_string(),
+        ".report.strata-tmp.1.txt".into(),
+        format!("data.strata-tmp.{dead}.2"),
+        format!("x.strata-restore.{dead}.0"),
+        ".notes.strata-tmp.abc.1".into(),
+        format!(".strata-tmp.{dead}.1"),
+    ];
+    for (k, how) in ["whole directory", "--path"].into_iter().enumerate() {
+        for name in &users {
+            write(&app.join(name), name.as_bytes());
+        }
+        let _ = std::fs::remove_file(app.join("fifo"));
+        let _ = std::fs::remove_file(app.join("sock"));
+        mkfifo(&app.join("fifo"));
+        let _socket = std::os::unix::net::UnixListener::bind(app.join("sock")).unwrap();
+        let (fifo, sock) = (inode(&app.join("fifo")), inode(&app.join("sock")));
+        let left = app.join(format!(".a.txt.strata-tmp.{dead}.{k}"));
+        write(&left, b"left by a killed restore");
+        let mut args = vec!["restore", &snap[..12], t.to_str().unwrap()];
+        if k == 1 {
+            args.extend(["--path", "app/a.txt"]);
+        }
+        let out = env.run(&args);
+        assert_eq!(code(&out), 0, "{how}: {}", stderr(&out));
+        assert!(
+            !stderr(&out).contains("not carried over"),
+            "{}",
+            stderr(&out)
+        );
+        for name in &users {
+            assert_eq!(
+                std::fs::read(app.join(name)).ok().as_deref(),
+                Some(name.as_bytes()),
+                "{how}: {name} is gone"
+            );
+        }
+        let kind = |n: &str| std::fs::symlink_metadata(app.join(n)).unwrap().file_type();
+        assert!(kind("fifo").is_fifo(), "{how}");
+        assert!(kind("sock").is_socket(), "{how}");
+        assert_eq!(inode(&app.join("fifo")), fifo, "{how}");
+        assert_eq!(inode(&app.join("sock")), sock, "{how}");
+        assert!(
+            !left.exists(),
+            "{how}: strata's own leftover is still there"
+        );
+        assert_eq!(
+            std::fs::read(app.join("a.txt")).unwrap(),
+            b"a, as backed up"
+        );
+    }
+}
+
+/// A sparse file restores sparse, byte for byte, whether its holes are in the middle or at
+/// the end, and a file of zeros restored over another still reads as zeros.
+#[test]
+fn a_sparse_file_restores_sparse() {
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let size = 64u64 << 20;
+    let f = std::fs::File::create(src.join("sparse.bin")).unwrap();
+    f.set_len(size).unwrap();
+    f.write_all_at(&noise(1 << 20, 3), 20 << 20).unwrap();
+    f.write_all_at(b"the end", size - 7).unwrap();
+    drop(f);
+    let f = std::fs::File::create(src.join("tail.bin")).unwrap();
+    f.write_all_at(&noise(100_000, 4), 0).unwrap();
+    f.set_len(8 << 20).unwrap();
+    drop(f);
+    let snap = env.backup(&[&src]);
+    let t = env.path("t");
+    env.ok(&["restore", &snap[..12], t.to_str().unwrap()]);
+    for (name, len) in [("sparse.bin", size), ("tail.bin", 8 << 20)] {
+        let m = std::fs::metadata(t.join("src").join(name)).unwrap();
+        assert_eq!(m.len(), len, "{name}");
+        assert!(
+            m.blocks() * 512 < 4 << 20,
+            "{name}: {} bytes allocated",
+            m.blocks() * 512
+        );
+        assert!(
+            std::fs::read(t.join("src").join(name)).unwrap()
+                == std::fs::read(src.join(name)).unwrap(),
+            "{name}: bytes differ"
+        );
+    }
 }

@@ -558,3 +558,120 @@ fn repair_under_faults() {
         );
     }
 }
+
+use strata::storage::Backend;
+
+/// A backend that panics on its `reads`-th read of a pack, as code deep inside a read can (redb
+/// panics on some damaged index pages).
+struct PanicsOnRead {
+    inner: LocalBackend,
+    reads: std::sync::atomic::AtomicI64,
+}
+
+impl PanicsOnRead {
+    fn read(&self, name: &str) {
+        if name.starts_with("packs/")
+            && self.reads.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) <= 0
+        {
+            panic!("a read of {name} panicked");
+        }
+    }
+}
+
+impl Backend for PanicsOnRead {
+    fn put(&self, name: &str, data: &[u8]) -> strata::Result<()> {
+        self.inner.put(name, data)
+    }
+    fn get(&self, name: &str) -> strata::Result<Vec<u8>> {
+        self.read(name);
+        self.inner.get(name)
+    }
+    fn read_into(&self, name: &str, offset: u64, buf: &mut [u8]) -> strata::Result<()> {
+        self.read(name);
+        self.inner.read_into(name, offset, buf)
+    }
+    fn size(&self, name: &str) -> strata::Result<u64> {
+        self.inner.size(name)
+    }
+    fn list(&self, prefix: &str) -> strata::Result<Vec<String>> {
+        self.inner.list(prefix)
+    }
+    fn delete(&self, name: &str) -> strata::Result<()> {
+        self.inner.delete(name)
+    }
+    fn exists(&self, name: &str) -> strata::Result<bool> {
+        self.inner.exists(name)
+    }
+}
+
+/// Names below `dir` (recursively) that strata gives its temporary files and staging
+/// directories.
+fn strata_leftovers(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(listing) = fs::read_dir(&d) else {
+            continue;
+        };
+        for e in listing {
+            let p = e.unwrap().path();
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            if name.contains(".strata-tmp.") || name.contains(".strata-restore.") {
+                out.push(p.display().to_string());
+            }
+            if fs::symlink_metadata(&p).unwrap().is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// A panic on a restore's reading threads becomes an error, and leaves nothing of strata's in
+/// the target: no temporary file, no staging directory. Into a fresh target (files put in place
+/// one by one) and over an existing directory (restored beside it, then swapped in), which is
+/// then untouched.
+#[test]
+fn a_panic_inside_a_restore_is_an_error_and_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, snaps) = base(dir.path());
+    let (old_id, new_id) = {
+        let repo = Repo::open(&root, false, "list").unwrap();
+        let mut l = strata::snapshots::list(&repo).unwrap();
+        l.sort_by_key(|s| s.manifest.time_ns);
+        (l[0].id, l[1].id)
+    };
+    for reads in [0, 1, 2, 5] {
+        for over_existing in [false, true] {
+            let target = dir.path().join(format!("t{reads}-{over_existing}"));
+            if over_existing {
+                write_tree(&target.join("src"), &snaps[&old_id]);
+            }
+            let backend = PanicsOnRead {
+                inner: LocalBackend::new(&root),
+                reads: std::sync::atomic::AtomicI64::new(reads),
+            };
+            let repo = Repo::open_with_backend(&root, Box::new(backend), false, "restore").unwrap();
+            let manifest = strata::snapshots::list(&repo)
+                .unwrap()
+                .into_iter()
+                .find(|s| s.id == new_id)
+                .unwrap()
+                .manifest;
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                restore(&repo, &manifest, &RestoreOptions::new(target.clone()))
+            }));
+            let case = format!("{reads} reads, over an existing directory: {over_existing}");
+            let result = result.unwrap_or_else(|_| panic!("{case}: the panic escaped"));
+            let failed = match &result {
+                Ok(r) => r.errors.join("; "),
+                Err(e) => e.to_string(),
+            };
+            assert!(failed.contains("panicked"), "{case}: {failed}");
+            assert_eq!(strata_leftovers(&target), Vec::<String>::new(), "{case}");
+            if over_existing {
+                assert_eq!(read_tree(&target.join("src")), snaps[&old_id], "{case}");
+            }
+        }
+    }
+}

@@ -291,3 +291,106 @@ fn absurd_counts_and_lengths_fail_cleanly() {
         "{all}"
     );
 }
+
+/// Names below `dir` (recursively) that strata gives its temporary files and staging
+/// directories.
+fn strata_leftovers(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(listing) = fs::read_dir(&d) else {
+            continue;
+        };
+        for e in listing {
+            let p = e.unwrap().path();
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            if name.contains(".strata-tmp.") || name.contains(".strata-restore.") {
+                out.push(p.display().to_string());
+            }
+            if fs::symlink_metadata(&p).unwrap().is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// A file of one chunk whose manifest entry claims 2^62 bytes (or any size but the chunk's) is
+/// refused with an error naming it, before anything is allocated for it: no abort, nothing left
+/// in the target, the other files restored. A file of a chunk-list tree likewise. Verify
+/// reports both.
+#[test]
+fn a_size_that_disagrees_with_the_chunks_is_refused_before_allocating() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    write(&src.join("one.txt"), b"a file of a single chunk\n");
+    write(&src.join("many.bin"), &noise(200_000, 5));
+    write(&src.join("other.txt"), b"restored all the same");
+    let id = env.backup(&[&src]);
+    let repo = strata::Repo::open(&env.repo, false, "test").unwrap();
+    let real = strata::snapshots::list(&repo)
+        .unwrap()
+        .into_iter()
+        .find(|s| s.id.to_hex().starts_with(&id))
+        .unwrap()
+        .manifest;
+    drop(repo);
+    let cases = [
+        ("src/one.txt", 1u64 << 62),
+        ("src/one.txt", u64::MAX),
+        ("src/one.txt", 26),
+        ("src/one.txt", 0),
+        ("src/many.bin", 1 << 62),
+        ("src/many.bin", 200_001),
+    ];
+    for (k, (path, size)) in cases.into_iter().enumerate() {
+        let mut m = real.clone();
+        m.time_ns += k as i64 + 1;
+        let e = m
+            .entries
+            .iter_mut()
+            .find(|e| e.path == path.as_bytes())
+            .unwrap();
+        if path == "src/one.txt" {
+            assert!(matches!(e.content, Content::Chunk(_)), "{:?}", e.content);
+        } else {
+            assert!(matches!(e.content, Content::Tree(_)), "{:?}", e.content);
+        }
+        e.size = size;
+        let hostile = plant(&env, &m);
+        let target = env.path(&format!("t{k}"));
+        let (status, err) = restore(&env, &hostile, &target);
+        assert_eq!(status, 3, "{path} claiming {size}: {err}");
+        assert!(!err.contains("memory allocation"), "{err}");
+        assert!(
+            err.contains(path) && err.contains(&format!("{size} bytes")),
+            "{path} claiming {size}: {err}"
+        );
+        assert!(!target.join(path).exists(), "{path} claiming {size}");
+        assert_eq!(
+            fs::read(target.join("src/other.txt")).unwrap(),
+            b"restored all the same"
+        );
+        assert_eq!(strata_leftovers(&target), Vec::<String>::new());
+        // Written to standard output, the same refusal.
+        let out = env.run(&["restore", &hostile[..16], "--to-stdout", "--path", path]);
+        assert_ne!(code(&out), 0, "{path} claiming {size}");
+        assert!(
+            !stderr(&out).contains("memory allocation"),
+            "{}",
+            stderr(&out)
+        );
+        let out = env.run(&["verify"]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(code(&out), 3, "{path} claiming {size}: {stdout}");
+        assert!(
+            stdout.contains(&hostile[..8])
+                && stdout.contains(path)
+                && stdout.contains("chunk list holds"),
+            "{path} claiming {size}: {stdout}"
+        );
+        env.ok(&["delete", &hostile[..16]]);
+    }
+    env.ok(&["verify"]);
+}

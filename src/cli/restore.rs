@@ -4,11 +4,12 @@ use super::EXIT_DAMAGE;
 use super::output::{bytes, print_json};
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use strata::backup::BackupOptions;
+use strata::backup::{BackupOptions, BackupReport};
 use strata::repo::Repo;
 use strata::restore::RestoreOptions;
+use strata::rollback::Changes;
 use strata::snapshots;
 use strata::verify::ReadData;
 
@@ -106,7 +107,8 @@ pub fn restore(repo: &Repo, args: RestoreArgs) -> Result<ExitCode> {
         );
         point = Some(saved);
     }
-    let result = strata::restore::restore(
+    let changes = Changes::new();
+    let result = strata::restore::restore_undoable(
         repo,
         &snap.manifest,
         &RestoreOptions {
@@ -115,41 +117,15 @@ pub fn restore(repo: &Repo, args: RestoreArgs) -> Result<ExitCode> {
             delete: args.delete,
             cache_databases: !args.no_check_sqlite,
         },
+        &changes,
     );
     let failed = match &result {
         Ok(r) => !r.errors.is_empty(),
         Err(_) => true,
     };
-    if failed && let Some(point) = &point {
-        // Put the target back as it was: remove what the restore added, restore the point.
-        for p in &replaced.absent {
-            if std::fs::symlink_metadata(p).is_ok_and(|m| !m.is_dir()) {
-                let _ = std::fs::remove_file(p);
-            }
-        }
-        let back = strata::restore::restore(
-            repo,
-            &point.manifest,
-            &RestoreOptions {
-                target: target.clone(),
-                paths: vec![],
-                // The point holds the whole of what was there.
-                delete: true,
-                cache_databases: false,
-            },
-        );
-        match back {
-            Ok(r) if r.errors.is_empty() => eprintln!(
-                "strata: the restore failed; {} is back as it was (restore point {})",
-                target.display(),
-                point.id.short()
-            ),
-            _ => eprintln!(
-                "strata: the restore failed and putting the target back failed too; restore \
-                 point {} holds what was there",
-                point.id.short()
-            ),
-        }
+    match &point {
+        Some(point) if failed => roll_back(repo, point, &target, changes),
+        _ => changes.keep(),
     }
     let report = result?;
     // Databases: integrity of each restored image, when asked.
@@ -263,6 +239,88 @@ pub fn restore(repo: &Repo, args: RestoreArgs) -> Result<ExitCode> {
         return Ok(ExitCode::from(EXIT_DAMAGE));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Undoes what a failed restore changed in `target`, and only that: files it never touched keep
+/// their inodes, links and kinds. Files it replaced come back from restore point `point`.
+fn roll_back(repo: &Repo, point: &BackupReport, target: &Path, changes: Changes) {
+    if changes.is_empty() {
+        eprintln!(
+            "strata: the restore failed before it changed anything; {} is as it was",
+            target.display()
+        );
+        return;
+    }
+    let problems = match std::fs::canonicalize(target) {
+        Ok(root) => changes.undo(&mut |replaced: &[PathBuf], removed: &[PathBuf]| {
+            put_back(repo, &point.manifest, &root, replaced, removed)
+        }),
+        Err(e) => vec![format!("{}: {e}", target.display())],
+    };
+    if problems.is_empty() {
+        eprintln!(
+            "strata: the restore failed; what it changed in {} is back as it was (restore \
+             point {})",
+            target.display(),
+            point.id.short()
+        );
+        return;
+    }
+    for p in &problems {
+        eprintln!("not put back: {p}");
+    }
+    eprintln!(
+        "strata: the restore failed and putting the target back failed in part; restore point \
+         {} holds what was there",
+        point.id.short()
+    );
+}
+
+/// Restores the files below `root` that a failed restore replaced or removed from restore point
+/// `point`, whose sources are the top-level entries of `root` it saved, each under its own name.
+/// Returns what could not be put back. A removed file the point does not hold is a SQLite log,
+/// which the point leaves out: its database's image there already holds what it held.
+fn put_back(
+    repo: &Repo,
+    point: &strata::Manifest,
+    root: &Path,
+    replaced: &[PathBuf],
+    removed: &[PathBuf],
+) -> strata::Result<Vec<String>> {
+    use std::os::unix::ffi::OsStrExt;
+    let in_point = |path: &Path| -> Option<Vec<u8>> {
+        let mut parts = path.strip_prefix(root).ok()?.components();
+        let first = parts.next()?.as_os_str();
+        let source = point
+            .sources
+            .iter()
+            .find(|s| Path::new(&s.path).file_name() == Some(first))?;
+        let mut out = source.name.as_bytes().to_vec();
+        for p in parts {
+            out.push(b'/');
+            out.extend_from_slice(p.as_os_str().as_bytes());
+        }
+        Some(out)
+    };
+    let mut problems = Vec::new();
+    let mut wanted = Vec::new();
+    for path in replaced {
+        match in_point(path) {
+            Some(p) => wanted.push(p),
+            None => problems.push(format!("{}: not in the restore point", path.display())),
+        }
+    }
+    let optional: Vec<Vec<u8>> = removed.iter().filter_map(|p| in_point(p)).collect();
+    wanted.extend(optional.iter().cloned());
+    let (report, missing) = strata::restore::restore_files(repo, point, &wanted, root)?;
+    problems.extend(report.errors);
+    for m in missing.iter().filter(|m| !optional.contains(m)) {
+        problems.push(format!(
+            "{}: not in the restore point",
+            String::from_utf8_lossy(m)
+        ));
+    }
+    Ok(problems)
 }
 
 #[derive(serde::Serialize)]
