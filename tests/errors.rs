@@ -282,12 +282,14 @@ fn a_closed_pipe_is_a_quiet_exit() {
     // The reader is gone before strata writes (`true` reads nothing and exits at once); five
     // times, as the reader may also lose the race and read.
     for _ in 0..5 {
-        let out = std::process::Command::new("bash")
-            .args(["-c", "\"$STRATA_BIN\" list | true; exit ${PIPESTATUS[0]}"])
+        let mut bash = std::process::Command::new("bash");
+        bash.args(["-c", "\"$STRATA_BIN\" list | true; exit ${PIPESTATUS[0]}"])
             .env("STRATA_BIN", common::bin())
-            .env("STRATA_REPO", &env.repo)
-            .output()
-            .unwrap();
+            .env("STRATA_REPO", &env.repo);
+        for (k, v) in env.vars.borrow().iter() {
+            bash.env(k, v);
+        }
+        let out = bash.output().unwrap();
         assert_eq!(code(&out), 0, "{}", stderr(&out));
         assert_eq!(stderr(&out), "", "a closed pipe printed something");
     }

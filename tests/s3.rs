@@ -277,7 +277,7 @@ fn a_second_writer_waits_for_the_lease() {
     std::thread::sleep(Duration::from_secs(3));
     let src = tree(&env, 4);
     let out = env.run(&["backup", src.to_str().unwrap()]);
-    assert_eq!(code(&out), 1);
+    assert_eq!(code(&out), 5, "a locked repository has its own exit code");
     assert!(
         stderr(&out).contains("is locked by pid"),
         "{}",
