@@ -1082,7 +1082,7 @@ fn read_file(
     };
     let mut sums = sum_state(shared, path, page_size, before.len(), previous)?;
     let blob_reader = match &prev_index {
-        Some(index) => Some(crate::restore::BlobReader::new(repo, index)?),
+        Some(index) => Some(crate::blobs::BlobReader::new(repo, index)?),
         None => None,
     };
     let fetch = |id: &ChunkId| match &blob_reader {

@@ -14,6 +14,7 @@
 //!    written: the same order as a backup, so a copy killed at any moment leaves the
 //!    destination valid, with the snapshots copied so far.
 
+use crate::blobs::{BlobReader, blob_in_frame, check_hash};
 use crate::compress::{check_frame, compress};
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, SnapshotId};
@@ -22,7 +23,6 @@ use crate::manifest::{Content, Manifest};
 use crate::pack::BlobKind;
 use crate::packer::{Packer, WrittenPack};
 use crate::repo::Repo;
-use crate::restore::{BlobReader, blob_in_frame, check_hash};
 use crate::tree::Node;
 use rayon::prelude::*;
 use std::collections::HashSet;

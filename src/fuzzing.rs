@@ -56,7 +56,7 @@ pub fn pack(data: &[u8]) {
                 assert!(e.offset_in_frame as u64 + e.raw_len as u64 <= e.frame.raw_len as u64);
                 let stored = &input[e.frame.offset as usize..end as usize];
                 let mut raw = vec![0u8; e.frame.raw_len as usize];
-                let _ = crate::restore::decode_stored(
+                let _ = crate::pack::decode_stored(
                     None,
                     stored,
                     e.frame.compression,

@@ -17,6 +17,7 @@
 //!    files deleted. A crash at any point leaves every snapshot restorable; the next gc finishes.
 
 use crate::backup::insert_packs;
+use crate::blobs::{BlobReader, blob_in_frame, check_hash};
 use crate::compress::compress;
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, SnapshotId};
@@ -28,7 +29,6 @@ use crate::manifest::Content;
 use crate::pack::PackWriter;
 use crate::packer::WrittenPack;
 use crate::repo::Repo;
-use crate::restore::{BlobReader, blob_in_frame, check_hash};
 use redb::{ReadableTable, ReadableTableMetadata};
 use std::collections::{BTreeMap, HashMap, HashSet};
 

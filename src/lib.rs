@@ -36,6 +36,7 @@
 //! ```
 
 pub mod backup;
+pub mod blobs;
 pub mod capture;
 pub mod chunker;
 pub mod codec;

@@ -203,7 +203,7 @@ pub fn fill(repo: &crate::repo::Repo) -> Result<u64> {
             }
         }
     }
-    let reader = crate::restore::BlobReader::new(repo, &index)?;
+    let reader = crate::blobs::BlobReader::new(repo, &index)?;
     let keys = repo.keys();
     let id_key = keys.map(|k| k.id_key());
     let added = std::sync::atomic::AtomicU64::new(0);
@@ -222,10 +222,10 @@ pub fn fill(repo: &crate::repo::Repo) -> Result<u64> {
                     continue;
                 };
                 frame.resize(loc.frame_raw_len as usize, 0);
-                if crate::restore::decode_frame(keys, stored, loc, &name, &mut frame).is_err() {
+                if crate::blobs::decode_frame(keys, stored, loc, &name, &mut frame).is_err() {
                     continue;
                 }
-                if let Ok(blob) = crate::restore::blob_in_frame(&frame, loc, &name)
+                if let Ok(blob) = crate::blobs::blob_in_frame(&frame, loc, &name)
                     && ChunkId::hash(id_key, blob) == *id
                 {
                     cache.insert(*id, blob);

@@ -455,7 +455,7 @@ pub fn proven(
         return false;
     }
     raw.resize(e.frame.raw_len as usize, 0);
-    let decoded = crate::restore::decode_stored(
+    let decoded = decode_stored(
         keys,
         stored,
         e.frame.compression,
@@ -468,6 +468,29 @@ pub fn proven(
             keys.map(|k| k.id_key()),
             &raw[e.offset_in_frame as usize..member_end as usize],
         ) == e.id
+}
+
+/// Opens (in an encrypted repository) and decompresses a frame's stored bytes into `dst` (exactly
+/// its raw length).
+pub fn decode_stored(
+    keys: Option<&crate::crypto::Keys>,
+    stored: &[u8],
+    compression: crate::compress::Compression,
+    offset: u64,
+    pack: &str,
+    dst: &mut [u8],
+) -> Result<()> {
+    let what = || format!("{pack}: frame at offset {offset}");
+    let opened;
+    let body = match keys {
+        Some(k) => {
+            opened = k.open(crate::crypto::Object::Frame, stored, &what())?;
+            &opened[..]
+        }
+        None => stored,
+    };
+    crate::compress::decompress_into(body, compression, dst)
+        .map_err(|e| Error::corrupt(format!("{}: {e}", what())))
 }
 
 #[cfg(test)]

@@ -19,12 +19,12 @@
 //! - after `gc`, every blob in the blob table has a count (blobs at zero are dropped together,
 //!   so a later backup that deduplicates against an indexed node always finds its children).
 
+use crate::blobs::BlobReader;
 use crate::error::{Error, Result};
 use crate::id::ChunkId;
 use crate::index::{BLOBS, BlobLoc, Locate, META, META_INDEX_VERSION, PACK_USE, REFS, UNCOUNTED};
 use crate::manifest::{Content, Manifest};
 use crate::pack::BlobKind;
-use crate::restore::BlobReader;
 use crate::tree::Node;
 use redb::ReadableTable;
 use std::collections::HashMap;

@@ -1,6 +1,7 @@
 //! Rebuilding the index from what the repository files say about themselves: pack trailers list
 //! every blob, manifest files list every snapshot. The index is a cache; this makes that true.
 
+use crate::blobs::BlobReader;
 use crate::error::{Error, IoContext, Result};
 use crate::id::ChunkId;
 use crate::index::{
@@ -9,7 +10,6 @@ use crate::index::{
 use crate::manifest::Manifest;
 use crate::pack::PackEntry;
 use crate::repo::{INDEX_NAME, Lock, load_config};
-use crate::restore::BlobReader;
 use crate::storage::{Backend, LocalBackend, sync_dir};
 use rayon::prelude::*;
 use redb::ReadableTable;

@@ -903,6 +903,17 @@ impl Repo {
     }
 }
 
+/// A reader of the repository's blobs as the index `index` places them.
+impl<'a> crate::blobs::BlobReader<'a, crate::index::IndexReader> {
+    pub fn new(repo: &'a Repo, index: &'a crate::index::IndexReader) -> Result<Self> {
+        Ok(crate::blobs::BlobReader::over(
+            repo.backend.as_ref(),
+            repo.keys(),
+            index,
+        ))
+    }
+}
+
 impl Drop for Repo {
     fn drop(&mut self) {
         if let Some(name) = self.reader.take() {

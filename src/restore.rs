@@ -1,17 +1,18 @@
 //! Restore: reassemble files from verified chunks, stage each beside its destination, fsync,
 //! rename into place. A reader of the destination sees the old file or the complete new one.
 
+use crate::blobs::{BlobReader, check_hash, decode_frame, with_chunk};
 use crate::error::{Error, IoContext, Result};
 use crate::id::ChunkId;
-use crate::index::{BlobLoc, IndexReader, Locate};
+use crate::index::{BlobLoc, IndexReader};
 use crate::manifest::{Content, Entry, EntryKind, Manifest};
-use crate::pack::BlobKind;
 use crate::repo::Repo;
 use crate::rollback::{Change, Changes};
 use crate::storage::{sync_dir, temp_name};
+use crate::sys::{exchange, set_mtime};
 use crate::tree::{LeafWalker, NodeEntry};
 use rayon::prelude::*;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -20,228 +21,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-
-/// Reads blobs by id through the index (or, inside a write transaction, its tables), verifying
-/// each against its id.
-pub struct BlobReader<'a, L: ?Sized = IndexReader> {
-    backend: &'a dyn crate::storage::Backend,
-    keys: Option<&'a crate::crypto::Keys>,
-    index: &'a L,
-    packs: Mutex<HashMap<u32, String>>,
-    /// Ask the backend to read each pack ahead when it is first named (a large restore, which
-    /// reads most of every pack it touches).
-    prefetch: bool,
-}
-
-impl<'a> BlobReader<'a, IndexReader> {
-    pub fn new(repo: &'a Repo, index: &'a IndexReader) -> Result<Self> {
-        Ok(BlobReader::over(repo.backend.as_ref(), repo.keys(), index))
-    }
-}
-
-impl<'a, L: Locate + ?Sized> BlobReader<'a, L> {
-    /// A reader of the blobs `index` locates in `backend`'s packs.
-    pub fn over(
-        backend: &'a dyn crate::storage::Backend,
-        keys: Option<&'a crate::crypto::Keys>,
-        index: &'a L,
-    ) -> Self {
-        BlobReader {
-            backend,
-            keys,
-            index,
-            packs: Mutex::new(HashMap::new()),
-            prefetch: false,
-        }
-    }
-
-    pub fn pack_name(&self, no: u32) -> Result<String> {
-        let mut packs = self.packs.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = packs.get(&no) {
-            return Ok(n.clone());
-        }
-        let name = self.index.pack(no)?.object_name();
-        packs.insert(no, name.clone());
-        // Not under the lock: the hint itself can take milliseconds (the kernel allocates the
-        // pack's pages and queues their reads), and every other thread needs the lock.
-        drop(packs);
-        if self.prefetch {
-            self.backend.will_need(&name);
-        }
-        Ok(name)
-    }
-
-    /// Reads `len` stored bytes at `offset` of pack object `pack`.
-    pub fn read_span(&self, pack: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
-        self.backend
-            .get_range(pack, offset, len)
-            .map_err(|e| match e.kind() {
-                crate::ErrorKind::NotFound => Error::corrupt(format!("{pack} is missing")),
-                // A failed read is not damage: it may succeed next time.
-                crate::ErrorKind::Io => e,
-                _ => Error::corrupt(format!("{pack}: {len} bytes at offset {offset}: {e}")),
-            })
-    }
-
-    /// Like [`Self::read_span`], into a buffer of exactly the wanted length; `sequential` for a
-    /// piece of a large file's read (see [`crate::storage::Backend::read_into_sequential`]).
-    pub fn read_span_into(
-        &self,
-        pack: &str,
-        offset: u64,
-        buf: &mut [u8],
-        sequential: bool,
-    ) -> Result<()> {
-        let read = if sequential {
-            self.backend.read_into_sequential(pack, offset, buf)
-        } else {
-            self.backend.read_into(pack, offset, buf)
-        };
-        read.map_err(|e| match e.kind() {
-            crate::ErrorKind::NotFound => Error::corrupt(format!("{pack} is missing")),
-            crate::ErrorKind::Io => e,
-            _ => Error::corrupt(format!(
-                "{pack}: {} bytes at offset {offset}: {e}",
-                buf.len()
-            )),
-        })
-    }
-
-    /// Bytes of a file handled per batch and per group of a batch (see [`for_each_batch`]), and
-    /// how far apart two frames may be and still be read with one request: on object storage,
-    /// where a request costs a round trip, frames a little apart (other files' chunks or
-    /// chunk-list nodes between them) are read together.
-    fn read_shape(&self) -> (u64, u64, u64) {
-        match self.backend.parallelism() {
-            Some(_) => (REMOTE_BATCH_BYTES, REMOTE_GROUP_BYTES, REMOTE_GAP),
-            None => (BATCH_BYTES, GROUP_BYTES, 0),
-        }
-    }
-
-    /// Where blob `id` is, if the index has it.
-    pub fn find(&self, id: &ChunkId) -> Result<Option<BlobLoc>> {
-        self.index.blob(id)
-    }
-
-    pub fn locate(&self, id: &ChunkId) -> Result<BlobLoc> {
-        self.index.blob(id)?.ok_or_else(|| {
-            Error::corrupt(format!(
-                "chunk {id} is missing from the index; run `strata verify`"
-            ))
-        })
-    }
-
-    /// The plain bytes of blob `id`, checked against its id.
-    pub fn read(&self, id: &ChunkId) -> Result<Vec<u8>> {
-        let loc = self.locate(id)?;
-        let cache = match loc.kind {
-            BlobKind::Node => self.backend.node_cache(),
-            BlobKind::Data => None,
-        };
-        if let Some(cache) = cache
-            && let Some(bytes) = cache.get(id)
-            && ChunkId::hash(self.keys.map(|k| k.id_key()), &bytes) == *id
-        {
-            return Ok(bytes);
-        }
-        let (frame, pack) = self.read_frame(&loc)?;
-        let blob = blob_in_frame(&frame, &loc, &pack)?;
-        check_hash(blob, &loc, id, self.keys.map(|k| k.id_key()), &pack)?;
-        if let Some(cache) = cache {
-            cache.insert(*id, blob);
-        }
-        Ok(blob.to_vec())
-    }
-
-    /// The decompressed frame that holds the blob at `loc`, and the name of its pack (for
-    /// messages). Its blobs are not checked yet.
-    pub fn read_frame(&self, loc: &BlobLoc) -> Result<(Vec<u8>, String)> {
-        let pack = self.pack_name(loc.pack)?;
-        let stored = self.read_span(
-            &pack,
-            loc.frame_offset as u64,
-            loc.frame_stored_len as usize,
-        )?;
-        let mut frame = vec![0u8; loc.frame_raw_len as usize];
-        decode_frame(self.keys, &stored, loc, &pack, &mut frame)?;
-        Ok((frame, pack))
-    }
-}
-
-/// Opens (in an encrypted repository) and decompresses a frame into `dst` (exactly its raw
-/// length).
-pub fn decode_frame(
-    keys: Option<&crate::crypto::Keys>,
-    stored: &[u8],
-    loc: &BlobLoc,
-    pack: &str,
-    dst: &mut [u8],
-) -> Result<()> {
-    decode_stored(
-        keys,
-        stored,
-        loc.compression,
-        loc.frame_offset as u64,
-        pack,
-        dst,
-    )
-}
-
-/// [`decode_frame`] for a frame described by its fields.
-pub fn decode_stored(
-    keys: Option<&crate::crypto::Keys>,
-    stored: &[u8],
-    compression: crate::compress::Compression,
-    offset: u64,
-    pack: &str,
-    dst: &mut [u8],
-) -> Result<()> {
-    let what = || format!("{pack}: frame at offset {offset}");
-    let opened;
-    let body = match keys {
-        Some(k) => {
-            opened = k.open(crate::crypto::Object::Frame, stored, &what())?;
-            &opened[..]
-        }
-        None => stored,
-    };
-    crate::compress::decompress_into(body, compression, dst)
-        .map_err(|e| Error::corrupt(format!("{}: {e}", what())))
-}
-
-/// Names the first chunk a damaged frame held, for the user.
-fn with_chunk(e: Error, id: &ChunkId) -> Error {
-    Error::corrupt(format!("{e} (chunk {id})"))
-}
-
-/// Checks that `data` (a blob taken from its frame) hashes to `id`.
-pub fn check_hash(
-    data: &[u8],
-    loc: &BlobLoc,
-    id: &ChunkId,
-    key: Option<&[u8; 32]>,
-    pack: &str,
-) -> Result<()> {
-    if ChunkId::hash(key, data) != *id {
-        return Err(Error::corrupt(format!(
-            "{pack}: chunk {id} in frame at offset {}: hash mismatch",
-            loc.frame_offset
-        )));
-    }
-    Ok(())
-}
-
-/// The bytes of the blob at `loc` inside its decompressed frame; an index entry pointing outside
-/// the frame is damage, not a reason to panic.
-pub fn blob_in_frame<'f>(raw: &'f [u8], loc: &BlobLoc, pack: &str) -> Result<&'f [u8]> {
-    let start = loc.offset_in_frame as usize;
-    raw.get(start..start + loc.raw_len as usize).ok_or_else(|| {
-        Error::corrupt(format!(
-            "{pack}: blob at {start}+{} lies outside its frame at offset {}",
-            loc.raw_len, loc.frame_offset
-        ))
-    })
-}
 
 pub struct RestoreOptions {
     pub target: PathBuf,
@@ -367,6 +146,18 @@ const GROUP_BYTES: u64 = 512 << 10;
 /// On object storage, frames at most this far apart in a pack are read with one request.
 const REMOTE_GAP: u64 = 256 << 10;
 
+/// Bytes of a file handled per batch and per group of a batch (see [`for_each_batch`]), and how
+/// far apart two frames may be and still be read with one request: on object storage, where a
+/// request costs a round trip, frames a little apart (other files' chunks or chunk-list nodes
+/// between them) are read together.
+fn read_shape(blobs: &BlobReader) -> (u64, u64, u64) {
+    if blobs.remote() {
+        (REMOTE_BATCH_BYTES, REMOTE_GROUP_BYTES, REMOTE_GAP)
+    } else {
+        (BATCH_BYTES, GROUP_BYTES, 0)
+    }
+}
+
 /// A run of consecutive chunks of one file.
 struct Group {
     offset: u64,
@@ -387,7 +178,7 @@ fn for_each_group(
     mut walker: LeafWalker,
     f: &mut dyn FnMut(Group) -> Result<()>,
 ) -> Result<u64> {
-    let (_, group_max, _) = blobs.read_shape();
+    let (_, group_max, _) = read_shape(blobs);
     let mut offset = 0u64;
     let mut group = Group {
         offset,
@@ -453,13 +244,13 @@ fn check_size(blobs: &BlobReader, entry: &Entry, walker: &LeafWalker) -> Result<
 }
 
 /// Walks a file's chunk list in batches of consecutive groups (up to the batch size of
-/// [`BlobReader::read_shape`]), calling `f` per batch in order.
+/// [`read_shape`]), calling `f` per batch in order.
 fn for_each_batch(
     blobs: &BlobReader,
     entry: &Entry,
     f: &mut dyn FnMut(Vec<Group>) -> Result<()>,
 ) -> Result<u64> {
-    let (batch_max, _, _) = blobs.read_shape();
+    let (batch_max, _, _) = read_shape(blobs);
     let mut batch: Vec<Group> = Vec::new();
     let mut batch_bytes = 0;
     let fetch = |id: &ChunkId| blobs.read(id);
@@ -551,9 +342,9 @@ fn fill_group(blobs: &BlobReader, group: &Group, out: &mut [u8]) -> Result<()> {
         let l = &locs[i];
         (l.pack, l.frame_offset, l.offset_in_frame, i)
     });
-    let key = blobs.keys.map(|k| k.id_key());
-    let keys = blobs.keys;
-    let (_, group_max, gap) = blobs.read_shape();
+    let key = blobs.keys().map(|k| k.id_key());
+    let keys = blobs.keys();
+    let (_, group_max, gap) = read_shape(blobs);
     // Spans of frames of one pack, each after the last and at most `gap` apart: one read each.
     let mut spans: Vec<(usize, usize, u64, u64)> = Vec::new();
     let mut i = 0;
@@ -702,7 +493,7 @@ fn write_content_at(
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::FileExt;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let (batch_max, group_max, _) = blobs.read_shape();
+    let (batch_max, group_max, _) = read_shape(blobs);
     let window = (2 * batch_max / group_max).max(2) as usize;
     let write_group = |g: &Group| -> Result<()> {
         // A group at a block boundary is assembled at an aligned address and padded to whole
@@ -911,33 +702,6 @@ fn prepare_parent(target: &Path, rel: &[u8], dirs: &Dirs) -> Result<PathBuf> {
         ensure_dir(&dir, dirs)?;
     }
     Ok(dir.join(OsStr::from_bytes(comps[comps.len() - 1])))
-}
-
-pub(crate) fn set_mtime(path: &Path, mtime_ns: i64, follow: bool) -> Result<()> {
-    let ts = libc::timespec {
-        tv_sec: mtime_ns.div_euclid(1_000_000_000) as libc::time_t,
-        tv_nsec: mtime_ns.rem_euclid(1_000_000_000) as libc::c_long,
-    };
-    let times = [
-        libc::timespec {
-            tv_sec: 0,
-            tv_nsec: libc::UTIME_OMIT,
-        },
-        ts,
-    ];
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| Error::invalid("path contains NUL"))?;
-    let flags = if follow { 0 } else { libc::AT_SYMLINK_NOFOLLOW };
-    // SAFETY: c is a valid NUL-terminated path and times points to two timespecs.
-    let r = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), flags) };
-    if r != 0 {
-        return Err(Error::io_path(
-            "set mtime",
-            path,
-            std::io::Error::last_os_error(),
-        ));
-    }
-    Ok(())
 }
 
 /// A file being made beside its destination: removed when dropped before it is renamed into
@@ -1220,7 +984,7 @@ fn restore_recording(
     let index = IndexReader::new(&txn)?;
     let load = large && loading_pays(repo, &index, bytes)?;
     let mut blobs = BlobReader::new(repo, &index)?;
-    blobs.prefetch = large;
+    blobs.set_prefetch(large);
     std::thread::scope(|s| {
         if load {
             // Read while the restore starts: its first reads wait on the disk anyway, and its
@@ -1570,55 +1334,6 @@ fn keep_extras(
     sync_dir(new)
 }
 
-/// Swaps `staged` and `dest` in one step where the filesystem can (`RENAME_EXCHANGE`); else
-/// moves `dest` to `aside` (a path beside `staged`, in the same directory) and `staged` to
-/// `dest`. Returns where the tree that was at `dest` is now.
-pub(crate) fn exchange(staged: &Path, dest: &Path, aside: &Path) -> Result<PathBuf> {
-    let stage_dir = staged.parent().unwrap_or(Path::new("/"));
-    let a = std::ffi::CString::new(staged.as_os_str().as_bytes())
-        .map_err(|_| Error::invalid("path contains NUL"))?;
-    let b = std::ffi::CString::new(dest.as_os_str().as_bytes())
-        .map_err(|_| Error::invalid("path contains NUL"))?;
-    // SAFETY: both are valid NUL-terminated paths; renameat2 only reads them.
-    let r = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            a.as_ptr(),
-            libc::AT_FDCWD,
-            b.as_ptr(),
-            libc::RENAME_EXCHANGE,
-        )
-    };
-    if r == 0 {
-        sync_dir(stage_dir)?;
-        return Ok(staged.to_path_buf());
-    }
-    let err = std::io::Error::last_os_error();
-    if !matches!(
-        err.raw_os_error(),
-        Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP)
-    ) {
-        return Err(Error::io_path("swap in the restored directory", dest, err));
-    }
-    fs::rename(dest, aside).ctx("move aside", dest)?;
-    if let Err(e) = fs::rename(staged, dest) {
-        // Put the old directory back rather than leave nothing there.
-        return Err(match fs::rename(aside, dest) {
-            Ok(()) => Error::io_path("swap in the restored directory", dest, e),
-            Err(_) => Error::io(
-                format!(
-                    "swap in the restored directory {} (what was there is now at {})",
-                    dest.display(),
-                    aside.display()
-                ),
-                e,
-            ),
-        });
-    }
-    sync_dir(stage_dir)?;
-    Ok(aside.to_path_buf())
-}
-
 /// How restored files are written.
 #[derive(Clone, Copy)]
 struct Writes {
@@ -1667,7 +1382,7 @@ fn restore_entries(
     // cores: 1.94 s median with 8 threads, 2.15 s with 4, no faster with 16; see
     // docs/PERFORMANCE.md).
     let threads = blobs
-        .backend
+        .backend()
         .parallelism()
         .unwrap_or(4 * rayon::current_num_threads());
     let results: Vec<(String, Result<(u64, PathBuf)>)> = crate::storage::with_pool(threads, || {

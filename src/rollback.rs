@@ -161,7 +161,7 @@ impl Drop for Changes {
 
 /// Swaps the previous tree at `old` back to `dest`; the restored tree ends up in `stage`.
 fn swap_back(dest: &Path, old: &Path, stage: &Path) -> Result<()> {
-    crate::restore::exchange(old, dest, &stage.join(".new"))?;
+    crate::sys::exchange(old, dest, &stage.join(".new"))?;
     Ok(())
 }
 
@@ -173,5 +173,5 @@ fn set_dir_meta(path: &Path, uid: u32, gid: u32, mode: u32, mtime_ns: i64) -> Re
     }
     fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o7777))
         .ctx("set permissions", path)?;
-    crate::restore::set_mtime(path, mtime_ns, true)
+    crate::sys::set_mtime(path, mtime_ns, true)
 }

@@ -246,11 +246,7 @@ pub fn read_ahead(file: &File) {
 }
 
 /// fsyncs a directory so a rename or create inside it is durable.
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .ctx("fsync directory", dir)
-}
+pub use crate::sys::sync_dir;
 
 /// A temporary name beside `path` that no other writer uses.
 pub fn temp_name(path: &Path) -> PathBuf {

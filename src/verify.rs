@@ -1,13 +1,14 @@
 //! Verification: every snapshot's manifest, chunk-list trees and chunks are accounted for; with
 //! `read_data`, every pack is read and every blob decompressed and checked against its id.
 
+use crate::blobs::{BlobReader, check_hash};
 use crate::error::{Error, Result};
 use crate::id::ChunkId;
 use crate::index::IndexReader;
 use crate::manifest::{Content, EntryKind, Manifest};
 use crate::pack::{BlobKind, parse_pack};
 use crate::repo::Repo;
-use crate::restore::{BlobReader, check_entry_path, check_hash};
+use crate::restore::check_entry_path;
 use crate::tree::Node;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -210,7 +211,7 @@ pub fn verify_reading(repo: &Repo, read: ReadData) -> Result<VerifyReport> {
                                 let stored = &bytes
                                     [f.offset as usize..(f.offset + f.stored_len as u64) as usize];
                                 let mut raw = vec![0u8; f.raw_len as usize];
-                                let decoded = crate::restore::decode_stored(
+                                let decoded = crate::pack::decode_stored(
                                     repo.keys(),
                                     stored,
                                     f.compression,

@@ -1,0 +1,212 @@
+//! Reading blobs by id: the index says which pack, frame and place; the frame is read (and, in
+//! an encrypted repository, opened), decompressed, and each blob checked against its id before
+//! anyone sees it. Used by restore, verify, gc, copy, repair and the node cache.
+
+use crate::error::{Error, Result};
+use crate::id::ChunkId;
+use crate::index::{BlobLoc, IndexReader, Locate};
+use crate::pack::BlobKind;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// Reads blobs by id through the index (or, inside a write transaction, its tables), verifying
+/// each against its id.
+pub struct BlobReader<'a, L: ?Sized = IndexReader> {
+    backend: &'a dyn crate::storage::Backend,
+    keys: Option<&'a crate::crypto::Keys>,
+    index: &'a L,
+    packs: Mutex<HashMap<u32, String>>,
+    /// Ask the backend to read each pack ahead when it is first named (a large restore, which
+    /// reads most of every pack it touches).
+    prefetch: bool,
+}
+
+impl<'a, L: Locate + ?Sized> BlobReader<'a, L> {
+    /// A reader of the blobs `index` locates in `backend`'s packs.
+    pub fn over(
+        backend: &'a dyn crate::storage::Backend,
+        keys: Option<&'a crate::crypto::Keys>,
+        index: &'a L,
+    ) -> Self {
+        BlobReader {
+            backend,
+            keys,
+            index,
+            packs: Mutex::new(HashMap::new()),
+            prefetch: false,
+        }
+    }
+
+    pub fn pack_name(&self, no: u32) -> Result<String> {
+        let mut packs = self.packs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = packs.get(&no) {
+            return Ok(n.clone());
+        }
+        let name = self.index.pack(no)?.object_name();
+        packs.insert(no, name.clone());
+        // Not under the lock: the hint itself can take milliseconds (the kernel allocates the
+        // pack's pages and queues their reads), and every other thread needs the lock.
+        drop(packs);
+        if self.prefetch {
+            self.backend.will_need(&name);
+        }
+        Ok(name)
+    }
+
+    /// Reads `len` stored bytes at `offset` of pack object `pack`.
+    pub fn read_span(&self, pack: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
+        self.backend
+            .get_range(pack, offset, len)
+            .map_err(|e| match e.kind() {
+                crate::ErrorKind::NotFound => Error::corrupt(format!("{pack} is missing")),
+                // A failed read is not damage: it may succeed next time.
+                crate::ErrorKind::Io => e,
+                _ => Error::corrupt(format!("{pack}: {len} bytes at offset {offset}: {e}")),
+            })
+    }
+
+    /// Like [`Self::read_span`], into a buffer of exactly the wanted length; `sequential` for a
+    /// piece of a large file's read (see [`crate::storage::Backend::read_into_sequential`]).
+    pub fn read_span_into(
+        &self,
+        pack: &str,
+        offset: u64,
+        buf: &mut [u8],
+        sequential: bool,
+    ) -> Result<()> {
+        let read = if sequential {
+            self.backend.read_into_sequential(pack, offset, buf)
+        } else {
+            self.backend.read_into(pack, offset, buf)
+        };
+        read.map_err(|e| match e.kind() {
+            crate::ErrorKind::NotFound => Error::corrupt(format!("{pack} is missing")),
+            crate::ErrorKind::Io => e,
+            _ => Error::corrupt(format!(
+                "{pack}: {} bytes at offset {offset}: {e}",
+                buf.len()
+            )),
+        })
+    }
+
+    /// The keys frames are opened with (an encrypted repository).
+    pub fn keys(&self) -> Option<&'a crate::crypto::Keys> {
+        self.keys
+    }
+
+    pub fn backend(&self) -> &'a dyn crate::storage::Backend {
+        self.backend
+    }
+
+    /// Whether the packs are on object storage (where a request costs a round trip).
+    pub fn remote(&self) -> bool {
+        self.backend.parallelism().is_some()
+    }
+
+    /// Ask the backend to read each pack ahead when it is first named (for a large restore).
+    pub fn set_prefetch(&mut self, on: bool) {
+        self.prefetch = on;
+    }
+
+    /// Where blob `id` is, if the index has it.
+    pub fn find(&self, id: &ChunkId) -> Result<Option<BlobLoc>> {
+        self.index.blob(id)
+    }
+
+    pub fn locate(&self, id: &ChunkId) -> Result<BlobLoc> {
+        self.index.blob(id)?.ok_or_else(|| {
+            Error::corrupt(format!(
+                "chunk {id} is missing from the index; run `strata verify`"
+            ))
+        })
+    }
+
+    /// The plain bytes of blob `id`, checked against its id.
+    pub fn read(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        let loc = self.locate(id)?;
+        let cache = match loc.kind {
+            BlobKind::Node => self.backend.node_cache(),
+            BlobKind::Data => None,
+        };
+        if let Some(cache) = cache
+            && let Some(bytes) = cache.get(id)
+            && ChunkId::hash(self.keys.map(|k| k.id_key()), &bytes) == *id
+        {
+            return Ok(bytes);
+        }
+        let (frame, pack) = self.read_frame(&loc)?;
+        let blob = blob_in_frame(&frame, &loc, &pack)?;
+        check_hash(blob, &loc, id, self.keys.map(|k| k.id_key()), &pack)?;
+        if let Some(cache) = cache {
+            cache.insert(*id, blob);
+        }
+        Ok(blob.to_vec())
+    }
+
+    /// The decompressed frame that holds the blob at `loc`, and the name of its pack (for
+    /// messages). Its blobs are not checked yet.
+    pub fn read_frame(&self, loc: &BlobLoc) -> Result<(Vec<u8>, String)> {
+        let pack = self.pack_name(loc.pack)?;
+        let stored = self.read_span(
+            &pack,
+            loc.frame_offset as u64,
+            loc.frame_stored_len as usize,
+        )?;
+        let mut frame = vec![0u8; loc.frame_raw_len as usize];
+        decode_frame(self.keys, &stored, loc, &pack, &mut frame)?;
+        Ok((frame, pack))
+    }
+}
+
+/// Opens (in an encrypted repository) and decompresses a frame into `dst` (exactly its raw
+/// length).
+pub fn decode_frame(
+    keys: Option<&crate::crypto::Keys>,
+    stored: &[u8],
+    loc: &BlobLoc,
+    pack: &str,
+    dst: &mut [u8],
+) -> Result<()> {
+    crate::pack::decode_stored(
+        keys,
+        stored,
+        loc.compression,
+        loc.frame_offset as u64,
+        pack,
+        dst,
+    )
+}
+
+/// Names the first chunk a damaged frame held, for the user.
+pub fn with_chunk(e: Error, id: &ChunkId) -> Error {
+    Error::corrupt(format!("{e} (chunk {id})"))
+}
+
+/// Checks that `data` (a blob taken from its frame) hashes to `id`.
+pub fn check_hash(
+    data: &[u8],
+    loc: &BlobLoc,
+    id: &ChunkId,
+    key: Option<&[u8; 32]>,
+    pack: &str,
+) -> Result<()> {
+    if ChunkId::hash(key, data) != *id {
+        return Err(Error::corrupt(format!(
+            "{pack}: chunk {id} in frame at offset {}: hash mismatch",
+            loc.frame_offset
+        )));
+    }
+    Ok(())
+}
+
+/// The bytes of the blob at `loc` inside its decompressed frame; an index entry pointing outside
+/// the frame is damage, not a reason to panic.
+pub fn blob_in_frame<'f>(raw: &'f [u8], loc: &BlobLoc, pack: &str) -> Result<&'f [u8]> {
+    let start = loc.offset_in_frame as usize;
+    raw.get(start..start + loc.raw_len as usize).ok_or_else(|| {
+        Error::corrupt(format!(
+            "{pack}: blob at {start}+{} lies outside its frame at offset {}",
+            loc.raw_len, loc.frame_offset
+        ))
+    })
+}
