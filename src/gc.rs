@@ -58,7 +58,7 @@ pub fn remove_snapshots(repo: &Repo, ids: &[SnapshotId]) -> Result<()> {
                 }
             }
         }
-        crate::refs::settle(repo, &txn, &removed)?;
+        crate::refs::settle(repo.backend.as_ref(), repo.keys(), &txn, &removed)?;
     }
     txn.commit()?;
     Ok(())
@@ -216,7 +216,8 @@ pub fn gc(repo: &Repo, opts: &GcOptions) -> Result<GcReport> {
     // The plan needs every snapshot's references counted. (Also in a dry run: counting is
     // bookkeeping and removes nothing.)
     let settle = repo.index.write()?;
-    report.counted_snapshots = crate::refs::settle(repo, &settle, &[])?;
+    report.counted_snapshots =
+        crate::refs::settle(repo.backend.as_ref(), repo.keys(), &settle, &[])?;
     settle.commit()?;
     let txn = repo.index.read()?;
     let index = IndexReader::new(&txn)?;

@@ -50,6 +50,7 @@ pub mod fuzzing;
 pub mod gc;
 pub mod id;
 pub mod index;
+pub mod layout;
 pub mod manifest;
 pub mod nodecache;
 pub mod pack;

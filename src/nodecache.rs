@@ -10,9 +10,8 @@
 
 use crate::error::{Error, IoContext, Result};
 use crate::id::ChunkId;
-use crate::index::BlobLoc;
 use redb::{Database, ReadOnlyDatabase, ReadableDatabase, TableDefinition};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -157,85 +156,6 @@ impl NodeCache {
         txn.commit()?;
         Ok(gone.len() as u64)
     }
-}
-
-/// Reads frames closer than this to each other with one request.
-const SPAN_GAP: u64 = 64 << 10;
-/// The longest read.
-const SPAN_MAX: u64 = 8 << 20;
-
-/// Node frames of one pack read with one request: pack number, start, end, and the nodes.
-type Span = (u32, u64, u64, Vec<(ChunkId, BlobLoc)>);
-
-/// Fetches every node `repo`'s index has and its cache lacks, with parallel ranged reads of
-/// neighbouring frames. Returns how many nodes it added. A frame that cannot be read or does not
-/// check out is left out: a later read of that node reports the damage where it matters.
-pub fn fill(repo: &crate::repo::Repo) -> Result<u64> {
-    use rayon::prelude::*;
-    let Some(cache) = repo.backend.node_cache() else {
-        return Ok(0);
-    };
-    let have = cache.ids()?;
-    let txn = repo.index.read()?;
-    let index = crate::index::IndexReader::new(&txn)?;
-    let mut by_pack: BTreeMap<u32, Vec<(ChunkId, BlobLoc)>> = BTreeMap::new();
-    index.for_each_blob(|id, loc| {
-        if loc.kind == crate::pack::BlobKind::Node && !have.contains(&id) {
-            by_pack.entry(loc.pack).or_default().push((id, loc));
-        }
-        Ok(())
-    })?;
-    // Spans: runs of node frames of one pack, read with one request each.
-    let mut spans: Vec<Span> = Vec::new();
-    for (pack, mut nodes) in by_pack {
-        nodes.sort_by_key(|(_, loc)| (loc.frame_offset, loc.offset_in_frame));
-        for (id, loc) in nodes {
-            let start = loc.frame_offset as u64;
-            let end = start + loc.frame_stored_len as u64;
-            match spans.last_mut() {
-                Some((p, s, e, members))
-                    if *p == pack && start <= *e + SPAN_GAP && end - *s <= SPAN_MAX =>
-                {
-                    *e = (*e).max(end);
-                    members.push((id, loc));
-                }
-                _ => spans.push((pack, start, end, vec![(id, loc)])),
-            }
-        }
-    }
-    let reader = crate::blobs::BlobReader::new(repo, &index)?;
-    let keys = repo.keys();
-    let id_key = keys.map(|k| k.id_key());
-    let added = std::sync::atomic::AtomicU64::new(0);
-    crate::storage::with_io_pool(repo.backend.as_ref(), usize::MAX, || {
-        spans.par_iter().for_each(|(pack, start, end, members)| {
-            let Ok(name) = reader.pack_name(*pack) else {
-                return;
-            };
-            let Ok(bytes) = reader.read_span(&name, *start, (end - start) as usize) else {
-                return;
-            };
-            let mut frame = Vec::new();
-            for (id, loc) in members {
-                let at = (loc.frame_offset as u64 - start) as usize;
-                let Some(stored) = bytes.get(at..at + loc.frame_stored_len as usize) else {
-                    continue;
-                };
-                frame.resize(loc.frame_raw_len as usize, 0);
-                if crate::blobs::decode_frame(keys, stored, loc, &name, &mut frame).is_err() {
-                    continue;
-                }
-                if let Ok(blob) = crate::blobs::blob_in_frame(&frame, loc, &name)
-                    && ChunkId::hash(id_key, blob) == *id
-                {
-                    cache.insert(*id, blob);
-                    added.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-            }
-        })
-    });
-    cache.flush()?;
-    Ok(added.into_inner())
 }
 
 impl Drop for NodeCache {

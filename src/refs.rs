@@ -289,7 +289,8 @@ pub fn tally(
 /// bytes; one never counted is simply no longer pending). Returns how many snapshots were
 /// counted.
 pub fn settle(
-    repo: &crate::repo::Repo,
+    backend: &dyn crate::storage::Backend,
+    keys: Option<&crate::crypto::Keys>,
     txn: &redb::WriteTransaction,
     removed: &[(ChunkId, Vec<u8>)],
 ) -> Result<u64> {
@@ -308,7 +309,7 @@ pub fn settle(
         for id in &pending {
             // A pending snapshot removed now was never counted: nothing to add or take away.
             if let Some(bytes) = snaps.get(id.as_bytes())? {
-                let manifest = Manifest::decode(bytes.value(), Some(id), repo.keys())?;
+                let manifest = Manifest::decode(bytes.value(), Some(id), keys)?;
                 add.extend(roots(&manifest));
                 counted += 1;
             }
@@ -317,7 +318,7 @@ pub fn settle(
     let mut take = Vec::new();
     for (id, bytes) in removed {
         if !pending.contains(id) {
-            let manifest = Manifest::decode(bytes, Some(id), repo.keys())?;
+            let manifest = Manifest::decode(bytes, Some(id), keys)?;
             take.extend(roots(&manifest));
         }
     }
@@ -325,7 +326,7 @@ pub fn settle(
         return Ok(counted);
     }
     let locator = crate::index::WriteLocator::new(txn)?;
-    let nodes = BlobReader::over(repo.backend.as_ref(), repo.keys(), &locator);
+    let nodes = BlobReader::over(backend, keys, &locator);
     let mut counter = Counter::new(txn)?;
     // Additions first, so a blob the removed and the added snapshots share never drops to zero
     // on the way.
@@ -336,16 +337,20 @@ pub fn settle(
 }
 
 /// Gives a version-1 index (before reference counts) its counts, once, under the lock.
-pub fn upgrade(repo: &crate::repo::Repo) -> Result<()> {
-    let txn = repo.index.read()?;
+pub fn upgrade(
+    index_db: &crate::index::Index,
+    backend: &dyn crate::storage::Backend,
+    keys: Option<&crate::crypto::Keys>,
+) -> Result<()> {
+    let txn = index_db.read()?;
     let version = crate::index::meta(&txn, META_INDEX_VERSION)?.unwrap_or(0);
     if version >= 2 {
         return Ok(());
     }
     let index = crate::index::IndexReader::new(&txn)?;
-    let blobs = BlobReader::new(repo, &index)?;
+    let blobs = BlobReader::over(backend, keys, &index);
     let manifests = crate::index::snapshot_manifests(&txn)?;
-    let recount = count_all(&manifests, repo.keys(), &blobs)?;
+    let recount = count_all(&manifests, keys, &blobs)?;
     if let Some((id, e)) = recount.unreadable.into_iter().next() {
         return Err(Error::corrupt(format!(
             "counting references (a one-time upgrade of the index): node {id}: {e}; run \
@@ -356,7 +361,7 @@ pub fn upgrade(repo: &crate::repo::Repo) -> Result<()> {
     drop(blobs);
     drop(index);
     drop(txn);
-    let wtxn = repo.index.write()?;
+    let wtxn = index_db.write()?;
     write_counts(&wtxn, &counts)?;
     wtxn.commit()?;
     Ok(())

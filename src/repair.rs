@@ -7,9 +7,9 @@ use crate::id::ChunkId;
 use crate::index::{
     BLOBS, BlobLoc, Index, IndexReader, META, META_NEXT_PACK, PACKS, PackInfo, SNAPSHOTS,
 };
+use crate::layout::{INDEX_NAME, Lock, load_config};
 use crate::manifest::Manifest;
 use crate::pack::PackEntry;
-use crate::repo::{INDEX_NAME, Lock, load_config};
 use crate::storage::{Backend, LocalBackend, sync_dir};
 use rayon::prelude::*;
 use redb::ReadableTable;
@@ -167,13 +167,13 @@ pub const REBUILD_NAME: &str = "index.redb.rebuild";
 /// found. Takes the repository lock; the old index is replaced atomically at the end.
 pub fn rebuild_index(root: &Path, dry_run: bool) -> Result<RepairReport> {
     #[cfg(not(feature = "s3"))]
-    crate::repo::remote(root)?;
+    crate::layout::remote(root)?;
     #[cfg(feature = "s3")]
-    if let Some(loc) = crate::repo::remote(root)? {
+    if let Some(loc) = crate::layout::remote(root)? {
         // The local cache of a repository on object storage, from the store alone.
         let backend = crate::s3::S3Backend::new(&loc)?;
         let config = load_config(&backend, root)?;
-        let state = crate::repo::cache_dir_for(&config.id);
+        let state = crate::layout::cache_dir_for(&config.id);
         std::fs::create_dir_all(&state).ctx("create", &state)?;
         return rebuild(&state, &backend, None, dry_run, None, false);
     }
@@ -224,7 +224,7 @@ fn rebuild(
     let keys = if config.key_scheme == crate::crypto::SCHEME {
         let (master, _) = match unlocked {
             Some(u) => u,
-            None => crate::repo::unlock_asking(backend, &config)?,
+            None => crate::layout::unlock_asking(backend, &config)?,
         };
         Some(crate::crypto::Keys::from_master(&master))
     } else {
