@@ -25,10 +25,10 @@ pub const FILES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("files");
 /// named counters and settings.
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
-/// blob id -> its reference count, for blobs with at least one reference (see [`crate::refs`]).
+/// blob id -> its reference count, for blobs with at least one reference (see the `refs` module).
 pub const REFS: TableDefinition<&[u8; 32], u32> = TableDefinition::new("refs");
 /// snapshot id -> 0: snapshots whose references are not in [`REFS`] yet (a backup adds its
-/// snapshot here; the next forget or gc counts it: see [`crate::refs`]).
+/// snapshot here; the next forget or gc counts it: see the `refs` module).
 pub const UNCOUNTED: TableDefinition<&[u8; 32], u8> = TableDefinition::new("uncounted");
 /// pack number -> [`PackUse`] (16 bytes): how many of its blobs are indexed and live.
 pub const PACK_USE: TableDefinition<u32, &[u8; 16]> = TableDefinition::new("pack_use");

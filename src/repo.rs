@@ -1,13 +1,6 @@
-//! A repository on disk: layout, config, lock, and opening with a version check.
-//!
-//! ```text
-//! REPO/config                 framed JSON (magic STRACONF), written once by `init`
-//! REPO/packs/ab/<id>.pack     pack files, named by the BLAKE3 of their bytes
-//! REPO/snapshots/<id>.snap    one framed manifest per snapshot
-//! REPO/index.redb             the index (a rebuildable cache)
-//! REPO/page-sums/<hex>        chunk digests of large source files ([`crate::pagesums`])
-//! REPO/lock                   present while a writer works
-//! ```
+//! A repository opened: its backend, config, keys, index and lock (for a writer) or reader
+//! registration (for a reader), with the checks a writer makes before and after it commits. The
+//! files themselves and their rules are in [`crate::layout`].
 
 use crate::chunker::Chunker;
 use crate::error::{Error, ErrorKind, IoContext, Result};
