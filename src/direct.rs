@@ -118,8 +118,8 @@ pub struct DirectWriter {
     jobs: Option<SyncSender<Job>>,
     free: Receiver<AlignedBuf>,
     thread: Option<JoinHandle<Result<()>>>,
-    /// Why the writer thread stopped, once it has.
-    failure: Option<String>,
+    /// Why the writer thread stopped, once it has (given again to every later call).
+    failure: Option<Error>,
 }
 
 impl DirectWriter {
@@ -236,14 +236,15 @@ impl DirectWriter {
         self.jobs = None;
         match self.thread.take().map(|t| t.join()) {
             Some(Ok(Err(e))) => {
-                self.failure = Some(e.to_string());
+                self.failure = Some(e.again());
                 e
             }
-            // Asked again after the first failure: the same reason.
-            _ => Error::invalid(match &self.failure {
-                Some(f) => f.clone(),
-                None => format!("writing {}: writer stopped", self.path.display()),
-            }),
+            // Asked again after the first failure: the same reason, of the same kind (a full
+            // disk stays an I/O error).
+            _ => match &self.failure {
+                Some(f) => f.again(),
+                None => Error::invalid(format!("writing {}: writer stopped", self.path.display())),
+            },
         }
     }
 

@@ -39,6 +39,10 @@ pub enum Error {
     Io { context: String, cause: io::Error },
     #[error("index database: {0}")]
     Index(String),
+    /// A read-only open of an index that a killed writer left without a clean close: it must be
+    /// opened for writing once, which recovers it.
+    #[error("index database: index needs crash recovery")]
+    IndexNeedsRecovery,
 }
 
 impl Error {
@@ -53,8 +57,13 @@ impl Error {
                 ErrorKind::NotFound
             }
             Error::Io { .. } => ErrorKind::Io,
-            Error::Index(_) => ErrorKind::Corrupt,
+            Error::Index(_) | Error::IndexNeedsRecovery => ErrorKind::Corrupt,
         }
+    }
+
+    /// True when the index must be opened for writing once to recover from a crash.
+    pub fn needs_recovery(&self) -> bool {
+        matches!(self, Error::IndexNeedsRecovery)
     }
 
     pub fn corrupt(msg: impl fmt::Display) -> Self {
@@ -78,6 +87,27 @@ impl Error {
 
     pub fn io_path(action: &str, path: &std::path::Path, source: io::Error) -> Self {
         Error::io(format!("{action} {}", path.display()), source)
+    }
+
+    /// The same error again, kind and message, for a second caller asking why something
+    /// stopped (`io::Error` cannot be cloned; its OS error code can).
+    pub fn again(&self) -> Self {
+        match self {
+            Error::NotFound(m) => Error::NotFound(m.clone()),
+            Error::Corrupt(m) => Error::Corrupt(m.clone()),
+            Error::Locked(m) => Error::Locked(m.clone()),
+            Error::VersionUnsupported(m) => Error::VersionUnsupported(m.clone()),
+            Error::InvalidInput(m) => Error::InvalidInput(m.clone()),
+            Error::Index(m) => Error::Index(m.clone()),
+            Error::IndexNeedsRecovery => Error::IndexNeedsRecovery,
+            Error::Io { context, cause } => Error::Io {
+                context: context.clone(),
+                cause: match cause.raw_os_error() {
+                    Some(code) => io::Error::from_raw_os_error(code),
+                    None => io::Error::new(cause.kind(), cause.to_string()),
+                },
+            },
+        }
     }
 }
 
@@ -111,3 +141,30 @@ index_error!(
     redb::StorageError,
     redb::CommitError
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_given_again_keeps_its_kind_and_words() {
+        let full = Error::io_path(
+            "write",
+            std::path::Path::new("/repo/packs/x"),
+            io::Error::from_raw_os_error(libc::ENOSPC),
+        );
+        let again = full.again();
+        assert_eq!(again.kind(), ErrorKind::Io);
+        assert_eq!(again.to_string(), full.to_string());
+        assert!(
+            again.to_string().contains("No space left on device"),
+            "{again}"
+        );
+        let gone = Error::io(
+            "read",
+            io::Error::new(io::ErrorKind::NotFound, "no such pack"),
+        );
+        assert_eq!(gone.again().kind(), ErrorKind::NotFound);
+        assert_eq!(Error::corrupt("bad").again().kind(), ErrorKind::Corrupt);
+    }
+}

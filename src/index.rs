@@ -190,19 +190,9 @@ fn identity(path: &Path) -> Option<(u64, u64)> {
 
 const CACHE_BYTES: usize = 16 << 20;
 
-/// Error text of a read-only open of an index that a killed writer left without a clean close.
-pub const NEEDS_RECOVERY: &str = "index needs crash recovery";
-
-impl Error {
-    /// True when the index must be opened for writing once to recover from a crash.
-    pub fn needs_recovery(&self) -> bool {
-        matches!(self, Error::Index(m) if m == NEEDS_RECOVERY)
-    }
-}
-
 fn map_open_error(e: redb::DatabaseError, path: &Path) -> Error {
     match e {
-        redb::DatabaseError::RepairAborted => Error::Index(NEEDS_RECOVERY.to_string()),
+        redb::DatabaseError::RepairAborted => Error::IndexNeedsRecovery,
         redb::DatabaseError::DatabaseAlreadyOpen => Error::Locked(format!(
             "index {} is open in another process; wait for it to finish",
             path.display()
