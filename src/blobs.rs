@@ -210,3 +210,67 @@ pub fn blob_in_frame<'f>(raw: &'f [u8], loc: &BlobLoc, pack: &str) -> Result<&'f
         ))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compress::Compression;
+
+    fn loc(offset_in_frame: u32, raw_len: u32, frame_raw_len: u32) -> BlobLoc {
+        BlobLoc {
+            pack: 7,
+            frame_offset: 4096,
+            frame_stored_len: frame_raw_len,
+            frame_raw_len,
+            offset_in_frame,
+            raw_len,
+            kind: BlobKind::Data,
+            compression: Compression::None,
+        }
+    }
+
+    #[test]
+    fn a_blob_is_cut_from_its_frame_and_a_place_outside_it_is_damage() {
+        let frame: Vec<u8> = (0..100u8).collect();
+        let inside = blob_in_frame(&frame, &loc(10, 5, 100), "p.pack").unwrap();
+        assert_eq!(inside, &[10, 11, 12, 13, 14]);
+        for outside in [loc(98, 5, 100), loc(100, 1, 100), loc(u32::MAX, 2, 100)] {
+            let e = blob_in_frame(&frame, &outside, "p.pack").unwrap_err();
+            assert_eq!(e.kind(), crate::ErrorKind::Corrupt);
+            assert!(e.to_string().contains("p.pack"), "{e}");
+            assert!(e.to_string().contains("outside its frame"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_blob_must_hash_to_its_id_keyed_or_not() {
+        let data = b"some chunk";
+        let l = loc(0, data.len() as u32, data.len() as u32);
+        let plain = ChunkId::hash(None, data);
+        check_hash(data, &l, &plain, None, "p.pack").unwrap();
+        let key = [9u8; 32];
+        let keyed = ChunkId::hash(Some(&key), data);
+        check_hash(data, &l, &keyed, Some(&key), "p.pack").unwrap();
+        // The plain id does not pass in an encrypted repository, nor a changed byte anywhere.
+        assert!(check_hash(data, &l, &plain, Some(&key), "p.pack").is_err());
+        let e = check_hash(b"some chunK", &l, &plain, None, "p.pack").unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Corrupt);
+        assert!(e.to_string().contains(&plain.to_string()), "{e}");
+        assert!(e.to_string().contains("hash mismatch"), "{e}");
+    }
+
+    #[test]
+    fn a_damaged_frame_names_its_pack_and_place() {
+        let l = BlobLoc {
+            compression: Compression::Zstd,
+            ..loc(0, 4, 4)
+        };
+        let mut out = [0u8; 4];
+        let e = decode_frame(None, b"not zstd", &l, "p.pack", &mut out).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Corrupt);
+        assert!(
+            e.to_string().contains("p.pack: frame at offset 4096"),
+            "{e}"
+        );
+    }
+}
