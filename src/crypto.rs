@@ -307,14 +307,18 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// The passphrase in a file: its contents without the line ending at the end.
+pub fn read_passphrase_file(file: &std::path::Path) -> Result<String> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| Error::io_path("read the password file", file, e))?;
+    Ok(text.trim_end_matches(['\n', '\r']).to_string())
+}
+
 /// Where the passphrase comes from: the file named by `STRATA_PASSWORD_FILE` (first line ending
 /// trimmed), else `STRATA_PASSWORD`, else a prompt on the terminal.
 pub fn passphrase(prompt: &str) -> Result<String> {
     if let Some(file) = std::env::var_os("STRATA_PASSWORD_FILE") {
-        let text = std::fs::read_to_string(&file).map_err(|e| {
-            Error::io_path("read the password file", std::path::Path::new(&file), e)
-        })?;
-        return Ok(text.trim_end_matches(['\n', '\r']).to_string());
+        return read_passphrase_file(std::path::Path::new(&file));
     }
     if let Ok(p) = std::env::var("STRATA_PASSWORD") {
         return Ok(p);

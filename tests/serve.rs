@@ -965,6 +965,26 @@ fn serves_an_encrypted_repository() {
         "{}",
         common::stderr(&out)
     );
+    // The configuration's password file (the environment has none now, nor a wrong one).
+    let file = env.path("passphrase");
+    std::fs::write(&file, "serve passphrase\n").unwrap();
+    let with_file = config(
+        &env,
+        &format!(
+            "password_file = {:?}\n{entry}\n[[job]]\nname = \"enc\"\npaths = [{:?}]\n\
+             schedule = \"every 1h\"\nkind = \"hourly\"\non_start = true\n",
+            file.display().to_string(),
+            data.display().to_string()
+        ),
+    );
+    env.set_var("STRATA_PASSWORD", "");
+    drop(d);
+    let d = Daemon::start(&env, &with_file);
+    d.wait_jobs(&token, "a snapshot with the password file", |j| {
+        j[0]["last_status"] == "succeeded"
+    });
+    let (_, snaps) = d.get("/api/snapshots", Some(&token));
+    assert_eq!(snaps.as_array().unwrap().len(), 2, "{snaps}");
 }
 
 #[test]

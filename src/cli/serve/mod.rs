@@ -424,15 +424,16 @@ pub fn serve(repo_path: PathBuf, args: ServeArgs) -> Result<ExitCode> {
         None
     };
     let repo = cfg.repo.clone().unwrap_or(repo_path);
-    if let Some(f) = &cfg.password_file {
-        // SAFETY: no other thread runs yet.
-        unsafe { std::env::set_var("STRATA_PASSWORD_FILE", f) };
-    }
     let exe = std::env::current_exe().context("finding the strata executable")?;
     let backend = strata::repo::backend_for(&repo)?;
     let config = strata::repo::load_config(backend.as_ref(), &repo)?;
     let (passphrase, master) = if config.key_scheme == strata::crypto::SCHEME {
-        let pass = strata::crypto::passphrase("strata repository passphrase: ")?;
+        // The configuration's password file, else the environment or a prompt. (Children get
+        // the passphrase itself: see `operations`.)
+        let pass = match &cfg.password_file {
+            Some(f) => strata::crypto::read_passphrase_file(f)?,
+            None => strata::crypto::passphrase("strata repository passphrase: ")?,
+        };
         let master = strata::repo::unlock(backend.as_ref(), &config, &pass)?;
         (Some(pass), Some(master))
     } else {
