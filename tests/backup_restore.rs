@@ -686,26 +686,6 @@ fn inodes(dir: &std::path::Path) -> std::collections::BTreeMap<String, u64> {
     out
 }
 
-/// Names below `dir` (recursively) that strata gives its temporary files and staging
-/// directories.
-fn strata_leftovers(dir: &std::path::Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            if name.contains(".strata-tmp.") || name.contains(".strata-restore.") {
-                out.push(p.display().to_string());
-            }
-            if std::fs::symlink_metadata(&p).unwrap().is_dir() {
-                stack.push(p);
-            }
-        }
-    }
-    out
-}
-
 /// The bytes of every regular file below `dir` (a fifo would block a reader).
 fn regular_files(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
     files_below(dir)

@@ -8,7 +8,7 @@
 //! (nothing after the fault happens, not even reads).
 
 mod common;
-use common::{file_tree, noise};
+use common::{file_tree, noise, strata_leftovers};
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -265,16 +265,19 @@ fn forget_and_gc_under_faults() {
     }
 }
 
+/// The ids of the repository's two snapshots, oldest first.
+fn oldest_two(root: &Path) -> (SnapshotId, SnapshotId) {
+    let repo = Repo::open(root, false, "list").unwrap();
+    let mut l = strata::snapshots::list(&repo).unwrap();
+    l.sort_by_key(|s| s.manifest.time_ns);
+    (l[0].id, l[1].id)
+}
+
 #[test]
 fn restore_under_read_faults_writes_old_or_new_never_wrong() {
     let dir = tempfile::tempdir().unwrap();
     let (root, snaps) = base(dir.path());
-    let (old_id, new_id) = {
-        let repo = Repo::open(&root, false, "list").unwrap();
-        let mut l = strata::snapshots::list(&repo).unwrap();
-        l.sort_by_key(|s| s.manifest.time_ns);
-        (l[0].id, l[1].id)
-    };
+    let (old_id, new_id) = oldest_two(&root);
     let target = dir.path().join("target");
     let mut tries = 0;
     for budget in 0..10_000u64 {
@@ -604,29 +607,6 @@ impl Backend for PanicsOnRead {
     }
 }
 
-/// Names below `dir` (recursively) that strata gives its temporary files and staging
-/// directories.
-fn strata_leftovers(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(listing) = fs::read_dir(&d) else {
-            continue;
-        };
-        for e in listing {
-            let p = e.unwrap().path();
-            let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            if name.contains(".strata-tmp.") || name.contains(".strata-restore.") {
-                out.push(p.display().to_string());
-            }
-            if fs::symlink_metadata(&p).unwrap().is_dir() {
-                stack.push(p);
-            }
-        }
-    }
-    out
-}
-
 /// A panic on a restore's reading threads becomes an error, and leaves nothing of strata's in
 /// the target: no temporary file, no staging directory. Into a fresh target (files put in place
 /// one by one) and over an existing directory (restored beside it, then swapped in), which is
@@ -635,12 +615,7 @@ fn strata_leftovers(dir: &Path) -> Vec<String> {
 fn a_panic_inside_a_restore_is_an_error_and_leaves_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
     let (root, snaps) = base(dir.path());
-    let (old_id, new_id) = {
-        let repo = Repo::open(&root, false, "list").unwrap();
-        let mut l = strata::snapshots::list(&repo).unwrap();
-        l.sort_by_key(|s| s.manifest.time_ns);
-        (l[0].id, l[1].id)
-    };
+    let (old_id, new_id) = oldest_two(&root);
     for reads in [0, 1, 2, 5] {
         for over_existing in [false, true] {
             let target = dir.path().join(format!("t{reads}-{over_existing}"));

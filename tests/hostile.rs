@@ -292,29 +292,6 @@ fn absurd_counts_and_lengths_fail_cleanly() {
     );
 }
 
-/// Names below `dir` (recursively) that strata gives its temporary files and staging
-/// directories.
-fn strata_leftovers(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(listing) = fs::read_dir(&d) else {
-            continue;
-        };
-        for e in listing {
-            let p = e.unwrap().path();
-            let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            if name.contains(".strata-tmp.") || name.contains(".strata-restore.") {
-                out.push(p.display().to_string());
-            }
-            if fs::symlink_metadata(&p).unwrap().is_dir() {
-                stack.push(p);
-            }
-        }
-    }
-    out
-}
-
 /// A file of one chunk whose manifest entry claims 2^62 bytes (or any size but the chunk's) is
 /// refused with an error naming it, before anything is allocated for it: no abort, nothing left
 /// in the target, the other files restored. A file of a chunk-list tree likewise. Verify

@@ -246,6 +246,29 @@ pub fn files_below(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Names below `dir` (recursively) that strata gives its temporary files and staging
+/// directories.
+pub fn strata_leftovers(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(listing) = fs::read_dir(&d) else {
+            continue;
+        };
+        for e in listing {
+            let p = e.unwrap().path();
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            if name.contains(".strata-tmp.") || name.contains(".strata-restore.") {
+                out.push(p.display().to_string());
+            }
+            if fs::symlink_metadata(&p).unwrap().is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    out
+}
+
 /// Every file below `dir` with its bytes, by path relative to `dir`.
 pub fn file_tree(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
     files_below(dir)
