@@ -37,15 +37,15 @@ pub struct ReaderInfo {
 pub fn register(backend: &dyn Backend, command: &str) -> Option<String> {
     let mut nonce = [0u8; 8];
     crate::sys::getrandom(&mut nonce);
+    let host = crate::sys::hostname();
     let name = format!(
-        "{PREFIX}/{}-{}-{:016x}.json",
-        crate::sys::hostname(),
+        "{PREFIX}/{host}-{}-{:016x}.json",
         std::process::id(),
         u64::from_le_bytes(nonce)
     );
     let info = ReaderInfo {
         pid: std::process::id(),
-        host: crate::sys::hostname(),
+        host,
         started: chrono::Utc::now().timestamp(),
         command: command.to_string(),
     };
