@@ -512,12 +512,15 @@ fn an_encrypted_repository_on_s3() {
     assert!(names.iter().any(|n| n.starts_with("packs/")), "{names:?}");
     let mut leaked = Vec::new();
     for name in names {
-        if backend
-            .get(&name)
-            .unwrap()
-            .windows(6)
-            .any(|w| w == b"7f3a9c")
-        {
+        // A reader's registration can still be listed just after the restore
+        // removed it: the listing and the read go to different nodes. What is
+        // gone holds nothing.
+        let body = match backend.get(&name) {
+            Ok(body) => body,
+            Err(e) if e.kind() == strata::error::ErrorKind::NotFound => continue,
+            Err(e) => panic!("{name}: {e}"),
+        };
+        if body.windows(6).any(|w| w == b"7f3a9c") {
             leaked.push(name);
         }
     }
