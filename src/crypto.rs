@@ -209,16 +209,19 @@ fn kek(
 }
 
 impl KeyFile {
-    /// Wraps `master` with `passphrase` for repository `repo_id`.
-    pub fn create(master: &[u8; 32], passphrase: &str, repo_id: &str) -> Result<KeyFile> {
+    /// Wraps `master` with `passphrase` for repository `repo_id`, deriving the wrapping key with
+    /// `memory_kib` KiB of argon2 memory ([`KDF_MEMORY_KIB`] unless the caller wants a cheaper
+    /// or costlier key file; held between 8 MiB and what a reader accepts).
+    pub fn create(
+        master: &[u8; 32],
+        passphrase: &str,
+        repo_id: &str,
+        memory_kib: u32,
+    ) -> Result<KeyFile> {
         if passphrase.is_empty() {
             return Err(Error::invalid("an empty passphrase is not allowed"));
         }
-        let memory_kib = std::env::var("STRATA_KDF_MEMORY_KIB")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(KDF_MEMORY_KIB)
-            .clamp(8 * 1024, KDF_MAX_WORK_KIB as u32 / KDF_PASSES);
+        let memory_kib = memory_kib.clamp(8 * 1024, KDF_MAX_WORK_KIB as u32 / KDF_PASSES);
         let mut salt = [0u8; 16];
         crate::sys::secure_random(&mut salt)?;
         let mut id = [0u8; 8];
@@ -314,24 +317,9 @@ pub fn read_passphrase_file(file: &std::path::Path) -> Result<String> {
     Ok(text.trim_end_matches(['\n', '\r']).to_string())
 }
 
-/// Where the passphrase comes from: the file named by `STRATA_PASSWORD_FILE` (first line ending
-/// trimmed), else `STRATA_PASSWORD`, else a prompt on the terminal.
-pub fn passphrase(prompt: &str) -> Result<String> {
-    if let Some(file) = std::env::var_os("STRATA_PASSWORD_FILE") {
-        return read_passphrase_file(std::path::Path::new(&file));
-    }
-    if let Ok(p) = std::env::var("STRATA_PASSWORD") {
-        return Ok(p);
-    }
-    use std::io::IsTerminal;
-    if std::io::stdin().is_terminal() {
-        return rpassword::prompt_password(prompt).map_err(|e| Error::io("read the passphrase", e));
-    }
-    Err(Error::invalid(
-        "this repository is encrypted: give its passphrase in STRATA_PASSWORD or in a file \
-         named by STRATA_PASSWORD_FILE (or --password-file), or run on a terminal",
-    ))
-}
+/// Why an encrypted repository did not open when no passphrase was given.
+pub const NO_PASSPHRASE: &str = "this repository is encrypted: give its passphrase in STRATA_PASSWORD \
+     or in a file named by STRATA_PASSWORD_FILE (or --password-file), or run on a terminal";
 
 #[cfg(test)]
 mod tests {
@@ -352,7 +340,7 @@ mod tests {
     #[test]
     fn key_files_carry_their_own_costs() {
         let master = [7u8; 32];
-        let mut k = KeyFile::create(&master, "pw", "repo-id").unwrap();
+        let mut k = KeyFile::create(&master, "pw", "repo-id", KDF_MEMORY_KIB).unwrap();
         assert_eq!(
             (k.memory_kib, k.passes, k.lanes),
             (KDF_MEMORY_KIB, KDF_PASSES, KDF_LANES)
@@ -400,9 +388,10 @@ mod tests {
 
     #[test]
     fn key_files_unwrap_with_their_passphrase_only() {
-        // SAFETY-free: the variable is read by KeyFile::create in this process only.
         let master = [42u8; 32];
-        let kf = KeyFile::create(&master, "correct horse", "repo-1").unwrap();
+        // The least memory accepted: the test is about wrapping, not cost.
+        let kf = KeyFile::create(&master, "correct horse", "repo-1", 0).unwrap();
+        assert_eq!(kf.memory_kib, 8 * 1024);
         let back = KeyFile::decode(&kf.encode().unwrap(), "k").unwrap();
         assert_eq!(
             back.unwrap_master("correct horse", "repo-1").unwrap(),

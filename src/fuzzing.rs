@@ -283,7 +283,11 @@ fn with_faults<T>(
         Some((budget, f)) => Box::new(FaultyBackend::new(inner, budget, f)),
         None => inner,
     };
-    let result = Repo::open_with_backend(root, backend, write, "model").and_then(|r| op(&r));
+    let result = crate::repo::OpenOptions::new("model")
+        .write(write)
+        .backend(backend)
+        .open(root)
+        .and_then(|r| op(&r));
     // A process stopped by the fault leaves its lock behind; a new process takes it over.
     let _ = std::fs::remove_file(root.join(crate::repo::LOCK_NAME));
     match result {

@@ -156,11 +156,38 @@ pub fn key_files(backend: &dyn Backend) -> Result<Vec<crate::crypto::KeyFile>> {
     read_key_files(backend)?.into_iter().collect()
 }
 
-/// [`unlock`] with the passphrase from [`crate::crypto::passphrase`] (environment, file or
-/// prompt).
-pub fn unlock_asking(backend: &dyn Backend, config: &Config) -> Result<([u8; 32], String)> {
-    let pass = crate::crypto::passphrase("strata repository passphrase: ")?;
-    unlock(backend, config, &pass)
+/// Where the key of an encrypted repository comes from. Only the caller knows whether a
+/// passphrase may be asked for (a terminal, a file, a variable): the library never looks.
+#[derive(Default)]
+pub enum Key<'a> {
+    /// None: an encrypted repository fails to open, saying how to give its passphrase.
+    #[default]
+    None,
+    /// This passphrase.
+    Passphrase(&'a str),
+    /// A passphrase asked for only if the repository turns out to be encrypted.
+    Ask(&'a dyn Fn() -> Result<String>),
+    /// A master key and key-file id [`unlock`] returned earlier (a long-running process
+    /// unlocks once).
+    Master(&'a ([u8; 32], String)),
+}
+
+/// The master key of an encrypted repository from `key`; `None` for a plain one.
+pub fn unlock_with(
+    backend: &dyn Backend,
+    config: &Config,
+    key: &Key,
+) -> Result<Option<([u8; 32], String)>> {
+    if config.key_scheme != crate::crypto::SCHEME {
+        return Ok(None);
+    }
+    let unlocked = match key {
+        Key::None => return Err(Error::invalid(crate::crypto::NO_PASSPHRASE)),
+        Key::Passphrase(pass) => unlock(backend, config, pass)?,
+        Key::Ask(ask) => unlock(backend, config, &ask()?)?,
+        Key::Master(m) => (*m).clone(),
+    };
+    Ok(Some(unlocked))
 }
 
 /// The master key from whichever key file `passphrase` opens, and that key file's id.

@@ -165,7 +165,7 @@ pub const REBUILD_NAME: &str = "index.redb.rebuild";
 
 /// Rebuilds `index.redb` from the packs and manifest files. With `dry_run`, only reports what it
 /// found. Takes the repository lock; the old index is replaced atomically at the end.
-pub fn rebuild_index(root: &Path, dry_run: bool) -> Result<RepairReport> {
+pub fn rebuild_index(root: &Path, dry_run: bool, key: &crate::layout::Key) -> Result<RepairReport> {
     #[cfg(not(feature = "s3"))]
     crate::layout::remote(root)?;
     #[cfg(feature = "s3")]
@@ -175,9 +175,9 @@ pub fn rebuild_index(root: &Path, dry_run: bool) -> Result<RepairReport> {
         let config = load_config(&backend, root)?;
         let state = crate::layout::cache_dir_for(&config.id);
         std::fs::create_dir_all(&state).ctx("create", &state)?;
-        return rebuild(&state, &backend, None, dry_run, None, false);
+        return rebuild(&state, &backend, None, dry_run, key, false);
     }
-    rebuild_index_with(root, &LocalBackend::new(root), None, dry_run)
+    rebuild(root, &LocalBackend::new(root), None, dry_run, key, true)
 }
 
 /// [`rebuild_index`] through `backend`, with the new index written through `index_file` when
@@ -189,7 +189,14 @@ pub fn rebuild_index_with(
     index_file: Option<crate::storage::PowerLossFile>,
     dry_run: bool,
 ) -> Result<RepairReport> {
-    rebuild(root, backend, index_file, dry_run, None, true)
+    rebuild(
+        root,
+        backend,
+        index_file,
+        dry_run,
+        &crate::layout::Key::None,
+        true,
+    )
 }
 
 /// Rebuilds the local index of a repository whose master key is already known (`None` for an
@@ -201,14 +208,12 @@ pub fn rebuild_index_keyed(
 ) -> Result<RepairReport> {
     // The store is the truth here: a snapshot the local copy has and the store does not was
     // removed by another writer, and stays removed.
-    rebuild(
-        root,
-        backend,
-        None,
-        false,
-        master.map(|m| (m, String::new())),
-        false,
-    )
+    let unlocked = master.map(|m| (m, String::new()));
+    let key = match &unlocked {
+        Some(u) => crate::layout::Key::Master(u),
+        None => crate::layout::Key::None,
+    };
+    rebuild(root, backend, None, false, &key, false)
 }
 
 fn rebuild(
@@ -216,20 +221,13 @@ fn rebuild(
     backend: &dyn Backend,
     index_file: Option<crate::storage::PowerLossFile>,
     dry_run: bool,
-    unlocked: Option<([u8; 32], String)>,
+    key: &crate::layout::Key,
     from_old_index: bool,
 ) -> Result<RepairReport> {
     let config = load_config(backend, root)?;
     // An encrypted repository: its keys authenticate trailers and open manifests.
-    let keys = if config.key_scheme == crate::crypto::SCHEME {
-        let (master, _) = match unlocked {
-            Some(u) => u,
-            None => crate::layout::unlock_asking(backend, &config)?,
-        };
-        Some(crate::crypto::Keys::from_master(&master))
-    } else {
-        None
-    };
+    let keys = crate::layout::unlock_with(backend, &config, key)?
+        .map(|(master, _)| crate::crypto::Keys::from_master(&master));
     let _lock = Lock::acquire(root, "repair index")?;
     let mut report = RepairReport {
         dry_run,

@@ -109,11 +109,109 @@ fn create(root: &Path, config: &Config, key: Option<&crate::crypto::KeyFile>) ->
     Ok(())
 }
 
+/// The key of a new encrypted repository.
+pub struct Encryption<'a> {
+    /// Wraps the master key in the first key file.
+    pub passphrase: &'a str,
+    /// Another repository's master key (the two then name and cut chunks alike, so snapshots
+    /// can be copied between them); a random one if `None`.
+    pub master: Option<[u8; 32]>,
+    /// The argon2 memory of the key file, in KiB (see [`crate::crypto::KeyFile::create`]).
+    pub kdf_memory_kib: u32,
+}
+
+impl<'a> Encryption<'a> {
+    /// A random master key behind `passphrase`, at the default cost.
+    pub fn new(passphrase: &'a str) -> Self {
+        Encryption {
+            passphrase,
+            master: None,
+            kdf_memory_kib: crate::crypto::KDF_MEMORY_KIB,
+        }
+    }
+}
+
+/// How to open a repository: the one way, whatever the caller. A reader by default.
+///
+/// ```no_run
+/// # fn main() -> strata::Result<()> {
+/// use strata::repo::{Key, OpenOptions};
+/// let repo = OpenOptions::new("backup")
+///     .write(true)
+///     .key(Key::Passphrase("correct horse"))
+///     .open(std::path::Path::new("/var/backups/strata"))?;
+/// # Ok(()) }
+/// ```
+pub struct OpenOptions<'a> {
+    command: &'a str,
+    write: bool,
+    key: Key<'a>,
+    backend: Option<Box<dyn Backend>>,
+    index_file: Option<crate::storage::PowerLossFile>,
+}
+
+impl<'a> OpenOptions<'a> {
+    /// Options for `command` (named in the lock or reader file, for whoever finds it).
+    pub fn new(command: &'a str) -> Self {
+        OpenOptions {
+            command,
+            write: false,
+            key: Key::None,
+            backend: None,
+            index_file: None,
+        }
+    }
+
+    /// A writer takes the repository's lock; a reader registers under `readers/`.
+    pub fn write(mut self, write: bool) -> Self {
+        self.write = write;
+        self
+    }
+
+    /// Where the key of an encrypted repository comes from.
+    pub fn key(mut self, key: Key<'a>) -> Self {
+        self.key = key;
+        self
+    }
+
+    /// Reads and writes the repository's objects through `backend` (a fault-injecting test
+    /// backend, for instance) instead of its directory; the lock and index stay in the directory.
+    pub fn backend(mut self, backend: Box<dyn Backend>) -> Self {
+        self.backend = Some(backend);
+        self
+    }
+
+    /// Opens the index through `file` (a [`crate::storage::FaultyBackend::index_file`], under
+    /// the same faults as the objects). Only with [`OpenOptions::backend`].
+    pub fn index_file(mut self, file: crate::storage::PowerLossFile) -> Self {
+        self.index_file = Some(file);
+        self
+    }
+
+    /// Opens the repository at `root` (a directory, or an `s3://` URL).
+    pub fn open(self, root: &Path) -> Result<Repo> {
+        match self.backend {
+            Some(backend) => Repo::open_inner(
+                root,
+                backend,
+                self.write,
+                self.command,
+                &self.key,
+                self.index_file,
+            ),
+            None if self.index_file.is_some() => Err(Error::invalid(
+                "an index file is given only with the backend it shares faults with",
+            )),
+            None => Repo::open_unlocked(root, self.write, self.command, &self.key),
+        }
+    }
+}
+
 /// An open repository.
 pub struct Repo {
     pub root: PathBuf,
     /// Where the repository's objects live (a local directory unless opened with
-    /// [`Repo::open_with_backend`]).
+    /// [`OpenOptions::backend`]).
     pub backend: Box<dyn Backend>,
     pub config: Config,
     pub index: Index,
@@ -149,94 +247,43 @@ impl Repo {
     /// Creates a new repository at `root` (which must be absent or an empty directory).
     pub fn init(root: &Path, config: Config) -> Result<Repo> {
         create(root, &config, None)?;
-        Repo::open_unlocked(root, true, "init", None)
+        Repo::open_unlocked(root, true, "init", &Key::None)
     }
 
-    /// Creates a new encrypted repository: a random master key, wrapped by `passphrase` in the
-    /// first key file.
-    pub fn init_encrypted(root: &Path, config: Config, passphrase: &str) -> Result<Repo> {
-        let mut master = [0u8; 32];
-        secure_random(&mut master)?;
-        Repo::init_encrypted_with_master(root, config, passphrase, master)
-    }
-
-    /// Creates a new encrypted repository around an existing master key (another repository's:
-    /// the two then name and cut chunks alike, so snapshots can be copied between them).
-    pub fn init_encrypted_with_master(
-        root: &Path,
-        mut config: Config,
-        passphrase: &str,
-        master: [u8; 32],
-    ) -> Result<Repo> {
+    /// Creates a new encrypted repository: its master key (random unless given) wrapped by the
+    /// passphrase in the first key file.
+    pub fn init_encrypted(root: &Path, mut config: Config, enc: &Encryption) -> Result<Repo> {
+        let master = match enc.master {
+            Some(m) => m,
+            None => {
+                let mut m = [0u8; 32];
+                secure_random(&mut m)?;
+                m
+            }
+        };
         config.key_scheme = crate::crypto::SCHEME.into();
         config.id_hash = crate::crypto::ID_HASH.into();
-        let key = crate::crypto::KeyFile::create(&master, passphrase, &config.id)?;
+        let key = crate::crypto::KeyFile::create(
+            &master,
+            enc.passphrase,
+            &config.id,
+            enc.kdf_memory_kib,
+        )?;
         create(root, &config, Some(&key))?;
-        Repo::open_unlocked(root, true, "init", Some((master, key.id)))
+        Repo::open_unlocked(root, true, "init", &Key::Master(&(master, key.id)))
     }
 
-    /// Opens an existing repository. Writers take the lock. An encrypted repository asks for
-    /// its passphrase ([`crate::crypto::passphrase`]).
+    /// Opens an existing repository with the defaults of [`OpenOptions`]: no passphrase (an
+    /// encrypted repository then fails to open, saying so), objects on the repository's own
+    /// storage.
     pub fn open(root: &Path, write: bool, command: &str) -> Result<Repo> {
-        Repo::open_unlocked(root, write, command, None)
+        OpenOptions::new(command).write(write).open(root)
     }
 
-    /// Opens an encrypted repository with `passphrase`.
-    pub fn open_with_passphrase(
-        root: &Path,
-        write: bool,
-        command: &str,
-        passphrase: &str,
-    ) -> Result<Repo> {
-        let backend = LocalBackend::new(root);
-        let config = load_config(&backend, root)?;
-        let unlocked = unlock(&backend, &config, passphrase)?;
-        Repo::open_unlocked(root, write, command, Some(unlocked))
-    }
-
-    /// Opens an encrypted repository with a master key [`unlock`] returned earlier (a
-    /// long-running process unlocks once).
-    pub fn open_with_master(
-        root: &Path,
-        write: bool,
-        command: &str,
-        unlocked: ([u8; 32], String),
-    ) -> Result<Repo> {
-        Repo::open_unlocked(root, write, command, Some(unlocked))
-    }
-
-    /// Opens the repository at `root` (its lock and index) with its objects read and written
-    /// through `backend`: a fault-injecting test backend, for instance.
-    pub fn open_with_backend(
-        root: &Path,
-        backend: Box<dyn Backend>,
-        write: bool,
-        command: &str,
-    ) -> Result<Repo> {
-        Repo::open_inner(root, backend, write, command, None, None)
-    }
-
-    /// Opens the repository for writing through a [`crate::storage::FaultyBackend`], with its
-    /// index file under the same faults (see [`crate::storage::FaultyBackend::index_file`]).
-    pub fn open_faulty(
-        root: &Path,
-        backend: crate::storage::FaultyBackend,
-        keep_some: Option<u64>,
-        command: &str,
-    ) -> Result<Repo> {
-        let index = backend.index_file(&root.join(INDEX_NAME), keep_some)?;
-        Repo::open_inner(root, Box::new(backend), true, command, None, Some(index))
-    }
-
-    fn open_unlocked(
-        root: &Path,
-        write: bool,
-        command: &str,
-        unlocked: Option<([u8; 32], String)>,
-    ) -> Result<Repo> {
+    fn open_unlocked(root: &Path, write: bool, command: &str, key: &Key) -> Result<Repo> {
         #[cfg(feature = "s3")]
         if let Some(loc) = remote(root)? {
-            return Repo::open_remote(&loc, write, command, unlocked);
+            return Repo::open_remote(&loc, write, command, key);
         }
         #[cfg(not(feature = "s3"))]
         remote(root)?;
@@ -245,7 +292,7 @@ impl Repo {
             Box::new(LocalBackend::new(root)),
             write,
             command,
-            unlocked,
+            key,
             None,
         )
     }
@@ -257,17 +304,11 @@ impl Repo {
         loc: &crate::s3::S3Location,
         write: bool,
         command: &str,
-        unlocked: Option<([u8; 32], String)>,
+        key: &Key,
     ) -> Result<Repo> {
         let backend = crate::s3::S3Backend::new(loc)?;
         let config = load_config(&backend, Path::new(&loc.to_string()))?;
-        let unlocked = match unlocked {
-            Some(u) => Some(u),
-            None if config.key_scheme == crate::crypto::SCHEME => {
-                Some(unlock_asking(&backend, &config)?)
-            }
-            None => None,
-        };
+        let unlocked = unlock_with(&backend, &config, key)?;
         let state = cache_dir_for(&config.id);
         fs::create_dir_all(&state).ctx("create", &state)?;
         let lease = if write {
@@ -283,7 +324,11 @@ impl Repo {
             crate::repair::rebuild_index_keyed(&state, &backend, master)?;
         }
         let fresh_nodes = backend.attach_node_cache(&state.join(NODES_NAME))?;
-        let mut repo = Repo::open_inner(&state, Box::new(backend), write, command, unlocked, None)?;
+        let key = match &unlocked {
+            Some(u) => Key::Master(u),
+            None => Key::None,
+        };
+        let mut repo = Repo::open_inner(&state, Box::new(backend), write, command, &key, None)?;
         repo._lease = lease;
         if rebuild || fresh_nodes {
             fill_node_cache(&repo)?;
@@ -296,22 +341,17 @@ impl Repo {
         backend: Box<dyn Backend>,
         write: bool,
         command: &str,
-        unlocked: Option<([u8; 32], String)>,
+        key: &Key,
         index_file: Option<crate::storage::PowerLossFile>,
     ) -> Result<Repo> {
         let config = load_config(backend.as_ref(), root)?;
         // The passphrase is checked before anything else is read or written.
-        let (keys, key_id) = if config.key_scheme == crate::crypto::SCHEME {
-            let (master, key_id) = match unlocked {
-                Some(u) => u,
-                None => unlock_asking(backend.as_ref(), &config)?,
-            };
-            (
+        let (keys, key_id) = match unlock_with(backend.as_ref(), &config, key)? {
+            Some((master, key_id)) => (
                 Some(crate::crypto::Keys::from_master(&master)),
                 Some(key_id),
-            )
-        } else {
-            (None, None)
+            ),
+            None => (None, None),
         };
         let mut lock = if write {
             Some(Lock::acquire(root, command)?)

@@ -15,6 +15,46 @@ pub use backend::*;
 #[cfg(feature = "s3")]
 pub mod settings;
 
+/// What the program using strata decides for every repository on object storage it opens. Set
+/// once, before the first repository is opened ([`configure`]); the defaults otherwise.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct S3Options {
+    /// How long a writer's lease lasts unless renewed; it is renewed every quarter of it, and a
+    /// change is refused when less than a third of it is left. Held between 3 s and an hour.
+    pub lease: std::time::Duration,
+    /// The settings file, when the program names one: it must then exist. Otherwise
+    /// `$XDG_CONFIG_HOME/strata/s3.toml` (or `~/.config/strata/s3.toml`) if present.
+    pub settings_file: Option<std::path::PathBuf>,
+    /// Print what this process asked of the store (requests and bytes) on stderr when a
+    /// connection is dropped.
+    pub report_requests: bool,
+}
+
+impl Default for S3Options {
+    fn default() -> Self {
+        S3Options {
+            lease: std::time::Duration::from_secs(60),
+            settings_file: None,
+            report_requests: false,
+        }
+    }
+}
+
+static OPTIONS: std::sync::OnceLock<S3Options> = std::sync::OnceLock::new();
+
+/// Sets the [`S3Options`] of this process. An error if they were set, or used, already: a
+/// repository opened before would have run under other ones.
+pub fn configure(options: S3Options) -> Result<()> {
+    OPTIONS
+        .set(options)
+        .map_err(|_| Error::invalid("the S3 options are set once, before any use"))
+}
+
+/// The options in force: those given to [`configure`], else the defaults.
+pub fn options() -> &'static S3Options {
+    OPTIONS.get_or_init(S3Options::default)
+}
+
 /// Where an S3 repository lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct S3Location {

@@ -15,13 +15,37 @@ use std::path::{Path, PathBuf};
 use strata::backup::{BackupOptions, backup};
 use strata::gc::{GcOptions, gc, remove_snapshots};
 use strata::id::SnapshotId;
-use strata::repo::{Config, Repo};
+use strata::repo::{Config, Key, OpenOptions, Repo};
 use strata::restore::{RestoreOptions, restore};
 use strata::storage::{Fault, FaultyBackend, LocalBackend};
 
 type Tree = BTreeMap<String, Vec<u8>>;
 /// What each committed snapshot holds.
 type Committed = BTreeMap<SnapshotId, Tree>;
+
+/// Opening with the repository's objects behind `backend`.
+fn with_backend(
+    backend: impl strata::storage::Backend + 'static,
+    write: bool,
+    command: &str,
+) -> OpenOptions<'_> {
+    OpenOptions::new(command)
+        .write(write)
+        .backend(Box::new(backend))
+}
+
+/// Opening for writing with the index file under the same faults as the objects.
+fn faulty(
+    root: &Path,
+    backend: FaultyBackend,
+    keep_some: Option<u64>,
+    command: &str,
+) -> strata::Result<Repo> {
+    let index = backend.index_file(&root.join(strata::repo::INDEX_NAME), keep_some)?;
+    with_backend(backend, true, command)
+        .index_file(index)
+        .open(root)
+}
 
 fn write_tree(dir: &Path, tree: &Tree) {
     let _ = fs::remove_dir_all(dir);
@@ -137,9 +161,9 @@ fn fault_loop(
         copy_dir(&pristine, &work);
         let backend = FaultyBackend::new(Box::new(LocalBackend::new(&work)), budget, fault);
         let opened = match index {
-            IndexFaults::Untouched => Repo::open_with_backend(&work, Box::new(backend), true, name),
-            IndexFaults::Lost => Repo::open_faulty(&work, backend, None, name),
-            IndexFaults::KeepSome => Repo::open_faulty(&work, backend, Some(budget), name),
+            IndexFaults::Untouched => with_backend(backend, true, name).open(&work),
+            IndexFaults::Lost => faulty(&work, backend, None, name),
+            IndexFaults::KeepSome => faulty(&work, backend, Some(budget), name),
         };
         let result = match opened {
             Ok(repo) => {
@@ -285,7 +309,7 @@ fn restore_under_read_faults_writes_old_or_new_never_wrong() {
         // The target holds the older generation; restore the newer one over it.
         write_tree(&target.join("src"), &snaps[&old_id]);
         let backend = FaultyBackend::new(Box::new(LocalBackend::new(&root)), budget, Fault::Crash);
-        let Ok(repo) = Repo::open_with_backend(&root, Box::new(backend), false, "restore") else {
+        let Ok(repo) = with_backend(backend, false, "restore").open(&root) else {
             continue;
         };
         let manifest = strata::snapshots::list(&repo)
@@ -364,7 +388,7 @@ fn the_same_chunk_twice_in_one_pack_survives_forget_and_gc() {
     backend
         .put(&strata::index::pack_object_name(&id), &bytes)
         .unwrap();
-    let report = strata::repair::rebuild_index(&root, false).unwrap();
+    let report = strata::repair::rebuild_index(&root, false, &Key::None).unwrap();
     assert!(report.duplicate_blobs as usize >= twice / 2, "{report:?}");
     check(&root, &snaps, &BTreeMap::new());
 
@@ -453,7 +477,7 @@ fn a_failing_listing_stops_gc_and_loses_nothing() {
             armed: armed.clone(),
             ghosts: Vec::new(),
         };
-        let repo = Repo::open_with_backend(&root, Box::new(backend), true, "gc").unwrap();
+        let repo = with_backend(backend, true, "gc").open(&root).unwrap();
         armed.store(true, std::sync::atomic::Ordering::SeqCst);
         let err = gc(
             &repo,
@@ -487,7 +511,7 @@ fn a_snapshot_listed_but_deleted_meanwhile_is_not_damage() {
         armed: Default::default(),
         ghosts: vec![ghost.clone()],
     };
-    let repo = Repo::open_with_backend(&root, Box::new(backend), false, "verify").unwrap();
+    let repo = with_backend(backend, false, "verify").open(&root).unwrap();
     let report = strata::verify::verify(&repo, true).unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     assert!(
@@ -546,7 +570,7 @@ fn repair_under_faults() {
                         e.to_string().contains("injected fault"),
                         "failed by itself: {e}"
                     );
-                    rebuild_index(&work, false).unwrap();
+                    rebuild_index(&work, false, &Key::None).unwrap();
                 }
             }
             check(&work, &committed, &BTreeMap::new());
@@ -626,7 +650,7 @@ fn a_panic_inside_a_restore_is_an_error_and_leaves_nothing_behind() {
                 inner: LocalBackend::new(&root),
                 reads: std::sync::atomic::AtomicI64::new(reads),
             };
-            let repo = Repo::open_with_backend(&root, Box::new(backend), false, "restore").unwrap();
+            let repo = with_backend(backend, false, "restore").open(&root).unwrap();
             let manifest = strata::snapshots::list(&repo)
                 .unwrap()
                 .into_iter()

@@ -60,25 +60,23 @@ pub fn init(rp: &RepoPath, args: InitArgs) -> Result<ExitCode> {
     let mut config = Config::new(params, args.zstd_level)?;
     config.sqlite_pages = !args.no_sqlite_pages;
     let created = if args.encrypt {
-        let given = std::env::var_os("STRATA_PASSWORD_FILE").is_some()
-            || std::env::var_os("STRATA_PASSWORD").is_some();
-        let pass = if given {
-            strata::crypto::passphrase("")?
+        let pass = if super::environment::passphrase_given(rp.password_file.as_deref()) {
+            rp.passphrase()?
         } else {
             super::key::prompt_twice("passphrase for the new repository: ")?
         };
-        match &args.same_key_as {
-            Some(src) => {
-                let src = super::copy::open_source(src, false, "init")?;
-                let Some(keys) = src.keys() else {
-                    bail!("--same-key-as: {} is not encrypted", src.root.display());
-                };
-                config.chunker = src.config.chunker;
-                config.sqlite_pages = src.config.sqlite_pages;
-                Repo::init_encrypted_with_master(&rp.path, config, &pass, *keys.master())
-            }
-            None => Repo::init_encrypted(&rp.path, config, &pass),
+        let mut enc = strata::repo::Encryption::new(&pass);
+        enc.kdf_memory_kib = super::environment::kdf_memory_kib();
+        if let Some(src) = &args.same_key_as {
+            let src = super::copy::open_source(src, rp, false, "init")?;
+            let Some(keys) = src.keys() else {
+                bail!("--same-key-as: {} is not encrypted", src.root.display());
+            };
+            config.chunker = src.config.chunker;
+            config.sqlite_pages = src.config.sqlite_pages;
+            enc.master = Some(*keys.master());
         }
+        Repo::init_encrypted(&rp.path, config, &enc)
     } else {
         Repo::init(&rp.path, config)
     };

@@ -1,11 +1,12 @@
 //! `strata copy`: replicate snapshots into another repository, sending only missing data.
 
+use super::RepoPath;
 use super::output::{bytes, print_json};
 use anyhow::{Context, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use strata::repo::Repo;
+use strata::repo::{Key, OpenOptions, Repo};
 use strata::snapshots;
 
 #[derive(Args)]
@@ -34,24 +35,29 @@ fn from_passphrase() -> Result<Option<String>> {
 }
 
 /// Opens the repository snapshots come from: read-only, with its own passphrase if one is
-/// given for it.
-pub fn open_source(path: &Path, write: bool, command: &str) -> Result<Repo> {
-    let backend = strata::repo::backend_for(path)?;
-    let config = strata::repo::load_config(backend.as_ref(), path)
-        .with_context(|| format!("opening repository {}", path.display()))?;
-    let repo = match from_passphrase()? {
-        Some(pass) if config.key_scheme == strata::crypto::SCHEME => {
-            Repo::open_with_passphrase(path, write, command, &pass)
-        }
-        _ => Repo::open(path, write, command),
+/// given for it, else the one of the command line.
+pub fn open_source(path: &Path, rp: &RepoPath, write: bool, command: &str) -> Result<Repo> {
+    let from = from_passphrase()?;
+    let ask = || rp.passphrase();
+    let key = match &from {
+        Some(pass) => Key::Passphrase(pass),
+        None => Key::Ask(&ask),
     };
-    repo.with_context(|| format!("opening repository {}", path.display()))
+    OpenOptions::new(command)
+        .write(write)
+        .key(key)
+        .open(path)
+        .with_context(|| format!("opening repository {}", path.display()))
 }
 
-pub fn copy(args: CopyArgs) -> Result<ExitCode> {
-    let src = open_source(&args.from, false, "copy")?;
-    let dst = Repo::open(&args.to, true, "copy")
-        .with_context(|| format!("opening repository {}", args.to.display()))?;
+pub fn copy(rp: &RepoPath, args: CopyArgs) -> Result<ExitCode> {
+    let src = open_source(&args.from, rp, false, "copy")?;
+    let to = RepoPath {
+        path: args.to.clone(),
+        is_default: false,
+        password_file: rp.password_file.clone(),
+    };
+    let dst = super::open(&to, true, "copy")?;
     let snaps = snapshots::list(&src)?;
     let ids: Vec<_> = if args.snaps.is_empty() {
         snaps.iter().map(|s| s.id).collect()

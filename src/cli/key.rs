@@ -74,7 +74,12 @@ pub fn key(rp: &RepoPath, args: KeyArgs) -> Result<ExitCode> {
     };
     let current = repo.key_id().unwrap_or_default().to_string();
     let add = |pass: &str| -> Result<KeyFile> {
-        let key = KeyFile::create(keys.master(), pass, &repo.config.id)?;
+        let key = KeyFile::create(
+            keys.master(),
+            pass,
+            &repo.config.id,
+            super::environment::kdf_memory_kib(),
+        )?;
         repo.backend.put(&key.object_name(), &key.encode()?)?;
         Ok(key)
     };

@@ -2,11 +2,12 @@
 //! and for `--json` is produced here, never in the library.
 //!
 //! Exit codes: 0 success, 1 error, 2 usage, 3 damage found (verify, restore), 4 partial backup,
-//! 5 the repository is locked by another process (or the lock was taken away: run again)
-//! (some files could not be read).
+//! (some files could not be read), 5 the repository is locked by another process (or the lock
+//! was taken away: run again).
 
 mod backup;
 mod copy;
+mod environment;
 mod gc;
 mod inspect;
 mod key;
@@ -20,7 +21,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use strata::repo::{Config, Repo, default_location};
+use strata::repo::{Config, Key, OpenOptions, Repo, default_location};
 
 pub const EXIT_ERROR: u8 = 1;
 pub const EXIT_DAMAGE: u8 = 3;
@@ -203,10 +204,22 @@ pub struct UnlockArgs {
     force: bool,
 }
 
-/// Which repository to use and whether it came from the default location.
+/// Which repository to use, whether it came from the default location, and the file holding
+/// its passphrase if one was named.
 struct RepoPath {
     path: PathBuf,
     is_default: bool,
+    password_file: Option<PathBuf>,
+}
+
+impl RepoPath {
+    /// The passphrase of this (encrypted) repository, asked for now.
+    fn passphrase(&self) -> strata::Result<String> {
+        environment::passphrase(
+            self.password_file.as_deref(),
+            "strata repository passphrase: ",
+        )
+    }
 }
 
 impl Cli {
@@ -215,27 +228,29 @@ impl Cli {
             Some(p) => RepoPath {
                 path: p.clone(),
                 is_default: false,
+                password_file: self.password_file.clone(),
             },
             None => RepoPath {
                 path: default_location(),
                 is_default: true,
+                password_file: self.password_file.clone(),
             },
         }
     }
 }
 
 fn open(rp: &RepoPath, write: bool, command: &str) -> Result<Repo> {
-    Repo::open(&rp.path, write, command)
+    let ask = || rp.passphrase();
+    OpenOptions::new(command)
+        .write(write)
+        .key(Key::Ask(&ask))
+        .open(&rp.path)
         .with_context(|| format!("opening repository {}", rp.path.display()))
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
     let rp = cli.repo_path();
-    if let Some(file) = &cli.password_file {
-        // SAFETY: still single-threaded; the library reads the variable when it needs the
-        // passphrase.
-        unsafe { std::env::set_var("STRATA_PASSWORD_FILE", file) };
-    }
+    strata::s3::configure(environment::s3_options())?;
     match cli.command {
         Command::Init(args) => backup::init(&rp, args),
         Command::Backup(args) => backup::backup(&rp, args),
@@ -253,7 +268,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Some(file) => serve::check_config(file),
             None => gc::config(&open(&rp, args.writes(), "config")?, args),
         },
-        Command::Copy(args) => copy::copy(args),
+        Command::Copy(args) => copy::copy(&rp, args),
         Command::Serve(args) => serve::serve(rp.path.clone(), args),
         Command::Verify(args) => restore::verify(&open(&rp, false, "verify")?, args),
         Command::Repair(args) => repair::repair(&rp, args),

@@ -26,7 +26,8 @@ enum RepairWhat {
 
 pub fn repair(rp: &RepoPath, args: RepairArgs) -> Result<ExitCode> {
     let RepairWhat::Index { dry_run, json } = args.what;
-    let report = strata::repair::rebuild_index(&rp.path, dry_run)
+    let ask = || rp.passphrase();
+    let report = strata::repair::rebuild_index(&rp.path, dry_run, &strata::repo::Key::Ask(&ask))
         .with_context(|| format!("repairing the index of {}", rp.path.display()))?;
     if json {
         print_json(&report)?;

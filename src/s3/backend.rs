@@ -44,8 +44,8 @@ impl Stats {
 
 impl Drop for S3Backend {
     fn drop(&mut self) {
-        // `STRATA_S3_STATS=1`: what this process asked of the store, on stderr.
-        if std::env::var_os("STRATA_S3_STATS").is_some() {
+        // What this process asked of the store, on stderr, when the program wants it.
+        if super::options().report_requests {
             let s = &self.stats;
             let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
             eprintln!(
@@ -495,15 +495,11 @@ impl Backend for S3Backend {
 
 /// The lease object: who writes to the repository, until when.
 pub const LOCK_OBJECT: &str = "lock";
-/// A lease lasts this long unless renewed (`STRATA_S3_LEASE_SECS` changes it, for tests); it is
-/// renewed every quarter of it, and a change is refused when less than a third of it is left.
+/// A lease lasts this long unless renewed (see [`super::S3Options::lease`]).
 fn lease_ttl() -> Duration {
-    let secs = std::env::var("STRATA_S3_LEASE_SECS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(60)
-        .clamp(3, 3600);
-    Duration::from_secs(secs)
+    super::options()
+        .lease
+        .clamp(Duration::from_secs(3), Duration::from_secs(3600))
 }
 /// Between writing the lease and reading it back (before the first change the writer makes): a
 /// writer that read "free" at the same moment has written its own by then, and the later of the

@@ -1,7 +1,8 @@
 //! Where and how to reach a bucket: endpoint, region and credentials, from the standard AWS
 //! variables and from an optional settings file.
 //!
-//! The file is `STRATA_S3_CONFIG`, else `$XDG_CONFIG_HOME/strata/s3.toml`, else
+//! The file is the one the program names ([`super::S3Options::settings_file`]; the command line
+//! takes it from `STRATA_S3_CONFIG`), else `$XDG_CONFIG_HOME/strata/s3.toml`, else
 //! `~/.config/strata/s3.toml` (a missing default file is no error):
 //!
 //! ```toml
@@ -45,8 +46,8 @@ type File = Endpoint;
 
 /// The settings file's path, and whether it was named explicitly.
 fn file_path() -> Option<(PathBuf, bool)> {
-    if let Some(p) = std::env::var_os("STRATA_S3_CONFIG").filter(|v| !v.is_empty()) {
-        return Some((PathBuf::from(p), true));
+    if let Some(p) = &super::options().settings_file {
+        return Some((p.clone(), true));
     }
     let base = match std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
         Some(x) => PathBuf::from(x),

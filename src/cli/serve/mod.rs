@@ -197,7 +197,9 @@ fn now_text() -> String {
 impl Daemon {
     fn open_read(&self) -> Result<Repo> {
         let repo = match &self.master {
-            Some(m) => Repo::open_with_master(&self.repo, false, "serve", m.clone()),
+            Some(m) => strata::repo::OpenOptions::new("serve")
+                .key(strata::repo::Key::Master(m))
+                .open(&self.repo),
             None => Repo::open(&self.repo, false, "serve"),
         };
         repo.with_context(|| format!("opening repository {}", self.repo.display()))
@@ -430,10 +432,10 @@ pub fn serve(repo_path: PathBuf, args: ServeArgs) -> Result<ExitCode> {
     let (passphrase, master) = if config.key_scheme == strata::crypto::SCHEME {
         // The configuration's password file, else the environment or a prompt. (Children get
         // the passphrase itself: see `operations`.)
-        let pass = match &cfg.password_file {
-            Some(f) => strata::crypto::read_passphrase_file(f)?,
-            None => strata::crypto::passphrase("strata repository passphrase: ")?,
-        };
+        let pass = super::environment::passphrase(
+            cfg.password_file.as_deref(),
+            "strata repository passphrase: ",
+        )?;
         let master = strata::repo::unlock(backend.as_ref(), &config, &pass)?;
         (Some(pass), Some(master))
     } else {
