@@ -12,6 +12,7 @@ use redb::{
     Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable,
     ReadableTableMetadata, TableDefinition,
 };
+use std::ops::Bound;
 use std::path::Path;
 
 /// blob id -> [`BlobLoc`] (28 bytes).
@@ -216,6 +217,64 @@ fn builder() -> redb::Builder {
     b
 }
 
+/// The index's file when the caller provides it instead of a path: a test's file that keeps
+/// unsynced writes in memory and loses them in a simulated crash, for instance.
+#[derive(Debug)]
+pub struct IndexFile(pub Box<dyn redb::StorageBackend>);
+
+impl redb::StorageBackend for IndexFile {
+    fn len(&self) -> std::io::Result<u64> {
+        self.0.len()
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        self.0.read(offset, out)
+    }
+
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.0.set_len(len)
+    }
+
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.0.sync_data()
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.0.write(offset, data)
+    }
+
+    fn close(&self) -> std::io::Result<()> {
+        self.0.close()
+    }
+
+    fn try_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> LockResult<bool> {
+        self.0.try_lock_range(start, end)
+    }
+
+    fn try_lock_shared_range(&self, start: Bound<u64>, end: Bound<u64>) -> LockResult<bool> {
+        self.0.try_lock_shared_range(start, end)
+    }
+
+    fn lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> LockResult<()> {
+        self.0.lock_range(start, end)
+    }
+
+    fn lock_shared_range(&self, start: Bound<u64>, end: Bound<u64>) -> LockResult<()> {
+        self.0.lock_shared_range(start, end)
+    }
+
+    fn unlock_range(&self, start: Bound<u64>, end: Bound<u64>) -> LockResult<()> {
+        self.0.unlock_range(start, end)
+    }
+
+    fn query_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> LockResult<bool> {
+        self.0.query_lock_range(start, end)
+    }
+}
+
+/// What redb's lock methods return.
+type LockResult<T> = std::result::Result<T, redb::BackendError>;
+
 impl Index {
     /// Opens (creating if absent) for writing. The caller holds the repository lock.
     pub fn open_write(path: &Path) -> Result<Self> {
@@ -224,9 +283,9 @@ impl Index {
         Ok(index)
     }
 
-    /// [`Index::open_write`] through a given storage backend (a fault-injecting test file).
-    pub fn open_write_with(backend: impl redb::StorageBackend, path: &Path) -> Result<Self> {
-        Index::writable(builder().create_with_backend(backend), path)
+    /// [`Index::open_write`] through a given file (a test's, that loses unsynced writes).
+    pub fn open_write_with(file: IndexFile, path: &Path) -> Result<Self> {
+        Index::writable(builder().create_with_backend(file), path)
     }
 
     fn writable(

@@ -46,6 +46,7 @@ pub mod crypto;
 pub mod diff;
 pub mod direct;
 pub mod error;
+#[cfg(feature = "testing")]
 pub mod fuzzing;
 pub mod gc;
 pub mod id;

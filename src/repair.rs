@@ -181,12 +181,12 @@ pub fn rebuild_index(root: &Path, dry_run: bool, key: &crate::layout::Key) -> Re
 }
 
 /// [`rebuild_index`] through `backend`, with the new index written through `index_file` when
-/// given (fault injection: see [`crate::storage::FaultyBackend`]); `index_file` must be opened
+/// given (in tests, a file under injected faults); `index_file` must be opened
 /// on `index.redb.rebuild` in `root`.
 pub fn rebuild_index_with(
     root: &Path,
     backend: &dyn Backend,
-    index_file: Option<crate::storage::PowerLossFile>,
+    index_file: Option<crate::index::IndexFile>,
     dry_run: bool,
 ) -> Result<RepairReport> {
     rebuild(
@@ -219,7 +219,7 @@ pub fn rebuild_index_keyed(
 fn rebuild(
     root: &Path,
     backend: &dyn Backend,
-    index_file: Option<crate::storage::PowerLossFile>,
+    index_file: Option<crate::index::IndexFile>,
     dry_run: bool,
     key: &crate::layout::Key,
     from_old_index: bool,

@@ -147,7 +147,7 @@ pub struct OpenOptions<'a> {
     write: bool,
     key: Key<'a>,
     backend: Option<Box<dyn Backend>>,
-    index_file: Option<crate::storage::PowerLossFile>,
+    index_file: Option<crate::index::IndexFile>,
 }
 
 impl<'a> OpenOptions<'a> {
@@ -181,9 +181,9 @@ impl<'a> OpenOptions<'a> {
         self
     }
 
-    /// Opens the index through `file` (a [`crate::storage::FaultyBackend::index_file`], under
-    /// the same faults as the objects). Only with [`OpenOptions::backend`].
-    pub fn index_file(mut self, file: crate::storage::PowerLossFile) -> Self {
+    /// Opens the index through `file` (in tests, a file under the same injected faults as the
+    /// backend's objects). Only with [`OpenOptions::backend`].
+    pub fn index_file(mut self, file: crate::index::IndexFile) -> Self {
         self.index_file = Some(file);
         self
     }
@@ -342,7 +342,7 @@ impl Repo {
         write: bool,
         command: &str,
         key: &Key,
-        index_file: Option<crate::storage::PowerLossFile>,
+        index_file: Option<crate::index::IndexFile>,
     ) -> Result<Repo> {
         let config = load_config(backend.as_ref(), root)?;
         // The passphrase is checked before anything else is read or written.

@@ -42,6 +42,7 @@ fn faulty(
     command: &str,
 ) -> strata::Result<Repo> {
     let index = backend.index_file(&root.join(strata::repo::INDEX_NAME), keep_some)?;
+    let index = strata::index::IndexFile(Box::new(index));
     with_backend(backend, true, command)
         .index_file(index)
         .open(root)
@@ -560,7 +561,8 @@ fn repair_under_faults() {
                     Some(backend.index_file(&work.join(REBUILD_NAME), Some(budget)))
                 }
             };
-            let result = rebuild_index_with(&work, &backend, file.map(|f| f.unwrap()), false);
+            let file = file.map(|f| strata::index::IndexFile(Box::new(f.unwrap())));
+            let result = rebuild_index_with(&work, &backend, file, false);
             drop(backend);
             let _ = fs::remove_file(work.join("lock"));
             match &result {
