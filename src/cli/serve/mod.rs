@@ -8,6 +8,7 @@
 //! Verify runs beside the writer, one at a time.
 
 mod config;
+mod handlers;
 mod http;
 mod metrics;
 mod operations;
