@@ -150,61 +150,90 @@ fn for_each_chunk(
 pub fn tune(paths: &[PathBuf], previous: &[PathBuf], settings: &[Setting]) -> Result<TuneReport> {
     let current = files(paths)?;
     let older = files(previous)?;
-    // Read everything once, so the first setting does not pay for a cold page cache.
-    for (path, _) in current.iter().chain(&older) {
+    warm_page_cache(&current, &older)?;
+    let mut chunking = Vec::new();
+    for setting in settings {
+        chunking.push(measure_chunking(&current, &older, setting)?);
+    }
+    let levels = measure_levels(&level_sample(&current)?)?;
+    let best = cheapest(&chunking);
+    let recommended = best
+        .map(|r| r.setting.clone())
+        .unwrap_or_else(|| default_settings()[2].clone());
+    let reason = reason(best, &chunking, previous.is_empty());
+    Ok(TuneReport {
+        recommended_level: recommended_level(&levels),
+        chunking,
+        levels,
+        recommended,
+        reason,
+    })
+}
+
+/// Reads every file once, so the first setting does not pay for a cold page cache.
+fn warm_page_cache(current: &[(PathBuf, u32)], older: &[(PathBuf, u32)]) -> Result<()> {
+    for (path, _) in current.iter().chain(older) {
         let mut f = File::open(path).ctx("open", path)?;
         std::io::copy(&mut f, &mut std::io::sink()).ctx("read", path)?;
     }
-    let mut chunking = Vec::new();
-    for setting in settings {
-        let mut known: HashSet<ChunkId> = HashSet::new();
-        for_each_chunk(&older, setting, &mut |c| {
-            known.insert(ChunkId::hash(None, c));
-        })?;
-        let (mut bytes, mut chunks, mut new_bytes, mut new_stored) = (0u64, 0u64, 0u64, 0u64);
-        let mut new_chunks = 0u64;
-        let mut frame: Vec<u8> = Vec::new();
-        let mut compress_time = 0.0;
-        let started = Instant::now();
-        for_each_chunk(&current, setting, &mut |c| {
-            bytes += c.len() as u64;
-            chunks += 1;
-            let id = ChunkId::hash(None, c);
-            if known.insert(id) {
-                new_bytes += c.len() as u64;
-                new_chunks += 1;
-                frame.extend_from_slice(c);
-                if frame.len() >= 64 << 10 {
-                    let t = Instant::now();
-                    new_stored += crate::compress::compress(&frame, 1)
-                        .map(|(_, z)| z.len())
-                        .unwrap_or(frame.len()) as u64;
-                    compress_time += t.elapsed().as_secs_f64();
-                    frame.clear();
-                }
-            }
-        })?;
-        if !frame.is_empty() {
-            new_stored += crate::compress::compress(&frame, 1)
-                .map(|(_, z)| z.len())
-                .unwrap_or(frame.len()) as u64;
-        }
-        let secs = (started.elapsed().as_secs_f64() - compress_time).max(1e-9);
-        chunking.push(ChunkingResult {
-            setting: setting.clone(),
-            bytes,
-            chunks,
-            mb_per_s: bytes as f64 / secs / 1e6,
-            new_bytes,
-            new_stored_bytes: new_stored,
-            new_chunks,
-        });
-    }
+    Ok(())
+}
 
-    // zstd levels on the data cut with the strata default, in 64 KiB frames.
+/// What a backup of `current` would store under `setting`, after one of `older`.
+fn measure_chunking(
+    current: &[(PathBuf, u32)],
+    older: &[(PathBuf, u32)],
+    setting: &Setting,
+) -> Result<ChunkingResult> {
+    let mut known: HashSet<ChunkId> = HashSet::new();
+    for_each_chunk(older, setting, &mut |c| {
+        known.insert(ChunkId::hash(None, c));
+    })?;
+    let (mut bytes, mut chunks, mut new_bytes, mut new_stored) = (0u64, 0u64, 0u64, 0u64);
+    let mut new_chunks = 0u64;
+    let mut frame: Vec<u8> = Vec::new();
+    let mut compress_time = 0.0;
+    let started = Instant::now();
+    for_each_chunk(current, setting, &mut |c| {
+        bytes += c.len() as u64;
+        chunks += 1;
+        let id = ChunkId::hash(None, c);
+        if known.insert(id) {
+            new_bytes += c.len() as u64;
+            new_chunks += 1;
+            frame.extend_from_slice(c);
+            if frame.len() >= 64 << 10 {
+                let t = Instant::now();
+                new_stored += crate::compress::compress(&frame, 1)
+                    .map(|(_, z)| z.len())
+                    .unwrap_or(frame.len()) as u64;
+                compress_time += t.elapsed().as_secs_f64();
+                frame.clear();
+            }
+        }
+    })?;
+    if !frame.is_empty() {
+        new_stored += crate::compress::compress(&frame, 1)
+            .map(|(_, z)| z.len())
+            .unwrap_or(frame.len()) as u64;
+    }
+    let secs = (started.elapsed().as_secs_f64() - compress_time).max(1e-9);
+    Ok(ChunkingResult {
+        setting: setting.clone(),
+        bytes,
+        chunks,
+        mb_per_s: bytes as f64 / secs / 1e6,
+        new_bytes,
+        new_stored_bytes: new_stored,
+        new_chunks,
+    })
+}
+
+/// Up to 64 MiB of the data, cut with the strata default, for trying zstd levels on.
+fn level_sample(current: &[(PathBuf, u32)]) -> Result<Vec<u8>> {
     let mut sample: Vec<u8> = Vec::new();
     for_each_chunk(
-        &current,
+        current,
         &Setting {
             min: 2 << 10,
             avg: 8 << 10,
@@ -217,6 +246,11 @@ pub fn tune(paths: &[PathBuf], previous: &[PathBuf], settings: &[Setting]) -> Re
             }
         },
     )?;
+    Ok(sample)
+}
+
+/// Speed and ratio of several zstd levels on `sample`, in 64 KiB frames.
+fn measure_levels(sample: &[u8]) -> Result<Vec<LevelResult>> {
     let mut levels = Vec::new();
     for level in [-3, -1, 1, 3, 6] {
         let started = Instant::now();
@@ -234,30 +268,37 @@ pub fn tune(paths: &[PathBuf], previous: &[PathBuf], settings: &[Setting]) -> Re
             },
         });
     }
+    Ok(levels)
+}
 
-    // The cheapest setting to keep: fewest stored new bytes, counting the index entry each new
-    // chunk costs (~260 bytes in the redb index, measured on W1), among settings at least half as
-    // fast as the fastest.
+/// The cheapest setting to keep: fewest stored new bytes, counting the index entry each new
+/// chunk costs (~260 bytes in the redb index, measured on W1), among settings at least half as
+/// fast as the fastest.
+fn cheapest(chunking: &[ChunkingResult]) -> Option<&ChunkingResult> {
     let fastest = chunking.iter().map(|r| r.mb_per_s).fold(0.0, f64::max);
     let cost = |r: &ChunkingResult| r.new_stored_bytes + INDEX_BYTES_PER_CHUNK * r.new_chunks;
-    let best = chunking
+    chunking
         .iter()
         .filter(|r| r.mb_per_s >= fastest / 2.0)
         .min_by_key(|r| cost(r))
-        .or_else(|| chunking.first());
-    let recommended = best
-        .map(|r| r.setting.clone())
-        .unwrap_or_else(|| default_settings()[2].clone());
-    // The fastest level within 2% of the best ratio that compresses at 200 MB/s or more.
+        .or_else(|| chunking.first())
+}
+
+/// The fastest level within 2% of the best ratio that compresses at 200 MB/s or more.
+fn recommended_level(levels: &[LevelResult]) -> i32 {
     let usable: Vec<&LevelResult> = levels.iter().filter(|l| l.mb_per_s >= 200.0).collect();
     let best_ratio = usable.iter().map(|l| l.ratio).fold(f64::INFINITY, f64::min);
-    let best_level = usable
+    usable
         .iter()
         .filter(|l| l.ratio <= best_ratio * 1.02)
         .max_by(|a, b| a.mb_per_s.total_cmp(&b.mb_per_s))
         .map(|l| l.level)
-        .unwrap_or(1);
-    let what = if previous.is_empty() {
+        .unwrap_or(1)
+}
+
+/// Why `best` is recommended, against the default setting.
+fn reason(best: Option<&ChunkingResult>, chunking: &[ChunkingResult], first: bool) -> String {
+    let what = if first {
         "a first backup"
     } else {
         "a backup of the change"
@@ -265,7 +306,7 @@ pub fn tune(paths: &[PathBuf], previous: &[PathBuf], settings: &[Setting]) -> Re
     let default = chunking
         .iter()
         .find(|r| r.setting.avg == 8 << 10 && r.setting.sqlite_pages);
-    let reason = match (best, default) {
+    match (best, default) {
         (Some(b), Some(d)) => format!(
             "{what} would store {:.1} MiB in {} new chunks with {}, against {:.1} MiB in {} \
              with the default {}; smaller chunks find more duplicates but cost more index \
@@ -278,12 +319,5 @@ pub fn tune(paths: &[PathBuf], previous: &[PathBuf], settings: &[Setting]) -> Re
             d.setting.init_flags()
         ),
         _ => format!("{what}: no data measured"),
-    };
-    Ok(TuneReport {
-        chunking,
-        levels,
-        recommended,
-        recommended_level: best_level,
-        reason,
-    })
+    }
 }

@@ -257,80 +257,19 @@ impl ServeConfig {
     }
 
     /// Parses the text of a configuration file named `file` (for messages), then applies the
-    /// environment.
+    /// environment. Settings are read in a fixed order, so the first error is always the same.
     pub fn parse(text: &str, file: &str) -> Result<ServeConfig> {
         let raw: FileConfig =
             toml::from_str(text).map_err(|e| anyhow!(strata::codec::toml_error(text, file, &e)))?;
         let o = Origin { file, text };
-        let listen = setting(&o, "STRATA_LISTEN", raw.listen.as_ref(), |s| {
-            s.parse::<SocketAddr>()
-                .map_err(|_| anyhow!("listen {s:?}: expected IP:PORT such as 127.0.0.1:7433"))
-        })?
-        .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("default address"));
-        let json_logs = setting(
-            &o,
-            "STRATA_LOG_FORMAT",
-            raw.log_format.as_ref(),
-            |s| match s {
-                "text" => Ok(false),
-                "json" => Ok(true),
-                _ => bail!("log_format {s:?}: expected text or json"),
-            },
-        )?
-        .unwrap_or(false);
+        let listen = listen(&o, &raw)?;
+        let json_logs = json_logs(&o, &raw)?;
         let mut allowed_hosts = raw.allowed_hosts.clone();
         if let Some(v) = env("STRATA_ALLOWED_HOSTS") {
             allowed_hosts = v.split(',').map(|h| h.trim().to_string()).collect();
         }
-        let mut tokens = Vec::new();
-        for t in &raw.token {
-            tokens.push(Token {
-                name: t.name.clone(),
-                hash: parse_token_hash(t.blake3.get_ref())
-                    .map_err(|e| anyhow!("{}: {e}", o.at(&t.blake3)))?,
-            });
-        }
-        if let Some(v) = env("STRATA_API_TOKEN_BLAKE3") {
-            for (i, h) in v.split(',').enumerate() {
-                tokens.push(Token {
-                    name: format!("env-{}", i + 1),
-                    hash: parse_token_hash(h)
-                        .map_err(|e| anyhow!("STRATA_API_TOKEN_BLAKE3: {e}"))?,
-                });
-            }
-        }
-        let mut jobs = Vec::new();
-        let mut file_jobs: Vec<&FileJob> = raw.job.iter().collect();
-        let from_env;
-        if file_jobs.is_empty()
-            && let Some(paths) = env("STRATA_BACKUP_PATHS")
-        {
-            from_env = FileJob {
-                name: Spanned::new(0..0, "default".to_string()),
-                paths: std::env::split_paths(&paths).collect(),
-                sqlite: vec![],
-                postgres: vec![],
-                redis: vec![],
-                commands: vec![],
-                exclude: vec![],
-                tags: vec![],
-                kind: None,
-                schedule: None,
-                on_start: None,
-                retention: None,
-                max_snapshots: None,
-                alert_after: None,
-            };
-            file_jobs.push(&from_env);
-        }
-        for j in file_jobs {
-            jobs.push(job(&o, j)?);
-        }
-        for (i, j) in jobs.iter().enumerate() {
-            if jobs[..i].iter().any(|k| k.name == j.name) {
-                bail!("{file}: two jobs are named {:?}", j.name);
-            }
-        }
+        let tokens = tokens(&o, &raw.token)?;
+        let jobs = jobs(&o, &raw.job)?;
         let config = ServeConfig {
             repo: env("STRATA_REPO").map(PathBuf::from).or(raw.repo),
             password_file: env("STRATA_PASSWORD_FILE")
@@ -381,21 +320,107 @@ impl ServeConfig {
             )?,
             jobs,
         };
-        if let Some(t) = &config.token_file
+        config.check(file)?;
+        Ok(config)
+    }
+
+    /// What no single setting shows: a relative token file, an open public address.
+    fn check(&self, file: &str) -> Result<()> {
+        if let Some(t) = &self.token_file
             && !t.is_absolute()
         {
             bail!("{file}: token_file {} is not an absolute path", t.display());
         }
-        if !config.listen.ip().is_loopback() && config.tokens.is_empty() {
+        if !self.listen.ip().is_loopback() && self.tokens.is_empty() {
             bail!(
                 "{file}: listen {} is not a loopback address, and no [[token]] is configured: \
                  anyone who can reach it could run restores; add a token (`strata serve \
                  --new-token NAME`) or listen on 127.0.0.1",
-                config.listen
+                self.listen
             );
         }
-        Ok(config)
+        Ok(())
     }
+}
+
+fn listen(o: &Origin, raw: &FileConfig) -> Result<SocketAddr> {
+    Ok(setting(o, "STRATA_LISTEN", raw.listen.as_ref(), |s| {
+        s.parse::<SocketAddr>()
+            .map_err(|_| anyhow!("listen {s:?}: expected IP:PORT such as 127.0.0.1:7433"))
+    })?
+    .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("default address")))
+}
+
+fn json_logs(o: &Origin, raw: &FileConfig) -> Result<bool> {
+    Ok(setting(
+        o,
+        "STRATA_LOG_FORMAT",
+        raw.log_format.as_ref(),
+        |s| match s {
+            "text" => Ok(false),
+            "json" => Ok(true),
+            _ => bail!("log_format {s:?}: expected text or json"),
+        },
+    )?
+    .unwrap_or(false))
+}
+
+/// The file's `[[token]]` entries, then those of `STRATA_API_TOKEN_BLAKE3`.
+fn tokens(o: &Origin, from_file: &[FileToken]) -> Result<Vec<Token>> {
+    let mut tokens = Vec::new();
+    for t in from_file {
+        tokens.push(Token {
+            name: t.name.clone(),
+            hash: parse_token_hash(t.blake3.get_ref())
+                .map_err(|e| anyhow!("{}: {e}", o.at(&t.blake3)))?,
+        });
+    }
+    if let Some(v) = env("STRATA_API_TOKEN_BLAKE3") {
+        for (i, h) in v.split(',').enumerate() {
+            tokens.push(Token {
+                name: format!("env-{}", i + 1),
+                hash: parse_token_hash(h).map_err(|e| anyhow!("STRATA_API_TOKEN_BLAKE3: {e}"))?,
+            });
+        }
+    }
+    Ok(tokens)
+}
+
+/// The file's `[[job]]` entries, or else the job `default` that `STRATA_BACKUP_PATHS` defines.
+fn jobs(o: &Origin, from_file: &[FileJob]) -> Result<Vec<Job>> {
+    let mut jobs = Vec::new();
+    let mut file_jobs: Vec<&FileJob> = from_file.iter().collect();
+    let from_env;
+    if file_jobs.is_empty()
+        && let Some(paths) = env("STRATA_BACKUP_PATHS")
+    {
+        from_env = FileJob {
+            name: Spanned::new(0..0, "default".to_string()),
+            paths: std::env::split_paths(&paths).collect(),
+            sqlite: vec![],
+            postgres: vec![],
+            redis: vec![],
+            commands: vec![],
+            exclude: vec![],
+            tags: vec![],
+            kind: None,
+            schedule: None,
+            on_start: None,
+            retention: None,
+            max_snapshots: None,
+            alert_after: None,
+        };
+        file_jobs.push(&from_env);
+    }
+    for j in file_jobs {
+        jobs.push(job(o, j)?);
+    }
+    for (i, j) in jobs.iter().enumerate() {
+        if jobs[..i].iter().any(|k| k.name == j.name) {
+            bail!("{}: two jobs are named {:?}", o.file, j.name);
+        }
+    }
+    Ok(jobs)
 }
 
 fn job(o: &Origin, j: &FileJob) -> Result<Job> {

@@ -1,5 +1,5 @@
-//! The HTTP side of `strata serve`: routing, authentication, request checks and the JSON
-//! answers. Reading requests within limits is `wire`'s.
+//! The HTTP side of `strata serve`: the table of routes, the checks every request passes, and
+//! the dispatch to `handlers`. Reading requests within limits is `wire`'s.
 //!
 //! Bearer tokens are known only by their BLAKE3 hashes; a presented token is hashed and compared
 //! with `blake3::Hash`'s constant-time equality; a daemon always has at least one (see
@@ -7,18 +7,16 @@
 //! nor a configured host are refused (DNS rebinding), as are requests a browser sends for
 //! another site (an `Origin` of another host, `Sec-Fetch-Site: cross-site`) and bodies that are
 //! not declared JSON (a cross-site form or `text/plain` POST needs no preflight).
+//!
+//! All of these checks are made in one place, [`route`], from what a route's [`Handler`] kind
+//! says it needs; a new endpoint is a line in [`ROUTES`] and a function in `handlers`.
 
-use super::roots;
+use super::Daemon;
+use super::handlers::{self, Call};
 use super::wire::{self, Request, Response};
-use super::{AdHoc, Daemon, RestoreRequest, Task};
 use anyhow::{Context, Result};
-use serde::Serialize;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
-use strata::snapshots;
-
-const PAGE: &str = include_str!("page.html");
-pub const OPENAPI: &str = include_str!("../../../docs/openapi.json");
 
 /// Sent with every answer.
 const SECURITY_HEADERS: &[(&str, &str)] = &[
@@ -62,16 +60,6 @@ impl Server {
     pub fn stop(self) {
         self.inner.stop();
     }
-}
-
-type Reply = Response;
-
-fn json<T: Serialize>(status: u16, v: &T) -> Reply {
-    Response::json(status, v)
-}
-
-fn error(status: u16, msg: impl Into<String>) -> Reply {
-    Response::error(status, msg)
 }
 
 /// Whether `host` (a Host header) names this server.
@@ -118,18 +106,18 @@ fn origin_allowed(origin: &str, addr: SocketAddr, extra: &[String]) -> bool {
 }
 
 /// A refusal for a request a browser made on behalf of another site.
-fn cross_site(req: &Request, addr: SocketAddr, extra: &[String]) -> Option<Reply> {
+fn cross_site(req: &Request, addr: SocketAddr, extra: &[String]) -> Option<Response> {
     if req
         .header("Sec-Fetch-Site")
         .is_some_and(|s| s.trim().eq_ignore_ascii_case("cross-site"))
     {
-        return Some(error(
+        return Some(Response::error(
             403,
             "refused: a browser sent this request for another site (Sec-Fetch-Site: cross-site)",
         ));
     }
     match req.header("Origin") {
-        Some(o) if !origin_allowed(o, addr, extra) => Some(error(
+        Some(o) if !origin_allowed(o, addr, extra) => Some(Response::error(
             403,
             format!(
                 "refused: Origin {o:?} is not this server (a page of another site); a proxy's \
@@ -149,7 +137,7 @@ fn is_json(content_type: &str) -> bool {
 }
 
 /// A refusal for a body not declared JSON: any POST, and PUT, PATCH or DELETE with a body.
-fn not_json(req: &Request) -> Option<Reply> {
+fn not_json(req: &Request) -> Option<Response> {
     let needs = match req.method.as_str() {
         "POST" => true,
         "PUT" | "PATCH" | "DELETE" => !req.body.is_empty(),
@@ -158,13 +146,13 @@ fn not_json(req: &Request) -> Option<Reply> {
     match req.header("Content-Type") {
         _ if !needs => None,
         Some(t) if is_json(t) => None,
-        Some(t) => Some(error(
+        Some(t) => Some(Response::error(
             415,
             format!(
                 "Content-Type {t:?} is not accepted: send JSON as `Content-Type: application/json`"
             ),
         )),
-        None => Some(error(
+        None => Some(Response::error(
             415,
             format!(
                 "{} needs `Content-Type: application/json` (and a JSON body, `{{}}` for none)",
@@ -178,7 +166,7 @@ fn handle(d: &Daemon, addr: SocketAddr, req: &Request) -> Response {
     let started = std::time::Instant::now();
     let reply = match route(d, addr, req) {
         Ok(r) => r,
-        Err(e) => error(500, format!("{e:#}")),
+        Err(e) => Response::error(500, format!("{e:#}")),
     };
     tracing::debug!(
         method = req.method.as_str(),
@@ -205,93 +193,146 @@ fn authenticate(d: &Daemon, req: &Request) -> Option<String> {
     who
 }
 
-fn parse<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, Reply> {
-    if body.iter().all(|b| b.is_ascii_whitespace()) {
-        return Ok(T::default());
+/// What a route needs before its handler runs, and the handler. Every request has first passed
+/// the Host and cross-site checks.
+#[derive(Clone, Copy)]
+enum Handler {
+    /// Answers anyone: the answer holds no data.
+    Public(fn() -> Response),
+    /// Answers anyone, saying more to a caller who presented a valid token.
+    Open(fn(&Daemon, bool) -> Response),
+    /// Needs a valid token, and a body (if any) declared JSON.
+    Token(fn(&Call) -> Result<Response>),
+}
+
+struct Route {
+    method: &'static str,
+    path: &'static str,
+    handler: Handler,
+    /// Described in docs/openapi.json; another method on its path is answered 405, not 404.
+    documented: bool,
+}
+
+const fn to(method: &'static str, path: &'static str, handler: Handler) -> Route {
+    Route {
+        method,
+        path,
+        handler,
+        documented: true,
     }
-    serde_json::from_slice(body).map_err(|e| error(400, format!("request body: {e}")))
 }
 
-/// The answer for a path refused by `roots`.
-/// The answer for a path refused by `roots`.
-fn refused(r: roots::Refusal) -> Reply {
-    error(r.status, r.message)
+/// Every route (those documented are checked against docs/openapi.json by a test).
+const ROUTES: &[Route] = &[
+    to("GET", "/", Handler::Public(handlers::page)),
+    Route {
+        documented: false,
+        ..to("GET", "/index.html", Handler::Public(handlers::page))
+    },
+    to(
+        "GET",
+        "/api/openapi.json",
+        Handler::Public(handlers::openapi),
+    ),
+    to("GET", "/health", Handler::Open(handlers::health)),
+    to("GET", "/metrics", Handler::Token(handlers::metrics)),
+    to(
+        "GET",
+        "/api/snapshots",
+        Handler::Token(handlers::list_snapshots),
+    ),
+    to(
+        "POST",
+        "/api/snapshots",
+        Handler::Token(handlers::take_snapshot),
+    ),
+    to(
+        "GET",
+        "/api/snapshots/{id}",
+        Handler::Token(handlers::show_snapshot),
+    ),
+    to(
+        "DELETE",
+        "/api/snapshots/{id}",
+        Handler::Token(handlers::delete_snapshot),
+    ),
+    to("GET", "/api/stats", Handler::Token(handlers::stats)),
+    to("POST", "/api/restore", Handler::Token(handlers::restore)),
+    to("POST", "/api/verify", Handler::Token(handlers::verify)),
+    to("GET", "/api/jobs", Handler::Token(handlers::jobs)),
+    to(
+        "GET",
+        "/api/operations",
+        Handler::Token(handlers::operations),
+    ),
+    to(
+        "GET",
+        "/api/operations/{id}",
+        Handler::Token(handlers::operation),
+    ),
+];
+
+/// Whether the path's segments `parts` match `pattern`, where `{...}` matches any one segment.
+fn matches_path(pattern: &str, parts: &[&str]) -> bool {
+    let mut segments = pattern.trim_matches('/').split('/');
+    parts.iter().all(|b| {
+        segments
+            .next()
+            .is_some_and(|a| a.starts_with('{') || a == *b)
+    }) && segments.next().is_none()
 }
 
-#[derive(Serialize)]
-struct Accepted {
-    operation: u64,
-    href: String,
+/// The segment of `parts` in the place of `pattern`'s `{...}`, or "" if it has none.
+fn path_id<'a>(pattern: &str, parts: &[&'a str]) -> &'a str {
+    pattern
+        .trim_matches('/')
+        .split('/')
+        .zip(parts)
+        .find(|(a, _)| a.starts_with('{'))
+        .map_or("", |(_, b)| b)
 }
 
-fn accepted(id: u64) -> Reply {
-    json(
-        202,
-        &Accepted {
-            operation: id,
-            href: format!("/api/operations/{id}"),
-        },
-    )
-}
-
-fn route(d: &Daemon, addr: SocketAddr, req: &Request) -> Result<Reply> {
+/// A refusal for a request not meant for this server: a Host header naming another, or a
+/// browser's request on behalf of another site.
+fn foreign(d: &Daemon, addr: SocketAddr, req: &Request) -> Option<Response> {
     match req.header("Host") {
         Some(h) if host_allowed(h, addr, &d.cfg.allowed_hosts) => {}
-        Some(h) => return Ok(error(421, format!("unexpected Host header {h:?}"))),
-        None => return Ok(error(400, "a Host header is required")),
+        Some(h) => {
+            return Some(Response::error(
+                421,
+                format!("unexpected Host header {h:?}"),
+            ));
+        }
+        None => return Some(Response::error(400, "a Host header is required")),
     }
-    if let Some(refusal) = cross_site(req, addr, &d.cfg.allowed_hosts) {
-        tracing::warn!(
-            method = req.method.as_str(),
-            remote = %req.remote,
-            origin = req.header("Origin").unwrap_or(""),
-            "refused: a request for another site"
-        );
+    let refusal = cross_site(req, addr, &d.cfg.allowed_hosts)?;
+    tracing::warn!(
+        method = req.method.as_str(),
+        remote = %req.remote,
+        origin = req.header("Origin").unwrap_or(""),
+        "refused: a request for another site"
+    );
+    Some(refusal)
+}
+
+/// The one gate: every request passes these checks, in this order, before its route's handler
+/// runs; what a route's [`Handler`] kind says is all that decides which of them apply.
+fn route(d: &Daemon, addr: SocketAddr, req: &Request) -> Result<Response> {
+    if let Some(refusal) = foreign(d, addr, req) {
         return Ok(refusal);
     }
     let method = req.method.as_str();
     let path = req.target.split(['?', '#']).next().unwrap_or("");
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-    // Public: the page (no data in it) and the API description.
-    match (method, parts.as_slice()) {
-        ("GET", [""]) | ("GET", ["index.html"]) => {
-            return Ok(Reply {
-                status: 200,
-                body: PAGE.as_bytes().to_vec(),
-                content_type: "text/html; charset=utf-8",
-            });
-        }
-        ("GET", ["api", "openapi.json"]) => {
-            return Ok(Reply {
-                status: 200,
-                body: OPENAPI.as_bytes().to_vec(),
-                content_type: "application/json",
-            });
-        }
-        _ => {}
+    let found = ROUTES
+        .iter()
+        .find(|r| r.method == method && matches_path(r.path, &parts));
+    if let Some(Handler::Public(answer)) = found.map(|r| r.handler) {
+        return Ok(answer());
     }
     let who = authenticate(d, req);
-    if let ("GET", ["health"]) = (method, parts.as_slice()) {
-        #[derive(Serialize)]
-        struct Health {
-            status: &'static str,
-            /// Only for an authenticated caller.
-            #[serde(skip_serializing_if = "Option::is_none")]
-            reasons: Option<Vec<String>>,
-        }
-        let reasons = d.health();
-        let (status, word) = if reasons.is_empty() {
-            (200, "ok")
-        } else {
-            (503, "degraded")
-        };
-        return Ok(json(
-            status,
-            &Health {
-                status: word,
-                reasons: who.is_some().then_some(reasons),
-            },
-        ));
+    if let Some(Handler::Open(answer)) = found.map(|r| r.handler) {
+        return Ok(answer(d, who.is_some()));
     }
     let Some(who) = who else {
         tracing::warn!(
@@ -300,7 +341,7 @@ fn route(d: &Daemon, addr: SocketAddr, req: &Request) -> Result<Reply> {
             remote = %req.remote,
             "refused: missing or unknown bearer token"
         );
-        return Ok(error(
+        return Ok(Response::error(
             401,
             "a valid `Authorization: Bearer TOKEN` is required",
         ));
@@ -308,195 +349,32 @@ fn route(d: &Daemon, addr: SocketAddr, req: &Request) -> Result<Reply> {
     if let Some(refusal) = not_json(req) {
         return Ok(refusal);
     }
-    let body = req.body.as_slice();
-    let mutate = |what: String, task: Task| -> Reply {
-        match d.submit(task, &who) {
-            Ok(id) => {
-                tracing::info!(
-                    who = who.as_str(),
-                    what = what.as_str(),
-                    op = id,
-                    "accepted"
-                );
-                accepted(id)
-            }
-            Err(e) => error(503, format!("{e:#}")),
-        }
+    let Some(Route {
+        handler: Handler::Token(answer),
+        path: pattern,
+        ..
+    }) = found
+    else {
+        return Ok(no_route(method, path, &parts));
     };
-    Ok(match (method, parts.as_slice()) {
-        ("GET", ["metrics"]) => Reply {
-            status: 200,
-            body: d.metrics.render().into_bytes(),
-            content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        },
-        ("GET", ["api", "snapshots"]) => {
-            let repo = d.open_read()?;
-            let snaps = snapshots::list(&repo)?;
-            let out: Vec<_> = snaps
-                .iter()
-                .rev()
-                .map(super::super::inspect::snap_json)
-                .collect();
-            json(200, &out)
-        }
-        ("GET", ["api", "snapshots", id]) => {
-            let repo = d.open_read()?;
-            let snaps = snapshots::list(&repo)?;
-            match snapshots::resolve(&snaps, id) {
-                Ok(s) => json(200, &super::super::inspect::show_json(s)),
-                Err(e) => error(404, e.to_string()),
-            }
-        }
-        ("POST", ["api", "snapshots"]) => {
-            #[derive(serde::Deserialize, Default)]
-            #[serde(deny_unknown_fields)]
-            struct Req {
-                job: Option<String>,
-                #[serde(default)]
-                paths: Vec<std::path::PathBuf>,
-                #[serde(default)]
-                sqlite: Vec<String>,
-                name: Option<String>,
-                #[serde(default)]
-                tags: Vec<String>,
-                kind: Option<String>,
-            }
-            let r: Req = match parse(body) {
-                Ok(r) => r,
-                Err(e) => return Ok(e),
-            };
-            match r.job {
-                Some(job) => {
-                    if d.job_config(&job).is_none() {
-                        return Ok(error(404, format!("no job named {job:?}")));
-                    }
-                    mutate(format!("snapshot of job {job}"), Task::Job(job))
-                }
-                None => {
-                    let a = r;
-                    if a.paths.is_empty() && a.sqlite.is_empty() {
-                        return Ok(error(
-                            400,
-                            "give a job, or paths / sqlite for a snapshot of your own",
-                        ));
-                    }
-                    if let Err(r) = roots::backup_sources(&d.cfg.backup_roots, &a.paths, &a.sqlite)
-                    {
-                        return Ok(refused(r));
-                    }
-                    if let Some(k) = &a.kind
-                        && !["manual", "hourly", "daily", "weekly", "monthly"].contains(&k.as_str())
-                    {
-                        return Ok(error(400, format!("unknown kind {k:?}")));
-                    }
-                    mutate(
-                        format!("snapshot of {:?}", a.paths),
-                        Task::Snapshot(AdHoc {
-                            paths: a.paths,
-                            sqlite: a.sqlite,
-                            name: a.name,
-                            tags: a.tags,
-                            kind: a.kind,
-                        }),
-                    )
-                }
-            }
-        }
-        ("DELETE", ["api", "snapshots", id]) => {
-            // Resolved now, so a mistyped id fails at once and the operation names one snapshot.
-            let repo = d.open_read()?;
-            let snaps = snapshots::list(&repo)?;
-            match snapshots::resolve(&snaps, id) {
-                Ok(s) => {
-                    let hex = s.id.to_hex();
-                    mutate(format!("delete {hex}"), Task::Delete(hex))
-                }
-                Err(e) => error(404, e.to_string()),
-            }
-        }
-        ("GET", ["api", "stats"]) => {
-            let repo = d.open_read()?;
-            let snaps = snapshots::list(&repo)?;
-            json(200, &strata::stats::stats(&repo, &snaps)?)
-        }
-        ("POST", ["api", "restore"]) => {
-            let r: RestoreRequest = match serde_json::from_slice(body) {
-                Ok(r) => r,
-                Err(e) => return Ok(error(400, format!("request body: {e}"))),
-            };
-            if r.snapshot.is_some() == r.at.is_some() {
-                return Ok(error(400, "give either snapshot or at"));
-            }
-            if let Err(r) = roots::restore_target(&d.cfg.restore_roots, &r.target) {
-                return Ok(refused(r));
-            }
-            mutate(
-                format!("restore to {}", r.target.display()),
-                Task::Restore(r),
-            )
-        }
-        ("POST", ["api", "verify"]) => {
-            #[derive(serde::Deserialize, Default)]
-            #[serde(deny_unknown_fields)]
-            struct Req {
-                #[serde(default)]
-                read_data: bool,
-            }
-            let r: Req = match parse(body) {
-                Ok(r) => r,
-                Err(e) => return Ok(e),
-            };
-            mutate(
-                "verify".into(),
-                Task::Verify {
-                    read_data: r.read_data,
-                },
-            )
-        }
-        ("GET", ["api", "jobs"]) => json(200, &d.job_statuses()),
-        ("GET", ["api", "operations"]) => json(200, &d.operations()),
-        ("GET", ["api", "operations", id]) => match id.parse::<u64>() {
-            Ok(n) => match d.operation(n) {
-                Some(op) => json(200, &op),
-                None => error(404, format!("no operation {n}")),
-            },
-            Err(_) => error(404, format!("no operation {id:?}")),
-        },
-        _ => {
-            let known = ROUTES.iter().any(|(_, p)| matches_path(p, &parts));
-            if known {
-                error(405, format!("{method} is not allowed on {path}"))
-            } else {
-                error(404, format!("no such endpoint: {path}"))
-            }
-        }
+    answer(&Call {
+        d,
+        who: &who,
+        body: req.body.as_slice(),
+        id: path_id(pattern, &parts),
     })
 }
 
-/// Every route, as the OpenAPI description names it (checked by a test).
-pub const ROUTES: &[(&str, &str)] = &[
-    ("get", "/"),
-    ("get", "/health"),
-    ("get", "/metrics"),
-    ("get", "/api/openapi.json"),
-    ("get", "/api/snapshots"),
-    ("post", "/api/snapshots"),
-    ("get", "/api/snapshots/{id}"),
-    ("delete", "/api/snapshots/{id}"),
-    ("get", "/api/stats"),
-    ("post", "/api/restore"),
-    ("post", "/api/verify"),
-    ("get", "/api/jobs"),
-    ("get", "/api/operations"),
-    ("get", "/api/operations/{id}"),
-];
-
-fn matches_path(pattern: &str, parts: &[&str]) -> bool {
-    let p: Vec<&str> = pattern.trim_matches('/').split('/').collect();
-    p.len() == parts.len()
-        && p.iter()
-            .zip(parts)
-            .all(|(a, b)| a.starts_with('{') || a == b)
+/// 405 for another method on a documented path, else 404.
+fn no_route(method: &str, path: &str, parts: &[&str]) -> Response {
+    let known = ROUTES
+        .iter()
+        .any(|r| r.documented && matches_path(r.path, parts));
+    if known {
+        Response::error(405, format!("{method} is not allowed on {path}"))
+    } else {
+        Response::error(404, format!("no such endpoint: {path}"))
+    }
 }
 
 #[cfg(test)]
@@ -608,12 +486,51 @@ mod tests {
     }
 
     #[test]
-    fn the_openapi_description_names_every_route() {
-        let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
-        let paths = doc["paths"].as_object().unwrap();
-        for (method, path) in ROUTES {
+    fn paths_match_their_routes_and_give_their_id() {
+        let parts =
+            |p: &'static str| -> Vec<&'static str> { p.trim_matches('/').split('/').collect() };
+        assert!(matches_path("/", &parts("/")));
+        assert!(matches_path("/", &parts("")));
+        assert!(matches_path("/api/snapshots", &parts("/api/snapshots/")));
+        assert!(matches_path(
+            "/api/snapshots/{id}",
+            &parts("/api/snapshots/3fa2")
+        ));
+        assert!(!matches_path(
+            "/api/snapshots/{id}",
+            &parts("/api/snapshots")
+        ));
+        assert!(!matches_path(
+            "/api/snapshots",
+            &parts("/api/snapshots/3fa2")
+        ));
+        assert!(!matches_path("/api/stats", &parts("/api/jobs")));
+        assert_eq!(
+            path_id("/api/operations/{id}", &parts("/api/operations/7")),
+            "7"
+        );
+        assert_eq!(path_id("/api/jobs", &parts("/api/jobs")), "");
+        for (i, r) in ROUTES.iter().enumerate() {
             assert!(
-                paths.get(*path).and_then(|p| p.get(*method)).is_some(),
+                !ROUTES[..i]
+                    .iter()
+                    .any(|q| q.method == r.method && q.path == r.path),
+                "{} {} is listed twice",
+                r.method,
+                r.path
+            );
+        }
+    }
+
+    #[test]
+    fn the_openapi_description_names_every_route() {
+        let doc: serde_json::Value = serde_json::from_str(handlers::OPENAPI).unwrap();
+        let paths = doc["paths"].as_object().unwrap();
+        let documented: Vec<&Route> = ROUTES.iter().filter(|r| r.documented).collect();
+        for r in &documented {
+            let (method, path) = (r.method.to_ascii_lowercase(), r.path);
+            assert!(
+                paths.get(path).and_then(|p| p.get(&method)).is_some(),
                 "{method} {path} is not in docs/openapi.json"
             );
         }
@@ -629,7 +546,7 @@ mod tests {
             .sum();
         assert_eq!(
             described,
-            ROUTES.len(),
+            documented.len(),
             "docs/openapi.json has extra routes"
         );
     }
