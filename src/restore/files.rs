@@ -28,7 +28,7 @@ use std::sync::Mutex;
 /// How restored files are written.
 #[derive(Clone, Copy)]
 pub(super) struct Writes {
-    /// Databases through the page cache (see [`RestoreOptions::cache_databases`]).
+    /// Databases through the page cache (see `RestoreOptions::cache_databases`).
     pub(super) cache_databases: bool,
 }
 
