@@ -63,7 +63,6 @@ pub mod repair;
 pub mod repo;
 pub mod restore;
 pub mod retention;
-pub mod rollback;
 pub mod s3;
 pub mod schedule;
 pub mod snapshots;

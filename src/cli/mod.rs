@@ -319,6 +319,6 @@ mod tests {
             ),
             PanicKind::Bug
         );
-        assert_eq!(panic_kind("oops", "src/restore.rs"), PanicKind::Bug);
+        assert_eq!(panic_kind("oops", "src/restore/files.rs"), PanicKind::Bug);
     }
 }

@@ -6,10 +6,10 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use strata::backup::{BackupOptions, BackupReport};
+use strata::backup::BackupReport;
 use strata::repo::Repo;
 use strata::restore::RestoreOptions;
-use strata::rollback::Changes;
+use strata::restore::rollback::{self, Rollback};
 use strata::snapshots;
 use strata::verify::ReadData;
 
@@ -58,10 +58,7 @@ impl RestoreArgs {
     pub fn may_replace(&self) -> bool {
         !self.to_stdout
             && !self.no_restore_point
-            && self
-                .target_arg()
-                .and_then(|t| std::fs::read_dir(t).ok())
-                .is_some_and(|mut d| d.next().is_some())
+            && self.target_arg().is_some_and(|t| rollback::may_replace(&t))
     }
 }
 
@@ -93,13 +90,12 @@ pub fn restore(repo: &Repo, args: RestoreArgs) -> Result<ExitCode> {
     };
     let started = std::time::Instant::now();
     // Safe restore: what is about to be replaced is saved first.
-    let replaced = strata::restore::replaced(&snap.manifest, &args.paths, &target)?;
     let mut point = None;
-    if take_point && !replaced.existing.is_empty() {
-        let mut opts = BackupOptions::new(replaced.existing.clone());
-        opts.kind = snapshots::RESTORE_POINT.into();
-        opts.name = Some(format!("before-restore-{}", snap.id.short()));
-        let saved = strata::backup::backup(repo, &opts)
+    if take_point
+        && let Some(plan) = rollback::restore_point(&snap.manifest, &snap.id, &args.paths, &target)?
+    {
+        let saved = plan
+            .save(repo)
             .context("saving what the restore would replace (use --no-restore-point to skip)")?;
         eprintln!(
             "restore point {}: what this restore replaces is saved (kind restore-point)",
@@ -107,8 +103,7 @@ pub fn restore(repo: &Repo, args: RestoreArgs) -> Result<ExitCode> {
         );
         point = Some(saved);
     }
-    let changes = Changes::new();
-    let result = strata::restore::restore_undoable(
+    let guarded = strata::restore::restore_with_point(
         repo,
         &snap.manifest,
         &RestoreOptions {
@@ -117,17 +112,12 @@ pub fn restore(repo: &Repo, args: RestoreArgs) -> Result<ExitCode> {
             delete: args.delete,
             cache_databases: !args.no_check_sqlite,
         },
-        &changes,
+        point.as_ref(),
     );
-    let failed = match &result {
-        Ok(r) => !r.errors.is_empty(),
-        Err(_) => true,
-    };
-    match &point {
-        Some(point) if failed => roll_back(repo, point, &target, changes),
-        _ => changes.keep(),
+    if let (Some(rollback), Some(point)) = (&guarded.rollback, &point) {
+        print_rollback(rollback, point, &target);
     }
-    let report = result?;
+    let report = guarded.result?;
     // Databases: integrity of each restored image, when asked.
     let mut checks: Vec<(String, std::result::Result<(), String>)> = Vec::new();
     if !args.no_check_sqlite {
@@ -141,91 +131,17 @@ pub fn restore(repo: &Repo, args: RestoreArgs) -> Result<ExitCode> {
     }
     let bad_checks = checks.iter().filter(|(_, v)| v.is_err()).count();
     let stores = restored_stores(&snap.manifest, &target);
+    let restored = Restored {
+        snapshot: &snap.id,
+        target: &target,
+        report: &report,
+        checks: &checks,
+        stores: &stores,
+    };
     if args.json {
-        #[derive(serde::Serialize)]
-        struct Check<'a> {
-            database: &'a str,
-            ok: bool,
-            problems: Option<&'a str>,
-        }
-        #[derive(serde::Serialize)]
-        struct Out<'a> {
-            snapshot: String,
-            target: String,
-            files: u64,
-            dirs: u64,
-            symlinks: u64,
-            bytes: u64,
-            /// Existing directories replaced whole by a staged copy.
-            swapped: Vec<String>,
-            /// Files kept from those directories (not in the snapshot; without --delete).
-            kept: u64,
-            errors: &'a [String],
-            notes: &'a [String],
-            integrity: Vec<Check<'a>>,
-            /// Stores restored (ChromaDB directories, groups), and how to verify each.
-            stores: &'a [StoreJson],
-        }
-        print_json(&Out {
-            snapshot: snap.id.to_hex(),
-            target: target.display().to_string(),
-            files: report.files,
-            dirs: report.dirs,
-            symlinks: report.symlinks,
-            bytes: report.bytes,
-            swapped: report
-                .swapped
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect(),
-            kept: report.kept,
-            errors: &report.errors,
-            notes: &report.notes,
-            integrity: checks
-                .iter()
-                .map(|(d, v)| Check {
-                    database: d,
-                    ok: v.is_ok(),
-                    problems: v.as_ref().err().map(|s| s.as_str()),
-                })
-                .collect(),
-            stores: &stores,
-        })?;
+        print_restored_json(&restored)?;
     } else {
-        for e in &report.errors {
-            eprintln!("not restored: {e}");
-        }
-        for n in &report.notes {
-            eprintln!("note: {n}");
-        }
-        for d in &report.swapped {
-            println!("{}: replaced as a whole by the restored copy", d.display());
-        }
-        if report.kept > 0 {
-            println!(
-                "kept {} file(s) the snapshot does not have (--delete removes them)",
-                report.kept
-            );
-        }
-        println!(
-            "restored snapshot {} into {}: {} files, {} dirs, {} symlinks, {} in {:.2} s",
-            snap.id.short(),
-            target.display(),
-            report.files,
-            report.dirs,
-            report.symlinks,
-            bytes(report.bytes),
-            started.elapsed().as_secs_f64()
-        );
-        for (db, v) in &checks {
-            match v {
-                Ok(()) => println!("{db}: integrity_check ok"),
-                Err(problems) => println!("{db}: integrity_check FAILED: {problems}"),
-            }
-        }
-        for st in &stores {
-            println!("{}: {}", st.path, st.verify);
-        }
+        print_restored(&restored, started);
     }
     if bad_checks > 0 {
         eprintln!("strata: {bad_checks} restored database(s) failed their integrity check");
@@ -241,86 +157,145 @@ pub fn restore(repo: &Repo, args: RestoreArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Undoes what a failed restore changed in `target`, and only that: files it never touched keep
-/// their inodes, links and kinds. Files it replaced come back from restore point `point`.
-fn roll_back(repo: &Repo, point: &BackupReport, target: &Path, changes: Changes) {
-    if changes.is_empty() {
-        eprintln!(
+/// What a restore did, for printing.
+struct Restored<'a> {
+    snapshot: &'a strata::SnapshotId,
+    target: &'a Path,
+    report: &'a strata::restore::RestoreReport,
+    /// Each restored database's integrity check: its path, and its problems if any.
+    checks: &'a [(String, std::result::Result<(), String>)],
+    stores: &'a [StoreJson],
+}
+
+/// The report as one JSON object (its fields are part of the command line's interface).
+fn print_restored_json(r: &Restored) -> Result<()> {
+    let Restored {
+        snapshot,
+        target,
+        report,
+        checks,
+        stores,
+    } = r;
+    #[derive(serde::Serialize)]
+    struct Check<'a> {
+        database: &'a str,
+        ok: bool,
+        problems: Option<&'a str>,
+    }
+    #[derive(serde::Serialize)]
+    struct Out<'a> {
+        snapshot: String,
+        target: String,
+        files: u64,
+        dirs: u64,
+        symlinks: u64,
+        bytes: u64,
+        /// Existing directories replaced whole by a staged copy.
+        swapped: Vec<String>,
+        /// Files kept from those directories (not in the snapshot; without --delete).
+        kept: u64,
+        errors: &'a [String],
+        notes: &'a [String],
+        integrity: Vec<Check<'a>>,
+        /// Stores restored (ChromaDB directories, groups), and how to verify each.
+        stores: &'a [StoreJson],
+    }
+    print_json(&Out {
+        snapshot: snapshot.to_hex(),
+        target: target.display().to_string(),
+        files: report.files,
+        dirs: report.dirs,
+        symlinks: report.symlinks,
+        bytes: report.bytes,
+        swapped: report
+            .swapped
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect(),
+        kept: report.kept,
+        errors: &report.errors,
+        notes: &report.notes,
+        integrity: checks
+            .iter()
+            .map(|(d, v)| Check {
+                database: d,
+                ok: v.is_ok(),
+                problems: v.as_ref().err().map(|s| s.as_str()),
+            })
+            .collect(),
+        stores,
+    })
+}
+
+/// The report for a person; `started` is when the restore began.
+fn print_restored(r: &Restored, started: std::time::Instant) {
+    let Restored {
+        snapshot,
+        target,
+        report,
+        checks,
+        stores,
+    } = r;
+    for e in &report.errors {
+        eprintln!("not restored: {e}");
+    }
+    for n in &report.notes {
+        eprintln!("note: {n}");
+    }
+    for d in &report.swapped {
+        println!("{}: replaced as a whole by the restored copy", d.display());
+    }
+    if report.kept > 0 {
+        println!(
+            "kept {} file(s) the snapshot does not have (--delete removes them)",
+            report.kept
+        );
+    }
+    println!(
+        "restored snapshot {} into {}: {} files, {} dirs, {} symlinks, {} in {:.2} s",
+        snapshot.short(),
+        target.display(),
+        report.files,
+        report.dirs,
+        report.symlinks,
+        bytes(report.bytes),
+        started.elapsed().as_secs_f64()
+    );
+    for (db, v) in checks.iter() {
+        match v {
+            Ok(()) => println!("{db}: integrity_check ok"),
+            Err(problems) => println!("{db}: integrity_check FAILED: {problems}"),
+        }
+    }
+    for st in stores.iter() {
+        println!("{}: {}", st.path, st.verify);
+    }
+}
+
+/// Tells how the target of a failed restore was put back from restore point `point`.
+fn print_rollback(rollback: &Rollback, point: &BackupReport, target: &Path) {
+    match rollback {
+        Rollback::Unchanged => eprintln!(
             "strata: the restore failed before it changed anything; {} is as it was",
             target.display()
-        );
-        return;
-    }
-    let problems = match std::fs::canonicalize(target) {
-        Ok(root) => changes.undo(&mut |replaced: &[PathBuf], removed: &[PathBuf]| {
-            put_back(repo, &point.manifest, &root, replaced, removed)
-        }),
-        Err(e) => vec![format!("{}: {e}", target.display())],
-    };
-    if problems.is_empty() {
-        eprintln!(
+        ),
+        Rollback::Undone => eprintln!(
             "strata: the restore failed; what it changed in {} is back as it was (restore \
              point {})",
             target.display(),
             point.id.short()
-        );
-        return;
-    }
-    for p in &problems {
-        eprintln!("not put back: {p}");
-    }
-    eprintln!(
-        "strata: the restore failed and putting the target back failed in part; restore point \
-         {} holds what was there",
-        point.id.short()
-    );
-}
-
-/// Restores the files below `root` that a failed restore replaced or removed from restore point
-/// `point`, whose sources are the top-level entries of `root` it saved, each under its own name.
-/// Returns what could not be put back. A removed file the point does not hold is a SQLite log,
-/// which the point leaves out: its database's image there already holds what it held.
-fn put_back(
-    repo: &Repo,
-    point: &strata::Manifest,
-    root: &Path,
-    replaced: &[PathBuf],
-    removed: &[PathBuf],
-) -> strata::Result<Vec<String>> {
-    use std::os::unix::ffi::OsStrExt;
-    let in_point = |path: &Path| -> Option<Vec<u8>> {
-        let mut parts = path.strip_prefix(root).ok()?.components();
-        let first = parts.next()?.as_os_str();
-        let source = point
-            .sources
-            .iter()
-            .find(|s| Path::new(&s.path).file_name() == Some(first))?;
-        let mut out = source.name.as_bytes().to_vec();
-        for p in parts {
-            out.push(b'/');
-            out.extend_from_slice(p.as_os_str().as_bytes());
-        }
-        Some(out)
-    };
-    let mut problems = Vec::new();
-    let mut wanted = Vec::new();
-    for path in replaced {
-        match in_point(path) {
-            Some(p) => wanted.push(p),
-            None => problems.push(format!("{}: not in the restore point", path.display())),
+        ),
+        Rollback::Partial(problems) => {
+            for p in problems {
+                eprintln!("not put back: {p}");
+            }
+            eprintln!(
+                "strata: the restore failed and putting the target back failed in part; restore \
+                 point {} holds what was there",
+                point.id.short()
+            );
         }
     }
-    let optional: Vec<Vec<u8>> = removed.iter().filter_map(|p| in_point(p)).collect();
-    wanted.extend(optional.iter().cloned());
-    let (report, missing) = strata::restore::restore_files(repo, point, &wanted, root)?;
-    problems.extend(report.errors);
-    for m in missing.iter().filter(|m| !optional.contains(m)) {
-        problems.push(format!(
-            "{}: not in the restore point",
-            String::from_utf8_lossy(m)
-        ));
-    }
-    Ok(problems)
 }
 
 #[derive(serde::Serialize)]

@@ -1,0 +1,37 @@
+//! What a restore did: counts, the files it could not restore and why, the databases it wrote,
+//! the directories it swapped whole, and what is worth telling the user.
+
+use std::path::PathBuf;
+
+#[derive(Default, Debug)]
+pub struct RestoreReport {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub bytes: u64,
+    /// Files that could not be restored, with the reason.
+    pub errors: Vec<String>,
+    /// Restored files that were SQLite databases when backed up (their destinations).
+    pub databases: Vec<PathBuf>,
+    /// Existing directories that were replaced as a whole by a staged copy.
+    pub swapped: Vec<PathBuf>,
+    /// Files and symlinks kept from the replaced directories because the snapshot does not
+    /// have them.
+    pub kept: u64,
+    /// Worth telling the user (special files not carried over...).
+    pub notes: Vec<String>,
+}
+
+impl RestoreReport {
+    pub(super) fn merge(&mut self, other: RestoreReport) {
+        self.files += other.files;
+        self.dirs += other.dirs;
+        self.symlinks += other.symlinks;
+        self.bytes += other.bytes;
+        self.kept += other.kept;
+        self.errors.extend(other.errors);
+        self.databases.extend(other.databases);
+        self.swapped.extend(other.swapped);
+        self.notes.extend(other.notes);
+    }
+}
