@@ -4,7 +4,7 @@ use super::output::{bytes, print_json};
 use anyhow::{Result, bail};
 use clap::Args;
 use std::process::ExitCode;
-use strata::gc::{GcOptions, GcReport, gc, remove_snapshots};
+use strata::gc::{GcPlan, GcReport, execute, forecast, remove_snapshots};
 use strata::repo::Repo;
 use strata::retention::{
     Candidate, PROTECTED_KINDS, Policy, Settings, cap, decide, decide_with_settings, parse_duration,
@@ -399,13 +399,12 @@ pub fn run_gc(repo: &Repo, args: GcArgs) -> Result<ExitCode> {
             args.max_unused
         );
     };
-    let report: GcReport = gc(
-        repo,
-        &GcOptions {
-            dry_run: args.dry_run,
-            max_unused,
-        },
-    )?;
+    let plan = strata::gc::plan(repo, max_unused)?;
+    let report: GcReport = if args.dry_run {
+        forecast(repo, plan)?
+    } else {
+        execute(repo, plan)?
+    };
     if args.json {
         print_json(&report)?;
     } else {
@@ -449,8 +448,44 @@ pub fn run_gc(repo: &Repo, args: GcArgs) -> Result<ExitCode> {
                 r.readers
             );
         }
+        if let Some(plan) = &r.plan {
+            print_plan(plan);
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The plan of a dry run, pack by pack.
+fn print_plan(plan: &GcPlan) {
+    for p in &plan.packs {
+        let what = match p.fate {
+            strata::gc::Fate::Delete => "delete ",
+            strata::gc::Fate::Rewrite => "rewrite",
+            strata::gc::Fate::Trim => "trim   ",
+        };
+        println!(
+            "{what} pack #{} {} ({}): {}",
+            p.pack,
+            p.name,
+            bytes(p.bytes),
+            p.reason
+        );
+    }
+    for u in &plan.unknown_packs {
+        println!(
+            "delete  {} ({}): a pack file the index does not know",
+            u.name,
+            bytes(u.bytes)
+        );
+    }
+    println!("keep    {} packs as they are", plan.packs_kept);
+    if plan.readers > 0 {
+        println!(
+            "{} reader(s) running now: while any still runs when gc is done, the files it no \
+             longer needs stay for the next gc",
+            plan.readers
+        );
+    }
 }
 
 #[cfg(test)]
