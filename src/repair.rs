@@ -225,15 +225,63 @@ fn rebuild(
     from_old_index: bool,
 ) -> Result<RepairReport> {
     let config = load_config(backend, root)?;
-    // An encrypted repository: its keys authenticate trailers and open manifests.
-    let keys = crate::layout::unlock_with(backend, &config, key)?
-        .map(|(master, _)| crate::crypto::Keys::from_master(&master));
+    let keys = open_keys(backend, &config, key)?;
     let _lock = Lock::acquire(root, "repair index")?;
     let mut report = RepairReport {
         dry_run,
         ..Default::default()
     };
+    let packs = find_packs(root, backend, keys.as_ref(), &mut report)?;
+    let old = if from_old_index {
+        old_manifests(root)
+    } else {
+        Vec::new()
+    };
+    let snapshots = find_snapshots(backend, keys.as_ref(), old, dry_run, &mut report)?;
+    report.packs = packs.len() as u64;
+    report.snapshots = snapshots.len() as u64;
+    report.blobs = packs.iter().map(|p| p.entries.len() as u64).sum();
+    if dry_run {
+        return Ok(report);
+    }
 
+    let tmp = root.join(REBUILD_NAME);
+    {
+        let index = match index_file {
+            Some(file) => Index::open_write_with(file, &tmp)?,
+            None => {
+                let _ = std::fs::remove_file(&tmp);
+                Index::open_write(&tmp)?
+            }
+        };
+        index_packs(&index, &packs, &mut report)?;
+        index_snapshots(&index, &snapshots, packs.len() as u64)?;
+        count_references(&index, backend, keys.as_ref(), &snapshots, &mut report)?;
+    }
+    replace_index(root, &tmp)?;
+    Ok(report)
+}
+
+/// An encrypted repository's keys (they authenticate trailers and open manifests), from `key`.
+/// `None` for an unencrypted one.
+fn open_keys(
+    backend: &dyn Backend,
+    config: &crate::layout::Config,
+    key: &crate::layout::Key,
+) -> Result<Option<crate::crypto::Keys>> {
+    Ok(crate::layout::unlock_with(backend, config, key)?
+        .map(|(master, _)| crate::crypto::Keys::from_master(&master)))
+}
+
+/// Every pack's trailer. A pack that does not parse is salvaged, and the index being replaced,
+/// if readable, may know where more of its blobs are; each such location is proven by the
+/// pack's bytes before it is used. Damaged packs are named in `report`.
+fn find_packs(
+    root: &Path,
+    backend: &dyn Backend,
+    keys: Option<&crate::crypto::Keys>,
+    report: &mut RepairReport,
+) -> Result<Vec<FoundPack>> {
     let names: Vec<String> = backend
         .list("packs")?
         .into_iter()
@@ -243,12 +291,10 @@ fn rebuild(
     let found: Vec<(String, Found)> = names
         .into_par_iter()
         .map(|n| {
-            let r = read_or_salvage(backend, &n, keys.as_ref());
+            let r = read_or_salvage(backend, &n, keys);
             (n, r)
         })
         .collect();
-    // Packs that did not parse: the old index, if readable, may know where more of their blobs
-    // are; each location is proven by the pack's bytes before it is used.
     let damaged_ids: std::collections::HashSet<ChunkId> = found
         .iter()
         .filter(|(_, r)| !matches!(r, Ok((_, None))))
@@ -277,7 +323,7 @@ fn rebuild(
                 size: bytes.len() as u64,
                 entries: vec![],
             });
-            let added = add_proven(&bytes, hints, &mut p.entries, keys.as_ref());
+            let added = add_proven(&bytes, hints, &mut p.entries, keys);
             if added > 0 {
                 note.push_str(&format!(
                     "; {added} more blobs kept where the old index had them, each checked \
@@ -290,7 +336,20 @@ fn rebuild(
             packs.push(p);
         }
     }
+    Ok(packs)
+}
 
+/// Every snapshot whose manifest file decodes. For one whose file is damaged or missing, a
+/// copy in `old` (the manifests of the index being replaced) that decodes to its id is used,
+/// and its file written again (in a dry run, only reported). Snapshots lost are named in
+/// `report`.
+fn find_snapshots(
+    backend: &dyn Backend,
+    keys: Option<&crate::crypto::Keys>,
+    old: Vec<(ChunkId, Vec<u8>)>,
+    dry_run: bool,
+    report: &mut RepairReport,
+) -> Result<Vec<(ChunkId, Vec<u8>)>> {
     let mut snapshots = Vec::new();
     let mut unreadable: Vec<(ChunkId, String)> = Vec::new();
     for name in backend.list("snapshots")? {
@@ -306,7 +365,7 @@ fn rebuild(
             continue;
         };
         let bytes = backend.get(&name)?;
-        match Manifest::decode(&bytes, Some(&id), keys.as_ref()) {
+        match Manifest::decode(&bytes, Some(&id), keys) {
             Ok(_) => snapshots.push((id, bytes)),
             Err(e) => {
                 report.damaged.push(format!("{name}: {e}"));
@@ -314,16 +373,9 @@ fn rebuild(
             }
         }
     }
-    // Snapshots whose file is damaged or missing: the index being replaced holds a second copy
-    // of every manifest; a copy that decodes to its id is used, and its file written again.
     let have: std::collections::HashSet<ChunkId> = snapshots.iter().map(|(id, _)| *id).collect();
-    let old = if from_old_index {
-        old_manifests(root)
-    } else {
-        Vec::new()
-    };
     for (id, bytes) in old {
-        if have.contains(&id) || Manifest::decode(&bytes, Some(&id), keys.as_ref()).is_err() {
+        if have.contains(&id) || Manifest::decode(&bytes, Some(&id), keys).is_err() {
             continue;
         }
         let name = crate::manifest::object_name(&id);
@@ -348,79 +400,87 @@ fn rebuild(
             .filter(|(id, _)| !recovered.contains(id))
             .map(|(_, name)| name),
     );
-    report.packs = packs.len() as u64;
-    report.snapshots = snapshots.len() as u64;
-    report.blobs = packs.iter().map(|p| p.entries.len() as u64).sum();
-    if dry_run {
-        return Ok(report);
-    }
+    Ok(snapshots)
+}
 
-    let tmp = root.join(REBUILD_NAME);
-    {
-        let index = match index_file {
-            Some(file) => Index::open_write_with(file, &tmp)?,
-            None => {
-                let _ = std::fs::remove_file(&tmp);
-                Index::open_write(&tmp)?
-            }
-        };
-        for (chunk, group) in packs.chunks(8).enumerate() {
-            let txn = index.write()?;
-            {
-                let mut blobs = txn.open_table(BLOBS)?;
-                let mut pack_table = txn.open_table(PACKS)?;
-                for (i, p) in group.iter().enumerate() {
-                    let no = (chunk * 8 + i) as u32;
-                    for e in &p.entries {
-                        if blobs.get(e.id.as_bytes())?.is_some() {
-                            report.duplicate_blobs += 1;
-                            continue;
-                        }
-                        blobs.insert(e.id.as_bytes(), &BlobLoc::from_entry(no, e).encode())?;
-                    }
-                    let info = PackInfo {
-                        id: p.id,
-                        size: p.size,
-                        blobs: p.entries.len() as u32,
-                    };
-                    pack_table.insert(no, &info.encode())?;
-                }
-            }
-            txn.commit()?;
-        }
+/// Indexes the packs' blobs, numbering the packs in order, a few packs per transaction. A
+/// blob found in more than one pack keeps its first place.
+fn index_packs(index: &Index, packs: &[FoundPack], report: &mut RepairReport) -> Result<()> {
+    for (chunk, group) in packs.chunks(8).enumerate() {
         let txn = index.write()?;
         {
-            let mut snaps = txn.open_table(SNAPSHOTS)?;
-            for (id, bytes) in &snapshots {
-                snaps.insert(id.as_bytes(), bytes.as_slice())?;
+            let mut blobs = txn.open_table(BLOBS)?;
+            let mut pack_table = txn.open_table(PACKS)?;
+            for (i, p) in group.iter().enumerate() {
+                let no = (chunk * 8 + i) as u32;
+                for e in &p.entries {
+                    if blobs.get(e.id.as_bytes())?.is_some() {
+                        report.duplicate_blobs += 1;
+                        continue;
+                    }
+                    blobs.insert(e.id.as_bytes(), &BlobLoc::from_entry(no, e).encode())?;
+                }
+                let info = PackInfo {
+                    id: p.id,
+                    size: p.size,
+                    blobs: p.entries.len() as u32,
+                };
+                pack_table.insert(no, &info.encode())?;
             }
-            let mut meta = txn.open_table(META)?;
-            meta.insert(META_NEXT_PACK, packs.len() as u64)?;
         }
         txn.commit()?;
-        // Reference counts, from the manifests and the trees they reach.
-        let counts = {
-            let rtxn = index.read()?;
-            let reader = IndexReader::new(&rtxn)?;
-            let nodes = BlobReader::over(backend, keys.as_ref(), &reader);
-            let recount = crate::refs::count_all(&snapshots, keys.as_ref(), &nodes)?;
-            report.missing_blobs = recount.missing;
-            for (id, e) in recount.unreadable {
-                report.damaged.push(format!(
-                    "chunk-list node {id}: {e}; the chunks it lists are not counted through it"
-                ));
-            }
-            recount.counts
-        };
-        let txn = index.write()?;
-        crate::refs::write_counts(&txn, &counts)?;
-        txn.commit()?;
     }
-    std::fs::File::open(&tmp)
+    Ok(())
+}
+
+/// Indexes the snapshots' manifests, and the number the next pack gets.
+fn index_snapshots(index: &Index, snapshots: &[(ChunkId, Vec<u8>)], next_pack: u64) -> Result<()> {
+    let txn = index.write()?;
+    {
+        let mut snaps = txn.open_table(SNAPSHOTS)?;
+        for (id, bytes) in snapshots {
+            snaps.insert(id.as_bytes(), bytes.as_slice())?;
+        }
+        let mut meta = txn.open_table(META)?;
+        meta.insert(META_NEXT_PACK, next_pack)?;
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+/// Reference counts, from the manifests and the trees they reach through the new index.
+fn count_references(
+    index: &Index,
+    backend: &dyn Backend,
+    keys: Option<&crate::crypto::Keys>,
+    snapshots: &[(ChunkId, Vec<u8>)],
+    report: &mut RepairReport,
+) -> Result<()> {
+    let counts = {
+        let rtxn = index.read()?;
+        let reader = IndexReader::new(&rtxn)?;
+        let nodes = BlobReader::over(backend, keys, &reader);
+        let recount = crate::refs::count_all(snapshots, keys, &nodes)?;
+        report.missing_blobs = recount.missing;
+        for (id, e) in recount.unreadable {
+            report.damaged.push(format!(
+                "chunk-list node {id}: {e}; the chunks it lists are not counted through it"
+            ));
+        }
+        recount.counts
+    };
+    let txn = index.write()?;
+    crate::refs::write_counts(&txn, &counts)?;
+    txn.commit()?;
+    Ok(())
+}
+
+/// Puts the index built at `tmp` in place of `index.redb`, durably.
+fn replace_index(root: &Path, tmp: &Path) -> Result<()> {
+    std::fs::File::open(tmp)
         .and_then(|f| f.sync_all())
-        .ctx("fsync", &tmp)?;
+        .ctx("fsync", tmp)?;
     let dest = root.join(INDEX_NAME);
-    std::fs::rename(&tmp, &dest).ctx("rename into place", &dest)?;
-    sync_dir(root)?;
-    Ok(report)
+    std::fs::rename(tmp, &dest).ctx("rename into place", &dest)?;
+    sync_dir(root)
 }

@@ -219,6 +219,88 @@ pub struct Decision {
     pub reasons: Vec<String>,
 }
 
+/// The rules a `forget` applies to the snapshots in its scope.
+#[derive(Clone, Copy, Debug)]
+pub enum Rules<'a> {
+    /// The repository's stored settings.
+    Stored(&'a Settings),
+    /// A policy given for this run, limited to snapshots of `kind` when given.
+    Given {
+        policy: &'a Policy,
+        kind: Option<&'a str>,
+    },
+    /// No rule: only named snapshots go (and those beyond the cap).
+    NamedOnly,
+}
+
+/// What a `forget` is asked to do.
+#[derive(Clone, Copy, Debug)]
+pub struct Forget<'a> {
+    pub rules: Rules<'a>,
+    /// Only snapshots with this tag are subject to the rules and the cap; the others are kept.
+    pub scope_tag: Option<&'a str>,
+    pub max_snapshots: Option<usize>,
+    /// Snapshots removed whatever the rules say.
+    pub named: &'a [SnapshotId],
+}
+
+/// Decides for every snapshot what `forget` does: the rules for those in scope, then the cap,
+/// then the named snapshots go. Newest first (with rules given or stored; a run with named
+/// snapshots only keeps `snaps` in reverse order).
+pub fn decide_forget<Tz: TimeZone>(
+    snaps: &[Candidate],
+    forget: &Forget,
+    now_ns: i64,
+    tz: &Tz,
+) -> Vec<Decision> {
+    let in_scope = |s: &&Candidate| {
+        forget
+            .scope_tag
+            .is_none_or(|t| s.tags.iter().any(|x| x == t))
+    };
+    let outside: Vec<Decision> = snaps
+        .iter()
+        .filter(|s| !in_scope(s))
+        .map(|s| Decision {
+            id: s.id,
+            time_ns: s.time_ns,
+            kind: s.kind.clone(),
+            keep: true,
+            reasons: vec!["outside --tag".into()],
+        })
+        .collect();
+    let candidates: Vec<Candidate> = snaps.iter().filter(in_scope).cloned().collect();
+    let mut decisions = match forget.rules {
+        Rules::Stored(settings) => decide_with_settings(&candidates, settings, now_ns, tz),
+        Rules::NamedOnly => candidates
+            .iter()
+            .rev()
+            .map(|c| Decision {
+                id: c.id,
+                time_ns: c.time_ns,
+                kind: c.kind.clone(),
+                keep: true,
+                reasons: vec!["not named".into()],
+            })
+            .collect(),
+        Rules::Given { policy, kind } => decide(&candidates, policy, kind, now_ns, tz),
+    };
+    if let Some(max) = forget.max_snapshots {
+        cap(&mut decisions, max);
+    }
+    if !outside.is_empty() {
+        decisions.extend(outside);
+        decisions.sort_by(|a, b| b.time_ns.cmp(&a.time_ns).then(b.id.cmp(&a.id)));
+    }
+    for d in &mut decisions {
+        if forget.named.contains(&d.id) {
+            d.keep = false;
+            d.reasons = vec!["named".into()];
+        }
+    }
+    decisions
+}
+
 /// Parses a duration such as `7d`, `12h`, `30m` (minutes), `2w`, `6mo` (30-day months), `1y`
 /// (365 days) or a sum like `1d12h`; returns nanoseconds.
 pub fn parse_duration(s: &str) -> Option<i64> {
@@ -571,5 +653,67 @@ mod tests {
             }
             .is_empty()
         );
+    }
+
+    #[test]
+    fn forget_scopes_caps_and_names() {
+        let mut s = hourly(6);
+        for c in &mut s[3..] {
+            c.tags = vec!["job=app".into()];
+        }
+        let policy = Policy {
+            keep_last: Some(2),
+            ..Policy::default()
+        };
+        let named = [ChunkId([4; 32])];
+        let forget = Forget {
+            rules: Rules::Given {
+                policy: &policy,
+                kind: None,
+            },
+            scope_tag: Some("job=app"),
+            max_snapshots: None,
+            named: &named,
+        };
+        let d = decide_forget(&s, &forget, 0, &Utc);
+        // The untagged three are outside the scope and kept; of the tagged ones the newest two
+        // are kept, but one of them is named.
+        assert_eq!(kept(&d), vec![0, 1, 2, 5]);
+        let times: Vec<i64> = d.iter().map(|d| d.time_ns).collect();
+        assert!(times.windows(2).all(|w| w[0] >= w[1]), "newest first");
+        let of = |n: u8| d.iter().find(|d| d.id.0[0] == n).unwrap();
+        assert_eq!(of(0).reasons, vec!["outside --tag"]);
+        assert_eq!(of(4).reasons, vec!["named"]);
+        assert!(!of(3).keep && of(3).reasons.is_empty());
+
+        // Named snapshots only, with a cap: the rest is kept but for the oldest beyond it.
+        let forget = Forget {
+            rules: Rules::NamedOnly,
+            scope_tag: None,
+            max_snapshots: Some(4),
+            named: &named,
+        };
+        let d = decide_forget(&s, &forget, 0, &Utc);
+        assert_eq!(kept(&d), vec![2, 3, 5]);
+        assert_eq!(
+            d.iter().find(|d| d.id.0[0] == 5).unwrap().reasons,
+            vec!["not named"]
+        );
+        assert_eq!(
+            d.iter().find(|d| d.id.0[0] == 1).unwrap().reasons,
+            vec!["beyond max-snapshots 4"]
+        );
+
+        // Stored settings: a kind without a policy is kept.
+        let settings = Settings::default();
+        let forget = Forget {
+            rules: Rules::Stored(&settings),
+            scope_tag: None,
+            max_snapshots: None,
+            named: &[],
+        };
+        let d = decide_forget(&s, &forget, 0, &Utc);
+        assert_eq!(kept(&d), vec![0, 1, 2, 3, 4, 5]);
+        assert_eq!(d[0].reasons, vec!["kind hourly: no policy"]);
     }
 }

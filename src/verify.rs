@@ -4,14 +4,13 @@
 use crate::blobs::{BlobReader, check_hash};
 use crate::error::{Error, Result};
 use crate::id::ChunkId;
-use crate::index::IndexReader;
+use crate::index::{BlobLoc, IndexReader, PackInfo, PackUse};
 use crate::manifest::{Content, EntryKind, Manifest};
 use crate::pack::{BlobKind, parse_pack};
 use crate::repo::Repo;
 use crate::restore::check_entry_path;
 use crate::tree::Node;
 use rayon::prelude::*;
-use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -110,14 +109,63 @@ pub fn verify(repo: &Repo, read_data: bool) -> Result<VerifyReport> {
 
 /// Like [`verify`], reading the packs `read` selects.
 pub fn verify_reading(repo: &Repo, read: ReadData) -> Result<VerifyReport> {
-    let read_data = read != ReadData::Nothing;
     let mut report = VerifyReport::default();
     let txn = repo.index.read()?;
     let index = IndexReader::new(&txn)?;
     let packs = index.packs()?;
     report.packs = packs.len() as u64;
 
-    // Packs: present with the recorded size; with read_data, every blob checked.
+    let bad_packs = check_pack_sizes(repo, &packs, &mut report);
+    let mut bad_blobs: HashSet<ChunkId> = HashSet::new();
+    // Per pack read: how many index entries its trailer confirmed.
+    let mut confirmed_in: HashMap<u32, u64> = HashMap::new();
+    if read != ReadData::Nothing {
+        for c in read_packs(repo, &index, &packs, &bad_packs, read) {
+            if let Some(n) = c.confirmed {
+                confirmed_in.insert(c.pack, n);
+            }
+            report.packs_read += 1;
+            report.blobs_read += c.blobs;
+            report.bytes_read += c.bytes;
+            bad_blobs.extend(c.bad);
+            for m in c.msgs {
+                problem(&mut report, None, None, m);
+            }
+        }
+    }
+
+    let blobs = BlobReader::new(repo, &index)?;
+    let mut walk = Walk {
+        index: &index,
+        blobs: &blobs,
+        bad_blobs: &bad_blobs,
+        bad_packs: &bad_packs,
+        verdicts: HashMap::new(),
+        lengths: HashMap::new(),
+    };
+    let indexed = check_snapshots(repo, &txn, &mut walk, &mut report)?;
+    check_unlisted_snapshot_files(repo, &indexed, &mut report)?;
+    // Recount: every blob reached above is referenced; indexed blobs that were not are leaks
+    // until gc reclaims them, and referenced ones missing from the index were reported above.
+    report.referenced_blobs = walk.verdicts.len() as u64;
+    check_index_entries(
+        &index,
+        &packs,
+        &walk.verdicts,
+        &confirmed_in,
+        &bad_packs,
+        &mut report,
+    )?;
+    check_counts(repo, &mut report, &txn, &index, &blobs)?;
+    Ok(report)
+}
+
+/// Packs present with the recorded size; returns the numbers of those that are not.
+fn check_pack_sizes(
+    repo: &Repo,
+    packs: &[(u32, PackInfo)],
+    report: &mut VerifyReport,
+) -> HashSet<u32> {
     let mut bad_packs: HashSet<u32> = HashSet::new();
     let sizes: Vec<Result<u64>> = crate::storage::with_io_pool(repo.backend.as_ref(), 64, || {
         packs
@@ -132,7 +180,7 @@ pub fn verify_reading(repo: &Repo, read: ReadData) -> Result<VerifyReport> {
             Ok(size) => {
                 bad_packs.insert(*no);
                 problem(
-                    &mut report,
+                    report,
                     None,
                     None,
                     format!("{name}: {size} bytes, the index says {}", info.size),
@@ -140,187 +188,160 @@ pub fn verify_reading(repo: &Repo, read: ReadData) -> Result<VerifyReport> {
             }
             Err(e) => {
                 bad_packs.insert(*no);
-                problem(&mut report, None, None, format!("{name}: {e}"));
+                problem(report, None, None, format!("{name}: {e}"));
             }
         }
     }
-    let mut bad_blobs: HashSet<ChunkId> = HashSet::new();
-    // Per pack read: how many index entries its trailer confirmed.
-    let mut confirmed_in: HashMap<u32, u64> = HashMap::new();
-    if read_data {
-        let key = repo.id_key().copied();
-        // Whole packs are read: a few at once on object storage bound the memory they take.
-        let checked: Vec<PackCheck> =
-            crate::storage::with_io_pool(repo.backend.as_ref(), 4, || {
-                packs
-                    .par_iter()
-                    .filter(|(no, _)| !bad_packs.contains(no) && read.wants(*no))
-                    .map(|(no, info)| {
-                        let name = info.object_name();
-                        let mut bad = Vec::new();
-                        let mut msgs = Vec::new();
-                        let bytes = match repo.backend.get(&name) {
-                            Ok(b) => b,
-                            Err(e) => {
-                                return PackCheck {
-                                    pack: *no,
-                                    blobs: 0,
-                                    bytes: 0,
-                                    bad,
-                                    msgs: vec![format!("{name}: {e}")],
-                                    confirmed: None,
-                                };
-                            }
-                        };
-                        // Index entries that place a blob in this pack and that its trailer
-                        // confirms, place for place.
-                        // Ids whose index place one of this pack's entries confirms, and the
-                        // index places no entry here matched (a pack can hold a chunk twice).
-                        let mut confirmed: HashSet<ChunkId> = HashSet::new();
-                        let mut misplaced: Vec<(ChunkId, crate::index::BlobLoc)> = Vec::new();
-                        if ChunkId(*blake3::hash(&bytes).as_bytes()) != info.id {
-                            msgs.push(format!("{name}: pack content does not match its name"));
-                        }
-                        let entries = match parse_pack(&bytes, &name, repo.mac_key()) {
-                            Ok(e) => e,
-                            Err(e) => {
-                                msgs.push(e.to_string());
-                                Vec::new()
-                            }
-                        };
-                        let mut count = 0;
-                        let mut frame_cache: Option<(u64, Result<Vec<u8>>)> = None;
-                        for e in &entries {
-                            count += 1;
-                            let loc = crate::index::BlobLoc::from_entry(*no, e);
-                            match index.blob(&e.id) {
-                                Ok(Some(at)) if at == loc => {
-                                    confirmed.insert(e.id);
-                                }
-                                Ok(Some(at)) if at.pack == *no => misplaced.push((e.id, at)),
-                                // Also stored elsewhere (the index names one copy), or not
-                                // indexed (gc drops those entries): not this pack's to confirm.
-                                Ok(_) => {}
-                                Err(err) => msgs.push(format!(
-                                    "index entry of chunk {}: {err}; run `strata repair index`",
-                                    e.id
-                                )),
-                            }
-                            let f = e.frame;
-                            if frame_cache.as_ref().map(|c| c.0) != Some(f.offset) {
-                                let stored = &bytes
-                                    [f.offset as usize..(f.offset + f.stored_len as u64) as usize];
-                                let mut raw = vec![0u8; f.raw_len as usize];
-                                let decoded = crate::pack::decode_stored(
-                                    repo.keys(),
-                                    stored,
-                                    f.compression,
-                                    f.offset,
-                                    &name,
-                                    &mut raw,
-                                )
-                                .map(|()| raw);
-                                frame_cache = Some((f.offset, decoded));
-                            }
-                            let checked = match &frame_cache.as_ref().expect("set above").1 {
-                                Ok(raw) => {
-                                    let s = e.offset_in_frame as usize;
-                                    check_hash(
-                                        &raw[s..s + e.raw_len as usize],
-                                        &loc,
-                                        &e.id,
-                                        key.as_ref(),
-                                        &name,
-                                    )
-                                }
-                                Err(err) => Err(Error::corrupt(format!("{err} (chunk {})", e.id))),
-                            };
-                            if let Err(err) = checked {
-                                bad.push(e.id);
-                                msgs.push(err.to_string());
-                            }
-                        }
-                        misplaced.retain(|(id, _)| !confirmed.contains(id));
-                        misplaced.sort_unstable_by_key(|(id, _)| *id);
-                        misplaced.dedup_by_key(|(id, _)| *id);
-                        for (id, at) in misplaced {
-                            msgs.push(format!(
-                                "index entry of chunk {id}: {name} at frame offset {}, {} bytes \
-                                 at {} in the frame, where the pack's trailer has no such \
-                                 chunk; run `strata repair index`",
-                                at.frame_offset, at.raw_len, at.offset_in_frame
-                            ));
-                        }
-                        PackCheck {
-                            pack: *no,
-                            blobs: count,
-                            bytes: bytes.len() as u64,
-                            bad,
-                            msgs,
-                            confirmed: Some(confirmed.len() as u64),
-                        }
-                    })
-                    .collect()
-            });
-        for c in checked {
-            if let Some(n) = c.confirmed {
-                confirmed_in.insert(c.pack, n);
-            }
-            report.packs_read += 1;
-            report.blobs_read += c.blobs;
-            report.bytes_read += c.bytes;
-            bad_blobs.extend(c.bad);
-            for m in c.msgs {
-                problem(&mut report, None, None, m);
-            }
-        }
-    }
+    bad_packs
+}
 
-    // Snapshots: manifest copies, safe paths, and every tree and chunk they reference.
-    let blobs = BlobReader::new(repo, &index)?;
-    let mut node_verdict: HashMap<ChunkId, Option<String>> = HashMap::new();
-    // The bytes each chunk (its length in the index) and chunk-list node (the sum of its
-    // entries) holds, to check every size claimed for it.
-    let lengths: Lengths = RefCell::new(HashMap::new());
-    let mut chunk_verdict =
-        |id: &ChunkId, node_verdict: &mut HashMap<ChunkId, Option<String>>| -> Option<String> {
-            if let Some(v) = node_verdict.get(id) {
-                return v.clone();
-            }
-            let v = if bad_blobs.contains(id) {
-                Some(format!("chunk {id} is damaged"))
-            } else {
-                match index.blob(id) {
-                    Ok(Some(loc)) if bad_packs.contains(&loc.pack) => {
-                        Some(format!("chunk {id} is in a missing or damaged pack"))
-                    }
-                    Ok(Some(loc)) => {
-                        lengths.borrow_mut().insert(*id, u64::from(loc.raw_len));
-                        None
-                    }
-                    Ok(None) => Some(format!("chunk {id} is missing from the index")),
-                    Err(e) => Some(e.to_string()),
-                }
+/// Reads the packs `read` selects (but those found missing or damaged already), each blob
+/// checked against its id.
+fn read_packs(
+    repo: &Repo,
+    index: &IndexReader,
+    packs: &[(u32, PackInfo)],
+    bad_packs: &HashSet<u32>,
+    read: ReadData,
+) -> Vec<PackCheck> {
+    // Whole packs are read: a few at once on object storage bound the memory they take.
+    crate::storage::with_io_pool(repo.backend.as_ref(), 4, || {
+        packs
+            .par_iter()
+            .filter(|(no, _)| !bad_packs.contains(no) && read.wants(*no))
+            .map(|(no, info)| check_pack(repo, index, *no, info))
+            .collect()
+    })
+}
+
+/// Reads one pack: its content against its name, its trailer, every blob against its id, and
+/// the index entries placing a blob in it against the trailer.
+fn check_pack(repo: &Repo, index: &IndexReader, no: u32, info: &PackInfo) -> PackCheck {
+    let key = repo.id_key().copied();
+    let name = info.object_name();
+    let mut bad = Vec::new();
+    let mut msgs = Vec::new();
+    let bytes = match repo.backend.get(&name) {
+        Ok(b) => b,
+        Err(e) => {
+            return PackCheck {
+                pack: no,
+                blobs: 0,
+                bytes: 0,
+                bad,
+                msgs: vec![format!("{name}: {e}")],
+                confirmed: None,
             };
-            node_verdict.insert(*id, v.clone());
-            v
+        }
+    };
+    // Ids whose index place one of this pack's entries confirms, and the index places no entry
+    // here matched (a pack can hold a chunk twice).
+    let mut confirmed: HashSet<ChunkId> = HashSet::new();
+    let mut misplaced: Vec<(ChunkId, BlobLoc)> = Vec::new();
+    if ChunkId(*blake3::hash(&bytes).as_bytes()) != info.id {
+        msgs.push(format!("{name}: pack content does not match its name"));
+    }
+    let entries = match parse_pack(&bytes, &name, repo.mac_key()) {
+        Ok(e) => e,
+        Err(e) => {
+            msgs.push(e.to_string());
+            Vec::new()
+        }
+    };
+    let mut count = 0;
+    let mut frame_cache: Option<(u64, Result<Vec<u8>>)> = None;
+    for e in &entries {
+        count += 1;
+        let loc = BlobLoc::from_entry(no, e);
+        match index.blob(&e.id) {
+            Ok(Some(at)) if at == loc => {
+                confirmed.insert(e.id);
+            }
+            Ok(Some(at)) if at.pack == no => misplaced.push((e.id, at)),
+            // Also stored elsewhere (the index names one copy), or not indexed (gc drops those
+            // entries): not this pack's to confirm.
+            Ok(_) => {}
+            Err(err) => msgs.push(format!(
+                "index entry of chunk {}: {err}; run `strata repair index`",
+                e.id
+            )),
+        }
+        let f = e.frame;
+        if frame_cache.as_ref().map(|c| c.0) != Some(f.offset) {
+            let stored = &bytes[f.offset as usize..(f.offset + f.stored_len as u64) as usize];
+            let mut raw = vec![0u8; f.raw_len as usize];
+            let decoded = crate::pack::decode_stored(
+                repo.keys(),
+                stored,
+                f.compression,
+                f.offset,
+                &name,
+                &mut raw,
+            )
+            .map(|()| raw);
+            frame_cache = Some((f.offset, decoded));
+        }
+        let checked = match &frame_cache.as_ref().expect("set above").1 {
+            Ok(raw) => {
+                let s = e.offset_in_frame as usize;
+                check_hash(
+                    &raw[s..s + e.raw_len as usize],
+                    &loc,
+                    &e.id,
+                    key.as_ref(),
+                    &name,
+                )
+            }
+            Err(err) => Err(Error::corrupt(format!("{err} (chunk {})", e.id))),
         };
-    // The manifest files of indexed snapshots, to find the other files in `snapshots/` below.
+        if let Err(err) = checked {
+            bad.push(e.id);
+            msgs.push(err.to_string());
+        }
+    }
+    misplaced.retain(|(id, _)| !confirmed.contains(id));
+    misplaced.sort_unstable_by_key(|(id, _)| *id);
+    misplaced.dedup_by_key(|(id, _)| *id);
+    for (id, at) in misplaced {
+        msgs.push(format!(
+            "index entry of chunk {id}: {name} at frame offset {}, {} bytes at {} in the frame, \
+             where the pack's trailer has no such chunk; run `strata repair index`",
+            at.frame_offset, at.raw_len, at.offset_in_frame
+        ));
+    }
+    PackCheck {
+        pack: no,
+        blobs: count,
+        bytes: bytes.len() as u64,
+        bad,
+        msgs,
+        confirmed: Some(confirmed.len() as u64),
+    }
+}
+
+/// Every snapshot the index lists: its manifest file beside the index's copy, safe paths, and
+/// every tree and chunk it references. Returns the names of their manifest files.
+fn check_snapshots(
+    repo: &Repo,
+    txn: &redb::ReadTransaction,
+    walk: &mut Walk,
+    report: &mut VerifyReport,
+) -> Result<HashSet<String>> {
     let mut indexed: HashSet<String> = HashSet::new();
-    for (id, bytes) in crate::index::snapshot_manifests(&txn)? {
+    for (id, bytes) in crate::index::snapshot_manifests(txn)? {
         report.snapshots += 1;
         indexed.insert(crate::manifest::object_name(&id));
         let manifest = match Manifest::decode(&bytes, Some(&id), repo.keys()) {
             Ok(m) => m,
             Err(e) => {
-                problem(&mut report, Some(&id), None, e.to_string());
+                problem(report, Some(&id), None, e.to_string());
                 continue;
             }
         };
         match repo.backend.get(&crate::manifest::object_name(&id)) {
             Ok(file) if file == bytes => {}
             Ok(_) => problem(
-                &mut report,
+                report,
                 Some(&id),
                 None,
                 "manifest file differs from the index copy".into(),
@@ -330,64 +351,65 @@ pub fn verify_reading(repo: &Repo, read: ReadData) -> Result<VerifyReport> {
                  next backup, forget or gc writes it again from the index",
                 id.short()
             )),
-            Err(e) => problem(&mut report, Some(&id), None, format!("manifest file: {e}")),
+            Err(e) => problem(report, Some(&id), None, format!("manifest file: {e}")),
         }
-        let mut paths = std::collections::HashSet::new();
-        for entry in &manifest.entries {
-            if !paths.insert(entry.path.as_slice()) {
-                problem(
-                    &mut report,
-                    Some(&id),
-                    Some(entry.path_lossy()),
-                    "path recorded more than once".into(),
-                );
-                continue;
-            }
-            if let Err(e) = check_entry_path(&entry.path) {
-                problem(
-                    &mut report,
-                    Some(&id),
-                    Some(entry.path_lossy()),
-                    e.to_string(),
-                );
-                continue;
-            }
-            if entry.kind != EntryKind::File {
-                continue;
-            }
-            report.files += 1;
-            let verdict = match &entry.content {
-                Content::Empty => None,
-                Content::Chunk(c) => chunk_verdict(c, &mut node_verdict),
-                Content::Tree(root) => check_tree(
-                    root,
-                    None,
-                    &blobs,
-                    &bad_blobs,
-                    &mut node_verdict,
-                    &mut chunk_verdict,
-                    &lengths,
-                ),
+        check_entries(&id, &manifest, walk, report);
+    }
+    Ok(indexed)
+}
+
+/// The entries of one manifest: each path once and safe, and each file's chunk list whole and
+/// of the size the manifest gives.
+fn check_entries(id: &ChunkId, manifest: &Manifest, walk: &mut Walk, report: &mut VerifyReport) {
+    let mut paths = HashSet::new();
+    for entry in &manifest.entries {
+        if !paths.insert(entry.path.as_slice()) {
+            problem(
+                report,
+                Some(id),
+                Some(entry.path_lossy()),
+                "path recorded more than once".into(),
+            );
+            continue;
+        }
+        if let Err(e) = check_entry_path(&entry.path) {
+            problem(report, Some(id), Some(entry.path_lossy()), e.to_string());
+            continue;
+        }
+        if entry.kind != EntryKind::File {
+            continue;
+        }
+        report.files += 1;
+        let verdict = match &entry.content {
+            Content::Empty => None,
+            Content::Chunk(c) => walk.chunk(c),
+            Content::Tree(root) => walk.tree(root, None),
+        };
+        // Restore refuses a file whose size disagrees with its chunk list.
+        let verdict = verdict.or_else(|| {
+            let listed = match &entry.content {
+                Content::Empty => Some(0),
+                Content::Chunk(id) | Content::Tree(id) => walk.lengths.get(id).copied(),
             };
-            // Restore refuses a file whose size disagrees with its chunk list.
-            let verdict = verdict.or_else(|| {
-                let listed = match &entry.content {
-                    Content::Empty => Some(0),
-                    Content::Chunk(id) | Content::Tree(id) => lengths.borrow().get(id).copied(),
-                };
-                listed.filter(|&n| n != entry.size).map(|n| {
-                    format!(
-                        "the manifest gives its size as {} bytes, its chunk list holds {n}",
-                        entry.size
-                    )
-                })
-            });
-            if let Some(msg) = verdict {
-                problem(&mut report, Some(&id), Some(entry.path_lossy()), msg);
-            }
+            listed.filter(|&n| n != entry.size).map(|n| {
+                format!(
+                    "the manifest gives its size as {} bytes, its chunk list holds {n}",
+                    entry.size
+                )
+            })
+        });
+        if let Some(msg) = verdict {
+            problem(report, Some(id), Some(entry.path_lossy()), msg);
         }
     }
-    // Snapshot files the index does not list: a damaged one may be a lost snapshot.
+}
+
+/// Snapshot files the index does not list: a damaged one may be a lost snapshot.
+fn check_unlisted_snapshot_files(
+    repo: &Repo,
+    indexed: &HashSet<String>,
+    report: &mut VerifyReport,
+) -> Result<()> {
     for name in repo.backend.list("snapshots")? {
         if indexed.contains(&name) {
             continue;
@@ -418,7 +440,7 @@ pub fn verify_reading(repo: &Repo, read: ReadData) -> Result<VerifyReport> {
             // The index is behind the repository's files: gc would take that snapshot's data
             // for garbage, so it is damage to repair, not a remark.
             Ok(_) => problem(
-                &mut report,
+                report,
                 None,
                 Some(name.clone()),
                 "holds a snapshot the index does not list (the index is behind the \
@@ -426,23 +448,32 @@ pub fn verify_reading(repo: &Repo, read: ReadData) -> Result<VerifyReport> {
                     .into(),
             ),
             Err(e) => problem(
-                &mut report,
+                report,
                 None,
                 Some(name.clone()),
                 format!("snapshot file not in the index and unreadable: {e}"),
             ),
         }
     }
-    // Recount: every blob reached above is referenced; indexed blobs that were not are leaks
-    // until gc reclaims them, and referenced ones missing from the index were reported above.
-    report.referenced_blobs = node_verdict.len() as u64;
-    // And every index entry placing a blob in a pack that was read must have been confirmed by
-    // that pack's trailer (a damaged entry can name another pack, or one that does not exist).
+    Ok(())
+}
+
+/// Every index entry: unreferenced ones counted (what gc would reclaim), and each placing a
+/// blob in a pack the index lists and, for a pack that was read, that its trailer confirmed (a
+/// damaged entry can name another pack, or one that does not exist).
+fn check_index_entries(
+    index: &IndexReader,
+    packs: &[(u32, PackInfo)],
+    referenced: &Memo,
+    confirmed_in: &HashMap<u32, u64>,
+    bad_packs: &HashSet<u32>,
+    report: &mut VerifyReport,
+) -> Result<()> {
     let mut indexed_in: HashMap<u32, u64> = HashMap::new();
     let known_packs: HashSet<u32> = packs.iter().map(|(no, _)| *no).collect();
     let mut unknown_pack_entries = 0u64;
     index.for_each_blob(|id, loc| {
-        if !node_verdict.contains_key(&id) {
+        if !referenced.contains_key(&id) {
             report.unreferenced_blobs += 1;
             report.unreferenced_bytes += crate::refs::share(&loc);
         }
@@ -454,7 +485,7 @@ pub fn verify_reading(repo: &Repo, read: ReadData) -> Result<VerifyReport> {
     })?;
     if unknown_pack_entries > 0 {
         problem(
-            &mut report,
+            report,
             None,
             None,
             format!(
@@ -479,7 +510,7 @@ pub fn verify_reading(repo: &Repo, read: ReadData) -> Result<VerifyReport> {
             .map(|(_, info)| info.object_name())
             .unwrap_or_default();
         problem(
-            &mut report,
+            report,
             None,
             None,
             format!(
@@ -488,8 +519,7 @@ pub fn verify_reading(repo: &Repo, read: ReadData) -> Result<VerifyReport> {
             ),
         );
     }
-    check_counts(repo, &mut report, &txn, &index, &blobs)?;
-    Ok(report)
+    Ok(())
 }
 
 /// Whether the index lists snapshot `id` now (in a transaction newer than verify's own).
@@ -535,99 +565,143 @@ fn check_counts(
         crate::refs::tally(&mut usage, &id, &loc, &counted);
         Ok(())
     })?;
+    if let Some(msg) = ref_count_problem(&recorded, &counted) {
+        problem(report, None, None, msg);
+    }
+    let stored = crate::index::pack_uses(txn)?;
+    let listed: Vec<u32> = index.packs()?.into_iter().map(|(no, _)| no).collect();
+    for msg in pack_use_problems(&stored, &listed, &usage) {
+        problem(report, None, None, msg);
+    }
+    Ok(())
+}
+
+/// The recorded reference counts against a recount: one message naming how many differ and
+/// the first of them, or `None` when they agree.
+fn ref_count_problem(
+    recorded: &HashMap<ChunkId, u32>,
+    counted: &HashMap<ChunkId, u32>,
+) -> Option<String> {
     let mut differ: Vec<(ChunkId, u32, u32)> = Vec::new();
-    for (id, &c) in &counted {
+    for (id, &c) in counted {
         let r = recorded.get(id).copied().unwrap_or(0);
         if r != c {
             differ.push((*id, r, c));
         }
     }
-    for (id, &r) in &recorded {
+    for (id, &r) in recorded {
         if !counted.contains_key(id) {
             differ.push((*id, r, 0));
         }
     }
-    if !differ.is_empty() {
-        differ.sort();
-        let (id, r, c) = differ[0];
-        problem(
-            report,
-            None,
-            None,
-            format!(
-                "reference counts of {} chunks differ from a recount of the snapshots (chunk \
-                 {id}: recorded {r}, counted {c}); gc could remove data still in use or keep \
-                 garbage: run `strata repair index`",
-                differ.len()
-            ),
-        );
-    }
-    let stored = crate::index::pack_uses(txn)?;
-    let packs = index.packs()?;
-    let listed: HashSet<u32> = packs.iter().map(|(no, _)| *no).collect();
+    differ.sort();
+    let &(id, r, c) = differ.first()?;
+    Some(format!(
+        "reference counts of {} chunks differ from a recount of the snapshots (chunk {id}: \
+         recorded {r}, counted {c}); gc could remove data still in use or keep garbage: run \
+         `strata repair index`",
+        differ.len()
+    ))
+}
+
+/// The stored pack-use rows against a recount, for the packs the index lists (`listed`, in
+/// its order): a row for a pack not listed, or one that differs, is a problem.
+fn pack_use_problems(
+    stored: &HashMap<u32, PackUse>,
+    listed: &[u32],
+    recount: &HashMap<u32, PackUse>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let known: HashSet<u32> = listed.iter().copied().collect();
     for no in stored.keys() {
-        if !listed.contains(no) {
-            problem(
-                report,
-                None,
-                None,
-                format!("usage record of pack #{no}, which the index does not list"),
-            );
+        if !known.contains(no) {
+            out.push(format!(
+                "usage record of pack #{no}, which the index does not list"
+            ));
         }
     }
-    for (no, _) in packs {
-        let want = usage.get(&no).copied().unwrap_or_default();
-        let have = stored.get(&no).copied();
+    for no in listed {
+        let want = recount.get(no).copied().unwrap_or_default();
+        let have = stored.get(no).copied();
         if have != Some(want) {
-            problem(
-                report,
-                None,
-                None,
-                format!(
-                    "pack #{no}: usage record {} differs from a recount ({} blobs indexed, {} \
-                     live, {} live bytes); run `strata repair index`",
-                    match have {
-                        Some(h) => format!(
-                            "({} indexed, {} live, {} live bytes)",
-                            h.indexed, h.live_blobs, h.live_bytes
-                        ),
-                        None => "missing".into(),
-                    },
-                    want.indexed,
-                    want.live_blobs,
-                    want.live_bytes
-                ),
-            );
+            out.push(format!(
+                "pack #{no}: usage record {} differs from a recount ({} blobs indexed, {} live, \
+                 {} live bytes); run `strata repair index`",
+                match have {
+                    Some(h) => format!(
+                        "({} indexed, {} live, {} live bytes)",
+                        h.indexed, h.live_blobs, h.live_bytes
+                    ),
+                    None => "missing".into(),
+                },
+                want.indexed,
+                want.live_blobs,
+                want.live_bytes
+            ));
         }
     }
-    Ok(())
+    out
 }
 
 /// Memo of verdicts per blob id: `None` when fine, else what is wrong.
 type Memo = HashMap<ChunkId, Option<String>>;
-/// The bytes each checked chunk and chunk-list node holds.
-type Lengths = RefCell<HashMap<ChunkId, u64>>;
-type ChunkVerdict<'a> = dyn FnMut(&ChunkId, &mut Memo) -> Option<String> + 'a;
 
-/// Checks a tree below `root`, memoising verdicts per node so trees shared between snapshots are
-/// checked once.
-fn check_tree(
-    root: &ChunkId,
-    expected_level: Option<u8>,
-    blobs: &BlobReader,
-    bad_blobs: &HashSet<ChunkId>,
-    memo: &mut HashMap<ChunkId, Option<String>>,
-    chunk_verdict: &mut ChunkVerdict,
-    lengths: &Lengths,
-) -> Option<String> {
-    if let Some(v) = memo.get(root) {
-        return v.clone();
+/// The walk through every snapshot's chunk lists, with the damage reading the packs found.
+/// Verdicts are memoised per blob, so trees shared between snapshots are checked once; the
+/// blobs with a verdict are the ones the snapshots reference.
+struct Walk<'a> {
+    index: &'a IndexReader,
+    blobs: &'a BlobReader<'a>,
+    bad_blobs: &'a HashSet<ChunkId>,
+    bad_packs: &'a HashSet<u32>,
+    verdicts: Memo,
+    /// The bytes each chunk (its length in the index) and chunk-list node (the sum of its
+    /// entries) holds, to check every size claimed for it.
+    lengths: HashMap<ChunkId, u64>,
+}
+
+impl Walk<'_> {
+    /// The verdict on a data chunk: damaged, in a bad pack, or not indexed.
+    fn chunk(&mut self, id: &ChunkId) -> Option<String> {
+        if let Some(v) = self.verdicts.get(id) {
+            return v.clone();
+        }
+        let v = if self.bad_blobs.contains(id) {
+            Some(format!("chunk {id} is damaged"))
+        } else {
+            match self.index.blob(id) {
+                Ok(Some(loc)) if self.bad_packs.contains(&loc.pack) => {
+                    Some(format!("chunk {id} is in a missing or damaged pack"))
+                }
+                Ok(Some(loc)) => {
+                    self.lengths.insert(*id, u64::from(loc.raw_len));
+                    None
+                }
+                Ok(None) => Some(format!("chunk {id} is missing from the index")),
+                Err(e) => Some(e.to_string()),
+            }
+        };
+        self.verdicts.insert(*id, v.clone());
+        v
     }
-    let verdict = (|| {
-        if bad_blobs.contains(root) {
+
+    /// The verdict on the tree below `root`: the first problem found in it, if any.
+    fn tree(&mut self, root: &ChunkId, expected_level: Option<u8>) -> Option<String> {
+        if let Some(v) = self.verdicts.get(root) {
+            return v.clone();
+        }
+        let verdict = self.node(root, expected_level);
+        self.verdicts.insert(*root, verdict.clone());
+        verdict
+    }
+
+    /// Checks one chunk-list node and, through [`Walk::tree`], what it lists.
+    fn node(&mut self, root: &ChunkId, expected_level: Option<u8>) -> Option<String> {
+        if self.bad_blobs.contains(root) {
             return Some(format!("chunk-list node {root} is damaged"));
         }
-        let node = match blobs
+        let node = match self
+            .blobs
             .read(root)
             .and_then(|b| Node::decode(&b, &format_args!("chunk-list node {}", root.short())))
         {
@@ -643,7 +717,7 @@ fn check_tree(
                 expected_level.unwrap_or_default()
             ));
         }
-        if let Ok(loc) = blobs.locate(root)
+        if let Ok(loc) = self.blobs.locate(root)
             && loc.kind != BlobKind::Node
         {
             return Some(format!(
@@ -658,22 +732,14 @@ fn check_tree(
         };
         for e in &node.entries {
             let v = if node.level == 0 {
-                chunk_verdict(&e.id, memo)
+                self.chunk(&e.id)
             } else {
-                check_tree(
-                    &e.id,
-                    Some(node.level - 1),
-                    blobs,
-                    bad_blobs,
-                    memo,
-                    chunk_verdict,
-                    lengths,
-                )
+                self.tree(&e.id, Some(node.level - 1))
             };
             if v.is_some() {
                 return v;
             }
-            let holds = lengths.borrow().get(&e.id).copied();
+            let holds = self.lengths.get(&e.id).copied();
             if let Some(n) = holds.filter(|&n| n != e.bytes) {
                 return Some(format!(
                     "chunk-list node {}: {} is listed with {} bytes, it holds {n}",
@@ -683,9 +749,91 @@ fn check_tree(
                 ));
             }
         }
-        lengths.borrow_mut().insert(*root, total);
+        self.lengths.insert(*root, total);
         None
-    })();
-    memo.insert(*root, verdict.clone());
-    verdict
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u8) -> ChunkId {
+        ChunkId([n; 32])
+    }
+
+    fn counts(pairs: &[(u8, u32)]) -> HashMap<ChunkId, u32> {
+        pairs.iter().map(|&(n, c)| (id(n), c)).collect()
+    }
+
+    fn row(indexed: u32, live_blobs: u32, live_bytes: u64) -> PackUse {
+        PackUse {
+            indexed,
+            live_blobs,
+            live_bytes,
+        }
+    }
+
+    #[test]
+    fn reference_counts_that_agree_report_nothing() {
+        let c = counts(&[(1, 1), (2, 3), (3, 1)]);
+        assert_eq!(ref_count_problem(&c, &c), None);
+        assert_eq!(ref_count_problem(&HashMap::new(), &HashMap::new()), None);
+    }
+
+    #[test]
+    fn a_reference_count_that_is_off_is_reported() {
+        let counted = counts(&[(1, 1), (2, 3), (3, 1)]);
+        // Chunk 2 recorded once too few, chunk 3 not recorded, chunk 9 recorded though nothing
+        // references it.
+        let recorded = counts(&[(1, 1), (2, 2), (9, 4)]);
+        let msg = ref_count_problem(&recorded, &counted).expect("reported");
+        assert!(
+            msg.starts_with("reference counts of 3 chunks differ"),
+            "{msg}"
+        );
+        // The first in id order is named, with both counts.
+        assert!(
+            msg.contains(&format!("chunk {}: recorded 2, counted 3", id(2))),
+            "{msg}"
+        );
+        assert!(msg.ends_with("run `strata repair index`"), "{msg}");
+
+        // A count recorded for a chunk no snapshot reaches is off too.
+        let msg =
+            ref_count_problem(&counts(&[(1, 1), (5, 1)]), &counts(&[(1, 1)])).expect("reported");
+        assert!(msg.starts_with("reference counts of 1 chunks"), "{msg}");
+        assert!(
+            msg.contains(&format!("chunk {}: recorded 1, counted 0", id(5))),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn pack_use_rows_that_agree_report_nothing() {
+        let rows: HashMap<u32, PackUse> = [(0, row(3, 2, 200)), (1, row(1, 1, 50))].into();
+        assert!(pack_use_problems(&rows, &[0, 1], &rows).is_empty());
+        // A pack without any blob indexed has an all-zero row.
+        let rows: HashMap<u32, PackUse> = [(4, row(0, 0, 0))].into();
+        assert!(pack_use_problems(&rows, &[4], &HashMap::new()).is_empty());
+    }
+
+    #[test]
+    fn pack_use_rows_that_are_off_are_reported() {
+        let recount: HashMap<u32, PackUse> = [(0, row(3, 2, 200)), (1, row(1, 1, 50))].into();
+        let stored: HashMap<u32, PackUse> = [(0, row(3, 1, 100)), (7, row(1, 1, 1))].into();
+        let problems = pack_use_problems(&stored, &[0, 1], &recount);
+        assert_eq!(
+            problems,
+            vec![
+                "usage record of pack #7, which the index does not list".to_string(),
+                "pack #0: usage record (3 indexed, 1 live, 100 live bytes) differs from a \
+                 recount (3 blobs indexed, 2 live, 200 live bytes); run `strata repair index`"
+                    .to_string(),
+                "pack #1: usage record missing differs from a recount (1 blobs indexed, 1 live, \
+                 50 live bytes); run `strata repair index`"
+                    .to_string(),
+            ]
+        );
+    }
 }

@@ -4,10 +4,11 @@ use super::output::{bytes, print_json};
 use anyhow::{Result, bail};
 use clap::Args;
 use std::process::ExitCode;
-use strata::gc::{GcOptions, GcReport, gc, remove_snapshots};
+use strata::gc::{GcPlan, GcReport, execute, forecast, remove_snapshots};
 use strata::repo::Repo;
 use strata::retention::{
-    Candidate, PROTECTED_KINDS, Policy, Settings, cap, decide, decide_with_settings, parse_duration,
+    Candidate, Decision, Forget, PROTECTED_KINDS, Policy, Rules, Settings, decide_forget,
+    parse_duration,
 };
 use strata::snapshots;
 
@@ -224,23 +225,7 @@ struct DecisionJson {
 }
 
 pub fn forget(repo: &Repo, args: ForgetArgs) -> Result<ExitCode> {
-    let keep_within_ns = match &args.keep_within {
-        Some(s) => match parse_duration(s) {
-            Some(ns) => Some(ns),
-            None => bail!("--keep-within {s:?}: expected a duration such as 7d, 12h, 2w or 1d12h"),
-        },
-        None => None,
-    };
-    let policy = Policy {
-        keep_last: args.keep_last,
-        keep_hourly: args.keep_hourly,
-        keep_daily: args.keep_daily,
-        keep_weekly: args.keep_weekly,
-        keep_monthly: args.keep_monthly,
-        keep_yearly: args.keep_yearly,
-        keep_within_ns,
-        keep_tags: args.keep_tags.clone(),
-    };
+    let policy = given_policy(&args)?;
     let settings = Settings::load(repo.backend.as_ref(), repo.keys())?;
     let use_settings = policy.is_empty() && args.max_snapshots.is_none() && args.snaps.is_empty();
     if use_settings && settings.is_empty() {
@@ -257,25 +242,8 @@ pub fn forget(repo: &Repo, args: ForgetArgs) -> Result<ExitCode> {
     for spec in &args.snaps {
         named.push(snapshots::resolve(&snaps, spec)?.id);
     }
-    let in_scope = |s: &&snapshots::Snapshot| {
-        args.scope_tag
-            .as_ref()
-            .is_none_or(|t| s.manifest.tags.contains(t))
-    };
-    let outside: Vec<strata::retention::Decision> = snaps
-        .iter()
-        .filter(|s| !in_scope(s))
-        .map(|s| strata::retention::Decision {
-            id: s.id,
-            time_ns: s.manifest.time_ns,
-            kind: s.manifest.kind.clone(),
-            keep: true,
-            reasons: vec!["outside --tag".into()],
-        })
-        .collect();
     let candidates: Vec<Candidate> = snaps
         .iter()
-        .filter(in_scope)
         .map(|s| Candidate {
             id: s.id,
             time_ns: s.manifest.time_ns,
@@ -283,89 +251,94 @@ pub fn forget(repo: &Repo, args: ForgetArgs) -> Result<ExitCode> {
             tags: s.manifest.tags.clone(),
         })
         .collect();
-    let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
-    let mut decisions = if use_settings {
-        decide_with_settings(&candidates, &settings, now, &chrono::Local)
+    let rules = if use_settings {
+        Rules::Stored(&settings)
     } else if policy.is_empty() {
-        // Only named snapshots go (and the cap, if given); the rest stay.
-        candidates
-            .iter()
-            .rev()
-            .map(|c| strata::retention::Decision {
-                id: c.id,
-                time_ns: c.time_ns,
-                kind: c.kind.clone(),
-                keep: true,
-                reasons: vec!["not named".into()],
-            })
-            .collect()
+        Rules::NamedOnly
     } else {
-        decide(
-            &candidates,
-            &policy,
-            args.kind.as_deref(),
-            now,
-            &chrono::Local,
-        )
-    };
-    if let Some(max) = args.max_snapshots {
-        cap(&mut decisions, max);
-    }
-    if !outside.is_empty() {
-        decisions.extend(outside);
-        decisions.sort_by(|a, b| b.time_ns.cmp(&a.time_ns).then(b.id.cmp(&a.id)));
-    }
-    for d in &mut decisions {
-        if named.contains(&d.id) {
-            d.keep = false;
-            d.reasons = vec!["named".into()];
+        Rules::Given {
+            policy: &policy,
+            kind: args.kind.as_deref(),
         }
-    }
+    };
+    let request = Forget {
+        rules,
+        scope_tag: args.scope_tag.as_deref(),
+        max_snapshots: args.max_snapshots,
+        named: &named,
+    };
+    let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+    let decisions = decide_forget(&candidates, &request, now, &chrono::Local);
     let remove: Vec<_> = decisions.iter().filter(|d| !d.keep).map(|d| d.id).collect();
     if !args.dry_run {
         remove_snapshots(repo, &remove)?;
     }
     if args.json {
-        let out: Vec<DecisionJson> = decisions
-            .iter()
-            .map(|d| DecisionJson {
-                id: d.id.to_hex(),
-                time: chrono::DateTime::from_timestamp_nanos(d.time_ns)
-                    .with_timezone(&chrono::Local)
-                    .to_rfc3339(),
-                kind: d.kind.clone(),
-                keep: d.keep,
-                reasons: d.reasons.clone(),
-            })
-            .collect();
-        print_json(&out)?;
+        print_decisions_json(&decisions)?;
     } else {
-        for d in &decisions {
-            let time = chrono::DateTime::from_timestamp_nanos(d.time_ns)
-                .with_timezone(&chrono::Local)
-                .format("%Y-%m-%d %H:%M:%S");
-            let what = if d.keep { "keep  " } else { "remove" };
-            let why = if d.keep {
-                d.reasons.join(", ")
-            } else if d.reasons.is_empty() {
-                "no rule keeps it".into()
-            } else {
-                d.reasons.join(", ")
-            };
-            println!("{what} {} {time} {:<13} {why}", d.id.short(), d.kind);
-        }
-        let verb = if args.dry_run {
-            "would remove"
-        } else {
-            "removed"
-        };
-        println!(
-            "{verb} {} of {} snapshots; run `strata gc` to reclaim their space",
-            remove.len(),
-            decisions.len()
-        );
+        print_decisions(&decisions, remove.len(), args.dry_run);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The policy the command line gives (empty when it gives none).
+fn given_policy(args: &ForgetArgs) -> Result<Policy> {
+    let keep_within_ns = match &args.keep_within {
+        Some(s) => match parse_duration(s) {
+            Some(ns) => Some(ns),
+            None => bail!("--keep-within {s:?}: expected a duration such as 7d, 12h, 2w or 1d12h"),
+        },
+        None => None,
+    };
+    Ok(Policy {
+        keep_last: args.keep_last,
+        keep_hourly: args.keep_hourly,
+        keep_daily: args.keep_daily,
+        keep_weekly: args.keep_weekly,
+        keep_monthly: args.keep_monthly,
+        keep_yearly: args.keep_yearly,
+        keep_within_ns,
+        keep_tags: args.keep_tags.clone(),
+    })
+}
+
+fn print_decisions_json(decisions: &[Decision]) -> Result<()> {
+    let out: Vec<DecisionJson> = decisions
+        .iter()
+        .map(|d| DecisionJson {
+            id: d.id.to_hex(),
+            time: chrono::DateTime::from_timestamp_nanos(d.time_ns)
+                .with_timezone(&chrono::Local)
+                .to_rfc3339(),
+            kind: d.kind.clone(),
+            keep: d.keep,
+            reasons: d.reasons.clone(),
+        })
+        .collect();
+    print_json(&out)
+}
+
+fn print_decisions(decisions: &[Decision], removed: usize, dry_run: bool) {
+    for d in decisions {
+        let time = chrono::DateTime::from_timestamp_nanos(d.time_ns)
+            .with_timezone(&chrono::Local)
+            .format("%Y-%m-%d %H:%M:%S");
+        let what = if d.keep { "keep  " } else { "remove" };
+        let why = if d.keep {
+            d.reasons.join(", ")
+        } else if d.reasons.is_empty() {
+            "no rule keeps it".into()
+        } else {
+            d.reasons.join(", ")
+        };
+        println!("{what} {} {time} {:<13} {why}", d.id.short(), d.kind);
+    }
+    let verb = if dry_run { "would remove" } else { "removed" };
+    println!(
+        "{verb} {} of {} snapshots; run `strata gc` to reclaim their space",
+        removed,
+        decisions.len()
+    );
 }
 
 pub fn delete(repo: &Repo, args: DeleteArgs) -> Result<ExitCode> {
@@ -399,13 +372,12 @@ pub fn run_gc(repo: &Repo, args: GcArgs) -> Result<ExitCode> {
             args.max_unused
         );
     };
-    let report: GcReport = gc(
-        repo,
-        &GcOptions {
-            dry_run: args.dry_run,
-            max_unused,
-        },
-    )?;
+    let plan = strata::gc::plan(repo, max_unused)?;
+    let report: GcReport = if args.dry_run {
+        forecast(repo, plan)?
+    } else {
+        execute(repo, plan)?
+    };
     if args.json {
         print_json(&report)?;
     } else {
@@ -449,8 +421,44 @@ pub fn run_gc(repo: &Repo, args: GcArgs) -> Result<ExitCode> {
                 r.readers
             );
         }
+        if let Some(plan) = &r.plan {
+            print_plan(plan);
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The plan of a dry run, pack by pack.
+fn print_plan(plan: &GcPlan) {
+    for p in &plan.packs {
+        let what = match p.fate {
+            strata::gc::Fate::Delete => "delete ",
+            strata::gc::Fate::Rewrite => "rewrite",
+            strata::gc::Fate::Trim => "trim   ",
+        };
+        println!(
+            "{what} pack #{} {} ({}): {}",
+            p.pack,
+            p.name,
+            bytes(p.bytes),
+            p.reason
+        );
+    }
+    for u in &plan.unknown_packs {
+        println!(
+            "delete  {} ({}): a pack file the index does not know",
+            u.name,
+            bytes(u.bytes)
+        );
+    }
+    println!("keep    {} packs as they are", plan.packs_kept);
+    if plan.readers > 0 {
+        println!(
+            "{} reader(s) running now: while any still runs when gc is done, the files it no \
+             longer needs stay for the next gc",
+            plan.readers
+        );
+    }
 }
 
 #[cfg(test)]
