@@ -9,7 +9,9 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
-use strata::backup::{BackupOptions, NamedPath, StreamFrom, StreamSource, backup as run_backup};
+use strata::backup::{
+    BackupOptions, BackupReport, NamedPath, StreamFrom, StreamSource, backup as run_backup,
+};
 use strata::capture::{CaptureOptions, Hooks};
 use strata::chunker::ChunkerParams;
 use strata::repo::{Config, Repo};
@@ -292,61 +294,8 @@ pub fn backup(rp: &RepoPath, args: BackupArgs) -> Result<ExitCode> {
             bail!("{}: no such file or directory", p.display());
         }
     }
-    let mut streams = Vec::new();
-    for spec in &args.from_command {
-        match spec.rsplit_once('=') {
-            Some((cmd, name)) if !cmd.trim().is_empty() && !name.is_empty() => {
-                streams.push(StreamSource {
-                    name: name.to_string(),
-                    from: StreamFrom::Command(cmd.to_string()),
-                })
-            }
-            _ => bail!("--from-command {spec:?}: expected 'COMMAND'=NAME"),
-        }
-    }
-    for spec in &args.postgres {
-        let (conn, name) = split_postgres(spec);
-        if conn.trim().is_empty() {
-            bail!("--postgres {spec:?}: expected a connection string");
-        }
-        streams.push(StreamSource {
-            name: name.unwrap_or_else(|| format!("{}.sql", postgres_dbname(&conn))),
-            from: StreamFrom::Postgres(conn),
-        });
-    }
-    for spec in &args.redis {
-        let (url, name) = match spec.rsplit_once('=') {
-            Some((url, name)) => (url.to_string(), Some(name.to_string())),
-            None => (spec.clone(), None),
-        };
-        if url.trim().is_empty() {
-            bail!("--redis {spec:?}: expected a redis:// URL or a socket path");
-        }
-        streams.push(StreamSource {
-            name: name.unwrap_or_else(|| "redis.rdb".to_string()),
-            from: StreamFrom::Redis(url),
-        });
-    }
-    let databases: Vec<NamedPath> = args
-        .sqlite
-        .iter()
-        .map(|spec| match spec.rsplit_once('=') {
-            Some((path, name)) if !std::path::Path::new(spec).exists() => NamedPath {
-                path: PathBuf::from(path),
-                name: Some(name.to_string()),
-            },
-            _ => NamedPath {
-                path: PathBuf::from(spec),
-                name: None,
-            },
-        })
-        .collect();
-    if let Some(name) = &args.stdin {
-        streams.push(StreamSource {
-            name: name.clone(),
-            from: StreamFrom::Stdin,
-        });
-    }
+    let streams = streams(&args)?;
+    let databases = databases(&args);
     let repo = if rp.is_default && !rp.path.join(strata::repo::CONFIG_NAME).exists() {
         let repo = create_default(rp)?;
         eprintln!("created repository {}", rp.path.display());
@@ -354,18 +303,7 @@ pub fn backup(rp: &RepoPath, args: BackupArgs) -> Result<ExitCode> {
     } else {
         open(rp, true, "backup")?
     };
-    let bar = if std::io::stderr().is_terminal() && !args.json {
-        let b = ProgressBar::new(0);
-        b.set_style(
-            ProgressStyle::with_template(
-                "{spinner} {bytes}/{total_bytes} {bytes_per_sec} [{wide_bar}] {eta}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        Some(b)
-    } else {
-        None
-    };
+    let bar = progress_bar(args.json);
     let progress = |n: u64| {
         if let Some(b) = &bar {
             b.inc(n);
@@ -404,9 +342,93 @@ pub fn backup(rp: &RepoPath, args: BackupArgs) -> Result<ExitCode> {
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
+    print_report(&report, args.json)?;
+    Ok(exit_code(&report))
+}
+
+/// The streams to store: `--from-command`, `--postgres`, `--redis` and `--stdin`, in that order.
+fn streams(args: &BackupArgs) -> Result<Vec<StreamSource>> {
+    let mut streams = Vec::new();
+    for spec in &args.from_command {
+        match spec.rsplit_once('=') {
+            Some((cmd, name)) if !cmd.trim().is_empty() && !name.is_empty() => {
+                streams.push(StreamSource {
+                    name: name.to_string(),
+                    from: StreamFrom::Command(cmd.to_string()),
+                })
+            }
+            _ => bail!("--from-command {spec:?}: expected 'COMMAND'=NAME"),
+        }
+    }
+    for spec in &args.postgres {
+        let (conn, name) = split_postgres(spec);
+        if conn.trim().is_empty() {
+            bail!("--postgres {spec:?}: expected a connection string");
+        }
+        streams.push(StreamSource {
+            name: name.unwrap_or_else(|| format!("{}.sql", postgres_dbname(&conn))),
+            from: StreamFrom::Postgres(conn),
+        });
+    }
+    for spec in &args.redis {
+        let (url, name) = match spec.rsplit_once('=') {
+            Some((url, name)) => (url.to_string(), Some(name.to_string())),
+            None => (spec.clone(), None),
+        };
+        if url.trim().is_empty() {
+            bail!("--redis {spec:?}: expected a redis:// URL or a socket path");
+        }
+        streams.push(StreamSource {
+            name: name.unwrap_or_else(|| "redis.rdb".to_string()),
+            from: StreamFrom::Redis(url),
+        });
+    }
+    if let Some(name) = &args.stdin {
+        streams.push(StreamSource {
+            name: name.clone(),
+            from: StreamFrom::Stdin,
+        });
+    }
+    Ok(streams)
+}
+
+/// The `--sqlite` databases, each `PATH` or `PATH=NAME` (a path that exists as given wins).
+fn databases(args: &BackupArgs) -> Vec<NamedPath> {
+    args.sqlite
+        .iter()
+        .map(|spec| match spec.rsplit_once('=') {
+            Some((path, name)) if !std::path::Path::new(spec).exists() => NamedPath {
+                path: PathBuf::from(path),
+                name: Some(name.to_string()),
+            },
+            _ => NamedPath {
+                path: PathBuf::from(spec),
+                name: None,
+            },
+        })
+        .collect()
+}
+
+/// A progress bar on a terminal, none for `--json` or when stderr is not a terminal.
+fn progress_bar(json: bool) -> Option<ProgressBar> {
+    if !std::io::stderr().is_terminal() || json {
+        return None;
+    }
+    let b = ProgressBar::new(0);
+    b.set_style(
+        ProgressStyle::with_template(
+            "{spinner} {bytes}/{total_bytes} {bytes_per_sec} [{wide_bar}] {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    Some(b)
+}
+
+/// The saved snapshot, as JSON on stdout or one line for a person, and its warnings on stderr.
+fn print_report(report: &BackupReport, json: bool) -> Result<()> {
     let m = &report.manifest;
     let s = &m.stats;
-    if args.json {
+    if json {
         print_json(&BackupJson {
             id: report.id.to_hex(),
             time: m.time().to_rfc3339(),
@@ -452,18 +474,23 @@ pub fn backup(rp: &RepoPath, args: BackupArgs) -> Result<ExitCode> {
             c.path, c.kind, c.note
         );
     }
+    Ok(())
+}
+
+/// 1 when the after hook failed (the snapshot is saved), 4 for a partial snapshot, else 0.
+fn exit_code(report: &BackupReport) -> ExitCode {
     if let Some(e) = &report.after_hook_error {
         eprintln!("strata: the snapshot is saved, but {e}");
-        return Ok(ExitCode::from(super::EXIT_ERROR));
+        return ExitCode::from(super::EXIT_ERROR);
     }
     if report.partial() {
         eprintln!(
             "strata: {} path(s) could not be read; the snapshot is partial",
-            m.errors.len()
+            report.manifest.errors.len()
         );
-        return Ok(ExitCode::from(EXIT_PARTIAL));
+        return ExitCode::from(EXIT_PARTIAL);
     }
-    Ok(ExitCode::SUCCESS)
+    ExitCode::SUCCESS
 }
 
 #[cfg(test)]
