@@ -44,7 +44,6 @@ pub mod compress;
 pub mod copy;
 pub mod crypto;
 pub mod diff;
-pub mod direct;
 pub mod error;
 #[cfg(feature = "testing")]
 pub mod fuzzing;

@@ -36,7 +36,7 @@ impl Writes {
     /// Whether `entry` is written with `O_DIRECT` where its groups allow (see
     /// [`write_content_at`]): large files, unless a reader is about to want them cached.
     fn direct(self, entry: &Entry) -> bool {
-        entry.size >= crate::direct::MIN_DIRECT_BYTES
+        entry.size >= crate::storage::direct::MIN_DIRECT_BYTES
             && !(self.cache_databases && entry.page_size > 0)
     }
 }
@@ -251,7 +251,7 @@ fn restore_file(
         .ctx("create", &path)?;
     let tmp = Temporary::new(path);
     let direct = match how.direct(entry) {
-        true => crate::direct::open_for_direct_writes(&tmp.path)?,
+        true => crate::storage::direct::open_for_direct_writes(&tmp.path)?,
         false => None,
     };
     // The whole length first: what is not written (runs of zeros) stays a hole.
@@ -324,7 +324,7 @@ fn write_content_at(
     direct: Option<&std::fs::File>,
     path: &Path,
 ) -> Result<u64> {
-    use crate::direct::ALIGN;
+    use crate::storage::direct::ALIGN;
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::FileExt;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -418,7 +418,7 @@ fn write_content_at(
 /// boundaries where the group does. A chunk is read only up to its first non-zero byte, which
 /// in most data is among the first few.
 fn pieces(g: &Group, data: &[u8]) -> Vec<(usize, usize)> {
-    let block = crate::direct::ALIGN as u64;
+    let block = crate::storage::direct::ALIGN as u64;
     let mut out = Vec::with_capacity(1);
     // Where the next piece starts, and where the run of zero chunks being passed started.
     let mut from = 0usize;
@@ -547,7 +547,7 @@ mod tests {
 
     #[test]
     fn runs_of_zero_chunks_become_holes_of_whole_blocks() {
-        const B: usize = crate::direct::ALIGN;
+        const B: usize = crate::storage::direct::ALIGN;
         // Data, zeros, data: the zero chunk's whole blocks are left out.
         let g = group(0, &[100, 3 * B as u64, 50]);
         let mut data = vec![0u8; 100 + 3 * B + 50];

@@ -153,7 +153,7 @@ fn for_each_batch(
 
 thread_local! {
     static SPAN: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-    static GROUP: std::cell::RefCell<crate::direct::AlignedBuf> = std::cell::RefCell::new(Default::default());
+    static GROUP: std::cell::RefCell<crate::storage::direct::AlignedBuf> = std::cell::RefCell::new(Default::default());
     static FRAME: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
@@ -167,7 +167,7 @@ fn with_group<T>(
 }
 
 /// [`with_group`] with the bytes at an aligned address and zero-padded to a multiple of
-/// `pad` (a power of two, at most [`crate::direct::ALIGN`]), for a direct write.
+/// `pad` (a power of two, at most [`crate::storage::direct::ALIGN`]), for a direct write.
 pub(super) fn with_group_padded<T>(
     blobs: &BlobReader,
     group: &Group,

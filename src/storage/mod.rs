@@ -2,14 +2,16 @@
 //! [`Backend`], so other stores and fault-injecting test backends can be added without touching
 //! the pipeline. The redb index is a local file managed by redb itself.
 
-use crate::direct::{DirectWriter, MIN_DIRECT_BYTES};
 use crate::error::{IoContext, Result};
+use direct::{DirectWriter, MIN_DIRECT_BYTES};
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+
+pub mod direct;
 
 /// Fault injection for tests: a backend that fails after N operations, and an index file that
 /// loses what was not synced.
