@@ -14,7 +14,8 @@
 #
 # Settings: restic repository version 2 (zstd, compression "auto"; restic always encrypts),
 # borg `-e none --compression zstd,3`, strata defaults (backups of kind hourly, as a scheduled job
-# would make them). Source data is synced before each step.
+# would make them). Source data is synced before each step. STRATA_BIN=PATH runs that strata
+# binary instead of building this checkout.
 set -euo pipefail
 
 runs=3 size_mb=1024 steps=5 rustic=0 out=""
@@ -48,8 +49,13 @@ if [ "$rustic" = 1 ]; then
   command -v rustic >/dev/null || cargo install --locked rustic-rs
   tools+=(rustic)
 fi
-(cd "$here" && cargo build --release --quiet)
-strata="$here/target/release/strata"
+# STRATA_BIN runs another build (an older commit, to compare two builds against the same peers).
+if [ -n "${STRATA_BIN:-}" ]; then
+  strata=$STRATA_BIN
+else
+  (cd "$here" && cargo build --release --quiet)
+  strata="$here/target/release/strata"
+fi
 
 if [ ! -f "$base/.complete" ]; then
   echo "generating W1 ($size_mb MB database) in $base ..." >&2
