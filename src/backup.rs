@@ -13,10 +13,6 @@
 //! A crash before step 5 leaves only unreferenced pack files; after it, the snapshot is complete
 //! (step 6 is redone by the next writer if it was interrupted).
 
-use crate::capture::{
-    CaptureOptions, FileRead, Group, GroupCapture, GroupIo, Hooks, Seen, backoff, capture_group,
-    find_groups, run_hook,
-};
 use crate::chunker::{ChunkStream, CutMode, sqlite_page_size};
 use crate::compress::compress;
 use crate::error::{Error, IoContext, Result};
@@ -33,9 +29,13 @@ use crate::packer::{Packer, WrittenPack};
 use crate::pagesums::PageSums;
 use crate::refs::UsageCache;
 use crate::repo::Repo;
+use crate::source::capture::{
+    CaptureOptions, FileRead, Group, GroupCapture, GroupIo, Hooks, Seen, backoff, capture_group,
+    find_groups, run_hook,
+};
+use crate::source::walk::{WalkItem, walk_sources_excluding};
 use crate::sys::{ctime_ns, mtime_ns};
 use crate::tree::TreeBuilder;
-use crate::walk::{WalkItem, walk_sources_excluding};
 use rayon::prelude::*;
 use redb::ReadableTable;
 use std::collections::{HashMap, HashSet};
@@ -52,7 +52,7 @@ pub struct BackupOptions<'a> {
     pub name: Option<String>,
     pub tags: Vec<String>,
     pub kind: String,
-    /// Patterns of paths not to back up (see [`crate::walk::Excludes`]).
+    /// Patterns of paths not to back up (see [`crate::source::walk::Excludes`]).
     pub excludes: Vec<String>,
     /// Called with the number of bytes just processed (for a progress bar).
     pub progress: Option<&'a (dyn Fn(u64) + Sync)>,
@@ -326,12 +326,12 @@ fn capture(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
         });
         named.push((abs, name));
     }
-    let excludes = crate::walk::Excludes::new(&opts.excludes);
+    let excludes = crate::source::walk::Excludes::new(&opts.excludes);
     let walked = walk_sources_excluding(&named, &repo.root, &excludes)?;
     for (i, st) in opts.streams.iter().enumerate() {
         let clash = walked.sources.iter().any(|(n, _)| n == &st.name)
             || opts.streams[..i].iter().any(|o| o.name == st.name);
-        crate::walk::check_source_name(&st.name)?;
+        crate::source::walk::check_source_name(&st.name)?;
         if clash {
             return Err(Error::invalid(format!(
                 "two sources are named {:?}; give each its own NAME",
@@ -798,7 +798,7 @@ struct StoreIo<'a, 'r> {
     shared: &'a Shared<'r>,
     group: &'a Group,
     txn: &'a redb::ReadTransaction,
-    excludes: &'a crate::walk::Excludes,
+    excludes: &'a crate::source::walk::Excludes,
     start_ns: i64,
     /// Which files are SQLite databases, once looked at.
     is_db: HashMap<PathBuf, bool>,
@@ -808,7 +808,7 @@ impl GroupIo<Got> for StoreIo<'_, '_> {
     fn list(&mut self) -> Result<(Vec<WalkItem>, Vec<String>)> {
         let rel = self.group.rel.clone();
         let prefix = rel.iter().position(|&b| b == b'/').unwrap_or(rel.len()) + 1;
-        let walked = crate::walk::walk_below(
+        let walked = crate::source::walk::walk_below(
             &self.group.root,
             rel,
             prefix,
@@ -1124,7 +1124,7 @@ fn read_file(
     let mut captured = false;
     let size = match mode {
         CutMode::Fixed(page) if !shared.raw_sqlite || strict => {
-            let read = crate::sqlite::ReadSnapshot::begin(path).and_then(|snap| {
+            let read = crate::source::sqlite::ReadSnapshot::begin(path).and_then(|snap| {
                 if snap.page_size != page {
                     return Err(Error::invalid(format!(
                         "{}: page size {} where the header says {page}",
@@ -2109,12 +2109,12 @@ fn store_segment(
 /// plus the few the reader has filled ahead).
 const SQLITE_ROUND: usize = 8;
 
-/// Reads a SQLite database as one consistent image through SQLite (see [`crate::sqlite`]): a
+/// Reads a SQLite database as one consistent image through SQLite (see [`crate::source::sqlite`]): a
 /// reader thread fills 1 MiB segments of whole pages in order, and each round of segments is
 /// hashed, deduplicated and stored in parallel as for any page-aligned file.
 fn read_sqlite(
     shared: &Shared,
-    snapshot: crate::sqlite::ReadSnapshot,
+    snapshot: crate::source::sqlite::ReadSnapshot,
     path: &std::path::Path,
     page: u32,
     state: &mut FileState,
@@ -2125,7 +2125,7 @@ fn read_sqlite(
     let page_len = page as usize;
     let (sums, mut sink) = SumState::split_opt(state.sums.as_deref_mut());
     std::thread::scope(|s| {
-        let reader = s.spawn(move || -> Result<crate::sqlite::Image> {
+        let reader = s.spawn(move || -> Result<crate::source::sqlite::Image> {
             let take = || {
                 free_rx
                     .try_recv()
@@ -2313,7 +2313,7 @@ fn without_sqlite_siblings(items: Vec<WalkItem>) -> Vec<WalkItem> {
     let mut drop = HashSet::new();
     for item in items.iter().filter(|i| i.kind == EntryKind::File) {
         let name = item.abs.as_os_str().as_bytes();
-        for suffix in crate::sqlite::SIBLING_SUFFIXES {
+        for suffix in crate::source::sqlite::SIBLING_SUFFIXES {
             if let Some(base) = name.strip_suffix(suffix.as_bytes()) {
                 let base = std::path::Path::new(std::ffi::OsStr::from_bytes(base));
                 if files.contains(base) && looks_paged(base) {

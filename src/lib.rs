@@ -37,7 +37,6 @@
 
 pub mod backup;
 pub mod blobs;
-pub mod capture;
 pub mod chunker;
 pub mod codec;
 pub mod compress;
@@ -66,14 +65,13 @@ pub mod rollback;
 pub mod s3;
 pub mod schedule;
 pub mod snapshots;
-pub mod sqlite;
+pub mod source;
 pub mod stats;
 pub mod storage;
 pub mod sys;
 pub mod tree;
 pub mod tune;
 pub mod verify;
-pub mod walk;
 
 pub use error::{Error, ErrorKind, Result};
 pub use id::{ChunkId, SnapshotId};

@@ -10,9 +10,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 use strata::backup::{BackupOptions, NamedPath, StreamFrom, StreamSource, backup as run_backup};
-use strata::capture::{CaptureOptions, Hooks};
 use strata::chunker::ChunkerParams;
 use strata::repo::{Config, Repo};
+use strata::source::capture::{CaptureOptions, Hooks};
 
 pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
 
