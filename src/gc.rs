@@ -16,8 +16,8 @@
 //!    blob whose children are gone) and drops the old packs; only after it commits are old pack
 //!    files deleted. A crash at any point leaves every snapshot restorable; the next gc finishes.
 
-use crate::backup::insert_packs;
 use crate::blobs::{BlobReader, blob_in_frame, check_hash};
+use crate::commit::insert_packs;
 use crate::compress::compress;
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, SnapshotId};

@@ -39,6 +39,7 @@ pub mod backup;
 pub mod blobs;
 pub mod chunker;
 pub mod codec;
+mod commit;
 pub mod compress;
 pub mod copy;
 pub mod crypto;
