@@ -13,12 +13,13 @@ use crate::index::{FileStamp, IndexReader};
 use crate::manifest::Content;
 use crate::source::capture::{CaptureOptions, Seen, backoff};
 use crate::source::read_full_at;
-use crate::source::sqlite::wal_stamp;
+use crate::source::sqlite::{ReadSnapshot, wal_stamp};
 use crate::source::walk::WalkItem;
 use crate::sys::{ctime_ns, mtime_ns};
 use crate::tree::TreeBuilder;
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 use std::sync::atomic::Ordering;
 
 /// Files whose ctime is this close to the start of the backup are not trusted for the fast path
@@ -32,7 +33,8 @@ pub(super) struct ReadFile {
     pub(super) page_size: u32,
     /// The stamp to remember, unless the file changed while it was read.
     pub(super) stamp: Option<FileStamp>,
-    /// The [`PageSums`] record to keep with the stamp (encoded, sealed if encrypted).
+    /// The [`PageSums`](crate::pagesums::PageSums) record to keep with the stamp (encoded, sealed
+    /// if encrypted).
     pub(super) sums: Option<Vec<u8>>,
     /// Worth telling the user (a database that had to be copied raw...).
     pub(super) notes: Vec<String>,
@@ -77,14 +79,8 @@ pub(super) fn read_file(
     let before = file.metadata().ctx("stat", path)?;
     unsafe_advise_sequential(&file);
     let repo = shared.repo;
-    let mut header = [0u8; 100];
-    let header_len = read_full_at(&file, &mut header, 0).ctx("read", path)?;
     let strict = shared.databases.contains(path);
-    let page_size = if repo.config.sqlite_pages || strict {
-        sqlite_page_size(&header[..header_len]).unwrap_or(0)
-    } else {
-        0
-    };
+    let page_size = page_size_of(shared, &file, path, strict)?;
     let mode = if page_size > 0 {
         CutMode::Fixed(page_size)
     } else {
@@ -112,28 +108,20 @@ pub(super) fn read_file(
         Some(r) => r.read(id),
         None => Err(Error::not_found("no previous version")),
     };
-    // The previous version is only a hint: if it cannot be read (its snapshots were forgotten
-    // and collected), the file is simply deduplicated through the index.
     let mut prev = match previous {
-        Some(p) if p.page_size == page_size => {
-            crate::tree::LeafWalker::new(&p.content, p.size, &fetch)
-                .ok()
-                .map(PreviousVersion::new)
-        }
+        Some(p) if p.page_size == page_size => PreviousVersion::of(p, &fetch),
         _ => None,
     };
-
     // For a file cut by content: the previous version's chunks once more, for `CdcSkip`.
     let cdc_prev = match (mode, previous) {
         (CutMode::Cdc, Some(p))
             if p.page_size == 0 && sums.as_ref().is_some_and(|s| !s.prev.is_empty()) =>
         {
-            crate::tree::LeafWalker::new(&p.content, p.size, &fetch)
-                .ok()
-                .map(|w| (PreviousVersion::new(w), p.size))
+            PreviousVersion::of(p, &fetch).map(|v| (v, p.size))
         }
         _ => None,
     };
+
     let mut builder = TreeBuilder::new(shared.key);
     let mut emit = |id: ChunkId, bytes: Vec<u8>| shared.store_node(id, bytes);
     let mut state = FileState {
@@ -144,73 +132,25 @@ pub(super) fn read_file(
     };
     let wal_before = wal_stamp(path, page_size);
     let mut notes = Vec::new();
-    let mut captured = false;
-    let size = match mode {
+    let (size, captured) = match mode {
         CutMode::Fixed(page) if !shared.raw_sqlite || strict => {
-            let read = crate::source::sqlite::ReadSnapshot::begin(path).and_then(|snap| {
-                if snap.page_size != page {
-                    return Err(Error::invalid(format!(
-                        "{}: page size {} where the header says {page}",
-                        path.display(),
-                        snap.page_size
-                    )));
-                }
-                if snap.wal {
-                    read_sqlite(shared, snap, path, page, &mut state)
-                } else {
-                    // Rollback journal: the file is the image while the snapshot holds.
-                    let size =
-                        read_pages(shared, &file, path, page, &mut state, snap.image().bytes())?;
-                    if size != snap.image().bytes() {
-                        return Err(Error::invalid(format!(
-                            "{}: {size} bytes read of a {}-byte image",
-                            path.display(),
-                            snap.image().bytes()
-                        )));
-                    }
-                    Ok(size)
-                }
-            });
-            match read {
-                Ok(size) => {
-                    captured = true;
-                    size
-                }
-                // SQLite could not open it (damaged, or only looks like a database): the
-                // bytes as they are are still worth keeping.
-                // Failing part-way: this file is not backed up (the snapshot is partial).
-                Err(e) if strict => {
-                    return Err(Error::invalid(format!(
-                        "{}: cannot read a consistent image through SQLite: {e}",
-                        path.display()
-                    )));
-                }
-                Err(e) if !state.builder.is_empty() => {
-                    return Err(Error::io_path(
-                        "read",
-                        path,
-                        std::io::Error::other(e.to_string()),
-                    ));
-                }
-                Err(e) => {
-                    notes.push(format!(
-                        "{}: not readable as a SQLite database ({e}); copied as a plain file",
-                        path.display()
-                    ));
-                    read_pages(shared, &file, path, page, &mut state, u64::MAX)?
-                }
-            }
+            read_database(shared, &file, path, page, strict, &mut state, &mut notes)?
         }
-        CutMode::Fixed(page) => read_pages(shared, &file, path, page, &mut state, u64::MAX)?,
+        CutMode::Fixed(page) => {
+            let size = read_pages(shared, &file, path, page, &mut state, u64::MAX)?;
+            (size, false)
+        }
         CutMode::Cdc => {
             // A window no larger than the file (plus room to decide the last cut).
             let window = (before.len() as usize)
                 .saturating_add(1)
                 .min(crate::chunker::WINDOW);
-            read_cdc(shared, &file, window, &mut state, cdc_prev).ctx("read", path)?
+            let size = read_cdc(shared, &file, window, &mut state, cdc_prev).ctx("read", path)?;
+            (size, false)
         }
     };
     let content = builder.finish(&mut emit)?;
+
     let after = std::fs::metadata(path).ctx("stat", path)?;
     let wal_after = wal_stamp(path, page_size);
     // A captured image can be longer than the main file (pages still in the WAL).
@@ -242,6 +182,90 @@ pub(super) fn read_file(
         stable: captured || unchanged,
         attempts: 1,
     })
+}
+
+/// The page size to cut the file at, from its SQLite header (when databases are cut at pages,
+/// or it was named as a database), or 0 to cut it by content.
+fn page_size_of(shared: &Shared, file: &File, path: &Path, strict: bool) -> Result<u32> {
+    let mut header = [0u8; 100];
+    let header_len = read_full_at(file, &mut header, 0).ctx("read", path)?;
+    Ok(if shared.repo.config.sqlite_pages || strict {
+        sqlite_page_size(&header[..header_len]).unwrap_or(0)
+    } else {
+        0
+    })
+}
+
+/// Reads a file that starts like a SQLite database as one consistent image through SQLite;
+/// returns its size and whether it was read so. One SQLite cannot open is copied as it is, with a
+/// note, unless it was named as a database (`strict`).
+fn read_database(
+    shared: &Shared,
+    file: &File,
+    path: &Path,
+    page: u32,
+    strict: bool,
+    state: &mut FileState,
+    notes: &mut Vec<String>,
+) -> Result<(u64, bool)> {
+    let read = ReadSnapshot::begin(path)
+        .and_then(|snap| read_image(shared, snap, file, path, page, state));
+    match read {
+        Ok(size) => Ok((size, true)),
+        // SQLite could not open it (damaged, or only looks like a database): the
+        // bytes as they are are still worth keeping.
+        // Failing part-way: this file is not backed up (the snapshot is partial).
+        Err(e) if strict => Err(Error::invalid(format!(
+            "{}: cannot read a consistent image through SQLite: {e}",
+            path.display()
+        ))),
+        Err(e) if !state.builder.is_empty() => Err(Error::io_path(
+            "read",
+            path,
+            std::io::Error::other(e.to_string()),
+        )),
+        Err(e) => {
+            notes.push(format!(
+                "{}: not readable as a SQLite database ({e}); copied as a plain file",
+                path.display()
+            ));
+            let size = read_pages(shared, file, path, page, state, u64::MAX)?;
+            Ok((size, false))
+        }
+    }
+}
+
+/// Reads the image a SQLite read transaction holds: through SQLite in WAL mode, else from the
+/// file itself (no writer can commit while the transaction lasts).
+fn read_image(
+    shared: &Shared,
+    snap: ReadSnapshot,
+    file: &File,
+    path: &Path,
+    page: u32,
+    state: &mut FileState,
+) -> Result<u64> {
+    if snap.page_size != page {
+        return Err(Error::invalid(format!(
+            "{}: page size {} where the header says {page}",
+            path.display(),
+            snap.page_size
+        )));
+    }
+    if snap.wal {
+        read_sqlite(shared, snap, path, page, state)
+    } else {
+        // Rollback journal: the file is the image while the snapshot holds.
+        let size = read_pages(shared, file, path, page, state, snap.image().bytes())?;
+        if size != snap.image().bytes() {
+            return Err(Error::invalid(format!(
+                "{}: {size} bytes read of a {}-byte image",
+                path.display(),
+                snap.image().bytes()
+            )));
+        }
+        Ok(size)
+    }
 }
 
 fn stamp_of(m: &std::fs::Metadata, content: Content, page_size: u32) -> FileStamp {

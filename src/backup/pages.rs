@@ -223,34 +223,18 @@ pub(super) fn read_sqlite(
     let page_len = page as usize;
     let (sums, mut sink) = SumState::split_opt(state.sums.as_deref_mut());
     std::thread::scope(|s| {
-        let reader = s.spawn(move || -> Result<crate::source::sqlite::Image> {
+        let reader = s.spawn(move || {
             let take = || {
                 free_rx
                     .try_recv()
                     .unwrap_or_else(|_| Vec::with_capacity(SEGMENT))
             };
-            let mut buf = take();
-            let image = snapshot.read_pages(&mut |p| {
-                if p.len() != page_len {
-                    return Err(Error::invalid(format!(
-                        "{}: page size changed to {} while reading",
-                        path.display(),
-                        p.len()
-                    )));
-                }
-                buf.extend_from_slice(p);
-                if buf.len() >= SEGMENT {
-                    let full = std::mem::replace(&mut buf, take());
-                    full_tx
-                        .send(full)
-                        .map_err(|_| Error::invalid("backup stopped reading"))?;
-                }
-                Ok(())
-            })?;
-            if !buf.is_empty() {
-                let _ = full_tx.send(buf);
-            }
-            Ok(image)
+            let send = |full| {
+                full_tx
+                    .send(full)
+                    .map_err(|_| Error::invalid("backup stopped reading"))
+            };
+            snapshot.read_segments(SEGMENT, take, send)
         });
         let processed = (|| -> Result<u64> {
             let mut offset = 0u64;

@@ -1,18 +1,33 @@
 //! What the previous version of a file says about this one: its chunks, by offset.
 
+use crate::error::Result;
 use crate::id::ChunkId;
+use crate::index::FileStamp;
+use crate::tree::LeafWalker;
 
 /// Tracks the previous version of a file so unchanged chunks at the same offset are recognised
 /// without an index lookup.
 pub(super) struct PreviousVersion<'a> {
-    walker: crate::tree::LeafWalker<'a>,
+    walker: LeafWalker<'a>,
     current: Option<(u64, ChunkId, u64)>,
     next_offset: u64,
     broken: bool,
 }
 
 impl<'a> PreviousVersion<'a> {
-    pub(super) fn new(walker: crate::tree::LeafWalker<'a>) -> Self {
+    /// The chunks of the version `stamp` names, their nodes read with `fetch`. The previous
+    /// version is only a hint: if it cannot be read (its snapshots were forgotten and
+    /// collected), `None`, and the file is simply deduplicated through the index.
+    pub(super) fn of(
+        stamp: &FileStamp,
+        fetch: &'a (dyn Fn(&ChunkId) -> Result<Vec<u8>> + Sync),
+    ) -> Option<Self> {
+        LeafWalker::new(&stamp.content, stamp.size, fetch)
+            .ok()
+            .map(PreviousVersion::new)
+    }
+
+    fn new(walker: LeafWalker<'a>) -> Self {
         PreviousVersion {
             walker,
             current: None,

@@ -1,14 +1,15 @@
 //! Where a backup's chunks go: the state its reading threads share (what the repository has,
 //! the pack being filled, the counts), and one file's chunk list as it is built.
 
-use super::digests::SumState;
+use super::digests::{SUM_BUDGET, SumState};
 use super::previous::PreviousVersion;
+use crate::commit::insert_packs;
 use crate::compress::compress;
 use crate::error::{Error, Result};
 use crate::id::ChunkId;
 use crate::index::IndexReader;
 use crate::pack::BlobKind;
-use crate::packer::Packer;
+use crate::packer::{Packer, WrittenPack};
 use crate::repo::Repo;
 use crate::tree::TreeBuilder;
 use std::collections::HashSet;
@@ -33,12 +34,57 @@ pub(super) struct Shared<'r> {
     pub(super) raw_sqlite: bool,
     /// Databases named with `--sqlite`: a consistent image or the backup fails.
     pub(super) databases: &'r HashSet<PathBuf>,
-    /// Chunk digests this backup may still hold until its commit (see
-    /// [`SUM_BUDGET`](super::digests::SUM_BUDGET)).
+    /// Chunk digests this backup may still hold until its commit (see [`SUM_BUDGET`]).
     pub(super) sum_budget: AtomicU64,
 }
 
-impl Shared<'_> {
+impl<'r> Shared<'r> {
+    /// The state of a backup that starts from the index `reader` and fills packs with `packer`.
+    pub(super) fn new(
+        repo: &'r Repo,
+        reader: IndexReader,
+        packer: Packer<'r>,
+        progress: Option<&'r (dyn Fn(u64) + Sync)>,
+        raw_sqlite: bool,
+        databases: &'r HashSet<PathBuf>,
+    ) -> Self {
+        Shared {
+            repo,
+            reader: RwLock::new(Arc::new(reader)),
+            key: repo.id_key().copied(),
+            added: Mutex::new(HashSet::new()),
+            packer,
+            new_chunks: AtomicU64::new(0),
+            new_raw: AtomicU64::new(0),
+            new_stored: AtomicU64::new(0),
+            progress,
+            raw_sqlite,
+            databases,
+            sum_budget: AtomicU64::new(SUM_BUDGET),
+        }
+    }
+
+    /// Records written packs and their blobs in the index, in a transaction of their own, then
+    /// has the readers look blobs up in the index as it is now.
+    pub(super) fn index_packs(&self, packs: Vec<WrittenPack>) -> Result<()> {
+        let repo = self.repo;
+        let ids: Vec<ChunkId> = packs
+            .iter()
+            .flat_map(|p| p.entries.iter().map(|e| e.id))
+            .collect();
+        let txn = repo.index.write()?;
+        insert_packs(&txn, packs)?;
+        txn.commit()?;
+        // Readers see the new blobs first, then they leave the in-memory set.
+        let fresh = Arc::new(IndexReader::new(&repo.index.read()?)?);
+        *self.reader.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        let mut added = self.added.lock().unwrap_or_else(|p| p.into_inner());
+        for id in &ids {
+            added.remove(id);
+        }
+        Ok(())
+    }
+
     /// True if the blob must be stored; marks it as added so no other thread stores it too.
     /// (A blob whose pack is indexed between the two checks can be stored twice; the index then
     /// points at the second copy and the first is garbage: wasteful, never wrong.)

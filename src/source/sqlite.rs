@@ -12,6 +12,10 @@
 //! checkpointed past the reader until it finishes); in rollback-journal mode a commit waits for
 //! the read to end, which takes about as long as reading the file. Nothing is written to the
 //! database and no lock outlives the read.
+//!
+//! Beside the reader: whether a file is a database (`looks_paged`, `check_sqlite_source` for one
+//! named with `--sqlite`), the -wal, -shm and -journal files that belong to a live database and
+//! not to its image, and the stamp of a database's log, which the file cache compares.
 
 use crate::chunker::sqlite_page_size;
 use crate::error::{Error, Result};
@@ -189,6 +193,39 @@ impl ReadSnapshot {
             )));
         }
         Ok(self.image())
+    }
+
+    /// Hands every page of the snapshot, in order, to `on_full` in buffers of whole pages, each
+    /// of at least `segment` bytes but the last (handed on unless empty, whatever `on_full` then
+    /// says). Empty buffers come from `take`. Stops at the first error of `on_full`, or at a page
+    /// of another size than the snapshot's.
+    pub fn read_segments(
+        &self,
+        segment: usize,
+        mut take: impl FnMut() -> Vec<u8>,
+        mut on_full: impl FnMut(Vec<u8>) -> Result<()>,
+    ) -> Result<Image> {
+        let page_len = self.page_size as usize;
+        let mut buf = take();
+        let image = self.read_pages(&mut |p| {
+            if p.len() != page_len {
+                return Err(Error::invalid(format!(
+                    "{}: page size changed to {} while reading",
+                    self.path.display(),
+                    p.len()
+                )));
+            }
+            buf.extend_from_slice(p);
+            if buf.len() >= segment {
+                let full = std::mem::replace(&mut buf, take());
+                on_full(full)?;
+            }
+            Ok(())
+        })?;
+        if !buf.is_empty() {
+            let _ = on_full(buf);
+        }
+        Ok(image)
     }
 }
 

@@ -1,6 +1,7 @@
 //! Named streams: the output of a command, standard input, a PostgreSQL dump or a Redis RDB
 //! file, each stored as one file of the snapshot.
 
+use crate::error::{Error, Result};
 use crate::manifest::SourceKind;
 
 /// A named stream stored as one file of the snapshot.
@@ -39,8 +40,66 @@ impl StreamSource {
         }
     }
 
+    /// Hands the stream to `consume`, with the words that name reading it in an error ("read
+    /// standard input for", "read the output of the command for"): standard input, or the
+    /// output of the program that produces the stream, which must then succeed. Returns what
+    /// `consume` returned and what the stream's first bytes say about its source.
+    pub(crate) fn read_with(
+        &self,
+        consume: impl FnOnce(&mut dyn std::io::Read, &str) -> Result<u64>,
+    ) -> Result<(u64, Vec<(String, String)>)> {
+        let (kind, described) = self.describe();
+        let kind = kind.as_str();
+        let (size, head) = match self.command() {
+            None => {
+                let mut input = Head {
+                    inner: std::io::stdin().lock(),
+                    head: Vec::new(),
+                };
+                let size = consume(&mut input, "read standard input for")?;
+                (size, input.head)
+            }
+            Some(mut command) => {
+                let program = command.get_program().to_string_lossy().into_owned();
+                let mut child = command
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()
+                    .map_err(|e| {
+                        Error::invalid(format!(
+                            "{kind} source {} ({described}): cannot run {program}: {e}",
+                            self.name
+                        ))
+                    })?;
+                let mut out = Head {
+                    inner: child.stdout.take().expect("stdout is piped"),
+                    head: Vec::new(),
+                };
+                let read = consume(&mut out, "read the output of the command for");
+                if read.is_err() {
+                    let _ = child.kill();
+                }
+                let status = child.wait().map_err(|e| {
+                    Error::invalid(format!(
+                        "{kind} source {} ({described}): waiting for {program}: {e}",
+                        self.name
+                    ))
+                })?;
+                let size = read?;
+                if !status.success() {
+                    return Err(Error::invalid(format!(
+                        "{kind} source {} ({described}): {program} failed ({status})",
+                        self.name
+                    )));
+                }
+                (size, out.head)
+            }
+        };
+        Ok((size, self.details(&head)))
+    }
+
     /// The program that produces the stream.
-    pub(crate) fn command(&self) -> Option<std::process::Command> {
+    fn command(&self) -> Option<std::process::Command> {
         let mut cmd;
         match &self.from {
             StreamFrom::Stdin => return None,
@@ -66,7 +125,7 @@ impl StreamSource {
     }
 
     /// What the first bytes of the stream say about its source.
-    pub(crate) fn details(&self, head: &[u8]) -> Vec<(String, String)> {
+    fn details(&self, head: &[u8]) -> Vec<(String, String)> {
         match &self.from {
             StreamFrom::Postgres(_) => {
                 let mut d = vec![("dump options".to_string(), PG_DUMP_OPTIONS.join(" "))];
@@ -137,9 +196,9 @@ fn rdb_details(head: &[u8]) -> Vec<(String, String)> {
 }
 
 /// Keeps a copy of the first bytes that pass through a reader.
-pub(crate) struct Head<R> {
-    pub(crate) inner: R,
-    pub(crate) head: Vec<u8>,
+struct Head<R> {
+    inner: R,
+    head: Vec<u8>,
 }
 
 const HEAD_BYTES: usize = 4096;
