@@ -218,7 +218,7 @@ impl<'c, R: Read> ChunkStream<'c, R> {
 
     /// Like [`ChunkStream::next_batch`], but at each chunk boundary `known(offset, rest)` may
     /// answer with the length of the chunk that starts there, where the caller can tell that the
-    /// cutter would cut there too (see `backup::CdcSkip`); the cutter runs only where it does
+    /// cutter would cut there too (see `backup::cdc::CdcSkip`); the cutter runs only where it does
     /// not.
     pub fn next_batch_known(
         &mut self,

@@ -75,7 +75,7 @@ pub fn copy(src: &Repo, dst: &Repo, ids: &[SnapshotId]) -> Result<CopyReport> {
         let next_pack = packs.iter().map(|p| p.no + 1).max().unwrap_or(0);
         report.packs_written += packs.len() as u64;
         report.pack_bytes += packs.iter().map(|p| p.size).sum::<u64>();
-        crate::backup::commit(dst, packs, next_pack, id, &framed, &[])?;
+        crate::commit::commit(dst, packs, next_pack, id, &framed, &[])?;
         dst.backend
             .put(&crate::manifest::object_name(id), &framed)?;
         report.copied.push(id.to_hex());

@@ -37,9 +37,9 @@
 
 pub mod backup;
 pub mod blobs;
-pub mod capture;
 pub mod chunker;
 pub mod codec;
+mod commit;
 pub mod compress;
 pub mod copy;
 pub mod crypto;
@@ -65,14 +65,13 @@ pub mod retention;
 pub mod s3;
 pub mod schedule;
 pub mod snapshots;
-pub mod sqlite;
+pub mod source;
 pub mod stats;
 pub mod storage;
 pub mod sys;
 pub mod tree;
 pub mod tune;
 pub mod verify;
-pub mod walk;
 
 pub use error::{Error, ErrorKind, Result};
 pub use id::{ChunkId, SnapshotId};

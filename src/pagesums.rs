@@ -7,7 +7,7 @@
 //! describe. The next backup of the file, if its cached stamp still names that content, digests
 //! what it reads: a page whose digest is the one recorded for its place keeps the previous
 //! version's blob id, and a content-defined chunk the cutter provably cuts again (see
-//! `backup::CdcSkip`) is taken as is. Only the rest is cut, hashed with BLAKE3 and, if new,
+//! `backup::cdc::CdcSkip`) is taken as is. Only the rest is cut, hashed with BLAKE3 and, if new,
 //! stored. XXH3 runs at memory speed where BLAKE3 of 4 KiB pages does about 2 GiB/s per core
 //! here, and an hourly backup of a large database is mostly that hashing.
 //!
@@ -37,6 +37,10 @@ const VERSION: u32 = 1;
 /// magic, version, page size, content kind, 3 zero, root id, seed, count.
 const HEAD: usize = 8 + 4 + 4 + 1 + 3 + 32 + 8 + 8;
 const DIR: &str = "page-sums";
+
+/// Files at least this large keep a record; smaller ones are cheap to hash, and a record each
+/// would only fill the directory.
+pub const MIN_FILE_SIZE: u64 = 4 << 20;
 
 impl PageSums {
     /// The digest of one page.

@@ -5,7 +5,7 @@ use crate::chunker::{ChunkStream, Chunker, ChunkerParams, CutMode, sqlite_page_s
 use crate::error::{IoContext, Result};
 use crate::id::ChunkId;
 use crate::manifest::EntryKind;
-use crate::walk::walk_sources;
+use crate::source::walk::walk_sources;
 use std::collections::HashSet;
 use std::fs::File;
 use std::os::unix::fs::FileExt;

@@ -42,7 +42,7 @@ fn start_writer(
 
 fn check_restored(db: &Path) -> u64 {
     assert_eq!(
-        strata::sqlite::integrity_check(db).unwrap(),
+        strata::source::sqlite::integrity_check(db).unwrap(),
         Ok(()),
         "{}",
         db.display()
@@ -157,7 +157,11 @@ fn live_snapshots(wal: bool) {
         *b = 0x5A;
     }
     std::fs::write(&db, &bytes).unwrap();
-    assert!(strata::sqlite::integrity_check(&db).unwrap().is_err());
+    assert!(
+        strata::source::sqlite::integrity_check(&db)
+            .unwrap()
+            .is_err()
+    );
     let damaged = env.backup(&[&out.join("app")]);
     let again = env.path("again");
     let r = env.run(&["restore", &damaged[..12], again.to_str().unwrap()]);

@@ -9,12 +9,11 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
-use strata::backup::{
-    BackupOptions, BackupReport, NamedPath, StreamFrom, StreamSource, backup as run_backup,
-};
-use strata::capture::{CaptureOptions, Hooks};
+use strata::backup::{BackupOptions, BackupReport, NamedPath, backup as run_backup};
 use strata::chunker::ChunkerParams;
 use strata::repo::{Config, Repo};
+use strata::source::capture::{CaptureOptions, Hooks};
+use strata::source::streams::{StreamFrom, StreamSource};
 
 pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
 

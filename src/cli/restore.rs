@@ -122,7 +122,7 @@ pub fn restore(repo: &Repo, args: RestoreArgs) -> Result<ExitCode> {
     let mut checks: Vec<(String, std::result::Result<(), String>)> = Vec::new();
     if !args.no_check_sqlite {
         for db in &report.databases {
-            let verdict = match strata::sqlite::integrity_check(db) {
+            let verdict = match strata::source::sqlite::integrity_check(db) {
                 Ok(v) => v,
                 Err(e) => Err(e.to_string()),
             };

@@ -4,8 +4,8 @@
 use super::file_cache::{FileKeys, split_file_keys};
 use super::plan::{Fate, GcPlan, frame_bytes};
 use super::report::GcReport;
-use crate::backup::insert_packs;
 use crate::blobs::{BlobReader, blob_in_frame, check_hash};
+use crate::commit::insert_packs;
 use crate::compress::compress;
 use crate::error::{Error, Result};
 use crate::id::ChunkId;

@@ -490,7 +490,7 @@ fn allocate(f: &fs::File, offset: u64, len: u64, path: &Path) -> Result<()> {
 /// A database's -wal, -shm or -journal file left beside the destination belongs to the file
 /// being replaced; SQLite would replay it over the restored image, so it goes first.
 fn remove_stale_sqlite_siblings(dest: &Path, dirs: &Dirs) -> Result<()> {
-    for sibling in crate::sqlite::siblings(dest) {
+    for sibling in crate::source::sqlite::siblings(dest) {
         match fs::remove_file(&sibling) {
             Ok(()) => dirs.record(Change::Removed(sibling)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -100,7 +100,7 @@ impl Stage {
             let skip: HashSet<PathBuf> = report
                 .databases
                 .iter()
-                .flat_map(|db| crate::sqlite::siblings(db))
+                .flat_map(|db| crate::source::sqlite::siblings(db))
                 .collect();
             keep_extras(&self.dest, &staged, &skip, &mut report)?;
         }

@@ -12,10 +12,23 @@
 //! checkpointed past the reader until it finishes); in rollback-journal mode a commit waits for
 //! the read to end, which takes about as long as reading the file. Nothing is written to the
 //! database and no lock outlives the read.
+//!
+//! Beside the reader: whether a file is a database (`looks_paged`, `check_sqlite_source` for one
+//! named with `--sqlite`), the -wal, -shm and -journal files that belong to a live database and
+//! not to its image, and the stamp of a database's log, which the file cache compares.
 
+use crate::chunker::sqlite_page_size;
 use crate::error::{Error, Result};
+use crate::manifest::EntryKind;
+use crate::source::read_full_at;
+use crate::source::walk::WalkItem;
+use crate::sys::{ctime_ns, mtime_ns};
 use rusqlite::{Connection, OpenFlags};
-use std::path::Path;
+use std::collections::HashSet;
+use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// How long to wait for a writer's exclusive lock (a commit in progress) before giving up.
@@ -181,6 +194,39 @@ impl ReadSnapshot {
         }
         Ok(self.image())
     }
+
+    /// Hands every page of the snapshot, in order, to `on_full` in buffers of whole pages, each
+    /// of at least `segment` bytes but the last (handed on unless empty, whatever `on_full` then
+    /// says). Empty buffers come from `take`. Stops at the first error of `on_full`, or at a page
+    /// of another size than the snapshot's.
+    pub fn read_segments(
+        &self,
+        segment: usize,
+        mut take: impl FnMut() -> Vec<u8>,
+        mut on_full: impl FnMut(Vec<u8>) -> Result<()>,
+    ) -> Result<Image> {
+        let page_len = self.page_size as usize;
+        let mut buf = take();
+        let image = self.read_pages(&mut |p| {
+            if p.len() != page_len {
+                return Err(Error::invalid(format!(
+                    "{}: page size changed to {} while reading",
+                    self.path.display(),
+                    p.len()
+                )));
+            }
+            buf.extend_from_slice(p);
+            if buf.len() >= segment {
+                let full = std::mem::replace(&mut buf, take());
+                on_full(full)?;
+            }
+            Ok(())
+        })?;
+        if !buf.is_empty() {
+            let _ = on_full(buf);
+        }
+        Ok(image)
+    }
 }
 
 impl Drop for ReadSnapshot {
@@ -231,6 +277,93 @@ pub fn integrity_check(path: &Path) -> Result<std::result::Result<(), String>> {
     } else {
         Err(lines.join("; "))
     })
+}
+
+/// Checks that a path named with `--sqlite` is a SQLite database; returns its absolute path (a
+/// symlink is followed to the database it points to).
+pub(crate) fn check_sqlite_source(path: &std::path::Path) -> Result<PathBuf> {
+    let shown = path.display();
+    let abs = std::fs::canonicalize(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::NotFound(format!("sqlite source {shown}: no such file"))
+        } else {
+            Error::io_path("resolve", path, e)
+        }
+    })?;
+    let file = File::open(&abs).map_err(|e| Error::io_path("open", path, e))?;
+    if !file
+        .metadata()
+        .map_err(|e| Error::io_path("stat", path, e))?
+        .is_file()
+    {
+        return Err(Error::invalid(format!(
+            "sqlite source {shown}: not a regular file"
+        )));
+    }
+    let mut header = [0u8; 100];
+    let n = read_full_at(&file, &mut header, 0).map_err(|e| Error::io_path("read", path, e))?;
+    if sqlite_page_size(&header[..n]).is_none() {
+        return Err(Error::invalid(format!(
+            "sqlite source {shown}: not a SQLite database (no SQLite header)"
+        )));
+    }
+    Ok(abs)
+}
+
+/// Whether a file starts like a SQLite database (it is then read page-aligned). Only a guess for
+/// scheduling: `read_file` decides for itself.
+pub(crate) fn looks_paged(path: &std::path::Path) -> bool {
+    let mut header = [0u8; 100];
+    File::open(path)
+        .and_then(|f| read_full_at(&f, &mut header, 0))
+        .is_ok_and(|n| sqlite_page_size(&header[..n]).is_some())
+}
+
+/// The stamp of a database's write-ahead log (`None` when the file is not cut at pages or has
+/// no log).
+pub(crate) fn wal_stamp(db: &std::path::Path, page_size: u32) -> Option<(u64, i64, i64, u64)> {
+    if page_size == 0 {
+        return None;
+    }
+    let mut name = db.as_os_str().to_os_string();
+    name.push("-wal");
+    std::fs::metadata(&name)
+        .ok()
+        .map(|m| (m.len(), mtime_ns(&m), ctime_ns(&m), m.ino()))
+}
+
+/// Drops the -wal, -shm and -journal files of SQLite databases that are backed up: the
+/// database is read through SQLite as one consistent image, and a log restored beside that
+/// image would be replayed over it.
+pub(crate) fn without_sqlite_siblings(items: Vec<WalkItem>) -> Vec<WalkItem> {
+    let files: HashSet<&std::path::Path> = items
+        .iter()
+        .filter(|i| i.kind == EntryKind::File)
+        .map(|i| i.abs.as_path())
+        .collect();
+    let mut drop = HashSet::new();
+    for item in items.iter().filter(|i| i.kind == EntryKind::File) {
+        let name = item.abs.as_os_str().as_bytes();
+        for suffix in SIBLING_SUFFIXES {
+            if let Some(base) = name.strip_suffix(suffix.as_bytes()) {
+                let base = std::path::Path::new(std::ffi::OsStr::from_bytes(base));
+                if files.contains(base) && looks_paged(base) {
+                    drop.insert(item.abs.clone());
+                }
+            }
+        }
+    }
+    drop_items(items, &drop)
+}
+
+fn drop_items(items: Vec<WalkItem>, drop: &HashSet<PathBuf>) -> Vec<WalkItem> {
+    if drop.is_empty() {
+        return items;
+    }
+    items
+        .into_iter()
+        .filter(|i| !drop.contains(&i.abs))
+        .collect()
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@
 
 use crate::error::{Error, IoContext, Result};
 use crate::manifest::EntryKind;
-use crate::walk::WalkItem;
+use crate::source::walk::WalkItem;
 use std::collections::{HashMap, HashSet};
 use std::fs::Metadata;
 use std::os::unix::fs::MetadataExt;
@@ -236,7 +236,7 @@ pub trait GroupIo<T> {
 /// Whether `item` is the -wal, -shm or -journal file of a database among `dbs`.
 fn is_sibling(item: &WalkItem, dbs: &HashSet<PathBuf>) -> bool {
     let name = item.abs.as_os_str().as_encoded_bytes();
-    crate::sqlite::SIBLING_SUFFIXES.iter().any(|s| {
+    crate::source::sqlite::SIBLING_SUFFIXES.iter().any(|s| {
         name.strip_suffix(s.as_bytes()).is_some_and(|base| {
             // SAFETY: `base` is a prefix of an OsStr's bytes ending before an ASCII suffix.
             let base = unsafe { std::ffi::OsStr::from_encoded_bytes_unchecked(base) };
@@ -512,7 +512,7 @@ fn drain<R: std::io::Read + Send + 'static>(pipe: Option<R>) -> std::thread::Joi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::walk::{Excludes, walk_below};
+    use crate::source::walk::{Excludes, walk_below};
     use std::fs;
 
     /// A store on disk whose reads can change files behind the capture's back.

@@ -1,0 +1,127 @@
+//! The file cache: files whose stamp has not changed since the last backup keep their chunk
+//! list without being read.
+
+use super::sources::Walk;
+use crate::error::Result;
+use crate::index::{FileStamp, IndexReader};
+use crate::manifest::{Content, EntryKind};
+use crate::repo::Repo;
+use crate::source::capture::Seen;
+use crate::source::sqlite::wal_stamp;
+use crate::source::walk::WalkItem;
+use std::collections::HashMap;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+
+/// A file's content as the manifest records it: (content, size, page size).
+pub(super) type Stored = (Content, u64, u32);
+
+/// What the file cache leaves to read.
+pub(super) struct ToRead {
+    /// The files outside the stores to read, by their index in [`Walk::items`].
+    pub(super) files: Vec<usize>,
+    /// Per item, the stamp the cache had for it, if any: a hint (its chunks as last stored).
+    pub(super) previous: Vec<Option<FileStamp>>,
+    /// Per store, the files the cache knows, at the stamp it knows them at.
+    pub(super) known: Vec<HashMap<PathBuf, (Seen, Stored)>>,
+}
+
+impl ToRead {
+    /// The bytes of the files to read outside the stores, as the walk found them.
+    pub(super) fn bytes(&self, items: &[WalkItem]) -> u64 {
+        self.files.iter().map(|&i| items[i].meta.len()).sum()
+    }
+}
+
+/// Looks every walked file up in the file cache: the content of each file outside the stores
+/// that the cache still describes (by index in [`Walk::items`]), and what is left to read.
+pub(super) fn consult(
+    repo: &Repo,
+    txn: &redb::ReadTransaction,
+    reader: &IndexReader,
+    walk: &Walk,
+) -> Result<(Vec<Option<Stored>>, ToRead)> {
+    let items = &walk.items;
+    let mut files = Vec::new();
+    let mut contents: Vec<Option<Stored>> = vec![None; items.len()];
+    let mut previous: Vec<Option<FileStamp>> = vec![None; items.len()];
+    for (i, item) in items.iter().enumerate() {
+        if item.kind != EntryKind::File {
+            continue;
+        }
+        match cache_lookup(repo, txn, reader, item)? {
+            Cached::Hit(c) => contents[i] = Some(c),
+            Cached::Miss(stamp) => {
+                previous[i] = stamp;
+                files.push(i);
+            }
+        }
+    }
+    let mut known: Vec<HashMap<PathBuf, (Seen, Stored)>> =
+        walk.groups.iter().map(|_| HashMap::new()).collect();
+    for item in walk.grouped.iter().filter(|i| i.kind == EntryKind::File) {
+        if let Cached::Hit(stored) = cache_lookup(repo, txn, reader, item)?
+            && let Some(g) = walk.groups.iter().position(|g| g.holds(&item.abs))
+        {
+            known[g].insert(item.abs.clone(), (Seen::of(&item.meta), stored));
+        }
+    }
+    let to_read = ToRead {
+        files,
+        previous,
+        known,
+    };
+    Ok((contents, to_read))
+}
+
+/// Whether the file cache still describes `item` (and its content is in the repository).
+enum Cached {
+    Hit(Stored),
+    /// Not cached, or changed since: the stamp cached for it, if any, as a hint.
+    Miss(Option<FileStamp>),
+}
+
+fn cache_lookup(
+    repo: &Repo,
+    txn: &redb::ReadTransaction,
+    reader: &IndexReader,
+    item: &WalkItem,
+) -> Result<Cached> {
+    Ok(match cached_stamp(repo, txn, &item.abs)? {
+        Some(stamp)
+            if stamp_matches(&stamp, &item.meta)
+                && stamp.wal == wal_stamp(&item.abs, stamp.page_size)
+                && content_present(reader, &stamp.content)? =>
+        {
+            Cached::Hit((stamp.content, stamp.size, stamp.page_size))
+        }
+        stamp => Cached::Miss(stamp),
+    })
+}
+
+/// The file cache's stamp for the file at `abs`, if any.
+pub(super) fn cached_stamp(
+    repo: &Repo,
+    txn: &redb::ReadTransaction,
+    abs: &std::path::Path,
+) -> Result<Option<FileStamp>> {
+    crate::index::file_stamp(txn, &repo.file_key(abs.as_os_str().as_bytes()))
+}
+
+fn stamp_matches(s: &FileStamp, m: &std::fs::Metadata) -> bool {
+    let cached = Seen {
+        size: s.size,
+        mtime_ns: s.mtime_ns,
+        ctime_ns: s.ctime_ns,
+        ino: s.ino,
+        dev: s.dev,
+    };
+    cached == Seen::of(m)
+}
+
+fn content_present(reader: &IndexReader, content: &Content) -> Result<bool> {
+    match content {
+        Content::Empty => Ok(true),
+        Content::Chunk(id) | Content::Tree(id) => reader.contains(id),
+    }
+}

@@ -1,0 +1,290 @@
+//! Reading one file: cut by content or at pages, read again while it changes, and stamped for
+//! the file cache when it held still.
+
+use super::cdc::{ReadContext, read_cdc};
+use super::digests::{sum_record, sum_state};
+use super::pages::{read_pages, read_sqlite};
+use super::previous::PreviousVersion;
+use super::writer::{FileState, Shared};
+use crate::chunker::{CutMode, sqlite_page_size};
+use crate::error::{Error, IoContext, Result};
+use crate::id::ChunkId;
+use crate::index::{FileStamp, IndexReader};
+use crate::manifest::Content;
+use crate::source::capture::{CaptureOptions, Seen, backoff};
+use crate::source::read_full_at;
+use crate::source::sqlite::{ReadSnapshot, wal_stamp};
+use crate::source::walk::WalkItem;
+use crate::sys::{ctime_ns, mtime_ns};
+use crate::tree::TreeBuilder;
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+/// Files whose ctime is this close to the start of the backup are not trusted for the fast path
+/// next time: a later write within the same timestamp tick would go unnoticed.
+const RACY_WINDOW_NS: i64 = 100_000_000;
+
+/// Result of reading one file.
+pub(super) struct ReadFile {
+    pub(super) content: Content,
+    pub(super) size: u64,
+    pub(super) page_size: u32,
+    /// The stamp to remember, unless the file changed while it was read.
+    pub(super) stamp: Option<FileStamp>,
+    /// The [`PageSums`](crate::pagesums::PageSums) record to keep with the stamp (encoded, sealed
+    /// if encrypted).
+    pub(super) sums: Option<Vec<u8>>,
+    /// Worth telling the user (a database that had to be copied raw...).
+    pub(super) notes: Vec<String>,
+    /// The file's stamp when the read began.
+    pub(super) seen: Seen,
+    /// Whether the bytes are the file as it was at one instant: it did not change while it was
+    /// read, or it was read as one consistent image through SQLite.
+    pub(super) stable: bool,
+    /// Reads it took.
+    pub(super) attempts: u32,
+}
+
+/// Reads a file again, with backoff, while it changes during the read (at most
+/// `opts.retries` more times).
+pub(super) fn read_stably(
+    shared: &Shared,
+    item: &WalkItem,
+    previous: Option<&FileStamp>,
+    start_ns: i64,
+    opts: &CaptureOptions,
+) -> Result<ReadFile> {
+    let mut attempt = 1;
+    loop {
+        let mut rf = read_file(shared, item, previous, start_ns)?;
+        rf.attempts = attempt;
+        if rf.stable || attempt > opts.retries {
+            return Ok(rf);
+        }
+        std::thread::sleep(backoff(attempt));
+        attempt += 1;
+    }
+}
+
+pub(super) fn read_file(
+    shared: &Shared,
+    item: &WalkItem,
+    previous: Option<&FileStamp>,
+    start_ns: i64,
+) -> Result<ReadFile> {
+    let path = &item.abs;
+    let file = File::open(path).ctx("open", path)?;
+    let before = file.metadata().ctx("stat", path)?;
+    unsafe_advise_sequential(&file);
+    let repo = shared.repo;
+    let strict = shared.databases.contains(path);
+    let page_size = page_size_of(shared, &file, path, strict)?;
+    let mode = if page_size > 0 {
+        CutMode::Fixed(page_size)
+    } else {
+        CutMode::Cdc
+    };
+
+    // Nodes of the previous version are read through the index as it was when we started.
+    let prev_index = match previous {
+        Some(_) => Some(IndexReader::new(&repo.index.read()?)?),
+        None => None,
+    };
+    let mut sums = sum_state(
+        repo,
+        &shared.sum_budget,
+        path,
+        page_size,
+        before.len(),
+        previous,
+    )?;
+    let blob_reader = match &prev_index {
+        Some(index) => Some(crate::blobs::BlobReader::new(repo, index)?),
+        None => None,
+    };
+    let fetch = |id: &ChunkId| match &blob_reader {
+        Some(r) => r.read(id),
+        None => Err(Error::not_found("no previous version")),
+    };
+    let mut prev = match previous {
+        Some(p) if p.page_size == page_size => PreviousVersion::of(p, &fetch),
+        _ => None,
+    };
+    // For a file cut by content: the previous version's chunks once more, for `CdcSkip`.
+    let cdc_prev = match (mode, previous) {
+        (CutMode::Cdc, Some(p))
+            if p.page_size == 0 && sums.as_ref().is_some_and(|s| !s.prev.is_empty()) =>
+        {
+            PreviousVersion::of(p, &fetch).map(|v| (v, p.size))
+        }
+        _ => None,
+    };
+
+    let mut builder = TreeBuilder::new(shared.key);
+    let mut emit = |id: ChunkId, bytes: Vec<u8>| shared.store_node(id, bytes);
+    let mut state = FileState {
+        prev: prev.as_mut(),
+        sums: sums.as_mut(),
+        builder: &mut builder,
+        emit: &mut emit,
+    };
+    let wal_before = wal_stamp(path, page_size);
+    let mut notes = Vec::new();
+    let (size, captured) = match mode {
+        CutMode::Fixed(page) if !shared.raw_sqlite || strict => {
+            read_database(shared, &file, path, page, strict, &mut state, &mut notes)?
+        }
+        CutMode::Fixed(page) => {
+            let size = read_pages(shared, &file, path, page, &mut state, u64::MAX)?;
+            (size, false)
+        }
+        CutMode::Cdc => {
+            // A window no larger than the file (plus room to decide the last cut).
+            let window = (before.len() as usize)
+                .saturating_add(1)
+                .min(crate::chunker::WINDOW);
+            let size = read_cdc(shared, &file, window, &mut state, cdc_prev).ctx("read", path)?;
+            (size, false)
+        }
+    };
+    let content = builder.finish(&mut emit)?;
+
+    let after = std::fs::metadata(path).ctx("stat", path)?;
+    let wal_after = wal_stamp(path, page_size);
+    // A captured image can be longer than the main file (pages still in the WAL).
+    let seen = Seen::of(&before);
+    let unchanged =
+        seen == Seen::of(&after) && wal_before == wal_after && (captured || size == before.len());
+    let racy = ctime_ns(&before) >= start_ns - RACY_WINDOW_NS
+        || wal_before.is_some_and(|w| w.2 >= start_ns - RACY_WINDOW_NS);
+    let stamp = (unchanged && !racy).then(|| FileStamp {
+        wal: wal_before,
+        ..stamp_of(&before, content.clone(), page_size)
+    });
+    let sums = match (&stamp, sums) {
+        (Some(_), Some(st)) => sum_record(repo, &shared.sum_budget, &content, size, page_size, st)?,
+        (_, Some(st)) => {
+            shared.sum_budget.fetch_add(st.reserved, Ordering::Relaxed);
+            None
+        }
+        _ => None,
+    };
+    Ok(ReadFile {
+        content,
+        size,
+        page_size,
+        stamp,
+        sums,
+        notes,
+        seen,
+        stable: captured || unchanged,
+        attempts: 1,
+    })
+}
+
+/// The page size to cut the file at, from its SQLite header (when databases are cut at pages,
+/// or it was named as a database), or 0 to cut it by content.
+fn page_size_of(shared: &Shared, file: &File, path: &Path, strict: bool) -> Result<u32> {
+    let mut header = [0u8; 100];
+    let header_len = read_full_at(file, &mut header, 0).ctx("read", path)?;
+    Ok(if shared.repo.config.sqlite_pages || strict {
+        sqlite_page_size(&header[..header_len]).unwrap_or(0)
+    } else {
+        0
+    })
+}
+
+/// Reads a file that starts like a SQLite database as one consistent image through SQLite;
+/// returns its size and whether it was read so. One SQLite cannot open is copied as it is, with a
+/// note, unless it was named as a database (`strict`).
+fn read_database(
+    shared: &Shared,
+    file: &File,
+    path: &Path,
+    page: u32,
+    strict: bool,
+    state: &mut FileState,
+    notes: &mut Vec<String>,
+) -> Result<(u64, bool)> {
+    let read = ReadSnapshot::begin(path)
+        .and_then(|snap| read_image(shared, snap, file, path, page, state));
+    match read {
+        Ok(size) => Ok((size, true)),
+        // SQLite could not open it (damaged, or only looks like a database): the
+        // bytes as they are are still worth keeping.
+        // Failing part-way: this file is not backed up (the snapshot is partial).
+        Err(e) if strict => Err(Error::invalid(format!(
+            "{}: cannot read a consistent image through SQLite: {e}",
+            path.display()
+        ))),
+        Err(e) if !state.builder.is_empty() => Err(Error::io_path(
+            "read",
+            path,
+            std::io::Error::other(e.to_string()),
+        )),
+        Err(e) => {
+            notes.push(format!(
+                "{}: not readable as a SQLite database ({e}); copied as a plain file",
+                path.display()
+            ));
+            let size = read_pages(shared, file, path, page, state, u64::MAX)?;
+            Ok((size, false))
+        }
+    }
+}
+
+/// Reads the image a SQLite read transaction holds: through SQLite in WAL mode, else from the
+/// file itself (no writer can commit while the transaction lasts).
+fn read_image(
+    shared: &Shared,
+    snap: ReadSnapshot,
+    file: &File,
+    path: &Path,
+    page: u32,
+    state: &mut FileState,
+) -> Result<u64> {
+    if snap.page_size != page {
+        return Err(Error::invalid(format!(
+            "{}: page size {} where the header says {page}",
+            path.display(),
+            snap.page_size
+        )));
+    }
+    if snap.wal {
+        read_sqlite(shared, snap, path, page, state)
+    } else {
+        // Rollback journal: the file is the image while the snapshot holds.
+        let size = read_pages(shared, file, path, page, state, snap.image().bytes())?;
+        if size != snap.image().bytes() {
+            return Err(Error::invalid(format!(
+                "{}: {size} bytes read of a {}-byte image",
+                path.display(),
+                snap.image().bytes()
+            )));
+        }
+        Ok(size)
+    }
+}
+
+fn stamp_of(m: &std::fs::Metadata, content: Content, page_size: u32) -> FileStamp {
+    FileStamp {
+        size: m.len(),
+        mtime_ns: mtime_ns(m),
+        ctime_ns: ctime_ns(m),
+        ino: m.ino(),
+        dev: m.dev(),
+        content,
+        page_size,
+        wal: None,
+    }
+}
+
+fn unsafe_advise_sequential(file: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: posix_fadvise only gives the kernel a hint about this open descriptor.
+    unsafe {
+        libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL);
+    }
+}
