@@ -28,3 +28,27 @@ fn no_import_circle_between_submodules() {
     assert!(report.contains(" 0 circles"), "{report}");
     assert!(ok, "{report}");
 }
+
+/// Files past about 1,000 lines are split by noun (docs/ARCHITECTURE.md); this keeps that so.
+#[test]
+fn no_source_file_over_a_thousand_lines() {
+    fn walk(dir: &std::path::Path, long: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, long);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let lines = std::fs::read_to_string(&path).unwrap().lines().count();
+                if lines > 1000 {
+                    long.push(format!("{} ({lines} lines)", path.display()));
+                }
+            }
+        }
+    }
+    let mut long = Vec::new();
+    walk(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+        &mut long,
+    );
+    assert!(long.is_empty(), "split these by noun: {long:?}");
+}
