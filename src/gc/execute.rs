@@ -354,7 +354,9 @@ mod tests {
         let reader = crate::readers::register(repo.backend.as_ref(), "restore").unwrap();
 
         let p = plan(&repo, 0.1).unwrap();
-        assert_eq!(p.readers, 1);
+        // A dry run names the reader.
+        let dry = crate::gc::forecast(&repo, p.clone()).unwrap();
+        assert_eq!(dry.plan.map(|d| d.readers), Some(1));
         assert_eq!(
             p.unknown_packs,
             vec![UnknownPack {
@@ -374,7 +376,8 @@ mod tests {
         // The reader is done: the next gc deletes the file.
         crate::readers::unregister(repo.backend.as_ref(), &reader);
         let p = plan(&repo, 0.1).unwrap();
-        assert_eq!(p.readers, 0);
+        let dry = crate::gc::forecast(&repo, p.clone()).unwrap();
+        assert_eq!(dry.plan.map(|d| d.readers), Some(0));
         let r = execute(&repo, p).unwrap();
         assert_eq!((r.readers, r.packs_deferred), (0, 0));
         assert_eq!((r.unknown_pack_files, r.bytes_reclaimed), (1, 300));

@@ -75,8 +75,9 @@ pub struct GcPlan {
     /// is freed once the rewritten blobs are written again.
     pub bytes_removed: u64,
     pub bytes_freed: u64,
-    /// Readers (restore, verify...) running when gc planned. While any runs when gc comes to
-    /// delete files, the files stay for the next gc (the index no longer names them).
+    /// Readers (restore, verify...) running when a dry run planned (a real gc lists them once,
+    /// after its commit: while any runs then, the files stay for the next gc, since the index
+    /// no longer names them).
     pub readers: u64,
     /// The index's next pack number when planned: a plan is carried out only on that index.
     #[serde(skip)]
@@ -101,7 +102,7 @@ impl GcPlan {
 
 /// Plans a gc of `repo`: counts the references of snapshots added since the last count (so
 /// every pack's use is known; bookkeeping, done in a dry run too), then decides every pack
-/// from its use row, and lists the pack files the index does not know and the running readers.
+/// from its use row, and lists the pack files the index does not know.
 pub fn plan(repo: &Repo, max_unused: f64) -> Result<GcPlan> {
     if !(0.0..=1.0).contains(&max_unused) {
         return Err(Error::invalid("--max-unused must be between 0% and 100%"));
@@ -133,7 +134,6 @@ pub fn plan(repo: &Repo, max_unused: f64) -> Result<GcPlan> {
         })
         .collect();
     plan.add_unknown(unknown);
-    plan.readers = crate::readers::live(repo.backend.as_ref())?.len() as u64;
     Ok(plan)
 }
 

@@ -61,7 +61,9 @@ impl GcReport {
 
 /// What carrying out `plan` would report, changing nothing: sizes after gc from the plan, and
 /// the file-cache entries and chunk-digest records gc would drop. The plan goes in the report.
-pub fn forecast(repo: &Repo, plan: GcPlan) -> Result<GcReport> {
+pub fn forecast(repo: &Repo, mut plan: GcPlan) -> Result<GcReport> {
+    // Who would keep the deleted files for the next gc, were it run now.
+    plan.readers = crate::readers::live(repo.backend.as_ref())?.len() as u64;
     let mut report = GcReport::planned(&plan);
     report.dry_run = true;
     report.frame_bytes_after = plan.kept_frame_bytes + plan.rewritten_live_bytes;
