@@ -166,9 +166,39 @@ pub struct FileStamp {
     pub content: crate::manifest::Content,
     /// Whether the file was cut at database pages (a change of cut mode must re-read it).
     pub page_size: u32,
-    /// For a SQLite database read through SQLite: its write-ahead log as it was then (size,
-    /// mtime, ctime, inode), or `None` if it had none. A commit in WAL mode changes only the log.
-    pub wal: Option<(u64, i64, i64, u64)>,
+    /// For a file cut at database pages: its write-ahead log as it was then. A commit in WAL
+    /// mode changes only the log.
+    pub wal: LogStamp,
+}
+
+/// The file cache's record of a SQLite database's write-ahead log (`-wal` file).
+///
+/// Encoded in place of the `Option<(size, mtime, ctime, inode)>` earlier versions wrote: the
+/// variant tags 0 and 1 are that option's `None` and `Some`, so their entries still decode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum LogStamp {
+    /// No log (or a file not cut at pages): the stamp's size is the content's.
+    None,
+    /// An earlier version's stamp (size, mtime, ctime, inode). Never taken now, so it never
+    /// matches: the database is read again once.
+    Metadata(u64, i64, i64, u64),
+    /// The log as it was, and the size of the image read through SQLite (larger than the main
+    /// file while committed pages are still in the log).
+    Log { log: WalStamp, image: u64 },
+}
+
+/// A write-ahead log's size and mtime, and its header's checkpoint sequence and salts (bytes
+/// 12..24, big-endian; zero when the log is shorter than its header). A commit appends frames
+/// (size and mtime), or rewrites frames a rolled-back transaction left (mtime); a log reset
+/// writes new salts; a checkpoint moves frames into the main file, whose own stamp changes.
+/// Readers never write the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WalStamp {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub checkpoint: u32,
+    pub salt1: u32,
+    pub salt2: u32,
 }
 
 enum Db {

@@ -3,7 +3,7 @@
 
 use super::sources::Walk;
 use crate::error::Result;
-use crate::index::{FileStamp, IndexReader};
+use crate::index::{FileStamp, IndexReader, LogStamp};
 use crate::manifest::{Content, EntryKind};
 use crate::repo::Repo;
 use crate::source::capture::Seen;
@@ -88,15 +88,23 @@ fn cache_lookup(
     item: &WalkItem,
 ) -> Result<Cached> {
     Ok(match cached_stamp(repo, txn, &item.abs)? {
-        Some(stamp)
-            if stamp_matches(&stamp, &item.meta)
-                && stamp.wal == wal_stamp(&item.abs, stamp.page_size)
-                && content_present(reader, &stamp.content)? =>
-        {
-            Cached::Hit((stamp.content, stamp.size, stamp.page_size))
-        }
+        Some(stamp) if stamp_matches(&stamp, &item.meta) => match content_size(&stamp, &item.abs) {
+            Some(size) if content_present(reader, &stamp.content)? => {
+                Cached::Hit((stamp.content, size, stamp.page_size))
+            }
+            _ => Cached::Miss(Some(stamp)),
+        },
         stamp => Cached::Miss(stamp),
     })
+}
+
+/// The size of the content `stamp` records, if the database's log (if any) is as it was then.
+fn content_size(stamp: &FileStamp, abs: &std::path::Path) -> Option<u64> {
+    match (&stamp.wal, wal_stamp(abs, stamp.page_size)) {
+        (LogStamp::None, None) => Some(stamp.size),
+        (LogStamp::Log { log, image }, Some(now)) if *log == now => Some(*image),
+        _ => None,
+    }
 }
 
 /// The file cache's stamp for the file at `abs`, if any.

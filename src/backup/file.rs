@@ -9,7 +9,7 @@ use super::writer::{FileState, Shared};
 use crate::chunker::{CutMode, sqlite_page_size};
 use crate::error::{Error, IoContext, Result};
 use crate::id::ChunkId;
-use crate::index::{FileStamp, IndexReader};
+use crate::index::{FileStamp, IndexReader, LogStamp};
 use crate::manifest::Content;
 use crate::source::capture::{CaptureOptions, Seen, backoff};
 use crate::source::read_full_at;
@@ -158,11 +158,19 @@ pub(super) fn read_file(
     let unchanged =
         seen == Seen::of(&after) && wal_before == wal_after && (captured || size == before.len());
     let racy = ctime_ns(&before) >= start_ns - RACY_WINDOW_NS
-        || wal_before.is_some_and(|w| w.2 >= start_ns - RACY_WINDOW_NS);
-    let stamp = (unchanged && !racy).then(|| FileStamp {
-        wal: wal_before,
-        ..stamp_of(&before, content.clone(), page_size)
-    });
+        || wal_before.is_some_and(|w| w.mtime_ns >= start_ns - RACY_WINDOW_NS);
+    // The content's size is the stamp's when there is no log, else the log's stamp holds it.
+    let wal = match wal_before {
+        Some(log) => Some(LogStamp::Log { log, image: size }),
+        None => (size == before.len()).then_some(LogStamp::None),
+    };
+    let stamp = match wal {
+        Some(wal) if unchanged && !racy => Some(FileStamp {
+            wal,
+            ..stamp_of(&before, content.clone(), page_size)
+        }),
+        _ => None,
+    };
     let sums = match (&stamp, sums) {
         (Some(_), Some(st)) => sum_record(repo, &shared.sum_budget, &content, size, page_size, st)?,
         (_, Some(st)) => {
@@ -277,7 +285,7 @@ fn stamp_of(m: &std::fs::Metadata, content: Content, page_size: u32) -> FileStam
         dev: m.dev(),
         content,
         page_size,
-        wal: None,
+        wal: LogStamp::None,
     }
 }
 

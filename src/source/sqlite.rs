@@ -19,15 +19,16 @@
 
 use crate::chunker::sqlite_page_size;
 use crate::error::{Error, Result};
+use crate::index::WalStamp;
 use crate::manifest::EntryKind;
 use crate::source::read_full_at;
 use crate::source::walk::WalkItem;
-use crate::sys::{ctime_ns, mtime_ns};
+use crate::sys::mtime_ns;
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
 use std::collections::HashSet;
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -53,11 +54,16 @@ pub const SIBLING_SUFFIXES: [&str; 3] = ["-wal", "-shm", "-journal"];
 
 /// The paths of `db`'s -wal, -shm and -journal files.
 pub fn siblings(db: &Path) -> impl Iterator<Item = std::path::PathBuf> + '_ {
-    SIBLING_SUFFIXES.iter().map(move |suffix| {
-        let mut name = db.as_os_str().to_os_string();
-        name.push(suffix);
-        std::path::PathBuf::from(name)
-    })
+    SIBLING_SUFFIXES
+        .iter()
+        .map(move |suffix| sibling(db, suffix))
+}
+
+/// The path of `db` with `suffix` appended (`-wal`...).
+fn sibling(db: &Path, suffix: &str) -> PathBuf {
+    let mut name = db.as_os_str().to_os_string();
+    name.push(suffix);
+    PathBuf::from(name)
 }
 
 /// What a capture saw.
@@ -90,13 +96,60 @@ fn open(path: &Path, write: bool) -> Result<Connection> {
     .map_err(|e| sql_err(path, e))?;
     conn.busy_handler(Some(busy))
         .map_err(|e| sql_err(path, e))?;
+    // Closing must leave the application's log as it is: no checkpoint into the main file, and
+    // no log removed, whoever else has the database open.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
+        .map_err(|e| sql_err(path, e))?;
     Ok(conn)
+}
+
+/// Removes the `-wal` and `-shm` files a read created beside a database that had neither, once
+/// its connection is closed (dropped after it).
+struct FreshLog(Option<PathBuf>);
+
+impl FreshLog {
+    /// Notes, before a read opens `db`, whether it has neither a `-wal` nor a `-shm` file.
+    fn before(db: &Path) -> FreshLog {
+        let absent = |suffix| matches!(std::fs::symlink_metadata(sibling(db, suffix)), Err(e) if e.kind() == std::io::ErrorKind::NotFound);
+        FreshLog((absent("-wal") && absent("-shm")).then(|| db.to_path_buf()))
+    }
+}
+
+impl Drop for FreshLog {
+    fn drop(&mut self) {
+        let Some(db) = &self.0 else {
+            return;
+        };
+        let wal = sibling(db, "-wal");
+        match std::fs::symlink_metadata(&wal) {
+            // Frames in the log are another connection's commits: it stays.
+            Ok(m) if m.len() > 0 => return,
+            Ok(_) => {}
+            Err(_) if !sibling(db, "-shm").exists() => return,
+            Err(_) => {}
+        }
+        // SQLite removes a WAL database's -wal and -shm when its last connection closes: a
+        // connection that may checkpoint on close does so only if it takes the exclusive lock,
+        // which no other open connection allows. The log is empty: nothing is checkpointed.
+        let Ok(conn) = Connection::open_with_flags(
+            db,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        ) else {
+            return;
+        };
+        let _ = conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
+            r.get::<_, i64>(0)
+        });
+        let _ = conn.close();
+    }
 }
 
 /// A read transaction on a database: while it lives, the committed state it sees cannot change
 /// under it.
 pub struct ReadSnapshot {
     conn: Connection,
+    /// Dropped after `conn` is closed.
+    _fresh: FreshLog,
     path: std::path::PathBuf,
     pub page_size: u32,
     pub pages: u64,
@@ -113,7 +166,13 @@ impl ReadSnapshot {
         // Read-only first: such a connection never touches the application's journal. A WAL
         // database whose -shm does not exist yet needs write access to set it up (nothing is
         // written to the database itself).
-        Self::begin_with(path, false).or_else(|_| Self::begin_with(path, true))
+        let fresh = FreshLog::before(path);
+        Self::begin_with(path, false)
+            .or_else(|_| Self::begin_with(path, true))
+            .map(|mut snap| {
+                snap._fresh = fresh;
+                snap
+            })
     }
 
     fn begin_with(path: &Path, write: bool) -> Result<ReadSnapshot> {
@@ -139,6 +198,7 @@ impl ReadSnapshot {
         match snap {
             Ok((wal, page_size, pages)) => Ok(ReadSnapshot {
                 conn,
+                _fresh: FreshLog(None),
                 path: path.to_path_buf(),
                 page_size: page_size as u32,
                 pages: pages as u64,
@@ -320,16 +380,29 @@ pub(crate) fn looks_paged(path: &std::path::Path) -> bool {
 }
 
 /// The stamp of a database's write-ahead log (`None` when the file is not cut at pages or has
-/// no log).
-pub(crate) fn wal_stamp(db: &std::path::Path, page_size: u32) -> Option<(u64, i64, i64, u64)> {
+/// no log). The `-shm` file is left out: readers write it.
+pub(crate) fn wal_stamp(db: &Path, page_size: u32) -> Option<WalStamp> {
     if page_size == 0 {
         return None;
     }
-    let mut name = db.as_os_str().to_os_string();
-    name.push("-wal");
-    std::fs::metadata(&name)
-        .ok()
-        .map(|m| (m.len(), mtime_ns(&m), ctime_ns(&m), m.ino()))
+    let file = File::open(sibling(db, "-wal")).ok()?;
+    let meta = file.metadata().ok()?;
+    // magic, format version, page size, checkpoint sequence, salt-1, salt-2 (big-endian).
+    let mut header = [0u8; 24];
+    let n = read_full_at(&file, &mut header, 0).unwrap_or(0);
+    if n < header.len() {
+        header = [0u8; 24];
+    }
+    let word = |at: usize| {
+        u32::from_be_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
+    };
+    Some(WalStamp {
+        size: meta.len(),
+        mtime_ns: mtime_ns(&meta),
+        checkpoint: word(12),
+        salt1: word(16),
+        salt2: word(20),
+    })
 }
 
 /// Drops the -wal, -shm and -journal files of SQLite databases that are backed up: the
