@@ -1,0 +1,220 @@
+//! WAL-mode databases and the file cache: an unchanged database is not read again, every kind
+//! of change is seen, and a backup leaves no `-wal` or `-shm` behind that was not there before.
+
+mod common;
+use common::*;
+use rusqlite::Connection;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Runs a backup of `dir`; returns its snapshot id and the bytes it read.
+fn backup(env: &Env, dir: &Path) -> (String, u64) {
+    let out = env.run(&["backup", "--json", dir.to_str().unwrap()]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let read = v["stats"]["bytes_read"].as_u64().unwrap();
+    (v["id"].as_str().unwrap().to_string(), read)
+}
+
+/// Past the window in which a fresh timestamp is not trusted by the file cache.
+fn settle() {
+    std::thread::sleep(Duration::from_millis(250));
+}
+
+/// A repository and `app/app.db` in WAL mode with 500 rows; returns the directory, the database
+/// and a connection to it (automatic checkpoints off, so commits stay in the log).
+fn wal_db(env: &Env) -> (PathBuf, PathBuf, Connection) {
+    env.init();
+    let dir = env.path("app");
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("app.db");
+    let c = Connection::open(&db).unwrap();
+    c.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0;
+         CREATE TABLE t(n INTEGER PRIMARY KEY, pad BLOB);",
+    )
+    .unwrap();
+    c.execute_batch("BEGIN").unwrap();
+    for n in 1..=500 {
+        c.execute("INSERT INTO t VALUES (?1, randomblob(300))", [n])
+            .unwrap();
+    }
+    c.execute_batch("COMMIT").unwrap();
+    (dir, db, c)
+}
+
+/// Every row of `t` in the database at `db` (a restored one), in order.
+fn rows(db: &Path) -> Vec<(i64, Vec<u8>)> {
+    rows_of(&Connection::open(db).unwrap())
+}
+
+/// Every row of `t` through connection `c`, in order.
+fn rows_of(c: &Connection) -> Vec<(i64, Vec<u8>)> {
+    let mut stmt = c.prepare("SELECT n, pad FROM t ORDER BY n").unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap()
+}
+
+/// Restores snapshot `id` and returns the rows of its `app/app.db`, after SQLite's own check.
+fn restored_rows(env: &Env, id: &str, name: &str) -> Vec<(i64, Vec<u8>)> {
+    let out = env.path(name);
+    env.ok(&["restore", &id[..12], out.to_str().unwrap()]);
+    let db = out.join("app/app.db");
+    assert_eq!(
+        strata::source::sqlite::integrity_check(&db).unwrap(),
+        Ok(())
+    );
+    rows(&db)
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn an_unchanged_wal_database_held_open_is_not_read_again() {
+    let env = Env::new();
+    let (dir, _, c) = wal_db(&env);
+    let expected = rows_of(&c);
+    assert!(dir.join("app.db-wal").metadata().unwrap().len() > 0);
+    settle();
+    let (_, first) = backup(&env, &dir);
+    assert!(first > 0);
+    settle();
+    let (id, second) = backup(&env, &dir);
+    assert_eq!(second, 0, "an unchanged WAL database was read again");
+    let (_, third) = backup(&env, &dir);
+    assert_eq!(third, 0);
+    assert_eq!(restored_rows(&env, &id, "r"), expected);
+    // The application's connection still works, and its log was left as it was.
+    c.execute("INSERT INTO t VALUES (501, x'01')", []).unwrap();
+    assert_eq!(rows_of(&c).len(), 501);
+}
+
+#[test]
+fn a_backup_leaves_no_log_behind_that_was_not_there() {
+    let env = Env::new();
+    let (dir, _, c) = wal_db(&env);
+    let expected = rows_of(&c);
+    // The last connection closes: SQLite checkpoints and removes its -wal and -shm.
+    drop(c);
+    assert_eq!(names(&dir), vec!["app.db".to_string()]);
+    settle();
+    let (id, first) = backup(&env, &dir);
+    assert!(first > 0);
+    assert_eq!(names(&dir), vec!["app.db".to_string()]);
+    settle();
+    let (_, second) = backup(&env, &dir);
+    assert_eq!(second, 0, "an unchanged WAL database was read again");
+    assert_eq!(names(&dir), vec!["app.db".to_string()]);
+    assert_eq!(restored_rows(&env, &id, "r"), expected);
+}
+
+#[test]
+fn a_commit_only_in_the_log_is_seen() {
+    let env = Env::new();
+    let (dir, db, c) = wal_db(&env);
+    settle();
+    backup(&env, &dir);
+    settle();
+    assert_eq!(backup(&env, &dir).1, 0);
+    let main = std::fs::metadata(&db).unwrap();
+    c.execute("INSERT INTO t VALUES (501, x'0102')", [])
+        .unwrap();
+    // Only the log changed.
+    let now = std::fs::metadata(&db).unwrap();
+    assert_eq!(
+        (now.len(), now.modified().unwrap()),
+        (main.len(), main.modified().unwrap())
+    );
+    let (id, read) = backup(&env, &dir);
+    assert!(read > 0);
+    let got = restored_rows(&env, &id, "r");
+    assert_eq!(got.len(), 501);
+    assert_eq!(got[500], (501, vec![1, 2]));
+}
+
+#[test]
+fn a_checkpoint_is_seen() {
+    let env = Env::new();
+    let (dir, _, c) = wal_db(&env);
+    settle();
+    backup(&env, &dir);
+    settle();
+    assert_eq!(backup(&env, &dir).1, 0);
+    c.execute("UPDATE t SET pad = x'AA' WHERE n = 7", [])
+        .unwrap();
+    c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
+    assert_eq!(dir.join("app.db-wal").metadata().unwrap().len(), 0);
+    let (id, read) = backup(&env, &dir);
+    assert!(read > 0);
+    let got = restored_rows(&env, &id, "r");
+    assert_eq!(got, rows_of(&c));
+    assert_eq!(got[6], (7, vec![0xAA]));
+}
+
+#[test]
+fn vacuum_recreation_and_a_journal_mode_switch_are_seen() {
+    let env = Env::new();
+    let (dir, db, c) = wal_db(&env);
+    settle();
+    backup(&env, &dir);
+    settle();
+    assert_eq!(backup(&env, &dir).1, 0);
+
+    // VACUUM after deleting half the rows.
+    c.execute("DELETE FROM t WHERE n % 2 = 0", []).unwrap();
+    c.execute_batch("VACUUM").unwrap();
+    settle();
+    let (id, read) = backup(&env, &dir);
+    assert!(read > 0);
+    assert_eq!(restored_rows(&env, &id, "vacuum").len(), 250);
+    assert_eq!(backup(&env, &dir).1, 0);
+
+    // Deleted and created again, as large as before, with other content.
+    drop(c);
+    let size = std::fs::metadata(&db).unwrap().len();
+    std::fs::remove_file(&db).unwrap();
+    let c = Connection::open(&db).unwrap();
+    c.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0;
+         CREATE TABLE t(n INTEGER PRIMARY KEY, pad BLOB);",
+    )
+    .unwrap();
+    c.execute_batch("BEGIN").unwrap();
+    for n in 1..=250 {
+        c.execute("INSERT INTO t VALUES (?1, randomblob(300))", [n + 1000])
+            .unwrap();
+    }
+    c.execute_batch("COMMIT; PRAGMA wal_checkpoint(TRUNCATE)")
+        .unwrap();
+    drop(c);
+    let c = Connection::open(&db).unwrap();
+    assert_eq!(std::fs::metadata(&db).unwrap().len(), size);
+    let expected = rows_of(&c);
+    settle();
+    let (id, read) = backup(&env, &dir);
+    assert!(read > 0);
+    let got = restored_rows(&env, &id, "recreated");
+    assert_eq!(got, expected);
+    assert_eq!(got[0].0, 1001);
+    assert_eq!(backup(&env, &dir).1, 0);
+
+    // WAL -> DELETE, then a commit in rollback-journal mode.
+    c.execute_batch("PRAGMA journal_mode=DELETE").unwrap();
+    c.execute("INSERT INTO t VALUES (5000, x'05')", []).unwrap();
+    assert!(!dir.join("app.db-wal").exists());
+    settle();
+    let (id, read) = backup(&env, &dir);
+    assert!(read > 0);
+    let got = restored_rows(&env, &id, "rollback");
+    assert_eq!(got.len(), 251);
+    assert_eq!(got[250], (5000, vec![5]));
+}
