@@ -364,7 +364,13 @@ fn find_snapshots(
             report.damaged.push(format!("{name}: not a snapshot name"));
             continue;
         };
-        let bytes = backend.get(&name)?;
+        let bytes = match backend.get(&name) {
+            Ok(bytes) => bytes,
+            // Listed, then gone: another machine's `forget` deleted it after the listing (an
+            // object store's listing can also lag a delete). It is not a snapshot any more.
+            Err(e) if e.kind() == crate::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
         match Manifest::decode(&bytes, Some(&id), keys) {
             Ok(_) => snapshots.push((id, bytes)),
             Err(e) => {

@@ -525,6 +525,17 @@ fn a_snapshot_listed_but_deleted_meanwhile_is_not_damage() {
     );
     drop(repo);
 
+    // An index rebuilt from such a listing (a remote repository's cache, behind another
+    // machine's forget) leaves the deleted snapshot out instead of failing.
+    let backend = ListingFails {
+        inner: LocalBackend::new(&root),
+        armed: Default::default(),
+        ghosts: vec![ghost.clone()],
+    };
+    let report = strata::repair::rebuild_index_with(&root, &backend, None, false).unwrap();
+    assert_eq!(report.snapshots as usize, snaps.len() - 1);
+    assert!(report.damaged.is_empty(), "{:?}", report.damaged);
+
     // The same name, present but damaged, and not in the index: reported.
     fs::write(root.join(&ghost), b"not a manifest").unwrap();
     let repo = Repo::open(&root, false, "verify").unwrap();
