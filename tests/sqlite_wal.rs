@@ -28,19 +28,26 @@ fn wal_db(env: &Env) -> (PathBuf, PathBuf, Connection) {
     let dir = env.path("app");
     std::fs::create_dir_all(&dir).unwrap();
     let db = dir.join("app.db");
-    let c = Connection::open(&db).unwrap();
+    let c = create_wal(&db, 1..=500);
+    (dir, db, c)
+}
+
+/// Creates the database at `db` in WAL mode (automatic checkpoints off) with one row of 300
+/// random bytes per id, committed in one transaction.
+fn create_wal(db: &std::path::Path, ids: std::ops::RangeInclusive<i64>) -> Connection {
+    let c = Connection::open(db).unwrap();
     c.execute_batch(
         "PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0;
          CREATE TABLE t(n INTEGER PRIMARY KEY, pad BLOB);",
     )
     .unwrap();
     c.execute_batch("BEGIN").unwrap();
-    for n in 1..=500 {
+    for n in ids {
         c.execute("INSERT INTO t VALUES (?1, randomblob(300))", [n])
             .unwrap();
     }
     c.execute_batch("COMMIT").unwrap();
-    (dir, db, c)
+    c
 }
 
 /// Every row of `t` in the database at `db` (a restored one), in order.
@@ -182,19 +189,8 @@ fn vacuum_recreation_and_a_journal_mode_switch_are_seen() {
     drop(c);
     let size = std::fs::metadata(&db).unwrap().len();
     std::fs::remove_file(&db).unwrap();
-    let c = Connection::open(&db).unwrap();
-    c.execute_batch(
-        "PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0;
-         CREATE TABLE t(n INTEGER PRIMARY KEY, pad BLOB);",
-    )
-    .unwrap();
-    c.execute_batch("BEGIN").unwrap();
-    for n in 1..=250 {
-        c.execute("INSERT INTO t VALUES (?1, randomblob(300))", [n + 1000])
-            .unwrap();
-    }
-    c.execute_batch("COMMIT; PRAGMA wal_checkpoint(TRUNCATE)")
-        .unwrap();
+    let c = create_wal(&db, 1001..=1250);
+    c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
     drop(c);
     let c = Connection::open(&db).unwrap();
     assert_eq!(std::fs::metadata(&db).unwrap().len(), size);
