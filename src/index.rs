@@ -185,6 +185,22 @@ pub enum LogStamp {
     /// The log as it was, and the size of the image read through SQLite (larger than the main
     /// file while committed pages are still in the log).
     Log { log: WalStamp, image: u64 },
+    /// As `Log`, for an image read from the main file and the log's frames: where the image ends
+    /// in the log. A later backup that finds the same log (its checkpoint sequence and salts)
+    /// still holding that frame reads only the frames after it.
+    Frames {
+        log: WalStamp,
+        image: u64,
+        position: LogPosition,
+    },
+}
+
+/// Where an image ends in a database's log: its last frame (SQLite's `mxFrame`, 0 when it uses
+/// no frame) and the log's cumulative checksum there (the header's at frame 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LogPosition {
+    pub frames: u32,
+    pub checksum: (u32, u32),
 }
 
 /// A write-ahead log's size and mtime, and its header's checkpoint sequence and salts (bytes

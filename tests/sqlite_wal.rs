@@ -214,3 +214,72 @@ fn vacuum_recreation_and_a_journal_mode_switch_are_seen() {
     assert_eq!(got.len(), 251);
     assert_eq!(got[250], (5000, vec![5]));
 }
+
+/// While the log keeps its place (frames only appended since the last backup), a backup reads
+/// only the new frames; a checkpoint that moved frames into the main file changes nothing to
+/// read; a log reset makes the next backup read the whole database, and the one after goes on
+/// from the new log.
+#[test]
+fn only_the_new_frames_are_read_while_the_log_keeps_its_place() {
+    let env = Env::new();
+    env.init();
+    let dir = env.path("app");
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("app.db");
+    let c = create_wal(&db, 1..=4000);
+    let image = |c: &Connection| -> u64 {
+        let pages: i64 = c.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap();
+        let size: i64 = c.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
+        (pages * size) as u64
+    };
+    settle();
+    let (_, first) = backup(&env, &dir);
+    assert_eq!(first, image(&c));
+
+    // Ten rows rewritten: a few pages in new frames.
+    c.execute("UPDATE t SET pad = randomblob(300) WHERE n % 400 = 3", [])
+        .unwrap();
+    settle();
+    let (id, read) = backup(&env, &dir);
+    assert!(
+        read > 0 && read * 20 < image(&c),
+        "read {read} of {}",
+        image(&c)
+    );
+    assert_eq!(restored_rows(&env, &id, "appended"), rows_of(&c));
+
+    // A checkpoint into the main file that leaves the log as it is: nothing new to read.
+    let (_, log, done): (i64, i64, i64) = c
+        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .unwrap();
+    assert!(log > 0 && done == log);
+    settle();
+    let (id, read) = backup(&env, &dir);
+    assert_eq!(read, 0);
+    assert_eq!(restored_rows(&env, &id, "checkpointed"), rows_of(&c));
+
+    // The next commit starts the log over (everything was checkpointed): read it all once...
+    c.execute("UPDATE t SET pad = x'BB' WHERE n = 2000", [])
+        .unwrap();
+    settle();
+    let (id, read) = backup(&env, &dir);
+    assert_eq!(read, image(&c));
+    let got = restored_rows(&env, &id, "reset");
+    assert_eq!(got, rows_of(&c));
+    assert_eq!(got[1999], (2000, vec![0xBB]));
+
+    // ...then go on from the new log, rows added at the end included.
+    c.execute("INSERT INTO t VALUES (4001, x'CC')", []).unwrap();
+    settle();
+    let (id, read) = backup(&env, &dir);
+    assert!(
+        read > 0 && read * 20 < image(&c),
+        "read {read} of {}",
+        image(&c)
+    );
+    let got = restored_rows(&env, &id, "grown");
+    assert_eq!(got, rows_of(&c));
+    assert_eq!(got[4000], (4001, vec![0xCC]));
+}

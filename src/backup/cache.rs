@@ -103,6 +103,7 @@ fn content_size(stamp: &FileStamp, abs: &std::path::Path) -> Option<u64> {
     match (&stamp.wal, wal_stamp(abs, stamp.page_size)) {
         (LogStamp::None, None) => Some(stamp.size),
         (LogStamp::Log { log, image }, Some(now)) if *log == now => Some(*image),
+        (LogStamp::Frames { log, image, .. }, Some(now)) if *log == now => Some(*image),
         _ => None,
     }
 }

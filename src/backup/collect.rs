@@ -176,7 +176,7 @@ impl Collector<'_> {
     /// the stamp); returns the content.
     fn accept(&mut self, abs: &std::path::Path, rf: ReadFile) -> Stored {
         self.notes.extend(rf.notes);
-        self.out.listing.bytes_read += rf.size;
+        self.out.listing.bytes_read += rf.read;
         if let Some(stamp) = rf.stamp {
             let key = self.repo.file_key(abs.as_os_str().as_bytes());
             self.out.stamps.push((key, stamp, rf.sums));

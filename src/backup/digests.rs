@@ -62,6 +62,22 @@ impl SumCtx<'_> {
 }
 
 impl SumState {
+    pub(super) fn digest(&self, page: &[u8]) -> u128 {
+        PageSums::digest(self.seed, page)
+    }
+
+    /// Sets this version's digests to `new`, every chunk's in order (made other than by
+    /// reading), or gives the record up: `None`, or more digests than were reserved.
+    pub(super) fn record(&mut self, new: Option<Vec<u128>>) {
+        match new {
+            Some(v) if v.len() as u64 <= self.reserved => self.new = v,
+            _ => {
+                self.new.clear();
+                self.new.shrink_to_fit();
+            }
+        }
+    }
+
     /// Splits into what the readers share and where the digests of read chunks go (both `None`
     /// for a file that keeps no digests).
     pub(super) fn split_opt(

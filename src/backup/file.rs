@@ -3,17 +3,18 @@
 
 use super::cdc::{ReadContext, read_cdc};
 use super::digests::{sum_record, sum_state};
-use super::pages::{read_pages, read_sqlite};
+use super::log::read_log_changes;
+use super::pages::{Overlay, read_pages, read_sqlite};
 use super::previous::PreviousVersion;
 use super::writer::{FileState, Shared};
 use crate::chunker::{CutMode, sqlite_page_size};
 use crate::error::{Error, IoContext, Result};
 use crate::id::ChunkId;
-use crate::index::{FileStamp, IndexReader, LogStamp};
+use crate::index::{FileStamp, IndexReader, LogPosition, LogStamp, WalStamp};
 use crate::manifest::Content;
 use crate::source::capture::{CaptureOptions, Seen, backoff};
 use crate::source::read_full_at;
-use crate::source::sqlite::{ReadSnapshot, wal_stamp};
+use crate::source::sqlite::{Log, ReadSnapshot, Since, wal_stamp};
 use crate::source::walk::WalkItem;
 use crate::sys::{ctime_ns, mtime_ns};
 use crate::tree::TreeBuilder;
@@ -30,6 +31,8 @@ const RACY_WINDOW_NS: i64 = 100_000_000;
 pub(super) struct ReadFile {
     pub(super) content: Content,
     pub(super) size: u64,
+    /// The bytes read: the size, or less for a database read from its log's new frames.
+    pub(super) read: u64,
     pub(super) page_size: u32,
     /// The stamp to remember, unless the file changed while it was read.
     pub(super) stamp: Option<FileStamp>,
@@ -73,6 +76,22 @@ pub(super) fn read_file(
     item: &WalkItem,
     previous: Option<&FileStamp>,
     start_ns: i64,
+) -> Result<ReadFile> {
+    let resumable = previous.is_some_and(|p| matches!(p.wal, LogStamp::Frames { .. }));
+    match read_once(shared, item, previous, start_ns, true) {
+        // Going on from the previous image failed (its chunk list could not be read, say):
+        // read the whole database instead.
+        Err(_) if resumable => read_once(shared, item, previous, start_ns, false),
+        read => read,
+    }
+}
+
+fn read_once(
+    shared: &Shared,
+    item: &WalkItem,
+    previous: Option<&FileStamp>,
+    start_ns: i64,
+    resume: bool,
 ) -> Result<ReadFile> {
     let path = &item.abs;
     let file = File::open(path).ctx("open", path)?;
@@ -131,13 +150,28 @@ pub(super) fn read_file(
         emit: &mut emit,
     };
     let wal_before = wal_stamp(path, page_size);
+    // Where the previous image ended in the database's log, to go on from there.
+    let since = match previous {
+        Some(p) if resume && state.prev.is_some() => resume_point(p, &before),
+        _ => None,
+    };
     let mut notes = Vec::new();
+    let mut pinned: Option<Pinned> = None;
     let (size, captured) = match mode {
         CutMode::Fixed(page) if !shared.raw_sqlite || strict => {
-            read_database(shared, &file, path, page, strict, &mut state, &mut notes)?
+            let db = Database {
+                file: &file,
+                path,
+                page,
+                strict,
+                since: since.as_ref(),
+            };
+            let (size, captured, log) = read_database(shared, &db, &mut state, &mut notes)?;
+            pinned = log;
+            (size, captured)
         }
         CutMode::Fixed(page) => {
-            let size = read_pages(shared, &file, path, page, &mut state, u64::MAX)?;
+            let size = read_pages(shared, &file, path, page, &mut state, u64::MAX, None)?;
             (size, false)
         }
         CutMode::Cdc => {
@@ -160,13 +194,34 @@ pub(super) fn read_file(
     let racy = ctime_ns(&before) >= start_ns - RACY_WINDOW_NS
         || wal_before.is_some_and(|w| w.mtime_ns >= start_ns - RACY_WINDOW_NS);
     // The content's size is the stamp's when there is no log, else the log's stamp holds it.
-    let wal = match wal_before {
-        Some(log) => Some(LogStamp::Log { log, image: size }),
-        None => (size == before.len()).then_some(LogStamp::None),
+    let read = pinned.as_ref().map_or(size, |p| p.read);
+    let wal = match (pinned, wal_before) {
+        (
+            Some(Pinned {
+                log: Some(log),
+                position,
+                ..
+            }),
+            _,
+        ) if position.frames > 0 => Some(LogStamp::Frames {
+            log,
+            image: size,
+            position,
+        }),
+        (_, Some(log)) => Some(LogStamp::Log { log, image: size }),
+        _ => (size == before.len()).then_some(LogStamp::None),
     };
     let stamp = match wal {
         Some(wal) if unchanged && !racy => Some(FileStamp {
             wal,
+            ..stamp_of(&before, content.clone(), page_size)
+        }),
+        // The image is one committed state and its log's stamp the log's state then, whatever
+        // changed since: kept, so the next backup can go on from its position, but with an
+        // mtime no file has, so the file cache never takes it as the file's current state.
+        Some(wal @ LogStamp::Frames { .. }) => Some(FileStamp {
+            wal,
+            mtime_ns: i64::MIN,
             ..stamp_of(&before, content.clone(), page_size)
         }),
         _ => None,
@@ -182,6 +237,7 @@ pub(super) fn read_file(
     Ok(ReadFile {
         content,
         size,
+        read,
         page_size,
         stamp,
         sums,
@@ -204,26 +260,43 @@ fn page_size_of(shared: &Shared, file: &File, path: &Path, strict: bool) -> Resu
     })
 }
 
-/// Reads a file that starts like a SQLite database as one consistent image through SQLite;
-/// returns its size and whether it was read so. One SQLite cannot open is copied as it is, with a
-/// note, unless it was named as a database (`strict`).
-fn read_database(
-    shared: &Shared,
-    file: &File,
-    path: &Path,
+/// A database to read: its open main file, its path and page size, whether it was named as a
+/// database, and where its previous image ended in its log.
+struct Database<'a> {
+    file: &'a File,
+    path: &'a Path,
     page: u32,
     strict: bool,
+    since: Option<&'a Since>,
+}
+
+/// An image read from the main file and the log: the log's stamp, where the image ends in it,
+/// and the bytes read (only the changed pages when it went on from the previous image).
+struct Pinned {
+    log: Option<WalStamp>,
+    position: LogPosition,
+    read: u64,
+}
+
+/// Reads a file that starts like a SQLite database as one consistent image through SQLite;
+/// returns its size, whether it was read so and, for an image read from the main file and the
+/// log, its place in the log. One SQLite cannot open is copied as it is, with a note, unless it
+/// was named as a database (`strict`).
+fn read_database(
+    shared: &Shared,
+    db: &Database,
     state: &mut FileState,
     notes: &mut Vec<String>,
-) -> Result<(u64, bool)> {
-    let read = ReadSnapshot::begin(path)
-        .and_then(|snap| read_image(shared, snap, file, path, page, state));
+) -> Result<(u64, bool, Option<Pinned>)> {
+    let read =
+        ReadSnapshot::begin(db.path, db.since).and_then(|snap| read_image(shared, snap, db, state));
+    let path = db.path;
     match read {
-        Ok(size) => Ok((size, true)),
+        Ok((size, pinned)) => Ok((size, true, pinned)),
         // SQLite could not open it (damaged, or only looks like a database): the
         // bytes as they are are still worth keeping.
         // Failing part-way: this file is not backed up (the snapshot is partial).
-        Err(e) if strict => Err(Error::invalid(format!(
+        Err(e) if db.strict => Err(Error::invalid(format!(
             "{}: cannot read a consistent image through SQLite: {e}",
             path.display()
         ))),
@@ -237,22 +310,23 @@ fn read_database(
                 "{}: not readable as a SQLite database ({e}); copied as a plain file",
                 path.display()
             ));
-            let size = read_pages(shared, file, path, page, state, u64::MAX)?;
-            Ok((size, false))
+            let size = read_pages(shared, db.file, path, db.page, state, u64::MAX, None)?;
+            Ok((size, false, None))
         }
     }
 }
 
-/// Reads the image a SQLite read transaction holds: through SQLite in WAL mode, else from the
-/// file itself (no writer can commit while the transaction lasts).
+/// Reads the image a SQLite read transaction holds. In rollback-journal mode, from the file
+/// itself (no writer can commit while the transaction lasts). In WAL mode, from the main file
+/// with the log's committed frames put over it, or only the frames since the previous image,
+/// when the log was parsed; else through SQLite.
 fn read_image(
     shared: &Shared,
     snap: ReadSnapshot,
-    file: &File,
-    path: &Path,
-    page: u32,
+    db: &Database,
     state: &mut FileState,
-) -> Result<u64> {
+) -> Result<(u64, Option<Pinned>)> {
+    let (path, page) = (db.path, db.page);
     if snap.page_size != page {
         return Err(Error::invalid(format!(
             "{}: page size {} where the header says {page}",
@@ -260,19 +334,51 @@ fn read_image(
             snap.page_size
         )));
     }
-    if snap.wal {
-        read_sqlite(shared, snap, path, page, state)
-    } else {
-        // Rollback journal: the file is the image while the snapshot holds.
-        let size = read_pages(shared, file, path, page, state, snap.image().bytes())?;
-        if size != snap.image().bytes() {
-            return Err(Error::invalid(format!(
-                "{}: {size} bytes read of a {}-byte image",
-                path.display(),
-                snap.image().bytes()
-            )));
+    let image = snap.image().bytes();
+    let (size, pinned) = match (&snap.log, snap.wal) {
+        (Log::Unknown, true) => (read_sqlite(shared, snap, path, page, state)?, None),
+        (Log::Unknown, false) => (
+            read_pages(shared, db.file, path, page, state, image, None)?,
+            None,
+        ),
+        (Log::Pinned(log), _) => {
+            let (size, read) = if log.since.is_some() {
+                read_log_changes(shared, db.file, path, page, state, log, snap.pages)?
+            } else {
+                let overlay = match (&log.file, &log.map) {
+                    (Some(file), Some(map)) => Some(Overlay { log: file, map }),
+                    _ => None,
+                };
+                let size = read_pages(shared, db.file, path, page, state, image, overlay.as_ref())?;
+                (size, size)
+            };
+            let pinned = Pinned {
+                log: log.stamp,
+                position: log.position,
+                read,
+            };
+            (size, Some(pinned))
         }
-        Ok(size)
+    };
+    if size != image {
+        return Err(Error::invalid(format!(
+            "{}: {size} bytes read of a {image}-byte image",
+            path.display(),
+        )));
+    }
+    Ok((size, pinned))
+}
+
+/// Where the previous image of a database ended in its log, if it was read from the log and
+/// the main file is still the same file.
+fn resume_point(previous: &FileStamp, now: &std::fs::Metadata) -> Option<Since> {
+    match previous.wal {
+        LogStamp::Frames { log, position, .. }
+            if previous.ino == now.ino() && previous.dev == now.dev() =>
+        {
+            Some(Since { log, position })
+        }
+        _ => None,
     }
 }
 

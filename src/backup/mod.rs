@@ -38,6 +38,7 @@ mod collect;
 mod digests;
 mod file;
 mod ingest;
+mod log;
 mod pages;
 mod previous;
 mod record;

@@ -8,6 +8,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::id::ChunkId;
 use crate::pack::BlobKind;
 use crate::source::read_full_at;
+use crate::source::wal::{LogMap, read_frame};
 use rayon::prelude::*;
 use std::fs::File;
 
@@ -31,6 +32,7 @@ pub(super) fn read_pages(
     page: u32,
     state: &mut FileState,
     limit: u64,
+    overlay: Option<&Overlay>,
 ) -> Result<u64> {
     let page = page as usize;
     let round_bytes = (SEGMENTS_PER_ROUND * SEGMENT) as u64;
@@ -83,6 +85,7 @@ pub(super) fn read_pages(
                             page,
                             offset + (k * SEGMENT) as u64,
                             limit,
+                            overlay,
                             &known,
                             sums,
                         )
@@ -108,6 +111,58 @@ pub(super) fn read_pages(
     }
 }
 
+/// The committed frames of a database's log, put over the pages read from its main file.
+pub(super) struct Overlay<'a> {
+    pub(super) log: &'a File,
+    pub(super) map: &'a LogMap,
+}
+
+thread_local! {
+    static FRAME_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl Overlay<'_> {
+    /// Puts the log's pages into `buf`, the image's bytes at `at` of which the first `main`
+    /// came from the main file; returns the bytes of `buf` now holding the image (all of it,
+    /// or an error naming a page found in neither file).
+    fn apply(
+        &self,
+        buf: &mut [u8],
+        main: usize,
+        at: u64,
+        page: usize,
+        path: &std::path::Path,
+    ) -> Result<usize> {
+        let first = at / page as u64 + 1;
+        FRAME_BUF.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            for (j, out) in buf.chunks_exact_mut(page).enumerate() {
+                let pgno = first + j as u64;
+                let from_log = match u32::try_from(pgno).ok().and_then(|p| self.map.get(p)) {
+                    Some(frame) => read_frame(
+                        self.log,
+                        &self.map.header,
+                        pgno as u32,
+                        frame,
+                        out,
+                        &mut scratch,
+                    )?,
+                    None => false,
+                };
+                // A frame written over since the log was parsed: the log was reset, which
+                // happens only when the main file holds the whole image (see `PinnedLog`).
+                if !from_log && (j + 1) * page > main {
+                    return Err(Error::invalid(format!(
+                        "{}: page {pgno} of the image is neither in the main file nor in its log",
+                        path.display()
+                    )));
+                }
+            }
+            Ok(buf.len() / page * page)
+        })
+    }
+}
+
 /// A segment read: its length, its page ids and (for a file that keeps them) page digests.
 type Segment = (usize, Vec<ChunkId>, Vec<u128>);
 
@@ -120,6 +175,7 @@ fn read_segment(
     page: usize,
     at: u64,
     limit: u64,
+    overlay: Option<&Overlay>,
     known: &[Known],
     sums: Option<SumCtx>,
 ) -> Result<Segment> {
@@ -127,18 +183,21 @@ fn read_segment(
         let mut buf = buf.borrow_mut();
         let want = limit.saturating_sub(at).min(SEGMENT as u64) as usize;
         buf.resize(SEGMENT, 0);
-        let n = read_full_at(file, &mut buf[..want], at).ctx("read", path)?;
+        let mut n = read_full_at(file, &mut buf[..want], at).ctx("read", path)?;
+        if let Some(overlay) = overlay {
+            n = overlay.apply(&mut buf[..want], n, at, page, path)?;
+        }
         let (ids, digests) = store_segment(shared, &buf[..n], page, at, known, sums)?;
         Ok((n, ids, digests))
     })
 }
 
 /// A page that may be new: where it is in a buffer, its length, its file offset and its id.
-type Candidate = (usize, usize, u64, ChunkId);
+pub(super) type Candidate = (usize, usize, u64, ChunkId);
 
 /// Stores the candidates that are new. Runs of new pages that follow each other both in `buf`
 /// and in the file are compressed together.
-fn store_fresh(shared: &Shared, buf: &[u8], pages: &[Candidate]) -> Result<()> {
+pub(super) fn store_fresh(shared: &Shared, buf: &[u8], pages: &[Candidate]) -> Result<()> {
     let mut run: Vec<(ChunkId, usize)> = Vec::new();
     let (mut run_start, mut run_bytes, mut run_end_off) = (0usize, 0usize, 0u64);
     for &(start, len, off, id) in pages {

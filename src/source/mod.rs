@@ -1,11 +1,13 @@
 //! Where a backup's bytes come from, and how they are read consistently: the walk of the source
 //! paths ([`walk`]), stable capture of files and stores that change while they are read
 //! ([`capture`]), SQLite databases, recognised and read as consistent images ([`sqlite`]), and
+//! the write-ahead logs of WAL databases, parsed directly ([`wal`]), and
 //! named streams: a command's output, standard input, PostgreSQL and Redis dumps ([`streams`]).
 
 pub mod capture;
 pub mod sqlite;
 pub mod streams;
+pub mod wal;
 pub mod walk;
 
 use std::fs::File;

@@ -19,9 +19,10 @@
 
 use crate::chunker::sqlite_page_size;
 use crate::error::{Error, Result};
-use crate::index::WalStamp;
+use crate::index::{LogPosition, WalStamp};
 use crate::manifest::EntryKind;
 use crate::source::read_full_at;
+use crate::source::wal;
 use crate::source::walk::WalkItem;
 use crate::sys::mtime_ns;
 use rusqlite::config::DbConfig;
@@ -153,26 +154,104 @@ pub struct ReadSnapshot {
     path: std::path::PathBuf,
     pub page_size: u32,
     pub pages: u64,
-    /// The database is in WAL mode: committed pages may be in the log, so the image must be read
-    /// through SQLite ([`ReadSnapshot::pages`]). Otherwise every committed page is in the main
-    /// file, and no writer can commit until this snapshot ends, so the file's first
-    /// `page_size * pages` bytes are the image.
+    /// The database is in WAL mode: committed pages may be in the log. Otherwise every committed
+    /// page is in the main file, and no writer can commit until this snapshot ends, so the
+    /// file's first `page_size * pages` bytes are the image.
     pub wal: bool,
+    /// In WAL mode, where the image's pages are.
+    pub log: Log,
+}
+
+/// Where the pages of a WAL database's image are.
+pub enum Log {
+    /// Not known: the image must be read through SQLite ([`ReadSnapshot::read_pages`]).
+    Unknown,
+    /// The log was parsed while no writer could append to it (see [`ReadSnapshot::begin`]).
+    Pinned(PinnedLog),
+}
+
+/// A database's log as a read transaction sees it, parsed while no writer could commit.
+///
+/// The read transaction holds the image in place afterwards: either it uses frames of the log,
+/// and then no checkpoint moves past them and the log is not reset, so those frames and every
+/// page of the main file they do not replace stay as they are; or it uses none (everything was
+/// already in the main file), and then no checkpoint writes into the main file at all, though
+/// the log may be reset and written over. Each frame is checked again when it is read
+/// ([`wal::read_frame`]): one written over is found out, and its page then comes from the main
+/// file, which holds the image whole in that case.
+pub struct PinnedLog {
+    /// The `-wal` file, `None` when there is none (or no valid header: SQLite then treats the
+    /// log as empty): the main file holds the whole image.
+    pub file: Option<File>,
+    /// The committed frames: the whole log, or those after `since` when `since` is given.
+    pub map: Option<wal::LogMap>,
+    /// The image ends at this position of the log (where the next backup may go on from).
+    pub position: LogPosition,
+    /// The log's stamp while no writer could change it: the state of the log the image is.
+    pub stamp: Option<WalStamp>,
+    /// The map holds only the frames after this position, which an earlier image ended at: the
+    /// image is that one with these frames' pages put in.
+    pub since: Option<LogPosition>,
+}
+
+/// The previous image of a database, for [`ReadSnapshot::begin`]: the stamp of the log it was
+/// read from and where it ended in it.
+#[derive(Clone, Copy, Debug)]
+pub struct Since {
+    pub log: WalStamp,
+    pub position: LogPosition,
 }
 
 impl ReadSnapshot {
-    /// Opens `path` and starts a read transaction.
-    pub fn begin(path: &Path) -> Result<ReadSnapshot> {
+    /// Opens `path` and starts a read transaction. A WAL database's log is parsed too, if a
+    /// writer's lock can be had for that moment (see [`PinnedLog`]); with `since`, only its
+    /// frames after that earlier position, if the log still holds it.
+    pub fn begin(path: &Path, since: Option<&Since>) -> Result<ReadSnapshot> {
+        let fresh = FreshLog::before(path);
+        let pinned = if in_wal_mode(path) {
+            Self::begin_pinned(path, since).ok()
+        } else {
+            None
+        };
+        match pinned {
+            Some(snap) => Ok(snap),
+            None => Self::begin_plain(path),
+        }
+        .map(|mut snap| {
+            snap._fresh = fresh;
+            snap
+        })
+    }
+
+    /// A read transaction alone.
+    fn begin_plain(path: &Path) -> Result<ReadSnapshot> {
         // Read-only first: such a connection never touches the application's journal. A WAL
         // database whose -shm does not exist yet needs write access to set it up (nothing is
         // written to the database itself).
-        let fresh = FreshLog::before(path);
-        Self::begin_with(path, false)
-            .or_else(|_| Self::begin_with(path, true))
-            .map(|mut snap| {
-                snap._fresh = fresh;
-                snap
-            })
+        Self::begin_with(path, false).or_else(|_| Self::begin_with(path, true))
+    }
+
+    /// A read transaction started, and the log parsed, while another connection holds the
+    /// writer's lock: no commit falls between the two, so the log's committed frames are
+    /// exactly those the transaction sees. The lock is released before the image is read;
+    /// writers wait only for the parse (of the frames after `since`, when it still holds).
+    fn begin_pinned(path: &Path, since: Option<&Since>) -> Result<ReadSnapshot> {
+        let mut writer = open(path, true)?;
+        writer
+            .busy_handler(Some(busy_briefly))
+            .map_err(|e| sql_err(path, e))?;
+        writer
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| sql_err(path, e))?;
+        let snap = (|| {
+            let mut snap = Self::begin_plain(path)?;
+            if snap.wal {
+                snap.log = Log::Pinned(pin_log(path, &snap, since)?);
+            }
+            Ok(snap)
+        })();
+        let _ = writer.execute_batch("ROLLBACK");
+        snap
     }
 
     fn begin_with(path: &Path, write: bool) -> Result<ReadSnapshot> {
@@ -203,6 +282,7 @@ impl ReadSnapshot {
                 page_size: page_size as u32,
                 pages: pages as u64,
                 wal,
+                log: Log::Unknown,
             }),
             Err(e) => {
                 let _ = conn.execute_batch("ROLLBACK");
@@ -299,7 +379,100 @@ impl Drop for ReadSnapshot {
 /// Reads a consistent image of the database at `path` through SQLite, handing each page, in
 /// order, to `on_page`.
 pub fn capture(path: &Path, on_page: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<Image> {
-    ReadSnapshot::begin(path)?.read_pages(on_page)
+    ReadSnapshot::begin_plain(path)?.read_pages(on_page)
+}
+
+/// How long to wait for the writer's lock to parse a log: a writer holding it longer (a long
+/// transaction) is not waited for; the image is then read through SQLite.
+const PIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn busy_briefly(tries: i32) -> bool {
+    if BUSY_POLL * (tries.max(0) as u32) >= PIN_TIMEOUT {
+        return false;
+    }
+    std::thread::sleep(BUSY_POLL);
+    true
+}
+
+/// Whether the database header says WAL mode (file format versions at bytes 18 and 19 are 2).
+fn in_wal_mode(path: &Path) -> bool {
+    let mut header = [0u8; 20];
+    File::open(path)
+        .and_then(|f| read_full_at(&f, &mut header, 0))
+        .is_ok_and(|n| n == header.len() && header[18] == 2 && header[19] == 2)
+}
+
+/// Parses the log of the database `snap` reads (the writer's lock held), from `since` when the
+/// log still holds that position.
+fn pin_log(path: &Path, snap: &ReadSnapshot, since: Option<&Since>) -> Result<PinnedLog> {
+    let wal_path = sibling(path, "-wal");
+    let stamp = wal_stamp(path, snap.page_size);
+    let file = match File::open(&wal_path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(PinnedLog::empty(None)),
+        Err(e) => return Err(Error::io_path("open", &wal_path, e)),
+    };
+    let Some(header) =
+        wal::Header::read(&file).map_err(|e| Error::io_path("read", &wal_path, e))?
+    else {
+        // No valid header: SQLite treats the log as empty.
+        return Ok(PinnedLog::empty(stamp));
+    };
+    if header.page_size != snap.page_size {
+        return Err(Error::invalid(format!(
+            "{}: log of {}-byte pages for a database of {}-byte pages",
+            wal_path.display(),
+            header.page_size,
+            snap.page_size
+        )));
+    }
+    let resume = since.filter(|s| {
+        s.log.checkpoint == header.checkpoint
+            && s.log.salt1 == header.salt1
+            && s.log.salt2 == header.salt2
+            && wal::holds(&file, &header, s.position.frames, s.position.checksum)
+    });
+    let map = match resume {
+        Some(s) => {
+            wal::LogMap::scan_from(&file, header, s.position.frames + 1, s.position.checksum)?
+        }
+        None => wal::LogMap::scan(&file, header)?,
+    };
+    // The committed log ends where the transaction's image does: SQLite counts the pages.
+    if map.frames >= map.from && map.db_pages as u64 != snap.pages {
+        return Err(Error::invalid(format!(
+            "{}: the log's last commit has {} pages, SQLite reads {}",
+            path.display(),
+            map.db_pages,
+            snap.pages
+        )));
+    }
+    Ok(PinnedLog {
+        position: LogPosition {
+            frames: map.frames,
+            checksum: map.checksum,
+        },
+        since: resume.map(|s| s.position),
+        stamp,
+        file: Some(file),
+        map: Some(map),
+    })
+}
+
+impl PinnedLog {
+    /// A log with no frame: the main file holds the image.
+    fn empty(stamp: Option<WalStamp>) -> PinnedLog {
+        PinnedLog {
+            file: None,
+            map: None,
+            position: LogPosition {
+                frames: 0,
+                checksum: (0, 0),
+            },
+            stamp,
+            since: None,
+        }
+    }
 }
 
 /// `PRAGMA integrity_check` of the database at `path`: `Ok(())` or what SQLite reported.

@@ -1,0 +1,150 @@
+//! A WAL database read from its log alone: when the log still holds the position the previous
+//! image ended at, the new image is that one with the pages of the frames committed since put
+//! in. Only those frames are read; every other page keeps the previous version's id.
+
+use super::digests::SumState;
+use super::pages::store_fresh;
+use super::writer::{FileState, Shared};
+use crate::error::{Error, IoContext, Result};
+use crate::id::ChunkId;
+use crate::source::read_full_at;
+use crate::source::sqlite::PinnedLog;
+use crate::source::wal::{FrameRef, read_frame};
+use rayon::prelude::*;
+use std::fs::File;
+use std::path::Path;
+
+/// Changed pages read, hashed and stored per task.
+const BATCH: usize = 256;
+
+/// Builds the image of `pages` pages of `page` bytes from the previous version (`state.prev`,
+/// which must be the image the log's `since` position ended) and the pages of `log`'s map;
+/// returns the image's size and the bytes read.
+pub(super) fn read_log_changes(
+    shared: &Shared,
+    main: &File,
+    path: &Path,
+    page: u32,
+    state: &mut FileState,
+    log: &PinnedLog,
+    pages: u64,
+) -> Result<(u64, u64)> {
+    let (Some(map), Some(file)) = (log.map.as_ref(), log.file.as_ref()) else {
+        return Err(Error::invalid("no log to read changes from"));
+    };
+    let prev = state
+        .prev
+        .as_mut()
+        .ok_or_else(|| Error::invalid("no previous version to read changes onto"))?;
+    let page_len = page as usize;
+    let mut changed: Vec<(u32, FrameRef)> = map
+        .pages
+        .iter()
+        .filter(|(p, _)| **p as u64 <= pages)
+        .map(|(p, f)| (*p, *f))
+        .collect();
+    changed.sort_unstable_by_key(|c| c.0);
+    let sums = state.sums.as_deref();
+    let seed_digest = |data: &[u8]| sums.map(|s| s.digest(data));
+    // The changed pages, read and stored in parallel: (page number, id, digest).
+    let fresh: Vec<Vec<(u32, ChunkId, Option<u128>)>> = changed
+        .par_chunks(BATCH)
+        .map(|batch| {
+            let mut buf = vec![0u8; batch.len() * page_len];
+            let mut scratch = Vec::new();
+            for ((pgno, frame), out) in batch.iter().zip(buf.chunks_exact_mut(page_len)) {
+                if !read_frame(file, &map.header, *pgno, *frame, out, &mut scratch)? {
+                    // Written over: the log was reset, so the main file holds the page.
+                    let at = (*pgno as u64 - 1) * page as u64;
+                    let n = read_full_at(main, out, at).ctx("read", path)?;
+                    if n != page_len {
+                        return Err(Error::invalid(format!(
+                            "{}: page {pgno} is neither in the log nor in the main file",
+                            path.display()
+                        )));
+                    }
+                }
+            }
+            let key = shared.key.as_ref();
+            let mut out = Vec::with_capacity(batch.len());
+            let mut candidates = Vec::with_capacity(batch.len());
+            for (j, ((pgno, _), data)) in batch.iter().zip(buf.chunks_exact(page_len)).enumerate() {
+                let id = ChunkId::hash(key, data);
+                out.push((*pgno, id, seed_digest(data)));
+                candidates.push((j * page_len, page_len, (*pgno as u64 - 1) * page as u64, id));
+            }
+            store_fresh(shared, &buf, &candidates)?;
+            Ok(out)
+        })
+        .collect::<Result<_>>()?;
+    if let Some(p) = shared.progress {
+        p(changed.len() as u64 * page as u64);
+    }
+    // The chunk list in page order: a changed page's new id, else the previous version's.
+    let mut digests = Digests::new(state.sums.as_deref_mut(), pages);
+    let mut fresh = fresh.into_iter().flatten().peekable();
+    for n in 1..=pages {
+        let before = prev.next_chunk();
+        let (id, digest) = match fresh.peek() {
+            Some(&(pgno, id, digest)) if pgno as u64 == n => {
+                fresh.next();
+                (id, digest)
+            }
+            _ => match before {
+                Some((off, id, len)) if off == (n - 1) * page as u64 && len == page as u64 => {
+                    (id, None)
+                }
+                _ => {
+                    return Err(Error::invalid(format!(
+                        "{}: page {n} is not in the previous version nor in the log's new frames",
+                        path.display()
+                    )));
+                }
+            },
+        };
+        digests.push(n, digest);
+        state.builder.push(id, page as u64, state.emit)?;
+    }
+    digests.finish(state.sums.as_deref_mut());
+    Ok((pages * page as u64, changed.len() as u64 * page as u64))
+}
+
+/// This version's page digests, made from the previous version's and those of the changed
+/// pages; none when the previous version's do not cover every unchanged page.
+struct Digests {
+    new: Option<Vec<u128>>,
+    prev: Vec<u128>,
+}
+
+impl Digests {
+    fn new(sums: Option<&mut SumState>, pages: u64) -> Digests {
+        match sums {
+            Some(s) => Digests {
+                new: Some(Vec::with_capacity(pages as usize)),
+                prev: std::mem::take(&mut s.prev),
+            },
+            None => Digests {
+                new: None,
+                prev: Vec::new(),
+            },
+        }
+    }
+
+    /// Page `n` (from 1) has the digest `changed` if it is a changed page, else the previous
+    /// version's.
+    fn push(&mut self, n: u64, changed: Option<u128>) {
+        let Some(new) = self.new.as_mut() else {
+            return;
+        };
+        match changed.or_else(|| self.prev.get(n as usize - 1).copied()) {
+            Some(d) => new.push(d),
+            None => self.new = None,
+        }
+    }
+
+    fn finish(self, sums: Option<&mut SumState>) {
+        if let Some(s) = sums {
+            s.record(self.new);
+        }
+    }
+}
