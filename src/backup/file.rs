@@ -195,6 +195,7 @@ fn read_once(
         || wal_before.is_some_and(|w| w.mtime_ns >= start_ns - RACY_WINDOW_NS);
     // The content's size is the stamp's when there is no log, else the log's stamp holds it.
     let read = pinned.as_ref().map_or(size, |p| p.read);
+    // A log this read created (and removes) is not the database's: it gets no `Frames` stamp.
     let wal = match (pinned, wal_before) {
         (
             Some(Pinned {
@@ -202,8 +203,8 @@ fn read_once(
                 position,
                 ..
             }),
-            _,
-        ) if position.frames > 0 => Some(LogStamp::Frames {
+            log_before,
+        ) if position.frames > 0 || log_before.is_some() => Some(LogStamp::Frames {
             log,
             image: size,
             position,
@@ -376,9 +377,24 @@ fn resume_point(previous: &FileStamp, now: &std::fs::Metadata) -> Option<Since> 
         LogStamp::Frames { log, position, .. }
             if previous.ino == now.ino() && previous.dev == now.dev() =>
         {
-            Some(Since { log, position })
+            Some(Since {
+                log,
+                position,
+                main_unchanged: Seen::of(now) == stamp_seen(previous),
+            })
         }
         _ => None,
+    }
+}
+
+/// What the stamp says the file looked like.
+fn stamp_seen(s: &FileStamp) -> Seen {
+    Seen {
+        size: s.size,
+        mtime_ns: s.mtime_ns,
+        ctime_ns: s.ctime_ns,
+        ino: s.ino,
+        dev: s.dev,
     }
 }
 

@@ -195,11 +195,16 @@ pub struct PinnedLog {
 }
 
 /// The previous image of a database, for [`ReadSnapshot::begin`]: the stamp of the log it was
-/// read from and where it ended in it.
+/// read from and where it ended in it, and whether the main file is as it was then.
 #[derive(Clone, Copy, Debug)]
 pub struct Since {
     pub log: WalStamp,
     pub position: LogPosition,
+    /// The main file's stamp has not changed since that image was read. A log is only reset
+    /// once all its frames are in the main file, and that writes the main file: with the main
+    /// file unchanged, the previous image is the main file with, at most, the frames of the log
+    /// as it is now.
+    pub main_unchanged: bool,
 }
 
 impl ReadSnapshot {
@@ -426,16 +431,26 @@ fn pin_log(path: &Path, snap: &ReadSnapshot, since: Option<&Since>) -> Result<Pi
             snap.page_size
         )));
     }
-    let resume = since.filter(|s| {
-        s.log.checkpoint == header.checkpoint
+    // Where the previous image ended in this log: at its recorded position if the log is the
+    // same one and still holds it; before this log's first frame if the main file has not
+    // changed since (see `Since::main_unchanged`).
+    let resume = since.and_then(|s| {
+        let same = s.log.checkpoint == header.checkpoint
             && s.log.salt1 == header.salt1
-            && s.log.salt2 == header.salt2
-            && wal::holds(&file, &header, s.position.frames, s.position.checksum)
+            && s.log.salt2 == header.salt2;
+        if same && wal::holds(&file, &header, s.position.frames, s.position.checksum) {
+            Some(s.position)
+        } else if s.main_unchanged {
+            Some(LogPosition {
+                frames: 0,
+                checksum: header.checksum(),
+            })
+        } else {
+            None
+        }
     });
     let map = match resume {
-        Some(s) => {
-            wal::LogMap::scan_from(&file, header, s.position.frames + 1, s.position.checksum)?
-        }
+        Some(p) => wal::LogMap::scan_from(&file, header, p.frames + 1, p.checksum)?,
         None => wal::LogMap::scan(&file, header)?,
     };
     // The committed log ends where the transaction's image does: SQLite counts the pages.
@@ -452,7 +467,7 @@ fn pin_log(path: &Path, snap: &ReadSnapshot, since: Option<&Since>) -> Result<Pi
             frames: map.frames,
             checksum: map.checksum,
         },
-        since: resume.map(|s| s.position),
+        since: resume,
         stamp,
         file: Some(file),
         map: Some(map),

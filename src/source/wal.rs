@@ -112,6 +112,11 @@ impl Header {
         Ok(Header::parse(&b[..n]))
     }
 
+    /// The header's checksum, which the first frame's continues.
+    pub fn checksum(&self) -> Checksum {
+        self.checksum
+    }
+
     fn frame_len(&self) -> u64 {
         FRAME_HEADER_LEN + self.page_size as u64
     }
