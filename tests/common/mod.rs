@@ -138,6 +138,27 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
+/// A small seeded generator (xorshift64*), for random choices a failure can replay.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A number in `0..n` (`n` > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
 /// Compressible text-like bytes.
 pub fn text(len: usize, seed: u64) -> Vec<u8> {
     let words = [
