@@ -297,12 +297,13 @@ fn start_writer(mut app: App, stop: Arc<AtomicBool>, committed: Arc<AtomicU64>) 
 }
 
 /// Checkpoints the database at `db` from a connection of its own, in a random mode after a
-/// random pause (0-30 ms), until `stop`, counting in `completed` the checkpoints of each mode
+/// random pause (0 to `pause_ms`), until `stop`, counting in `completed` the checkpoints of each mode
 /// that completed. One stopped by another checkpoint (the writer's automatic ones) or by a
 /// reader is tried again a few times; returns how many were given up.
 fn start_checkpointer(
     db: &Path,
     seed: u64,
+    pause_ms: u64,
     stop: Arc<AtomicBool>,
     completed: Arc<[AtomicU64; 4]>,
 ) -> JoinHandle<u64> {
@@ -313,7 +314,7 @@ fn start_checkpointer(
         let mut rng = Rng::new(seed);
         let mut given_up = 0;
         while !stop.load(Ordering::SeqCst) {
-            std::thread::sleep(Duration::from_millis(rng.below(30)));
+            std::thread::sleep(Duration::from_millis(rng.below(pause_ms)));
             let mode = rng.below(MODES.len() as u64) as usize;
             let sql = format!("PRAGMA wal_checkpoint({})", MODES[mode]);
             let done = (0..20).any(|_| {
@@ -363,6 +364,32 @@ fn restore_db(env: &Env, id: &str, name: &str) -> PathBuf {
 
 #[test]
 fn snapshots_under_a_writer_and_random_checkpoints_are_each_one_committed_state() {
+    // Checkpoints every 100 pages of log and every few milliseconds: most backups find a log
+    // started over since the last one, and read the whole database.
+    let reads = under_a_writer(100, 30);
+    eprintln!("bytes read of each snapshot's bytes {reads:?}");
+}
+
+/// The same with no automatic checkpoint and rarer explicit ones: the log often keeps its place
+/// between two backups, which then read only its new frames, and holds frames not yet in the
+/// main file when a backup reads the whole database.
+#[test]
+fn snapshots_under_a_writer_whose_log_keeps_its_place_are_each_one_committed_state() {
+    let reads = under_a_writer(0, 3000);
+    eprintln!("bytes read of each snapshot's bytes {reads:?}");
+    // A backup that went on from the previous image reads less than the database.
+    let resumed = reads.iter().filter(|(read, size)| read < size).count();
+    assert!(
+        resumed >= 2,
+        "{resumed} backups read only new frames: {reads:?}"
+    );
+}
+
+/// Backs up a database under a writer with automatic checkpoints every `autocheckpoint` pages
+/// and explicit ones of random modes at random moments (pauses up to `pause_ms`), then checks
+/// that every snapshot is one committed state; returns the bytes each backup read and its
+/// snapshot's size.
+fn under_a_writer(autocheckpoint: u32, pause_ms: u64) -> Vec<(u64, u64)> {
     let seed = seed();
     eprintln!("seed {seed} (STRATA_TEST_SEED)");
     let env = Env::new();
@@ -370,16 +397,23 @@ fn snapshots_under_a_writer_and_random_checkpoints_are_each_one_committed_state(
     let dir = env.path("app");
     std::fs::create_dir_all(&dir).unwrap();
     let db = dir.join("app.db");
-    let app = App::create(&db, seed, TARGET_ROWS, 100);
+    let app = App::create(&db, seed, TARGET_ROWS, autocheckpoint);
     let first = app.txn;
     let stop = Arc::new(AtomicBool::new(false));
     let committed = Arc::new(AtomicU64::new(first));
     let writer = start_writer(app, stop.clone(), committed.clone());
     let completed: Arc<[AtomicU64; 4]> = Arc::new(Default::default());
-    let checkpointer = start_checkpointer(&db, seed ^ 0xC4EC, stop.clone(), completed.clone());
+    let checkpointer = start_checkpointer(
+        &db,
+        seed ^ 0xC4EC,
+        pause_ms,
+        stop.clone(),
+        completed.clone(),
+    );
 
     // (snapshot, last commit seen before its backup began, last commit seen after it ended)
     let mut snapshots = Vec::new();
+    let mut reads = Vec::new();
     let mut sizes = (u64::MAX, 0u64);
     let mut rng = Rng::new(seed ^ 0xBAC);
     let every_mode = || completed.iter().all(|n| n.load(Ordering::SeqCst) > 0);
@@ -391,9 +425,20 @@ fn snapshots_under_a_writer_and_random_checkpoints_are_each_one_committed_state(
         let size = std::fs::metadata(&db).unwrap().len();
         sizes = (sizes.0.min(size), sizes.1.max(size));
         let before = committed.load(Ordering::SeqCst);
-        let id = env.backup(&[&dir]);
+        let out = env.run(&["backup", "--json", dir.to_str().unwrap()]);
         let after = committed.load(Ordering::SeqCst);
-        snapshots.push((id, before, after));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let stats = &v["stats"];
+        reads.push((
+            stats["bytes_read"].as_u64().unwrap(),
+            stats["bytes"].as_u64().unwrap(),
+        ));
+        snapshots.push((v["id"].as_str().unwrap().to_string(), before, after));
     }
     stop.store(true, Ordering::SeqCst);
     let app = writer.join().expect("writer");
@@ -429,6 +474,7 @@ fn snapshots_under_a_writer_and_random_checkpoints_are_each_one_committed_state(
     }
     let during: Vec<u64> = snapshots.iter().map(|(_, b, a)| a - b).collect();
     eprintln!("snapshots hold transactions {seen:?}; commits during each backup {during:?}");
+    reads
 }
 
 /// The salts in the header of the log at `wal`.
