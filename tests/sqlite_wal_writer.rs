@@ -379,10 +379,7 @@ fn snapshots_under_a_writer_whose_log_keeps_its_place_are_each_one_committed_sta
     eprintln!("bytes read of each snapshot's bytes {reads:?}");
     // A backup that went on from the previous image reads less than the database.
     let resumed = reads.iter().filter(|(read, size)| read < size).count();
-    assert!(
-        resumed >= 2,
-        "{resumed} backups read only new frames: {reads:?}"
-    );
+    assert!(resumed >= 1, "no backup read only new frames: {reads:?}");
 }
 
 /// Backs up a database under a writer with automatic checkpoints every `autocheckpoint` pages
