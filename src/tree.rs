@@ -126,6 +126,31 @@ impl TreeBuilder {
         self.push_at(0, NodeEntry { id, bytes }, emit)
     }
 
+    /// Whether the next chunk pushed starts a leaf node: none is open.
+    pub fn at_leaf_start(&self) -> bool {
+        self.levels[0].is_empty()
+    }
+
+    /// Pushes a whole leaf node already stored (`leaf`: its id and the bytes below it) that
+    /// lists `chunks` chunks, instead of its chunks one by one. Only at a leaf's start
+    /// ([`TreeBuilder::at_leaf_start`]), and only for a leaf that ended at a cut (not the last
+    /// leaf of its tree): pushing its chunks would then build exactly this node.
+    pub fn push_leaf(
+        &mut self,
+        leaf: NodeEntry,
+        chunks: u64,
+        emit: &mut dyn FnMut(ChunkId, Vec<u8>) -> Result<()>,
+    ) -> Result<()> {
+        if !self.at_leaf_start() || chunks < 2 {
+            return Err(Error::invalid("a whole leaf pushed inside another"));
+        }
+        self.chunks += chunks;
+        if self.levels.len() == 1 {
+            self.levels.push(Vec::new());
+        }
+        self.push_at(1, leaf, emit)
+    }
+
     fn push_at(
         &mut self,
         level: usize,
@@ -247,6 +272,54 @@ impl<'a> LeafWalker<'a> {
         Ok(node)
     }
 
+    /// At the start of a leaf node: that node's entry (its id and the bytes below it), unread,
+    /// and whether it is the tree's last leaf. `None` inside a leaf, at the end, or when the
+    /// root is a leaf. [`LeafWalker::skip_leaf_node`] passes it without reading it;
+    /// [`LeafWalker::next_leaf`] reads it.
+    pub fn next_leaf_node(&mut self) -> Result<Option<(NodeEntry, bool)>> {
+        loop {
+            let Some((node, pos)) = self.stack.last_mut() else {
+                return Ok(None);
+            };
+            if *pos >= node.entries.len() {
+                self.stack.pop();
+                continue;
+            }
+            match node.level {
+                0 => return Ok(None),
+                1 => {
+                    let entry = node.entries[*pos];
+                    let last = *pos + 1 == node.entries.len()
+                        && self.stack[..self.stack.len() - 1]
+                            .iter()
+                            .all(|(n, p)| *p >= n.entries.len());
+                    return Ok(Some((entry, last)));
+                }
+                level => {
+                    let entry = node.entries[*pos];
+                    *pos += 1;
+                    let child = self.load(&entry.id, Some(level - 1))?;
+                    if child.total_bytes() != Some(entry.bytes) {
+                        return Err(Error::corrupt(format!(
+                            "chunk-list node {}: size does not match its parent",
+                            entry.id.short()
+                        )));
+                    }
+                    self.stack.push((child, 0));
+                }
+            }
+        }
+    }
+
+    /// Passes the leaf node [`LeafWalker::next_leaf_node`] returned, without reading it.
+    pub fn skip_leaf_node(&mut self) {
+        if let Some((node, pos)) = self.stack.last_mut()
+            && node.level == 1
+        {
+            *pos += 1;
+        }
+    }
+
     /// The next (chunk id, length), or `None` at the end.
     pub fn next_leaf(&mut self) -> Result<Option<NodeEntry>> {
         if let Some(id) = self.pending_single.take() {
@@ -334,6 +407,62 @@ mod tests {
             let content = build(&list, &mut store);
             let size: u64 = list.iter().map(|x| x.1).sum();
             prop_assert_eq!(leaves(&content, size, &store), list);
+        }
+
+        /// Rebuilding a tree with some entries replaced, pushing the untouched leaves whole
+        /// (unread) where the builder is at a leaf's start, gives the tree built entry by entry.
+        #[test]
+        fn whole_leaves_pushed_unread_build_the_same_tree(
+            n in 2usize..6000,
+            salt in any::<u64>(),
+            changes in proptest::collection::vec(any::<u16>(), 0..8),
+        ) {
+            let old = ids(n, salt);
+            let mut store = HashMap::new();
+            let content = build(&old, &mut store);
+            let mut new = old.clone();
+            let mut changed = std::collections::BTreeSet::new();
+            for (k, c) in changes.iter().enumerate() {
+                let at = *c as usize % n;
+                new[at] = (ChunkId::hash(None, &[k as u8, 1, 2]), 4096);
+                changed.insert(at);
+            }
+            let expected = build(&new, &mut store);
+            let snapshot = store.clone();
+            let fetch = |id: &ChunkId| {
+                snapshot.get(id).cloned().ok_or_else(|| Error::not_found("node"))
+            };
+            let mut w = LeafWalker::new(&content, 0, &fetch).unwrap();
+            let mut b = TreeBuilder::new(None);
+            let mut emit = |id: ChunkId, bytes: Vec<u8>| {
+                store.insert(id, bytes);
+                Ok(())
+            };
+            let (mut i, mut skipped) = (0usize, 0usize);
+            while i < n {
+                if b.at_leaf_start()
+                    && let Some((leaf, last)) = w.next_leaf_node().unwrap()
+                {
+                    let count = (leaf.bytes / 4096) as usize;
+                    if !last && count >= 2 && !changed.range(i..i + count).any(|_| true) {
+                        w.skip_leaf_node();
+                        b.push_leaf(leaf, count as u64, &mut emit).unwrap();
+                        i += count;
+                        skipped += 1;
+                        continue;
+                    }
+                }
+                let e = w.next_leaf().unwrap().unwrap();
+                prop_assert_eq!(e.bytes, 4096);
+                b.push(new[i].0, 4096, &mut emit).unwrap();
+                i += 1;
+            }
+            prop_assert!(w.next_leaf().unwrap().is_none());
+            prop_assert_eq!(b.finish(&mut emit).unwrap(), expected);
+            // Large trees with few changes keep most of their leaves.
+            if n > 1000 && changes.len() < 4 {
+                prop_assert!(skipped > 0);
+            }
         }
 
         #[test]

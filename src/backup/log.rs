@@ -83,7 +83,26 @@ pub(super) fn read_log_changes(
     // The chunk list in page order: a changed page's new id, else the previous version's.
     let mut digests = Digests::new(state.sums.as_deref_mut(), pages);
     let mut fresh = fresh.into_iter().flatten().peekable();
-    for n in 1..=pages {
+    let mut n = 1;
+    while n <= pages {
+        // A whole leaf of the previous version with no changed page keeps its node, unread.
+        if state.builder.at_leaf_start()
+            && let Some((leaf, last)) = prev.leaf_node()
+        {
+            let count = leaf.bytes / page as u64;
+            let end = n + count;
+            let untouched = fresh.peek().is_none_or(|f| f.0 as u64 >= end);
+            if !last && count >= 2 && leaf.bytes % page as u64 == 0 && end <= pages + 1 && untouched
+            {
+                prev.skip_leaf_node(&leaf);
+                state.builder.push_leaf(leaf, count, state.emit)?;
+                for k in n..end {
+                    digests.push(k, None);
+                }
+                n = end;
+                continue;
+            }
+        }
         let before = prev.next_chunk();
         let (id, digest) = match fresh.peek() {
             Some(&(pgno, id, digest)) if pgno as u64 == n => {
@@ -104,6 +123,7 @@ pub(super) fn read_log_changes(
         };
         digests.push(n, digest);
         state.builder.push(id, page as u64, state.emit)?;
+        n += 1;
     }
     digests.finish(state.sums.as_deref_mut());
     Ok((pages * page as u64, changed.len() as u64 * page as u64))

@@ -3,7 +3,7 @@
 use crate::error::Result;
 use crate::id::ChunkId;
 use crate::index::FileStamp;
-use crate::tree::LeafWalker;
+use crate::tree::{LeafWalker, NodeEntry};
 
 /// Tracks the previous version of a file so unchanged chunks at the same offset are recognised
 /// without an index lookup.
@@ -76,6 +76,21 @@ impl<'a> PreviousVersion<'a> {
             // The previous version is only a hint: on its end or any error, stop using it.
             _ => self.broken = true,
         }
+    }
+
+    /// At the start of one of the previous version's leaf nodes (no chunk of it taken yet): that
+    /// node's entry and whether it is the last, unread (see [`LeafWalker::next_leaf_node`]).
+    pub(super) fn leaf_node(&mut self) -> Option<(NodeEntry, bool)> {
+        if self.current.is_some() || self.broken {
+            return None;
+        }
+        self.walker.next_leaf_node().ok().flatten()
+    }
+
+    /// Passes the leaf node [`PreviousVersion::leaf_node`] returned.
+    pub(super) fn skip_leaf_node(&mut self, leaf: &NodeEntry) {
+        self.walker.skip_leaf_node();
+        self.next_offset += leaf.bytes;
     }
 
     pub(super) fn has(&mut self, offset: u64, id: &ChunkId) -> bool {
