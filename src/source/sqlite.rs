@@ -2,11 +2,15 @@
 //!
 //! Copying a database file while an application writes to it can give a file SQLite cannot open
 //! (pages from different transactions), and in WAL mode the newest committed pages are not in
-//! the main file at all. strata instead opens the database and starts a read transaction. In WAL
-//! mode it reads every page through the `sqlite_dbpage` table: exactly the pages of one committed
-//! state, including those still in the WAL, streamed in page order with bounded memory. In
+//! the main file at all. strata instead opens the database and starts a read transaction. In
 //! rollback-journal mode every committed page is in the main file and no writer can commit while
-//! the transaction lasts, so the file itself is read, as fast as any file.
+//! the transaction lasts, so the file itself is read, as fast as any file. In WAL mode the
+//! transaction is started and the log parsed ([`crate::source::wal`]) while a second connection
+//! holds the writer's lock for that moment ([`PinnedLog`]): the image is then the main file with
+//! the log's committed frames put over it, read as fast as the file, or, going on from the
+//! previous image, only the frames since. Without that lock (a read-only file, a long
+//! transaction), every page is read through the `sqlite_dbpage` table: exactly the pages of one
+//! committed state, streamed in page order with bounded memory.
 //!
 //! Writers are not stopped: in WAL mode they go on committing (the WAL only cannot be
 //! checkpointed past the reader until it finishes); in rollback-journal mode a commit waits for
