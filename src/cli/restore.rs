@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use strata::backup::BackupReport;
 use strata::repo::Repo;
-use strata::restore::RestoreOptions;
 use strata::restore::rollback::{self, Rollback};
+use strata::restore::{RestoreOptions, RestoreReport, SqliteCheck};
 use strata::snapshots;
 use strata::verify::ReadData;
 
@@ -28,9 +28,14 @@ pub struct RestoreArgs {
     /// Write the selected files' bytes to standard output
     #[arg(long)]
     to_stdout: bool,
-    /// Skip `PRAGMA integrity_check`, which by default runs on every restored SQLite database
-    /// (and fails the restore with exit code 3 if one does not pass)
-    #[arg(long)]
+    /// How each restored SQLite database is checked as soon as it is written: `quick`
+    /// (`PRAGMA quick_check`, every page of every b-tree) or `full` (`PRAGMA integrity_check`,
+    /// also every index against its table). A database that does not pass fails the restore
+    /// with exit code 3
+    #[arg(long, value_enum, value_name = "LEVEL", default_value_t = CheckLevel::Quick)]
+    check_sqlite: CheckLevel,
+    /// Do not check the restored SQLite databases
+    #[arg(long, conflicts_with = "check_sqlite")]
     no_check_sqlite: bool,
     /// Do not snapshot what the restore replaces first (by default a snapshot of kind
     /// restore-point is taken, and used to put the target back if the restore fails)
@@ -42,6 +47,13 @@ pub struct RestoreArgs {
     delete: bool,
     #[arg(long)]
     json: bool,
+}
+
+/// How restored databases are checked (`--check-sqlite`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum CheckLevel {
+    Quick,
+    Full,
 }
 
 impl RestoreArgs {
@@ -60,19 +72,28 @@ impl RestoreArgs {
             && !self.no_restore_point
             && self.target_arg().is_some_and(|t| rollback::may_replace(&t))
     }
+
+    /// The check restored databases get.
+    fn check(&self) -> Option<SqliteCheck> {
+        match (self.no_check_sqlite, self.check_sqlite) {
+            (true, _) => None,
+            (false, CheckLevel::Quick) => Some(SqliteCheck::Quick),
+            (false, CheckLevel::Full) => Some(SqliteCheck::Full),
+        }
+    }
 }
 
 pub fn restore(repo: &Repo, args: RestoreArgs) -> Result<ExitCode> {
     let take_point = args.may_replace();
     let snaps = snapshots::list(repo)?;
     // With --at, the one positional argument is the target.
-    let (snap, target) = match (&args.at, args.snap, args.target) {
+    let (snap, target) = match (&args.at, &args.snap, &args.target) {
         (Some(t), first, None) => (
             snapshots::at_time(&snaps, snapshots::parse_time(t)?)?,
-            first.map(PathBuf::from),
+            first.as_ref().map(PathBuf::from),
         ),
         (Some(_), _, Some(_)) => bail!("give either SNAP or --at, not both"),
-        (None, Some(s), target) => (snapshots::resolve(&snaps, &s)?, target),
+        (None, Some(s), target) => (snapshots::resolve(&snaps, s)?, target.clone()),
         (None, None, _) => {
             bail!("which snapshot? give SNAP (an id prefix, a name, `latest`) or --at TIME")
         }
@@ -89,53 +110,19 @@ pub fn restore(repo: &Repo, args: RestoreArgs) -> Result<ExitCode> {
         bail!("where to? give a TARGET directory (or --to-stdout)");
     };
     let started = std::time::Instant::now();
-    // Safe restore: what is about to be replaced is saved first.
-    let mut point = None;
-    if take_point
-        && let Some(plan) = rollback::restore_point(&snap.manifest, &snap.id, &args.paths, &target)?
-    {
-        let saved = plan
-            .save(repo)
-            .context("saving what the restore would replace (use --no-restore-point to skip)")?;
-        eprintln!(
-            "restore point {}: what this restore replaces is saved (kind restore-point)",
-            saved.id.short()
-        );
-        point = Some(saved);
-    }
-    let guarded = strata::restore::restore_with_point(
-        repo,
-        &snap.manifest,
-        &RestoreOptions {
-            target: target.clone(),
-            paths: args.paths.clone(),
-            delete: args.delete,
-            cache_databases: !args.no_check_sqlite,
-        },
-        point.as_ref(),
-    );
-    if let (Some(rollback), Some(point)) = (&guarded.rollback, &point) {
-        print_rollback(rollback, point, &target);
-    }
-    let report = guarded.result?;
-    // Databases: integrity of each restored image, when asked.
-    let mut checks: Vec<(String, std::result::Result<(), String>)> = Vec::new();
-    if !args.no_check_sqlite {
-        for db in &report.databases {
-            let verdict = match strata::source::sqlite::integrity_check(db) {
-                Ok(v) => v,
-                Err(e) => Err(e.to_string()),
-            };
-            checks.push((db.display().to_string(), verdict));
-        }
-    }
-    let bad_checks = checks.iter().filter(|(_, v)| v.is_err()).count();
+    let opts = RestoreOptions {
+        target: target.clone(),
+        paths: args.paths.clone(),
+        delete: args.delete,
+        check: args.check(),
+    };
+    let report = restore_guarded(repo, snap, &opts, take_point)?;
     let stores = restored_stores(&snap.manifest, &target);
     let restored = Restored {
         snapshot: &snap.id,
         target: &target,
         report: &report,
-        checks: &checks,
+        check: opts.check,
         stores: &stores,
     };
     if args.json {
@@ -143,8 +130,13 @@ pub fn restore(repo: &Repo, args: RestoreArgs) -> Result<ExitCode> {
     } else {
         print_restored(&restored, started);
     }
+    let bad_checks = report
+        .databases
+        .iter()
+        .filter(|db| matches!(db.check, Some(Err(_))))
+        .count();
     if bad_checks > 0 {
-        eprintln!("strata: {bad_checks} restored database(s) failed their integrity check");
+        eprintln!("strata: {bad_checks} restored database(s) failed their check");
         return Ok(ExitCode::from(EXIT_DAMAGE));
     }
     if !report.errors.is_empty() {
@@ -157,14 +149,52 @@ pub fn restore(repo: &Repo, args: RestoreArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// What the restore replaces is saved first (when `take_point`), then the restore runs, rolled
+/// back if it fails.
+fn restore_guarded(
+    repo: &Repo,
+    snap: &snapshots::Snapshot,
+    opts: &RestoreOptions,
+    take_point: bool,
+) -> Result<RestoreReport> {
+    let target = &opts.target;
+    // Safe restore: what is about to be replaced is saved first.
+    let mut point = None;
+    if take_point
+        && let Some(plan) = rollback::restore_point(&snap.manifest, &snap.id, &opts.paths, target)?
+    {
+        let saved = plan
+            .save(repo)
+            .context("saving what the restore would replace (use --no-restore-point to skip)")?;
+        eprintln!(
+            "restore point {}: what this restore replaces is saved (kind restore-point)",
+            saved.id.short()
+        );
+        point = Some(saved);
+    }
+    let guarded = strata::restore::restore_with_point(repo, &snap.manifest, opts, point.as_ref());
+    if let (Some(rollback), Some(point)) = (&guarded.rollback, &point) {
+        print_rollback(rollback, point, target);
+    }
+    Ok(guarded.result?)
+}
+
 /// What a restore did, for printing.
 struct Restored<'a> {
     snapshot: &'a strata::SnapshotId,
     target: &'a Path,
-    report: &'a strata::restore::RestoreReport,
-    /// Each restored database's integrity check: its path, and its problems if any.
-    checks: &'a [(String, std::result::Result<(), String>)],
+    report: &'a RestoreReport,
+    /// The check the restored databases got.
+    check: Option<SqliteCheck>,
     stores: &'a [StoreJson],
+}
+
+/// The name of the pragma a check runs.
+fn pragma(check: Option<SqliteCheck>) -> &'static str {
+    match check {
+        Some(SqliteCheck::Full) => "integrity_check",
+        _ => "quick_check",
+    }
 }
 
 /// The report as one JSON object (its fields are part of the command line's interface).
@@ -173,12 +203,12 @@ fn print_restored_json(r: &Restored) -> Result<()> {
         snapshot,
         target,
         report,
-        checks,
+        check,
         stores,
     } = r;
     #[derive(serde::Serialize)]
     struct Check<'a> {
-        database: &'a str,
+        database: String,
         ok: bool,
         problems: Option<&'a str>,
     }
@@ -196,10 +226,13 @@ fn print_restored_json(r: &Restored) -> Result<()> {
         kept: u64,
         errors: &'a [String],
         notes: &'a [String],
+        /// The check restored databases got: "quick_check", "integrity_check" or null.
+        check: Option<&'static str>,
         integrity: Vec<Check<'a>>,
         /// Stores restored (ChromaDB directories, groups), and how to verify each.
         stores: &'a [StoreJson],
     }
+    let shown = |p: &Path| p.display().to_string();
     print_json(&Out {
         snapshot: snapshot.to_hex(),
         target: target.display().to_string(),
@@ -207,20 +240,20 @@ fn print_restored_json(r: &Restored) -> Result<()> {
         dirs: report.dirs,
         symlinks: report.symlinks,
         bytes: report.bytes,
-        swapped: report
-            .swapped
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect(),
+        swapped: report.swapped.iter().map(|p| shown(p)).collect(),
         kept: report.kept,
         errors: &report.errors,
         notes: &report.notes,
-        integrity: checks
+        check: check.map(|c| pragma(Some(c))),
+        integrity: report
+            .databases
             .iter()
-            .map(|(d, v)| Check {
-                database: d,
-                ok: v.is_ok(),
-                problems: v.as_ref().err().map(|s| s.as_str()),
+            .filter_map(|db| {
+                db.check.as_ref().map(|v| Check {
+                    database: shown(&db.path),
+                    ok: v.is_ok(),
+                    problems: v.as_ref().err().map(|s| s.as_str()),
+                })
             })
             .collect(),
         stores,
@@ -233,7 +266,7 @@ fn print_restored(r: &Restored, started: std::time::Instant) {
         snapshot,
         target,
         report,
-        checks,
+        check,
         stores,
     } = r;
     for e in &report.errors {
@@ -261,10 +294,13 @@ fn print_restored(r: &Restored, started: std::time::Instant) {
         bytes(report.bytes),
         started.elapsed().as_secs_f64()
     );
-    for (db, v) in checks.iter() {
-        match v {
-            Ok(()) => println!("{db}: integrity_check ok"),
-            Err(problems) => println!("{db}: integrity_check FAILED: {problems}"),
+    let pragma = pragma(*check);
+    for db in &report.databases {
+        let path = db.path.display();
+        match &db.check {
+            Some(Ok(())) => println!("{path}: {pragma} ok"),
+            Some(Err(problems)) => println!("{path}: {pragma} FAILED: {problems}"),
+            None => {}
         }
     }
     for st in stores.iter() {

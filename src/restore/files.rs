@@ -8,9 +8,10 @@ use crate::blobs::BlobReader;
 use crate::error::{Error, IoContext, Result};
 use crate::id::ChunkId;
 use crate::manifest::{Entry, EntryKind};
+use crate::restore::SqliteCheck;
 use crate::restore::changes::{Change, Changes};
 use crate::restore::groups::{Group, check_size, for_each_group, read_shape, with_group_padded};
-use crate::restore::report::RestoreReport;
+use crate::restore::report::{RestoreReport, RestoredDatabase};
 use crate::restore::temporaries::remove_stale_temp_files;
 use crate::storage::{sync_dir, temp_name};
 use crate::sys::set_mtime;
@@ -28,17 +29,35 @@ use std::sync::Mutex;
 /// How restored files are written.
 #[derive(Clone, Copy)]
 pub(super) struct Writes {
-    /// Databases through the page cache (see `RestoreOptions::cache_databases`).
-    pub(super) cache_databases: bool,
+    /// The check each database gets once written, before it is put in place (see
+    /// `RestoreOptions::check`).
+    pub(super) check: Option<SqliteCheck>,
 }
 
 impl Writes {
     /// Whether `entry` is written with `O_DIRECT` where its groups allow (see
-    /// [`write_content_at`]): large files, unless a reader is about to want them cached.
+    /// [`write_content_at`]): large files, unless a reader is about to want them cached (a
+    /// database about to be checked).
     fn direct(self, entry: &Entry) -> bool {
         entry.size >= crate::storage::direct::MIN_DIRECT_BYTES
-            && !(self.cache_databases && entry.page_size > 0)
+            && !(self.check.is_some() && entry.page_size > 0)
     }
+
+    /// The check of the database image at `path` (which becomes `dest`), when one is asked for.
+    fn check(self, entry: &Entry, path: &Path, dest: &Path) -> Option<Result<(), String>> {
+        let level = self.check.filter(|_| entry.page_size > 0)?;
+        let verdict = crate::source::sqlite::check_image(path, level == SqliteCheck::Full);
+        Some(verdict.unwrap_or_else(|e| {
+            let shown = (path.display().to_string(), dest.display().to_string());
+            Err(e.to_string().replace(&shown.0, &shown.1))
+        }))
+    }
+}
+
+/// A file restored: its bytes, and its check when it is a database.
+struct Restored {
+    bytes: u64,
+    database: Option<RestoredDatabase>,
 }
 
 /// Restores `entries` below `target`, each file renamed into place complete; records what it
@@ -76,14 +95,13 @@ pub(super) fn restore_entries(
         .backend()
         .parallelism()
         .unwrap_or(4 * rayon::current_num_threads());
-    let results: Vec<(String, Result<(u64, PathBuf)>)> = crate::storage::with_pool(threads, || {
+    let results: Vec<(String, Result<Restored>)> = crate::storage::with_pool(threads, || {
         files
             .par_iter()
             .map(|e| {
                 let r = catch_unwind(AssertUnwindSafe(|| {
-                    prepare_parent(target, &e.path, &checked).and_then(|dest| {
-                        restore_file(blobs, e, &dest, how, &checked).map(|n| (n, dest))
-                    })
+                    prepare_parent(target, &e.path, &checked)
+                        .and_then(|dest| restore_file(blobs, e, &dest, how, &checked))
                 }))
                 .unwrap_or_else(|p| Err(panicked(p)));
                 (e.path_lossy(), r)
@@ -91,14 +109,12 @@ pub(super) fn restore_entries(
             .collect()
     });
     let mut touched_dirs = HashSet::new();
-    for ((path, r), e) in results.into_iter().zip(&files) {
+    for (path, r) in results {
         match r {
-            Ok((n, dest)) => {
+            Ok(done) => {
                 report.files += 1;
-                report.bytes += n;
-                if e.page_size > 0 {
-                    report.databases.push(dest);
-                }
+                report.bytes += done.bytes;
+                report.databases.extend(done.database);
             }
             Err(e) => report.errors.push(format!("{path}: {e}")),
         }
@@ -233,7 +249,7 @@ fn restore_file(
     dest: &Path,
     how: Writes,
     dirs: &Dirs,
-) -> Result<u64> {
+) -> Result<Restored> {
     if fs::symlink_metadata(dest).is_ok_and(|m| m.is_dir()) {
         return Err(Error::invalid(format!(
             "{} is a directory; not replacing it with a file",
@@ -268,11 +284,19 @@ fn restore_file(
     f.sync_all().ctx("fsync", &tmp.path)?;
     drop(f);
     set_mtime(&tmp.path, entry.mtime_ns, false)?;
+    let check = how.check(entry, &tmp.path, dest);
     if entry.page_size > 0 {
         remove_stale_sqlite_siblings(dest, dirs)?;
     }
     tmp.place(dest, dirs)?;
-    Ok(written)
+    let database = (entry.page_size > 0).then(|| RestoredDatabase {
+        path: dest.to_path_buf(),
+        check,
+    });
+    Ok(Restored {
+        bytes: written,
+        database,
+    })
 }
 
 /// A file being made beside its destination: removed when dropped before it is renamed into
@@ -611,9 +635,7 @@ mod tests {
         let index = IndexReader::new(&txn)?;
         let blobs = BlobReader::new(&repo, &index)?;
         let refs: Vec<&Entry> = entries.iter().collect();
-        let how = Writes {
-            cache_databases: false,
-        };
+        let how = Writes { check: None };
         restore_entries(&blobs, target, &refs, how, Some(changes))
     }
 

@@ -16,7 +16,7 @@ mod selection;
 mod staging;
 mod temporaries;
 
-pub use report::RestoreReport;
+pub use report::{RestoreReport, RestoredDatabase};
 pub use selection::{Replaced, check_entries, check_entry_path, replaced, select};
 
 use crate::backup::BackupReport;
@@ -43,9 +43,11 @@ pub struct RestoreOptions {
     /// Leave out what exists below a restored directory but is not in the snapshot (by default
     /// it is kept).
     pub delete: bool,
-    /// Databases are about to be read (an integrity check): write them through the page cache,
-    /// where the check finds them. Otherwise large files go straight to the device.
-    pub cache_databases: bool,
+    /// The check each restored database gets as soon as it is written, before it is put in
+    /// place; its verdict is in the report ([`RestoredDatabase::check`]). Checked databases are
+    /// written through the page cache, where the check finds them (otherwise large files go
+    /// straight to the device).
+    pub check: Option<SqliteCheck>,
 }
 
 impl RestoreOptions {
@@ -55,9 +57,24 @@ impl RestoreOptions {
             target,
             paths: vec![],
             delete: false,
-            cache_databases: false,
+            check: None,
         }
     }
+}
+
+/// How a restored database is checked.
+///
+/// Every chunk a restore reads is checked against its hash, so a restored image holds exactly
+/// the bytes that were saved; an image saved through SQLite is one committed state. What a
+/// check can still find is damage the database had when it was saved (or a copy saved as a
+/// plain file while it was written).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SqliteCheck {
+    /// `PRAGMA quick_check`: every page of every b-tree, without comparing indexes with their
+    /// tables.
+    Quick,
+    /// `PRAGMA integrity_check`: also every index against its table.
+    Full,
 }
 
 /// A restore of at least this many bytes reads the index ahead (see [`Repo::prefetch_index`]),
@@ -176,9 +193,7 @@ fn restore_selected(
     let (staged, direct): (Vec<&Entry>, Vec<&Entry>) = entries
         .iter()
         .partition(|e| stages.iter().any(|st| st.holds(&e.path)));
-    let how = Writes {
-        cache_databases: opts.cache_databases,
-    };
+    let how = Writes { check: opts.check };
     let mut report = restore_entries(blobs, target, &direct, how, Some(changes))?;
     for stage in &stages {
         match stage.restore(blobs, &staged, opts.delete, how, changes) {

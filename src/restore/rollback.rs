@@ -181,9 +181,7 @@ fn restore_files(
     let txn = repo.index.read()?;
     let index = IndexReader::new(&txn)?;
     let blobs = BlobReader::new(repo, &index)?;
-    let how = Writes {
-        cache_databases: false,
-    };
+    let how = Writes { check: None };
     let report = catch_unwind(AssertUnwindSafe(|| {
         restore_entries(&blobs, &target, &entries, how, None)
     }))

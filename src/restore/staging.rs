@@ -100,7 +100,7 @@ impl Stage {
             let skip: HashSet<PathBuf> = report
                 .databases
                 .iter()
-                .flat_map(|db| crate::source::sqlite::siblings(db))
+                .flat_map(|db| crate::source::sqlite::siblings(&db.path))
                 .collect();
             keep_extras(&self.dest, &staged, &skip, &mut report)?;
         }
@@ -122,8 +122,8 @@ impl Stage {
             report.errors.push(e.to_string());
         }
         for db in &mut report.databases {
-            if let Ok(rest) = db.strip_prefix(&staged) {
-                *db = self.dest.join(rest);
+            if let Ok(rest) = db.path.strip_prefix(&staged) {
+                db.path = self.dest.join(rest);
             }
         }
         report.swapped.push(self.dest.clone());
