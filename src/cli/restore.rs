@@ -6,8 +6,11 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 use strata::backup::BackupReport;
+use strata::hooks::Hooks;
 use strata::repo::Repo;
+use strata::restore::live::Holder;
 use strata::restore::rollback::{self, Rollback};
 use strata::restore::{RestoreOptions, RestoreReport, SqliteCheck};
 use strata::snapshots;
@@ -26,7 +29,7 @@ pub struct RestoreArgs {
     #[arg(long = "path")]
     paths: Vec<String>,
     /// Write the selected files' bytes to standard output
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["before", "after"])]
     to_stdout: bool,
     /// How each restored SQLite database is checked as soon as it is written: `quick`
     /// (`PRAGMA quick_check`, every page of every b-tree) or `full` (`PRAGMA integrity_check`,
@@ -45,6 +48,22 @@ pub struct RestoreArgs {
     /// is kept)
     #[arg(long)]
     delete: bool,
+    /// Replace files that other processes hold open (by default the restore refuses, naming
+    /// them; a SQLite database an application has open is written in place through SQLite
+    /// either way)
+    #[arg(long)]
+    force: bool,
+    /// A shell command to run before the restore changes anything (e.g. one that stops the
+    /// application); the restore fails if it fails
+    #[arg(long, value_name = "CMD")]
+    before: Option<String>,
+    /// A shell command to run when the restore ends, whether it succeeded or not (e.g. one
+    /// that starts the application again)
+    #[arg(long, value_name = "CMD")]
+    after: Option<String>,
+    /// Seconds a hook may run before it is killed (and counts as failed)
+    #[arg(long, value_name = "SECS", default_value_t = Hooks::default().timeout.as_secs())]
+    hook_timeout: u64,
     #[arg(long)]
     json: bool,
 }
@@ -115,8 +134,20 @@ pub fn restore(repo: &Repo, args: RestoreArgs) -> Result<ExitCode> {
         paths: args.paths.clone(),
         delete: args.delete,
         check: args.check(),
+        force: args.force,
     };
-    let report = restore_guarded(repo, snap, &opts, take_point)?;
+    let hooks = Hooks {
+        before: args.before.clone(),
+        after: args.after.clone(),
+        timeout: Duration::from_secs(args.hook_timeout),
+    };
+    let (result, after) = hooks.around(|| restore_guarded(repo, snap, &opts, take_point));
+    let report = match (result, &after) {
+        (Ok(report), _) => report,
+        (Err(e), Ok(())) => return Err(e),
+        (Err(e), Err(h)) => bail!("{e:#} (and then: {h})"),
+    };
+    let after_hook_error = after.err().map(|e| e.to_string());
     let stores = restored_stores(&snap.manifest, &target);
     let restored = Restored {
         snapshot: &snap.id,
@@ -124,6 +155,7 @@ pub fn restore(repo: &Repo, args: RestoreArgs) -> Result<ExitCode> {
         report: &report,
         check: opts.check,
         stores: &stores,
+        after_hook_error: after_hook_error.as_deref(),
     };
     if args.json {
         print_restored_json(&restored)?;
@@ -135,6 +167,9 @@ pub fn restore(repo: &Repo, args: RestoreArgs) -> Result<ExitCode> {
         .iter()
         .filter(|db| matches!(db.check, Some(Err(_))))
         .count();
+    if let Some(e) = &after_hook_error {
+        eprintln!("strata: the restore ended, but {e}");
+    }
     if bad_checks > 0 {
         eprintln!("strata: {bad_checks} restored database(s) failed their check");
         return Ok(ExitCode::from(EXIT_DAMAGE));
@@ -146,17 +181,22 @@ pub fn restore(repo: &Repo, args: RestoreArgs) -> Result<ExitCode> {
         );
         return Ok(ExitCode::from(EXIT_DAMAGE));
     }
+    if after_hook_error.is_some() {
+        return Ok(ExitCode::from(super::EXIT_ERROR));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
-/// What the restore replaces is saved first (when `take_point`), then the restore runs, rolled
-/// back if it fails.
+/// The restore between the hooks: files other processes hold open are looked for first (a
+/// refusal changes nothing and saves no restore point), then what the restore replaces is saved
+/// (when `take_point`), then the restore runs, rolled back if it fails.
 fn restore_guarded(
     repo: &Repo,
     snap: &snapshots::Snapshot,
     opts: &RestoreOptions,
     take_point: bool,
 ) -> Result<RestoreReport> {
+    strata::restore::open_files(&snap.manifest, opts)?;
     let target = &opts.target;
     // Safe restore: what is about to be replaced is saved first.
     let mut point = None;
@@ -187,6 +227,8 @@ struct Restored<'a> {
     /// The check the restored databases got.
     check: Option<SqliteCheck>,
     stores: &'a [StoreJson],
+    /// The after hook's failure (the restore itself is done).
+    after_hook_error: Option<&'a str>,
 }
 
 /// The name of the pragma a check runs.
@@ -205,12 +247,19 @@ fn print_restored_json(r: &Restored) -> Result<()> {
         report,
         check,
         stores,
+        after_hook_error,
     } = r;
     #[derive(serde::Serialize)]
     struct Check<'a> {
         database: String,
         ok: bool,
         problems: Option<&'a str>,
+    }
+    #[derive(serde::Serialize)]
+    struct Live<'a> {
+        database: String,
+        /// The processes that held it open.
+        holders: &'a [Holder],
     }
     #[derive(serde::Serialize)]
     struct Out<'a> {
@@ -229,8 +278,12 @@ fn print_restored_json(r: &Restored) -> Result<()> {
         /// The check restored databases got: "quick_check", "integrity_check" or null.
         check: Option<&'static str>,
         integrity: Vec<Check<'a>>,
+        /// Databases that applications had open, written in place through SQLite.
+        live: Vec<Live<'a>>,
         /// Stores restored (ChromaDB directories, groups), and how to verify each.
         stores: &'a [StoreJson],
+        /// The after hook's failure (the restore itself is done).
+        after_hook_error: Option<&'a str>,
     }
     let shown = |p: &Path| p.display().to_string();
     print_json(&Out {
@@ -256,7 +309,18 @@ fn print_restored_json(r: &Restored) -> Result<()> {
                 })
             })
             .collect(),
+        live: report
+            .databases
+            .iter()
+            .filter_map(|db| {
+                db.live.as_ref().map(|holders| Live {
+                    database: shown(&db.path),
+                    holders,
+                })
+            })
+            .collect(),
         stores,
+        after_hook_error: *after_hook_error,
     })
 }
 
@@ -268,6 +332,7 @@ fn print_restored(r: &Restored, started: std::time::Instant) {
         report,
         check,
         stores,
+        after_hook_error: _,
     } = r;
     for e in &report.errors {
         eprintln!("not restored: {e}");
@@ -297,6 +362,13 @@ fn print_restored(r: &Restored, started: std::time::Instant) {
     let pragma = pragma(*check);
     for db in &report.databases {
         let path = db.path.display();
+        if let Some(holders) = &db.live {
+            let held: Vec<String> = holders.iter().map(|h| h.to_string()).collect();
+            println!(
+                "{path}: open in {}; written in place through SQLite",
+                held.join(", ")
+            );
+        }
         match &db.check {
             Some(Ok(())) => println!("{path}: {pragma} ok"),
             Some(Err(problems)) => println!("{path}: {pragma} FAILED: {problems}"),

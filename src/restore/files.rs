@@ -11,6 +11,7 @@ use crate::manifest::{Entry, EntryKind};
 use crate::restore::SqliteCheck;
 use crate::restore::changes::{Change, Changes};
 use crate::restore::groups::{Group, check_size, for_each_group, read_shape, with_group_padded};
+use crate::restore::live::{self, LivePlan};
 use crate::restore::report::{RestoreReport, RestoredDatabase};
 use crate::restore::temporaries::remove_stale_temp_files;
 use crate::storage::{sync_dir, temp_name};
@@ -28,19 +29,22 @@ use std::sync::Mutex;
 
 /// How restored files are written.
 #[derive(Clone, Copy)]
-pub(super) struct Writes {
+pub(super) struct Writes<'a> {
     /// The check each database gets once written, before it is put in place (see
     /// `RestoreOptions::check`).
     pub(super) check: Option<SqliteCheck>,
+    /// The files other processes hold open, and what to do about them.
+    pub(super) live: &'a LivePlan,
 }
 
-impl Writes {
+impl Writes<'_> {
     /// Whether `entry` is written with `O_DIRECT` where its groups allow (see
     /// [`write_content_at`]): large files, unless a reader is about to want them cached (a
-    /// database about to be checked).
+    /// database about to be checked, or copied into an open one).
     fn direct(self, entry: &Entry) -> bool {
+        let read_next = self.check.is_some() || self.live.databases().next().is_some();
         entry.size >= crate::storage::direct::MIN_DIRECT_BYTES
-            && !(self.check.is_some() && entry.page_size > 0)
+            && !(read_next && entry.page_size > 0)
     }
 
     /// The check of the database image at `path` (which becomes `dest`), when one is asked for.
@@ -54,10 +58,11 @@ impl Writes {
     }
 }
 
-/// A file restored: its bytes, and its check when it is a database.
+/// A file restored: its bytes, and what became of it when it is a database.
 struct Restored {
     bytes: u64,
     database: Option<RestoredDatabase>,
+    note: Option<String>,
 }
 
 /// Restores `entries` below `target`, each file renamed into place complete; records what it
@@ -115,6 +120,7 @@ pub(super) fn restore_entries(
                 report.files += 1;
                 report.bytes += done.bytes;
                 report.databases.extend(done.database);
+                report.notes.extend(done.note);
             }
             Err(e) => report.errors.push(format!("{path}: {e}")),
         }
@@ -285,18 +291,60 @@ fn restore_file(
     drop(f);
     set_mtime(&tmp.path, entry.mtime_ns, false)?;
     let check = how.check(entry, &tmp.path, dest);
+    let mut note = None;
+    if let Some(holders) = how.live.database(dest) {
+        if let Some(Err(problems)) = &check {
+            return Err(failed_check(dest, problems));
+        }
+        match live::write(&tmp.path, dest) {
+            Ok(()) => {
+                dirs.record(Change::Rewritten(dest.to_path_buf()));
+                let database = RestoredDatabase {
+                    path: dest.to_path_buf(),
+                    live: Some(holders.to_vec()),
+                    check,
+                };
+                return Ok(Restored {
+                    bytes: written,
+                    database: Some(database),
+                    note,
+                });
+            }
+            Err(e) if !how.live.force => return Err(e),
+            Err(e) => note = Some(forced_note(dest, &e)),
+        }
+    }
     if entry.page_size > 0 {
         remove_stale_sqlite_siblings(dest, dirs)?;
     }
     tmp.place(dest, dirs)?;
     let database = (entry.page_size > 0).then(|| RestoredDatabase {
         path: dest.to_path_buf(),
+        live: None,
         check,
     });
     Ok(Restored {
         bytes: written,
         database,
+        note,
     })
+}
+
+/// The error of an open database whose restored image failed its check: it is not written.
+pub(super) fn failed_check(dest: &Path, problems: &str) -> Error {
+    Error::corrupt(format!(
+        "{}: the restored image does not pass its check ({problems}); not written into the \
+         open database",
+        dest.display()
+    ))
+}
+
+/// What to tell of an open database that SQLite could not write into, replaced all the same.
+pub(super) fn forced_note(dest: &Path, e: &Error) -> String {
+    format!(
+        "{}: writing into the open database failed ({e}); replaced all the same (--force)",
+        dest.display()
+    )
 }
 
 /// A file being made beside its destination: removed when dropped before it is renamed into
@@ -513,7 +561,7 @@ fn allocate(f: &fs::File, offset: u64, len: u64, path: &Path) -> Result<()> {
 
 /// A database's -wal, -shm or -journal file left beside the destination belongs to the file
 /// being replaced; SQLite would replay it over the restored image, so it goes first.
-fn remove_stale_sqlite_siblings(dest: &Path, dirs: &Dirs) -> Result<()> {
+pub(super) fn remove_stale_sqlite_siblings(dest: &Path, dirs: &Dirs) -> Result<()> {
     for sibling in crate::source::sqlite::siblings(dest) {
         match fs::remove_file(&sibling) {
             Ok(()) => dirs.record(Change::Removed(sibling)),
@@ -635,7 +683,10 @@ mod tests {
         let index = IndexReader::new(&txn)?;
         let blobs = BlobReader::new(&repo, &index)?;
         let refs: Vec<&Entry> = entries.iter().collect();
-        let how = Writes { check: None };
+        let how = Writes {
+            check: None,
+            live: &LivePlan::default(),
+        };
         restore_entries(&blobs, target, &refs, how, Some(changes))
     }
 

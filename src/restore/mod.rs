@@ -4,12 +4,15 @@
 //! A restore selects the snapshot's entries and checks their paths (`selection`), stages the
 //! directories that exist already (`staging`), reads each file's chunks in groups (`groups`) and
 //! writes them beside their destinations (`files`), recording every change it makes to the
-//! target ([`changes`]). A restore guarded by a restore point rolls back what it changed when it
-//! fails ([`rollback`]).
+//! target ([`changes`]). Files that other processes hold open are found first ([`live`]): an
+//! open database is written in place through SQLite, any other open file stops the restore
+//! before it changes anything. A restore guarded by a restore point rolls back what it changed
+//! when it fails ([`rollback`]).
 
 pub mod changes;
 mod files;
 mod groups;
+pub mod live;
 mod report;
 pub mod rollback;
 mod selection;
@@ -28,10 +31,13 @@ use crate::repo::Repo;
 use changes::Changes;
 use files::{Writes, panicked, restore_entries};
 use groups::write_content;
+use live::LivePlan;
 use rollback::{Rollback, roll_back};
-use staging::plan_stages;
+use staging::{left_out, plan_stages};
+use std::ffi::OsStr;
 use std::fs;
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
@@ -48,6 +54,9 @@ pub struct RestoreOptions {
     /// written through the page cache, where the check finds them (otherwise large files go
     /// straight to the device).
     pub check: Option<SqliteCheck>,
+    /// Replace files that other processes hold open as any other file, instead of refusing
+    /// (see [`live`]); open databases are still written in place where SQLite can.
+    pub force: bool,
 }
 
 impl RestoreOptions {
@@ -58,6 +67,7 @@ impl RestoreOptions {
             paths: vec![],
             delete: false,
             check: None,
+            force: false,
         }
     }
 }
@@ -75,6 +85,28 @@ pub enum SqliteCheck {
     Quick,
     /// `PRAGMA integrity_check`: also every index against its table.
     Full,
+}
+
+/// The files other processes hold open among those a restore with `opts` of `manifest` would
+/// replace or remove (see [`live`]): an error naming them and their processes unless each is a
+/// database SQLite can write into in place (or `opts.force`). Changes nothing; a restore looks
+/// again as it starts.
+pub fn open_files(manifest: &Manifest, opts: &RestoreOptions) -> Result<LivePlan> {
+    let entries = select(manifest, &opts.paths)?;
+    check_entries(&entries)?;
+    match fs::canonicalize(&opts.target) {
+        Ok(target) => survey(&target, &entries, opts),
+        Err(_) => Ok(LivePlan::default()),
+    }
+}
+
+/// [`live::survey`] of a restore of `entries` into `target` (resolved).
+fn survey(target: &Path, entries: &[&Entry], opts: &RestoreOptions) -> Result<LivePlan> {
+    let removed = match opts.delete {
+        true => left_out(target, entries, &opts.paths),
+        false => vec![],
+    };
+    live::survey(target, entries, &removed, opts.force)
 }
 
 /// A restore of at least this many bytes reads the index ahead (see [`Repo::prefetch_index`]),
@@ -107,6 +139,11 @@ fn loading_pays(repo: &Repo, index: &IndexReader, bytes: u64) -> Result<bool> {
 /// directory is left untouched. Files of the old directory that the snapshot does not have are
 /// carried over (hard links, so they keep their inodes; fifos and sockets too) unless
 /// `opts.delete`. Everything else is restored file by file, each renamed into place complete.
+///
+/// Before anything changes, the files it would replace are compared with those other processes
+/// hold open ([`live`]): a database an application has open is written in place through
+/// SQLite (in a directory swapped whole, too), any other open file fails the restore with an
+/// error naming the processes, unless `opts.force`.
 pub fn restore(repo: &Repo, manifest: &Manifest, opts: &RestoreOptions) -> Result<RestoreReport> {
     let changes = Changes::new();
     let report = restore_undoable(repo, manifest, opts, &changes);
@@ -150,6 +187,12 @@ fn restore_recording(
     }
     fs::create_dir_all(&opts.target).ctx("create", &opts.target)?;
     let target = fs::canonicalize(&opts.target).ctx("resolve", &opts.target)?;
+    let live = survey(&target, &entries, opts)?;
+    // The logs of an open database are its application's: the snapshot's are not put there.
+    let entries: Vec<&Entry> = entries
+        .into_iter()
+        .filter(|e| !live.is_log_of_open_database(&target.join(OsStr::from_bytes(&e.path))))
+        .collect();
     let txn = repo.index.read()?;
     let index = IndexReader::new(&txn)?;
     let load = large && loading_pays(repo, &index, bytes)?;
@@ -161,7 +204,7 @@ fn restore_recording(
             // lookups meanwhile go through the B-tree (with the same answers).
             s.spawn(|| load_index(&index));
         }
-        restore_selected(&blobs, &target, &entries, opts, changes)
+        restore_selected(&blobs, &target, &entries, opts, &live, changes)
     })
 }
 
@@ -187,14 +230,19 @@ fn restore_selected(
     target: &Path,
     entries: &[&Entry],
     opts: &RestoreOptions,
+    live: &LivePlan,
     changes: &Changes,
 ) -> Result<RestoreReport> {
     let stages = plan_stages(target, entries, &opts.paths, changes)?;
     let (staged, direct): (Vec<&Entry>, Vec<&Entry>) = entries
         .iter()
         .partition(|e| stages.iter().any(|st| st.holds(&e.path)));
-    let how = Writes { check: opts.check };
+    let how = Writes {
+        check: opts.check,
+        live,
+    };
     let mut report = restore_entries(blobs, target, &direct, how, Some(changes))?;
+    report.notes.extend(live.notes());
     for stage in &stages {
         match stage.restore(blobs, &staged, opts.delete, how, changes) {
             Ok(r) => report.merge(r),

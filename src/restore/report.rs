@@ -1,7 +1,8 @@
 //! What a restore did: counts, the files it could not restore and why, the databases it wrote
-//! (and how they passed their check), the directories it swapped whole, and what is worth
-//! telling the user.
+//! (how they passed their check, and which ones applications had open), the directories it
+//! swapped whole, and what is worth telling the user.
 
+use crate::restore::live::Holder;
 use std::path::PathBuf;
 
 #[derive(Default, Debug)]
@@ -28,6 +29,9 @@ pub struct RestoreReport {
 pub struct RestoredDatabase {
     /// Its destination.
     pub path: PathBuf,
+    /// Set when an application had it open: the restored image was written into it through
+    /// SQLite (see [`crate::restore::live`]); the processes that held it.
+    pub live: Option<Vec<Holder>>,
     /// The check of the restored image, when one ran: passed, or what SQLite reported.
     pub check: Option<std::result::Result<(), String>>,
 }

@@ -340,7 +340,7 @@ pub fn check_image(path: &Path, full: bool) -> Result<std::result::Result<(), St
 const MMAP_MAX: i64 = 1 << 40;
 
 /// Opens the database image at `path` read-only and `immutable` (see [`integrity_check`]).
-fn open_image(path: &Path) -> Result<Connection> {
+pub(crate) fn open_image(path: &Path) -> Result<Connection> {
     use std::os::unix::ffi::OsStrExt;
     let mut uri = String::from("file:");
     for &b in path.as_os_str().as_bytes() {
@@ -358,6 +358,12 @@ fn open_image(path: &Path) -> Result<Connection> {
             | OpenFlags::SQLITE_OPEN_URI,
     )
     .map_err(|e| sql_err(path, e))
+}
+
+/// Opens the live database at `path` for writing, waiting out other connections' locks as a
+/// capture's reads do; closing it leaves the log to the application.
+pub(crate) fn open_live(path: &Path) -> Result<Connection> {
+    open(path, true)
 }
 
 /// Checks that a path named with `--sqlite` is a SQLite database; returns its absolute path (a
