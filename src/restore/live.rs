@@ -326,9 +326,14 @@ fn holders_of(files: &HashSet<(u64, u64)>) -> HashMap<(u64, u64), Vec<Held>> {
                 .then(|| fs::metadata(fd.path()).ok())
                 .flatten()
                 .map(|m| (m.dev(), m.ino()));
-            if let Some(key) = key.filter(|k| files.contains(k)) {
-                let fdinfo = p.path().join("fdinfo").join(fd.file_name());
-                add(key, pid, opened_for_writing(&fdinfo));
+            let Some(key) = key.filter(|k| files.contains(k)) else {
+                continue;
+            };
+            let fdinfo = p.path().join("fdinfo").join(fd.file_name());
+            // A descriptor closed since (or its number taken again for another file) holds
+            // nothing.
+            if let Some(writes) = opened_for_writing(&fdinfo, key.1) {
+                add(key, pid, writes);
             }
         }
     }
@@ -342,16 +347,22 @@ fn holders_of(files: &HashSet<(u64, u64)>) -> HashMap<(u64, u64), Vec<Held>> {
     out
 }
 
-/// Whether the descriptor that `/proc/PID/fdinfo/N` describes was opened for writing: its
-/// `flags:` line (octal) has the access mode `O_WRONLY` or `O_RDWR`. When it cannot be told,
-/// it is taken as writing.
-fn opened_for_writing(fdinfo: &Path) -> bool {
-    let flags = fs::read_to_string(fdinfo).ok().and_then(|text| {
+/// Whether the descriptor that `/proc/PID/fdinfo/N` describes, of the file with inode
+/// `inode`, was opened for writing: its `flags:` line (octal) has the access mode `O_WRONLY` or
+/// `O_RDWR`. `None` when the descriptor is gone, or now names another file (its `ino:` line,
+/// where the kernel gives one, differs); when its flags cannot be read, it is taken as writing.
+fn opened_for_writing(fdinfo: &Path, inode: u64) -> Option<bool> {
+    let text = fs::read_to_string(fdinfo).ok()?;
+    let field = |name: &str| {
         text.lines()
-            .find_map(|l| l.strip_prefix("flags:"))
-            .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
-    });
-    flags.is_none_or(|f| f & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32)
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+    };
+    if field("ino:").is_some_and(|ino| ino.parse::<u64>().ok() != Some(inode)) {
+        return None;
+    }
+    let flags = field("flags:").and_then(|f| u32::from_str_radix(&f, 8).ok());
+    Some(flags.is_none_or(|f| f & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32))
 }
 
 /// The (device, inode) and process of each lock in the text of `/proc/locks`, whose lines read
@@ -666,6 +677,30 @@ mod tests {
         drop(lock);
         app.execute("INSERT INTO t VALUES (2, 'x')", []).unwrap();
         assert_eq!(rows(&app).len(), 2);
+    }
+
+    #[test]
+    fn descriptors_tell_how_they_were_opened() {
+        use std::os::fd::AsRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        fs::write(&path, b"x").unwrap();
+        let inode = fs::metadata(&path).unwrap().ino();
+        let fdinfo = |f: &fs::File| PathBuf::from(format!("/proc/self/fdinfo/{}", f.as_raw_fd()));
+        let reading = fs::File::open(&path).unwrap();
+        let writing = fs::OpenOptions::new().append(true).open(&path).unwrap();
+        assert_eq!(opened_for_writing(&fdinfo(&reading), inode), Some(false));
+        assert_eq!(opened_for_writing(&fdinfo(&writing), inode), Some(true));
+        // A descriptor that now names another file holds nothing of this one (where the
+        // kernel says which file a descriptor names).
+        let text = fs::read_to_string(fdinfo(&reading)).unwrap();
+        if text.lines().any(|l| l.starts_with("ino:")) {
+            assert_eq!(opened_for_writing(&fdinfo(&reading), inode + 1), None);
+        }
+        assert_eq!(
+            opened_for_writing(&dir.path().join("no-such-fd"), inode),
+            None
+        );
     }
 
     #[test]
