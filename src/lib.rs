@@ -48,6 +48,7 @@ pub mod error;
 #[cfg(feature = "testing")]
 pub mod fuzzing;
 pub mod gc;
+pub mod hooks;
 pub mod id;
 pub mod index;
 pub mod layout;

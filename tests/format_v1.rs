@@ -109,7 +109,7 @@ fn format_v1_repository_still_reads() {
         repo.to_str().unwrap(),
     ]);
     assert_eq!(code(&checked), 3);
-    assert!(String::from_utf8_lossy(&checked.stdout).contains("integrity_check FAILED"));
+    assert!(String::from_utf8_lossy(&checked.stdout).contains("quick_check FAILED"));
     r(&[
         "restore",
         "golden",

@@ -147,6 +147,7 @@ fn live_snapshots(wal: bool) {
     // Restore runs SQLite's own check on each restored database.
     let out = env.path("checked");
     let r = env.json(&["restore", "latest", out.to_str().unwrap()]);
+    assert_eq!(r["check"], "quick_check");
     assert_eq!(r["integrity"].as_array().unwrap().len(), 1);
     assert_eq!(r["integrity"][0]["ok"], true);
     // A damaged database is reported and fails the command.
@@ -165,6 +166,16 @@ fn live_snapshots(wal: bool) {
     let damaged = env.backup(&[&out.join("app")]);
     let again = env.path("again");
     let r = env.run(&["restore", &damaged[..12], again.to_str().unwrap()]);
+    assert_eq!(code(&r), 3, "{}", String::from_utf8_lossy(&r.stdout));
+    assert!(String::from_utf8_lossy(&r.stdout).contains("quick_check FAILED"));
+    // The full check finds it as well.
+    let full = env.path("full");
+    let r = env.run(&[
+        "restore",
+        &damaged[..12],
+        full.to_str().unwrap(),
+        "--check-sqlite=full",
+    ]);
     assert_eq!(code(&r), 3, "{}", String::from_utf8_lossy(&r.stdout));
     assert!(String::from_utf8_lossy(&r.stdout).contains("integrity_check FAILED"));
     // --no-check-sqlite skips the check: the bytes are restored as they were saved.

@@ -23,11 +23,12 @@
 
 use crate::commit::commit;
 use crate::error::{Error, Result};
+use crate::hooks::Hooks;
 use crate::id::SnapshotId;
 use crate::index::{IndexReader, META_NEXT_PACK};
 use crate::manifest::Manifest;
 use crate::repo::Repo;
-use crate::source::capture::{CaptureOptions, Hooks, run_hook};
+use crate::source::capture::CaptureOptions;
 use crate::source::streams::StreamSource;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -143,14 +144,7 @@ impl Phases {
 /// snapshot. Runs the hooks around it: the before hook first (a failure stops the backup), the
 /// after hook always, once the before hook has been started.
 pub fn backup(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
-    let hooks = &opts.hooks;
-    let hook = |which, cmd: &Option<String>| match cmd {
-        Some(cmd) => run_hook(which, cmd, hooks.timeout),
-        None => Ok(()),
-    };
-    let result = hook("before", &hooks.before).and_then(|()| pipeline(repo, opts));
-    let after = hook("after", &hooks.after);
-    match (result, after) {
+    match opts.hooks.around(|| pipeline(repo, opts)) {
         (Ok(mut report), Err(e)) => {
             report.after_hook_error = Some(e.to_string());
             Ok(report)

@@ -11,8 +11,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 use strata::backup::{BackupOptions, BackupReport, NamedPath, backup as run_backup};
 use strata::chunker::ChunkerParams;
+use strata::hooks::Hooks;
 use strata::repo::{Config, Repo};
-use strata::source::capture::{CaptureOptions, Hooks};
+use strata::source::capture::CaptureOptions;
 use strata::source::streams::{StreamFrom, StreamSource};
 
 pub const DEFAULT_ZSTD_LEVEL: i32 = 1;

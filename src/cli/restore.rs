@@ -6,10 +6,13 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 use strata::backup::BackupReport;
+use strata::hooks::Hooks;
 use strata::repo::Repo;
-use strata::restore::RestoreOptions;
+use strata::restore::live::Holder;
 use strata::restore::rollback::{self, Rollback};
+use strata::restore::{RestoreOptions, RestoreReport, SqliteCheck};
 use strata::snapshots;
 use strata::verify::ReadData;
 
@@ -26,11 +29,16 @@ pub struct RestoreArgs {
     #[arg(long = "path")]
     paths: Vec<String>,
     /// Write the selected files' bytes to standard output
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["before", "after"])]
     to_stdout: bool,
-    /// Skip `PRAGMA integrity_check`, which by default runs on every restored SQLite database
-    /// (and fails the restore with exit code 3 if one does not pass)
-    #[arg(long)]
+    /// How each restored SQLite database is checked as soon as it is written: `quick`
+    /// (`PRAGMA quick_check`, every page of every b-tree) or `full` (`PRAGMA integrity_check`,
+    /// also every index against its table). A database that does not pass fails the restore
+    /// with exit code 3
+    #[arg(long, value_enum, value_name = "LEVEL", default_value_t = CheckLevel::Quick)]
+    check_sqlite: CheckLevel,
+    /// Do not check the restored SQLite databases
+    #[arg(long, conflicts_with = "check_sqlite")]
     no_check_sqlite: bool,
     /// Do not snapshot what the restore replaces first (by default a snapshot of kind
     /// restore-point is taken, and used to put the target back if the restore fails)
@@ -40,8 +48,31 @@ pub struct RestoreArgs {
     /// is kept)
     #[arg(long)]
     delete: bool,
+    /// Replace files that other processes hold open (by default the restore refuses, naming
+    /// them; a SQLite database an application has open is written in place through SQLite
+    /// either way)
+    #[arg(long)]
+    force: bool,
+    /// A shell command to run before the restore changes anything (e.g. one that stops the
+    /// application); the restore fails if it fails
+    #[arg(long, value_name = "CMD")]
+    before: Option<String>,
+    /// A shell command to run when the restore ends, whether it succeeded or not (e.g. one
+    /// that starts the application again)
+    #[arg(long, value_name = "CMD")]
+    after: Option<String>,
+    /// Seconds a hook may run before it is killed (and counts as failed)
+    #[arg(long, value_name = "SECS", default_value_t = Hooks::default().timeout.as_secs())]
+    hook_timeout: u64,
     #[arg(long)]
     json: bool,
+}
+
+/// How restored databases are checked (`--check-sqlite`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum CheckLevel {
+    Quick,
+    Full,
 }
 
 impl RestoreArgs {
@@ -60,19 +91,28 @@ impl RestoreArgs {
             && !self.no_restore_point
             && self.target_arg().is_some_and(|t| rollback::may_replace(&t))
     }
+
+    /// The check restored databases get.
+    fn check(&self) -> Option<SqliteCheck> {
+        match (self.no_check_sqlite, self.check_sqlite) {
+            (true, _) => None,
+            (false, CheckLevel::Quick) => Some(SqliteCheck::Quick),
+            (false, CheckLevel::Full) => Some(SqliteCheck::Full),
+        }
+    }
 }
 
 pub fn restore(repo: &Repo, args: RestoreArgs) -> Result<ExitCode> {
     let take_point = args.may_replace();
     let snaps = snapshots::list(repo)?;
     // With --at, the one positional argument is the target.
-    let (snap, target) = match (&args.at, args.snap, args.target) {
+    let (snap, target) = match (&args.at, &args.snap, &args.target) {
         (Some(t), first, None) => (
             snapshots::at_time(&snaps, snapshots::parse_time(t)?)?,
-            first.map(PathBuf::from),
+            first.as_ref().map(PathBuf::from),
         ),
         (Some(_), _, Some(_)) => bail!("give either SNAP or --at, not both"),
-        (None, Some(s), target) => (snapshots::resolve(&snaps, &s)?, target),
+        (None, Some(s), target) => (snapshots::resolve(&snaps, s)?, target.clone()),
         (None, None, _) => {
             bail!("which snapshot? give SNAP (an id prefix, a name, `latest`) or --at TIME")
         }
@@ -89,10 +129,79 @@ pub fn restore(repo: &Repo, args: RestoreArgs) -> Result<ExitCode> {
         bail!("where to? give a TARGET directory (or --to-stdout)");
     };
     let started = std::time::Instant::now();
+    let opts = RestoreOptions {
+        target: target.clone(),
+        paths: args.paths.clone(),
+        delete: args.delete,
+        check: args.check(),
+        force: args.force,
+    };
+    let hooks = Hooks {
+        before: args.before.clone(),
+        after: args.after.clone(),
+        timeout: Duration::from_secs(args.hook_timeout),
+    };
+    let (result, after) = hooks.around(|| restore_guarded(repo, snap, &opts, take_point));
+    let report = match (result, &after) {
+        (Ok(report), _) => report,
+        (Err(e), Ok(())) => return Err(e),
+        (Err(e), Err(h)) => bail!("{e:#} (and then: {h})"),
+    };
+    let after_hook_error = after.err().map(|e| e.to_string());
+    let stores = restored_stores(&snap.manifest, &target);
+    let restored = Restored {
+        snapshot: &snap.id,
+        target: &target,
+        report: &report,
+        check: opts.check,
+        stores: &stores,
+        after_hook_error: after_hook_error.as_deref(),
+    };
+    if args.json {
+        print_restored_json(&restored)?;
+    } else {
+        print_restored(&restored, started);
+    }
+    let bad_checks = report
+        .databases
+        .iter()
+        .filter(|db| matches!(db.check, Some(Err(_))))
+        .count();
+    if let Some(e) = &after_hook_error {
+        eprintln!("strata: the restore ended, but {e}");
+    }
+    if bad_checks > 0 {
+        eprintln!("strata: {bad_checks} restored database(s) failed their check");
+        return Ok(ExitCode::from(EXIT_DAMAGE));
+    }
+    if !report.errors.is_empty() {
+        eprintln!(
+            "strata: {} file(s) could not be restored",
+            report.errors.len()
+        );
+        return Ok(ExitCode::from(EXIT_DAMAGE));
+    }
+    if after_hook_error.is_some() {
+        return Ok(ExitCode::from(super::EXIT_ERROR));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The restore between the hooks: files other processes hold open are looked for first (a
+/// refusal changes nothing and saves no restore point), then what the restore replaces is saved
+/// (when `take_point`), then the restore runs, rolled back if it fails.
+fn restore_guarded(
+    repo: &Repo,
+    snap: &snapshots::Snapshot,
+    opts: &RestoreOptions,
+    take_point: bool,
+) -> Result<RestoreReport> {
+    strata::restore::open_files(&snap.manifest, opts)?;
+    let target = &opts.target;
     // Safe restore: what is about to be replaced is saved first.
     let mut point = None;
     if take_point
-        && let Some(plan) = rollback::restore_point(&snap.manifest, &snap.id, &args.paths, &target)?
+        && let Some(plan) = rollback::restore_point(&snap.manifest, &snap.id, &opts.paths, target)?
     {
         let saved = plan
             .save(repo)
@@ -103,68 +212,31 @@ pub fn restore(repo: &Repo, args: RestoreArgs) -> Result<ExitCode> {
         );
         point = Some(saved);
     }
-    let guarded = strata::restore::restore_with_point(
-        repo,
-        &snap.manifest,
-        &RestoreOptions {
-            target: target.clone(),
-            paths: args.paths.clone(),
-            delete: args.delete,
-            cache_databases: !args.no_check_sqlite,
-        },
-        point.as_ref(),
-    );
+    let guarded = strata::restore::restore_with_point(repo, &snap.manifest, opts, point.as_ref());
     if let (Some(rollback), Some(point)) = (&guarded.rollback, &point) {
-        print_rollback(rollback, point, &target);
+        print_rollback(rollback, point, target);
     }
-    let report = guarded.result?;
-    // Databases: integrity of each restored image, when asked.
-    let mut checks: Vec<(String, std::result::Result<(), String>)> = Vec::new();
-    if !args.no_check_sqlite {
-        for db in &report.databases {
-            let verdict = match strata::source::sqlite::integrity_check(db) {
-                Ok(v) => v,
-                Err(e) => Err(e.to_string()),
-            };
-            checks.push((db.display().to_string(), verdict));
-        }
-    }
-    let bad_checks = checks.iter().filter(|(_, v)| v.is_err()).count();
-    let stores = restored_stores(&snap.manifest, &target);
-    let restored = Restored {
-        snapshot: &snap.id,
-        target: &target,
-        report: &report,
-        checks: &checks,
-        stores: &stores,
-    };
-    if args.json {
-        print_restored_json(&restored)?;
-    } else {
-        print_restored(&restored, started);
-    }
-    if bad_checks > 0 {
-        eprintln!("strata: {bad_checks} restored database(s) failed their integrity check");
-        return Ok(ExitCode::from(EXIT_DAMAGE));
-    }
-    if !report.errors.is_empty() {
-        eprintln!(
-            "strata: {} file(s) could not be restored",
-            report.errors.len()
-        );
-        return Ok(ExitCode::from(EXIT_DAMAGE));
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(guarded.result?)
 }
 
 /// What a restore did, for printing.
 struct Restored<'a> {
     snapshot: &'a strata::SnapshotId,
     target: &'a Path,
-    report: &'a strata::restore::RestoreReport,
-    /// Each restored database's integrity check: its path, and its problems if any.
-    checks: &'a [(String, std::result::Result<(), String>)],
+    report: &'a RestoreReport,
+    /// The check the restored databases got.
+    check: Option<SqliteCheck>,
     stores: &'a [StoreJson],
+    /// The after hook's failure (the restore itself is done).
+    after_hook_error: Option<&'a str>,
+}
+
+/// The name of the pragma a check runs.
+fn pragma(check: Option<SqliteCheck>) -> &'static str {
+    match check {
+        Some(SqliteCheck::Full) => "integrity_check",
+        _ => "quick_check",
+    }
 }
 
 /// The report as one JSON object (its fields are part of the command line's interface).
@@ -173,14 +245,21 @@ fn print_restored_json(r: &Restored) -> Result<()> {
         snapshot,
         target,
         report,
-        checks,
+        check,
         stores,
+        after_hook_error,
     } = r;
     #[derive(serde::Serialize)]
     struct Check<'a> {
-        database: &'a str,
+        database: String,
         ok: bool,
         problems: Option<&'a str>,
+    }
+    #[derive(serde::Serialize)]
+    struct Live<'a> {
+        database: String,
+        /// The processes that held it open.
+        holders: &'a [Holder],
     }
     #[derive(serde::Serialize)]
     struct Out<'a> {
@@ -196,10 +275,17 @@ fn print_restored_json(r: &Restored) -> Result<()> {
         kept: u64,
         errors: &'a [String],
         notes: &'a [String],
+        /// The check restored databases got: "quick_check", "integrity_check" or null.
+        check: Option<&'static str>,
         integrity: Vec<Check<'a>>,
+        /// Databases that applications had open, written in place through SQLite.
+        live: Vec<Live<'a>>,
         /// Stores restored (ChromaDB directories, groups), and how to verify each.
         stores: &'a [StoreJson],
+        /// The after hook's failure (the restore itself is done).
+        after_hook_error: Option<&'a str>,
     }
+    let shown = |p: &Path| p.display().to_string();
     print_json(&Out {
         snapshot: snapshot.to_hex(),
         target: target.display().to_string(),
@@ -207,23 +293,34 @@ fn print_restored_json(r: &Restored) -> Result<()> {
         dirs: report.dirs,
         symlinks: report.symlinks,
         bytes: report.bytes,
-        swapped: report
-            .swapped
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect(),
+        swapped: report.swapped.iter().map(|p| shown(p)).collect(),
         kept: report.kept,
         errors: &report.errors,
         notes: &report.notes,
-        integrity: checks
+        check: check.map(|c| pragma(Some(c))),
+        integrity: report
+            .databases
             .iter()
-            .map(|(d, v)| Check {
-                database: d,
-                ok: v.is_ok(),
-                problems: v.as_ref().err().map(|s| s.as_str()),
+            .filter_map(|db| {
+                db.check.as_ref().map(|v| Check {
+                    database: shown(&db.path),
+                    ok: v.is_ok(),
+                    problems: v.as_ref().err().map(|s| s.as_str()),
+                })
+            })
+            .collect(),
+        live: report
+            .databases
+            .iter()
+            .filter_map(|db| {
+                db.live.as_ref().map(|holders| Live {
+                    database: shown(&db.path),
+                    holders,
+                })
             })
             .collect(),
         stores,
+        after_hook_error: *after_hook_error,
     })
 }
 
@@ -233,8 +330,9 @@ fn print_restored(r: &Restored, started: std::time::Instant) {
         snapshot,
         target,
         report,
-        checks,
+        check,
         stores,
+        after_hook_error: _,
     } = r;
     for e in &report.errors {
         eprintln!("not restored: {e}");
@@ -261,10 +359,20 @@ fn print_restored(r: &Restored, started: std::time::Instant) {
         bytes(report.bytes),
         started.elapsed().as_secs_f64()
     );
-    for (db, v) in checks.iter() {
-        match v {
-            Ok(()) => println!("{db}: integrity_check ok"),
-            Err(problems) => println!("{db}: integrity_check FAILED: {problems}"),
+    let pragma = pragma(*check);
+    for db in &report.databases {
+        let path = db.path.display();
+        if let Some(holders) = &db.live {
+            let held: Vec<String> = holders.iter().map(|h| h.to_string()).collect();
+            println!(
+                "{path}: open in {}; written in place through SQLite",
+                held.join(", ")
+            );
+        }
+        match &db.check {
+            Some(Ok(())) => println!("{path}: {pragma} ok"),
+            Some(Err(problems)) => println!("{path}: {pragma} FAILED: {problems}"),
+            None => {}
         }
     }
     for st in stores.iter() {

@@ -4,11 +4,13 @@
 //! (fifos and sockets included).
 //!
 //! A restore records, as it goes: files and symlinks it put where nothing was, existing ones it
-//! replaced, SQLite logs it removed beside a replaced database, directories it created, existing
-//! directories whose owner, mode or time it set, and existing directories it swapped whole. A
-//! swapped directory's previous tree is kept in its staging directory until the changes are
-//! kept ([`Changes::keep`], also on drop: the staging directory goes) or undone
-//! ([`Changes::undo`]: the previous tree is swapped back, the very inodes that were there).
+//! replaced, open databases it wrote into, SQLite logs it removed beside a replaced database,
+//! directories it created, existing directories whose owner, mode or time it set, and existing
+//! directories it swapped whole. A swapped directory's previous tree is kept in its staging
+//! directory until the changes are kept ([`Changes::keep`], also on drop: the staging directory
+//! goes) or undone ([`Changes::undo`]: the previous tree is swapped back, the very inodes that
+//! were there). An open database written in place is put back the way it was written: its
+//! previous content from the restore point, through SQLite.
 
 use crate::error::{IoContext, Result};
 use std::fs;
@@ -22,6 +24,9 @@ pub enum Change {
     Created(PathBuf),
     /// An existing file, symlink or special file replaced by the snapshot's.
     Replaced(PathBuf),
+    /// A database an application had open, written in place through SQLite (see
+    /// [`crate::restore::live`]): the same file, with the snapshot's content.
+    Rewritten(PathBuf),
     /// A file deleted: a SQLite log (`-wal`, `-journal`...) of a database that was replaced.
     Removed(PathBuf),
     /// A directory created.
@@ -103,7 +108,7 @@ impl Changes {
                     }
                     _ => {}
                 },
-                Change::Replaced(path) => replaced.push(path),
+                Change::Replaced(path) | Change::Rewritten(path) => replaced.push(path),
                 Change::Removed(path) => removed.push(path),
                 Change::CreatedDir(path) => dirs.push(path),
                 meta @ Change::DirMeta { .. } => metas.push(meta),

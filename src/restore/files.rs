@@ -8,9 +8,11 @@ use crate::blobs::BlobReader;
 use crate::error::{Error, IoContext, Result};
 use crate::id::ChunkId;
 use crate::manifest::{Entry, EntryKind};
+use crate::restore::SqliteCheck;
 use crate::restore::changes::{Change, Changes};
 use crate::restore::groups::{Group, check_size, for_each_group, read_shape, with_group_padded};
-use crate::restore::report::RestoreReport;
+use crate::restore::live::{self, LivePlan};
+use crate::restore::report::{RestoreReport, RestoredDatabase};
 use crate::restore::temporaries::remove_stale_temp_files;
 use crate::storage::{sync_dir, temp_name};
 use crate::sys::set_mtime;
@@ -27,18 +29,40 @@ use std::sync::Mutex;
 
 /// How restored files are written.
 #[derive(Clone, Copy)]
-pub(super) struct Writes {
-    /// Databases through the page cache (see `RestoreOptions::cache_databases`).
-    pub(super) cache_databases: bool,
+pub(super) struct Writes<'a> {
+    /// The check each database gets once written, before it is put in place (see
+    /// `RestoreOptions::check`).
+    pub(super) check: Option<SqliteCheck>,
+    /// The files other processes hold open, and what to do about them.
+    pub(super) live: &'a LivePlan,
 }
 
-impl Writes {
+impl Writes<'_> {
     /// Whether `entry` is written with `O_DIRECT` where its groups allow (see
-    /// [`write_content_at`]): large files, unless a reader is about to want them cached.
+    /// [`write_content_at`]): large files, unless a reader is about to want them cached (a
+    /// database about to be checked, or copied into an open one).
     fn direct(self, entry: &Entry) -> bool {
+        let read_next = self.check.is_some() || self.live.databases().next().is_some();
         entry.size >= crate::storage::direct::MIN_DIRECT_BYTES
-            && !(self.cache_databases && entry.page_size > 0)
+            && !(read_next && entry.page_size > 0)
     }
+
+    /// The check of the database image at `path` (which becomes `dest`), when one is asked for.
+    fn check(self, entry: &Entry, path: &Path, dest: &Path) -> Option<Result<(), String>> {
+        let level = self.check.filter(|_| entry.page_size > 0)?;
+        let verdict = crate::source::sqlite::check_image(path, level == SqliteCheck::Full);
+        Some(verdict.unwrap_or_else(|e| {
+            let shown = (path.display().to_string(), dest.display().to_string());
+            Err(e.to_string().replace(&shown.0, &shown.1))
+        }))
+    }
+}
+
+/// A file restored: its bytes, and what became of it when it is a database.
+struct Restored {
+    bytes: u64,
+    database: Option<RestoredDatabase>,
+    note: Option<String>,
 }
 
 /// Restores `entries` below `target`, each file renamed into place complete; records what it
@@ -76,14 +100,13 @@ pub(super) fn restore_entries(
         .backend()
         .parallelism()
         .unwrap_or(4 * rayon::current_num_threads());
-    let results: Vec<(String, Result<(u64, PathBuf)>)> = crate::storage::with_pool(threads, || {
+    let results: Vec<(String, Result<Restored>)> = crate::storage::with_pool(threads, || {
         files
             .par_iter()
             .map(|e| {
                 let r = catch_unwind(AssertUnwindSafe(|| {
-                    prepare_parent(target, &e.path, &checked).and_then(|dest| {
-                        restore_file(blobs, e, &dest, how, &checked).map(|n| (n, dest))
-                    })
+                    prepare_parent(target, &e.path, &checked)
+                        .and_then(|dest| restore_file(blobs, e, &dest, how, &checked))
                 }))
                 .unwrap_or_else(|p| Err(panicked(p)));
                 (e.path_lossy(), r)
@@ -91,14 +114,13 @@ pub(super) fn restore_entries(
             .collect()
     });
     let mut touched_dirs = HashSet::new();
-    for ((path, r), e) in results.into_iter().zip(&files) {
+    for (path, r) in results {
         match r {
-            Ok((n, dest)) => {
+            Ok(done) => {
                 report.files += 1;
-                report.bytes += n;
-                if e.page_size > 0 {
-                    report.databases.push(dest);
-                }
+                report.bytes += done.bytes;
+                report.databases.extend(done.database);
+                report.notes.extend(done.note);
             }
             Err(e) => report.errors.push(format!("{path}: {e}")),
         }
@@ -233,7 +255,7 @@ fn restore_file(
     dest: &Path,
     how: Writes,
     dirs: &Dirs,
-) -> Result<u64> {
+) -> Result<Restored> {
     if fs::symlink_metadata(dest).is_ok_and(|m| m.is_dir()) {
         return Err(Error::invalid(format!(
             "{} is a directory; not replacing it with a file",
@@ -268,11 +290,61 @@ fn restore_file(
     f.sync_all().ctx("fsync", &tmp.path)?;
     drop(f);
     set_mtime(&tmp.path, entry.mtime_ns, false)?;
+    let check = how.check(entry, &tmp.path, dest);
+    let mut note = None;
+    if let Some(holders) = how.live.database(dest) {
+        if let Some(Err(problems)) = &check {
+            return Err(failed_check(dest, problems));
+        }
+        match live::write(&tmp.path, dest) {
+            Ok(()) => {
+                dirs.record(Change::Rewritten(dest.to_path_buf()));
+                let database = RestoredDatabase {
+                    path: dest.to_path_buf(),
+                    live: Some(holders.to_vec()),
+                    check,
+                };
+                return Ok(Restored {
+                    bytes: written,
+                    database: Some(database),
+                    note,
+                });
+            }
+            Err(e) if !how.live.force => return Err(e),
+            Err(e) => note = Some(forced_note(dest, &e)),
+        }
+    }
     if entry.page_size > 0 {
         remove_stale_sqlite_siblings(dest, dirs)?;
     }
     tmp.place(dest, dirs)?;
-    Ok(written)
+    let database = (entry.page_size > 0).then(|| RestoredDatabase {
+        path: dest.to_path_buf(),
+        live: None,
+        check,
+    });
+    Ok(Restored {
+        bytes: written,
+        database,
+        note,
+    })
+}
+
+/// The error of an open database whose restored image failed its check: it is not written.
+pub(super) fn failed_check(dest: &Path, problems: &str) -> Error {
+    Error::corrupt(format!(
+        "{}: the restored image does not pass its check ({problems}); not written into the \
+         open database",
+        dest.display()
+    ))
+}
+
+/// What to tell of an open database that SQLite could not write into, replaced all the same.
+pub(super) fn forced_note(dest: &Path, e: &Error) -> String {
+    format!(
+        "{}: writing into the open database failed ({e}); replaced all the same (--force)",
+        dest.display()
+    )
 }
 
 /// A file being made beside its destination: removed when dropped before it is renamed into
@@ -489,7 +561,7 @@ fn allocate(f: &fs::File, offset: u64, len: u64, path: &Path) -> Result<()> {
 
 /// A database's -wal, -shm or -journal file left beside the destination belongs to the file
 /// being replaced; SQLite would replay it over the restored image, so it goes first.
-fn remove_stale_sqlite_siblings(dest: &Path, dirs: &Dirs) -> Result<()> {
+pub(super) fn remove_stale_sqlite_siblings(dest: &Path, dirs: &Dirs) -> Result<()> {
     for sibling in crate::source::sqlite::siblings(dest) {
         match fs::remove_file(&sibling) {
             Ok(()) => dirs.record(Change::Removed(sibling)),
@@ -612,7 +684,8 @@ mod tests {
         let blobs = BlobReader::new(&repo, &index)?;
         let refs: Vec<&Entry> = entries.iter().collect();
         let how = Writes {
-            cache_databases: false,
+            check: None,
+            live: &LivePlan::default(),
         };
         restore_entries(&blobs, target, &refs, how, Some(changes))
     }

@@ -4,19 +4,22 @@
 //! A restore selects the snapshot's entries and checks their paths (`selection`), stages the
 //! directories that exist already (`staging`), reads each file's chunks in groups (`groups`) and
 //! writes them beside their destinations (`files`), recording every change it makes to the
-//! target ([`changes`]). A restore guarded by a restore point rolls back what it changed when it
-//! fails ([`rollback`]).
+//! target ([`changes`]). Files that other processes hold open are found first ([`live`]): an
+//! open database is written in place through SQLite, any other open file stops the restore
+//! before it changes anything. A restore guarded by a restore point rolls back what it changed
+//! when it fails ([`rollback`]).
 
 pub mod changes;
 mod files;
 mod groups;
+pub mod live;
 mod report;
 pub mod rollback;
 mod selection;
 mod staging;
 mod temporaries;
 
-pub use report::RestoreReport;
+pub use report::{RestoreReport, RestoredDatabase};
 pub use selection::{Replaced, check_entries, check_entry_path, replaced, select};
 
 use crate::backup::BackupReport;
@@ -28,10 +31,13 @@ use crate::repo::Repo;
 use changes::Changes;
 use files::{Writes, panicked, restore_entries};
 use groups::write_content;
+use live::LivePlan;
 use rollback::{Rollback, roll_back};
-use staging::plan_stages;
+use staging::{left_out, plan_stages};
+use std::ffi::OsStr;
 use std::fs;
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
@@ -43,9 +49,14 @@ pub struct RestoreOptions {
     /// Leave out what exists below a restored directory but is not in the snapshot (by default
     /// it is kept).
     pub delete: bool,
-    /// Databases are about to be read (an integrity check): write them through the page cache,
-    /// where the check finds them. Otherwise large files go straight to the device.
-    pub cache_databases: bool,
+    /// The check each restored database gets as soon as it is written, before it is put in
+    /// place; its verdict is in the report ([`RestoredDatabase::check`]). Checked databases are
+    /// written through the page cache, where the check finds them (otherwise large files go
+    /// straight to the device).
+    pub check: Option<SqliteCheck>,
+    /// Replace files that other processes hold open as any other file, instead of refusing
+    /// (see [`live`]); open databases are still written in place where SQLite can.
+    pub force: bool,
 }
 
 impl RestoreOptions {
@@ -55,9 +66,47 @@ impl RestoreOptions {
             target,
             paths: vec![],
             delete: false,
-            cache_databases: false,
+            check: None,
+            force: false,
         }
     }
+}
+
+/// How a restored database is checked.
+///
+/// Every chunk a restore reads is checked against its hash, so a restored image holds exactly
+/// the bytes that were saved; an image saved through SQLite is one committed state. What a
+/// check can still find is damage the database had when it was saved (or a copy saved as a
+/// plain file while it was written).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SqliteCheck {
+    /// `PRAGMA quick_check`: every page of every b-tree, without comparing indexes with their
+    /// tables.
+    Quick,
+    /// `PRAGMA integrity_check`: also every index against its table.
+    Full,
+}
+
+/// The files other processes hold open among those a restore with `opts` of `manifest` would
+/// replace or remove (see [`live`]): an error naming them and their processes unless each is a
+/// database SQLite can write into in place (or `opts.force`). Changes nothing; a restore looks
+/// again as it starts.
+pub fn open_files(manifest: &Manifest, opts: &RestoreOptions) -> Result<LivePlan> {
+    let entries = select(manifest, &opts.paths)?;
+    check_entries(&entries)?;
+    match fs::canonicalize(&opts.target) {
+        Ok(target) => survey(&target, &entries, opts),
+        Err(_) => Ok(LivePlan::default()),
+    }
+}
+
+/// [`live::survey`] of a restore of `entries` into `target` (resolved).
+fn survey(target: &Path, entries: &[&Entry], opts: &RestoreOptions) -> Result<LivePlan> {
+    let removed = match opts.delete {
+        true => left_out(target, entries, &opts.paths),
+        false => vec![],
+    };
+    live::survey(target, entries, &removed, opts.force)
 }
 
 /// A restore of at least this many bytes reads the index ahead (see [`Repo::prefetch_index`]),
@@ -90,6 +139,11 @@ fn loading_pays(repo: &Repo, index: &IndexReader, bytes: u64) -> Result<bool> {
 /// directory is left untouched. Files of the old directory that the snapshot does not have are
 /// carried over (hard links, so they keep their inodes; fifos and sockets too) unless
 /// `opts.delete`. Everything else is restored file by file, each renamed into place complete.
+///
+/// Before anything changes, the files it would replace are compared with those other processes
+/// hold open ([`live`]): a database an application has open is written in place through
+/// SQLite (in a directory swapped whole, too), any other open file fails the restore with an
+/// error naming the processes, unless `opts.force`.
 pub fn restore(repo: &Repo, manifest: &Manifest, opts: &RestoreOptions) -> Result<RestoreReport> {
     let changes = Changes::new();
     let report = restore_undoable(repo, manifest, opts, &changes);
@@ -133,6 +187,12 @@ fn restore_recording(
     }
     fs::create_dir_all(&opts.target).ctx("create", &opts.target)?;
     let target = fs::canonicalize(&opts.target).ctx("resolve", &opts.target)?;
+    let live = survey(&target, &entries, opts)?;
+    // The logs of an open database are its application's: the snapshot's are not put there.
+    let entries: Vec<&Entry> = entries
+        .into_iter()
+        .filter(|e| !live.is_log_of_open_database(&target.join(OsStr::from_bytes(&e.path))))
+        .collect();
     let txn = repo.index.read()?;
     let index = IndexReader::new(&txn)?;
     let load = large && loading_pays(repo, &index, bytes)?;
@@ -144,7 +204,7 @@ fn restore_recording(
             // lookups meanwhile go through the B-tree (with the same answers).
             s.spawn(|| load_index(&index));
         }
-        restore_selected(&blobs, &target, &entries, opts, changes)
+        restore_selected(&blobs, &target, &entries, opts, &live, changes)
     })
 }
 
@@ -170,6 +230,7 @@ fn restore_selected(
     target: &Path,
     entries: &[&Entry],
     opts: &RestoreOptions,
+    live: &LivePlan,
     changes: &Changes,
 ) -> Result<RestoreReport> {
     let stages = plan_stages(target, entries, &opts.paths, changes)?;
@@ -177,9 +238,11 @@ fn restore_selected(
         .iter()
         .partition(|e| stages.iter().any(|st| st.holds(&e.path)));
     let how = Writes {
-        cache_databases: opts.cache_databases,
+        check: opts.check,
+        live,
     };
     let mut report = restore_entries(blobs, target, &direct, how, Some(changes))?;
+    report.notes.extend(live.notes());
     for stage in &stages {
         match stage.restore(blobs, &staged, opts.delete, how, changes) {
             Ok(r) => report.merge(r),

@@ -13,6 +13,7 @@ use crate::manifest::{Entry, EntryKind, Manifest};
 use crate::repo::Repo;
 use crate::restore::changes::Changes;
 use crate::restore::files::{Writes, panicked, restore_entries};
+use crate::restore::live;
 use crate::restore::report::RestoreReport;
 use crate::restore::selection::{check_entries, replaced};
 use std::collections::HashSet;
@@ -181,8 +182,11 @@ fn restore_files(
     let txn = repo.index.read()?;
     let index = IndexReader::new(&txn)?;
     let blobs = BlobReader::new(repo, &index)?;
+    // An open database is put back in place as the restore wrote it; nothing is refused.
+    let live = live::survey(&target, &entries, &[], true)?;
     let how = Writes {
-        cache_databases: false,
+        check: None,
+        live: &live,
     };
     let report = catch_unwind(AssertUnwindSafe(|| {
         restore_entries(&blobs, &target, &entries, how, None)

@@ -3,15 +3,23 @@
 //! over, and the two are swapped (`renameat2(RENAME_EXCHANGE)`, else two renames), so an
 //! application sees the old directory or the complete new one, never a mix. The replaced tree
 //! waits in the staging directory until the restore's changes are kept or undone (see
-//! [`crate::restore::changes`]).
+//! [`crate::restore::changes`]). A database of the directory that an application has open
+//! stays the file it has open: the staged tree gets links to it and its logs, and its restored
+//! image is written into it through SQLite once the tree is swapped in (see
+//! [`crate::restore::live`]).
 
 use crate::blobs::BlobReader;
 use crate::error::{Error, IoContext, Result};
 use crate::manifest::{Entry, EntryKind};
 use crate::restore::changes::{Change, Changes};
-use crate::restore::files::{Dirs, Writes, prepare_parent, restore_entries};
+use crate::restore::files::{
+    Dirs, Writes, failed_check, forced_note, prepare_parent, remove_stale_sqlite_siblings,
+    restore_entries,
+};
+use crate::restore::live::{self, Holder};
 use crate::restore::report::RestoreReport;
 use crate::restore::temporaries::{left_by_strata, remove_stale_stages, stage_path};
+use crate::source::sqlite::siblings;
 use crate::storage::sync_dir;
 use crate::sys::{exchange, set_mtime};
 use std::collections::HashSet;
@@ -68,7 +76,8 @@ impl Stage {
     /// Restores the entries of `entries` that this directory holds into its staging
     /// directory, carries over what the existing directory has and the snapshot does not
     /// (unless `delete`), and swaps the staged tree in; records the swap in `changes`. When a
-    /// file fails, nothing is swapped and the existing directory stays as it was.
+    /// file fails, nothing is swapped and the existing directory stays as it was. Open
+    /// databases are linked into the staged tree and written in place after the swap.
     pub(super) fn restore(
         &self,
         blobs: &BlobReader,
@@ -95,12 +104,28 @@ impl Stage {
             )));
         }
         let staged = self.staged();
+        for db in &mut report.databases {
+            if let Ok(rest) = db.path.strip_prefix(&staged) {
+                db.path = self.dest.join(rest);
+            }
+        }
+        let open = self.open_databases(&report, how)?;
+        // Until the swap, no application starts a transaction: its logs stay as they are linked.
+        let locks = open
+            .iter()
+            .map(|db| live::hold_writes(&db.dest))
+            .collect::<Result<Vec<_>>>()?;
+        for db in &open {
+            db.link_into_stage()?;
+        }
         if !delete {
             // Logs of the replaced databases must not come back beside the restored ones.
             let skip: HashSet<PathBuf> = report
                 .databases
                 .iter()
-                .flat_map(|db| crate::source::sqlite::siblings(db))
+                .filter(|db| how.live.database(&db.path).is_none())
+                .filter_map(|db| db.path.strip_prefix(&self.dest).ok())
+                .flat_map(|rest| siblings(&staged.join(rest)).collect::<Vec<_>>())
                 .collect();
             keep_extras(&self.dest, &staged, &skip, &mut report)?;
         }
@@ -111,6 +136,7 @@ impl Stage {
                 self.kept.set(true);
             }
         })?;
+        drop(locks);
         self.kept.set(true);
         changes.record(Change::Swapped {
             dest: self.dest.clone(),
@@ -121,13 +147,95 @@ impl Stage {
         if let Err(e) = sync_dir(parent) {
             report.errors.push(e.to_string());
         }
-        for db in &mut report.databases {
-            if let Ok(rest) = db.strip_prefix(&staged) {
-                *db = self.dest.join(rest);
-            }
+        for db in open {
+            db.write(&mut report, how, changes);
         }
         report.swapped.push(self.dest.clone());
         Ok(report)
+    }
+
+    /// The databases of this directory that an application has open (see
+    /// [`crate::restore::live`]), their restored images checked when asked.
+    fn open_databases(&self, report: &RestoreReport, how: Writes) -> Result<Vec<OpenDatabase>> {
+        let staged = self.staged();
+        let mut open = Vec::new();
+        for db in &report.databases {
+            let Some(holders) = how.live.database(&db.path) else {
+                continue;
+            };
+            if let Some(Err(problems)) = &db.check {
+                return Err(failed_check(&db.path, problems));
+            }
+            let Ok(rest) = db.path.strip_prefix(&self.dest) else {
+                continue;
+            };
+            open.push(OpenDatabase {
+                dest: db.path.clone(),
+                staged: staged.join(rest),
+                image: self.dir.join(format!(".image.{}", open.len())),
+                holders: holders.to_vec(),
+            });
+        }
+        Ok(open)
+    }
+}
+
+/// A database of a staged directory that an application has open: the staged tree gets the
+/// open file itself (hard links to it and its logs), and the restored image is written into it
+/// once the tree is swapped in.
+struct OpenDatabase {
+    dest: PathBuf,
+    /// Its place in the staged tree.
+    staged: PathBuf,
+    /// Where its restored image waits, in the staging directory.
+    image: PathBuf,
+    holders: Vec<Holder>,
+}
+
+impl OpenDatabase {
+    /// Moves the restored image aside and links the open database and its logs into the
+    /// staged tree in its place.
+    fn link_into_stage(&self) -> Result<()> {
+        fs::rename(&self.staged, &self.image).ctx("move aside", &self.staged)?;
+        fs::hard_link(&self.dest, &self.staged).ctx("link", &self.dest)?;
+        for (log, staged) in siblings(&self.dest).zip(siblings(&self.staged)) {
+            match fs::hard_link(&log, &staged) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io_path("link", &log, e)),
+            }
+        }
+        sync_dir(self.staged.parent().unwrap_or(Path::new("/")))
+    }
+
+    /// Writes the restored image into the open database, now in place; records the change, or
+    /// the failure in `report`. A forced restore replaces the database when SQLite cannot
+    /// write into it.
+    fn write(self, report: &mut RestoreReport, how: Writes, changes: &Changes) {
+        let Some(db) = report.databases.iter_mut().find(|d| d.path == self.dest) else {
+            return;
+        };
+        let result = match live::write(&self.image, &self.dest) {
+            Ok(()) => {
+                changes.record(Change::Rewritten(self.dest.clone()));
+                db.live = Some(self.holders);
+                let _ = fs::remove_file(&self.image);
+                return;
+            }
+            Err(e) if how.live.force => {
+                report.notes.push(forced_note(&self.dest, &e));
+                let dirs = Dirs::new(Some(changes));
+                remove_stale_sqlite_siblings(&self.dest, &dirs).and_then(|()| {
+                    fs::rename(&self.image, &self.dest).ctx("rename into place", &self.dest)?;
+                    changes.record(Change::Replaced(self.dest.clone()));
+                    Ok(())
+                })
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            report.errors.push(e.to_string());
+        }
     }
 }
 
@@ -142,34 +250,9 @@ pub(super) fn plan_stages(
     paths: &[String],
     changes: &Changes,
 ) -> Result<Vec<Stage>> {
-    let roots: Vec<Vec<u8>> = if paths.is_empty() {
-        let mut r: Vec<Vec<u8>> = entries
-            .iter()
-            .map(|e| {
-                e.path
-                    .split(|&b| b == b'/')
-                    .next()
-                    .unwrap_or_default()
-                    .to_vec()
-            })
-            .collect();
-        r.dedup();
-        r
-    } else {
-        paths
-            .iter()
-            .map(|p| p.trim_matches('/').as_bytes().to_vec())
-            .collect()
-    };
     let dirs = Dirs::new(Some(changes));
     let mut stages: Vec<Stage> = Vec::new();
-    for (n, root) in roots.into_iter().enumerate() {
-        let is_dir = entries
-            .iter()
-            .any(|e| e.path == root && e.kind == EntryKind::Dir);
-        if !is_dir || stages.iter().any(|st| st.holds(&root)) {
-            continue;
-        }
+    for (n, root) in roots(entries, paths).into_iter().enumerate() {
         let dest = prepare_parent(target, &root, &dirs)?;
         let exists = fs::symlink_metadata(&dest).is_ok_and(|m| m.is_dir());
         if !exists {
@@ -194,6 +277,75 @@ pub(super) fn plan_stages(
         });
     }
     Ok(stages)
+}
+
+/// The selected directories a restore stages when they exist: the top-level directories of
+/// `entries`, or those at `paths` when the restore was given paths; none inside another.
+fn roots(entries: &[&Entry], paths: &[String]) -> Vec<Vec<u8>> {
+    let roots: Vec<Vec<u8>> = if paths.is_empty() {
+        let mut r: Vec<Vec<u8>> = entries
+            .iter()
+            .map(|e| {
+                e.path
+                    .split(|&b| b == b'/')
+                    .next()
+                    .unwrap_or_default()
+                    .to_vec()
+            })
+            .collect();
+        r.dedup();
+        r
+    } else {
+        paths
+            .iter()
+            .map(|p| p.trim_matches('/').as_bytes().to_vec())
+            .collect()
+    };
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    for root in roots {
+        let is_dir = entries
+            .iter()
+            .any(|e| e.path == root && e.kind == EntryKind::Dir);
+        let inside =
+            |r: &Vec<u8>| root == *r || (root.starts_with(r) && root.get(r.len()) == Some(&b'/'));
+        if is_dir && !out.iter().any(inside) {
+            out.push(root);
+        }
+    }
+    out
+}
+
+/// The files below the selected directories that exist already which `entries` do not have:
+/// what a restore with `--delete` leaves out of them. What strata left there is not counted.
+pub(super) fn left_out(target: &Path, entries: &[&Entry], paths: &[String]) -> Vec<PathBuf> {
+    fn walk(dir: &Path, rel: &[u8], have: &HashSet<&[u8]>, out: &mut Vec<PathBuf>) {
+        let Ok(listing) = fs::read_dir(dir) else {
+            return;
+        };
+        for item in listing.flatten() {
+            let name = item.file_name();
+            if left_by_strata(&name) {
+                continue;
+            }
+            let mut path = rel.to_vec();
+            path.push(b'/');
+            path.extend_from_slice(name.as_bytes());
+            match fs::symlink_metadata(item.path()) {
+                Ok(m) if m.is_dir() => walk(&item.path(), &path, have, out),
+                Ok(m) if m.is_file() && !have.contains(path.as_slice()) => out.push(item.path()),
+                _ => {}
+            }
+        }
+    }
+    let have: HashSet<&[u8]> = entries.iter().map(|e| e.path.as_slice()).collect();
+    let mut out = Vec::new();
+    for root in roots(entries, paths) {
+        let dest = target.join(OsStr::from_bytes(&root));
+        if fs::symlink_metadata(&dest).is_ok_and(|m| m.is_dir()) {
+            walk(&dest, &root, &have, &mut out);
+        }
+    }
+    out
 }
 
 /// Carries what exists below `old` but not below `new` over into `new`: files, fifos, sockets

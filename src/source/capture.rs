@@ -27,9 +27,7 @@ use crate::source::walk::WalkItem;
 use std::collections::{HashMap, HashSet};
 use std::fs::Metadata;
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The name of a ChromaDB store's SQLite database, which marks the directory as a store.
@@ -59,26 +57,6 @@ impl Default for CaptureOptions {
             timeout: Duration::from_secs(120),
             allow_unstable: false,
             groups: vec![],
-        }
-    }
-}
-
-/// Commands run around a backup: `before` when it starts (the backup fails if it does), `after`
-/// when it ends, whether it succeeded or not.
-#[derive(Clone, Debug)]
-pub struct Hooks {
-    pub before: Option<String>,
-    pub after: Option<String>,
-    /// How long each may run before it is killed (and counts as failed).
-    pub timeout: Duration,
-}
-
-impl Default for Hooks {
-    fn default() -> Self {
-        Hooks {
-            before: None,
-            after: None,
-            timeout: Duration::from_secs(60),
         }
     }
 }
@@ -446,69 +424,6 @@ fn finish<T>(
     }
 }
 
-/// Runs a hook (`sh -c CMD`), killing it and its children after `timeout`. Its output is kept
-/// for the error message, not printed.
-pub fn run_hook(which: &str, cmd: &str, timeout: Duration) -> Result<()> {
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .map_err(|e| Error::io(format!("{which} hook: starting sh"), e))?;
-    let (out_t, err_t) = (drain(child.stdout.take()), drain(child.stderr.take()));
-    let started = Instant::now();
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Some(status),
-            Ok(None) if started.elapsed() >= timeout => {
-                // SAFETY: kill has no memory-safety preconditions; the group is the hook's own.
-                unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
-                let _ = child.wait();
-                break None;
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-            Err(e) => return Err(Error::io(format!("{which} hook: waiting"), e)),
-        }
-    };
-    let _ = out_t.join();
-    let stderr = err_t.join().unwrap_or_default();
-    let tail = String::from_utf8_lossy(&stderr);
-    let tail = tail.trim();
-    let tail = match tail.char_indices().rev().nth(400) {
-        Some((i, _)) => &tail[i..],
-        None => tail,
-    };
-    let said = if tail.is_empty() {
-        String::new()
-    } else {
-        format!(": {tail}")
-    };
-    match status {
-        Some(s) if s.success() => Ok(()),
-        Some(s) => Err(Error::invalid(format!(
-            "{which} hook {cmd:?} failed ({s}){said}"
-        ))),
-        None => Err(Error::invalid(format!(
-            "{which} hook {cmd:?} did not finish within {} s and was killed{said}",
-            timeout.as_secs_f64()
-        ))),
-    }
-}
-
-/// Reads a pipe to its end on a thread of its own.
-fn drain<R: std::io::Read + Send + 'static>(pipe: Option<R>) -> std::thread::JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        if let Some(mut p) = pipe {
-            let _ = p.read_to_end(&mut bytes);
-        }
-        bytes
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -713,24 +628,5 @@ mod tests {
         assert_eq!(backoff(3), Duration::from_millis(80));
         assert_eq!(backoff(8), Duration::from_secs(2));
         assert_eq!(backoff(30), Duration::from_secs(2));
-    }
-
-    #[test]
-    fn hooks_report_failure_output_and_timeouts() {
-        run_hook("before", "true", Duration::from_secs(5)).unwrap();
-        let e = run_hook(
-            "before",
-            "echo paused-not >&2; exit 3",
-            Duration::from_secs(5),
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("before hook") && e.contains("paused-not"), "{e}");
-        let t = Instant::now();
-        let e = run_hook("after", "sleep 30", Duration::from_millis(200))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("did not finish"), "{e}");
-        assert!(t.elapsed() < Duration::from_secs(10));
     }
 }

@@ -399,3 +399,38 @@ pub fn run_and_kill_after(env: &Env, args: &[&str], delay: std::time::Duration) 
     child.wait().expect("wait");
     killed
 }
+
+/// A process that holds a file open for writing (as its standard input, opened to append, as a
+/// writer holds a log) until it is dropped. It has the file open once it is made: the
+/// descriptor is set up before its program starts.
+pub struct Holding(pub std::process::Child);
+
+impl Holding {
+    pub fn new(path: &Path) -> Holding {
+        let file = fs::OpenOptions::new().append(true).open(path);
+        let child = Command::new("sleep")
+            .arg("600")
+            .stdin(file.expect("open the file to hold"))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start sleep");
+        Holding(child)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The device and inode of a path (not following a symlink).
+pub fn inode(path: &Path) -> (u64, u64) {
+    let m = fs::symlink_metadata(path).unwrap();
+    (m.dev(), m.ino())
+}
