@@ -147,7 +147,9 @@ pub fn survey(
     for (dest, entry) in replaced.chain(removed) {
         let Some(file) = stat(&dest) else { continue };
         let database = entry.is_some_and(|e| e.page_size > 0);
-        let shm = database.then(|| stat(&sibling(&dest, "-shm"))).flatten();
+        let shm = database
+            .then(|| stat(&crate::source::sqlite::sibling(&dest, "-shm")))
+            .flatten();
         candidates.push(Candidate {
             dest,
             file,
@@ -399,13 +401,6 @@ fn command_of(pid: u32) -> String {
     fs::read_to_string(format!("/proc/{pid}/comm"))
         .map(|s| s.trim_end().to_string())
         .unwrap_or_else(|_| "?".into())
-}
-
-/// The path of `db` with `suffix` appended (`-shm`...).
-fn sibling(db: &Path, suffix: &str) -> PathBuf {
-    let mut name = db.as_os_str().to_os_string();
-    name.push(suffix);
-    PathBuf::from(name)
 }
 
 /// Pages copied per step of a backup into an open database (the copy is one transaction of it

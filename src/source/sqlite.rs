@@ -65,7 +65,7 @@ pub fn siblings(db: &Path) -> impl Iterator<Item = std::path::PathBuf> + '_ {
 }
 
 /// The path of `db` with `suffix` appended (`-wal`...).
-fn sibling(db: &Path, suffix: &str) -> PathBuf {
+pub(crate) fn sibling(db: &Path, suffix: &str) -> PathBuf {
     let mut name = db.as_os_str().to_os_string();
     name.push(suffix);
     PathBuf::from(name)
