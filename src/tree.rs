@@ -298,14 +298,7 @@ impl<'a> LeafWalker<'a> {
                 level => {
                     let entry = node.entries[*pos];
                     *pos += 1;
-                    let child = self.load(&entry.id, Some(level - 1))?;
-                    if child.total_bytes() != Some(entry.bytes) {
-                        return Err(Error::corrupt(format!(
-                            "chunk-list node {}: size does not match its parent",
-                            entry.id.short()
-                        )));
-                    }
-                    self.stack.push((child, 0));
+                    self.descend(&entry, level - 1)?;
                 }
             }
         }
@@ -342,15 +335,22 @@ impl<'a> LeafWalker<'a> {
                 return Ok(Some(entry));
             }
             let child_level = node.level - 1;
-            let child = self.load(&entry.id, Some(child_level))?;
-            if child.total_bytes() != Some(entry.bytes) {
-                return Err(Error::corrupt(format!(
-                    "chunk-list node {}: size does not match its parent",
-                    entry.id.short()
-                )));
-            }
-            self.stack.push((child, 0));
+            self.descend(&entry, child_level)?;
         }
+    }
+
+    /// Reads the child node `entry` names, of level `level`, checks its size against the
+    /// entry's, and walks into it.
+    fn descend(&mut self, entry: &NodeEntry, level: u8) -> Result<()> {
+        let child = self.load(&entry.id, Some(level))?;
+        if child.total_bytes() != Some(entry.bytes) {
+            return Err(Error::corrupt(format!(
+                "chunk-list node {}: size does not match its parent",
+                entry.id.short()
+            )));
+        }
+        self.stack.push((child, 0));
+        Ok(())
     }
 }
 

@@ -215,6 +215,11 @@ fn vacuum_recreation_and_a_journal_mode_switch_are_seen() {
     assert_eq!(got[250], (5000, vec![5]));
 }
 
+/// Checks that a backup read something, and under a twentieth of the `image` bytes.
+fn read_little(read: u64, image: u64) {
+    assert!(read > 0 && read * 20 < image, "read {read} of {image}");
+}
+
 /// While the log keeps its place (frames only appended since the last backup), a backup reads
 /// only the new frames; a checkpoint that moved frames into the main file changes nothing to
 /// read; a log reset makes the next backup read the whole database, and the one after goes on
@@ -241,11 +246,7 @@ fn only_the_new_frames_are_read_while_the_log_keeps_its_place() {
         .unwrap();
     settle();
     let (id, read) = backup(&env, &dir);
-    assert!(
-        read > 0 && read * 20 < image(&c),
-        "read {read} of {}",
-        image(&c)
-    );
+    read_little(read, image(&c));
     assert_eq!(restored_rows(&env, &id, "appended"), rows_of(&c));
 
     // A checkpoint into the main file that leaves the log as it is: nothing new to read.
@@ -266,11 +267,7 @@ fn only_the_new_frames_are_read_while_the_log_keeps_its_place() {
         .unwrap();
     settle();
     let (id, read) = backup(&env, &dir);
-    assert!(
-        read > 0 && read * 20 < image(&c),
-        "read {read} of {}",
-        image(&c)
-    );
+    read_little(read, image(&c));
     let got = restored_rows(&env, &id, "restarted");
     assert_eq!(got, rows_of(&c));
     assert_eq!(got[1999], (2000, vec![0xBB]));
@@ -290,11 +287,7 @@ fn only_the_new_frames_are_read_while_the_log_keeps_its_place() {
     c.execute("INSERT INTO t VALUES (4001, x'CC')", []).unwrap();
     settle();
     let (id, read) = backup(&env, &dir);
-    assert!(
-        read > 0 && read * 20 < image(&c),
-        "read {read} of {}",
-        image(&c)
-    );
+    read_little(read, image(&c));
     let got = restored_rows(&env, &id, "grown");
     assert_eq!(got, rows_of(&c));
     assert_eq!(got[4000], (4001, vec![0xCC]));
@@ -320,7 +313,7 @@ fn a_log_started_since_the_last_backup_is_read_alone() {
         .unwrap();
     settle();
     let (id, read) = backup(&env, &dir);
-    assert!(read > 0 && read * 20 < size, "read {read} of {size}");
+    read_little(read, size);
     let got = restored_rows(&env, &id, "r");
     assert_eq!(got, rows_of(&c));
     assert_eq!(got[3998], (3999, vec![0xDD]));
