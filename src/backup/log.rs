@@ -83,6 +83,9 @@ pub(super) fn read_log_changes(
     // The chunk list in page order: a changed page's new id, else the previous version's.
     let mut digests = Digests::new(state.sums.as_deref_mut(), pages);
     let mut fresh = fresh.into_iter().flatten().peekable();
+    // The nodes the chunk list makes are stored in parallel, a batch at a time.
+    let mut nodes = Nodes::new(shared);
+    let mut emit = |id: ChunkId, bytes: Vec<u8>| nodes.push(id, bytes);
     let mut n = 1;
     while n <= pages {
         // A whole leaf of the previous version with no changed page keeps its node, unread.
@@ -95,7 +98,7 @@ pub(super) fn read_log_changes(
             if !last && count >= 2 && leaf.bytes % page as u64 == 0 && end <= pages + 1 && untouched
             {
                 prev.skip_leaf_node(&leaf);
-                state.builder.push_leaf(leaf, count, state.emit)?;
+                state.builder.push_leaf(leaf, count, &mut emit)?;
                 for k in n..end {
                     digests.push(k, None);
                 }
@@ -122,11 +125,47 @@ pub(super) fn read_log_changes(
             },
         };
         digests.push(n, digest);
-        state.builder.push(id, page as u64, state.emit)?;
+        state.builder.push(id, page as u64, &mut emit)?;
         n += 1;
     }
+    nodes.flush()?;
     digests.finish(state.sums.as_deref_mut());
     Ok((pages * page as u64, changed.len() as u64 * page as u64))
+}
+
+/// Chunk-list nodes waiting to be stored: a batch is hashed for its frame, looked up, compressed
+/// and written in parallel (the order does not matter: the snapshot names them only once every
+/// pack of the backup is indexed).
+struct Nodes<'s, 'r> {
+    shared: &'s Shared<'r>,
+    batch: Vec<(ChunkId, Vec<u8>)>,
+}
+
+/// Nodes stored per parallel batch (about 2.5 KiB each).
+const NODE_BATCH: usize = 4096;
+
+impl<'s, 'r> Nodes<'s, 'r> {
+    fn new(shared: &'s Shared<'r>) -> Self {
+        Nodes {
+            shared,
+            batch: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, id: ChunkId, bytes: Vec<u8>) -> Result<()> {
+        self.batch.push((id, bytes));
+        if self.batch.len() >= NODE_BATCH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        let shared = self.shared;
+        std::mem::take(&mut self.batch)
+            .into_par_iter()
+            .try_for_each(|(id, bytes)| shared.store_node(id, bytes))
+    }
 }
 
 /// This version's page digests, made from the previous version's and those of the changed
