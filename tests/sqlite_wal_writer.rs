@@ -378,16 +378,34 @@ fn snapshots_under_a_writer_whose_log_keeps_its_place_are_each_one_committed_sta
     let reads = under_a_writer(0, 3000, 2);
     eprintln!("bytes read of each snapshot's bytes {reads:?}");
     // A backup that went on from the previous image reads less than the database: the last
-    // one at least, taken after one with no checkpoint since.
+    // one at least, taken after one with no checkpoint since and one row rewritten.
     let (read, size) = reads[reads.len() - 1];
     assert!(read < size, "the last backup read all of it: {reads:?}");
 }
 
+/// Runs `backup --json` of `dir`; returns the snapshot id, and the bytes the backup read and the
+/// snapshot's size.
+fn backup_json(env: &Env, dir: &Path) -> (String, (u64, u64)) {
+    let out = env.run(&["backup", "--json", dir.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stats = &v["stats"];
+    let read = (
+        stats["bytes_read"].as_u64().unwrap(),
+        stats["bytes"].as_u64().unwrap(),
+    );
+    (v["id"].as_str().unwrap().to_string(), read)
+}
+
 /// Backs up a database under a writer with automatic checkpoints every `autocheckpoint` pages
 /// and explicit ones of random modes at random moments (pauses up to `pause_ms`), then checks
-/// that every snapshot is one committed state; `tail` more are taken, the writer going on, once
-/// the explicit checkpoints have stopped. Returns the bytes each backup read and its snapshot's
-/// size.
+/// that every snapshot is one committed state; `tail` more are taken once the writer and the
+/// checkpoints have stopped, each after a transaction that rewrites one row. Returns the bytes
+/// each backup read and its snapshot's size.
 fn under_a_writer(autocheckpoint: u32, pause_ms: u64, tail: usize) -> Vec<(u64, u64)> {
     let seed = seed();
     eprintln!("seed {seed} (STRATA_TEST_SEED)");
@@ -416,43 +434,35 @@ fn under_a_writer(autocheckpoint: u32, pause_ms: u64, tail: usize) -> Vec<(u64, 
     let mut reads = Vec::new();
     let mut sizes = (u64::MAX, 0u64);
     let mut rng = Rng::new(seed ^ 0xBAC);
-    let mut snapshot = || {
+    let every_mode = || completed.iter().all(|n| n.load(Ordering::SeqCst) > 0);
+    // Twelve snapshots, and more until a checkpoint of every mode has completed.
+    while snapshots.len() < 12 || !every_mode() && snapshots.len() < 100 {
         // Some commits between two snapshots (a mass delete falls among them now and then).
         let last = committed.load(Ordering::SeqCst);
         wait_for(&committed, last + 20 + rng.below(40), &writer);
         let size = std::fs::metadata(&db).unwrap().len();
         sizes = (sizes.0.min(size), sizes.1.max(size));
         let before = committed.load(Ordering::SeqCst);
-        let out = env.run(&["backup", "--json", dir.to_str().unwrap()]);
+        let (id, read) = backup_json(&env, &dir);
         let after = committed.load(Ordering::SeqCst);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let stats = &v["stats"];
-        reads.push((
-            stats["bytes_read"].as_u64().unwrap(),
-            stats["bytes"].as_u64().unwrap(),
-        ));
-        snapshots.push((v["id"].as_str().unwrap().to_string(), before, after));
-    };
-    let every_mode = || completed.iter().all(|n| n.load(Ordering::SeqCst) > 0);
-    // Twelve snapshots, and more until a checkpoint of every mode has completed.
-    let mut taken = 0;
-    while taken < 12 || !every_mode() && taken < 100 {
-        snapshot();
-        taken += 1;
+        reads.push(read);
+        snapshots.push((id, before, after));
     }
-    // Then `tail` more with the writer going on and no explicit checkpoint.
     stop_checkpoints.store(true, Ordering::SeqCst);
     let given_up = checkpointer.join().expect("checkpointer");
-    for _ in 0..tail {
-        snapshot();
-    }
     stop.store(true, Ordering::SeqCst);
-    let app = writer.join().expect("writer");
+    let mut app = writer.join().expect("writer");
+    // Then `tail` more, each after one transaction that rewrites a row, with no checkpoint.
+    for _ in 0..tail {
+        app.begin();
+        if let Some(id) = app.pick() {
+            app.update(id);
+        }
+        app.commit();
+        let (id, read) = backup_json(&env, &dir);
+        reads.push(read);
+        snapshots.push((id, app.txn, app.txn));
+    }
     let completed: Vec<u64> = completed.iter().map(|n| n.load(Ordering::SeqCst)).collect();
     // The model the checks rely on is the table's content.
     assert_eq!(state_of(&app.c), (app.txn, app.sum));
