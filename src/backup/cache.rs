@@ -118,14 +118,18 @@ pub(super) fn cached_stamp(
 }
 
 fn stamp_matches(s: &FileStamp, m: &std::fs::Metadata) -> bool {
-    let cached = Seen {
+    stamp_seen(s) == Seen::of(m)
+}
+
+/// What a file-cache stamp says the file looked like.
+pub(super) fn stamp_seen(s: &FileStamp) -> Seen {
+    Seen {
         size: s.size,
         mtime_ns: s.mtime_ns,
         ctime_ns: s.ctime_ns,
         ino: s.ino,
         dev: s.dev,
-    };
-    cached == Seen::of(m)
+    }
 }
 
 fn content_present(reader: &IndexReader, content: &Content) -> Result<bool> {

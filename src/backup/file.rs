@@ -1,6 +1,7 @@
 //! Reading one file: cut by content or at pages, read again while it changes, and stamped for
 //! the file cache when it held still.
 
+use super::cache::stamp_seen;
 use super::cdc::{ReadContext, read_cdc};
 use super::digests::{sum_record, sum_state};
 use super::log::read_log_changes;
@@ -384,17 +385,6 @@ fn resume_point(previous: &FileStamp, now: &std::fs::Metadata) -> Option<Since> 
             })
         }
         _ => None,
-    }
-}
-
-/// What the stamp says the file looked like.
-fn stamp_seen(s: &FileStamp) -> Seen {
-    Seen {
-        size: s.size,
-        mtime_ns: s.mtime_ns,
-        ctime_ns: s.ctime_ns,
-        ino: s.ino,
-        dev: s.dev,
     }
 }
 
