@@ -32,6 +32,16 @@ fn wal_db(env: &Env) -> (PathBuf, PathBuf, Connection) {
     (dir, db, c)
 }
 
+/// As [`wal_db`], backed up once; a second backup, with nothing changed, read nothing.
+fn backed_up_wal_db(env: &Env) -> (PathBuf, PathBuf, Connection) {
+    let (dir, db, c) = wal_db(env);
+    settle();
+    backup(env, &dir);
+    settle();
+    assert_eq!(backup(env, &dir).1, 0);
+    (dir, db, c)
+}
+
 /// Creates the database at `db` in WAL mode (automatic checkpoints off) with one row of 300
 /// random bytes per id, committed in one transaction.
 fn create_wal(db: &std::path::Path, ids: std::ops::RangeInclusive<i64>) -> Connection {
@@ -127,11 +137,7 @@ fn a_backup_leaves_no_log_behind_that_was_not_there() {
 #[test]
 fn a_commit_only_in_the_log_is_seen() {
     let env = Env::new();
-    let (dir, db, c) = wal_db(&env);
-    settle();
-    backup(&env, &dir);
-    settle();
-    assert_eq!(backup(&env, &dir).1, 0);
+    let (dir, db, c) = backed_up_wal_db(&env);
     let main = std::fs::metadata(&db).unwrap();
     c.execute("INSERT INTO t VALUES (501, x'0102')", [])
         .unwrap();
@@ -151,11 +157,7 @@ fn a_commit_only_in_the_log_is_seen() {
 #[test]
 fn a_checkpoint_is_seen() {
     let env = Env::new();
-    let (dir, _, c) = wal_db(&env);
-    settle();
-    backup(&env, &dir);
-    settle();
-    assert_eq!(backup(&env, &dir).1, 0);
+    let (dir, _, c) = backed_up_wal_db(&env);
     c.execute("UPDATE t SET pad = x'AA' WHERE n = 7", [])
         .unwrap();
     c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
@@ -170,11 +172,7 @@ fn a_checkpoint_is_seen() {
 #[test]
 fn vacuum_recreation_and_a_journal_mode_switch_are_seen() {
     let env = Env::new();
-    let (dir, db, c) = wal_db(&env);
-    settle();
-    backup(&env, &dir);
-    settle();
-    assert_eq!(backup(&env, &dir).1, 0);
+    let (dir, db, c) = backed_up_wal_db(&env);
 
     // VACUUM after deleting half the rows.
     c.execute("DELETE FROM t WHERE n % 2 = 0", []).unwrap();
