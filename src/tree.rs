@@ -278,13 +278,9 @@ impl<'a> LeafWalker<'a> {
     /// [`LeafWalker::next_leaf`] reads it.
     pub fn next_leaf_node(&mut self) -> Result<Option<(NodeEntry, bool)>> {
         loop {
-            let Some((node, pos)) = self.stack.last_mut() else {
+            let Some((node, pos)) = self.current() else {
                 return Ok(None);
             };
-            if *pos >= node.entries.len() {
-                self.stack.pop();
-                continue;
-            }
             match node.level {
                 0 => return Ok(None),
                 1 => {
@@ -322,13 +318,9 @@ impl<'a> LeafWalker<'a> {
             }));
         }
         loop {
-            let Some((node, pos)) = self.stack.last_mut() else {
+            let Some((node, pos)) = self.current() else {
                 return Ok(None);
             };
-            if *pos >= node.entries.len() {
-                self.stack.pop();
-                continue;
-            }
             let entry = node.entries[*pos];
             *pos += 1;
             if node.level == 0 {
@@ -337,6 +329,19 @@ impl<'a> LeafWalker<'a> {
             let child_level = node.level - 1;
             self.descend(&entry, child_level)?;
         }
+    }
+
+    /// The innermost node with entries left, and the position of the next one (nodes walked to
+    /// their end are left on the way).
+    fn current(&mut self) -> Option<&mut (Node, usize)> {
+        while self
+            .stack
+            .last()
+            .is_some_and(|(node, pos)| *pos >= node.entries.len())
+        {
+            self.stack.pop();
+        }
+        self.stack.last_mut()
     }
 
     /// Reads the child node `entry` names, of level `level`, checks its size against the
