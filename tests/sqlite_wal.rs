@@ -24,11 +24,16 @@ fn settle() {
 /// A repository and `app/app.db` in WAL mode with 500 rows; returns the directory, the database
 /// and a connection to it (automatic checkpoints off, so commits stay in the log).
 fn wal_db(env: &Env) -> (PathBuf, PathBuf, Connection) {
+    wal_db_of(env, 500)
+}
+
+/// As [`wal_db`], with `rows` rows.
+fn wal_db_of(env: &Env, rows: i64) -> (PathBuf, PathBuf, Connection) {
     env.init();
     let dir = env.path("app");
     std::fs::create_dir_all(&dir).unwrap();
     let db = dir.join("app.db");
-    let c = create_wal(&db, 1..=500);
+    let c = create_wal(&db, 1..=rows);
     (dir, db, c)
 }
 
@@ -225,11 +230,7 @@ fn read_little(read: u64, image: u64) {
 #[test]
 fn only_the_new_frames_are_read_while_the_log_keeps_its_place() {
     let env = Env::new();
-    env.init();
-    let dir = env.path("app");
-    std::fs::create_dir_all(&dir).unwrap();
-    let db = dir.join("app.db");
-    let c = create_wal(&db, 1..=4000);
+    let (dir, _, c) = wal_db_of(&env, 4000);
     let image = |c: &Connection| -> u64 {
         let pages: i64 = c.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap();
         let size: i64 = c.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
@@ -296,11 +297,7 @@ fn only_the_new_frames_are_read_while_the_log_keeps_its_place() {
 #[test]
 fn a_log_started_since_the_last_backup_is_read_alone() {
     let env = Env::new();
-    env.init();
-    let dir = env.path("app");
-    std::fs::create_dir_all(&dir).unwrap();
-    let db = dir.join("app.db");
-    let c = create_wal(&db, 1..=4000);
+    let (dir, db, c) = wal_db_of(&env, 4000);
     c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
     assert_eq!(dir.join("app.db-wal").metadata().unwrap().len(), 0);
     settle();
