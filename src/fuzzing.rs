@@ -150,7 +150,7 @@ pub fn settings(data: &[u8]) {
     let _ = Settings::decode(data, None);
     let _ = Settings::decode(&framed, None);
     let _ = Settings::decode(&framed, Some(&keys()));
-    let _ = crate::codec::decode::<crate::index::FileStamp>(data, "file cache");
+    let _ = crate::index::FileStamp::decode(data);
     // Page digests: any bytes, and bytes that pass the checksum so the decoder itself runs.
     let _ = crate::pagesums::PageSums::from_file_bytes(data, None);
     let _ = crate::pagesums::PageSums::from_file_bytes(data, Some(&keys()));

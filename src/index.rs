@@ -169,6 +169,45 @@ pub struct FileStamp {
     /// For a file cut at database pages: its write-ahead log as it was then. A commit in WAL
     /// mode changes only the log.
     pub wal: LogStamp,
+    /// For a file cut at database pages: whether its image was read through SQLite (see
+    /// `manifest::Entry::through_sqlite`).
+    pub through_sqlite: bool,
+}
+
+/// A [`FileStamp`] as index version 2 wrote it before `through_sqlite` (still decoded: its file
+/// keeps its cache entry, as a database copied as plain bytes).
+#[derive(serde::Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+struct FileStampV1 {
+    size: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+    ino: u64,
+    dev: u64,
+    content: crate::manifest::Content,
+    page_size: u32,
+    wal: LogStamp,
+}
+
+impl FileStamp {
+    /// Decodes a file-cache entry of either layout; `None` when it is damaged.
+    pub fn decode(b: &[u8]) -> Option<FileStamp> {
+        if let Ok(s) = crate::codec::decode::<FileStamp>(b, "file cache") {
+            return Some(s);
+        }
+        let s: FileStampV1 = crate::codec::decode(b, "file cache").ok()?;
+        Some(FileStamp {
+            size: s.size,
+            mtime_ns: s.mtime_ns,
+            ctime_ns: s.ctime_ns,
+            ino: s.ino,
+            dev: s.dev,
+            content: s.content,
+            page_size: s.page_size,
+            wal: s.wal,
+            through_sqlite: false,
+        })
+    }
 }
 
 /// The file cache's record of a SQLite database's write-ahead log (`-wal` file).
@@ -774,7 +813,7 @@ pub fn file_stamp(txn: &ReadTransaction, path: &[u8]) -> Result<Option<FileStamp
     };
     match t.get(path)? {
         // A damaged cache entry is not an error: the file is simply read again.
-        Some(v) => Ok(crate::codec::decode(v.value(), "file cache").ok()),
+        Some(v) => Ok(FileStamp::decode(v.value())),
         None => Ok(None),
     }
 }
@@ -829,6 +868,38 @@ pub fn meta(txn: &ReadTransaction, key: &str) -> Result<Option<u64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_stamps_of_both_layouts_decode() {
+        let old = FileStampV1 {
+            size: 8192,
+            mtime_ns: 5,
+            ctime_ns: 6,
+            ino: 7,
+            dev: 8,
+            content: crate::manifest::Content::Tree(ChunkId([3; 32])),
+            page_size: 4096,
+            wal: LogStamp::None,
+        };
+        let bytes = crate::codec::encode(&old).unwrap();
+        let stamp = FileStamp::decode(&bytes).unwrap();
+        assert_eq!(
+            (stamp.size, stamp.page_size, stamp.wal),
+            (8192, 4096, LogStamp::None)
+        );
+        assert!(!stamp.through_sqlite);
+        let new = FileStamp {
+            through_sqlite: true,
+            ..stamp
+        };
+        let bytes = crate::codec::encode(&new).unwrap();
+        assert_eq!(FileStamp::decode(&bytes), Some(new));
+        assert_eq!(
+            FileStamp::decode(&bytes[..bytes.len() - 1]).map(|s| s.through_sqlite),
+            Some(false)
+        );
+        assert_eq!(FileStamp::decode(&bytes[..bytes.len() - 2]), None);
+    }
 
     fn loc(i: u32) -> BlobLoc {
         BlobLoc {

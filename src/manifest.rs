@@ -1,8 +1,9 @@
 //! Snapshot manifests: what a snapshot holds, file by file.
 //!
 //! A manifest is encoded with bincode (through [`crate::codec`]), compressed with zstd and framed
-//! (magic `STRASNAP`, version 3; version 1, whose sources had no kind, and version 2, which had
-//! no capture records, are still read). Its id is the BLAKE3 of the encoded (uncompressed) manifest, and
+//! (magic `STRASNAP`, version 4; version 1, whose sources had no kind, version 2, which had no
+//! capture records, and version 3, whose entries did not say how a database was read, are still
+//! read). Its id is the BLAKE3 of the encoded (uncompressed) manifest, and
 //! it is stored twice: in the index and as `snapshots/<id>.snap`.
 
 use crate::codec::{self, frame};
@@ -12,7 +13,7 @@ use crate::id::{ChunkId, SnapshotId};
 use serde::{Deserialize, Serialize};
 
 pub const MAGIC: &[u8; 8] = b"STRASNAP";
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 
 /// How a file's bytes are found.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +49,44 @@ pub struct Entry {
     pub target: Option<Vec<u8>>,
     /// For SQLite files: the page size the file was cut at.
     pub page_size: u32,
+    /// For a file cut at database pages: its image was read inside a SQLite read transaction,
+    /// so it is one committed state of the database. False for one copied as plain bytes (SQLite
+    /// could not open it, or `--raw-sqlite`), and for every entry of a version 1-3 manifest.
+    pub through_sqlite: bool,
+}
+
+/// An entry as format versions 1 to 3 recorded it (without `through_sqlite`).
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct EntryV3 {
+    path: Vec<u8>,
+    kind: EntryKind,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime_ns: i64,
+    size: u64,
+    content: Content,
+    target: Option<Vec<u8>>,
+    page_size: u32,
+}
+
+impl From<EntryV3> for Entry {
+    fn from(e: EntryV3) -> Entry {
+        Entry {
+            path: e.path,
+            kind: e.kind,
+            mode: e.mode,
+            uid: e.uid,
+            gid: e.gid,
+            mtime_ns: e.mtime_ns,
+            size: e.size,
+            content: e.content,
+            target: e.target,
+            page_size: e.page_size,
+            through_sqlite: false,
+        }
+    }
 }
 
 impl Entry {
@@ -124,7 +163,40 @@ pub struct Capture {
     pub note: String,
 }
 
-/// A manifest as format version 2 recorded it (identical but for capture records).
+/// A manifest as format version 3 recorded it (identical but for its entries).
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct ManifestV3 {
+    time_ns: i64,
+    hostname: String,
+    name: Option<String>,
+    kind: String,
+    tags: Vec<String>,
+    sources: Vec<Source>,
+    entries: Vec<EntryV3>,
+    stats: SnapshotStats,
+    errors: Vec<String>,
+    captures: Vec<Capture>,
+}
+
+impl From<ManifestV3> for Manifest {
+    fn from(m: ManifestV3) -> Manifest {
+        Manifest {
+            time_ns: m.time_ns,
+            hostname: m.hostname,
+            name: m.name,
+            kind: m.kind,
+            tags: m.tags,
+            sources: m.sources,
+            entries: m.entries.into_iter().map(Entry::from).collect(),
+            stats: m.stats,
+            errors: m.errors,
+            captures: m.captures,
+        }
+    }
+}
+
+/// A manifest as format version 2 recorded it (version 3 but for capture records).
 #[derive(Deserialize)]
 struct ManifestV2 {
     time_ns: i64,
@@ -133,7 +205,7 @@ struct ManifestV2 {
     kind: String,
     tags: Vec<String>,
     sources: Vec<Source>,
-    entries: Vec<Entry>,
+    entries: Vec<EntryV3>,
     stats: SnapshotStats,
     errors: Vec<String>,
 }
@@ -147,7 +219,7 @@ impl From<ManifestV2> for Manifest {
             kind: m.kind,
             tags: m.tags,
             sources: m.sources,
-            entries: m.entries,
+            entries: m.entries.into_iter().map(Entry::from).collect(),
             stats: m.stats,
             errors: m.errors,
             captures: vec![],
@@ -164,7 +236,7 @@ struct ManifestV1 {
     kind: String,
     tags: Vec<String>,
     sources: Vec<SourceV1>,
-    entries: Vec<Entry>,
+    entries: Vec<EntryV3>,
     stats: SnapshotStats,
     errors: Vec<String>,
 }
@@ -293,6 +365,7 @@ impl Manifest {
                 return Ok(ManifestV2::from(v1).into());
             }
             2 => return Ok(codec::decode::<ManifestV2>(&plain, &what)?.into()),
+            3 => return Ok(codec::decode::<ManifestV3>(&plain, &what)?.into()),
             _ => {}
         }
         codec::decode(&plain, &what)
@@ -341,7 +414,8 @@ mod tests {
                     _ => Content::Chunk(ChunkId(id)),
                 },
                 target,
-                page_size: 0,
+                page_size: if k == 0 { 4096 } else { 0 },
+                through_sqlite: k == 0 && mode % 2 == 0,
             })
     }
 
@@ -365,6 +439,44 @@ mod tests {
             prop_assert_eq!(Manifest::decode(&bytes, Some(&id), None).unwrap(), m.clone());
             let other = ChunkId::hash(None, b"other");
             prop_assert!(Manifest::decode(&bytes, Some(&other), None).is_err());
+        }
+
+        #[test]
+        fn version_3_manifests_still_decode(entries in proptest::collection::vec(arb_entry(), 0..10)) {
+            let old = ManifestV3 {
+                time_ns: 7,
+                hostname: "h".into(),
+                name: None,
+                kind: "hourly".into(),
+                tags: vec![],
+                sources: vec![],
+                entries: entries.iter().map(|e| EntryV3 {
+                    path: e.path.clone(),
+                    kind: e.kind,
+                    mode: e.mode,
+                    uid: e.uid,
+                    gid: e.gid,
+                    mtime_ns: e.mtime_ns,
+                    size: e.size,
+                    content: e.content.clone(),
+                    target: e.target.clone(),
+                    page_size: e.page_size,
+                }).collect(),
+                stats: SnapshotStats::default(),
+                errors: vec![],
+                captures: vec![],
+            };
+            let plain = codec::encode(&old).unwrap();
+            let packed = zstd::bulk::compress(&plain, 3).unwrap();
+            let bytes = frame::wrap(MAGIC, 3, &packed);
+            let m = Manifest::decode(&bytes, Some(&ChunkId::hash(None, &plain)), None).unwrap();
+            // Nothing said how a database was read then: each counts as copied.
+            let expected: Vec<Entry> = entries
+                .into_iter()
+                .map(|e| Entry { through_sqlite: false, ..e })
+                .collect();
+            prop_assert_eq!(m.entries, expected);
+            prop_assert_eq!(m.kind, "hourly");
         }
 
         #[test]

@@ -134,6 +134,7 @@ fn a_file_through_a_restored_symlink_is_not_written_outside() {
             content: Content::Empty,
             target: Some(link_target.as_bytes().to_vec()),
             page_size: 0,
+            through_sqlite: false,
         });
         // A file below the link.
         m.entries.push(file_entry(&real, "src/link/planted"));

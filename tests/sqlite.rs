@@ -144,12 +144,24 @@ fn live_snapshots(wal: bool) {
     }
     assert!(previous > 3000);
     env.ok(&["verify", "--read-data"]);
-    // Restore runs SQLite's own check on each restored database.
+    // An image read through SQLite is one committed state: the default check leaves it out,
+    // and says so.
     let out = env.path("checked");
     let r = env.json(&["restore", "latest", out.to_str().unwrap()]);
     assert_eq!(r["check"], "quick_check");
+    assert!(r["integrity"].as_array().unwrap().is_empty());
+    assert_eq!(r["unchecked"].as_array().unwrap().len(), 1);
+    // --check-sqlite=quick runs SQLite's own check on each restored database.
+    let quick = env.path("quick");
+    let r = env.json(&[
+        "restore",
+        "latest",
+        quick.to_str().unwrap(),
+        "--check-sqlite=quick",
+    ]);
     assert_eq!(r["integrity"].as_array().unwrap().len(), 1);
     assert_eq!(r["integrity"][0]["ok"], true);
+    assert!(r["unchecked"].as_array().unwrap().is_empty());
     // A damaged database is reported and fails the command.
     let db = out.join("app/app.db");
     let mut bytes = std::fs::read(&db).unwrap();
@@ -165,7 +177,12 @@ fn live_snapshots(wal: bool) {
     );
     let damaged = env.backup(&[&out.join("app")]);
     let again = env.path("again");
-    let r = env.run(&["restore", &damaged[..12], again.to_str().unwrap()]);
+    let r = env.run(&[
+        "restore",
+        &damaged[..12],
+        again.to_str().unwrap(),
+        "--check-sqlite=quick",
+    ]);
     assert_eq!(code(&r), 3, "{}", String::from_utf8_lossy(&r.stdout));
     assert!(String::from_utf8_lossy(&r.stdout).contains("quick_check FAILED"));
     // The full check finds it as well.
@@ -223,6 +240,99 @@ fn commits_that_touch_only_the_wal_are_not_missed() {
     let raw_id: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
     let show = env.json(&["show", &raw_id["id"].as_str().unwrap()[..12]]);
     assert!(entry_paths(&show).iter().any(|p| p.ends_with("app.db-wal")));
+}
+
+/// The entry at `path` in `show --json`.
+fn entry<'a>(show: &'a serde_json::Value, path: &str) -> &'a serde_json::Value {
+    show["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["path"] == path)
+        .unwrap_or_else(|| panic!("{path} not in {show}"))
+}
+
+#[test]
+fn databases_copied_as_plain_bytes_are_checked_by_default() {
+    let env = Env::new();
+    let (dir, db, c) = app_db(&env);
+    c.execute_batch("INSERT INTO t VALUES (1, zeroblob(20000)); UPDATE summary SET last = 1;")
+        .unwrap();
+    drop(c);
+    // A SQLite header over pages SQLite cannot read: copied as it is, with a warning.
+    let mut broken = std::fs::read(&db).unwrap()[..100].to_vec();
+    broken.resize(8 * 4096, 0);
+    broken[100..].copy_from_slice(&noise(8 * 4096 - 100, 7));
+    write(&dir.join("broken.db"), &broken);
+    let r = env.run(&["backup", dir.to_str().unwrap()]);
+    assert_eq!(code(&r), 0, "{}", stderr(&r));
+    assert!(
+        stderr(&r).contains("copied as a plain file"),
+        "{}",
+        stderr(&r)
+    );
+    let show = env.json(&["show", "latest"]);
+    assert_eq!(entry(&show, "app/app.db")["through_sqlite"], true);
+    assert_eq!(entry(&show, "app/broken.db")["through_sqlite"], false);
+    assert_eq!(entry(&show, "app/broken.db")["page_size"], 4096);
+
+    // By default only the copy is checked; it fails the restore (exit 3), naming it.
+    let out = env.path("out");
+    let r = env.run(&["restore", "latest", out.to_str().unwrap()]);
+    let said = String::from_utf8_lossy(&r.stdout).into_owned();
+    assert_eq!(code(&r), 3, "{said}");
+    assert!(said.contains("broken.db: quick_check FAILED"), "{said}");
+    assert!(
+        said.contains("app.db: read through SQLite when saved; not checked"),
+        "{said}"
+    );
+    // The bytes were still restored as saved, and the database read through SQLite is whole.
+    let r = env.json(&[
+        "restore",
+        "latest",
+        env.path("unchecked").to_str().unwrap(),
+        "--no-check-sqlite",
+    ]);
+    assert!(r["integrity"].as_array().unwrap().is_empty());
+    assert_eq!(
+        std::fs::read(env.path("unchecked/app/broken.db")).unwrap(),
+        broken
+    );
+    assert_eq!(check_restored(&env.path("unchecked/app/app.db")), 1);
+
+    // --raw-sqlite copies the database as plain bytes too: the default check then runs on it.
+    std::fs::remove_file(dir.join("broken.db")).unwrap();
+    // Past the window in which a just-changed file gets no file-cache stamp.
+    std::thread::sleep(Duration::from_millis(250));
+    let id = env.backup_args(&["--raw-sqlite", dir.to_str().unwrap()]);
+    let show = env.json(&["show", &id]);
+    assert_eq!(entry(&show, "app/app.db")["through_sqlite"], false);
+    let r = env.json(&["restore", &id, env.path("raw").to_str().unwrap()]);
+    assert_eq!(r["integrity"].as_array().unwrap().len(), 1, "{r}");
+    assert_eq!(r["integrity"][0]["ok"], true);
+    // Unchanged since, so taken from the file cache: still known as a copy.
+    let again = env.backup_args(&["--raw-sqlite", dir.to_str().unwrap()]);
+    let show = env.json(&["show", &again]);
+    assert_eq!(show["stats"]["bytes_read"], 0, "{show}");
+    assert_eq!(entry(&show, "app/app.db")["through_sqlite"], false);
+    // A plain backup takes the cached copy as it is: still a copy. Once the database changes,
+    // it is read through SQLite again, and so is its cached entry after that.
+    let id = env.backup(&[&dir]);
+    assert_eq!(
+        entry(&env.json(&["show", &id]), "app/app.db")["through_sqlite"],
+        false
+    );
+    let c = Connection::open(&db).unwrap();
+    c.execute_batch("INSERT INTO t VALUES (2, x'00'); UPDATE summary SET last = 2;")
+        .unwrap();
+    drop(c);
+    std::thread::sleep(Duration::from_millis(250));
+    for read in [true, false] {
+        let id = env.backup(&[&dir]);
+        let show = env.json(&["show", &id]);
+        assert_eq!(show["stats"]["bytes_read"] != 0, read, "{show}");
+        assert_eq!(entry(&show, "app/app.db")["through_sqlite"], true, "{show}");
+    }
 }
 
 #[test]

@@ -13,8 +13,15 @@ use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
-/// A file's content as the manifest records it: (content, size, page size).
-pub(super) type Stored = (Content, u64, u32);
+/// What a file was stored as: its content and size, the page size it was cut at (0 when cut by
+/// content), and for a database whether its image was read through SQLite.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Stored {
+    pub(super) content: Content,
+    pub(super) size: u64,
+    pub(super) page_size: u32,
+    pub(super) through_sqlite: bool,
+}
 
 /// What the file cache leaves to read.
 pub(super) struct ToRead {
@@ -89,9 +96,12 @@ fn cache_lookup(
 ) -> Result<Cached> {
     Ok(match cached_stamp(repo, txn, &item.abs)? {
         Some(stamp) if stamp_matches(&stamp, &item.meta) => match content_size(&stamp, &item.abs) {
-            Some(size) if content_present(reader, &stamp.content)? => {
-                Cached::Hit((stamp.content, size, stamp.page_size))
-            }
+            Some(size) if content_present(reader, &stamp.content)? => Cached::Hit(Stored {
+                content: stamp.content,
+                size,
+                page_size: stamp.page_size,
+                through_sqlite: stamp.through_sqlite,
+            }),
             _ => Cached::Miss(Some(stamp)),
         },
         stamp => Cached::Miss(stamp),

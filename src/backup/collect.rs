@@ -181,7 +181,12 @@ impl Collector<'_> {
             let key = self.repo.file_key(abs.as_os_str().as_bytes());
             self.out.stamps.push((key, stamp, rf.sums));
         }
-        (rf.content, rf.size, rf.page_size)
+        Stored {
+            content: rf.content,
+            size: rf.size,
+            page_size: rf.page_size,
+            through_sqlite: rf.through_sqlite,
+        }
     }
 }
 

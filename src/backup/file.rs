@@ -35,6 +35,8 @@ pub(super) struct ReadFile {
     /// The bytes read: the size, or less for a database read from its log's new frames.
     pub(super) read: u64,
     pub(super) page_size: u32,
+    /// For a database: its image was read inside a SQLite read transaction (one committed state).
+    pub(super) through_sqlite: bool,
     /// The stamp to remember, unless the file changed while it was read.
     pub(super) stamp: Option<FileStamp>,
     /// The [`PageSums`](crate::pagesums::PageSums) record to keep with the stamp (encoded, sealed
@@ -216,7 +218,7 @@ fn read_once(
     let stamp = match wal {
         Some(wal) if unchanged && !racy => Some(FileStamp {
             wal,
-            ..stamp_of(&before, content.clone(), page_size)
+            ..stamp_of(&before, content.clone(), page_size, captured)
         }),
         // The image is one committed state and its log's stamp the log's state then, whatever
         // changed since: kept, so the next backup can go on from its position, but with an
@@ -224,7 +226,7 @@ fn read_once(
         Some(wal @ LogStamp::Frames { .. }) => Some(FileStamp {
             wal,
             mtime_ns: i64::MIN,
-            ..stamp_of(&before, content.clone(), page_size)
+            ..stamp_of(&before, content.clone(), page_size, captured)
         }),
         _ => None,
     };
@@ -241,6 +243,7 @@ fn read_once(
         size,
         read,
         page_size,
+        through_sqlite: captured && page_size > 0,
         stamp,
         sums,
         notes,
@@ -388,7 +391,7 @@ fn resume_point(previous: &FileStamp, now: &std::fs::Metadata) -> Option<Since> 
     }
 }
 
-fn stamp_of(m: &std::fs::Metadata, content: Content, page_size: u32) -> FileStamp {
+fn stamp_of(m: &std::fs::Metadata, content: Content, page_size: u32, sqlite: bool) -> FileStamp {
     FileStamp {
         size: m.len(),
         mtime_ns: mtime_ns(m),
@@ -398,6 +401,7 @@ fn stamp_of(m: &std::fs::Metadata, content: Content, page_size: u32) -> FileStam
         content,
         page_size,
         wal: LogStamp::None,
+        through_sqlite: sqlite,
     }
 }
 

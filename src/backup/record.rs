@@ -68,13 +68,19 @@ pub(super) fn manifest(
 fn entries(listed: Vec<(&WalkItem, Option<Stored>)>, stats: &mut SnapshotStats) -> Vec<Entry> {
     let mut entries = Vec::with_capacity(listed.len());
     for (item, content) in listed {
-        let (content, size, page_size) = match item.kind {
+        let stored = match item.kind {
             EntryKind::File => match content {
                 Some(c) => c,
                 None => continue, // unreadable or vanished: listed in errors or warnings
             },
-            _ => (Content::Empty, 0, 0),
+            _ => Stored {
+                content: Content::Empty,
+                size: 0,
+                page_size: 0,
+                through_sqlite: false,
+            },
         };
+        let size = stored.size;
         match item.kind {
             EntryKind::File => {
                 stats.files += 1;
@@ -91,9 +97,10 @@ fn entries(listed: Vec<(&WalkItem, Option<Stored>)>, stats: &mut SnapshotStats) 
             gid: item.meta.gid(),
             mtime_ns: mtime_ns(&item.meta),
             size,
-            content,
+            content: stored.content,
             target: item.target.clone(),
-            page_size,
+            page_size: stored.page_size,
+            through_sqlite: stored.through_sqlite,
         });
     }
     entries
@@ -113,6 +120,7 @@ fn stream_entry(st: &StreamSource, content: Content, size: u64, start_ns: i64) -
         content,
         target: None,
         page_size: 0,
+        through_sqlite: false,
     }
 }
 

@@ -137,6 +137,8 @@ struct EntryJson {
     chunks: String,
     target: Option<String>,
     page_size: u32,
+    /// A database image read through SQLite (one committed state), not copied as plain bytes.
+    through_sqlite: bool,
 }
 
 /// `show --json`: the snapshot and its entries.
@@ -171,6 +173,7 @@ pub(super) fn show_json(s: &Snapshot) -> ShowJson<'_> {
                 .as_ref()
                 .map(|t| String::from_utf8_lossy(t).into_owned()),
             page_size: e.page_size,
+            through_sqlite: e.through_sqlite,
         })
         .collect();
     ShowJson {

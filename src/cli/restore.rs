@@ -31,11 +31,13 @@ pub struct RestoreArgs {
     /// Write the selected files' bytes to standard output
     #[arg(long, conflicts_with_all = ["before", "after"])]
     to_stdout: bool,
-    /// How each restored SQLite database is checked as soon as it is written: `quick`
-    /// (`PRAGMA quick_check`, every page of every b-tree) or `full` (`PRAGMA integrity_check`,
-    /// also every index against its table). A database that does not pass fails the restore
-    /// with exit code 3
-    #[arg(long, value_enum, value_name = "LEVEL", default_value_t = CheckLevel::Quick)]
+    /// Which restored SQLite databases are checked as soon as they are written, and how:
+    /// `copied` (`PRAGMA quick_check` of those whose image was copied as plain bytes rather than
+    /// read through SQLite, which is one committed state), `quick` (`PRAGMA quick_check` of every
+    /// one: every page of every b-tree) or `full` (`PRAGMA integrity_check` of every one: also
+    /// every index against its table). A database that does not pass fails the restore with exit
+    /// code 3
+    #[arg(long, value_enum, value_name = "LEVEL", default_value_t = CheckLevel::Copied)]
     check_sqlite: CheckLevel,
     /// Do not check the restored SQLite databases
     #[arg(long, conflicts_with = "check_sqlite")]
@@ -71,6 +73,7 @@ pub struct RestoreArgs {
 /// How restored databases are checked (`--check-sqlite`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum CheckLevel {
+    Copied,
     Quick,
     Full,
 }
@@ -96,6 +99,7 @@ impl RestoreArgs {
     fn check(&self) -> Option<SqliteCheck> {
         match (self.no_check_sqlite, self.check_sqlite) {
             (true, _) => None,
+            (false, CheckLevel::Copied) => Some(SqliteCheck::Copied),
             (false, CheckLevel::Quick) => Some(SqliteCheck::Quick),
             (false, CheckLevel::Full) => Some(SqliteCheck::Full),
         }
@@ -278,6 +282,8 @@ fn print_restored_json(r: &Restored) -> Result<()> {
         /// The check restored databases got: "quick_check", "integrity_check" or null.
         check: Option<&'static str>,
         integrity: Vec<Check<'a>>,
+        /// Databases the default check (`copied`) leaves out: read through SQLite when saved.
+        unchecked: Vec<String>,
         /// Databases that applications had open, written in place through SQLite.
         live: Vec<Live<'a>>,
         /// Stores restored (ChromaDB directories, groups), and how to verify each.
@@ -309,6 +315,15 @@ fn print_restored_json(r: &Restored) -> Result<()> {
                 })
             })
             .collect(),
+        unchecked: match check {
+            Some(SqliteCheck::Copied) => report
+                .databases
+                .iter()
+                .filter(|db| db.check.is_none())
+                .map(|db| shown(&db.path))
+                .collect(),
+            _ => vec![],
+        },
         live: report
             .databases
             .iter()
@@ -372,6 +387,11 @@ fn print_restored(r: &Restored, started: std::time::Instant) {
         match &db.check {
             Some(Ok(())) => println!("{path}: {pragma} ok"),
             Some(Err(problems)) => println!("{path}: {pragma} FAILED: {problems}"),
+            None if *check == Some(SqliteCheck::Copied) => {
+                println!(
+                    "{path}: read through SQLite when saved; not checked (--check-sqlite=quick)"
+                )
+            }
             None => {}
         }
     }

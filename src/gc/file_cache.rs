@@ -20,12 +20,12 @@ pub(super) fn split_file_keys(
     let (mut stale, mut kept) = (Vec::new(), Vec::new());
     for item in files.iter()? {
         let (key, value) = item?;
-        let keep = match crate::codec::decode::<FileStamp>(value.value(), "file cache") {
-            Ok(stamp) => match stamp.content {
+        let keep = match FileStamp::decode(value.value()) {
+            Some(stamp) => match stamp.content {
                 Content::Empty => true,
                 Content::Chunk(id) | Content::Tree(id) => live(&id)?,
             },
-            Err(_) => false,
+            None => false,
         };
         match keep {
             true => kept.push(key.value().to_vec()),

@@ -42,15 +42,16 @@ impl Writes<'_> {
     /// [`write_content_at`]): large files, unless a reader is about to want them cached (a
     /// database about to be checked, or copied into an open one).
     fn direct(self, entry: &Entry) -> bool {
-        let read_next = self.check.is_some() || self.live.databases().next().is_some();
+        let checked = self.check.and_then(|c| c.of(entry)).is_some();
+        let read_next = checked || self.live.databases().next().is_some();
         entry.size >= crate::storage::direct::MIN_DIRECT_BYTES
             && !(read_next && entry.page_size > 0)
     }
 
     /// The check of the database image at `path` (which becomes `dest`), when one is asked for.
     fn check(self, entry: &Entry, path: &Path, dest: &Path) -> Option<Result<(), String>> {
-        let level = self.check.filter(|_| entry.page_size > 0)?;
-        let verdict = crate::source::sqlite::check_image(path, level == SqliteCheck::Full);
+        let full = self.check?.of(entry)?;
+        let verdict = crate::source::sqlite::check_image(path, full);
         Some(verdict.unwrap_or_else(|e| {
             let shown = (path.display().to_string(), dest.display().to_string());
             Err(e.to_string().replace(&shown.0, &shown.1))
@@ -402,6 +403,7 @@ fn write_content_at(
     use std::sync::atomic::{AtomicUsize, Ordering};
     let (batch_max, group_max, _) = read_shape(blobs);
     let window = (2 * batch_max / group_max).max(2) as usize;
+    let buffered = Mutex::new(());
     let write_group = |g: &Group| -> Result<()> {
         // A group at a block boundary is assembled at an aligned address and padded to whole
         // blocks, so that its pieces can go straight to the device.
@@ -432,6 +434,7 @@ fn write_content_at(
                     .ctx("write", path)?;
                     continue;
                 }
+                let _one = buffered.lock().unwrap_or_else(|p| p.into_inner());
                 file.write_all_at(&data[start..end], at)
                     .ctx("write", path)?;
                 // Start writing this piece to disk now, so the device works while the rest is
@@ -668,6 +671,7 @@ mod tests {
             content: Content::Empty,
             target: (kind == EntryKind::Symlink).then(|| b"pointed-at".to_vec()),
             page_size: 0,
+            through_sqlite: false,
         }
     }
 

@@ -490,6 +490,7 @@ mod tests {
             content: Content::Empty,
             target: None,
             page_size,
+            through_sqlite: page_size > 0,
         }
     }
 

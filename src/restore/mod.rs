@@ -72,19 +72,34 @@ impl RestoreOptions {
     }
 }
 
-/// How a restored database is checked.
+/// How restored databases are checked.
 ///
 /// Every chunk a restore reads is checked against its hash, so a restored image holds exactly
 /// the bytes that were saved; an image saved through SQLite is one committed state. What a
-/// check can still find is damage the database had when it was saved (or a copy saved as a
-/// plain file while it was written).
+/// check can still find is a copy saved as plain bytes while it was written (or that SQLite could
+/// not open), or damage the database already had when it was saved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SqliteCheck {
-    /// `PRAGMA quick_check`: every page of every b-tree, without comparing indexes with their
-    /// tables.
+    /// `PRAGMA quick_check` of the images that were not read through SQLite (copied as plain
+    /// bytes, or saved by a version that did not record how): the default.
+    Copied,
+    /// `PRAGMA quick_check` of every database: every page of every b-tree, without comparing
+    /// indexes with their tables.
     Quick,
-    /// `PRAGMA integrity_check`: also every index against its table.
+    /// `PRAGMA integrity_check` of every database: also every index against its table.
     Full,
+}
+
+impl SqliteCheck {
+    /// Whether `entry` gets this check, and then whether it is the full one.
+    pub fn of(self, entry: &crate::manifest::Entry) -> Option<bool> {
+        match self {
+            _ if entry.page_size == 0 => None,
+            SqliteCheck::Copied if entry.through_sqlite => None,
+            SqliteCheck::Copied | SqliteCheck::Quick => Some(false),
+            SqliteCheck::Full => Some(true),
+        }
+    }
 }
 
 /// The files other processes hold open among those a restore with `opts` of `manifest` would

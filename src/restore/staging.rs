@@ -437,6 +437,7 @@ mod tests {
             content: Content::Empty,
             target: None,
             page_size: 0,
+            through_sqlite: false,
         }
     }
 
