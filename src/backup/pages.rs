@@ -7,8 +7,9 @@ use super::writer::{FRAME_TARGET, FileState, Shared};
 use crate::error::{Error, IoContext, Result};
 use crate::id::ChunkId;
 use crate::pack::BlobKind;
-use crate::source::read_full_at;
+use crate::source::uncached::UncachedReader;
 use crate::source::wal::{LogMap, read_frame};
+use crate::storage::direct::AlignedBuf;
 use rayon::prelude::*;
 use std::fs::File;
 
@@ -18,7 +19,7 @@ const SEGMENT: usize = 1 << 20;
 const SEGMENTS_PER_ROUND: usize = 64;
 
 thread_local! {
-    static SEGMENT_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    static SEGMENT_BUF: std::cell::RefCell<AlignedBuf> = std::cell::RefCell::new(AlignedBuf::default());
 }
 
 /// Reads a file cut at fixed page boundaries. Boundaries do not depend on content, so every
@@ -62,6 +63,7 @@ pub(super) fn read_pages(
     };
     let mut pending: Vec<Segment> = Vec::new();
     let mut offset = 0u64;
+    let reader = UncachedReader::new(file, path);
     loop {
         let next_start = offset + round_bytes;
         let to_push = std::mem::take(&mut pending);
@@ -80,7 +82,7 @@ pub(super) fn read_pages(
                     .map(|k| {
                         read_segment(
                             shared,
-                            file,
+                            &reader,
                             path,
                             page,
                             offset + (k * SEGMENT) as u64,
@@ -170,7 +172,7 @@ type Segment = (usize, Vec<ChunkId>, Vec<u128>);
 #[allow(clippy::too_many_arguments)]
 fn read_segment(
     shared: &Shared,
-    file: &File,
+    file: &UncachedReader,
     path: &std::path::Path,
     page: usize,
     at: u64,
@@ -182,8 +184,9 @@ fn read_segment(
     SEGMENT_BUF.with(|buf| {
         let mut buf = buf.borrow_mut();
         let want = limit.saturating_sub(at).min(SEGMENT as u64) as usize;
-        buf.resize(SEGMENT, 0);
-        let mut n = read_full_at(file, &mut buf[..want], at).ctx("read", path)?;
+        buf.reserve(SEGMENT);
+        let buf = buf.bytes_mut();
+        let mut n = file.read_at(buf, want, at).ctx("read", path)?;
         if let Some(overlay) = overlay {
             n = overlay.apply(&mut buf[..want], n, at, page, path)?;
         }

@@ -3,10 +3,12 @@
 //! ([`capture`]), SQLite databases, recognised and read as consistent images ([`sqlite`]), and
 //! the write-ahead logs of WAL databases, parsed directly ([`wal`]), and
 //! named streams: a command's output, standard input, PostgreSQL and Redis dumps ([`streams`]).
+//! Large files are read past the page cache where it does not hold them ([`uncached`]).
 
 pub mod capture;
 pub mod sqlite;
 pub mod streams;
+pub(crate) mod uncached;
 pub mod wal;
 pub mod walk;
 
