@@ -6,6 +6,8 @@
 
 #[path = "backup_restore.rs"]
 mod backup_restore;
+#[path = "browse.rs"]
+mod browse;
 #[path = "copy.rs"]
 mod copy;
 #[path = "corruption.rs"]

@@ -6,6 +6,7 @@
 //! was taken away: run again).
 
 mod backup;
+mod browse;
 mod copy;
 mod environment;
 mod gc;
@@ -56,6 +57,12 @@ enum Command {
     List(inspect::ListArgs),
     /// Show one snapshot's details and entries
     Show(inspect::ShowArgs),
+    /// List the files and directories in a snapshot (one level, or all below a path with -r)
+    Ls(browse::LsArgs),
+    /// Find paths by name in every snapshot (or those given), with their size and time in each
+    Find(browse::FindArgs),
+    /// Write one file of a snapshot to standard output, or a directory as a tar archive
+    Dump(browse::DumpArgs),
     /// Repository statistics
     Stats(inspect::JsonArg),
     /// Paths added, removed and changed between two snapshots
@@ -256,6 +263,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Backup(args) => backup::backup(&rp, args),
         Command::List(args) => inspect::list(&open(&rp, false, "list")?, args),
         Command::Show(args) => inspect::show(&open(&rp, false, "show")?, args),
+        Command::Ls(args) => browse::ls(&open(&rp, false, "ls")?, args),
+        Command::Find(args) => browse::find(&open(&rp, false, "find")?, args),
+        Command::Dump(args) => browse::dump(&open(&rp, false, "dump")?, args),
         Command::Stats(args) => inspect::stats(&open(&rp, false, "stats")?, args),
         Command::Diff(args) => inspect::diff(&open(&rp, false, "diff")?, args),
         Command::Restore(args) => {

@@ -10,6 +10,7 @@
 //! when it fails ([`rollback`]).
 
 pub mod changes;
+pub mod dump;
 mod files;
 mod groups;
 pub mod live;
