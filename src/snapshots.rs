@@ -100,12 +100,18 @@ pub fn resolve<'a>(snaps: &'a [Snapshot], spec: &str) -> Result<&'a Snapshot> {
             _ => {}
         }
     }
+    let short_hex =
+        !spec.is_empty() && spec.len() < 4 && spec.chars().all(|c| c.is_ascii_hexdigit());
     snaps
         .iter()
         .rev()
         .find(|s| s.manifest.name.as_deref() == Some(spec))
-        .ok_or_else(|| {
-            Error::not_found(format!(
+        .ok_or_else(|| match short_hex {
+            true => Error::invalid(format!(
+                "{spec:?} is too short for an id prefix: give 4 or more hex digits (or a name, \
+                 or `latest`)"
+            )),
+            false => Error::not_found(format!(
                 "no snapshot matches {spec:?} (an id prefix, a name, or `latest`); see `strata list`"
             ))
         })

@@ -122,6 +122,26 @@ fn bad_arguments() {
     assert!(stderr(&r).contains("power of two"), "{}", stderr(&r));
     let r = env.run(&["backup"]);
     assert_eq!(code(&r), 2);
+
+    // A prefix too short to be an id says so, unless it is a snapshot's name.
+    let src = env.path("src");
+    write(&src.join("a"), b"a");
+    env.backup_args(&["--name", "abc", src.to_str().unwrap()]);
+    env.backup(&[&src]);
+    let r = env.run(&["show", "abd"]);
+    assert_eq!(code(&r), 1);
+    assert!(stderr(&r).contains("give 4 or more hex digits"), "{}", stderr(&r));
+    assert!(env.ok(&["show", "abc"]).contains("name      abc"));
+
+    // An empty variable counts as unset: STRATA_REPO= falls back to --repo, not to an error.
+    let r = env
+        .cmd()
+        .env("STRATA_REPO", "")
+        .env("STRATA_PASSWORD_FILE", "")
+        .args(["list", "--repo", env.repo.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(code(&r), 0, "{}", String::from_utf8_lossy(&r.stderr));
 }
 
 /// A write that fails for lack of room (here: the file-size limit, EFBIG, which fails writes the

@@ -105,7 +105,21 @@ fn bound_allocator() {
     }
 }
 
+/// An empty `STRATA_*` variable counts as unset (clap would take `STRATA_REPO=` as an empty
+/// value and refuse it), as restic treats its own.
+fn drop_empty_variables() {
+    let empty: Vec<std::ffi::OsString> = std::env::vars_os()
+        .filter(|(k, v)| v.is_empty() && k.as_encoded_bytes().starts_with(b"STRATA_"))
+        .map(|(k, _)| k)
+        .collect();
+    for k in empty {
+        // SAFETY: called first thing in main, before any other thread exists.
+        unsafe { std::env::remove_var(k) }
+    }
+}
+
 pub fn main() -> ExitCode {
+    drop_empty_variables();
     bound_allocator();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
