@@ -26,8 +26,16 @@ fn unchanged_data_adds_almost_nothing() {
     env.backup(&[&src]);
     let (chunks, raw, _) = added(&env);
     assert!(chunks > 100 && raw >= 4_000_000);
+    // Data stored once: a dedup ratio of exactly 1, with the chunk lists counted apart.
+    let stats = env.json(&["stats"]);
+    assert_eq!(stats["unique_bytes"], 4_000_000);
+    assert_eq!(stats["dedup_ratio"], 1.0);
+    assert!(stats["metadata_bytes"].as_u64().unwrap() > 0, "{stats}");
+    assert!(stats["nodes"].as_u64().unwrap() >= 2, "{stats}");
+    assert!(env.ok(&["stats"]).contains("dedup ratio       1.00x"));
     let packs_before = packs(&env.repo).len();
     env.backup(&[&src]);
+    assert_eq!(env.json(&["stats"])["dedup_ratio"], 2.0);
     let (chunks, raw, stored) = added(&env);
     assert_eq!((chunks, raw, stored), (0, 0, 0));
     assert_eq!(packs(&env.repo).len(), packs_before);

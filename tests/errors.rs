@@ -130,7 +130,11 @@ fn bad_arguments() {
     env.backup(&[&src]);
     let r = env.run(&["show", "abd"]);
     assert_eq!(code(&r), 1);
-    assert!(stderr(&r).contains("give 4 or more hex digits"), "{}", stderr(&r));
+    assert!(
+        stderr(&r).contains("give 4 or more hex digits"),
+        "{}",
+        stderr(&r)
+    );
     assert!(env.ok(&["show", "abc"]).contains("name      abc"));
 
     // An empty variable counts as unset: STRATA_REPO= falls back to --repo, not to an error.

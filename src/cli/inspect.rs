@@ -285,6 +285,11 @@ pub fn stats(repo: &Repo, args: JsonArg) -> Result<ExitCode> {
         s.chunks
     );
     println!(
+        "chunk lists       {} in {} nodes",
+        bytes(s.metadata_bytes),
+        s.nodes
+    );
+    println!(
         "stored bytes      {} ({} packs: {}, index: {}, manifests: {})",
         bytes(s.stored_bytes),
         s.packs,
