@@ -3,7 +3,7 @@
 //! hundred ways (bit flips, truncations, insertions, splices), so every decoder meets damaged
 //! bytes in every test run; and every target runs coverage-guided under libFuzzer for a short
 //! while (`fuzz/run.sh`, 10 s each, `STRATA_FUZZ_SECONDS` to change), which needs cargo-fuzz
-//! (`cargo install cargo-fuzz`; `.ci/run` installs it; `STRATA_SKIP_FUZZ=1` skips that part).
+//! (`cargo install cargo-fuzz`; `tools/test.sh` installs it; `STRATA_SKIP_FUZZ=1` skips that part).
 
 use std::fs;
 use std::path::Path;

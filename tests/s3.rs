@@ -45,7 +45,7 @@ fn cluster() -> &'static Cluster {
             .expect("run tests/garage/cluster.sh");
         assert!(
             out.status.success(),
-            "the Garage cluster did not start (is `garage` installed? .ci/run installs it): {}",
+            "the Garage cluster did not start (is `garage` installed? tools/test.sh installs it): {}",
             String::from_utf8_lossy(&out.stderr)
         );
         // SAFETY: registers a plain extern "C" function to run at exit.

@@ -824,7 +824,9 @@ fn chromium() -> String {
             return c.to_string();
         }
     }
-    panic!("the web page test needs Chromium (`apt-get install chromium`; .ci/run installs it)");
+    panic!(
+        "the web page test needs Chromium (`apt-get install chromium`; tools/test.sh installs it)"
+    );
 }
 
 /// Dark pixels in a PNG screenshot: how much text and lines it shows.

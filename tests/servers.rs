@@ -1,7 +1,7 @@
 //! Database sources against real servers: a private PostgreSQL cluster and a private Redis
 //! server, each started by the test in its own temporary directory on a Unix socket.
 //!
-//! `.ci/run` installs both (Debian's `postgresql` and `redis-server`). Where they are missing
+//! `tools/test.sh` installs both (Debian's `postgresql` and `redis-server`). Where they are missing
 //! these tests fail and say what to install; `STRATA_SKIP_SERVER_TESTS=1` skips them on purpose.
 
 mod common;
