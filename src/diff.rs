@@ -3,7 +3,9 @@
 use crate::manifest::{Entry, Manifest};
 use std::collections::BTreeMap;
 
+/// In JSON `added`, `removed`, `changed` or `metadata`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Change {
     Added,
     Removed,

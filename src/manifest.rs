@@ -26,7 +26,10 @@ pub enum Content {
     Tree(ChunkId),
 }
 
+/// In JSON `file`, `dir` or `symlink` (bincode, the manifest's own encoding, stores the variant's
+/// number).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum EntryKind {
     File,
     Dir,

@@ -208,7 +208,7 @@ fn snapshots_by_name_latest_and_time() {
     assert_eq!(list[1]["kind"], "hourly");
     let diff = env.json(&["diff", "first", "latest"]);
     assert_eq!(diff[0]["path"], "data/f");
-    assert_eq!(diff[0]["change"], "Changed");
+    assert_eq!(diff[0]["change"], "changed");
     assert_eq!(diff[0]["new_size"], 19);
     // Restoring over an existing tree replaces the file atomically (no temp files left).
     let out = env.path("out");

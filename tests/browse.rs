@@ -91,6 +91,23 @@ fn ls_lists_one_level_or_all_below_a_path() {
         (&"symlink".into(), &"data/a.txt".into())
     );
 
+    // `show --json` speaks the same way: lowercase kinds, ids rather than phrases.
+    let show = env.json(&["show", "latest"]);
+    let entries = show["entries"].as_array().unwrap();
+    let big = entries
+        .iter()
+        .find(|e| e["path"] == "app/data/big.bin")
+        .unwrap();
+    assert_eq!(big["kind"], "file");
+    assert_eq!(big["content"]["kind"], "tree");
+    assert_eq!(big["content"]["id"].as_str().unwrap().len(), 64);
+    assert_eq!(big["mode"], format!("{:04o}", meta.mode() & 0o7777));
+    let dir = entries.iter().find(|e| e["path"] == "app/empty").unwrap();
+    assert_eq!(
+        (&dir["kind"], &dir["content"]["kind"]),
+        (&"dir".into(), &"empty".into())
+    );
+
     // A path that is not there: the error names what is.
     let r = env.run(&["ls", "latest", "app/nope"]);
     assert_eq!(code(&r), 1);

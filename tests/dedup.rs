@@ -244,7 +244,7 @@ fn chunks_of(env: &Env, rel: &str) -> String {
         .unwrap()
         .iter()
         .find(|e| e["path"] == rel)
-        .unwrap()["chunks"]
+        .unwrap()["content"]["id"]
         .as_str()
         .unwrap()
         .to_string()

@@ -134,11 +134,19 @@ struct EntryJson {
     size: u64,
     mode: String,
     mtime: String,
-    chunks: String,
+    content: ContentJson,
     target: Option<String>,
     page_size: u32,
     /// A database image read through SQLite (one committed state), not copied as plain bytes.
     through_sqlite: bool,
+}
+
+/// How an entry's bytes are found: `empty`, one `chunk`, or a `tree` of chunks, with the chunk's
+/// or the tree root's id.
+#[derive(serde::Serialize)]
+struct ContentJson {
+    kind: &'static str,
+    id: Option<String>,
 }
 
 /// `show --json`: the snapshot and its entries.
@@ -159,14 +167,23 @@ pub(super) fn show_json(s: &Snapshot) -> ShowJson<'_> {
             path: e.path_lossy(),
             kind: e.kind,
             size: e.size,
-            mode: format!("{:o}", e.mode & 0o7777),
+            mode: format!("{:04o}", e.mode & 0o7777),
             mtime: chrono::DateTime::from_timestamp_nanos(e.mtime_ns)
                 .with_timezone(&chrono::Local)
                 .to_rfc3339(),
-            chunks: match &e.content {
-                Content::Empty => "empty".into(),
-                Content::Chunk(id) => format!("chunk {}", id.short()),
-                Content::Tree(id) => format!("tree {}", id.short()),
+            content: match &e.content {
+                Content::Empty => ContentJson {
+                    kind: "empty",
+                    id: None,
+                },
+                Content::Chunk(id) => ContentJson {
+                    kind: "chunk",
+                    id: Some(id.to_hex()),
+                },
+                Content::Tree(id) => ContentJson {
+                    kind: "tree",
+                    id: Some(id.to_hex()),
+                },
             },
             target: e
                 .target
