@@ -53,6 +53,7 @@ pub mod id;
 pub mod index;
 pub mod layout;
 pub mod manifest;
+pub mod mount;
 pub mod nodecache;
 pub mod pack;
 pub mod packer;

@@ -26,6 +26,8 @@ ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 && command -v pg_dump >/de
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 # The web page of `strata serve` is tested in a real headless browser.
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+# `strata mount` is tested through a real FUSE mount (fusermount3 mounts it for a user).
+command -v fusermount3 >/dev/null 2>&1 || need_apt+=(fuse3)
 # `strata dump` archives are unpacked with tar.
 command -v tar >/dev/null 2>&1 || need_apt+=(tar)
 # The ChromaDB test makes its own virtual environment and installs chromadb from PyPI into it.

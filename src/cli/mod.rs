@@ -12,6 +12,7 @@ mod environment;
 mod gc;
 mod inspect;
 mod key;
+mod mount;
 mod output;
 mod repair;
 mod restore;
@@ -63,6 +64,8 @@ enum Command {
     Find(browse::FindArgs),
     /// Write one file of a snapshot to standard output, or a directory as a tar archive
     Dump(browse::DumpArgs),
+    /// Show the snapshots as a read-only file system (FUSE) until Ctrl-C or umount
+    Mount(mount::MountArgs),
     /// Repository statistics
     Stats(inspect::JsonArg),
     /// Paths added, removed and changed between two snapshots
@@ -280,6 +283,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Ls(args) => browse::ls(&open(&rp, false, "ls")?, args),
         Command::Find(args) => browse::find(&open(&rp, false, "find")?, args),
         Command::Dump(args) => browse::dump(&open(&rp, false, "dump")?, args),
+        Command::Mount(args) => mount::mount(open(&rp, false, "mount")?, args),
         Command::Stats(args) => inspect::stats(&open(&rp, false, "stats")?, args),
         Command::Diff(args) => inspect::diff(&open(&rp, false, "diff")?, args),
         Command::Restore(args) => {
