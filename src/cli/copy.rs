@@ -20,6 +20,7 @@ pub struct CopyArgs {
     to: PathBuf,
     /// Snapshots to copy (id prefix, name or `latest`); all of them if none is named
     snaps: Vec<String>,
+    /// Print the result as JSON on standard output (for scripts)
     #[arg(long)]
     json: bool,
 }

@@ -53,6 +53,7 @@ pub struct ForgetArgs {
     /// Show what would be removed; change nothing
     #[arg(long)]
     dry_run: bool,
+    /// Print the result as JSON on standard output (for scripts)
     #[arg(long)]
     json: bool,
 }
@@ -72,6 +73,7 @@ pub struct GcArgs {
     /// Rewrite packs with more unused space than this (e.g. 10%, or 0.1)
     #[arg(long, default_value = "10%")]
     max_unused: String,
+    /// Print the result as JSON on standard output (for scripts)
     #[arg(long)]
     json: bool,
 }
@@ -86,6 +88,7 @@ pub struct ConfigArgs {
 enum ConfigAction {
     /// Show the repository's settings
     Show {
+        /// Print the result as JSON on standard output (for scripts)
         #[arg(long)]
         json: bool,
     },

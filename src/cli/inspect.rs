@@ -21,6 +21,7 @@ pub type ListArgs = JsonArg;
 pub struct ShowArgs {
     /// Snapshot: id prefix, name or `latest`
     snap: String,
+    /// Print the result as JSON on standard output (for scripts)
     #[arg(long)]
     json: bool,
 }
@@ -31,6 +32,7 @@ pub struct DiffArgs {
     a: String,
     /// Newer snapshot
     b: String,
+    /// Print the result as JSON on standard output (for scripts)
     #[arg(long)]
     json: bool,
 }

@@ -18,6 +18,7 @@ pub struct KeyArgs {
 enum KeyCommand {
     /// List the key files (one per passphrase)
     List {
+        /// Print the result as JSON on standard output (for scripts)
         #[arg(long)]
         json: bool,
     },

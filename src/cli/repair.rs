@@ -19,6 +19,7 @@ enum RepairWhat {
         /// Only report what would be rebuilt
         #[arg(long)]
         dry_run: bool,
+        /// Print the result as JSON on standard output (for scripts)
         #[arg(long)]
         json: bool,
     },

@@ -66,6 +66,7 @@ pub struct RestoreArgs {
     /// Seconds a hook may run before it is killed (and counts as failed)
     #[arg(long, value_name = "SECS", default_value_t = Hooks::default().timeout.as_secs())]
     hook_timeout: u64,
+    /// Print the result as JSON on standard output (for scripts)
     #[arg(long)]
     json: bool,
 }
@@ -480,6 +481,7 @@ pub struct VerifyArgs {
     /// covers the repository in ten days); `3/10` reads the third tenth
     #[arg(long, value_name = "N% | K/N", conflicts_with = "read_data")]
     read_data_subset: Option<String>,
+    /// Print the result as JSON on standard output (for scripts)
     #[arg(long)]
     json: bool,
 }

@@ -14,6 +14,7 @@ pub struct TuneArgs {
     /// An older copy of the same data (repeatable): measures what a backup of the change costs
     #[arg(long)]
     previous: Vec<PathBuf>,
+    /// Print the result as JSON on standard output (for scripts)
     #[arg(long)]
     json: bool,
 }
