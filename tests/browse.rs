@@ -275,3 +275,37 @@ fn dump_writes_a_file_or_a_tar_archive_of_a_directory() {
     assert_ne!(code(&r), 0);
     assert!(!stderr(&r).contains("panicked"), "{}", stderr(&r));
 }
+
+#[test]
+fn list_filters_by_tag_kind_name_and_age() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    write(&src.join("a"), b"a");
+    let dir = src.to_str().unwrap();
+    let a = env.backup_args(&["--tag", "release", "--tag", "v1", dir]);
+    let b = env.backup_args(&["--kind", "hourly", "--name", "cron", dir]);
+    let c = env.backup_args(&["--kind", "hourly", "--tag", "release", dir]);
+    let ids = |args: &[&str]| -> Vec<String> {
+        let mut a = vec!["list"];
+        a.extend_from_slice(args);
+        env.json(&a)
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(ids(&[]), [a.as_str(), b.as_str(), c.as_str()]);
+    assert_eq!(ids(&["--tag", "release"]), [a.as_str(), c.as_str()]);
+    assert_eq!(ids(&["--tag", "release", "--tag", "v1"]), [a.as_str()]);
+    assert_eq!(ids(&["--kind", "hourly"]), [b.as_str(), c.as_str()]);
+    assert_eq!(ids(&["--name", "cron"]), [b.as_str()]);
+    assert_eq!(ids(&["--latest", "2"]), [b.as_str(), c.as_str()]);
+    assert_eq!(ids(&["--kind", "hourly", "--latest", "1"]), [c.as_str()]);
+    assert!(ids(&["--kind", "weekly"]).is_empty());
+    assert!(
+        env.ok(&["list", "--kind", "weekly"])
+            .contains("no snapshot matches (3 in all)")
+    );
+}

@@ -15,7 +15,28 @@ pub struct JsonArg {
     json: bool,
 }
 
-pub type ListArgs = JsonArg;
+#[derive(Args)]
+#[command(
+    after_help = "Examples:\n  strata list\n  strata list --kind hourly --latest 5\n  \
+                        strata list --tag release --json"
+)]
+pub struct ListArgs {
+    /// Only snapshots with this tag (repeatable: with every tag given)
+    #[arg(long = "tag", value_name = "TAG")]
+    tags: Vec<String>,
+    /// Only snapshots of this kind (manual, hourly, daily, weekly, monthly, restore-point)
+    #[arg(long, value_name = "KIND")]
+    kind: Option<String>,
+    /// Only snapshots with this name
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+    /// Only the N newest of those
+    #[arg(long, value_name = "N")]
+    latest: Option<usize>,
+    /// Machine-readable output
+    #[arg(long)]
+    json: bool,
+}
 
 #[derive(Args)]
 pub struct ShowArgs {
@@ -89,13 +110,32 @@ pub(super) fn snap_json(s: &Snapshot) -> SnapJson {
 }
 
 pub fn list(repo: &Repo, args: ListArgs) -> Result<ExitCode> {
-    let snaps = snapshots::list(repo)?;
+    let all = snapshots::list(repo)?;
+    let mut snaps: Vec<&Snapshot> = all
+        .iter()
+        .filter(|s| {
+            let m = &s.manifest;
+            args.tags.iter().all(|t| m.tags.contains(t))
+                && args.kind.as_ref().is_none_or(|k| m.kind == *k)
+                && args
+                    .name
+                    .as_ref()
+                    .is_none_or(|n| m.name.as_ref() == Some(n))
+        })
+        .collect();
+    if let Some(n) = args.latest {
+        snaps = snaps.split_off(snaps.len().saturating_sub(n));
+    }
     if args.json {
-        print_json(&snaps.iter().map(snap_json).collect::<Vec<_>>())?;
+        print_json(&snaps.iter().map(|s| snap_json(s)).collect::<Vec<_>>())?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if all.is_empty() {
+        println!("no snapshots yet");
         return Ok(ExitCode::SUCCESS);
     }
     if snaps.is_empty() {
-        println!("no snapshots yet");
+        println!("no snapshot matches ({} in all)", all.len());
         return Ok(ExitCode::SUCCESS);
     }
     println!(
