@@ -15,7 +15,9 @@ use chrono::{Datelike, TimeZone, Timelike};
 use std::collections::BTreeMap;
 
 /// Kinds a policy never removes.
-pub const PROTECTED_KINDS: [&str; 2] = ["manual", "restore-point"];
+pub const PROTECTED_KINDS: [&str; 2] = ["manual", RESTORE_POINT_KIND];
+/// The kind of the snapshots restore takes of what it replaces.
+const RESTORE_POINT_KIND: &str = "restore-point";
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -339,7 +341,8 @@ pub fn parse_duration(s: &str) -> Option<i64> {
 }
 
 /// Decides for every snapshot in `snaps`. `kind` limits the policy to snapshots of that kind
-/// (others are kept). Bucket boundaries (hours, days, weeks, months, years) are taken in `tz`.
+/// (others are kept); restore points are governed only when `kind` names them, manual snapshots
+/// never. Bucket boundaries (hours, days, weeks, months, years) are taken in `tz`.
 /// Returns decisions newest first.
 pub fn decide<Tz: TimeZone>(
     snaps: &[Candidate],
@@ -376,7 +379,10 @@ pub fn decide<Tz: TimeZone>(
     let mut out = Vec::with_capacity(order.len());
     for s in order {
         let mut reasons = Vec::new();
-        if PROTECTED_KINDS.contains(&s.kind.as_str()) {
+        // Restore points pile up with each restore: a policy given for their kind by name
+        // rotates them. Manual snapshots are only ever removed by name.
+        let named_restore_points = s.kind == RESTORE_POINT_KIND && kind == Some(RESTORE_POINT_KIND);
+        if PROTECTED_KINDS.contains(&s.kind.as_str()) && !named_restore_points {
             reasons.push(format!("kind {}: kept until deleted", s.kind));
         } else if kind.is_some_and(|k| k != s.kind) {
             reasons.push(format!("kind {}: not covered by this policy", s.kind));

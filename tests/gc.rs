@@ -627,3 +627,51 @@ fn gc_drops_the_file_cache_of_file_versions_no_snapshot_holds() {
     env.ok(&["restore", "latest", restored.to_str().unwrap()]);
     assert_same_tree(&src, &restored.join("src"));
 }
+
+#[test]
+fn restore_points_rotate_under_a_policy_for_their_kind_and_manual_snapshots_never() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    write(&src.join("a"), b"a");
+    let dir = src.to_str().unwrap();
+    let manual: Vec<String> = (0..3).map(|_| env.backup(&[&src])).collect();
+    let points: Vec<String> = (0..3)
+        .map(|_| env.backup_args(&["--kind", "restore-point", dir]))
+        .collect();
+    let count = |kind: &str| {
+        env.json(&["list", "--kind", kind])
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    // A policy for no kind in particular leaves them all, and says why.
+    let out = env.ok(&["forget", "--keep-last", "1"]);
+    assert!(
+        out.contains("nothing to remove: 6 of 6 snapshots are manual ones or restore points"),
+        "{out}"
+    );
+    assert!(out.contains("--kind restore-point"), "{out}");
+    assert!(!out.contains("strata gc"), "{out}");
+    assert_eq!((count("manual"), count("restore-point")), (3, 3));
+    // Named by kind, restore points rotate, and nothing else does.
+    let out = env.ok(&["forget", "--kind", "restore-point", "--keep-last", "1"]);
+    assert!(out.contains("removed 2 of 6 snapshots"), "{out}");
+    let left = env.json(&["list", "--kind", "restore-point"]);
+    assert_eq!(left[0]["id"], points[2]);
+    assert_eq!(count("manual"), 3);
+    // Manual snapshots go only by name, whatever the policy.
+    let out = env.ok(&["forget", "--kind", "manual", "--keep-last", "1"]);
+    assert!(out.contains("nothing to remove"), "{out}");
+    assert_eq!(count("manual"), 3);
+    env.ok(&["forget", &manual[0][..12]]);
+    let left: Vec<String> = env
+        .json(&["list", "--kind", "manual"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(left, manual[1..]);
+    assert_eq!(count("restore-point"), 1);
+}

@@ -40,7 +40,8 @@ pub struct ForgetArgs {
     /// Keep snapshots with this tag (repeatable)
     #[arg(long = "keep-tag")]
     keep_tags: Vec<String>,
-    /// Apply the policy only to snapshots of this kind
+    /// Apply the policy only to snapshots of this kind (restore points only follow a policy
+    /// given for their kind; manual snapshots are only removed by name)
     #[arg(long)]
     kind: Option<String>,
     /// Apply the policy (and --max-snapshots) only to snapshots with this tag, e.g. `job=app`;
@@ -337,11 +338,30 @@ fn print_decisions(decisions: &[Decision], removed: usize, dry_run: bool) {
         println!("{what} {} {time} {:<13} {why}", d.id.short(), d.kind);
     }
     let verb = if dry_run { "would remove" } else { "removed" };
-    println!(
-        "{verb} {} of {} snapshots; run `strata gc` to reclaim their space",
-        removed,
-        decisions.len()
-    );
+    if removed > 0 {
+        println!(
+            "{verb} {} of {} snapshots; run `strata gc` to reclaim their space",
+            removed,
+            decisions.len()
+        );
+        return;
+    }
+    let protected = decisions
+        .iter()
+        .filter(|d| d.reasons.iter().any(|r| r.ends_with("kept until deleted")))
+        .count();
+    match protected {
+        0 => println!(
+            "nothing to remove: the rules keep all {} snapshots",
+            decisions.len()
+        ),
+        n => println!(
+            "nothing to remove: {n} of {} snapshots are manual ones or restore points, which a \
+             policy leaves alone: `strata delete SNAP` removes a snapshot by name, and \
+             `strata forget --kind restore-point --keep-last 5` rotates restore points",
+            decisions.len()
+        ),
+    }
 }
 
 pub fn delete(repo: &Repo, args: DeleteArgs) -> Result<ExitCode> {
