@@ -318,3 +318,54 @@ fn a_closed_pipe_is_a_quiet_exit() {
         assert_eq!(stderr(&out), "", "a closed pipe printed something");
     }
 }
+
+#[test]
+fn retry_lock_waits_for_the_holder_to_finish() {
+    let env = Env::new();
+    env.init();
+    let info = format!(
+        r#"{{"pid":{},"host":"{}","time":"now","command":"backup"}}"#,
+        std::process::id(),
+        fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap()
+            .trim()
+    );
+    let lock = env.repo.join("lock");
+    fs::write(&lock, &info).unwrap();
+    let src = env.path("src");
+    write(&src.join("f"), b"x");
+    // Not long enough: the same exit code as without waiting, after the wait.
+    let started = std::time::Instant::now();
+    let r = env.run(&["backup", "--retry-lock", "1s", src.to_str().unwrap()]);
+    assert_eq!(code(&r), 5, "{}", stderr(&r));
+    assert!(started.elapsed() >= std::time::Duration::from_millis(500));
+    // Long enough: the holder lets go while we wait, and the backup goes on.
+    let releaser = {
+        let lock = lock.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(1500));
+            fs::remove_file(lock).unwrap();
+        })
+    };
+    let r = env.run(&["backup", "--retry-lock", "30s", src.to_str().unwrap()]);
+    releaser.join().unwrap();
+    assert_eq!(code(&r), 0, "{}", stderr(&r));
+    assert!(
+        stderr(&r).contains("waiting for the repository's lock"),
+        "{}",
+        stderr(&r)
+    );
+    // The variable works as the flag; a duration that does not read is refused.
+    fs::write(&lock, &info).unwrap();
+    let r = env
+        .cmd()
+        .env("STRATA_RETRY_LOCK", "1s")
+        .args(["forget", "--keep-last", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&r), 5, "{}", String::from_utf8_lossy(&r.stderr));
+    fs::remove_file(&lock).unwrap();
+    let r = env.run(&["list", "--retry-lock", "soon"]);
+    assert_ne!(code(&r), 0);
+    assert!(stderr(&r).contains("expected a duration"), "{}", stderr(&r));
+}

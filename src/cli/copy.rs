@@ -57,6 +57,7 @@ pub fn copy(rp: &RepoPath, args: CopyArgs) -> Result<ExitCode> {
         path: args.to.clone(),
         is_default: false,
         password_file: rp.password_file.clone(),
+        retry_lock: rp.retry_lock,
     };
     let dst = super::open(&to, true, "copy")?;
     let snaps = snapshots::list(&src)?;

@@ -44,6 +44,15 @@ pub struct Cli {
     /// File holding the passphrase of an encrypted repository (or set STRATA_PASSWORD)
     #[arg(long, global = true, env = "STRATA_PASSWORD_FILE")]
     password_file: Option<PathBuf>,
+    /// When another process holds the repository's lock, wait up to this long for it (30s, 5m,
+    /// 1h) instead of failing at once (exit code 5)
+    #[arg(
+        long,
+        global = true,
+        env = "STRATA_RETRY_LOCK",
+        value_name = "DURATION"
+    )]
+    retry_lock: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -234,6 +243,8 @@ struct RepoPath {
     path: PathBuf,
     is_default: bool,
     password_file: Option<PathBuf>,
+    /// How long to wait for another process's lock (`--retry-lock`).
+    retry_lock: Option<std::time::Duration>,
 }
 
 impl RepoPath {
@@ -247,33 +258,67 @@ impl RepoPath {
 }
 
 impl Cli {
-    fn repo_path(&self) -> RepoPath {
-        match &self.repo {
-            Some(p) => RepoPath {
-                path: p.clone(),
-                is_default: false,
-                password_file: self.password_file.clone(),
+    fn repo_path(&self) -> Result<RepoPath> {
+        let retry_lock = match &self.retry_lock {
+            None => None,
+            Some(s) => match strata::retention::parse_duration(s) {
+                Some(ns) => Some(std::time::Duration::from_nanos(ns.max(0) as u64)),
+                None => {
+                    anyhow::bail!("--retry-lock {s:?}: expected a duration such as 30s, 5m or 1h")
+                }
             },
-            None => RepoPath {
-                path: default_location(),
-                is_default: true,
-                password_file: self.password_file.clone(),
-            },
-        }
+        };
+        let (path, is_default) = match &self.repo {
+            Some(p) => (p.clone(), false),
+            None => (default_location(), true),
+        };
+        Ok(RepoPath {
+            path,
+            is_default,
+            password_file: self.password_file.clone(),
+            retry_lock,
+        })
     }
 }
 
 fn open(rp: &RepoPath, write: bool, command: &str) -> Result<Repo> {
-    let ask = || rp.passphrase();
-    OpenOptions::new(command)
-        .write(write)
-        .key(Key::Ask(&ask))
-        .open(&rp.path)
-        .with_context(|| format!("opening repository {}", rp.path.display()))
+    // Asked once, however many times the lock makes us try.
+    let asked = std::sync::OnceLock::new();
+    let ask = || match asked.get() {
+        Some(p) => Ok(String::clone(p)),
+        None => {
+            let p = rp.passphrase()?;
+            Ok(asked.get_or_init(|| p).clone())
+        }
+    };
+    let deadline = rp.retry_lock.map(|d| std::time::Instant::now() + d);
+    let mut pause = std::time::Duration::from_millis(100);
+    let mut said = false;
+    loop {
+        let opened = OpenOptions::new(command)
+            .write(write)
+            .key(Key::Ask(&ask))
+            .open(&rp.path);
+        match (opened, deadline) {
+            (Err(strata::Error::Locked(why)), Some(deadline))
+                if std::time::Instant::now() + pause < deadline =>
+            {
+                if !said {
+                    eprintln!("strata: waiting for the repository's lock: {why}");
+                    said = true;
+                }
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_secs(2));
+            }
+            (opened, _) => {
+                return opened.with_context(|| format!("opening repository {}", rp.path.display()));
+            }
+        }
+    }
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
-    let rp = cli.repo_path();
+    let rp = cli.repo_path()?;
     strata::s3::configure(environment::s3_options())?;
     match cli.command {
         Command::Init(args) => backup::init(&rp, args),
