@@ -53,6 +53,8 @@ pub struct BackupOptions<'a> {
     pub kind: String,
     /// Patterns of paths not to back up (see [`crate::source::walk::Excludes`]).
     pub excludes: Vec<String>,
+    /// Do not enter directories on another file system than their source (mount points).
+    pub one_file_system: bool,
     /// Called with the number of bytes just processed (for a progress bar).
     pub progress: Option<&'a (dyn Fn(u64) + Sync)>,
     /// Called once with the number of bytes that will be read.
@@ -89,6 +91,7 @@ impl BackupOptions<'_> {
             tags: vec![],
             kind: "manual".into(),
             excludes: vec![],
+            one_file_system: false,
             progress: None,
             on_plan: None,
             raw_sqlite: false,
@@ -152,6 +155,63 @@ pub fn backup(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
         (Err(e), Err(h)) => Err(Error::invalid(format!("{e} (and then: {h})"))),
         (result, Ok(())) => result,
     }
+}
+
+/// What a backup would do, without doing it (`backup --dry-run`): the walk and the file cache
+/// only; nothing is read, run or written.
+#[derive(Debug, Default)]
+pub struct BackupPlan {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    /// Sum of the sizes of the files.
+    pub bytes: u64,
+    /// Files that changed since the last snapshot (or are new), which a backup would read.
+    pub files_to_read: u64,
+    pub bytes_to_read: u64,
+    pub warnings: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+/// Plans a backup of `opts` (see [`BackupPlan`]); the streams (commands, standard input, dumps)
+/// are not run.
+pub fn plan(repo: &Repo, opts: &BackupOptions) -> Result<BackupPlan> {
+    let (walk, problems) = sources::walk(repo, opts)?;
+    let txn = repo.index.read()?;
+    let reader = IndexReader::new(&txn)?;
+    let (_, to_read) = cache::consult(repo, &txn, &reader, &walk)?;
+    let mut plan = BackupPlan {
+        warnings: problems.warnings,
+        errors: problems.errors,
+        ..Default::default()
+    };
+    for item in walk.items.iter().chain(&walk.grouped) {
+        match item.kind {
+            crate::manifest::EntryKind::File => {
+                plan.files += 1;
+                plan.bytes += item.meta.len();
+            }
+            crate::manifest::EntryKind::Dir => plan.dirs += 1,
+            crate::manifest::EntryKind::Symlink => plan.symlinks += 1,
+        }
+    }
+    plan.files_to_read = to_read.files.len() as u64;
+    plan.bytes_to_read = to_read.bytes(&walk.items);
+    // A store's files: read unless the cache knows them as they are now.
+    let seen = |g: &crate::source::walk::WalkItem| {
+        let now = crate::source::capture::Seen::of(&g.meta);
+        to_read
+            .known
+            .iter()
+            .any(|k| k.get(&g.abs).is_some_and(|(s, _)| *s == now))
+    };
+    for g in &walk.grouped {
+        if g.kind == crate::manifest::EntryKind::File && !seen(g) {
+            plan.files_to_read += 1;
+            plan.bytes_to_read += g.meta.len();
+        }
+    }
+    Ok(plan)
 }
 
 /// The backup between its hooks: the steps of the module documentation, in order.

@@ -52,7 +52,7 @@ pub(super) fn walk(repo: &Repo, opts: &BackupOptions) -> Result<(Walk, Problems)
         named.push((abs, name));
     }
     let excludes = Excludes::new(&opts.excludes);
-    let walked = walk_sources_excluding(&named, &repo.root, &excludes)?;
+    let walked = walk_sources_excluding(&named, &repo.root, &excludes, opts.one_file_system)?;
     for (i, st) in opts.streams.iter().enumerate() {
         let clash = walked.sources.iter().any(|(n, _)| n == &st.name)
             || opts.streams[..i].iter().any(|o| o.name == st.name);

@@ -99,7 +99,7 @@ pub fn init(rp: &RepoPath, args: InitArgs) -> Result<ExitCode> {
 #[derive(Args)]
 pub struct BackupArgs {
     /// Files and directories to snapshot (one snapshot holds them all)
-    #[arg(required_unless_present_any = ["from_command", "stdin", "sqlite", "postgres", "redis"])]
+    #[arg(required_unless_present_any = ["from_command", "stdin", "sqlite", "postgres", "redis", "files_from"])]
     paths: Vec<PathBuf>,
     /// A SQLite database, read through SQLite as one consistent image while writers go on;
     /// stored as NAME (default: its file name) (repeatable)
@@ -135,6 +135,21 @@ pub struct BackupArgs {
     /// `logs/*.gz` paths below a source, `**` any depth
     #[arg(long = "exclude")]
     excludes: Vec<String>,
+    /// Read exclusion patterns from FILE, one per line (blank lines and lines starting with #
+    /// are ignored) (repeatable)
+    #[arg(long = "exclude-file", value_name = "FILE")]
+    exclude_files: Vec<PathBuf>,
+    /// Read the paths to back up from FILE, one per line (blank lines and lines starting with #
+    /// are ignored), besides any given as arguments
+    #[arg(long = "files-from", value_name = "FILE")]
+    files_from: Option<PathBuf>,
+    /// Do not enter directories on another file system than their source (`/proc`, `/sys`,
+    /// other mounts below `/`): they are recorded empty
+    #[arg(long, short = 'x')]
+    one_file_system: bool,
+    /// Say what a backup would read and store, without reading, running or writing anything
+    #[arg(long, short = 'n')]
+    dry_run: bool,
     /// Copy SQLite databases as plain files (with their -wal/-shm/-journal files) instead of
     /// reading a consistent image through SQLite
     #[arg(long)]
@@ -288,11 +303,38 @@ fn postgres_dbname(conn: &str) -> String {
     }
 }
 
-pub fn backup(rp: &RepoPath, args: BackupArgs) -> Result<ExitCode> {
+/// The lines of a list file (`--files-from`, `--exclude-file`): blank lines and lines starting
+/// with `#` left out.
+fn read_list(path: &std::path::Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the list {}", path.display()))?;
+    Ok(text
+        .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        .map(str::to_string)
+        .collect())
+}
+
+pub fn backup(rp: &RepoPath, mut args: BackupArgs) -> Result<ExitCode> {
+    if let Some(list) = &args.files_from {
+        let listed = read_list(list)?;
+        if listed.is_empty() && args.paths.is_empty() {
+            bail!("{} lists no paths to back up", list.display());
+        }
+        args.paths.extend(listed.into_iter().map(PathBuf::from));
+    }
+    for list in &args.exclude_files {
+        let patterns = read_list(list)?;
+        args.excludes.extend(patterns);
+    }
     for p in &args.paths {
         if std::fs::symlink_metadata(p).is_err() {
             bail!("{}: no such file or directory", p.display());
         }
+    }
+    if args.dry_run {
+        return dry_run(rp, &args);
     }
     let streams = streams(&args)?;
     let databases = databases(&args);
@@ -320,6 +362,7 @@ pub fn backup(rp: &RepoPath, args: BackupArgs) -> Result<ExitCode> {
         tags: args.tags.clone(),
         kind: args.kind.clone(),
         excludes: args.excludes.clone(),
+        one_file_system: args.one_file_system,
         progress: Some(&progress),
         on_plan: Some(&plan),
         raw_sqlite: args.raw_sqlite,
@@ -344,6 +387,80 @@ pub fn backup(rp: &RepoPath, args: BackupArgs) -> Result<ExitCode> {
     }
     print_report(&report, args.json)?;
     Ok(exit_code(&report))
+}
+
+/// `backup --dry-run`: the walk and the file cache, then what a backup would read; nothing is
+/// read, run or written.
+fn dry_run(rp: &RepoPath, args: &BackupArgs) -> Result<ExitCode> {
+    if rp.is_default && !rp.path.join(strata::repo::CONFIG_NAME).exists() {
+        bail!(
+            "there is no repository at {} yet (a backup would create it); nothing to compare with",
+            rp.path.display()
+        );
+    }
+    let repo = open(rp, false, "backup")?;
+    let mut opts = BackupOptions::new(args.paths.clone());
+    opts.excludes = args.excludes.clone();
+    opts.one_file_system = args.one_file_system;
+    opts.raw_sqlite = args.raw_sqlite;
+    opts.databases = databases(args);
+    opts.capture.groups = args.groups.clone();
+    let plan = strata::backup::plan(&repo, &opts)?;
+    let unrun = args.from_command.len()
+        + args.postgres.len()
+        + args.redis.len()
+        + usize::from(args.stdin.is_some());
+    if args.json {
+        #[derive(serde::Serialize)]
+        struct PlanJson<'a> {
+            files: u64,
+            dirs: u64,
+            symlinks: u64,
+            bytes: u64,
+            files_to_read: u64,
+            bytes_to_read: u64,
+            /// Streams (commands, dumps, standard input) a backup would run, not run here.
+            streams_not_run: usize,
+            warnings: &'a [String],
+            errors: &'a [String],
+        }
+        super::output::print_json(&PlanJson {
+            files: plan.files,
+            dirs: plan.dirs,
+            symlinks: plan.symlinks,
+            bytes: plan.bytes,
+            files_to_read: plan.files_to_read,
+            bytes_to_read: plan.bytes_to_read,
+            streams_not_run: unrun,
+            warnings: &plan.warnings,
+            errors: &plan.errors,
+        })?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for w in &plan.warnings {
+        eprintln!("warning: {w}");
+    }
+    for e in &plan.errors {
+        eprintln!("error: {e}");
+    }
+    println!(
+        "would back up {} files ({}), {} directories, {} symbolic links",
+        plan.files,
+        super::output::bytes(plan.bytes),
+        plan.dirs,
+        plan.symlinks
+    );
+    println!(
+        "would read {} of them ({}): new or changed since they were last stored; the rest \
+         comes from the file cache",
+        plan.files_to_read,
+        super::output::bytes(plan.bytes_to_read)
+    );
+    if unrun > 0 {
+        println!("{unrun} stream(s) (commands, dumps, standard input) not run in a dry run");
+    }
+    println!("dry run: nothing was read or written");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The streams to store: `--from-command`, `--postgres`, `--redis` and `--stdin`, in that order.

@@ -4,7 +4,7 @@ use crate::error::{Error, Result};
 use crate::manifest::EntryKind;
 use std::fs::{self, Metadata};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 pub struct WalkItem {
@@ -86,7 +86,7 @@ impl Excludes {
 
 pub fn walk_sources(sources: &[PathBuf], repo_root: &Path) -> Result<Walked> {
     let named: Vec<(PathBuf, Option<String>)> = sources.iter().map(|p| (p.clone(), None)).collect();
-    walk_sources_excluding(&named, repo_root, &Excludes::new(&[]))
+    walk_sources_excluding(&named, repo_root, &Excludes::new(&[]), false)
 }
 
 /// Checks a name the user gave a source: one plain path component.
@@ -101,10 +101,13 @@ pub fn check_source_name(name: &str) -> Result<()> {
 
 /// Walks `sources`, each a path and the name it should have in the snapshot (by default its
 /// file name, with `-2`, `-3`... added when two sources share one).
+/// With `one_file_system`, a directory on another file system than its source (a mount point)
+/// is recorded but not entered.
 pub fn walk_sources_excluding(
     sources: &[(PathBuf, Option<String>)],
     repo_root: &Path,
     excludes: &Excludes,
+    one_file_system: bool,
 ) -> Result<Walked> {
     let repo_canon = fs::canonicalize(repo_root).ok();
     let mut w = Walked::default();
@@ -150,6 +153,7 @@ pub fn walk_sources_excluding(
             repo: repo_canon.as_deref(),
             excludes,
             prefix,
+            device: one_file_system.then(|| meta.dev()),
         };
         visit(&abs, name.into_bytes(), meta, &ctx, &mut w);
     }
@@ -174,6 +178,7 @@ pub fn walk_below(
         repo: repo_canon.as_deref(),
         excludes,
         prefix,
+        device: None,
     };
     visit(abs, rel, meta, &ctx, &mut w);
     w.items.sort_by(|a, b| a.rel.cmp(&b.rel));
@@ -185,6 +190,8 @@ struct Ctx<'a> {
     excludes: &'a Excludes,
     /// Length of "source-name/" at the start of every path below the source.
     prefix: usize,
+    /// The source's file system, when directories on others are not to be entered.
+    device: Option<u64>,
 }
 
 fn visit(abs: &Path, rel: Vec<u8>, meta: Metadata, ctx: &Ctx, w: &mut Walked) {
@@ -196,6 +203,20 @@ fn visit(abs: &Path, rel: Vec<u8>, meta: Metadata, ctx: &Ctx, w: &mut Walked) {
                 "{}: skipped (the repository itself)",
                 abs.display()
             ));
+            return;
+        }
+        if ctx.device.is_some_and(|d| d != meta.dev()) {
+            w.warnings.push(format!(
+                "{}: another file system, recorded empty (--one-file-system)",
+                abs.display()
+            ));
+            w.items.push(WalkItem {
+                rel,
+                abs: abs.to_path_buf(),
+                meta,
+                kind: EntryKind::Dir,
+                target: None,
+            });
             return;
         }
         let listing = match fs::read_dir(abs) {
