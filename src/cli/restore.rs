@@ -539,7 +539,9 @@ pub fn verify(repo: &Repo, args: VerifyArgs) -> Result<ExitCode> {
         }
         if report.unreferenced_blobs > 0 {
             println!(
-                "{} stored chunks ({}) are referenced by no snapshot; `strata gc` reclaims them",
+                "{} stored chunks ({}) are referenced by no snapshot: `strata gc` drops them, and \
+                 their space comes back as their packs are deleted or rewritten (those more than \
+                 --max-unused, 10% by default, unused; `--max-unused 0` for every one)",
                 report.unreferenced_blobs,
                 bytes(report.unreferenced_bytes)
             );
