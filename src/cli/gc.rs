@@ -427,6 +427,9 @@ pub fn run_gc(repo: &Repo, args: GcArgs) -> Result<ExitCode> {
             bytes(r.bytes_after),
             bytes(r.bytes_reclaimed)
         );
+        if let Some((before, after)) = r.index_compacted {
+            println!("index: {} -> {} (compacted)", bytes(before), bytes(after));
+        }
         if r.file_entries_dropped > 0 || r.page_sums_removed > 0 {
             println!(
                 "{} {} file-cache entries of file versions no snapshot holds, and {} chunk-digest records",

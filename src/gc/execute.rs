@@ -65,6 +65,7 @@ pub fn execute(repo: &Repo, plan: GcPlan) -> Result<GcReport> {
     report.bytes_reclaimed = report.bytes_before - report.bytes_after;
     report.frame_bytes_after = plan.kept_frame_bytes + new_frames;
     report.live_bytes_after = plan.kept_live_bytes + new_frames;
+    report.index_compacted = super::compact::compact_index(repo)?;
     Ok(report)
 }
 

@@ -36,6 +36,9 @@ pub struct GcReport {
     pub readers: u64,
     pub packs_deferred: u64,
     pub bytes_deferred: u64,
+    /// The index file's size before and after gc copied it into a compact one (when it was
+    /// well over what it holds).
+    pub index_compacted: Option<(u64, u64)>,
     /// In a dry run, the plan itself: every pack deleted, rewritten or trimmed, and why.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub plan: Option<GcPlan>,
