@@ -19,7 +19,7 @@
 //!    packs; only after it commits are old pack files deleted. A crash at any point leaves
 //!    every snapshot restorable; the next gc finishes.
 //! 3. When the index file is more than twice what its tables use (redb never shrinks it), it is
-//!    copied into a compact one that replaces it ([`compact`]).
+//!    copied into a compact one that replaces it (`compact`).
 
 mod compact;
 mod execute;
