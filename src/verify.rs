@@ -109,6 +109,27 @@ pub fn verify(repo: &Repo, read_data: bool) -> Result<VerifyReport> {
 
 /// Like [`verify`], reading the packs `read` selects.
 pub fn verify_reading(repo: &Repo, read: ReadData) -> Result<VerifyReport> {
+    verify_reading_with(repo, read, None)
+}
+
+/// The bytes of the packs `read` selects in `repo`: what [`verify_reading_with`] reads.
+pub fn bytes_to_read(repo: &Repo, read: ReadData) -> Result<u64> {
+    let txn = repo.index.read()?;
+    let index = IndexReader::new(&txn)?;
+    Ok(index
+        .packs()?
+        .iter()
+        .filter(|(no, _)| read.wants(*no))
+        .map(|(_, p)| p.size)
+        .sum())
+}
+
+/// [`verify_reading`], telling `progress` the bytes of each pack once it is checked.
+pub fn verify_reading_with(
+    repo: &Repo,
+    read: ReadData,
+    progress: Option<&(dyn Fn(u64) + Sync)>,
+) -> Result<VerifyReport> {
     let mut report = VerifyReport::default();
     let txn = repo.index.read()?;
     let index = IndexReader::new(&txn)?;
@@ -120,7 +141,7 @@ pub fn verify_reading(repo: &Repo, read: ReadData) -> Result<VerifyReport> {
     // Per pack read: how many index entries its trailer confirmed.
     let mut confirmed_in: HashMap<u32, u64> = HashMap::new();
     if read != ReadData::Nothing {
-        for c in read_packs(repo, &index, &packs, &bad_packs, read) {
+        for c in read_packs(repo, &index, &packs, &bad_packs, read, progress) {
             if let Some(n) = c.confirmed {
                 confirmed_in.insert(c.pack, n);
             }
@@ -203,13 +224,20 @@ fn read_packs(
     packs: &[(u32, PackInfo)],
     bad_packs: &HashSet<u32>,
     read: ReadData,
+    progress: Option<&(dyn Fn(u64) + Sync)>,
 ) -> Vec<PackCheck> {
     // Whole packs are read: a few at once on object storage bound the memory they take.
     crate::storage::with_io_pool(repo.backend.as_ref(), 4, || {
         packs
             .par_iter()
             .filter(|(no, _)| !bad_packs.contains(no) && read.wants(*no))
-            .map(|(no, info)| check_pack(repo, index, *no, info))
+            .map(|(no, info)| {
+                let checked = check_pack(repo, index, *no, info);
+                if let Some(p) = progress {
+                    p(info.size);
+                }
+                checked
+            })
             .collect()
     })
 }

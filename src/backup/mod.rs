@@ -197,21 +197,26 @@ pub fn plan(repo: &Repo, opts: &BackupOptions) -> Result<BackupPlan> {
     }
     plan.files_to_read = to_read.files.len() as u64;
     plan.bytes_to_read = to_read.bytes(&walk.items);
-    // A store's files: read unless the cache knows them as they are now.
-    let seen = |g: &crate::source::walk::WalkItem| {
-        let now = crate::source::capture::Seen::of(&g.meta);
-        to_read
-            .known
-            .iter()
-            .any(|k| k.get(&g.abs).is_some_and(|(s, _)| *s == now))
-    };
-    for g in &walk.grouped {
-        if g.kind == crate::manifest::EntryKind::File && !seen(g) {
-            plan.files_to_read += 1;
-            plan.bytes_to_read += g.meta.len();
-        }
+    for g in stale_store_files(&walk, &to_read) {
+        plan.files_to_read += 1;
+        plan.bytes_to_read += g.meta.len();
     }
     Ok(plan)
+}
+
+/// The stores' files the file cache does not know as they are now: those a backup reads.
+fn stale_store_files<'w>(
+    walk: &'w sources::Walk,
+    to_read: &'w cache::ToRead,
+) -> impl Iterator<Item = &'w crate::source::walk::WalkItem> {
+    walk.grouped.iter().filter(|g| {
+        let now = crate::source::capture::Seen::of(&g.meta);
+        g.kind == crate::manifest::EntryKind::File
+            && !to_read
+                .known
+                .iter()
+                .any(|k| k.get(&g.abs).is_some_and(|(s, _)| *s == now))
+    })
 }
 
 /// The backup between its hooks: the steps of the module documentation, in order.
@@ -231,7 +236,10 @@ fn pipeline(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
     let mut phases = Phases::new(started);
     phases.mark("walk and file cache");
     if let Some(f) = opts.on_plan {
-        f(to_read.bytes(&walk.items));
+        let stores: u64 = stale_store_files(&walk, &to_read)
+            .map(|g| g.meta.len())
+            .sum();
+        f(to_read.bytes(&walk.items) + stores);
     }
     // 3. Read, chunk, hash, dedup, compress, pack.
     let first_pack = crate::index::meta(&txn, META_NEXT_PACK)?.unwrap_or(0) as u32;

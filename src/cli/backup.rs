@@ -4,8 +4,6 @@ use super::output::{bytes, print_json};
 use super::{EXIT_PARTIAL, RepoPath, create_default, open};
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -345,7 +343,7 @@ pub fn backup(rp: &RepoPath, mut args: BackupArgs) -> Result<ExitCode> {
     } else {
         open(rp, true, "backup")?
     };
-    let bar = progress_bar(args.json);
+    let bar = super::output::byte_bar(args.json);
     let progress = |n: u64| {
         if let Some(b) = &bar {
             b.inc(n);
@@ -527,20 +525,6 @@ fn databases(args: &BackupArgs) -> Vec<NamedPath> {
 }
 
 /// A progress bar on a terminal, none for `--json` or when stderr is not a terminal.
-fn progress_bar(json: bool) -> Option<ProgressBar> {
-    if !std::io::stderr().is_terminal() || json {
-        return None;
-    }
-    let b = ProgressBar::new(0);
-    b.set_style(
-        ProgressStyle::with_template(
-            "{spinner} {bytes}/{total_bytes} {bytes_per_sec} [{wide_bar}] {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    Some(b)
-}
-
 /// The saved snapshot, as JSON on stdout or one line for a person, and its warnings on stderr.
 fn print_report(report: &BackupReport, json: bool) -> Result<()> {
     let m = &report.manifest;

@@ -134,12 +134,21 @@ pub fn restore(repo: &Repo, args: RestoreArgs) -> Result<ExitCode> {
         bail!("where to? give a TARGET directory (or --to-stdout)");
     };
     let started = std::time::Instant::now();
+    let bar = super::output::byte_bar(args.json);
+    let progress: Option<strata::restore::Progress> = bar.clone().map(|b| {
+        let total: u64 = strata::restore::select(&snap.manifest, &args.paths)
+            .map(|entries| entries.iter().map(|e| e.size).sum())
+            .unwrap_or(0);
+        b.set_length(total);
+        std::sync::Arc::new(move |n| b.inc(n)) as strata::restore::Progress
+    });
     let opts = RestoreOptions {
         target: target.clone(),
         paths: args.paths.clone(),
         delete: args.delete,
         check: args.check(),
         force: args.force,
+        progress,
     };
     let hooks = Hooks {
         before: args.before.clone(),
@@ -147,6 +156,9 @@ pub fn restore(repo: &Repo, args: RestoreArgs) -> Result<ExitCode> {
         timeout: Duration::from_secs(args.hook_timeout),
     };
     let (result, after) = hooks.around(|| restore_guarded(repo, snap, &opts, take_point));
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
     let report = match (result, &after) {
         (Ok(report), _) => report,
         (Err(e), Ok(())) => return Err(e),
@@ -519,7 +531,22 @@ pub fn verify(repo: &Repo, args: VerifyArgs) -> Result<ExitCode> {
         None if args.read_data => ReadData::All,
         None => ReadData::Nothing,
     };
-    let report = strata::verify::verify_reading(repo, read)?;
+    let bar = match read {
+        ReadData::Nothing => None,
+        _ => super::output::byte_bar(args.json),
+    };
+    if let Some(b) = &bar {
+        b.set_length(strata::verify::bytes_to_read(repo, read)?);
+    }
+    let tick = |n: u64| {
+        if let Some(b) = &bar {
+            b.inc(n);
+        }
+    };
+    let report = strata::verify::verify_reading_with(repo, read, Some(&tick))?;
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
     let read_data = read != ReadData::Nothing;
     if args.json {
         print_json(&report)?;

@@ -35,6 +35,8 @@ pub(super) struct Writes<'a> {
     pub(super) check: Option<SqliteCheck>,
     /// The files other processes hold open, and what to do about them.
     pub(super) live: &'a LivePlan,
+    /// Told the bytes of each group of chunks once it is written.
+    pub(super) progress: Option<&'a (dyn Fn(u64) + Send + Sync)>,
 }
 
 impl Writes<'_> {
@@ -279,7 +281,15 @@ fn restore_file(
     };
     // The whole length first: what is not written (runs of zeros) stays a hole.
     f.set_len(entry.size).ctx("set length", &tmp.path)?;
-    let written = write_content_at(blobs, entry, walker, &f, direct.as_ref(), &tmp.path)?;
+    let written = write_content_at(
+        blobs,
+        entry,
+        walker,
+        &f,
+        direct.as_ref(),
+        &tmp.path,
+        how.progress,
+    )?;
     if direct.is_some() {
         // A padded last block written directly is cut off.
         f.set_len(entry.size).ctx("set length", &tmp.path)?;
@@ -396,6 +406,7 @@ fn write_content_at(
     file: &std::fs::File,
     direct: Option<&std::fs::File>,
     path: &Path,
+    progress: Option<&(dyn Fn(u64) + Send + Sync)>,
 ) -> Result<u64> {
     use crate::storage::direct::ALIGN;
     use std::os::fd::AsRawFd;
@@ -449,6 +460,9 @@ fn write_content_at(
                         libc::SYNC_FILE_RANGE_WRITE,
                     );
                 }
+            }
+            if let Some(p) = progress {
+                p(g.bytes());
             }
             Ok(())
         })
@@ -690,6 +704,7 @@ mod tests {
         let how = Writes {
             check: None,
             live: &LivePlan::default(),
+            progress: None,
         };
         restore_entries(&blobs, target, &refs, how, Some(changes))
     }

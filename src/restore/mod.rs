@@ -58,7 +58,12 @@ pub struct RestoreOptions {
     /// Replace files that other processes hold open as any other file, instead of refusing
     /// (see [`live`]); open databases are still written in place where SQLite can.
     pub force: bool,
+    /// Called with the number of file bytes just written (for a progress bar), from any thread.
+    pub progress: Option<Progress>,
 }
+
+/// A restore's progress callback: bytes of file content written since the last call.
+pub type Progress = std::sync::Arc<dyn Fn(u64) + Send + Sync>;
 
 impl RestoreOptions {
     /// Everything, into `target`, keeping files the snapshot does not have.
@@ -69,6 +74,7 @@ impl RestoreOptions {
             delete: false,
             check: None,
             force: false,
+            progress: None,
         }
     }
 }
@@ -256,6 +262,7 @@ fn restore_selected(
     let how = Writes {
         check: opts.check,
         live,
+        progress: opts.progress.as_deref(),
     };
     let mut report = restore_entries(blobs, target, &direct, how, Some(changes))?;
     report.notes.extend(live.notes());

@@ -187,6 +187,7 @@ fn restore_files(
     let how = Writes {
         check: None,
         live: &live,
+        progress: None,
     };
     let report = catch_unwind(AssertUnwindSafe(|| {
         restore_entries(&blobs, &target, &entries, how, None)
