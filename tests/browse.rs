@@ -309,3 +309,60 @@ fn list_filters_by_tag_kind_name_and_age() {
             .contains("no snapshot matches (3 in all)")
     );
 }
+
+#[test]
+fn to_original_puts_a_source_back_where_it_came_from() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("srv");
+    build_app(&src);
+    let other = env.path("elsewhere/notes");
+    write(&other.join("n.txt"), b"notes");
+    let id = env.backup(&[&src.join("app"), &other]);
+    // The app is damaged; the notes move on.
+    write(&src.join("app/config.json"), b"broken");
+    fs::remove_file(src.join("app/data/a.txt")).unwrap();
+    write(&other.join("n.txt"), b"newer notes");
+
+    // Several sources: one at a time.
+    let r = env.run(&["restore", &id[..12], "--to-original"]);
+    assert_eq!(code(&r), 1);
+    assert!(
+        stderr(&r).contains("one source at a time"),
+        "{}",
+        stderr(&r)
+    );
+    // A TARGET too: refused.
+    let r = env.run(&["restore", &id[..12], "x", "--to-original", "--path", "app"]);
+    assert_eq!(code(&r), 1, "{}", stderr(&r));
+
+    let out = env.ok(&["restore", &id[..12], "--to-original", "--path", "app"]);
+    assert!(
+        out.contains(&format!("app -> {}", src.join("app").display())),
+        "{out}"
+    );
+    assert_eq!(
+        fs::read(src.join("app/config.json")).unwrap(),
+        b"{\"model\": \"small\"}\n"
+    );
+    assert!(src.join("app/data/a.txt").exists());
+    assert_eq!(fs::read(other.join("n.txt")).unwrap(), b"newer notes");
+    // What it replaced was saved first, as for any restore over existing files.
+    let points = env.json(&["list", "--kind", "restore-point"]);
+    assert_eq!(points.as_array().unwrap().len(), 1);
+
+    // Into a TARGET, the output says where each name landed.
+    let target = env.path("t");
+    let out = env.ok(&[
+        "restore",
+        &id[..12],
+        target.to_str().unwrap(),
+        "--path",
+        "notes",
+    ]);
+    assert!(
+        out.contains(&format!("notes -> {}", target.join("notes").display())),
+        "{out}"
+    );
+    assert_eq!(fs::read(target.join("notes/n.txt")).unwrap(), b"notes");
+}

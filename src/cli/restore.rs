@@ -20,7 +20,8 @@ use strata::verify::ReadData;
 pub struct RestoreArgs {
     /// Snapshot: id prefix, name or `latest` (omit with --at)
     snap: Option<String>,
-    /// Directory to restore into (omit with --to-stdout)
+    /// Directory to restore into: a snapshot path P lands at TARGET/P, so `--path app` restores
+    /// TARGET/app (omit with --to-stdout or --to-original)
     target: Option<PathBuf>,
     /// The newest snapshot at or before this time ("2026-11-20 14:00" or RFC 3339)
     #[arg(long)]
@@ -28,6 +29,10 @@ pub struct RestoreArgs {
     /// Restore only this path of the snapshot (repeatable), e.g. data/app.db
     #[arg(long = "path")]
     paths: Vec<String>,
+    /// Put the source back where it was backed up from (the snapshot's `app` taken from
+    /// /srv/app goes back to /srv/app), instead of into a TARGET; one source at a time
+    #[arg(long, conflicts_with = "to_stdout")]
+    to_original: bool,
     /// Write the selected files' bytes to standard output
     #[arg(long, conflicts_with_all = ["before", "after"])]
     to_stdout: bool,
@@ -93,7 +98,7 @@ impl RestoreArgs {
     pub fn may_replace(&self) -> bool {
         !self.to_stdout
             && !self.no_restore_point
-            && self.target_arg().is_some_and(|t| rollback::may_replace(&t))
+            && (self.to_original || self.target_arg().is_some_and(|t| rollback::may_replace(&t)))
     }
 
     /// The check restored databases get.
@@ -130,9 +135,18 @@ pub fn restore(repo: &Repo, args: RestoreArgs) -> Result<ExitCode> {
         strata::restore::restore_to_writer(repo, &snap.manifest, &args.paths, &mut out)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let Some(target) = target else {
-        bail!("where to? give a TARGET directory (or --to-stdout)");
+    let target = match (args.to_original, target) {
+        (true, Some(t)) => bail!(
+            "--to-original puts the source back where it came from: give no TARGET (got {})",
+            t.display()
+        ),
+        (true, None) => Some(original_parent(&snap.manifest, &args.paths)?),
+        (false, t) => t,
     };
+    let Some(target) = target else {
+        bail!("where to? give a TARGET directory (or --to-original, or --to-stdout)");
+    };
+    let take_point = take_point && (args.to_original || rollback::may_replace(&target));
     let started = std::time::Instant::now();
     let bar = super::output::byte_bar(args.json);
     let progress: Option<strata::restore::Progress> = bar.clone().map(|b| {
@@ -173,6 +187,7 @@ pub fn restore(repo: &Repo, args: RestoreArgs) -> Result<ExitCode> {
         check: opts.check,
         stores: &stores,
         after_hook_error: after_hook_error.as_deref(),
+        landed: top_names(&snap.manifest, &args.paths),
     };
     if args.json {
         print_restored_json(&restored)?;
@@ -207,6 +222,65 @@ pub fn restore(repo: &Repo, args: RestoreArgs) -> Result<ExitCode> {
 /// The restore between the hooks: files other processes hold open are looked for first (a
 /// refusal changes nothing and saves no restore point), then what the restore replaces is saved
 /// (when `take_point`), then the restore runs, rolled back if it fails.
+/// The snapshot's top-level names that `paths` select (all when empty), in order.
+fn top_names(manifest: &strata::manifest::Manifest, paths: &[String]) -> Vec<String> {
+    let mut names: Vec<String> = strata::restore::select(manifest, paths)
+        .unwrap_or_default()
+        .iter()
+        .map(|e| {
+            let p = e.path_lossy();
+            p.split('/').next().unwrap_or("").to_string()
+        })
+        .collect();
+    names.dedup();
+    names
+}
+
+/// Where `--to-original` restores: the directory that held the one source the selection
+/// `paths` falls in (all of the snapshot when empty), so that its name lands where it was.
+fn original_parent(manifest: &strata::manifest::Manifest, paths: &[String]) -> Result<PathBuf> {
+    let mut names: Vec<String> = match paths.is_empty() {
+        true => manifest.sources.iter().map(|s| s.name.clone()).collect(),
+        false => paths
+            .iter()
+            .map(|p| {
+                p.trim_matches('/')
+                    .split('/')
+                    .next()
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .collect(),
+    };
+    names.sort();
+    names.dedup();
+    let [name] = names.as_slice() else {
+        bail!(
+            "--to-original restores one source at a time; this selection holds {}: choose one \
+             with --path NAME",
+            names.join(", ")
+        );
+    };
+    let Some(source) = manifest.sources.iter().find(|s| &s.name == name) else {
+        bail!("{name:?} is not one of the snapshot's sources");
+    };
+    let from = std::path::Path::new(&source.path);
+    match (from.is_absolute(), from.parent(), from.file_name()) {
+        (true, Some(parent), Some(base)) if base.to_string_lossy() == *name => {
+            Ok(parent.to_path_buf())
+        }
+        (true, Some(_), Some(_)) => bail!(
+            "{name} was backed up from {} under another name: restore it into a TARGET \
+             instead (it lands at TARGET/{name})",
+            source.path
+        ),
+        _ => bail!(
+            "{name} came from {:?}, not a path on this machine: restore it into a TARGET",
+            source.path
+        ),
+    }
+}
+
 fn restore_guarded(
     repo: &Repo,
     snap: &snapshots::Snapshot,
@@ -246,6 +320,8 @@ struct Restored<'a> {
     stores: &'a [StoreJson],
     /// The after hook's failure (the restore itself is done).
     after_hook_error: Option<&'a str>,
+    /// The snapshot's top-level names the restore selected.
+    landed: Vec<String>,
 }
 
 /// The name of the pragma a check runs.
@@ -265,6 +341,7 @@ fn print_restored_json(r: &Restored) -> Result<()> {
         check,
         stores,
         after_hook_error,
+        landed: _,
     } = r;
     #[derive(serde::Serialize)]
     struct Check<'a> {
@@ -361,6 +438,7 @@ fn print_restored(r: &Restored, started: std::time::Instant) {
         check,
         stores,
         after_hook_error: _,
+        landed,
     } = r;
     for e in &report.errors {
         eprintln!("not restored: {e}");
@@ -387,6 +465,13 @@ fn print_restored(r: &Restored, started: std::time::Instant) {
         bytes(report.bytes),
         started.elapsed().as_secs_f64()
     );
+    // Where the snapshot's top-level names landed (a path P of the snapshot is TARGET/P).
+    for name in landed.iter().take(5) {
+        println!("  {name} -> {}", target.join(name).display());
+    }
+    if landed.len() > 5 {
+        println!("  and {} more below {}", landed.len() - 5, target.display());
+    }
     let pragma = pragma(*check);
     for db in &report.databases {
         let path = db.path.display();
