@@ -52,3 +52,69 @@ fn every_flag_of_every_command_is_described() {
         missing.join("\n")
     );
 }
+
+#[test]
+fn completions_and_man_pages_cover_every_command() {
+    let env = Env::new();
+    let top = env.ok(&["--help"]);
+    let commands = commands(&top);
+    for shell in ["bash", "zsh", "fish"] {
+        let script = env.ok(&["completions", shell]);
+        for c in &commands {
+            assert!(script.contains(c.as_str()), "{shell} completion lacks {c}");
+        }
+    }
+    let bash = env.path("strata.bash");
+    std::fs::write(&bash, env.ok(&["completions", "bash"])).unwrap();
+    let syntax = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&bash)
+        .output()
+        .unwrap();
+    assert!(
+        syntax.status.success(),
+        "{}",
+        String::from_utf8_lossy(&syntax.stderr)
+    );
+
+    let page = env.ok(&["man"]);
+    assert!(page.contains(".TH strata 1"), "{page}");
+    let dir = env.path("man1");
+    env.ok(&["man", "--dir", dir.to_str().unwrap()]);
+    for c in &commands {
+        assert!(
+            dir.join(format!("strata-{c}.1")).exists(),
+            "no page for {c}"
+        );
+    }
+}
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    for i in 0..3000 {
+        write(&src.join(format!("d{}/f{i}", i % 30)), b"x");
+    }
+    env.backup(&[&src]);
+    for cmd in [
+        "completions bash",
+        "man",
+        "ls -r latest",
+        "show latest",
+        "find 'f*'",
+    ] {
+        let line = format!("\"$0\" {cmd} | head -c 10 >/dev/null; exit ${{PIPESTATUS[0]}}");
+        let r = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(&line)
+            .arg(bin())
+            .env("STRATA_REPO", &env.repo)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(0), "{cmd}: {err}");
+        assert!(err.is_empty(), "{cmd}: {err}");
+    }
+}

@@ -17,6 +17,7 @@ mod output;
 mod repair;
 mod restore;
 mod serve;
+mod shell;
 mod tune;
 
 use anyhow::{Context, Result};
@@ -103,6 +104,10 @@ enum Command {
     Unlock(UnlockArgs),
     /// Run scheduled snapshots and the HTTP admin API, metrics and web page
     Serve(serve::ServeArgs),
+    /// Print a completion script for bash, zsh, fish, elvish or PowerShell
+    Completions(shell::CompletionsArgs),
+    /// Print the manual page (or write one per command into a directory)
+    Man(shell::ManArgs),
 }
 
 /// glibc raises its mmap threshold each time a large block is freed, after which pack and read
@@ -346,6 +351,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Verify(args) => restore::verify(&open(&rp, false, "verify")?, args),
         Command::Repair(args) => repair::repair(&rp, args),
         Command::Tune(args) => tune::tune(args),
+        Command::Completions(args) => shell::completions(args),
+        Command::Man(args) => shell::man(args),
         Command::Key(args) => key::key(&rp, args),
         Command::Unlock(args) => {
             if strata::repo::force_unlock(&rp.path, args.force)? {
