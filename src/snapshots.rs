@@ -32,7 +32,8 @@ pub fn list(repo: &Repo) -> Result<Vec<Snapshot>> {
     Ok(out)
 }
 
-/// Parses a user's time: RFC 3339, or "YYYY-MM-DD HH:MM[:SS]" / "YYYY-MM-DD" in local time.
+/// Parses a user's time: RFC 3339, or "YYYY-MM-DD HH:MM[:SS]" / "YYYY-MM-DD" in local time. A
+/// time given to the second stands for the end of that second, a date for the end of that day.
 pub fn parse_time(s: &str) -> Result<i64> {
     use chrono::{NaiveDate, NaiveDateTime, TimeZone};
     let s = s.trim();
@@ -42,25 +43,33 @@ pub fn parse_time(s: &str) -> Result<i64> {
             .earliest()
             .and_then(|t| t.timestamp_nanos_opt())
     };
+    // A time written to the second covers that whole second (a snapshot taken at 14:03:27.4
+    // is one "at 14:03:27"); a day, the whole day.
+    const REST_OF_SECOND: i64 = 999_999_999;
+    let whole_second = |ns: i64| ns.saturating_add(REST_OF_SECOND);
     let parsed = chrono::DateTime::parse_from_rfc3339(s)
         .ok()
         .and_then(|t| t.timestamp_nanos_opt())
+        .map(|ns| if s.contains('.') { ns } else { whole_second(ns) })
         .or_else(|| {
-            [
-                "%Y-%m-%d %H:%M:%S",
-                "%Y-%m-%d %H:%M",
-                "%Y-%m-%dT%H:%M:%S",
-                "%Y-%m-%dT%H:%M",
-            ]
-            .iter()
-            .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())
-            .and_then(local)
+            ["%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S"]
+                .iter()
+                .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())
+                .and_then(local)
+                .map(whole_second)
+        })
+        .or_else(|| {
+            ["%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M"]
+                .iter()
+                .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())
+                .and_then(local)
         })
         .or_else(|| {
             NaiveDate::parse_from_str(s, "%Y-%m-%d")
                 .ok()
                 .and_then(|d| d.and_hms_opt(23, 59, 59))
                 .and_then(local)
+                .map(whole_second)
         });
     parsed.ok_or_else(|| {
         Error::invalid(format!(
@@ -139,5 +148,14 @@ mod tests {
         let a = parse_time("2026-11-20T14:00:00Z").unwrap();
         let b = parse_time("2026-11-20T15:00:00+01:00").unwrap();
         assert_eq!(a, b);
+        // To the second: the whole second; with a fraction: that instant.
+        let exact = parse_time("2026-11-20T14:00:00.000Z").unwrap();
+        assert_eq!(a - exact, 999_999_999);
+        assert_eq!(parse_time("2026-11-20T14:00:00.25Z").unwrap() - exact, 250_000_000);
+        let minute = parse_time("2026-11-20 14:00").unwrap();
+        let second = parse_time("2026-11-20 14:00:00").unwrap();
+        assert_eq!(second - minute, 999_999_999);
+        let day_end = parse_time("2026-11-20").unwrap();
+        assert_eq!(day_end - parse_time("2026-11-20 23:59:59").unwrap(), 0);
     }
 }
