@@ -50,7 +50,13 @@ pub fn parse_time(s: &str) -> Result<i64> {
     let parsed = chrono::DateTime::parse_from_rfc3339(s)
         .ok()
         .and_then(|t| t.timestamp_nanos_opt())
-        .map(|ns| if s.contains('.') { ns } else { whole_second(ns) })
+        .map(|ns| {
+            if s.contains('.') {
+                ns
+            } else {
+                whole_second(ns)
+            }
+        })
         .or_else(|| {
             ["%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S"]
                 .iter()
@@ -151,7 +157,10 @@ mod tests {
         // To the second: the whole second; with a fraction: that instant.
         let exact = parse_time("2026-11-20T14:00:00.000Z").unwrap();
         assert_eq!(a - exact, 999_999_999);
-        assert_eq!(parse_time("2026-11-20T14:00:00.25Z").unwrap() - exact, 250_000_000);
+        assert_eq!(
+            parse_time("2026-11-20T14:00:00.25Z").unwrap() - exact,
+            250_000_000
+        );
         let minute = parse_time("2026-11-20 14:00").unwrap();
         let second = parse_time("2026-11-20 14:00:00").unwrap();
         assert_eq!(second - minute, 999_999_999);

@@ -1348,6 +1348,49 @@ fn restores_through_the_api_only_write_below_restore_roots() {
     assert_eq!(status, 400);
     assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
 
+    // A request that cannot succeed is answered at once, not by an operation failing later.
+    let ask = |body: serde_json::Value| {
+        let (status, answer) = d.send("POST", "/api/restore", &token, &body.to_string());
+        check_response(&doc, "post", "/api/restore", status, &answer);
+        (status, answer)
+    };
+    let t = root.join("never");
+    for (body, want, says) in [
+        (
+            serde_json::json!({"snapshot": "nosuchname", "target": t}),
+            404,
+            "no snapshot",
+        ),
+        (
+            serde_json::json!({"snapshot": "abc", "target": t}),
+            400,
+            "4 or more hex digits",
+        ),
+        (
+            serde_json::json!({"at": "last tuesday", "target": t}),
+            400,
+            "cannot read time",
+        ),
+        (
+            serde_json::json!({"at": "2000-01-01", "target": t}),
+            404,
+            "no snapshot was taken",
+        ),
+        (
+            serde_json::json!({"snapshot": "snap", "target": t, "paths": ["data/nope"]}),
+            400,
+            "not in the snapshot",
+        ),
+    ] {
+        let (status, answer) = ask(body.clone());
+        assert_eq!(status, want, "{body}: {answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains(says),
+            "{body}: {answer}"
+        );
+    }
+    assert!(!t.exists());
+
     // Inside: a new directory is made private; an existing one keeps its mode.
     let fresh = root.join("fresh/dir");
     let (status, accepted) = restore(&d, &fresh);

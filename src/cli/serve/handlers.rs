@@ -224,6 +224,28 @@ pub fn restore(c: &Call) -> Result<Response> {
     if let Err(r) = roots::restore_target(&c.d.cfg.restore_roots, &r.target) {
         return Ok(refused(r));
     }
+    // What can be told now is told now, not by an operation that fails later: the snapshot
+    // (or the time), and the paths asked for.
+    let repo = c.d.open_read()?;
+    let snaps = snapshots::list(&repo)?;
+    let snap = match (&r.snapshot, &r.at) {
+        (Some(spec), _) => snapshots::resolve(&snaps, spec),
+        (_, Some(at)) => match snapshots::parse_time(at) {
+            Ok(t) => snapshots::at_time(&snaps, t),
+            Err(e) => return Ok(Response::error(400, e.to_string())),
+        },
+        (None, None) => unreachable!("checked above"),
+    };
+    let snap = match snap {
+        Ok(s) => s,
+        Err(e) if e.kind() == strata::error::ErrorKind::NotFound => {
+            return Ok(Response::error(404, e.to_string()));
+        }
+        Err(e) => return Ok(Response::error(400, e.to_string())),
+    };
+    if let Err(e) = strata::restore::select(&snap.manifest, &r.paths) {
+        return Ok(Response::error(400, e.to_string()));
+    }
     Ok(c.submit(
         format!("restore to {}", r.target.display()),
         Task::Restore(r),
