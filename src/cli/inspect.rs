@@ -251,7 +251,7 @@ pub fn show(repo: &Repo, args: ShowArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!("snapshot {}", s.id);
-    println!("time      {}", m.time().to_rfc3339());
+    println!("time      {}", m.time().format("%Y-%m-%d %H:%M:%S"));
     println!("host      {}", m.hostname);
     println!("kind      {}", m.kind);
     if let Some(n) = &m.name {
@@ -323,6 +323,18 @@ pub fn show(repo: &Repo, args: ShowArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// An RFC 3339 time as `list` shows times (local, to the second); "-" for none.
+fn short_time(rfc3339: Option<&str>) -> String {
+    match rfc3339.map(chrono::DateTime::parse_from_rfc3339) {
+        Some(Ok(t)) => t
+            .with_timezone(&chrono::Local)
+            .format("%Y-%m-%d %H:%M:%S")
+            .to_string(),
+        Some(Err(_)) => rfc3339.unwrap_or("-").to_string(),
+        None => "-".to_string(),
+    }
+}
+
 pub fn stats(repo: &Repo, args: JsonArg) -> Result<ExitCode> {
     let snaps = snapshots::list(repo)?;
     let s = strata::stats::stats(repo, &snaps)?;
@@ -334,8 +346,8 @@ pub fn stats(repo: &Repo, args: JsonArg) -> Result<ExitCode> {
     println!("snapshots         {}", s.snapshots);
     println!(
         "oldest / newest   {} / {}",
-        s.oldest.as_deref().unwrap_or("-"),
-        s.newest.as_deref().unwrap_or("-")
+        short_time(s.oldest.as_deref()),
+        short_time(s.newest.as_deref())
     );
     println!("logical bytes     {}", bytes(s.logical_bytes));
     println!(
