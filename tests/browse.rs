@@ -108,6 +108,28 @@ fn ls_lists_one_level_or_all_below_a_path() {
         (&"dir".into(), &"empty".into())
     );
 
+    // For a person, times read as `list` gives them: local, to the second.
+    let short = |l: &str| {
+        let t = l.rsplit("   ").next().unwrap().trim();
+        chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%d %H:%M:%S").is_ok()
+    };
+    let shown = env.ok(&["show", "latest"]);
+    assert!(
+        shown.lines().any(|l| l.starts_with("time ") && short(l)),
+        "{shown}"
+    );
+    let stats = env.ok(&["stats"]);
+    let line = stats
+        .lines()
+        .find(|l| l.starts_with("oldest / newest"))
+        .unwrap();
+    assert!(
+        line.split(" / ")
+            .skip(1)
+            .all(|t| short(&format!("x   {t}"))),
+        "{line}"
+    );
+
     // A path that is not there: the error names what is.
     let r = env.run(&["ls", "latest", "app/nope"]);
     assert_eq!(code(&r), 1);
