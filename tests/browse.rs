@@ -207,7 +207,7 @@ fn find_names_the_snapshots_that_hold_a_path() {
         stderr(&none)
     );
     let bad = env.run(&["find", "[unclosed"]);
-    assert_eq!(code(&bad), 1);
+    assert_eq!(code(&bad), 2);
     assert!(
         stderr(&bad).contains("cannot read pattern"),
         "{}",
@@ -356,7 +356,7 @@ fn to_original_puts_a_source_back_where_it_came_from() {
     );
     // A TARGET too: refused.
     let r = env.run(&["restore", &id[..12], "x", "--to-original", "--path", "app"]);
-    assert_eq!(code(&r), 1, "{}", stderr(&r));
+    assert_eq!(code(&r), 2, "{}", stderr(&r));
 
     let out = env.ok(&["restore", &id[..12], "--to-original", "--path", "app"]);
     assert!(

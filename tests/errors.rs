@@ -146,6 +146,32 @@ fn bad_arguments() {
         .output()
         .unwrap();
     assert_eq!(code(&r), 0, "{}", String::from_utf8_lossy(&r.stderr));
+    // Mistakes clap cannot see exit 2 as well, with the reason.
+    let o = env.path("o");
+    let o = o.to_str().unwrap();
+    for (args, says) in [
+        (vec!["restore", "latest"], "where to?"),
+        (
+            vec!["restore", "--at", "2026-01-01", "latest", o],
+            "either SNAP or --at",
+        ),
+        (
+            vec!["restore", "latest", o, "--to-stdout"],
+            "--to-stdout takes no TARGET",
+        ),
+        (vec!["gc", "--max-unused", "lots"], "--max-unused"),
+        (vec!["forget", "--keep-within", "a while"], "--keep-within"),
+        (
+            vec!["verify", "--read-data-subset", "some"],
+            "--read-data-subset",
+        ),
+        (vec!["find", "[x"], "cannot read pattern"),
+        (vec!["list", "--retry-lock", "soon"], "--retry-lock"),
+    ] {
+        let r = env.run(&args);
+        assert_eq!(code(&r), 2, "{args:?}: {}", stderr(&r));
+        assert!(stderr(&r).contains(says), "{args:?}: {}", stderr(&r));
+    }
 }
 
 /// A write that fails for lack of room (here: the file-size limit, EFBIG, which fails writes the

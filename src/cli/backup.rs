@@ -472,7 +472,7 @@ fn streams(args: &BackupArgs) -> Result<Vec<StreamSource>> {
                     from: StreamFrom::Command(cmd.to_string()),
                 })
             }
-            _ => bail!("--from-command {spec:?}: expected 'COMMAND'=NAME"),
+            _ => super::usage!("--from-command {spec:?}: expected 'COMMAND'=NAME"),
         }
     }
     for spec in &args.postgres {

@@ -242,7 +242,7 @@ struct FoundJson {
 pub fn find(repo: &Repo, args: FindArgs) -> Result<ExitCode> {
     let pattern = match glob::Pattern::new(&args.pattern) {
         Ok(p) => p,
-        Err(e) => bail!("cannot read pattern {:?}: {e}", args.pattern),
+        Err(e) => super::usage!("cannot read pattern {:?}: {e}", args.pattern),
     };
     let options = glob::MatchOptions {
         case_sensitive: !args.ignore_case,

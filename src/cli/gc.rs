@@ -290,7 +290,9 @@ fn given_policy(args: &ForgetArgs) -> Result<Policy> {
     let keep_within_ns = match &args.keep_within {
         Some(s) => match parse_duration(s) {
             Some(ns) => Some(ns),
-            None => bail!("--keep-within {s:?}: expected a duration such as 7d, 12h, 2w or 1d12h"),
+            None => super::usage!(
+                "--keep-within {s:?}: expected a duration such as 7d, 12h, 2w or 1d12h"
+            ),
         },
         None => None,
     };
@@ -390,7 +392,7 @@ fn parse_fraction(s: &str) -> Option<f64> {
 
 pub fn run_gc(repo: &Repo, args: GcArgs) -> Result<ExitCode> {
     let Some(max_unused) = parse_fraction(&args.max_unused) else {
-        bail!(
+        super::usage!(
             "--max-unused {:?}: expected a share such as 10% or 0.1",
             args.max_unused
         );

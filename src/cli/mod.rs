@@ -30,6 +30,28 @@ pub const EXIT_ERROR: u8 = 1;
 pub const EXIT_DAMAGE: u8 = 3;
 pub const EXIT_PARTIAL: u8 = 4;
 pub const EXIT_LOCKED: u8 = 5;
+pub const EXIT_USAGE: u8 = 2;
+
+/// A mistake in how a command was called that clap cannot see (two options that do not go
+/// together, a value that does not read): exit code 2, as for clap's own.
+#[derive(Debug)]
+pub struct Usage(pub String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+/// Returns a [`Usage`] error from the current function.
+macro_rules! usage {
+    ($($arg:tt)*) => {
+        return Err(anyhow::Error::new($crate::strata_cli::Usage(format!($($arg)*))))
+    };
+}
+pub(crate) use usage;
 
 #[derive(Parser)]
 #[command(
@@ -216,6 +238,9 @@ fn panic_kind(msg: &str, file: &str) -> PanicKind {
 
 /// The exit code of a failed command, from the library's error kind where there is one.
 fn exit_code_of(e: &anyhow::Error) -> u8 {
+    if e.chain().any(|c| c.downcast_ref::<Usage>().is_some()) {
+        return EXIT_USAGE;
+    }
     let kind = e
         .chain()
         .find_map(|c| c.downcast_ref::<strata::Error>())
@@ -269,7 +294,7 @@ impl Cli {
             Some(s) => match strata::retention::parse_duration(s) {
                 Some(ns) => Some(std::time::Duration::from_nanos(ns.max(0) as u64)),
                 None => {
-                    anyhow::bail!("--retry-lock {s:?}: expected a duration such as 30s, 5m or 1h")
+                    usage!("--retry-lock {s:?}: expected a duration such as 30s, 5m or 1h")
                 }
             },
         };

@@ -121,22 +121,22 @@ pub fn restore(repo: &Repo, args: RestoreArgs) -> Result<ExitCode> {
             snapshots::at_time(&snaps, snapshots::parse_time(t)?)?,
             first.as_ref().map(PathBuf::from),
         ),
-        (Some(_), _, Some(_)) => bail!("give either SNAP or --at, not both"),
+        (Some(_), _, Some(_)) => super::usage!("give either SNAP or --at, not both"),
         (None, Some(s), target) => (snapshots::resolve(&snaps, s)?, target.clone()),
         (None, None, _) => {
-            bail!("which snapshot? give SNAP (an id prefix, a name, `latest`) or --at TIME")
+            super::usage!("which snapshot? give SNAP (an id prefix, a name, `latest`) or --at TIME")
         }
     };
     if args.to_stdout {
         if target.is_some() {
-            bail!("--to-stdout takes no TARGET");
+            super::usage!("--to-stdout takes no TARGET");
         }
         let mut out = std::io::stdout().lock();
         strata::restore::restore_to_writer(repo, &snap.manifest, &args.paths, &mut out)?;
         return Ok(ExitCode::SUCCESS);
     }
     let target = match (args.to_original, target) {
-        (true, Some(t)) => bail!(
+        (true, Some(t)) => super::usage!(
             "--to-original puts the source back where it came from: give no TARGET (got {})",
             t.display()
         ),
@@ -144,7 +144,7 @@ pub fn restore(repo: &Repo, args: RestoreArgs) -> Result<ExitCode> {
         (false, t) => t,
     };
     let Some(target) = target else {
-        bail!("where to? give a TARGET directory (or --to-original, or --to-stdout)");
+        super::usage!("where to? give a TARGET directory (or --to-original, or --to-stdout)");
     };
     let take_point = take_point && (args.to_original || rollback::may_replace(&target));
     let started = std::time::Instant::now();
@@ -608,7 +608,7 @@ pub fn verify(repo: &Repo, args: VerifyArgs) -> Result<ExitCode> {
             let day = chrono::Utc::now().timestamp().max(0) as u64 / 86_400;
             match parse_subset(spec, day) {
                 Some(r) => r,
-                None => bail!(
+                None => super::usage!(
                     "--read-data-subset {spec:?}: expected a share such as 10% or a part such as 3/10"
                 ),
             }
