@@ -1,4 +1,5 @@
-//! Every command and subcommand describes every one of its flags in `--help`.
+//! Every command and subcommand describes every one of its flags in `--help`, and every command
+//! shows examples.
 
 mod common;
 use common::*;
@@ -34,6 +35,9 @@ fn every_flag_of_every_command_is_described() {
     let mut missing = Vec::new();
     for c in commands(&top) {
         let help = env.ok(&[&c, "--help"]);
+        if !help.contains("\nExamples:\n  strata ") {
+            missing.push(format!("{c}: no examples"));
+        }
         let mut helps = vec![(c.clone(), help.clone())];
         for sub in commands(&help) {
             helps.push((format!("{c} {sub}"), env.ok(&[&c, &sub, "--help"])));

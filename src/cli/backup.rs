@@ -17,6 +17,9 @@ use strata::source::streams::{StreamFrom, StreamSource};
 pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
 
 #[derive(Args)]
+#[command(
+    after_help = "Examples:\n  strata init --repo /var/lib/strata/repo\n  strata init --repo /backups/app --encrypt\n  strata init --repo s3://bucket/prefix"
+)]
 pub struct InitArgs {
     /// Smallest chunk (e.g. 2k, 2KiB, 2048)
     #[arg(long, value_parser = parse_size)]
@@ -95,6 +98,9 @@ pub fn init(rp: &RepoPath, args: InitArgs) -> Result<ExitCode> {
 }
 
 #[derive(Args)]
+#[command(
+    after_help = "Examples:\n  strata backup ~/app\n  strata backup --sqlite /srv/app/app.db /srv/app/memory --kind hourly\n  strata backup --postgres 'host=/run/postgresql dbname=app' --name nightly\n  strata backup -x / --exclude '*.tmp' --dry-run"
+)]
 pub struct BackupArgs {
     /// Files and directories to snapshot (one snapshot holds them all)
     #[arg(required_unless_present_any = ["from_command", "stdin", "sqlite", "postgres", "redis", "files_from"])]

@@ -10,6 +10,9 @@ use strata::repo::{Key, OpenOptions, Repo};
 use strata::snapshots;
 
 #[derive(Args)]
+#[command(
+    after_help = "Examples:\n  strata copy --from /backups/app --to s3://bucket/app\n  strata copy --from /backups/app --to /mnt/usb/app latest"
+)]
 pub struct CopyArgs {
     /// Repository to copy from (its passphrase: STRATA_FROM_PASSWORD or
     /// STRATA_FROM_PASSWORD_FILE, else the destination's)

@@ -13,6 +13,9 @@ use strata::retention::{
 use strata::snapshots;
 
 #[derive(Args)]
+#[command(
+    after_help = "Examples:\n  strata forget --kind hourly --keep-last 24\n  strata forget --keep-daily 7 --keep-weekly 4 --dry-run\n  strata forget --kind restore-point --keep-last 5\n  strata forget 1a2b3c4d"
+)]
 pub struct ForgetArgs {
     /// Snapshots to remove whatever the policy says (id prefix, name or `latest`)
     snaps: Vec<String>,
@@ -60,6 +63,7 @@ pub struct ForgetArgs {
 }
 
 #[derive(Args)]
+#[command(after_help = "Examples:\n  strata delete 1a2b3c4d\n  strata delete nightly")]
 pub struct DeleteArgs {
     /// Snapshots to remove (id prefix, name or `latest`)
     #[arg(required = true)]
@@ -67,6 +71,7 @@ pub struct DeleteArgs {
 }
 
 #[derive(Args)]
+#[command(after_help = "Examples:\n  strata gc --dry-run\n  strata gc\n  strata gc --max-unused 0")]
 pub struct GcArgs {
     /// Show the plan; change nothing
     #[arg(long)]
@@ -80,6 +85,9 @@ pub struct GcArgs {
 }
 
 #[derive(Args)]
+#[command(
+    after_help = "Examples:\n  strata config show\n  strata config set retention.hourly keep-last=24\n  strata config set max-snapshots 500\n  strata config check strata.toml"
+)]
 pub struct ConfigArgs {
     #[command(subcommand)]
     action: ConfigAction,

@@ -9,6 +9,7 @@ use strata::repo::Repo;
 use strata::snapshots::{self, Snapshot};
 
 #[derive(Args)]
+#[command(after_help = "Examples:\n  strata stats\n  strata stats --json")]
 pub struct JsonArg {
     /// Machine-readable output
     #[arg(long)]
@@ -39,6 +40,7 @@ pub struct ListArgs {
 }
 
 #[derive(Args)]
+#[command(after_help = "Examples:\n  strata show latest\n  strata show 1a2b3c4d --json")]
 pub struct ShowArgs {
     /// Snapshot: id prefix, name or `latest`
     snap: String,
@@ -48,6 +50,9 @@ pub struct ShowArgs {
 }
 
 #[derive(Args)]
+#[command(
+    after_help = "Examples:\n  strata diff 1a2b3c4d latest\n  strata diff nightly latest --json"
+)]
 pub struct DiffArgs {
     /// Older snapshot
     a: String,

@@ -9,6 +9,7 @@ use strata::crypto::KeyFile;
 use strata::repo::key_files;
 
 #[derive(Args)]
+#[command(after_help = "Examples:\n  strata key list\n  strata key add\n  strata key passwd")]
 pub struct KeyArgs {
     #[command(subcommand)]
     what: KeyCommand,

@@ -260,6 +260,7 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 }
 
 #[derive(clap::Args)]
+#[command(after_help = "Examples:\n  strata unlock\n  strata unlock --force")]
 pub struct UnlockArgs {
     /// Remove the lock even if its holder is still running on this machine (that process then
     /// fails at its next commit instead of saving)

@@ -7,6 +7,7 @@ use clap::{Args, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Args)]
+#[command(after_help = "Examples:\n  strata repair index --dry-run\n  strata repair index")]
 pub struct RepairArgs {
     #[command(subcommand)]
     what: RepairWhat,

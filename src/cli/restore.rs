@@ -17,6 +17,9 @@ use strata::snapshots;
 use strata::verify::ReadData;
 
 #[derive(Args)]
+#[command(
+    after_help = "Examples:\n  strata restore latest /tmp/restore\n  strata restore latest --path app/app.db --to-original\n  strata restore --at '2026-12-07 14:00' --path app.db /tmp/before\n  strata restore latest --path app.sql --to-stdout | psql -d fresh_db"
+)]
 pub struct RestoreArgs {
     /// Snapshot: id prefix, name or `latest` (omit with --at)
     snap: Option<String>,
@@ -570,6 +573,9 @@ fn restored_stores(m: &strata::Manifest, target: &std::path::Path) -> Vec<StoreJ
 }
 
 #[derive(Args)]
+#[command(
+    after_help = "Examples:\n  strata verify\n  strata verify --read-data\n  strata verify --read-data-subset 10%"
+)]
 pub struct VerifyArgs {
     /// Read every pack and check every chunk against its hash
     #[arg(long)]

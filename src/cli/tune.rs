@@ -7,6 +7,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Args)]
+#[command(
+    after_help = "Examples:\n  strata tune ~/app\n  strata tune ~/app --previous /backups/app-yesterday"
+)]
 pub struct TuneArgs {
     /// Data to measure (as it is now)
     #[arg(required = true)]

@@ -36,6 +36,9 @@ use strata::repo::Repo;
 pub use lifecycle::serve;
 
 #[derive(Args)]
+#[command(
+    after_help = "Examples:\n  strata serve --config /etc/strata/strata.toml\n  strata serve --new-token ops"
+)]
 pub struct ServeArgs {
     /// Configuration file (strata.toml); without it, settings come from STRATA_* variables
     #[arg(long, env = "STRATA_CONFIG")]
