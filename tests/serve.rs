@@ -1627,3 +1627,47 @@ fn a_stalled_request_is_closed_while_others_are_answered() {
     closes(trickle, trickle_start, "a trickling header");
     assert_eq!(d.get("/api/stats", Some(&token)).0, 200);
 }
+
+#[test]
+fn the_api_downloads_one_file_and_the_favicon_needs_no_token() {
+    let env = Env::new();
+    env.init();
+    let data = env.path("data");
+    let big = common::noise(3 << 20, 5);
+    write(&data.join("dir/a file.bin"), &big);
+    write(&data.join("ünï.txt"), b"accents");
+    let id = env.backup(&[&data]);
+    let (token, entry) = new_token(&env);
+    let d = Daemon::start(&env, &config(&env, &entry));
+    let get = |path: &str, token: Option<&str>| request(d.addr, "GET", path, token, None, None);
+    let (status, body) = get(
+        &format!(
+            "/api/snapshots/{}/file?path=data/dir/a%20file.bin",
+            &id[..8]
+        ),
+        Some(&token),
+    );
+    assert_eq!(status, 200);
+    assert!(body == big, "{} bytes", body.len());
+    let (status, body) = get(
+        "/api/snapshots/latest/file?path=data%2F%C3%BCn%C3%AF.txt",
+        Some(&token),
+    );
+    assert_eq!((status, body.as_slice()), (200, &b"accents"[..]));
+    for (path, want) in [
+        ("/api/snapshots/latest/file?path=data/missing", 404),
+        ("/api/snapshots/latest/file?path=data/dir", 400),
+        ("/api/snapshots/latest/file", 400),
+        ("/api/snapshots/latest/file?path=%zz", 400),
+        ("/api/snapshots/nosuch/file?path=data/x", 404),
+    ] {
+        let (status, body) = get(path, Some(&token));
+        assert_eq!(status, want, "{path}: {}", String::from_utf8_lossy(&body));
+    }
+    // Without a token: refused, with an error the page can show.
+    let (status, body) = get("/api/snapshots/latest/file?path=data/ünï.txt", None);
+    assert_eq!(status, 401);
+    assert!(String::from_utf8_lossy(&body).contains("error"));
+    // The browser's own request for an icon is no error at all.
+    assert_eq!(get("/favicon.ico", None).0, 204);
+}

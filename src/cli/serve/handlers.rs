@@ -22,6 +22,94 @@ pub struct Call<'a> {
     pub body: &'a [u8],
     /// The `{id}` segment of the path (empty for an endpoint without one).
     pub id: &'a str,
+    /// The query string, after `?` (empty when there is none).
+    pub query: &'a str,
+}
+
+/// The value of `key` in a query string, percent-decoded; `None` if absent or not UTF-8.
+pub fn query_value(query: &str, key: &str) -> Option<String> {
+    let raw = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))?;
+    let mut out = Vec::with_capacity(raw.len());
+    let b = raw.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'%' => return None,
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The most a download through the API holds in memory; larger files: `strata dump`.
+const DOWNLOAD_MAX: u64 = 256 << 20;
+
+/// `GET /api/snapshots/{id}/file?path=P`: one file's bytes, each chunk checked against its id.
+pub fn download(c: &Call) -> Result<Response> {
+    let Some(path) = query_value(c.query, "path") else {
+        return Ok(Response::error(
+            400,
+            "give the file as ?path=PATH (percent-encoded)",
+        ));
+    };
+    let repo = c.d.open_read()?;
+    let snaps = snapshots::list(&repo)?;
+    let snap = match snapshots::resolve(&snaps, c.id) {
+        Ok(s) => s,
+        Err(e) => return Ok(Response::error(404, e.to_string())),
+    };
+    let want = path.trim_matches('/').as_bytes();
+    let Some(entry) = snap.manifest.entries.iter().find(|e| e.path == want) else {
+        return Ok(Response::error(
+            404,
+            format!("{path:?} is not in the snapshot"),
+        ));
+    };
+    if entry.kind != strata::manifest::EntryKind::File {
+        return Ok(Response::error(400, format!("{path:?} is not a file")));
+    }
+    if entry.size > DOWNLOAD_MAX {
+        return Ok(Response::error(
+            413,
+            format!(
+                "{path:?} is {} bytes; the page downloads files up to {} MiB \
+                 (`strata dump {} {path} > FILE` has no limit)",
+                entry.size,
+                DOWNLOAD_MAX >> 20,
+                snap.id.short()
+            ),
+        ));
+    }
+    let mut body = Vec::with_capacity(entry.size as usize);
+    strata::restore::dump::dump_file(&repo, entry, &mut body)?;
+    Ok(Response {
+        status: 200,
+        content_type: "application/octet-stream",
+        body,
+    })
+}
+
+/// `GET /favicon.ico`: none, and no error for it.
+pub fn favicon() -> Response {
+    Response {
+        status: 204,
+        content_type: "image/x-icon",
+        body: Vec::new(),
+    }
 }
 
 impl Call<'_> {

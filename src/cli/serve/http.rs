@@ -256,6 +256,15 @@ const ROUTES: &[Route] = &[
         "/api/snapshots/{id}",
         Handler::Token(handlers::delete_snapshot),
     ),
+    to(
+        "GET",
+        "/api/snapshots/{id}/file",
+        Handler::Token(handlers::download),
+    ),
+    Route {
+        documented: false,
+        ..to("GET", "/favicon.ico", Handler::Public(handlers::favicon))
+    },
     to("GET", "/api/stats", Handler::Token(handlers::stats)),
     to("POST", "/api/restore", Handler::Token(handlers::restore)),
     to("POST", "/api/verify", Handler::Token(handlers::verify)),
@@ -362,6 +371,7 @@ fn route(d: &Daemon, addr: SocketAddr, req: &Request) -> Result<Response> {
         who: &who,
         body: req.body.as_slice(),
         id: path_id(pattern, &parts),
+        query: req.target.split_once('?').map_or("", |(_, q)| q),
     })
 }
 
