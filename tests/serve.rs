@@ -1671,3 +1671,92 @@ fn the_api_downloads_one_file_and_the_favicon_needs_no_token() {
     // The browser's own request for an icon is no error at all.
     assert_eq!(get("/favicon.ico", None).0, 204);
 }
+
+/// The DOM Chromium renders for `url` once the page's scripts have run.
+fn rendered_dom(browser: &str, profile: &Path, url: &str) -> String {
+    let out = std::process::Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(url)
+        .output()
+        .expect("run chromium");
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_web_page_opens_a_snapshot_into_its_files_in_a_real_browser() {
+    let browser = chromium();
+    let env = Env::new();
+    env.init();
+    let data = env.path("data");
+    write(&data.join("top.txt"), b"top");
+    write(&data.join("sub/inner.json"), b"{}");
+    write(&data.join("sub/deeper/x.bin"), &common::noise(20_000, 1));
+    env.backup(&[&data]);
+    write(&data.join("sub/new.txt"), b"later");
+    let id = env.backup(&[&data]);
+    let (token, entry) = new_token(&env);
+    let d = Daemon::start(&env, &config(&env, &entry));
+    let profile = env.path("chromium-profile");
+
+    // A link straight to a directory of a snapshot.
+    let url = format!(
+        "http://{}/#token={token}&browse={}&dir=data/sub",
+        d.addr,
+        &id[..8]
+    );
+    let dom = rendered_dom(&browser, &profile, &url);
+    assert!(dom.contains("data-loaded=\"yes\""), "{dom}");
+    for path in ["data/sub/inner.json", "data/sub/new.txt", "data/sub/deeper"] {
+        assert!(
+            dom.contains(&format!("data-path=\"{path}\"")),
+            "{path} not listed:\n{dom}"
+        );
+    }
+    assert_eq!(dom.matches("class=\"entry\"").count(), 3, "{dom}");
+    assert!(
+        !dom.contains("data-path=\"data/top.txt\""),
+        "another directory's file"
+    );
+    assert!(dom.contains(&format!("Snapshot {}", &id[..8])), "{dom}");
+    assert!(dom.contains(">Download<"), "{dom}");
+    assert!(dom.contains("Restore selected"), "{dom}");
+    assert!(dom.contains(">deeper/<"), "a directory to open:\n{dom}");
+    // Charts: a bar per snapshot; health; the sign-in form is out of the way.
+    assert_eq!(
+        dom.matches("class=\"bar\"").count(),
+        4,
+        "two bar charts of two snapshots:\n{dom}"
+    );
+    assert!(
+        dom.contains("id=\"health\" role=\"status\" class=\"ok\">healthy<"),
+        "{dom}"
+    );
+    assert!(dom.contains("<form id=\"login\" hidden"), "{dom}");
+    for button in [">Browse<", ">Delete<", ">Verify all data<"] {
+        assert!(dom.contains(button), "{button}:\n{dom}");
+    }
+
+    // Without a token: a sign-in form that says how to get one, and no raw error text.
+    let fresh = env.path("chromium-fresh");
+    let dom = rendered_dom(&browser, &fresh, &format!("http://{}/", d.addr));
+    assert!(dom.contains("<form id=\"login\">"), "{dom}");
+    assert!(dom.contains("sign in with an API token"), "{dom}");
+    assert!(dom.contains("strata serve --new-token NAME"), "{dom}");
+    assert!(
+        !dom.contains("Authorization: Bearer"),
+        "raw error text:\n{dom}"
+    );
+}
