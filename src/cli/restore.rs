@@ -173,6 +173,10 @@ pub fn restore(repo: &Repo, args: RestoreArgs) -> Result<ExitCode> {
         timeout: Duration::from_secs(args.hook_timeout),
     };
     let (result, after) = hooks.around(|| restore_guarded(repo, snap, &opts, take_point));
+    let (result, point) = match result {
+        Ok((report, point)) => (Ok(report), point),
+        Err(e) => (Err(e), None),
+    };
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
@@ -191,6 +195,7 @@ pub fn restore(repo: &Repo, args: RestoreArgs) -> Result<ExitCode> {
         stores: &stores,
         after_hook_error: after_hook_error.as_deref(),
         landed: top_names(&snap.manifest, &args.paths),
+        restore_point: point,
     };
     if args.json {
         print_restored_json(&restored)?;
@@ -289,7 +294,7 @@ fn restore_guarded(
     snap: &snapshots::Snapshot,
     opts: &RestoreOptions,
     take_point: bool,
-) -> Result<RestoreReport> {
+) -> Result<(RestoreReport, Option<String>)> {
     strata::restore::open_files(&snap.manifest, opts)?;
     let target = &opts.target;
     // Safe restore: what is about to be replaced is saved first.
@@ -310,7 +315,8 @@ fn restore_guarded(
     if let (Some(rollback), Some(point)) = (&guarded.rollback, &point) {
         print_rollback(rollback, point, target);
     }
-    Ok(guarded.result?)
+    let id = point.map(|p| p.id.to_hex());
+    Ok((guarded.result?, id))
 }
 
 /// What a restore did, for printing.
@@ -325,6 +331,8 @@ struct Restored<'a> {
     after_hook_error: Option<&'a str>,
     /// The snapshot's top-level names the restore selected.
     landed: Vec<String>,
+    /// The restore point taken of what the restore replaced, if any.
+    restore_point: Option<String>,
 }
 
 /// The name of the pragma a check runs.
@@ -345,6 +353,7 @@ fn print_restored_json(r: &Restored) -> Result<()> {
         stores,
         after_hook_error,
         landed: _,
+        restore_point,
     } = r;
     #[derive(serde::Serialize)]
     struct Check<'a> {
@@ -383,6 +392,8 @@ fn print_restored_json(r: &Restored) -> Result<()> {
         stores: &'a [StoreJson],
         /// The after hook's failure (the restore itself is done).
         after_hook_error: Option<&'a str>,
+        /// The snapshot (kind restore-point) of what the restore replaced, if one was taken.
+        restore_point: Option<&'a str>,
     }
     let shown = |p: &Path| p.display().to_string();
     print_json(&Out {
@@ -429,6 +440,7 @@ fn print_restored_json(r: &Restored) -> Result<()> {
             .collect(),
         stores,
         after_hook_error: *after_hook_error,
+        restore_point: restore_point.as_deref(),
     })
 }
 
@@ -442,6 +454,7 @@ fn print_restored(r: &Restored, started: std::time::Instant) {
         stores,
         after_hook_error: _,
         landed,
+        restore_point: _,
     } = r;
     for e in &report.errors {
         eprintln!("not restored: {e}");
