@@ -31,9 +31,13 @@ pub struct ListArgs {
     /// Only snapshots with this name
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
-    /// Only the N newest of those
+    /// Only the N newest of those (of each group, with --group-by)
     #[arg(long, value_name = "N")]
     latest: Option<usize>,
+    /// List the snapshots in groups: by kind, name, host or source (the top-level names they
+    /// hold)
+    #[arg(long, value_name = "KEY")]
+    group_by: Option<GroupBy>,
     /// Machine-readable output
     #[arg(long)]
     json: bool,
@@ -114,9 +118,40 @@ pub(super) fn snap_json(s: &Snapshot) -> SnapJson {
     }
 }
 
+/// What `list --group-by` groups snapshots by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum GroupBy {
+    Kind,
+    Name,
+    Host,
+    Source,
+}
+
+impl GroupBy {
+    fn key(self, s: &Snapshot) -> String {
+        let m = &s.manifest;
+        match self {
+            GroupBy::Kind => m.kind.clone(),
+            GroupBy::Name => m.name.clone().unwrap_or_else(|| "(no name)".into()),
+            GroupBy::Host => m.hostname.clone(),
+            GroupBy::Source => {
+                let names: Vec<&str> = m.sources.iter().map(|s| s.name.as_str()).collect();
+                names.join(",")
+            }
+        }
+    }
+}
+
+/// Snapshots in groups, as `list --group-by --json` gives them.
+#[derive(serde::Serialize)]
+struct GroupJson {
+    group: String,
+    snapshots: Vec<SnapJson>,
+}
+
 pub fn list(repo: &Repo, args: ListArgs) -> Result<ExitCode> {
     let all = snapshots::list(repo)?;
-    let mut snaps: Vec<&Snapshot> = all
+    let snaps: Vec<&Snapshot> = all
         .iter()
         .filter(|s| {
             let m = &s.manifest;
@@ -128,13 +163,52 @@ pub fn list(repo: &Repo, args: ListArgs) -> Result<ExitCode> {
                     .is_none_or(|n| m.name.as_ref() == Some(n))
         })
         .collect();
-    if let Some(n) = args.latest {
-        snaps = snaps.split_off(snaps.len().saturating_sub(n));
-    }
+    // Groups in the order of their newest snapshot, oldest group first, as snapshots are.
+    let groups: Vec<(String, Vec<&Snapshot>)> = match args.group_by {
+        None => vec![(String::new(), snaps)],
+        Some(by) => {
+            let mut groups: Vec<(String, Vec<&Snapshot>)> = Vec::new();
+            for s in snaps {
+                let key = by.key(s);
+                match groups.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, v)) => v.push(s),
+                    None => groups.push((key, vec![s])),
+                }
+            }
+            groups.sort_by_key(|(_, v)| v.last().map(|s| s.manifest.time_ns));
+            groups
+        }
+    };
+    let groups: Vec<(String, Vec<&Snapshot>)> = groups
+        .into_iter()
+        .map(|(k, mut v)| {
+            if let Some(n) = args.latest {
+                v = v.split_off(v.len().saturating_sub(n));
+            }
+            (k, v)
+        })
+        .collect();
     if args.json {
-        print_json(&snaps.iter().map(|s| snap_json(s)).collect::<Vec<_>>())?;
+        match args.group_by {
+            None => print_json(
+                &groups
+                    .iter()
+                    .flat_map(|(_, v)| v.iter().map(|s| snap_json(s)))
+                    .collect::<Vec<_>>(),
+            )?,
+            Some(_) => print_json(
+                &groups
+                    .iter()
+                    .map(|(k, v)| GroupJson {
+                        group: k.clone(),
+                        snapshots: v.iter().map(|s| snap_json(s)).collect(),
+                    })
+                    .collect::<Vec<_>>(),
+            )?,
+        }
         return Ok(ExitCode::SUCCESS);
     }
+    let snaps: Vec<&Snapshot> = groups.iter().flat_map(|(_, v)| v.iter().copied()).collect();
     if all.is_empty() {
         println!("no snapshots yet");
         return Ok(ExitCode::SUCCESS);
@@ -147,7 +221,15 @@ pub fn list(repo: &Repo, args: ListArgs) -> Result<ExitCode> {
         "{:<8}  {:<19}  {:<13}  {:<16}  {:>7}  {:>10}  {:>10}  tags",
         "id", "time", "kind", "name", "files", "size", "added"
     );
+    let mut group = None;
     for s in &snaps {
+        if let Some(by) = args.group_by {
+            let key = by.key(s);
+            if group.as_ref() != Some(&key) {
+                println!("-- {} {key} --", format!("{by:?}").to_lowercase());
+                group = Some(key);
+            }
+        }
         let m = &s.manifest;
         println!(
             "{:<8}  {:<19}  {:<13}  {:<16}  {:>7}  {:>10}  {:>10}  {}{}{}",
