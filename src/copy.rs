@@ -44,6 +44,17 @@ pub struct CopyReport {
 /// Copies the snapshots `ids` of `src` (in time order) into `dst`, which must be open for
 /// writing.
 pub fn copy(src: &Repo, dst: &Repo, ids: &[SnapshotId]) -> Result<CopyReport> {
+    copy_with(src, dst, ids, None)
+}
+
+/// [`copy`], telling `progress` the bytes of the packs written for each snapshot once it is
+/// copied (0 for one the destination had, or needed nothing new for).
+pub fn copy_with(
+    src: &Repo,
+    dst: &Repo,
+    ids: &[SnapshotId],
+    progress: Option<&dyn Fn(u64)>,
+) -> Result<CopyReport> {
     if src.id_key() != dst.id_key() {
         return Err(Error::invalid(
             "these repositories name their chunks differently (different encryption keys, or \
@@ -62,6 +73,9 @@ pub fn copy(src: &Repo, dst: &Repo, ids: &[SnapshotId]) -> Result<CopyReport> {
         let dst_txn = dst.index.read()?;
         if crate::index::snapshot_manifest(&dst_txn, id)?.is_some() {
             report.already_there += 1;
+            if let Some(tell) = progress {
+                tell(0);
+            }
             continue;
         }
         let dst_index = IndexReader::new(&dst_txn)?;
@@ -74,11 +88,15 @@ pub fn copy(src: &Repo, dst: &Repo, ids: &[SnapshotId]) -> Result<CopyReport> {
         let packs = write_blobs(src, dst, &reader, &src_index, missing, &mut report)?;
         let next_pack = packs.iter().map(|p| p.no + 1).max().unwrap_or(0);
         report.packs_written += packs.len() as u64;
-        report.pack_bytes += packs.iter().map(|p| p.size).sum::<u64>();
+        let written: u64 = packs.iter().map(|p| p.size).sum();
+        report.pack_bytes += written;
         crate::commit::commit(dst, packs, next_pack, id, &framed, &[])?;
         dst.backend
             .put(&crate::manifest::object_name(id), &framed)?;
         report.copied.push(id.to_hex());
+        if let Some(tell) = progress {
+            tell(written);
+        }
     }
     Ok(report)
 }

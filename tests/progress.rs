@@ -89,3 +89,52 @@ fn a_backups_total_counts_its_stores() {
     assert_eq!(planned.load(Ordering::Relaxed), total);
     assert_eq!(done.load(Ordering::Relaxed), total);
 }
+
+#[test]
+fn gc_and_copy_report_what_they_write() {
+    let env = Env::new();
+    if encrypted_suite() {
+        return;
+    }
+    env.init();
+    let src = env.path("src");
+    write(&src.join("kept.bin"), &noise(2 << 20, 1));
+    write(&src.join("dropped.bin"), &noise(2 << 20, 2));
+    let first = env.backup(&[&src]);
+    std::fs::remove_file(src.join("dropped.bin")).unwrap();
+    env.backup(&[&src]);
+    env.ok(&["forget", &first[..12]]);
+    // The first pack is half dead: rewritten, its bytes reported.
+    let repo = strata::repo::Repo::open(&env.repo, true, "test").unwrap();
+    let plan = strata::gc::plan(&repo, 0.0).unwrap();
+    let total = strata::gc::bytes_to_rewrite(&plan);
+    assert!(total > 0, "nothing to rewrite");
+    let done = AtomicU64::new(0);
+    let tick = |n: u64| {
+        done.fetch_add(n, Ordering::Relaxed);
+    };
+    strata::gc::execute_with(&repo, plan, Some(&tick)).unwrap();
+    assert_eq!(done.load(Ordering::Relaxed), total);
+    drop(repo);
+
+    // Copy: one report per snapshot, adding up to the packs written.
+    let other = Env::new();
+    other.init();
+    let src_repo = strata::repo::Repo::open(&env.repo, false, "test").unwrap();
+    let dst_repo = strata::repo::Repo::open(&other.repo, true, "test").unwrap();
+    let ids: Vec<_> = strata::snapshots::list(&src_repo)
+        .unwrap()
+        .iter()
+        .map(|s| s.id)
+        .collect();
+    let calls = AtomicU64::new(0);
+    let bytes = AtomicU64::new(0);
+    let tick = |n: u64| {
+        calls.fetch_add(1, Ordering::Relaxed);
+        bytes.fetch_add(n, Ordering::Relaxed);
+    };
+    let report = strata::copy::copy_with(&src_repo, &dst_repo, &ids, Some(&tick)).unwrap();
+    assert_eq!(calls.load(Ordering::Relaxed), ids.len() as u64);
+    assert_eq!(bytes.load(Ordering::Relaxed), report.pack_bytes);
+    assert!(report.pack_bytes > 0);
+}

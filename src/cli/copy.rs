@@ -76,7 +76,29 @@ pub fn copy(rp: &RepoPath, args: CopyArgs) -> Result<ExitCode> {
         chosen.iter().map(|s| s.id).collect()
     };
     let started = std::time::Instant::now();
-    let report = strata::copy::copy(&src, &dst, &ids).context("copy failed")?;
+    // A bar of snapshots copied, with the bytes written so far.
+    let bar = super::output::byte_bar(args.json).inspect(|b| {
+        b.set_length(ids.len() as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {pos}/{len} snapshots, {msg} written [{wide_bar}] {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+    });
+    let written = std::cell::Cell::new(0u64);
+    let tick = |n: u64| {
+        written.set(written.get() + n);
+        if let Some(b) = &bar {
+            b.set_message(super::output::bytes(written.get()));
+            b.inc(1);
+        }
+    };
+    let report = strata::copy::copy_with(&src, &dst, &ids, Some(&tick)).context("copy failed");
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    let report = report?;
     if args.json {
         print_json(&report)?;
     } else {

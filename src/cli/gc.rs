@@ -4,7 +4,7 @@ use super::output::{bytes, print_json};
 use anyhow::{Result, bail};
 use clap::Args;
 use std::process::ExitCode;
-use strata::gc::{GcPlan, GcReport, execute, forecast, remove_snapshots};
+use strata::gc::{GcPlan, GcReport, forecast, remove_snapshots};
 use strata::repo::Repo;
 use strata::retention::{
     Candidate, Decision, Forget, PROTECTED_KINDS, Policy, Rules, Settings, decide_forget,
@@ -409,7 +409,20 @@ pub fn run_gc(repo: &Repo, args: GcArgs) -> Result<ExitCode> {
     let report: GcReport = if args.dry_run {
         forecast(repo, plan)?
     } else {
-        execute(repo, plan)?
+        let bar = super::output::byte_bar(args.json);
+        if let Some(b) = &bar {
+            b.set_length(strata::gc::bytes_to_rewrite(&plan));
+        }
+        let tick = |n: u64| {
+            if let Some(b) = &bar {
+                b.inc(n);
+            }
+        };
+        let report = strata::gc::execute_with(repo, plan, Some(&tick))?;
+        if let Some(b) = &bar {
+            b.finish_and_clear();
+        }
+        report
     };
     if args.json {
         print_json(&report)?;

@@ -22,6 +22,16 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 /// Every blob of the planned packs is judged by its own reference count before anything
 /// changes; a pack planned for deletion that holds a referenced blob stops gc.
 pub fn execute(repo: &Repo, plan: GcPlan) -> Result<GcReport> {
+    execute_with(repo, plan, None)
+}
+
+/// The bytes of the packs a plan rewrites: what [`execute_with`] reads and reports.
+pub fn bytes_to_rewrite(plan: &GcPlan) -> u64 {
+    plan.with_fate(Fate::Rewrite).map(|p| p.bytes).sum()
+}
+
+/// [`execute`], telling `progress` the bytes of each pack once it is rewritten.
+pub fn execute_with(repo: &Repo, plan: GcPlan, progress: Option<&dyn Fn(u64)>) -> Result<GcReport> {
     let mut report = GcReport::planned(&plan);
     let txn = repo.index.read()?;
     let index = IndexReader::new(&txn)?;
@@ -34,7 +44,7 @@ pub fn execute(repo: &Repo, plan: GcPlan) -> Result<GcReport> {
     }
     let mut touched = blobs_of_plan(repo, &txn, &index, &plan)?;
     let mut next_no = next_no as u32;
-    let written = rewrite(repo, &index, &plan, &mut touched, &mut next_no)?;
+    let written = rewrite(repo, &index, &plan, &mut touched, &mut next_no, progress)?;
     report.packs_written = written.len() as u64;
     let new_names: HashSet<String> = written
         .iter()
@@ -182,6 +192,7 @@ fn rewrite(
     plan: &GcPlan,
     touched: &mut BTreeMap<u32, PackBlobs>,
     next_no: &mut u32,
+    progress: Option<&dyn Fn(u64)>,
 ) -> Result<Vec<WrittenPack>> {
     let blobs = BlobReader::new(repo, index)?;
     let mut written: Vec<WrittenPack> = Vec::new();
@@ -220,6 +231,9 @@ fn rewrite(
             if w.len() as u64 >= repo.config.pack_target {
                 written.push(seal(current.take().expect("present"), next_no)?);
             }
+        }
+        if let Some(tell) = progress {
+            tell(p.bytes);
         }
     }
     if let Some(w) = current.take() {

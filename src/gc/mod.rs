@@ -27,7 +27,7 @@ mod file_cache;
 mod plan;
 mod report;
 
-pub use execute::execute;
+pub use execute::{bytes_to_rewrite, execute, execute_with};
 pub use plan::{Fate, GcPlan, PlannedPack, UnknownPack, plan};
 pub use report::{GcReport, forecast};
 
