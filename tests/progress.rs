@@ -138,3 +138,36 @@ fn gc_and_copy_report_what_they_write() {
     assert_eq!(bytes.load(Ordering::Relaxed), report.pack_bytes);
     assert!(report.pack_bytes > 0);
 }
+
+#[test]
+fn under_serve_commands_report_progress_as_lines() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    write(&src.join("a.bin"), &noise(4 << 20, 9));
+    env.backup(&[&src]);
+    let total: u64 = packs(&env.repo)
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    let r = env
+        .cmd()
+        .env("STRATA_PROGRESS_LINES", "1")
+        .args(["verify", "--read-data", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&r), 0, "{}", stderr(&r));
+    let err = stderr(&r);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("strata-progress "))
+        .unwrap_or_else(|| panic!("no progress line: {err}"));
+    let fields: Vec<u64> = line[16..].split(' ').map(|f| f.parse().unwrap()).collect();
+    assert_eq!(fields.len(), 2, "{line}");
+    assert!(
+        fields[0] <= fields[1] && fields[1] == total,
+        "{line}, packs {total}"
+    );
+    // The JSON on standard output is untouched.
+    let _: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+}

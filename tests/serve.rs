@@ -524,6 +524,13 @@ fn api_requires_tokens_runs_jobs_rotates_and_matches_its_description() {
     check_response(&doc, "post", "/api/verify", status, &accepted);
     let op = d.wait_op(&accepted, &token);
     assert_eq!(op["status"], "succeeded", "{op}");
+    // It said how far it had got, in bytes of the packs it reads.
+    let packs: u64 = common::packs(&env.repo)
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    assert_eq!(op["progress"]["total"], packs, "{op}");
+    assert!(op["progress"]["done"].as_u64().unwrap() <= packs, "{op}");
     assert_eq!(
         op["result"]["problems"].as_array().map(Vec::len),
         Some(0),

@@ -40,10 +40,70 @@ pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Set (to anything) by `strata serve` for the commands it runs: progress goes to standard error
+/// as lines `strata-progress DONE TOTAL`, twice a second, instead of a bar.
+pub const PROGRESS_LINES: &str = "STRATA_PROGRESS_LINES";
+const PROGRESS_PREFIX: &str = "strata-progress ";
+
+/// A "terminal" that takes each drawn state of a bar as one line on standard error.
+#[derive(Debug)]
+struct ProgressLines;
+
+impl indicatif::TermLike for ProgressLines {
+    fn width(&self) -> u16 {
+        200
+    }
+    fn move_cursor_up(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_down(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_right(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_left(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn write_line(&self, s: &str) -> std::io::Result<()> {
+        self.write_str(s)
+    }
+    fn write_str(&self, s: &str) -> std::io::Result<()> {
+        use std::io::Write;
+        if s.starts_with(PROGRESS_PREFIX) {
+            writeln!(std::io::stderr(), "{}", s.trim_end())?;
+        }
+        Ok(())
+    }
+    fn clear_line(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// (done, total) from a progress line.
+pub fn parse_progress_line(line: &str) -> Option<(u64, u64)> {
+    let (done, total) = line.strip_prefix(PROGRESS_PREFIX)?.split_once(' ')?;
+    Some((done.trim().parse().ok()?, total.trim().parse().ok()?))
+}
+
 /// A bar of bytes done out of a total, with the rate and the time left, on standard error when
-/// it is a terminal (and the output is not JSON).
+/// it is a terminal (and the output is not JSON); under `strata serve`, progress lines.
 pub fn byte_bar(json: bool) -> Option<indicatif::ProgressBar> {
     use std::io::IsTerminal;
+    if std::env::var_os(PROGRESS_LINES).is_some() {
+        let b = indicatif::ProgressBar::with_draw_target(
+            Some(0),
+            indicatif::ProgressDrawTarget::term_like_with_hz(Box::new(ProgressLines), 2),
+        );
+        b.set_style(
+            indicatif::ProgressStyle::with_template(&format!("{PROGRESS_PREFIX}{{pos}} {{len}}"))
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        return Some(b);
+    }
     if !std::io::stderr().is_terminal() || json {
         return None;
     }

@@ -149,6 +149,16 @@ pub struct Operation {
     /// The command's JSON output, when it gave one.
     result: Option<serde_json::Value>,
     error: Option<String>,
+    /// How far a running command has got, when it says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    progress: Option<OpProgress>,
+}
+
+/// Bytes done of a total, as a running command reports them.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct OpProgress {
+    done: u64,
+    total: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -280,6 +290,7 @@ impl Daemon {
                 finished: None,
                 result: None,
                 error: None,
+                progress: None,
             });
             while ops.len() > KEEP_OPERATIONS {
                 ops.pop_front();

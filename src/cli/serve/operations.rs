@@ -18,6 +18,11 @@ use strata::snapshots;
 /// How long an operation waits for a repository lock another process holds.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
 
+thread_local! {
+    /// The operation this worker thread runs, whose progress its child's lines report.
+    static CURRENT_OP: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
 impl Daemon {
     /// Runs `strata ARGS...`; while another process (a `strata` on the command line) holds the
     /// repository lock, waits for it, up to [`LOCK_WAIT`].
@@ -48,6 +53,7 @@ impl Daemon {
         cmd.arg("--repo")
             .arg(&self.repo)
             .args(args)
+            .env(super::super::output::PROGRESS_LINES, "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -63,24 +69,43 @@ impl Daemon {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(pid);
-        let mut stderr = child.stderr.take();
-        let errors = std::thread::spawn(move || {
-            let mut s = String::new();
-            if let Some(e) = stderr.as_mut() {
-                let _ = e.read_to_string(&mut s);
+        let stderr = child.stderr.take();
+        let op = CURRENT_OP.with(|c| c.get());
+        let (out, status, errors) = std::thread::scope(|scope| {
+            let errors = scope.spawn(|| {
+                // Progress lines go to the operation; the rest is kept for its error.
+                let mut s = String::new();
+                let Some(e) = stderr else {
+                    return s;
+                };
+                for line in
+                    std::io::BufRead::lines(std::io::BufReader::new(e)).map_while(|l| l.ok())
+                {
+                    match (op, super::super::output::parse_progress_line(&line)) {
+                        (Some(id), Some((done, total))) => self.update_op(id, |o| {
+                            o.progress = Some(super::OpProgress { done, total })
+                        }),
+                        (_, Some(_)) => {}
+                        (_, None) => {
+                            s.push_str(&line);
+                            s.push('\n');
+                        }
+                    }
+                }
+                s
+            });
+            let mut out = String::new();
+            if let Some(o) = child.stdout.as_mut() {
+                let _ = o.read_to_string(&mut out);
             }
-            s
+            let status = child.wait();
+            (out, status, errors.join().unwrap_or_default())
         });
-        let mut out = String::new();
-        if let Some(o) = child.stdout.as_mut() {
-            let _ = o.read_to_string(&mut out);
-        }
-        let status = child.wait().context("waiting for a child strata")?;
+        let status = status.context("waiting for a child strata")?;
         self.children
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|&p| p != pid);
-        let errors = errors.join().unwrap_or_default();
         let tail: Vec<&str> = errors.lines().rev().take(5).collect();
         Ok(ChildOutput {
             code: status.code(),
@@ -91,6 +116,7 @@ impl Daemon {
 
     /// Runs one operation to its end.
     pub(super) fn run(&self, id: u64, task: Task) {
+        CURRENT_OP.with(|c| c.set(Some(id)));
         if self.stopping.load(Ordering::SeqCst) {
             self.update_op(id, |o| {
                 o.status = "cancelled";
