@@ -47,8 +47,9 @@ fn start(env: &Env, mnt: &Path) -> Option<Child> {
         if let Some(status) = child.try_wait().unwrap() {
             let mut err = String::new();
             std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+            // A bug of ours fails the test; a machine that does not let us mount skips it.
             assert!(
-                err.contains("Operation not permitted") || err.contains("fusermount"),
+                !err.contains("panicked") && err.contains("mounting on"),
                 "mount failed ({status}): {err}"
             );
             eprintln!("skipped: this machine does not let FUSE mount here: {err}");
