@@ -116,12 +116,17 @@ impl Dirs {
     }
 }
 
-/// A file being read: where each of its chunks starts, and the frame last read for it.
+/// A file being read: where each of its chunks starts, and the frames last read for it.
 struct OpenFile {
     chunks: Vec<(u64, ChunkId)>,
     size: u64,
-    frame: Mutex<Option<FrameCache>>,
+    /// The last few frames decompressed, newest last: the kernel's reads of one file come from
+    /// more than one thread and not always in order.
+    frames: Mutex<std::collections::VecDeque<FrameCache>>,
 }
+
+/// Frames kept per open file.
+const FRAMES_KEPT: usize = 16;
 
 /// A decompressed frame, by pack and offset.
 struct FrameCache {
@@ -391,7 +396,7 @@ impl SnapshotFs {
         Ok(OpenFile {
             chunks,
             size: entry.size,
-            frame: Mutex::new(None),
+            frames: Mutex::new(std::collections::VecDeque::new()),
         })
     }
 
@@ -411,22 +416,29 @@ impl SnapshotFs {
             let (start, id) = file.chunks[i];
             let chunk_end = file.chunks.get(i + 1).map_or(file.size, |c| c.0);
             let loc = blobs.locate(&id)?;
-            let (raw, pack) = {
-                let mut cached = file.frame.lock().unwrap_or_else(|p| p.into_inner());
-                match cached.as_ref() {
-                    Some(c) if c.key == (loc.pack, loc.frame_offset) => {
-                        (Arc::clone(&c.raw), c.pack.clone())
+            let frame_key = (loc.pack, loc.frame_offset);
+            let cached = file
+                .frames
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .find(|c| c.key == frame_key)
+                .map(|c| (Arc::clone(&c.raw), c.pack.clone()));
+            let (raw, pack) = match cached {
+                Some(hit) => hit,
+                None => {
+                    let (raw, pack) = blobs.read_frame(&loc)?;
+                    let raw = Arc::new(raw);
+                    let mut frames = file.frames.lock().unwrap_or_else(|p| p.into_inner());
+                    if frames.len() >= FRAMES_KEPT {
+                        frames.pop_front();
                     }
-                    _ => {
-                        let (raw, pack) = blobs.read_frame(&loc)?;
-                        let raw = Arc::new(raw);
-                        *cached = Some(FrameCache {
-                            key: (loc.pack, loc.frame_offset),
-                            raw: Arc::clone(&raw),
-                            pack: pack.clone(),
-                        });
-                        (raw, pack)
-                    }
+                    frames.push_back(FrameCache {
+                        key: frame_key,
+                        raw: Arc::clone(&raw),
+                        pack: pack.clone(),
+                    });
+                    (raw, pack)
                 }
             };
             let data = blob_in_frame(&raw, &loc, &pack)?;
