@@ -50,18 +50,23 @@ fn newer_format_version_is_refused() {
     assert!(stderr(&r).contains("version 99"), "{}", stderr(&r));
 }
 
-#[test]
-fn locked_repository_names_the_holder() {
-    let env = Env::new();
-    env.init();
-    // A live process holds the lock: this test's own pid.
-    let info = format!(
+/// A repository lock held by a live process: this test's own.
+fn live_lock() -> String {
+    format!(
         r#"{{"pid":{},"host":"{}","time":"now","command":"backup"}}"#,
         std::process::id(),
         fs::read_to_string("/proc/sys/kernel/hostname")
             .unwrap()
             .trim()
-    );
+    )
+}
+
+#[test]
+fn locked_repository_names_the_holder() {
+    let env = Env::new();
+    env.init();
+    // A live process holds the lock: this test's own pid.
+    let info = live_lock();
     fs::write(env.repo.join("lock"), info).unwrap();
     let src = env.path("src");
     write(&src.join("f"), b"x");
@@ -349,13 +354,7 @@ fn a_closed_pipe_is_a_quiet_exit() {
 fn retry_lock_waits_for_the_holder_to_finish() {
     let env = Env::new();
     env.init();
-    let info = format!(
-        r#"{{"pid":{},"host":"{}","time":"now","command":"backup"}}"#,
-        std::process::id(),
-        fs::read_to_string("/proc/sys/kernel/hostname")
-            .unwrap()
-            .trim()
-    );
+    let info = live_lock();
     let lock = env.repo.join("lock");
     fs::write(&lock, &info).unwrap();
     let src = env.path("src");

@@ -4,21 +4,9 @@
 mod common;
 use common::*;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn build_app(root: &Path) {
-    write(&root.join("app/config.json"), b"{\"model\": \"small\"}\n");
-    write(&root.join("app/data/a.txt"), &text(5000, 1));
-    write(&root.join("app/data/big.bin"), &noise(3 << 20, 2));
-    write(&root.join("app/data/sub/deep.txt"), b"deep\n");
-    write(&root.join("app/exec.sh"), b"#!/bin/sh\necho hi\n");
-    fs::set_permissions(root.join("app/exec.sh"), fs::Permissions::from_mode(0o755)).unwrap();
-    std::os::unix::fs::symlink("data/a.txt", root.join("app/link")).unwrap();
-    fs::create_dir_all(root.join("app/empty")).unwrap();
-}
 
 fn mounted(mnt: &Path) -> bool {
     let canon = fs::canonicalize(mnt).unwrap();

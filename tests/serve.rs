@@ -869,29 +869,7 @@ fn the_web_page_lists_snapshots_in_a_real_browser() {
     );
     let d = Daemon::start(&env, &cfg);
     let profile = env.path("chromium-profile");
-    let run = |url: &str, extra: &[String]| {
-        let out = std::process::Command::new(&browser)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--hide-scrollbars",
-                "--virtual-time-budget=10000",
-                "--window-size=1200,900",
-            ])
-            .arg(format!("--user-data-dir={}", profile.display()))
-            .args(extra)
-            .arg(url)
-            .output()
-            .expect("run chromium");
-        assert!(
-            out.status.success(),
-            "chromium failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let run = |url: &str, extra: &[String]| chromium_run(&browser, &profile, url, extra);
     let url = format!("http://{}/#token={token}", d.addr);
     let dom = run(&url, &["--dump-dom".into()]);
     assert!(
@@ -1679,18 +1657,21 @@ fn the_api_downloads_one_file_and_the_favicon_needs_no_token() {
     assert_eq!(get("/favicon.ico", None).0, 204);
 }
 
-/// The DOM Chromium renders for `url` once the page's scripts have run.
-fn rendered_dom(browser: &str, profile: &Path, url: &str) -> String {
+/// What headless Chromium gives for `url` with the arguments `extra` (`--dump-dom` for the DOM
+/// once the page's scripts have run, `--screenshot=PATH`), in the profile directory `profile`.
+fn chromium_run(browser: &str, profile: &Path, url: &str, extra: &[String]) -> String {
     let out = std::process::Command::new(browser)
         .args([
             "--headless",
             "--no-sandbox",
             "--disable-gpu",
             "--disable-dev-shm-usage",
+            "--hide-scrollbars",
             "--virtual-time-budget=10000",
-            "--dump-dom",
+            "--window-size=1200,900",
         ])
         .arg(format!("--user-data-dir={}", profile.display()))
+        .args(extra)
         .arg(url)
         .output()
         .expect("run chromium");
@@ -1700,6 +1681,11 @@ fn rendered_dom(browser: &str, profile: &Path, url: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The DOM Chromium renders for `url` once the page's scripts have run.
+fn rendered_dom(browser: &str, profile: &Path, url: &str) -> String {
+    chromium_run(browser, profile, url, &["--dump-dom".into()])
 }
 
 #[test]

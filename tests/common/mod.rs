@@ -434,3 +434,16 @@ pub fn inode(path: &Path) -> (u64, u64) {
     let m = fs::symlink_metadata(path).unwrap();
     (m.dev(), m.ino())
 }
+
+/// A small app below `root`: `app/` with text, a multi-chunk binary, a nested directory, an
+/// executable, a symbolic link and an empty directory.
+pub fn build_app(root: &Path) {
+    write(&root.join("app/config.json"), b"{\"model\": \"small\"}\n");
+    write(&root.join("app/data/a.txt"), &text(5000, 1));
+    write(&root.join("app/data/big.bin"), &noise(3 << 20, 2));
+    write(&root.join("app/data/sub/deep.txt"), b"deep\n");
+    write(&root.join("app/exec.sh"), b"#!/bin/sh\necho hi\n");
+    fs::set_permissions(root.join("app/exec.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink("data/a.txt", root.join("app/link")).unwrap();
+    fs::create_dir_all(root.join("app/empty")).unwrap();
+}
