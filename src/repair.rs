@@ -482,7 +482,7 @@ fn count_references(
 }
 
 /// Puts the index built at `tmp` in place of `index.redb`, durably.
-fn replace_index(root: &Path, tmp: &Path) -> Result<()> {
+pub(crate) fn replace_index(root: &Path, tmp: &Path) -> Result<()> {
     std::fs::File::open(tmp)
         .and_then(|f| f.sync_all())
         .ctx("fsync", tmp)?;

@@ -55,11 +55,7 @@ pub(super) fn compact_index(repo: &Repo) -> Result<Option<(u64, u64)>> {
     }
     // The index this gc committed to must still be the repository's.
     repo.ensure_current()?;
-    fs::File::open(&copy)
-        .and_then(|f| f.sync_all())
-        .ctx("fsync", &copy)?;
-    fs::rename(&copy, &path).ctx("rename into place", &path)?;
-    crate::sys::sync_dir(&repo.root)?;
+    crate::repair::replace_index(&repo.root, &copy)?;
     let after = fs::metadata(&path).ctx("stat", &path)?.len();
     Ok(Some((before, after)))
 }
