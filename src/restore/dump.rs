@@ -13,32 +13,16 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::mpsc::{Receiver, sync_channel};
 
 /// The entries at or below `path` in `manifest` (the whole snapshot when `path` is empty), in
-/// manifest order; an error naming the snapshot's top level when there are none.
+/// manifest order, as a restore of `--path path` selects them; an error when there are none.
 pub fn entries_at<'m>(manifest: &'m Manifest, path: &str) -> Result<Vec<&'m Entry>> {
-    let want = path.trim_matches('/').as_bytes();
-    let found: Vec<&Entry> = manifest
-        .entries
-        .iter()
-        .filter(|e| {
-            want.is_empty()
-                || e.path == want
-                || (e.path.len() > want.len()
-                    && e.path.starts_with(want)
-                    && e.path[want.len()] == b'/')
-        })
-        .collect();
+    let path = path.trim_matches('/');
+    let paths: Vec<String> = match path {
+        "" => vec![],
+        p => vec![p.to_string()],
+    };
+    let found = super::select(manifest, &paths)?;
     if found.is_empty() {
-        let top: Vec<String> = manifest
-            .entries
-            .iter()
-            .filter(|e| !e.path.contains(&b'/'))
-            .map(|e| e.path_lossy())
-            .collect();
-        return Err(Error::not_found(format!(
-            "{:?} is not in the snapshot (its paths start with one of: {})",
-            String::from_utf8_lossy(want),
-            top.join(", ")
-        )));
+        return Err(Error::not_found("the snapshot holds nothing"));
     }
     Ok(found)
 }
