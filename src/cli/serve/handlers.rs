@@ -26,33 +26,28 @@ pub struct Call<'a> {
     pub query: &'a str,
 }
 
-/// The value of `key` in a query string, percent-decoded; `None` if absent or not UTF-8.
+/// The value of `key` in a query string, percent-decoded (`+` for a space); `None` if absent,
+/// not UTF-8, or with a `%` not followed by two hex digits.
 pub fn query_value(query: &str, key: &str) -> Option<String> {
     let raw = query
         .split('&')
         .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))?;
-    let mut out = Vec::with_capacity(raw.len());
-    let b = raw.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 2 < b.len() => {
-                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'%' => return None,
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
+    let raw = raw.replace('+', " ");
+    // A malformed escape is refused rather than kept as text.
+    let bytes = raw.as_bytes();
+    let escapes_ok = bytes.iter().enumerate().all(|(i, b)| {
+        *b != b'%'
+            || bytes
+                .get(i + 1..i + 3)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+    });
+    if !escapes_ok {
+        return None;
     }
-    String::from_utf8(out).ok()
+    percent_encoding::percent_decode_str(&raw)
+        .decode_utf8()
+        .ok()
+        .map(|s| s.into_owned())
 }
 
 /// The most a download through the API holds in memory; larger files: `strata dump`.
