@@ -13,7 +13,7 @@ use crate::index::{
     SNAPSHOTS, UNCOUNTED,
 };
 use crate::packer::WrittenPack;
-use crate::pagesums::MIN_FILE_SIZE;
+use crate::pagesums::{MIN_FILE_SIZE, MIN_PAGED_SIZE};
 use crate::refs::UsageCache;
 use crate::repo::Repo;
 use redb::ReadableTable;
@@ -54,7 +54,11 @@ pub(crate) fn commit(
     // names content the stamp no longer does, and is ignored).
     let records: Vec<(&[u8], Option<&[u8]>)> = stamps
         .iter()
-        .filter(|(_, stamp, sums)| sums.is_some() || stamp.size >= MIN_FILE_SIZE)
+        .filter(|(_, stamp, sums)| {
+            sums.is_some()
+                || stamp.size >= MIN_FILE_SIZE
+                || (stamp.page_size > 0 && stamp.size >= MIN_PAGED_SIZE)
+        })
         .map(|(key, _, sums)| (key.as_slice(), sums.as_deref()))
         .collect();
     crate::pagesums::store(repo, &records);

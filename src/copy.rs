@@ -22,8 +22,8 @@ use crate::index::{BlobLoc, IndexReader, META_NEXT_PACK};
 use crate::manifest::{Content, Manifest};
 use crate::pack::BlobKind;
 use crate::packer::{Packer, WrittenPack};
+use crate::pagemap::children;
 use crate::repo::Repo;
-use crate::tree::Node;
 use rayon::prelude::*;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -124,19 +124,19 @@ fn missing_blobs(
             Content::Chunk(id) => {
                 want(*id, &mut out)?;
             }
-            Content::Tree(root) => {
+            Content::Tree(root) | Content::Pages(root) => {
                 if want(*root, &mut out)? {
                     nodes.push(*root);
                 }
             }
         }
     }
+    // A chunk-list node's or a page map's children: data, or nodes to walk in turn.
     while let Some(id) = nodes.pop() {
         let bytes = reader.read(&id)?;
-        let node = Node::decode(&bytes, &format_args!("chunk-list node {}", id.short()))?;
-        for child in &node.entries {
-            if want(child.id, &mut out)? && node.level > 0 {
-                nodes.push(child.id);
+        for child in children(&bytes, &id)? {
+            if want(child, &mut out)? && reader.locate(&child)?.kind == BlobKind::Node {
+                nodes.push(child);
             }
         }
     }

@@ -57,6 +57,7 @@ pub mod mount;
 pub mod nodecache;
 pub mod pack;
 pub mod packer;
+pub mod pagemap;
 pub mod pagesums;
 pub mod readers;
 pub mod refs;

@@ -1,9 +1,9 @@
 //! Snapshot manifests: what a snapshot holds, file by file.
 //!
 //! A manifest is encoded with bincode (through [`crate::codec`]), compressed with zstd and framed
-//! (magic `STRASNAP`, version 4; version 1, whose sources had no kind, version 2, which had no
-//! capture records, and version 3, whose entries did not say how a database was read, are still
-//! read). Its id is the BLAKE3 of the encoded (uncompressed) manifest, and
+//! (magic `STRASNAP`, version 5; version 1, whose sources had no kind, version 2, which had no
+//! capture records, version 3, whose entries did not say how a database was read, and version 4,
+//! which had no page maps, are still read: version 5 only adds [`Content::Pages`]). Its id is the BLAKE3 of the encoded (uncompressed) manifest, and
 //! it is stored twice: in the index and as `snapshots/<id>.snap`.
 
 use crate::codec::{self, frame};
@@ -13,7 +13,7 @@ use crate::id::{ChunkId, SnapshotId};
 use serde::{Deserialize, Serialize};
 
 pub const MAGIC: &[u8; 8] = b"STRASNAP";
-pub const VERSION: u32 = 4;
+pub const VERSION: u32 = 5;
 
 /// How a file's bytes are found.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,6 +24,18 @@ pub enum Content {
     Chunk(ChunkId),
     /// The root node of the file's chunk-list tree.
     Tree(ChunkId),
+    /// The page map of a file cut at pages (see [`crate::pagemap`]); manifest version 5.
+    Pages(ChunkId),
+}
+
+impl Content {
+    /// The blob a file entry names, if any.
+    pub fn root(&self) -> Option<&ChunkId> {
+        match self {
+            Content::Empty => None,
+            Content::Chunk(id) | Content::Tree(id) | Content::Pages(id) => Some(id),
+        }
+    }
 }
 
 /// In JSON `file`, `dir` or `symlink` (bincode, the manifest's own encoding, stores the variant's
@@ -414,6 +426,7 @@ mod tests {
                 content: match k {
                     0 => Content::Tree(ChunkId(id)),
                     1 => Content::Empty,
+                    _ if id[0] % 2 == 0 => Content::Pages(ChunkId(id)),
                     _ => Content::Chunk(ChunkId(id)),
                 },
                 target,

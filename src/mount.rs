@@ -123,6 +123,8 @@ struct OpenFile {
     /// The last few frames decompressed, newest last: the kernel's reads of one file come from
     /// more than one thread and not always in order.
     frames: Mutex<std::collections::VecDeque<FrameCache>>,
+    /// A file stored as a page map is read through its map instead of `chunks`.
+    paged: Option<crate::restore::paged::PagedReader>,
 }
 
 /// Frames kept per open file.
@@ -376,6 +378,15 @@ impl SnapshotFs {
             .filter(|e| e.kind == EntryKind::File)
             .ok_or_else(|| Error::invalid("not a file"))?;
         let blobs = BlobReader::new(&self.repo, &self.index)?;
+        if let Content::Pages(map) = &entry.content {
+            let map = crate::restore::paged::load(&blobs, entry, map)?;
+            return Ok(OpenFile {
+                chunks: Vec::new(),
+                size: entry.size,
+                frames: Mutex::new(std::collections::VecDeque::new()),
+                paged: Some(crate::restore::paged::PagedReader::new(map)),
+            });
+        }
         let fetch = |id: &ChunkId| blobs.read(id);
         let mut chunks = Vec::new();
         let mut at = 0u64;
@@ -397,6 +408,7 @@ impl SnapshotFs {
             chunks,
             size: entry.size,
             frames: Mutex::new(std::collections::VecDeque::new()),
+            paged: None,
         })
     }
 
@@ -408,6 +420,9 @@ impl SnapshotFs {
             return Ok(out);
         }
         let blobs = BlobReader::new(&self.repo, &self.index)?;
+        if let Some(paged) = &file.paged {
+            return paged.read_at(&blobs, offset, len);
+        }
         let key = blobs.keys().map(|k| k.id_key());
         // The chunk holding `offset`, then on until `end`.
         let mut i = file.chunks.partition_point(|(start, _)| *start <= offset) - 1;

@@ -42,13 +42,17 @@ const DIR: &str = "page-sums";
 /// would only fill the directory.
 pub const MIN_FILE_SIZE: u64 = 4 << 20;
 
+/// A file cut at pages keeps a record from this size on: it is stored as a page map (see
+/// [`crate::pagemap`]), whose changed pages are found by their digests.
+pub const MIN_PAGED_SIZE: u64 = 64 << 10;
+
 impl PageSums {
     /// The digest of one page.
     pub fn digest(seed: u64, page: &[u8]) -> u128 {
         twox_hash::XxHash3_128::oneshot_with_seed(seed, page)
     }
 
-    /// `magic "STRAPSUM", version u32 (1), page size u32, content kind u8 (1 one chunk, 2 tree),
+    /// `magic "STRAPSUM", version u32 (1), page size u32, content kind u8 (1 one chunk, 2 tree, 3 page map),
     /// 3 zero bytes, root id [32], seed u64, count u64, count x u128`, little-endian. `None` for
     /// empty content (no pages).
     pub fn encode(&self) -> Option<Vec<u8>> {
@@ -56,6 +60,7 @@ impl PageSums {
             Content::Empty => return None,
             Content::Chunk(id) => (1u8, id),
             Content::Tree(id) => (2u8, id),
+            Content::Pages(id) => (3u8, id),
         };
         let mut out = Vec::with_capacity(HEAD + 16 * self.sums.len() + 8);
         out.extend_from_slice(MAGIC);
@@ -85,6 +90,7 @@ impl PageSums {
         let content = match head[16] {
             1 => Content::Chunk(id),
             2 => Content::Tree(id),
+            3 => Content::Pages(id),
             _ => return None,
         };
         let seed = u64::from_le_bytes(head[52..60].try_into().ok()?);

@@ -23,9 +23,9 @@ use crate::blobs::BlobReader;
 use crate::error::{Error, Result};
 use crate::id::ChunkId;
 use crate::index::{BLOBS, BlobLoc, Locate, META, META_INDEX_VERSION, PACK_USE, REFS, UNCOUNTED};
-use crate::manifest::{Content, Manifest};
+use crate::manifest::Manifest;
 use crate::pack::BlobKind;
-use crate::tree::Node;
+use crate::pagemap::children;
 use redb::ReadableTable;
 use std::collections::HashMap;
 
@@ -33,10 +33,10 @@ pub use crate::index::{PackUse, share};
 
 /// The blobs a manifest references directly, one per file entry.
 pub fn roots(manifest: &Manifest) -> impl Iterator<Item = ChunkId> + '_ {
-    manifest.entries.iter().filter_map(|e| match e.content {
-        Content::Empty => None,
-        Content::Chunk(id) | Content::Tree(id) => Some(id),
-    })
+    manifest
+        .entries
+        .iter()
+        .filter_map(|e| e.content.root().copied())
 }
 
 /// The pack-use rows a transaction changes, read on first use and written back by
@@ -156,11 +156,8 @@ impl<'t> Counter<'t> {
                     row.lose(&loc)
                 }
                 if loc.kind == BlobKind::Node {
-                    let node = nodes
-                        .read(&id)
-                        .and_then(|b| Node::decode(&b, &format_args!("node {}", id.short())));
-                    match node {
-                        Ok(node) => next.extend(node.entries.iter().map(|e| e.id)),
+                    match nodes.read(&id).and_then(|b| children(&b, &id)) {
+                        Ok(kids) => next.extend(kids),
                         // A damaged node being let go: its children keep the references it
                         // gave them (a leak, never a loss; verify's recount reports it and
                         // `repair index` settles it). A failed read, or adding a node, fails:
@@ -210,11 +207,8 @@ pub fn count_all<L: Locate + ?Sized>(
             let c = out.counts.entry(id).or_insert(0);
             *c = c.saturating_add(1);
             if *c == 1 && loc.kind == BlobKind::Node {
-                match nodes
-                    .read(&id)
-                    .and_then(|b| Node::decode(&b, &format_args!("node {}", id.short())))
-                {
-                    Ok(node) => stack.extend(node.entries.iter().map(|e| e.id)),
+                match nodes.read(&id).and_then(|b| children(&b, &id)) {
+                    Ok(kids) => stack.extend(kids),
                     Err(e) if e.kind() == crate::ErrorKind::Corrupt => out.unreadable.push((id, e)),
                     Err(e) => return Err(e),
                 }

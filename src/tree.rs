@@ -243,6 +243,12 @@ impl<'a> LeafWalker<'a> {
                 let node = w.load(root, None)?;
                 w.stack.push((node, 0));
             }
+            Content::Pages(map) => {
+                return Err(Error::invalid(format!(
+                    "page map {} is not a chunk list",
+                    map.short()
+                )));
+            }
         }
         Ok(w)
     }

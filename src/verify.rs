@@ -412,12 +412,15 @@ fn check_entries(id: &ChunkId, manifest: &Manifest, walk: &mut Walk, report: &mu
             Content::Empty => None,
             Content::Chunk(c) => walk.chunk(c),
             Content::Tree(root) => walk.tree(root, None),
+            Content::Pages(map) => walk.map(map),
         };
         // Restore refuses a file whose size disagrees with its chunk list.
         let verdict = verdict.or_else(|| {
             let listed = match &entry.content {
                 Content::Empty => Some(0),
-                Content::Chunk(id) | Content::Tree(id) => walk.lengths.get(id).copied(),
+                Content::Chunk(id) | Content::Tree(id) | Content::Pages(id) => {
+                    walk.lengths.get(id).copied()
+                }
             };
             listed.filter(|&n| n != entry.size).map(|n| {
                 format!(
@@ -721,6 +724,69 @@ impl Walk<'_> {
         let verdict = self.node(root, expected_level);
         self.verdicts.insert(*root, verdict.clone());
         verdict
+    }
+
+    /// The verdict on a page map: it and its base decode and are stored as nodes, together
+    /// they place every page, and every run they name is a sound chunk holding the slots they
+    /// name in it.
+    fn map(&mut self, root: &ChunkId) -> Option<String> {
+        if let Some(v) = self.verdicts.get(root) {
+            return v.clone();
+        }
+        let verdict = self.map_check(root);
+        self.verdicts.insert(*root, verdict.clone());
+        verdict
+    }
+
+    fn map_check(&mut self, root: &ChunkId) -> Option<String> {
+        let (bad, blobs) = (self.bad_blobs, self.blobs);
+        let fetch = |id: &ChunkId| {
+            if bad.contains(id) {
+                return Err(crate::Error::corrupt(format!("page map {id} is damaged")));
+            }
+            if blobs.locate(id)?.kind != BlobKind::Node {
+                return Err(crate::Error::corrupt(format!(
+                    "{id} is stored as data, not as a page map"
+                )));
+            }
+            blobs.read(id)
+        };
+        let version = match crate::pagemap::Version::load(&fetch, root) {
+            Ok(v) => v,
+            Err(e) => return Some(e.to_string()),
+        };
+        if let Err(e) = version.flat() {
+            return Some(format!("page map {}: {e}", root.short()));
+        }
+        // The bytes each run must hold: up to the last slot any extent names in it.
+        let mut need: HashMap<ChunkId, u64> = HashMap::new();
+        for map in std::iter::once(&version.base).chain(version.delta.as_ref()) {
+            for (_, run, skip, len) in map.pieces() {
+                let n = need.entry(run).or_default();
+                *n = (*n).max(skip + len);
+            }
+        }
+        let mut runs: Vec<(ChunkId, u64)> = need.into_iter().collect();
+        runs.sort_unstable();
+        for (run, n) in runs {
+            if let Some(v) = self.chunk(&run) {
+                return Some(v);
+            }
+            if let Some(has) = self.lengths.get(&run).copied().filter(|&has| has < n) {
+                return Some(format!(
+                    "page map {}: run {} holds {has} bytes, the map places pages up to byte {n}",
+                    root.short(),
+                    run.short()
+                ));
+            }
+        }
+        match version.bytes() {
+            Some(total) => {
+                self.lengths.insert(*root, total);
+                None
+            }
+            None => Some(format!("page map {}: its size overflows", root.short())),
+        }
     }
 
     /// Checks one chunk-list node and, through [`Walk::tree`], what it lists.

@@ -145,6 +145,6 @@ pub(super) fn stamp_seen(s: &FileStamp) -> Seen {
 fn content_present(reader: &IndexReader, content: &Content) -> Result<bool> {
     match content {
         Content::Empty => Ok(true),
-        Content::Chunk(id) | Content::Tree(id) => reader.contains(id),
+        Content::Chunk(id) | Content::Tree(id) | Content::Pages(id) => reader.contains(id),
     }
 }

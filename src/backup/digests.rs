@@ -7,7 +7,7 @@ use crate::error::Result;
 use crate::id::ChunkId;
 use crate::index::FileStamp;
 use crate::manifest::Content;
-use crate::pagesums::{MIN_FILE_SIZE, PageSums};
+use crate::pagesums::{MIN_FILE_SIZE, MIN_PAGED_SIZE, PageSums};
 use crate::repo::Repo;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -64,6 +64,14 @@ impl SumCtx<'_> {
 }
 
 impl SumState {
+    /// What the page readers need of it.
+    pub(super) fn ctx(&self) -> SumCtx<'_> {
+        SumCtx {
+            seed: self.seed,
+            prev: &self.prev,
+        }
+    }
+
     pub(super) fn digest(&self, page: &[u8]) -> u128 {
         PageSums::digest(self.seed, page)
     }
@@ -135,7 +143,11 @@ pub(super) fn sum_state(
     previous: Option<&FileStamp>,
 ) -> Result<Option<SumState>> {
     // Small files are cheap to hash: a record each would only fill the directory.
-    if len < MIN_FILE_SIZE {
+    let min = match page {
+        0 => MIN_FILE_SIZE,
+        _ => MIN_PAGED_SIZE,
+    };
+    if len < min {
         return Ok(None);
     }
     // Pages, or content-defined chunks (at least half the average size but for a few).

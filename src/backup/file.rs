@@ -5,7 +5,8 @@ use super::cache::stamp_seen;
 use super::cdc::{ReadContext, read_cdc};
 use super::digests::{sum_record, sum_state};
 use super::log::read_log_changes;
-use super::pages::{Overlay, read_pages, read_sqlite};
+use super::mapped::MapWriter;
+use super::pages::{Overlay, SEGMENT, read_pages, read_sqlite};
 use super::previous::PreviousVersion;
 use super::writer::{FileState, Shared};
 use crate::chunker::{CutMode, sqlite_page_size};
@@ -144,18 +145,27 @@ fn read_once(
         _ => None,
     };
 
+    // A database (its main file whole pages: the image may be mostly in its log) is stored as
+    // a page map.
+    let mut map_writer = (page_size > 0 && before.len().is_multiple_of(page_size as u64))
+        .then(|| MapWriter::new(page_size, before.len(), SEGMENT, previous, &fetch));
     let mut builder = TreeBuilder::new(shared.key);
     let mut emit = |id: ChunkId, bytes: Vec<u8>| shared.store_node(id, bytes);
     let mut state = FileState {
         prev: prev.as_mut(),
         sums: sums.as_mut(),
         builder: &mut builder,
+        map: map_writer.as_mut(),
         emit: &mut emit,
     };
     let wal_before = wal_stamp(path, page_size);
     // Where the previous image ended in the database's log, to go on from there.
+    let went_on = match &state.map {
+        Some(m) => m.prev.is_some(),
+        None => state.prev.is_some(),
+    };
     let since = match previous {
-        Some(p) if resume && state.prev.is_some() => resume_point(p, &before),
+        Some(p) if resume && went_on => resume_point(p, &before),
         _ => None,
     };
     let mut notes = Vec::new();
@@ -186,7 +196,10 @@ fn read_once(
             (size, false)
         }
     };
-    let content = builder.finish(&mut emit)?;
+    let content = match (state.map.is_some(), map_writer) {
+        (true, Some(writer)) => writer.finish(shared, size)?,
+        _ => builder.finish(&mut emit)?,
+    };
 
     let after = std::fs::metadata(path).ctx("stat", path)?;
     let wal_after = wal_stamp(path, page_size);
@@ -220,10 +233,11 @@ fn read_once(
             wal,
             ..stamp_of(&before, content.clone(), page_size, captured)
         }),
-        // The image is one committed state and its log's stamp the log's state then, whatever
-        // changed since: kept, so the next backup can go on from its position, but with an
-        // mtime no file has, so the file cache never takes it as the file's current state.
-        Some(wal @ LogStamp::Frames { .. }) => Some(FileStamp {
+        // Kept as the previous version all the same (what was stored, its page digests and, for
+        // an image that is one committed state, its log's position then, to go on from), but
+        // with an mtime no file has, so the file cache never takes it as the file's current
+        // state.
+        Some(wal) => Some(FileStamp {
             wal,
             mtime_ns: i64::MIN,
             ..stamp_of(&before, content.clone(), page_size, captured)
@@ -305,16 +319,20 @@ fn read_database(
             "{}: cannot read a consistent image through SQLite: {e}",
             path.display()
         ))),
-        Err(e) if !state.builder.is_empty() => Err(Error::io_path(
-            "read",
-            path,
-            std::io::Error::other(e.to_string()),
-        )),
+        Err(e) if !state.builder.is_empty() || state.map.as_ref().is_some_and(|m| m.started) => {
+            Err(Error::io_path(
+                "read",
+                path,
+                std::io::Error::other(e.to_string()),
+            ))
+        }
         Err(e) => {
             notes.push(format!(
                 "{}: not readable as a SQLite database ({e}); copied as a plain file",
                 path.display()
             ));
+            // A copy of the bytes as they are is a chunk list, not a page map.
+            state.map = None;
             let size = read_pages(shared, db.file, path, db.page, state, u64::MAX, None)?;
             Ok((size, false, None))
         }

@@ -260,6 +260,7 @@ fn read_stream_source(shared: &Shared, src: &StreamSource) -> Result<ReadStream>
         prev: None,
         sums: None,
         builder: &mut builder,
+        map: None,
         emit: &mut emit,
     };
     let what = PathBuf::from(&src.name);

@@ -3,6 +3,7 @@
 //! in. Only those frames are read; every other page keeps the previous version's id.
 
 use super::digests::SumState;
+use super::mapped::MapWriter;
 use super::pages::store_fresh;
 use super::writer::{FileState, Shared};
 use crate::error::{Error, IoContext, Result};
@@ -32,6 +33,16 @@ pub(super) fn read_log_changes(
     let (Some(map), Some(file)) = (log.map.as_ref(), log.file.as_ref()) else {
         return Err(Error::invalid("no log to read changes from"));
     };
+    if let Some(writer) = state.map.as_deref_mut() {
+        let log = Frames {
+            main,
+            path,
+            page,
+            file,
+            map,
+        };
+        return read_log_mapped(shared, &log, writer, state.sums.as_deref_mut(), pages);
+    }
     let prev = state
         .prev
         .as_mut()
@@ -131,6 +142,114 @@ pub(super) fn read_log_changes(
     nodes.flush()?;
     digests.finish(state.sums.as_deref_mut());
     Ok((pages * page as u64, changed.len() as u64 * page as u64))
+}
+
+/// A database's log and main file, to read changed pages from.
+struct Frames<'a> {
+    main: &'a File,
+    path: &'a Path,
+    page: u32,
+    file: &'a File,
+    map: &'a crate::source::wal::LogMap,
+}
+
+impl Frames<'_> {
+    /// Reads page `pgno` at `frame` into `out`: from the log, or from the main file when the
+    /// frame was written over (the log was reset, so the main file holds the page).
+    fn read(
+        &self,
+        pgno: u32,
+        frame: FrameRef,
+        out: &mut [u8],
+        scratch: &mut Vec<u8>,
+    ) -> Result<()> {
+        if read_frame(self.file, &self.map.header, pgno, frame, out, scratch)? {
+            return Ok(());
+        }
+        let at = (pgno as u64 - 1) * self.page as u64;
+        let n = read_full_at(self.main, out, at).ctx("read", self.path)?;
+        if n != out.len() {
+            return Err(Error::invalid(format!(
+                "{}: page {pgno} is neither in the log nor in the main file",
+                self.path.display()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Changed pages read per round of [`read_log_mapped`] (64 MiB of 4 KiB pages).
+const MAPPED_ROUND: usize = 1 << 14;
+
+/// [`read_log_changes`] for a database stored as a page map: the pages of the frames committed
+/// since the previous image go into new runs, and the new map is the previous one with them
+/// placed anew. No other page is read.
+fn read_log_mapped(
+    shared: &Shared,
+    log: &Frames,
+    writer: &mut MapWriter<'_>,
+    sums: Option<&mut SumState>,
+    pages: u64,
+) -> Result<(u64, u64)> {
+    if writer.prev.is_none() {
+        return Err(Error::invalid("no previous page map to read changes onto"));
+    }
+    let page_len = log.page as usize;
+    let mut changed: Vec<(u32, FrameRef)> = log
+        .map
+        .pages
+        .iter()
+        .filter(|(p, _)| **p as u64 <= pages)
+        .map(|(p, f)| (*p, *f))
+        .collect();
+    changed.sort_unstable_by_key(|c| c.0);
+    let ctx = sums.as_deref().map(|s| s.ctx());
+    let mut fresh: Vec<u128> = Vec::new();
+    for round in changed.chunks(MAPPED_ROUND) {
+        let mut bytes = vec![0u8; round.len() * page_len];
+        bytes
+            .par_chunks_mut(BATCH * page_len)
+            .zip(round.par_chunks(BATCH))
+            .try_for_each(|(out, batch)| {
+                let mut scratch = Vec::new();
+                for ((pgno, frame), out) in batch.iter().zip(out.chunks_exact_mut(page_len)) {
+                    log.read(*pgno, *frame, out, &mut scratch)?;
+                }
+                Ok::<(), Error>(())
+            })?;
+        let numbers: Vec<u32> = round.iter().map(|c| c.0).collect();
+        fresh.extend(writer.place(shared, &numbers, &bytes, ctx)?);
+    }
+    if let Some(p) = shared.progress {
+        p(changed.len() as u64 * page_len as u64);
+    }
+    // This version's digests: the changed pages', else the previous version's.
+    if let Some(s) = sums {
+        let mut new = Some(Vec::with_capacity(pages as usize));
+        let mut next = changed.iter().zip(&fresh).peekable();
+        for n in 1..=pages {
+            let d = match next.peek() {
+                Some(((pgno, _), d)) if *pgno as u64 == n => {
+                    let d = **d;
+                    next.next();
+                    Some(d)
+                }
+                _ => s.prev.get(n as usize - 1).copied(),
+            };
+            match (d, new.as_mut()) {
+                (Some(d), Some(v)) => v.push(d),
+                _ => new = None,
+            }
+        }
+        if fresh.len() != changed.len() {
+            new = None;
+        }
+        s.record(new);
+    }
+    Ok((
+        pages * log.page as u64,
+        changed.len() as u64 * log.page as u64,
+    ))
 }
 
 /// Chunk-list nodes waiting to be stored: a batch is hashed for its frame, looked up, compressed

@@ -40,6 +40,7 @@ mod digests;
 mod file;
 mod ingest;
 mod log;
+mod mapped;
 mod pages;
 mod previous;
 mod record;

@@ -1,7 +1,8 @@
 //! Files cut at pages (SQLite databases): segments of whole pages read, hashed, deduplicated
 //! and stored in parallel, from the file itself or from a consistent image read through SQLite.
 
-use super::digests::{SumCtx, SumState};
+use super::digests::{SumCtx, SumSink, SumState};
+use super::mapped::{MapWriter, Segment as MapSegment};
 use super::previous::{Known, is_known};
 use super::writer::{FRAME_TARGET, FileState, Shared};
 use crate::error::{Error, IoContext, Result};
@@ -14,7 +15,7 @@ use rayon::prelude::*;
 use std::fs::File;
 
 /// Segment of a page-aligned file read and hashed by one task.
-const SEGMENT: usize = 1 << 20;
+pub(super) const SEGMENT: usize = 1 << 20;
 /// Segments handed out per round; the file's chunk list is extended in order after each round.
 const SEGMENTS_PER_ROUND: usize = 64;
 
@@ -36,6 +37,18 @@ pub(super) fn read_pages(
     overlay: Option<&Overlay>,
 ) -> Result<u64> {
     let page = page as usize;
+    if let Some(map) = state.map.as_deref_mut() {
+        let (sums, sink) = SumState::split_opt(state.sums.as_deref_mut());
+        let reader = UncachedReader::new(file, path);
+        let read = Read {
+            file: &reader,
+            path,
+            page,
+            limit,
+            overlay,
+        };
+        return read_pages_mapped(shared, &read, map, sums, sink);
+    }
     let round_bytes = (SEGMENTS_PER_ROUND * SEGMENT) as u64;
     let mut prev = state.prev.take();
     let builder = &mut *state.builder;
@@ -167,6 +180,76 @@ impl Overlay<'_> {
 
 /// A segment read: its length, its page ids and (for a file that keeps them) page digests.
 type Segment = (usize, Vec<ChunkId>, Vec<u128>);
+
+/// Where a full pass reads: the file, its path and page size, the image's end and the log's
+/// frames to put over it.
+struct Read<'a> {
+    file: &'a UncachedReader<'a>,
+    path: &'a std::path::Path,
+    page: usize,
+    limit: u64,
+    overlay: Option<&'a Overlay<'a>>,
+}
+
+impl Read<'_> {
+    /// Calls `f` with the image's bytes of the segment at `at`; returns their length and what
+    /// `f` returned.
+    fn segment<T>(&self, at: u64, f: impl FnOnce(&[u8]) -> Result<T>) -> Result<(usize, T)> {
+        SEGMENT_BUF.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            let want = self.limit.saturating_sub(at).min(SEGMENT as u64) as usize;
+            buf.reserve(SEGMENT);
+            let buf = buf.bytes_mut();
+            let mut n = self.file.read_at(buf, want, at).ctx("read", self.path)?;
+            if let Some(overlay) = self.overlay {
+                n = overlay.apply(&mut buf[..want], n, at, self.page, self.path)?;
+            }
+            Ok((n, f(&buf[..n])?))
+        })
+    }
+}
+
+/// A segment of a paged file digested: what it left to place, and its page digests.
+type Digested = (MapSegment, Vec<u128>);
+
+/// [`read_pages`] for a file stored as a page map: a round of segments is read and digested in
+/// parallel, then taken in order (see [`MapWriter`]).
+fn read_pages_mapped(
+    shared: &Shared,
+    read: &Read,
+    map: &mut MapWriter<'_>,
+    sums: Option<SumCtx>,
+    mut sink: Option<SumSink>,
+) -> Result<u64> {
+    let mut offset = 0u64;
+    loop {
+        let round: Vec<Result<(usize, Digested)>> = {
+            let map = &*map;
+            (0..SEGMENTS_PER_ROUND)
+                .into_par_iter()
+                .map(|k| {
+                    let at = offset + (k * SEGMENT) as u64;
+                    read.segment(at, |data| map.segment(shared, data, at, sums))
+                })
+                .collect()
+        };
+        for segment in round {
+            let (n, (segment, digests)) = segment?;
+            if let Some(sink) = sink.as_mut() {
+                sink.extend(&digests);
+            }
+            map.take(shared, segment)?;
+            offset += n as u64;
+            if let Some(p) = shared.progress {
+                p(n as u64);
+            }
+            // The first short segment is the end of the file.
+            if n < SEGMENT {
+                return Ok(offset);
+            }
+        }
+    }
+}
 
 /// Reads, hashes and stores one segment at `at` (nothing at or past `limit`).
 #[allow(clippy::too_many_arguments)]
@@ -312,6 +395,40 @@ pub(super) fn read_sqlite(
                     return Ok(offset);
                 }
                 let round_len: u64 = round.iter().map(|b| b.len() as u64).sum();
+                if let Some(map) = state.map.as_deref_mut() {
+                    let results: Vec<Result<Digested>> = {
+                        let map = &*map;
+                        let mut at = offset;
+                        let starts: Vec<u64> = round
+                            .iter()
+                            .map(|b| {
+                                at += b.len() as u64;
+                                at - b.len() as u64
+                            })
+                            .collect();
+                        round
+                            .par_iter()
+                            .zip(starts.par_iter())
+                            .map(|(data, &at)| map.segment(shared, data, at, sums))
+                            .collect()
+                    };
+                    for (result, data) in results.into_iter().zip(&round) {
+                        let (segment, digests) = result?;
+                        if let Some(sink) = sink.as_mut() {
+                            sink.extend(&digests);
+                        }
+                        map.take(shared, segment)?;
+                        if let Some(p) = shared.progress {
+                            p(data.len() as u64);
+                        }
+                    }
+                    offset += round_len;
+                    for mut b in round {
+                        b.clear();
+                        let _ = free_tx.try_send(b);
+                    }
+                    continue;
+                }
                 let known = match state.prev.as_mut() {
                     Some(p) => p.chunks_in(offset, offset + round_len),
                     None => Vec::new(),

@@ -199,5 +199,7 @@ pub(super) struct FileState<'s, 'p, 'e> {
     /// Page digests, for a page-aligned file that keeps them.
     pub(super) sums: Option<&'s mut SumState>,
     pub(super) builder: &'s mut TreeBuilder,
+    /// For a file stored as a page map: the map being made (the builder then stays empty).
+    pub(super) map: Option<&'s mut super::mapped::MapWriter<'p>>,
     pub(super) emit: &'s mut (dyn FnMut(ChunkId, Vec<u8>) -> Result<()> + Send + 'e),
 }

@@ -313,6 +313,10 @@ pub(super) fn show_json(s: &Snapshot) -> ShowJson<'_> {
                     kind: "tree",
                     id: Some(id.to_hex()),
                 },
+                Content::Pages(id) => ContentJson {
+                    kind: "pages",
+                    id: Some(id.to_hex()),
+                },
             },
             target: e
                 .target

@@ -23,7 +23,7 @@ pub(super) fn split_file_keys(
         let keep = match FileStamp::decode(value.value()) {
             Some(stamp) => match stamp.content {
                 Content::Empty => true,
-                Content::Chunk(id) | Content::Tree(id) => live(&id)?,
+                Content::Chunk(id) | Content::Tree(id) | Content::Pages(id) => live(&id)?,
             },
             None => false,
         };

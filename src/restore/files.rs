@@ -7,7 +7,7 @@
 use crate::blobs::BlobReader;
 use crate::error::{Error, IoContext, Result};
 use crate::id::ChunkId;
-use crate::manifest::{Entry, EntryKind};
+use crate::manifest::{Content, Entry, EntryKind};
 use crate::restore::SqliteCheck;
 use crate::restore::changes::{Change, Changes};
 use crate::restore::groups::{Group, check_size, for_each_group, read_shape, with_group_padded};
@@ -266,8 +266,15 @@ fn restore_file(
         )));
     }
     let fetch = |id: &ChunkId| blobs.read(id);
-    let walker = LeafWalker::new(&entry.content, entry.size, &fetch)?;
-    check_size(blobs, entry, &walker)?;
+    // The chunk list or page map, checked against the size before anything is allocated.
+    let body = match &entry.content {
+        Content::Pages(map) => Body::Pages(super::paged::load(blobs, entry, map)?),
+        content => {
+            let walker = LeafWalker::new(content, entry.size, &fetch)?;
+            check_size(blobs, entry, &walker)?;
+            Body::Chunks(walker)
+        }
+    };
     let path = temp_name(dest);
     let f = OpenOptions::new()
         .write(true)
@@ -281,15 +288,26 @@ fn restore_file(
     };
     // The whole length first: what is not written (runs of zeros) stays a hole.
     f.set_len(entry.size).ctx("set length", &tmp.path)?;
-    let written = write_content_at(
-        blobs,
-        entry,
-        walker,
-        &f,
-        direct.as_ref(),
-        &tmp.path,
-        how.progress,
-    )?;
+    let written = match body {
+        Body::Chunks(walker) => write_content_at(
+            blobs,
+            entry,
+            walker,
+            &f,
+            direct.as_ref(),
+            &tmp.path,
+            how.progress,
+        )?,
+        Body::Pages(map) => write_pages_at(
+            blobs,
+            entry,
+            &map,
+            &f,
+            direct.as_ref(),
+            &tmp.path,
+            how.progress,
+        )?,
+    };
     if direct.is_some() {
         // A padded last block written directly is cut off.
         f.set_len(entry.size).ctx("set length", &tmp.path)?;
@@ -339,6 +357,62 @@ fn restore_file(
         database,
         note,
     })
+}
+
+/// What a file is read back from.
+enum Body<'a> {
+    Chunks(LeafWalker<'a>),
+    Pages(crate::pagemap::PageMap),
+}
+
+thread_local! {
+    static ALIGNED: std::cell::RefCell<crate::storage::direct::AlignedBuf> = std::cell::RefCell::new(Default::default());
+}
+
+/// Writes a paged file's pages into `file` where its map places them, each run read once (see
+/// [`super::paged::write_at`]). Pieces of whole blocks go straight to the device when `direct`
+/// is open, as for a chunk list; all-zero pieces stay holes.
+fn write_pages_at(
+    blobs: &BlobReader,
+    entry: &Entry,
+    map: &crate::pagemap::PageMap,
+    file: &fs::File,
+    direct: Option<&fs::File>,
+    path: &Path,
+    progress: Option<&(dyn Fn(u64) + Send + Sync)>,
+) -> Result<u64> {
+    use crate::storage::direct::ALIGN;
+    use std::os::unix::fs::FileExt;
+    let buffered = Mutex::new(());
+    let write = |at: u64, data: &[u8]| -> Result<()> {
+        if data.iter().all(|b| *b == 0) {
+            return Ok(());
+        }
+        let len = data.len();
+        let whole_blocks = at.is_multiple_of(ALIGN as u64)
+            && (len.is_multiple_of(ALIGN) || at + len as u64 == entry.size);
+        if let (Some(direct), true) = (direct, whole_blocks) {
+            return ALIGNED.with(|buf| {
+                let mut buf = buf.borrow_mut();
+                let padded = len.next_multiple_of(ALIGN);
+                buf.reserve(padded);
+                let blocks = &mut buf.bytes_mut()[..padded];
+                blocks[..len].copy_from_slice(data);
+                blocks[len..].fill(0);
+                allocate(file, at, padded as u64, path)?;
+                match direct.write_all_at(blocks, at) {
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                        file.write_all_at(blocks, at)
+                    }
+                    written => written,
+                }
+                .ctx("write", path)
+            });
+        }
+        let _one = buffered.lock().unwrap_or_else(|p| p.into_inner());
+        file.write_all_at(data, at).ctx("write", path)
+    };
+    super::paged::write_at(blobs, map, &write, progress)
 }
 
 /// The error of an open database whose restored image failed its check: it is not written.

@@ -111,6 +111,7 @@ pub(super) fn check_size(blobs: &BlobReader, entry: &Entry, walker: &LeafWalker)
         Content::Empty => Some(0),
         Content::Chunk(id) => Some(u64::from(blobs.locate(id)?.raw_len)),
         Content::Tree(_) => walker.root_total(),
+        Content::Pages(_) => return Err(Error::invalid("a page map is not a chunk list")),
     };
     if listed == Some(entry.size) {
         return Ok(());
@@ -403,6 +404,10 @@ pub fn write_content(
     entry: &Entry,
     out: &mut dyn FnMut(&[u8]) -> Result<()>,
 ) -> Result<u64> {
+    if let Content::Pages(map) = &entry.content {
+        let reader = super::paged::PagedReader::new(super::paged::load(blobs, entry, map)?);
+        return reader.write_all(blobs, out);
+    }
     for_each_batch(blobs, entry, &mut |batch| {
         let datas: Vec<Vec<u8>> = batch
             .par_iter()

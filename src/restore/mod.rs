@@ -14,6 +14,7 @@ pub mod dump;
 mod files;
 mod groups;
 pub mod live;
+pub mod paged;
 mod report;
 pub mod rollback;
 mod selection;
