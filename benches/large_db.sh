@@ -26,7 +26,7 @@
 # wall and CPU seconds, peak RSS, and the bytes it read, both from the disk (`read_bytes`: what
 # the page cache did not have) and through read calls (`rchar`: page cache or not). Dropping the
 # page cache needs root (`echo 3 > /proc/sys/vm/drop_caches`); without it the cold steps are left
-# out. Results go to a CSV; medians per operation and tool, strata/restic ratios per run, and
+# out. strata's index.redb size is recorded after each of its operations. Results go to a CSV; medians per operation and tool, strata/restic ratios per run, and
 # strata's full-pass throughput against cat's are printed.
 #
 # restic: repository version 2 (zstd, compression "auto"), `restic backup` of DIR as it is (the
@@ -112,18 +112,19 @@ sys.exit(os.waitstatus_to_exitcode(status))
 PY
 
 export RESTIC_PASSWORD=bench
-echo "run,tool,op,wall_s,user_s,sys_s,max_rss_kib,read_bytes,rchar,db_bytes,wal_bytes,repo_bytes" >"$out"
+echo "run,tool,op,wall_s,user_s,sys_s,max_rss_kib,read_bytes,rchar,db_bytes,wal_bytes,repo_bytes,index_bytes" >"$out"
 
 repo_of() { echo "$scratch/repo-$1"; }
 
 measure() { # run tool op cmd...
-  local run=$1 tool=$2 op=$3 t repo_bytes=""
+  local run=$1 tool=$2 op=$3 t repo_bytes="" index_bytes=""
   shift 3
   t=$(mktemp)
   python3 "$wrapper" -o "$t" "$@" 2>"$t.err" || {
     echo "$tool $op failed:" >&2; cat "$t.err" >&2; exit 1; }
   [ "$tool" = cat ] || repo_bytes=$(du -sb "$(repo_of "$tool")" | cut -f1)
-  echo "$run,$tool,$op,$(cat "$t"),$(stat -c %s "$db"),$(stat -c %s "$db-wal" 2>/dev/null || echo 0),$repo_bytes" >>"$out"
+  [ "$tool" != strata ] || index_bytes=$(stat -c %s "$(repo_of strata)/index.redb")
+  echo "$run,$tool,$op,$(cat "$t"),$(stat -c %s "$db"),$(stat -c %s "$db-wal" 2>/dev/null || echo 0),$repo_bytes,$index_bytes" >>"$out"
   rm -f "$t" "$t.err"
 }
 
@@ -244,6 +245,14 @@ print("|---|---|---|")
 for op in ["first", "nochange", "hourly-log", "hourly-ckpt"]:
     print(f"| {op} | {f(per_run('strata', op, 'restic', op, wall), 3)} | "
           f"{f(per_run('strata', op, 'restic', op, rchar, MiB), 3)} |")
+print()
+print("strata's index (index.redb) after each operation, against the database:")
+print("| operation | index MiB | % of the database |")
+print("|---|---|---|")
+for op in ops:
+    ix = med([int(r["index_bytes"]) for r in rows if r["tool"] == "strata" and r["op"] == op and r.get("index_bytes")])
+    if ix is not None:
+        print(f"| {op} | {ix / MiB:.1f} | {100 * ix / db:.2f} |")
 print()
 print("strata's full pass against cat (throughput ratio, per run then median; 1.0 = as fast as cat):")
 print("| page cache | strata MiB/s | cat MiB/s | ratio |")

@@ -187,9 +187,12 @@ pub fn main() -> ExitCode {
         let _ = PANIC_KIND.set(kind);
         match kind {
             PanicKind::ClosedStdout => {}
+            // Damage, not a bug of strata: the database's "internal error" (an `unreachable!`
+            // it reached on a damaged page) is not called one.
             PanicKind::Index => eprintln!(
-                "strata: error: the index is damaged ({msg}{at}); the packs and snapshot files \
-                 are not affected: run `strata repair index`, then `strata verify`"
+                "strata: error: the index is damaged ({}{at}); the packs and snapshot files \
+                 are not affected: run `strata repair index`, then `strata verify`",
+                msg.trim_start_matches("internal error: ")
             ),
             PanicKind::Bug => eprintln!(
                 "strata: internal error: {msg}{at}\nstrata: committed snapshots are not affected \
