@@ -66,7 +66,10 @@ fn a_history_of_scattered_writes_restores_exactly_and_costs_a_few_index_entries(
         if round > 0 && round % 4 != 0 {
             // A few runs and one map: not a blob per page.
             let new = show["stats"]["new_chunks"].as_u64().unwrap();
-            assert!(new <= 6, "round {round}: {new} new blobs for 12 rewritten rows");
+            assert!(
+                new <= 6,
+                "round {round}: {new} new blobs for 12 rewritten rows"
+            );
         }
         versions.push((id, std::fs::read(&db).unwrap()));
     }
