@@ -233,11 +233,11 @@ fn read_once(
             wal,
             ..stamp_of(&before, content.clone(), page_size, captured)
         }),
-        // Kept as the previous version all the same (what was stored, its page digests and, for
-        // an image that is one committed state, its log's position then, to go on from), but
-        // with an mtime no file has, so the file cache never takes it as the file's current
-        // state.
-        Some(wal) => Some(FileStamp {
+        // A database's stamp is kept as the previous version all the same (its page map, its
+        // page digests and, for an image that is one committed state, its log's position then,
+        // to go on from), but with an mtime no file has, so the file cache never takes it as the
+        // file's current state.
+        Some(wal) if page_size > 0 || matches!(wal, LogStamp::Frames { .. }) => Some(FileStamp {
             wal,
             mtime_ns: i64::MIN,
             ..stamp_of(&before, content.clone(), page_size, captured)

@@ -174,9 +174,12 @@ pub(super) fn panicked(payload: Box<dyn std::any::Any + Send>) -> Error {
         .map(|s| s.to_string())
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "no message".into());
+    // A bug of strata is also told apart by the process's panic hook; this says what stopped
+    // the file (the index database's `unreachable!` on a damaged page, most often).
     Error::corrupt(format!(
-        "the restore stopped on an internal error ({what}); a damaged index can cause this: run \
-         `strata verify`, and `strata repair index` if it finds the index damaged"
+        "the restore stopped on a failure ({}); a damaged index can cause this: run \
+         `strata verify`, and `strata repair index` if it finds the index damaged",
+        what.trim_start_matches("internal error: ")
     ))
 }
 
