@@ -105,10 +105,24 @@ pub fn manifest(data: &[u8]) {
     }
 }
 
-/// Chunk-list tree nodes: what decodes encodes to the same bytes.
+/// Node blobs, chunk-list tree nodes and page maps: what decodes encodes to the same bytes, and
+/// a map's pages are found where its extents say, and nowhere else.
 pub fn node(data: &[u8]) {
     if let Ok(node) = crate::tree::Node::decode(data, &"fuzz") {
         assert_eq!(node.encode(), data);
+    }
+    if let Ok(map) = crate::pagemap::PageMap::decode(data, &"fuzz") {
+        assert_eq!(map.encode(), data);
+        for e in map.extents.iter().take(64) {
+            let run = map.runs[e.run as usize];
+            assert_eq!(map.locate(e.first), Some((run, e.slot)));
+            assert_eq!(
+                map.locate(e.first + e.count - 1),
+                Some((run, e.slot + e.count - 1))
+            );
+        }
+        let _ = map.check_base();
+        let _ = crate::pagemap::PageMap::overlay(&map, &map);
     }
 }
 
