@@ -143,6 +143,29 @@ impl<'a, L: Locate + ?Sized> BlobReader<'a, L> {
         Ok(blob.to_vec())
     }
 
+    /// [`Self::read`] of a data blob without allocating for it: `f` gets its checked bytes, in
+    /// buffers kept per thread (`f` must not call this again).
+    pub fn read_with<T>(&self, id: &ChunkId, f: impl FnOnce(&[u8]) -> Result<T>) -> Result<T> {
+        let loc = self.locate(id)?;
+        if loc.kind == BlobKind::Node {
+            return f(&self.read(id)?);
+        }
+        let pack = self.pack_name(loc.pack)?;
+        READ_STORED.with(|stored| {
+            READ_FRAME.with(|frame| {
+                let mut stored = stored.borrow_mut();
+                stored.resize(loc.frame_stored_len as usize, 0);
+                self.read_span_into(&pack, loc.frame_offset as u64, &mut stored, false)?;
+                let mut frame = frame.borrow_mut();
+                frame.resize(loc.frame_raw_len as usize, 0);
+                decode_frame(self.keys, &stored, &loc, &pack, &mut frame)?;
+                let blob = blob_in_frame(&frame, &loc, &pack)?;
+                check_hash(blob, &loc, id, self.keys.map(|k| k.id_key()), &pack)?;
+                f(blob)
+            })
+        })
+    }
+
     /// The decompressed frame that holds the blob at `loc`, and the name of its pack (for
     /// messages). Its blobs are not checked yet.
     pub fn read_frame(&self, loc: &BlobLoc) -> Result<(Vec<u8>, String)> {
@@ -156,6 +179,11 @@ impl<'a, L: Locate + ?Sized> BlobReader<'a, L> {
         decode_frame(self.keys, &stored, loc, &pack, &mut frame)?;
         Ok((frame, pack))
     }
+}
+
+thread_local! {
+    static READ_STORED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    static READ_FRAME: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Opens (in an encrypted repository) and decompresses a frame into `dst` (exactly its raw

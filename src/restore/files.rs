@@ -372,6 +372,9 @@ thread_local! {
     static ALIGNED: std::cell::RefCell<crate::storage::direct::AlignedBuf> = std::cell::RefCell::new(Default::default());
 }
 
+/// The smallest piece of a paged file written with `O_DIRECT`.
+const DIRECT_PIECE: usize = 256 << 10;
+
 /// Writes a paged file's pages into `file` where its map places them, each run read once (see
 /// [`super::paged::write_at`]). Pieces of whole blocks go straight to the device when `direct`
 /// is open, as for a chunk list; all-zero pieces stay holes.
@@ -392,7 +395,9 @@ fn write_pages_at(
             return Ok(());
         }
         let len = data.len();
-        let whole_blocks = at.is_multiple_of(ALIGN as u64)
+        // Small pieces (the end of a file) go through the page cache.
+        let whole_blocks = len >= DIRECT_PIECE
+            && at.is_multiple_of(ALIGN as u64)
             && (len.is_multiple_of(ALIGN) || at + len as u64 == entry.size);
         if let (Some(direct), true) = (direct, whole_blocks) {
             return ALIGNED.with(|buf| {
@@ -413,9 +418,21 @@ fn write_pages_at(
             });
         }
         let _one = buffered.lock().unwrap_or_else(|p| p.into_inner());
-        file.write_all_at(data, at).ctx("write", path)
+        file.write_all_at(data, at).ctx("write", path)?;
+        // Start writing it to disk now, as for a chunk list's pieces (only a hint: the fsync
+        // before the rename is what makes the file durable).
+        // SAFETY: sync_file_range only starts writeback of a range of this open file.
+        unsafe {
+            libc::sync_file_range(
+                std::os::fd::AsRawFd::as_raw_fd(file),
+                at as libc::off64_t,
+                len as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+        }
+        Ok(())
     };
-    super::paged::write_at(blobs, map, &write, progress)
+    super::paged::write_windows(blobs, map, &write, progress)
 }
 
 /// The error of an open database whose restored image failed its check: it is not written.

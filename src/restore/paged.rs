@@ -7,12 +7,8 @@ use crate::id::ChunkId;
 use crate::manifest::Entry;
 use crate::pagemap::{PageMap, Version};
 use rayon::prelude::*;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-
-/// Runs written per parallel round (bounded memory: at most this many runs of up to 1 MiB are
-/// read ahead of the writes).
-const ROUND_RUNS: usize = 16;
 
 /// The page map of `entry` (stored as `map`): its base with its delta laid over, checked to
 /// hold exactly the size the manifest gives before anything is allocated for it.
@@ -41,62 +37,108 @@ pub fn load(blobs: &BlobReader, entry: &Entry, map: &ChunkId) -> Result<PageMap>
 fn read_run(blobs: &BlobReader, run: &ChunkId, need: u64) -> Result<Vec<u8>> {
     let bytes = blobs.read(run)?;
     if (bytes.len() as u64) < need {
-        return Err(Error::corrupt(format!(
-            "run {run} holds {} bytes, its page map places pages up to byte {need}",
-            bytes.len()
-        )));
+        return Err(short_run(run, bytes.len(), need));
     }
     Ok(bytes)
 }
 
-/// Where a run's bytes go: (file offset, offset in the run, length).
-type Piece = (u64, u64, u64);
-
-/// The runs of `map` in the order their first page comes, each with its pieces (file offset,
-/// offset in the run, length).
-fn by_run(map: &PageMap) -> Vec<(ChunkId, Vec<Piece>)> {
-    let mut order: Vec<(ChunkId, Vec<Piece>)> = Vec::new();
-    let mut at: HashMap<ChunkId, usize> = HashMap::new();
-    for (off, run, skip, len) in map.pieces() {
-        let i = *at.entry(run).or_insert_with(|| {
-            order.push((run, Vec::new()));
-            order.len() - 1
-        });
-        order[i].1.push((off, skip, len));
-    }
-    order
+fn short_run(run: &ChunkId, has: usize, need: u64) -> Error {
+    Error::corrupt(format!(
+        "run {run} holds {has} bytes, its page map places pages up to byte {need}"
+    ))
 }
 
-/// Writes the file's pages into `write` (offset, bytes), reading runs in parallel, each once.
-/// Returns the bytes written.
-pub fn write_at(
+/// Bytes of the file assembled per window of [`write_windows`].
+const WINDOW: u64 = 4 << 20;
+/// Runs kept decoded per thread while windows are assembled.
+const WINDOW_RUNS: usize = 8;
+
+thread_local! {
+    static WINDOW_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    static WINDOW_CACHE: std::cell::RefCell<VecDeque<(ChunkId, Vec<u8>)>> = const { std::cell::RefCell::new(VecDeque::new()) };
+}
+
+/// Writes the file in windows of [`WINDOW`] bytes, in parallel: each window is assembled from
+/// the runs its pages are in (a few decoded runs kept per thread: runs of one version hold
+/// pages in file order, so each is decoded about once) and handed to `write` (offset, bytes)
+/// whole, unless it is all zeros (a hole). Returns the bytes of the file.
+pub fn write_windows(
     blobs: &BlobReader,
     map: &PageMap,
     write: &(dyn Fn(u64, &[u8]) -> Result<()> + Sync),
     progress: Option<&(dyn Fn(u64) + Send + Sync)>,
 ) -> Result<u64> {
-    let runs = by_run(map);
-    let mut total = 0u64;
-    for round in runs.chunks(ROUND_RUNS) {
-        let written: Vec<u64> = round
-            .par_iter()
-            .map(|(run, pieces)| {
-                let need = pieces.iter().map(|p| p.1 + p.2).max().unwrap_or(0);
-                let bytes = read_run(blobs, run, need)?;
-                let mut n = 0;
-                for &(off, skip, len) in pieces {
-                    write(off, &bytes[skip as usize..(skip + len) as usize])?;
-                    n += len;
+    let size = map.pages * map.page_size as u64;
+    let ps = map.page_size as u64;
+    let window = WINDOW.max(ps) / ps * ps;
+    let windows = size.div_ceil(window);
+    (0..windows).into_par_iter().try_for_each(|w| {
+        let start = w * window;
+        let end = (start + window).min(size);
+        WINDOW_BUF.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            buf.resize((end - start) as usize, 0);
+            let first = (start / ps + 1) as u32;
+            let i = map.extents.partition_point(|e| e.first + e.count <= first);
+            for e in &map.extents[i..] {
+                let e_start = (e.first as u64 - 1) * ps;
+                if e_start >= end {
+                    break;
                 }
-                if let Some(p) = progress {
-                    p(n);
-                }
-                Ok(n)
-            })
-            .collect::<Result<_>>()?;
-        total += written.iter().sum::<u64>();
-    }
-    Ok(total)
+                let from = e_start.max(start);
+                let to = (e_start + e.count as u64 * ps).min(end);
+                let skip = e.slot as u64 * ps + (from - e_start);
+                let run = map.runs[e.run as usize];
+                with_cached_run(blobs, &run, skip + (to - from), |bytes| {
+                    buf[(from - start) as usize..(to - start) as usize]
+                        .copy_from_slice(&bytes[skip as usize..(skip + to - from) as usize]);
+                    Ok(())
+                })?;
+            }
+            if buf.iter().any(|b| *b != 0) {
+                write(start, &buf)?;
+            }
+            if let Some(p) = progress {
+                p(end - start);
+            }
+            Ok::<(), Error>(())
+        })
+    })?;
+    Ok(size)
+}
+
+/// Calls `f` with the bytes of `run` (at least `need` of them), from this thread's few decoded
+/// runs or read and checked now.
+fn with_cached_run(
+    blobs: &BlobReader,
+    run: &ChunkId,
+    need: u64,
+    f: impl FnOnce(&[u8]) -> Result<()>,
+) -> Result<()> {
+    WINDOW_CACHE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if let Some((_, bytes)) = cache.iter().find(|(id, _)| id == run) {
+            if (bytes.len() as u64) < need {
+                return Err(short_run(run, bytes.len(), need));
+            }
+            return f(bytes);
+        }
+        let mut slot = match cache.len() >= WINDOW_RUNS {
+            true => cache.pop_front().map(|(_, b)| b).unwrap_or_default(),
+            false => Vec::new(),
+        };
+        blobs.read_with(run, |bytes| {
+            slot.clear();
+            slot.extend_from_slice(bytes);
+            Ok(())
+        })?;
+        cache.push_back((*run, slot));
+        let bytes = &cache.back().expect("just pushed").1;
+        if (bytes.len() as u64) < need {
+            return Err(short_run(run, bytes.len(), need));
+        }
+        f(bytes)
+    })
 }
 
 /// Runs kept decoded per reader.
@@ -144,10 +186,7 @@ impl PagedReader {
             }
         };
         if (bytes.len() as u64) < need {
-            return Err(Error::corrupt(format!(
-                "run {run} holds {} bytes, its page map places pages up to byte {need}",
-                bytes.len()
-            )));
+            return Err(short_run(run, bytes.len(), need));
         }
         Ok(bytes)
     }
