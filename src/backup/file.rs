@@ -147,8 +147,10 @@ fn read_once(
 
     // A database (its main file whole pages: the image may be mostly in its log) is stored as
     // a page map.
-    let mut map_writer = (page_size > 0 && before.len().is_multiple_of(page_size as u64))
-        .then(|| MapWriter::new(page_size, before.len(), SEGMENT, previous, &fetch));
+    let mut map_writer = (page_size > 0
+        && before.len() <= super::mapped::MAX_FILE
+        && before.len().is_multiple_of(page_size as u64))
+    .then(|| MapWriter::new(page_size, before.len(), SEGMENT, previous, &fetch));
     let mut builder = TreeBuilder::new(shared.key);
     let mut emit = |id: ChunkId, bytes: Vec<u8>| shared.store_node(id, bytes);
     let mut state = FileState {

@@ -26,6 +26,9 @@ const DELTA_SHARE: u64 = 8;
 const DELTA_EXTENTS: usize = 1 << 18;
 /// A base map is kept to about this many extents (16 MiB) by the full passes.
 const BASE_EXTENTS: u64 = 1 << 20;
+/// The largest file stored as a page map (its map, at most 2^20 extents and a run per MiB, stays
+/// under [`MAP_BYTES_MAX`]); a larger one is a chunk-list tree.
+pub(super) const MAX_FILE: u64 = 128 << 30;
 /// A map larger than this is not written: the file is read whole and its fragmented segments
 /// stored again (see [`MapWriter::segment_limit`]).
 const MAP_BYTES_MAX: usize = 24 << 20;
@@ -100,7 +103,7 @@ impl<'f> MapWriter<'f> {
             pending_pages: Vec::new(),
             pending: Vec::new(),
             started: false,
-            segment_limit: (BASE_EXTENTS / segments).max(16) as usize,
+            segment_limit: (BASE_EXTENTS / segments).max(1) as usize,
         }
     }
 
