@@ -119,3 +119,38 @@ fn a_history_of_scattered_writes_restores_exactly_and_costs_a_few_index_entries(
     ]);
     assert!(std::fs::read(out.join("src/app.db")).unwrap() == *last_bytes);
 }
+
+/// A damaged run fails the restore of the database (exit 3, the file named, nothing left in
+/// the target), `dump` of it, and `verify --read-data`.
+#[test]
+fn a_damaged_run_fails_restore_dump_and_verify() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let db = src.join("app.db");
+    {
+        let c = Connection::open(&db).unwrap();
+        c.execute_batch(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, pad BLOB); BEGIN;
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 6000)
+             INSERT INTO t SELECT i, randomblob(300) FROM n; COMMIT;",
+        )
+        .unwrap();
+    }
+    let id = env.backup(&[&src]);
+    damage_largest_pack(&env.repo);
+
+    let out = env.path("out");
+    let restore = env.run(&["restore", &id, out.to_str().unwrap()]);
+    assert_eq!(code(&restore), 3, "{}", stderr(&restore));
+    assert!(stderr(&restore).contains("app.db"), "{}", stderr(&restore));
+    assert!(!out.join("src/app.db").exists());
+
+    let dumped = env.run(&["dump", &id, "src/app.db"]);
+    assert_ne!(code(&dumped), 0, "{}", stderr(&dumped));
+    assert!(!stderr(&dumped).contains("internal error"));
+
+    let verify = env.run(&["verify", "--read-data"]);
+    assert_eq!(code(&verify), 3, "{}", stderr(&verify));
+}
