@@ -7,8 +7,9 @@
 //! cold read of an 8.8 GB database took 3.4-4.1 s so against 6.5-11.9 s through the page cache
 //! (`cat`), most of that in the kernel (docs/PERFORMANCE.md).
 //!
-//! Which pages the cache holds is asked with `mincore` over a mapping of the range that is never
-//! touched (a buffered read that misses, even one with `RWF_NOWAIT`, starts reading the range
+//! Which pages the cache holds is asked with `cachestat` (how many of a range's pages it holds:
+//! all or none is the answer for a warm or a cold pass) and, for a range partly cached, with
+//! `mincore` over a mapping of the range that is never touched (a buffered read that misses, even one with `RWF_NOWAIT`, starts reading the range
 //! into the cache). The kernel writes a file's dirty cached pages in a range before it reads the
 //! range directly, so a direct read sees what a buffered one would; a page that enters or leaves
 //! the cache between the question and the read only changes which way it is read. A file system
@@ -107,6 +108,13 @@ impl<'f> UncachedReader<'f> {
     /// `None` if the kernel will not say.
     fn resident(&self, at: u64, len: usize) -> Option<Vec<u8>> {
         let pages = len.div_ceil(ALIGN);
+        // All of the range cached, or none of it (a warm or a cold pass): asked without a
+        // mapping, whose setting up and tearing down costs more than the question.
+        match cached_pages(self.file, at, (pages * ALIGN) as u64) {
+            Some(n) if n as usize >= pages => return Some(vec![1u8; pages]),
+            Some(0) => return Some(vec![0u8; pages]),
+            _ => {}
+        }
         let mut out = vec![0u8; pages];
         let offset = libc::off_t::try_from(at).ok()?;
         // SAFETY: a fresh read-only shared mapping of the open file, never dereferenced (a
@@ -128,6 +136,48 @@ impl<'f> UncachedReader<'f> {
             ok.then_some(out)
         }
     }
+}
+
+/// How many pages of `len` bytes at `at` of `file` the page cache holds, by `cachestat(2)`
+/// (Linux 6.5); `None` where the kernel does not have it.
+fn cached_pages(file: &File, at: u64, len: u64) -> Option<u64> {
+    #[repr(C)]
+    struct Range {
+        off: u64,
+        len: u64,
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct Stat {
+        nr_cache: u64,
+        nr_dirty: u64,
+        nr_writeback: u64,
+        nr_evicted: u64,
+        nr_recently_evicted: u64,
+    }
+    const SYS_CACHESTAT: libc::c_long = 451;
+    static MISSING: AtomicBool = AtomicBool::new(false);
+    if MISSING.load(Ordering::Relaxed) {
+        return None;
+    }
+    let range = Range { off: at, len };
+    let mut stat = Stat::default();
+    // SAFETY: cachestat reads `range` and writes `stat`, both live for the call, about an open
+    // descriptor.
+    let r = unsafe {
+        libc::syscall(
+            SYS_CACHESTAT,
+            file.as_raw_fd(),
+            &range as *const Range,
+            &mut stat as *mut Stat,
+            0u32,
+        )
+    };
+    if r != 0 {
+        MISSING.store(true, Ordering::Relaxed);
+        return None;
+    }
+    Some(stat.nr_cache)
 }
 
 /// Reads `buf.len()` bytes (a multiple of 4096) at `at` with `O_DIRECT`, until they are read
