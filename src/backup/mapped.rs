@@ -20,6 +20,8 @@ use crate::pack::BlobKind;
 use crate::pagemap::{Builder, PageMap, Version, run_pages};
 use rayon::prelude::*;
 
+/// Full runs of changed pages waiting before they are stored together (16 MiB at most).
+const FLUSH_RUNS: usize = 16;
 /// A new base map is made once a delta holds more than 1/`DELTA_SHARE` of the file's pages.
 const DELTA_SHARE: u64 = 8;
 /// ... or more extents than this (4 MiB of map).
@@ -224,7 +226,8 @@ impl<'f> MapWriter<'f> {
                 self.pending.extend_from_slice(&bytes);
             }
         }
-        if self.pending_pages.len() >= self.run_pages as usize {
+        // Full runs are stored a batch at a time, so that they are compressed in parallel.
+        if self.pending_pages.len() >= FLUSH_RUNS * self.run_pages as usize {
             self.flush(shared, false)?;
         }
         Ok(())
