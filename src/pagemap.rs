@@ -149,11 +149,17 @@ impl PageMap {
         })
     }
 
-    /// Where page `page` (from 1) is: (run id, slot), if this map holds it.
-    pub fn locate(&self, page: u32) -> Option<(ChunkId, u32)> {
+    /// The extent that holds page `page` (from 1), if this map holds it.
+    pub fn extent_of(&self, page: u32) -> Option<&Extent> {
         let i = self.extents.partition_point(|e| e.first <= page);
         let e = self.extents.get(i.checked_sub(1)?)?;
-        (page < e.first + e.count).then(|| (self.runs[e.run as usize], e.slot + page - e.first))
+        (page < e.first + e.count).then_some(e)
+    }
+
+    /// Where page `page` (from 1) is: (run id, slot), if this map holds it.
+    pub fn locate(&self, page: u32) -> Option<(ChunkId, u32)> {
+        let e = self.extent_of(page)?;
+        Some((self.runs[e.run as usize], e.slot + page - e.first))
     }
 
     /// The base map `base` with `delta`'s pages laid over it: a new base of `delta`'s size (pages
@@ -183,13 +189,12 @@ impl PageMap {
                 next => {
                     // From the base, up to the delta's next extent.
                     let until = next.map_or(end, |e| e.first as u64).min(end);
-                    let (run, slot) = base.locate(page as u32).ok_or_else(|| {
+                    let be = base.extent_of(page as u32).ok_or_else(|| {
                         Error::corrupt(format!("page {page} is in neither the base nor the delta"))
                     })?;
-                    let i = base.extents.partition_point(|e| (e.first as u64) <= page) - 1;
-                    let be = base.extents[i];
                     let n = (be.end().min(until) - page) as u32;
-                    out.push(run, slot, page as u32, n);
+                    let slot = be.slot + (page - be.first as u64) as u32;
+                    out.push(base.runs[be.run as usize], slot, page as u32, n);
                     page += n as u64;
                 }
             }

@@ -32,22 +32,26 @@ fn entry<'a>(show: &'a serde_json::Value, path: &str) -> &'a serde_json::Value {
         .unwrap()
 }
 
-#[test]
-fn a_history_of_scattered_writes_restores_exactly_and_costs_a_few_index_entries() {
+/// A repository and `src/app.db`: a table of 6,000 rows of 300 random bytes.
+fn app_db() -> (Env, std::path::PathBuf, std::path::PathBuf) {
     let env = Env::new();
     env.init();
     let src = env.path("src");
     std::fs::create_dir_all(&src).unwrap();
     let db = src.join("app.db");
-    {
-        let c = Connection::open(&db).unwrap();
-        c.execute_batch(
-            "CREATE TABLE t(id INTEGER PRIMARY KEY, pad BLOB); BEGIN;
-             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 6000)
-             INSERT INTO t SELECT i, randomblob(300) FROM n; COMMIT;",
-        )
-        .unwrap();
-    }
+    let c = Connection::open(&db).unwrap();
+    c.execute_batch(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, pad BLOB); BEGIN;
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 6000)
+         INSERT INTO t SELECT i, randomblob(300) FROM n; COMMIT;",
+    )
+    .unwrap();
+    (env, src, db)
+}
+
+#[test]
+fn a_history_of_scattered_writes_restores_exactly_and_costs_a_few_index_entries() {
+    let (env, src, db) = app_db();
     let pages = std::fs::metadata(&db).unwrap().len() / 4096;
     assert!(pages > 400, "{pages} pages");
 
@@ -124,20 +128,7 @@ fn a_history_of_scattered_writes_restores_exactly_and_costs_a_few_index_entries(
 /// the target), `dump` of it, and `verify --read-data`.
 #[test]
 fn a_damaged_run_fails_restore_dump_and_verify() {
-    let env = Env::new();
-    env.init();
-    let src = env.path("src");
-    std::fs::create_dir_all(&src).unwrap();
-    let db = src.join("app.db");
-    {
-        let c = Connection::open(&db).unwrap();
-        c.execute_batch(
-            "CREATE TABLE t(id INTEGER PRIMARY KEY, pad BLOB); BEGIN;
-             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 6000)
-             INSERT INTO t SELECT i, randomblob(300) FROM n; COMMIT;",
-        )
-        .unwrap();
-    }
+    let (env, src, _) = app_db();
     let id = env.backup(&[&src]);
     damage_largest_pack(&env.repo);
 

@@ -33,28 +33,22 @@ pub(super) fn read_log_changes(
     let (Some(map), Some(file)) = (log.map.as_ref(), log.file.as_ref()) else {
         return Err(Error::invalid("no log to read changes from"));
     };
+    let frames = Frames {
+        main,
+        path,
+        page,
+        file,
+        map,
+    };
     if let Some(writer) = state.map.as_deref_mut() {
-        let log = Frames {
-            main,
-            path,
-            page,
-            file,
-            map,
-        };
-        return read_log_mapped(shared, &log, writer, state.sums.as_deref_mut(), pages);
+        return read_log_mapped(shared, &frames, writer, state.sums.as_deref_mut(), pages);
     }
     let prev = state
         .prev
         .as_mut()
         .ok_or_else(|| Error::invalid("no previous version to read changes onto"))?;
     let page_len = page as usize;
-    let mut changed: Vec<(u32, FrameRef)> = map
-        .pages
-        .iter()
-        .filter(|(p, _)| **p as u64 <= pages)
-        .map(|(p, f)| (*p, *f))
-        .collect();
-    changed.sort_unstable_by_key(|c| c.0);
+    let changed = frames.changed(pages);
     let sums = state.sums.as_deref();
     let seed_digest = |data: &[u8]| sums.map(|s| s.digest(data));
     // The changed pages, read and stored in parallel: (page number, id, digest).
@@ -64,17 +58,7 @@ pub(super) fn read_log_changes(
             let mut buf = vec![0u8; batch.len() * page_len];
             let mut scratch = Vec::new();
             for ((pgno, frame), out) in batch.iter().zip(buf.chunks_exact_mut(page_len)) {
-                if !read_frame(file, &map.header, *pgno, *frame, out, &mut scratch)? {
-                    // Written over: the log was reset, so the main file holds the page.
-                    let at = (*pgno as u64 - 1) * page as u64;
-                    let n = read_full_at(main, out, at).ctx("read", path)?;
-                    if n != page_len {
-                        return Err(Error::invalid(format!(
-                            "{}: page {pgno} is neither in the log nor in the main file",
-                            path.display()
-                        )));
-                    }
-                }
+                frames.read(*pgno, *frame, out, &mut scratch)?;
             }
             let key = shared.key.as_ref();
             let mut out = Vec::with_capacity(batch.len());
@@ -154,6 +138,20 @@ struct Frames<'a> {
 }
 
 impl Frames<'_> {
+    /// The pages of the log's committed frames within the image's `pages` pages, in page order,
+    /// each with its newest frame.
+    fn changed(&self, pages: u64) -> Vec<(u32, FrameRef)> {
+        let mut changed: Vec<(u32, FrameRef)> = self
+            .map
+            .pages
+            .iter()
+            .filter(|(p, _)| **p as u64 <= pages)
+            .map(|(p, f)| (*p, *f))
+            .collect();
+        changed.sort_unstable_by_key(|c| c.0);
+        changed
+    }
+
     /// Reads page `pgno` at `frame` into `out`: from the log, or from the main file when the
     /// frame was written over (the log was reset, so the main file holds the page).
     fn read(
@@ -195,14 +193,7 @@ fn read_log_mapped(
         return Err(Error::invalid("no previous page map to read changes onto"));
     }
     let page_len = log.page as usize;
-    let mut changed: Vec<(u32, FrameRef)> = log
-        .map
-        .pages
-        .iter()
-        .filter(|(p, _)| **p as u64 <= pages)
-        .map(|(p, f)| (*p, *f))
-        .collect();
-    changed.sort_unstable_by_key(|c| c.0);
+    let changed = log.changed(pages);
     let ctx = sums.as_deref().map(|s| s.ctx());
     let mut fresh: Vec<u128> = Vec::new();
     for round in changed.chunks(MAPPED_ROUND) {

@@ -17,7 +17,7 @@ use crate::id::ChunkId;
 use crate::index::FileStamp;
 use crate::manifest::Content;
 use crate::pack::BlobKind;
-use crate::pagemap::{Builder, PageMap, Version, run_pages};
+use crate::pagemap::{Builder, Extent, PageMap, Version, run_pages};
 use rayon::prelude::*;
 
 /// Full runs of changed pages waiting before they are stored together (16 MiB at most).
@@ -109,13 +109,13 @@ impl<'f> MapWriter<'f> {
         }
     }
 
-    /// The pieces the previous map cuts pages `first..first + count` into.
-    fn pieces_in(&self, first: u32, count: u32) -> usize {
-        let Some(prev) = &self.prev else { return 0 };
+    /// The previous map's extents that hold any of pages `first..first + count`.
+    fn prev_extents(&self, first: u32, count: u32) -> &[Extent] {
+        let Some(prev) = &self.prev else { return &[] };
         let ext = &prev.flat.extents;
         let a = ext.partition_point(|e| e.first + e.count <= first);
         let b = ext.partition_point(|e| e.first < first + count);
-        b.saturating_sub(a)
+        &ext[a..b.max(a)]
     }
 
     /// The previous version's bytes of pages `first..first + count`, if they come from a few
@@ -123,12 +123,9 @@ impl<'f> MapWriter<'f> {
     fn prev_bytes(&self, first: u32, count: u32) -> Option<Vec<u8>> {
         let prev = &self.prev.as_ref()?.flat;
         let ps = self.page as u64;
-        let ext = &prev.extents;
-        let a = ext.partition_point(|e| e.first + e.count <= first);
-        let b = ext.partition_point(|e| e.first < first + count);
         let mut runs: Vec<(u32, Vec<u8>)> = Vec::new();
         let mut out = Vec::with_capacity((count as u64 * ps) as usize);
-        for e in &ext[a..b] {
+        for e in self.prev_extents(first, count) {
             let from = e.first.max(first);
             let to = (e.first + e.count).min(first + count);
             let bytes = match runs.iter().position(|r| r.0 == e.run) {
@@ -167,7 +164,7 @@ impl<'f> MapWriter<'f> {
         }
         let first = (at / page as u64 + 1) as u32;
         let count = (data.len() / page) as u32;
-        let fragmented = self.pieces_in(first, count) > self.segment_limit;
+        let fragmented = self.prev_extents(first, count).len() > self.segment_limit;
         let prev_pages = self.prev.as_ref().map_or(0, |p| p.flat.pages);
         // Without the previous version's digests (none were kept, or the record was damaged),
         // its pages are read back and compared.
@@ -246,24 +243,12 @@ impl<'f> MapWriter<'f> {
         }
         let pages: Vec<u32> = self.pending_pages.drain(..full).collect();
         let bytes: Vec<u8> = self.pending.drain(..full * page).collect();
-        let placed: Vec<Vec<Placed>> = pages
-            .par_chunks(per)
-            .zip(bytes.par_chunks(per * page))
-            .map(|(pages, run)| {
-                let id = store_run(shared, run)?;
-                Ok(pages
-                    .iter()
-                    .enumerate()
-                    .map(|(slot, n)| (*n, 1, id, slot as u32))
-                    .collect())
-            })
-            .collect::<Result<_>>()?;
-        self.placed.extend(placed.into_iter().flatten());
+        self.place(shared, &pages, &bytes, None)?;
         Ok(())
     }
 
-    /// Places pages read elsewhere (a log's frames): `pages` in page order, their bytes in
-    /// `bytes`, stored as runs in parallel; returns their digests with `sums`.
+    /// Places `pages` (in page order, their bytes in `bytes`: a log's frames, or changed pages
+    /// waiting for a run), stored as runs in parallel; returns their digests with `sums`.
     pub(super) fn place(
         &mut self,
         shared: &Shared,

@@ -37,16 +37,16 @@ pub(super) fn read_pages(
     overlay: Option<&Overlay>,
 ) -> Result<u64> {
     let page = page as usize;
+    let reader = UncachedReader::new(file, path);
+    let read = Read {
+        file: &reader,
+        path,
+        page,
+        limit,
+        overlay,
+    };
     if let Some(map) = state.map.as_deref_mut() {
         let (sums, sink) = SumState::split_opt(state.sums.as_deref_mut());
-        let reader = UncachedReader::new(file, path);
-        let read = Read {
-            file: &reader,
-            path,
-            page,
-            limit,
-            overlay,
-        };
         return read_pages_mapped(shared, &read, map, sums, sink);
     }
     let round_bytes = (SEGMENTS_PER_ROUND * SEGMENT) as u64;
@@ -76,7 +76,6 @@ pub(super) fn read_pages(
     };
     let mut pending: Vec<Segment> = Vec::new();
     let mut offset = 0u64;
-    let reader = UncachedReader::new(file, path);
     loop {
         let next_start = offset + round_bytes;
         let to_push = std::mem::take(&mut pending);
@@ -93,17 +92,7 @@ pub(super) fn read_pages(
                 (0..SEGMENTS_PER_ROUND)
                     .into_par_iter()
                     .map(|k| {
-                        read_segment(
-                            shared,
-                            &reader,
-                            path,
-                            page,
-                            offset + (k * SEGMENT) as u64,
-                            limit,
-                            overlay,
-                            &known,
-                            sums,
-                        )
+                        read_segment(shared, &read, offset + (k * SEGMENT) as u64, &known, sums)
                     })
                     .collect::<Vec<Result<Segment>>>()
             },
@@ -255,27 +244,15 @@ fn read_pages_mapped(
 #[allow(clippy::too_many_arguments)]
 fn read_segment(
     shared: &Shared,
-    file: &UncachedReader,
-    path: &std::path::Path,
-    page: usize,
+    read: &Read,
     at: u64,
-    limit: u64,
-    overlay: Option<&Overlay>,
     known: &[Known],
     sums: Option<SumCtx>,
 ) -> Result<Segment> {
-    SEGMENT_BUF.with(|buf| {
-        let mut buf = buf.borrow_mut();
-        let want = limit.saturating_sub(at).min(SEGMENT as u64) as usize;
-        buf.reserve(SEGMENT);
-        let buf = buf.bytes_mut();
-        let mut n = file.read_at(buf, want, at).ctx("read", path)?;
-        if let Some(overlay) = overlay {
-            n = overlay.apply(&mut buf[..want], n, at, page, path)?;
-        }
-        let (ids, digests) = store_segment(shared, &buf[..n], page, at, known, sums)?;
-        Ok((n, ids, digests))
-    })
+    let (n, (ids, digests)) = read.segment(at, |data| {
+        store_segment(shared, data, read.page, at, known, sums)
+    })?;
+    Ok((n, ids, digests))
 }
 
 /// A page that may be new: where it is in a buffer, its length, its file offset and its id.
@@ -395,17 +372,15 @@ pub(super) fn read_sqlite(
                     return Ok(offset);
                 }
                 let round_len: u64 = round.iter().map(|b| b.len() as u64).sum();
+                let mut starts = Vec::with_capacity(round.len());
+                let mut at = offset;
+                for b in &round {
+                    starts.push(at);
+                    at += b.len() as u64;
+                }
                 if let Some(map) = state.map.as_deref_mut() {
                     let results: Vec<Result<Digested>> = {
                         let map = &*map;
-                        let mut at = offset;
-                        let starts: Vec<u64> = round
-                            .iter()
-                            .map(|b| {
-                                at += b.len() as u64;
-                                at - b.len() as u64
-                            })
-                            .collect();
                         round
                             .par_iter()
                             .zip(starts.par_iter())
@@ -422,38 +397,27 @@ pub(super) fn read_sqlite(
                             p(data.len() as u64);
                         }
                     }
-                    offset += round_len;
-                    for mut b in round {
-                        b.clear();
-                        let _ = free_tx.try_send(b);
-                    }
-                    continue;
-                }
-                let known = match state.prev.as_mut() {
-                    Some(p) => p.chunks_in(offset, offset + round_len),
-                    None => Vec::new(),
-                };
-                let mut starts = Vec::with_capacity(round.len());
-                let mut at = offset;
-                for b in &round {
-                    starts.push(at);
-                    at += b.len() as u64;
-                }
-                let results: Vec<Result<(Vec<ChunkId>, Vec<u128>)>> = round
-                    .par_iter()
-                    .zip(starts.par_iter())
-                    .map(|(data, &at)| store_segment(shared, data, page_len, at, &known, sums))
-                    .collect();
-                for (segment, data) in results.into_iter().zip(&round) {
-                    let (ids, digests) = segment?;
-                    if let Some(sink) = sink.as_mut() {
-                        sink.extend(&digests);
-                    }
-                    for id in ids {
-                        state.builder.push(id, page_len as u64, state.emit)?;
-                    }
-                    if let Some(p) = shared.progress {
-                        p(data.len() as u64);
+                } else {
+                    let known = match state.prev.as_mut() {
+                        Some(p) => p.chunks_in(offset, offset + round_len),
+                        None => Vec::new(),
+                    };
+                    let results: Vec<Result<(Vec<ChunkId>, Vec<u128>)>> = round
+                        .par_iter()
+                        .zip(starts.par_iter())
+                        .map(|(data, &at)| store_segment(shared, data, page_len, at, &known, sums))
+                        .collect();
+                    for (segment, data) in results.into_iter().zip(&round) {
+                        let (ids, digests) = segment?;
+                        if let Some(sink) = sink.as_mut() {
+                            sink.extend(&digests);
+                        }
+                        for id in ids {
+                            state.builder.push(id, page_len as u64, state.emit)?;
+                        }
+                        if let Some(p) = shared.progress {
+                            p(data.len() as u64);
+                        }
                     }
                 }
                 offset += round_len;

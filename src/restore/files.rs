@@ -301,15 +301,9 @@ fn restore_file(
             &tmp.path,
             how.progress,
         )?,
-        Body::Pages(map) => write_pages_at(
-            blobs,
-            entry,
-            &map,
-            &f,
-            direct.as_ref(),
-            &tmp.path,
-            how.progress,
-        )?,
+        Body::Pages(map) => {
+            write_pages_at(blobs, &map, &f, direct.as_ref(), &tmp.path, how.progress)?
+        }
     };
     if direct.is_some() {
         // A padded last block written directly is cut off.
@@ -368,19 +362,59 @@ enum Body<'a> {
     Pages(crate::pagemap::PageMap),
 }
 
-thread_local! {
-    static ALIGNED: std::cell::RefCell<crate::storage::direct::AlignedBuf> = std::cell::RefCell::new(Default::default());
+/// Writes whole blocks at `at` straight to the device through `direct` (allocated first: see
+/// [`allocate`]); a file system that took `O_DIRECT` at open but not this write gets them
+/// through the page cache (any padding past the file's end is cut off all the same).
+fn write_direct(
+    file: &fs::File,
+    direct: &fs::File,
+    blocks: &[u8],
+    at: u64,
+    path: &Path,
+) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    allocate(file, at, blocks.len() as u64, path)?;
+    match direct.write_all_at(blocks, at) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => file.write_all_at(blocks, at),
+        written => written,
+    }
+    .ctx("write", path)
+}
+
+/// Writes `data` at `at` through the page cache (one such write at a time: `one`) and starts
+/// writing it to disk, so the device works while the rest is read and the final fsync has
+/// little left to wait for (only a hint: the fsync before the rename makes the file durable).
+fn write_buffered(
+    file: &fs::File,
+    one: &Mutex<()>,
+    data: &[u8],
+    at: u64,
+    path: &Path,
+) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
+    let _one = one.lock().unwrap_or_else(|p| p.into_inner());
+    file.write_all_at(data, at).ctx("write", path)?;
+    // SAFETY: sync_file_range only starts writeback of a range of this open file.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            at as libc::off64_t,
+            data.len() as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+    Ok(())
 }
 
 /// The smallest piece of a paged file written with `O_DIRECT`.
 const DIRECT_PIECE: usize = 256 << 10;
 
-/// Writes a paged file's pages into `file` where its map places them, each run read once (see
-/// [`super::paged::write_at`]). Pieces of whole blocks go straight to the device when `direct`
-/// is open, as for a chunk list; all-zero pieces stay holes.
+/// Writes a paged file's pages into `file` where its map places them, window by window (see
+/// [`super::paged::write_windows`]): a window goes straight to the device when `direct` is
+/// open, as a chunk list's groups do; all-zero windows stay holes.
 fn write_pages_at(
     blobs: &BlobReader,
-    entry: &Entry,
     map: &crate::pagemap::PageMap,
     file: &fs::File,
     direct: Option<&fs::File>,
@@ -388,49 +422,14 @@ fn write_pages_at(
     progress: Option<&(dyn Fn(u64) + Send + Sync)>,
 ) -> Result<u64> {
     use crate::storage::direct::ALIGN;
-    use std::os::unix::fs::FileExt;
     let buffered = Mutex::new(());
-    let write = |at: u64, data: &[u8]| -> Result<()> {
-        if data.iter().all(|b| *b == 0) {
-            return Ok(());
-        }
-        let len = data.len();
+    let write = |at: u64, blocks: &[u8], len: usize| -> Result<()> {
         // Small pieces (the end of a file) go through the page cache.
-        let whole_blocks = len >= DIRECT_PIECE
-            && at.is_multiple_of(ALIGN as u64)
-            && (len.is_multiple_of(ALIGN) || at + len as u64 == entry.size);
-        if let (Some(direct), true) = (direct, whole_blocks) {
-            return ALIGNED.with(|buf| {
-                let mut buf = buf.borrow_mut();
-                let padded = len.next_multiple_of(ALIGN);
-                buf.reserve(padded);
-                let blocks = &mut buf.bytes_mut()[..padded];
-                blocks[..len].copy_from_slice(data);
-                blocks[len..].fill(0);
-                allocate(file, at, padded as u64, path)?;
-                match direct.write_all_at(blocks, at) {
-                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                        file.write_all_at(blocks, at)
-                    }
-                    written => written,
-                }
-                .ctx("write", path)
-            });
+        let whole_blocks = len >= DIRECT_PIECE && at.is_multiple_of(ALIGN as u64);
+        match direct {
+            Some(direct) if whole_blocks => write_direct(file, direct, blocks, at, path),
+            _ => write_buffered(file, &buffered, &blocks[..len], at, path),
         }
-        let _one = buffered.lock().unwrap_or_else(|p| p.into_inner());
-        file.write_all_at(data, at).ctx("write", path)?;
-        // Start writing it to disk now, as for a chunk list's pieces (only a hint: the fsync
-        // before the rename is what makes the file durable).
-        // SAFETY: sync_file_range only starts writeback of a range of this open file.
-        unsafe {
-            libc::sync_file_range(
-                std::os::fd::AsRawFd::as_raw_fd(file),
-                at as libc::off64_t,
-                len as libc::off64_t,
-                libc::SYNC_FILE_RANGE_WRITE,
-            );
-        }
-        Ok(())
     };
     super::paged::write_windows(blobs, map, &write, progress)
 }
@@ -503,8 +502,6 @@ fn write_content_at(
     progress: Option<&(dyn Fn(u64) + Send + Sync)>,
 ) -> Result<u64> {
     use crate::storage::direct::ALIGN;
-    use std::os::fd::AsRawFd;
-    use std::os::unix::fs::FileExt;
     use std::sync::atomic::{AtomicUsize, Ordering};
     let (batch_max, group_max, _) = read_shape(blobs);
     let window = (2 * batch_max / group_max).max(2) as usize;
@@ -525,34 +522,12 @@ fn write_content_at(
                 let whole_blocks = at_block
                     && start.is_multiple_of(ALIGN)
                     && (len.is_multiple_of(ALIGN) || at + len as u64 == entry.size);
-                if let (Some(direct), true) = (direct, whole_blocks) {
-                    let blocks = &data[start..start + len.next_multiple_of(ALIGN)];
-                    allocate(file, at, blocks.len() as u64, path)?;
-                    match direct.write_all_at(blocks, at) {
-                        // A filesystem that took O_DIRECT at open but not this write: the page
-                        // cache then (the padding is cut off all the same).
-                        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                            file.write_all_at(blocks, at)
-                        }
-                        written => written,
+                match direct {
+                    Some(direct) if whole_blocks => {
+                        let blocks = &data[start..start + len.next_multiple_of(ALIGN)];
+                        write_direct(file, direct, blocks, at, path)?;
                     }
-                    .ctx("write", path)?;
-                    continue;
-                }
-                let _one = buffered.lock().unwrap_or_else(|p| p.into_inner());
-                file.write_all_at(&data[start..end], at)
-                    .ctx("write", path)?;
-                // Start writing this piece to disk now, so the device works while the rest is
-                // read and the final fsync has little left to wait for. (Only a hint: the fsync
-                // before the rename is what makes the file durable.)
-                // SAFETY: sync_file_range only starts writeback of a range of this open file.
-                unsafe {
-                    libc::sync_file_range(
-                        file.as_raw_fd(),
-                        at as libc::off64_t,
-                        len as libc::off64_t,
-                        libc::SYNC_FILE_RANGE_WRITE,
-                    );
+                    _ => write_buffered(file, &buffered, &data[start..end], at, path)?,
                 }
             }
             if let Some(p) = progress {

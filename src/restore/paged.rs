@@ -1,11 +1,12 @@
 //! Reading back a file stored as a page map (see [`crate::pagemap`]): every run it names is
-//! read once and checked against its id, and its pages go where the map places them.
+//! checked against its id when it is read, and its pages go where the map places them.
 
 use crate::blobs::BlobReader;
 use crate::error::{Error, Result};
 use crate::id::ChunkId;
 use crate::manifest::Entry;
 use crate::pagemap::{PageMap, Version};
+use crate::storage::direct::{ALIGN, AlignedBuf};
 use rayon::prelude::*;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -32,16 +33,6 @@ pub fn load(blobs: &BlobReader, entry: &Entry, map: &ChunkId) -> Result<PageMap>
     Ok(flat)
 }
 
-/// A run's verified bytes, and the bytes `need` of it that its extents name: damage if it
-/// holds fewer.
-fn read_run(blobs: &BlobReader, run: &ChunkId, need: u64) -> Result<Vec<u8>> {
-    let bytes = blobs.read(run)?;
-    if (bytes.len() as u64) < need {
-        return Err(short_run(run, bytes.len(), need));
-    }
-    Ok(bytes)
-}
-
 fn short_run(run: &ChunkId, has: usize, need: u64) -> Error {
     Error::corrupt(format!(
         "run {run} holds {has} bytes, its page map places pages up to byte {need}"
@@ -54,18 +45,23 @@ const WINDOW: u64 = 4 << 20;
 const WINDOW_RUNS: usize = 8;
 
 thread_local! {
-    static WINDOW_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    static WINDOW_BUF: std::cell::RefCell<AlignedBuf> = std::cell::RefCell::new(AlignedBuf::default());
     static WINDOW_CACHE: std::cell::RefCell<VecDeque<(ChunkId, Vec<u8>)>> = const { std::cell::RefCell::new(VecDeque::new()) };
 }
 
+/// Where [`write_windows`] hands a window: (file offset, blocks, length).
+pub type WriteWindow<'a> = dyn Fn(u64, &[u8], usize) -> Result<()> + Sync + 'a;
+
 /// Writes the file in windows of [`WINDOW`] bytes, in parallel: each window is assembled from
 /// the runs its pages are in (a few decoded runs kept per thread: runs of one version hold
-/// pages in file order, so each is decoded about once) and handed to `write` (offset, bytes)
-/// whole, unless it is all zeros (a hole). Returns the bytes of the file.
+/// pages in file order, so each is decoded about once) and handed to `write` whole, unless it
+/// is all zeros (a hole): `write(offset, blocks, len)` gets the window's `len` bytes at a
+/// 4096-aligned address, zero-padded to whole blocks (see [`ALIGN`]), ready for a direct write.
+/// Returns the bytes of the file.
 pub fn write_windows(
     blobs: &BlobReader,
     map: &PageMap,
-    write: &(dyn Fn(u64, &[u8]) -> Result<()> + Sync),
+    write: &WriteWindow,
     progress: Option<&(dyn Fn(u64) + Send + Sync)>,
 ) -> Result<u64> {
     let size = map.pages * map.page_size as u64;
@@ -77,7 +73,11 @@ pub fn write_windows(
         let end = (start + window).min(size);
         WINDOW_BUF.with(|buf| {
             let mut buf = buf.borrow_mut();
-            buf.resize((end - start) as usize, 0);
+            let len = (end - start) as usize;
+            let padded = len.next_multiple_of(ALIGN);
+            buf.reserve(padded);
+            let buf = &mut buf.bytes_mut()[..padded];
+            buf[len..].fill(0);
             let first = (start / ps + 1) as u32;
             let i = map.extents.partition_point(|e| e.first + e.count <= first);
             for e in &map.extents[i..] {
@@ -96,7 +96,7 @@ pub fn write_windows(
                 })?;
             }
             if buf.iter().any(|b| *b != 0) {
-                write(start, &buf)?;
+                write(start, buf, len)?;
             }
             if let Some(p) = progress {
                 p(end - start);
@@ -176,7 +176,7 @@ impl PagedReader {
         let bytes = match cached {
             Some(b) => b,
             None => {
-                let b = Arc::new(read_run(blobs, run, need)?);
+                let b = Arc::new(blobs.read(run)?);
                 let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
                 if runs.len() >= RUNS_KEPT {
                     runs.pop_front();
@@ -199,11 +199,9 @@ impl PagedReader {
         let mut pos = offset;
         while pos < end {
             let page = (pos / ps + 1) as u32;
-            let i = self.map.extents.partition_point(|e| e.first <= page);
-            let e = i
-                .checked_sub(1)
-                .and_then(|i| self.map.extents.get(i))
-                .filter(|e| page < e.first + e.count)
+            let e = self
+                .map
+                .extent_of(page)
                 .ok_or_else(|| Error::corrupt(format!("page {page} is not in its page map")))?;
             let start = (e.first as u64 - 1) * ps;
             let stop = (start + e.count as u64 * ps).min(end);
