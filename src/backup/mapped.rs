@@ -43,7 +43,13 @@ pub(super) struct PrevMap {
 }
 
 /// Pages placed in a run: (first page, count, run, slot).
-type Placed = (u32, u32, ChunkId, u32);
+pub(super) type Placed = (u32, u32, ChunkId, u32);
+
+/// Changed pages waiting to be stored as runs, in page order, and their bytes.
+pub(super) struct Batch {
+    pages: Vec<u32>,
+    bytes: Vec<u8>,
+}
 
 /// What one segment of a full pass left to place.
 pub(super) enum Segment {
@@ -212,8 +218,24 @@ impl<'f> MapWriter<'f> {
         Ok((Segment::Changed(changed, bytes), digests))
     }
 
-    /// Takes a segment's result, in file order; changed pages wait until they fill a run.
+    /// Takes a segment's result, in file order; changed pages wait until they fill a run. Full
+    /// runs are stored a batch at a time, so that they are compressed in parallel: by the
+    /// caller with [`MapWriter::full_runs`] and [`MapWriter::store_batch`] beside its next
+    /// reads, or here.
     pub(super) fn take(&mut self, shared: &Shared, segment: Segment) -> Result<()> {
+        self.take_only(segment);
+        match self.full_runs() {
+            Some(batch) => {
+                let placed = self.store_batch(shared, batch)?;
+                self.placed.extend(placed);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// [`MapWriter::take`] without storing anything.
+    pub(super) fn take_only(&mut self, segment: Segment) {
         self.started = true;
         match segment {
             Segment::Unchanged => {}
@@ -223,32 +245,42 @@ impl<'f> MapWriter<'f> {
                 self.pending.extend_from_slice(&bytes);
             }
         }
-        // Full runs are stored a batch at a time, so that they are compressed in parallel.
-        if self.pending_pages.len() >= FLUSH_RUNS * self.run_pages as usize {
-            self.flush(shared, false)?;
-        }
-        Ok(())
     }
 
-    /// Stores the waiting pages as runs, in parallel: every full run, and with `all` the rest.
-    fn flush(&mut self, shared: &Shared, all: bool) -> Result<()> {
+    /// The waiting full runs, once there are [`FLUSH_RUNS`] of them.
+    pub(super) fn full_runs(&mut self) -> Option<Batch> {
         let per = self.run_pages as usize;
-        let page = self.page as usize;
-        let full = match all {
-            true => self.pending_pages.len(),
-            false => self.pending_pages.len() / per * per,
-        };
-        if full == 0 {
-            return Ok(());
+        if self.pending_pages.len() < FLUSH_RUNS * per {
+            return None;
         }
-        let pages: Vec<u32> = self.pending_pages.drain(..full).collect();
-        let bytes: Vec<u8> = self.pending.drain(..full * page).collect();
-        self.place(shared, &pages, &bytes, None)?;
-        Ok(())
+        self.drain(self.pending_pages.len() / per * per)
     }
 
-    /// Places `pages` (in page order, their bytes in `bytes`: a log's frames, or changed pages
-    /// waiting for a run), stored as runs in parallel; returns their digests with `sums`.
+    /// The first `count` waiting pages and their bytes.
+    fn drain(&mut self, count: usize) -> Option<Batch> {
+        if count == 0 {
+            return None;
+        }
+        let page = self.page as usize;
+        let pages: Vec<u32> = self.pending_pages.drain(..count).collect();
+        let bytes: Vec<u8> = self.pending.drain(..count * page).collect();
+        Some(Batch { pages, bytes })
+    }
+
+    /// Stores a batch of waiting pages as runs, in parallel; what it placed goes to
+    /// [`MapWriter::add`].
+    pub(super) fn store_batch(&self, shared: &Shared, batch: Batch) -> Result<Vec<Placed>> {
+        let (placed, _) = self.store_runs(shared, &batch.pages, &batch.bytes, None)?;
+        Ok(placed)
+    }
+
+    /// Takes what [`MapWriter::store_batch`] placed.
+    pub(super) fn add(&mut self, placed: Vec<Placed>) {
+        self.placed.extend(placed);
+    }
+
+    /// Places `pages` (in page order, their bytes in `bytes`: a log's frames), stored as runs in
+    /// parallel; returns their digests with `sums`.
     pub(super) fn place(
         &mut self,
         shared: &Shared,
@@ -257,6 +289,20 @@ impl<'f> MapWriter<'f> {
         sums: Option<SumCtx>,
     ) -> Result<Vec<u128>> {
         self.started = true;
+        let (placed, digests) = self.store_runs(shared, pages, bytes, sums)?;
+        self.placed.extend(placed);
+        Ok(digests)
+    }
+
+    /// Stores `pages` (their bytes in `bytes`) as runs in parallel; returns where they were
+    /// placed and, with `sums`, their digests.
+    fn store_runs(
+        &self,
+        shared: &Shared,
+        pages: &[u32],
+        bytes: &[u8],
+        sums: Option<SumCtx>,
+    ) -> Result<(Vec<Placed>, Vec<u128>)> {
         let per = self.run_pages as usize;
         let page = self.page as usize;
         let done: Vec<(Vec<Placed>, Vec<u128>)> = pages
@@ -276,18 +322,22 @@ impl<'f> MapWriter<'f> {
                 Ok((placed, digests))
             })
             .collect::<Result<_>>()?;
+        let mut placed = Vec::with_capacity(pages.len());
         let mut digests = Vec::with_capacity(pages.len());
-        for (placed, d) in done {
-            self.placed.extend(placed);
+        for (p, d) in done {
+            placed.extend(p);
             digests.extend(d);
         }
-        Ok(digests)
+        Ok((placed, digests))
     }
 
     /// The map of the file as read, `size` bytes: a delta on the previous version's base while
     /// it stays small, else a new base; stored, and named by the content returned.
     pub(super) fn finish(mut self, shared: &Shared, size: u64) -> Result<Content> {
-        self.flush(shared, true)?;
+        if let Some(rest) = self.drain(self.pending_pages.len()) {
+            let placed = self.store_batch(shared, rest)?;
+            self.placed.extend(placed);
+        }
         let page = self.page as u64;
         if !size.is_multiple_of(page) {
             return Err(Error::invalid(format!(

@@ -202,7 +202,8 @@ impl Read<'_> {
 type Digested = (MapSegment, Vec<u128>);
 
 /// [`read_pages`] for a file stored as a page map: a round of segments is read and digested in
-/// parallel, then taken in order (see [`MapWriter`]).
+/// parallel, then taken in order (see [`MapWriter`]); the full runs of changed pages it left are
+/// stored beside the next round's reads.
 fn read_pages_mapped(
     shared: &Shared,
     read: &Read,
@@ -211,32 +212,43 @@ fn read_pages_mapped(
     mut sink: Option<SumSink>,
 ) -> Result<u64> {
     let mut offset = 0u64;
+    let mut batch = None;
     loop {
-        let round: Vec<Result<(usize, Digested)>> = {
+        let (stored, round) = {
             let map = &*map;
-            (0..SEGMENTS_PER_ROUND)
-                .into_par_iter()
-                .map(|k| {
-                    let at = offset + (k * SEGMENT) as u64;
-                    read.segment(at, |data| map.segment(shared, data, at, sums))
-                })
-                .collect()
+            let batch = batch.take();
+            rayon::join(
+                || batch.map(|b| map.store_batch(shared, b)).transpose(),
+                || {
+                    (0..SEGMENTS_PER_ROUND)
+                        .into_par_iter()
+                        .map(|k| {
+                            let at = offset + (k * SEGMENT) as u64;
+                            read.segment(at, |data| map.segment(shared, data, at, sums))
+                        })
+                        .collect::<Vec<Result<(usize, Digested)>>>()
+                },
+            )
         };
+        if let Some(placed) = stored? {
+            map.add(placed);
+        }
         for segment in round {
             let (n, (segment, digests)) = segment?;
             if let Some(sink) = sink.as_mut() {
                 sink.extend(&digests);
             }
-            map.take(shared, segment)?;
+            map.take_only(segment);
             offset += n as u64;
             if let Some(p) = shared.progress {
                 p(n as u64);
             }
-            // The first short segment is the end of the file.
+            // The first short segment is the end of the file; `finish` stores what waits.
             if n < SEGMENT {
                 return Ok(offset);
             }
         }
+        batch = map.full_runs();
     }
 }
 
