@@ -45,6 +45,7 @@ pub mod copy;
 pub mod crypto;
 pub mod diff;
 pub mod error;
+pub mod follow;
 #[cfg(feature = "testing")]
 pub mod fuzzing;
 pub mod gc;

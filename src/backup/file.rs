@@ -17,6 +17,7 @@ use crate::manifest::Content;
 use crate::source::capture::{CaptureOptions, Seen, backoff};
 use crate::source::read_full_at;
 use crate::source::sqlite::{Log, ReadSnapshot, Since, wal_stamp};
+use crate::source::wal::LogPos;
 use crate::source::walk::WalkItem;
 use crate::sys::{ctime_ns, mtime_ns};
 use crate::tree::TreeBuilder;
@@ -367,7 +368,15 @@ fn read_image(
             None,
         ),
         (Log::Pinned(log), _) => {
-            let (size, read) = if log.since.is_some() {
+            let from_journal = match (log.since, db.since, log.stamp) {
+                (None, Some(since), Some(now)) => {
+                    journal_changes(shared, db, state, since, now, log.position, snap.pages)?
+                }
+                _ => None,
+            };
+            let (size, read) = if let Some(done) = from_journal {
+                done
+            } else if log.since.is_some() {
                 read_log_changes(shared, db.file, path, page, state, log, snap.pages)?
             } else {
                 let overlay = match (&log.file, &log.map) {
@@ -392,6 +401,39 @@ fn read_image(
         )));
     }
     Ok((size, pinned))
+}
+
+/// The image of a followed database from its capture journal, when the journal runs from the
+/// place the previous image ended at (`since`) to the one this image ends at (`now`, `at`).
+fn journal_changes(
+    shared: &Shared,
+    db: &Database,
+    state: &mut FileState,
+    since: &Since,
+    now: WalStamp,
+    at: LogPosition,
+    pages: u64,
+) -> Result<Option<(u64, u64)>> {
+    let Some(writer) = state.map.as_deref_mut() else {
+        return Ok(None);
+    };
+    let pos = |log: &WalStamp, p: &LogPosition| LogPos {
+        salt1: log.salt1,
+        salt2: log.salt2,
+        frame: p.frames,
+        checksum: p.checksum,
+    };
+    let (from, to) = (pos(&since.log, &since.position), pos(&now, &at));
+    super::journal::read_journal_changes(
+        shared,
+        db.path,
+        db.page,
+        writer,
+        state.sums.as_deref_mut(),
+        from,
+        to,
+        pages,
+    )
 }
 
 /// Where the previous image of a database ended in its log, if it was read from the log and

@@ -189,27 +189,49 @@ fn read_log_mapped(
     sums: Option<&mut SumState>,
     pages: u64,
 ) -> Result<(u64, u64)> {
+    let page_len = log.page as usize;
+    let changed = log.changed(pages);
+    let numbers: Vec<u32> = changed.iter().map(|c| c.0).collect();
+    let fill = |first: usize, out: &mut [u8]| {
+        out.par_chunks_mut(BATCH * page_len)
+            .enumerate()
+            .try_for_each(|(b, out)| {
+                let mut scratch = Vec::new();
+                let from = first + b * BATCH;
+                for ((pgno, frame), out) in
+                    changed[from..].iter().zip(out.chunks_exact_mut(page_len))
+                {
+                    log.read(*pgno, *frame, out, &mut scratch)?;
+                }
+                Ok(())
+            })
+    };
+    place_changes(shared, writer, sums, log.page, pages, &numbers, &fill)
+}
+
+/// Places `changed` (page numbers within the image's `pages` pages, in order) over the previous
+/// page map, their bytes from `fill` (called for each round of them with the index in
+/// `changed` of the round's first page and room for its pages); the new version's page digests are the
+/// changed pages' and the previous version's. Returns the image's size and the bytes placed.
+pub(super) fn place_changes(
+    shared: &Shared,
+    writer: &mut MapWriter<'_>,
+    sums: Option<&mut SumState>,
+    page: u32,
+    pages: u64,
+    changed: &[u32],
+    fill: &(dyn Fn(usize, &mut [u8]) -> Result<()> + Sync),
+) -> Result<(u64, u64)> {
     if writer.prev.is_none() {
         return Err(Error::invalid("no previous page map to read changes onto"));
     }
-    let page_len = log.page as usize;
-    let changed = log.changed(pages);
+    let page_len = page as usize;
     let ctx = sums.as_deref().map(|s| s.ctx());
     let mut fresh: Vec<u128> = Vec::new();
-    for round in changed.chunks(MAPPED_ROUND) {
+    for (r, round) in changed.chunks(MAPPED_ROUND).enumerate() {
         let mut bytes = vec![0u8; round.len() * page_len];
-        bytes
-            .par_chunks_mut(BATCH * page_len)
-            .zip(round.par_chunks(BATCH))
-            .try_for_each(|(out, batch)| {
-                let mut scratch = Vec::new();
-                for ((pgno, frame), out) in batch.iter().zip(out.chunks_exact_mut(page_len)) {
-                    log.read(*pgno, *frame, out, &mut scratch)?;
-                }
-                Ok::<(), Error>(())
-            })?;
-        let numbers: Vec<u32> = round.iter().map(|c| c.0).collect();
-        fresh.extend(writer.place(shared, &numbers, &bytes, ctx)?);
+        fill(r * MAPPED_ROUND, &mut bytes)?;
+        fresh.extend(writer.place(shared, round, &bytes, ctx)?);
     }
     if let Some(p) = shared.progress {
         p(changed.len() as u64 * page_len as u64);
@@ -220,7 +242,7 @@ fn read_log_mapped(
         let mut next = changed.iter().zip(&fresh).peekable();
         for n in 1..=pages {
             let d = match next.peek() {
-                Some(((pgno, _), d)) if *pgno as u64 == n => {
+                Some((pgno, d)) if **pgno as u64 == n => {
                     let d = **d;
                     next.next();
                     Some(d)
@@ -237,10 +259,7 @@ fn read_log_mapped(
         }
         s.record(new);
     }
-    Ok((
-        pages * log.page as u64,
-        changed.len() as u64 * log.page as u64,
-    ))
+    Ok((pages * page as u64, changed.len() as u64 * page as u64))
 }
 
 /// Chunk-list nodes waiting to be stored: a batch is hashed for its frame, looked up, compressed

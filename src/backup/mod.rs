@@ -39,6 +39,7 @@ mod collect;
 mod digests;
 mod file;
 mod ingest;
+mod journal;
 mod log;
 mod mapped;
 mod pages;

@@ -9,6 +9,7 @@ mod backup;
 mod browse;
 mod copy;
 mod environment;
+mod follow;
 mod gc;
 mod inspect;
 mod key;
@@ -98,6 +99,8 @@ enum Command {
     Dump(browse::DumpArgs),
     /// Show the snapshots as a read-only file system (FUSE) until Ctrl-C or umount
     Mount(mount::MountArgs),
+    /// Copy each transaction of WAL databases into their journals as it commits, until Ctrl-C
+    Follow(follow::FollowArgs),
     /// Repository statistics
     Stats(inspect::JsonArg),
     /// Paths added, removed and changed between two snapshots
@@ -363,6 +366,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Find(args) => browse::find(&open(&rp, false, "find")?, args),
         Command::Dump(args) => browse::dump(&open(&rp, false, "dump")?, args),
         Command::Mount(args) => mount::mount(open(&rp, false, "mount")?, args),
+        Command::Follow(args) => follow::follow(&open(&rp, false, "follow")?, args),
         Command::Stats(args) => inspect::stats(&open(&rp, false, "stats")?, args),
         Command::Diff(args) => inspect::diff(&open(&rp, false, "diff")?, args),
         Command::Restore(args) => {

@@ -108,6 +108,12 @@ fn open(path: &Path, write: bool) -> Result<Connection> {
     Ok(conn)
 }
 
+/// A connection for a follower (see `crate::follow`): read-write (it runs checkpoints), waiting
+/// on locks like every other, and never checkpointing or removing the log on close.
+pub(crate) fn open_follower(path: &Path) -> Result<Connection> {
+    open(path, true)
+}
+
 /// Removes the `-wal` and `-shm` files a read created beside a database that had neither, once
 /// its connection is closed (dropped after it).
 struct FreshLog(Option<PathBuf>);
@@ -404,7 +410,7 @@ fn busy_briefly(tries: i32) -> bool {
 }
 
 /// Whether the database header says WAL mode (file format versions at bytes 18 and 19 are 2).
-fn in_wal_mode(path: &Path) -> bool {
+pub(crate) fn in_wal_mode(path: &Path) -> bool {
     let mut header = [0u8; 20];
     File::open(path)
         .and_then(|f| read_full_at(&f, &mut header, 0))

@@ -246,6 +246,135 @@ impl LogMap {
     }
 }
 
+/// A place in a log: the end of a committed transaction, or (frame 0) the start of a log before
+/// its first frame. The salts name the log's generation (a reset draws new ones) and the
+/// cumulative checksum ties the place to every frame before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct LogPos {
+    pub salt1: u32,
+    pub salt2: u32,
+    pub frame: u32,
+    pub checksum: Checksum,
+}
+
+impl Header {
+    /// The place before this log's first frame.
+    pub fn start(&self) -> LogPos {
+        LogPos {
+            salt1: self.salt1,
+            salt2: self.salt2,
+            frame: 0,
+            checksum: self.checksum,
+        }
+    }
+
+    /// Whether `pos` is a place in this log's generation.
+    pub fn owns(&self, pos: &LogPos) -> bool {
+        pos.salt1 == self.salt1 && pos.salt2 == self.salt2
+    }
+}
+
+/// One committed transaction read from a log: its pages, each at its newest image in the
+/// transaction, in the order first written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogTxn {
+    pub start: LogPos,
+    pub end: LogPos,
+    /// The database's size in pages after it.
+    pub db_pages: u32,
+    pub pages: Vec<u32>,
+    /// The pages' bytes, one page each, in the order of `pages`.
+    pub data: Vec<u8>,
+}
+
+/// Reads the transactions committed in the log after `from` (a place in this header's
+/// generation that the log still holds), stopping after the first that ends `max_frames` or
+/// more frames past it. Stops at the first frame that is not valid; a transaction without its
+/// commit frame is not returned. A transaction of more than `max_txn` frames is an error (its
+/// pages are not held in memory).
+pub fn read_txns(
+    file: &File,
+    header: &Header,
+    from: LogPos,
+    max_frames: u32,
+    max_txn: u32,
+) -> Result<Vec<LogTxn>> {
+    if !header.owns(&from) {
+        return Err(Error::invalid("log position of another generation"));
+    }
+    let frame_len = header.frame_len() as usize;
+    let page = header.page_size as usize;
+    let per_block = (SCAN_BLOCK / frame_len).max(1);
+    let mut buf = vec![0u8; per_block * frame_len];
+    let mut txns = Vec::new();
+    let mut open = LogTxn {
+        start: from,
+        end: from,
+        db_pages: 0,
+        pages: Vec::new(),
+        data: Vec::new(),
+    };
+    let mut slot: HashMap<u32, usize> = HashMap::new();
+    let mut sum = from.checksum;
+    let mut n = from
+        .frame
+        .checked_add(1)
+        .ok_or_else(|| Error::corrupt("log: too many frames"))?;
+    'blocks: loop {
+        let got = read_full_at(file, &mut buf, header.frame_offset(n))
+            .map_err(|e| Error::io("read log", e))?;
+        let whole = got / frame_len;
+        for frame in buf[..whole * frame_len].chunks_exact(frame_len) {
+            let Some((pgno, db_pages, next)) = header.check_frame(frame, sum) else {
+                break 'blocks;
+            };
+            let image = &frame[FRAME_HEADER_LEN as usize..];
+            if n - open.end.frame > max_txn {
+                return Err(Error::invalid(format!(
+                    "a transaction of more than {max_txn} frames"
+                )));
+            }
+            match slot.get(&pgno) {
+                Some(&i) => open.data[i * page..(i + 1) * page].copy_from_slice(image),
+                None => {
+                    slot.insert(pgno, open.pages.len());
+                    open.pages.push(pgno);
+                    open.data.extend_from_slice(image);
+                }
+            }
+            sum = next;
+            if db_pages != 0 {
+                let end = LogPos {
+                    salt1: header.salt1,
+                    salt2: header.salt2,
+                    frame: n,
+                    checksum: sum,
+                };
+                let start = open.end;
+                txns.push(LogTxn {
+                    start,
+                    end,
+                    db_pages,
+                    pages: std::mem::take(&mut open.pages),
+                    data: std::mem::take(&mut open.data),
+                });
+                open.end = end;
+                slot.clear();
+                if n - from.frame >= max_frames {
+                    break 'blocks;
+                }
+            }
+            n = n
+                .checked_add(1)
+                .ok_or_else(|| Error::corrupt("log: too many frames"))?;
+        }
+        if whole < per_block {
+            break;
+        }
+    }
+    Ok(txns)
+}
+
 /// Whether the log still holds the position an earlier scan ended at: frame `frames` (0: none)
 /// with the cumulative checksum `checksum`. The frame there must end a transaction, carry the
 /// header's salts and that checksum; at frame 0 the checksum is the header's own.

@@ -1,0 +1,109 @@
+//! A followed database's new image from its capture journal (see [`crate::follow`]): when the
+//! log no longer holds the place the previous image ended at (a checkpoint reset it), the
+//! journal still holds every transaction since, up to the place the new image ends at. The new
+//! image is the previous one with their pages put in; the database itself is not read.
+
+use super::digests::SumState;
+use super::log::place_changes;
+use super::mapped::MapWriter;
+use super::writer::Shared;
+use crate::error::{Error, Result};
+use crate::follow::journal::{self, Changes, PageAt, SegmentReader};
+use crate::source::wal::LogPos;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// How long a snapshot waits for a running follower to copy the transactions up to the place
+/// its image ends at.
+const CATCH_UP: Duration = Duration::from_secs(3);
+
+/// Builds the image of `pages` pages that ends at `to` from the previous page map (which ended
+/// at `from`) and the journal of the database at `path`; `None` when there is no journal, or it
+/// does not run from `from` to `to` (the caller then reads the database).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn read_journal_changes(
+    shared: &Shared,
+    path: &Path,
+    page: u32,
+    writer: &mut MapWriter<'_>,
+    sums: Option<&mut SumState>,
+    from: LogPos,
+    to: LogPos,
+    pages: u64,
+) -> Result<Option<(u64, u64)>> {
+    let dir = crate::follow::journal_dir(shared.repo, path);
+    if writer.prev.is_none() || !dir.is_dir() {
+        return Ok(None);
+    }
+    let Some(changes) = wait_for(&dir, &from, &to)? else {
+        return Ok(None);
+    };
+    if changes.db_pages as u64 != pages {
+        return Ok(None);
+    }
+    let changed: Vec<u32> = changes.pages.keys().copied().collect();
+    let at: Vec<PageAt> = changes.pages.values().copied().collect();
+    let readers = changes
+        .segments
+        .iter()
+        .map(|p| SegmentReader::open(p))
+        .collect::<Result<Vec<_>>>()?;
+    let page_len = page as usize;
+    if readers.iter().any(|r| r.page_size != page) {
+        return Ok(None);
+    }
+    let fill = |first: usize, out: &mut [u8]| -> Result<()> {
+        // The round's pages by record, so each record's images are unpacked once.
+        let mut by_record: BTreeMap<(usize, u64), Vec<(u32, usize)>> = BTreeMap::new();
+        let n = out.len() / page_len;
+        for (k, a) in at[first..first + n].iter().enumerate() {
+            by_record
+                .entry((a.segment, a.record))
+                .or_default()
+                .push((a.index, k));
+        }
+        for ((segment, record), wanted) in by_record {
+            let count = *changes
+                .record_pages
+                .get(&(segment, record))
+                .ok_or_else(|| Error::corrupt("capture journal: a record moved"))?;
+            let images = readers[segment].images_at(record, count)?;
+            for (index, k) in wanted {
+                let src = images
+                    .get(index as usize * page_len..(index as usize + 1) * page_len)
+                    .ok_or_else(|| Error::corrupt("capture journal: page index out of range"))?;
+                out[k * page_len..(k + 1) * page_len].copy_from_slice(src);
+            }
+        }
+        Ok(())
+    };
+    place_changes(shared, writer, sums, page, pages, &changed, &fill).map(Some)
+}
+
+/// The journal's changes from `from` to `to`, waiting a little for a running follower (one
+/// whose status is fresh) that has not copied up to `to` yet.
+fn wait_for(dir: &Path, from: &LogPos, to: &LogPos) -> Result<Option<Changes>> {
+    let deadline = Instant::now() + CATCH_UP;
+    loop {
+        if let Some(c) = journal::changes(dir, from, to)? {
+            return Ok(Some(c));
+        }
+        let seen = caught_up_ms(dir);
+        let fresh = seen.is_some_and(|ms| chrono::Utc::now().timestamp_millis() - ms < 5_000);
+        if !fresh || Instant::now() >= deadline {
+            return Ok(None);
+        }
+        // Until the follower finishes another round.
+        while caught_up_ms(dir) == seen && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// When the follower last read the log to its end (from its `status.json`).
+fn caught_up_ms(dir: &Path) -> Option<i64> {
+    let bytes = std::fs::read(dir.join("status.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    v.get("caught_up_ms")?.as_i64()
+}

@@ -1,0 +1,465 @@
+//! The capture journal: the transactions a follower copied from a database's log, kept on
+//! local disk (fsynced before the follower lets the log move on) until snapshots take them.
+//!
+//! A journal is a directory of segment files named by the sequence number of their first entry
+//! (16 hex digits, `.journal`). A segment is a header and records; a record holds one or more
+//! entries, written and fsynced together:
+//!
+//! ```text
+//! segment: magic "STRAFJNL", version u32 (1), page size u32, first sequence u64, 8 zero bytes
+//! record:  body length u32, body, XXH3-64 of the body u64
+//! body:    head length u32, head (bincode: Vec<Entry>), page images (zstd, or raw if that is
+//!          not smaller: a flag byte 1 or 0 first)
+//! ```
+//!
+//! All integers little-endian. An [`Entry`] is a transaction committed in the log (where it
+//! started and ended, the database's size after it, its pages) or, with no pages, the log's
+//! reset into a new generation. Entries form chains: each starts where the one before ended. A
+//! follower that loses its place (see `follow`) starts a new chain; a snapshot uses a journal
+//! only when one chain runs from the place its previous image ended to the place the new image
+//! ends, so a gap or a damaged record can only cost a full read of the database, never a wrong
+//! image.
+//!
+//! Everything read here is untrusted: a torn record at the end of the last segment (a follower
+//! killed while writing) ends the journal there; damage anywhere else ends it too, and is
+//! reported.
+
+use crate::error::{Error, IoContext, Result};
+use crate::source::wal::LogPos;
+use serde::{Deserialize, Serialize};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+const MAGIC: &[u8; 8] = b"STRAFJNL";
+const VERSION: u32 = 1;
+/// magic, version, page size, first sequence, zero.
+const HEADER_LEN: usize = 8 + 4 + 4 + 8 + 8;
+const EXT: &str = "journal";
+/// A record's body is at most this large (a transaction of 64 MiB of pages, with room).
+const BODY_MAX: usize = 80 << 20;
+/// A record holds at most this many page images (a follower's batch, or one transaction of up
+/// to 2^16 frames with the batch before it).
+const RECORD_PAGES_MAX: usize = 1 << 17;
+/// A segment is closed once it passes this size.
+pub const SEGMENT_BYTES: u64 = 64 << 20;
+/// zstd level of the page images: fast, as the follower runs beside the application.
+const LEVEL: i32 = 1;
+
+/// One transaction copied from the log, or the log's reset (no pages).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub seq: u64,
+    /// When the follower saw it committed (Unix nanoseconds).
+    pub time_ns: i64,
+    pub start: LogPos,
+    pub end: LogPos,
+    pub db_pages: u32,
+    pub pages: Vec<u32>,
+}
+
+/// Appends records to a journal directory.
+pub struct JournalWriter {
+    dir: PathBuf,
+    page_size: u32,
+    file: Option<(File, u64)>,
+    next_seq: u64,
+}
+
+impl JournalWriter {
+    /// Opens the journal in `dir` (made if missing) for a database of `page_size` pages. New
+    /// records go to a new segment; sequence numbers go on from the last entry found.
+    pub fn open(dir: &Path, page_size: u32) -> Result<JournalWriter> {
+        std::fs::create_dir_all(dir).ctx("create", dir)?;
+        let mut next_seq = 0;
+        if let Some(last) = segments(dir)?.last() {
+            // A segment's name is its first sequence number; entries written go on from it.
+            let named = last
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|s| u64::from_str_radix(s, 16).ok())
+                .unwrap_or(0);
+            next_seq = named;
+            if let Ok(mut reader) = SegmentReader::open(last) {
+                while let Ok(Some(rec)) = reader.next_record() {
+                    if let Some(e) = rec.entries.last() {
+                        next_seq = next_seq.max(e.seq + 1);
+                    }
+                }
+            }
+            next_seq = next_seq.max(named + 1);
+        }
+        Ok(JournalWriter {
+            dir: dir.to_path_buf(),
+            page_size,
+            file: None,
+            next_seq,
+        })
+    }
+
+    /// The sequence number the next entry gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Appends one record of `entries` (their sequence numbers are set here) with their pages'
+    /// images, one page each in entry order, and makes it durable.
+    pub fn append(&mut self, entries: &mut [Entry], images: &[u8]) -> Result<()> {
+        let page = self.page_size as usize;
+        let count: usize = entries.iter().map(|e| e.pages.len()).sum();
+        if images.len() != count * page {
+            return Err(Error::invalid(
+                "journal record: images do not match the pages",
+            ));
+        }
+        for e in entries.iter_mut() {
+            e.seq = self.next_seq;
+            self.next_seq += 1;
+        }
+        let head = crate::codec::encode(&entries.to_vec())?;
+        let (flag, stored) = match crate::compress::compress(images, LEVEL)? {
+            (crate::compress::Compression::Zstd, z) => (1u8, z),
+            (_, raw) => (0u8, raw),
+        };
+        let mut body = Vec::with_capacity(4 + head.len() + 1 + stored.len());
+        body.extend_from_slice(&(head.len() as u32).to_le_bytes());
+        body.extend_from_slice(&head);
+        body.push(flag);
+        body.extend_from_slice(&stored);
+        if body.len() > BODY_MAX {
+            return Err(Error::invalid("journal record too large"));
+        }
+        let mut record = Vec::with_capacity(body.len() + 12);
+        record.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        record.extend_from_slice(&body);
+        record.extend_from_slice(&twox_hash::XxHash3_64::oneshot(&body).to_le_bytes());
+        let first = entries.first().map_or(self.next_seq, |e| e.seq);
+        let dir = self.dir.clone();
+        let (file, len) = self.segment(first)?;
+        file.write_all_at(&record, *len)
+            .and_then(|_| file.sync_data())
+            .ctx("write", &dir)?;
+        *len += record.len() as u64;
+        if *len >= SEGMENT_BYTES {
+            self.file = None;
+        }
+        Ok(())
+    }
+
+    /// The open segment, or a new one whose first entry is `first`.
+    fn segment(&mut self, first: u64) -> Result<&mut (File, u64)> {
+        if self.file.is_none() {
+            let path = self.dir.join(format!("{first:016x}.{EXT}"));
+            let mut f = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .open(&path)
+                .ctx("create", &path)?;
+            let mut h = Vec::with_capacity(HEADER_LEN);
+            h.extend_from_slice(MAGIC);
+            h.extend_from_slice(&VERSION.to_le_bytes());
+            h.extend_from_slice(&self.page_size.to_le_bytes());
+            h.extend_from_slice(&first.to_le_bytes());
+            h.extend_from_slice(&[0u8; 8]);
+            f.write_all(&h)
+                .and_then(|_| f.sync_all())
+                .ctx("write", &path)?;
+            crate::sys::sync_dir(&self.dir)?;
+            self.file = Some((f, HEADER_LEN as u64));
+        }
+        Ok(self.file.as_mut().expect("opened above"))
+    }
+}
+
+/// The segment files of a journal, oldest first.
+pub fn segments(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io_path("list", dir, e)),
+    };
+    for item in rd {
+        let item = item.ctx("list", dir)?;
+        let name = item.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(stem) = name.strip_suffix(&format!(".{EXT}")) else {
+            continue;
+        };
+        if let Ok(seq) = u64::from_str_radix(stem, 16) {
+            out.push((seq, item.path()));
+        }
+    }
+    out.sort();
+    Ok(out.into_iter().map(|(_, p)| p).collect())
+}
+
+/// A record read back: its entries, and where its page images are.
+pub struct Record {
+    pub entries: Vec<Entry>,
+    /// The segment and the offset of the record's body in it.
+    pub at: (usize, u64),
+}
+
+/// Reads one segment's records in order.
+pub struct SegmentReader {
+    file: File,
+    path: PathBuf,
+    pub page_size: u32,
+    pub first_seq: u64,
+    offset: u64,
+    len: u64,
+}
+
+impl SegmentReader {
+    pub fn open(path: &Path) -> Result<SegmentReader> {
+        let file = File::open(path).ctx("open", path)?;
+        let len = file.metadata().ctx("stat", path)?.len();
+        let mut h = [0u8; HEADER_LEN];
+        let n = crate::source::read_full_at(&file, &mut h, 0).ctx("read", path)?;
+        if n < HEADER_LEN || &h[..8] != MAGIC {
+            return Err(Error::corrupt(format!(
+                "{}: not a capture journal segment",
+                path.display()
+            )));
+        }
+        let version = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes"));
+        if version != VERSION {
+            return Err(Error::VersionUnsupported(format!(
+                "{}: capture journal version {version}; this strata reads version {VERSION}",
+                path.display()
+            )));
+        }
+        let page_size = u32::from_le_bytes(h[12..16].try_into().expect("4 bytes"));
+        if !page_size.is_power_of_two() || !(512..=65536).contains(&page_size) {
+            return Err(Error::corrupt(format!(
+                "{}: page size {page_size} in a capture journal segment",
+                path.display()
+            )));
+        }
+        Ok(SegmentReader {
+            file,
+            path: path.to_path_buf(),
+            page_size,
+            first_seq: u64::from_le_bytes(h[16..24].try_into().expect("8 bytes")),
+            offset: HEADER_LEN as u64,
+            len,
+        })
+    }
+
+    /// The next record's body, or `None` at the end of what was written whole (a torn record
+    /// at the end). A record whose checksum fails before the end is damage.
+    fn next_body(&mut self) -> Result<Option<(u64, Vec<u8>)>> {
+        if self.offset + 4 > self.len {
+            return Ok(None);
+        }
+        let mut l = [0u8; 4];
+        crate::source::read_full_at(&self.file, &mut l, self.offset).ctx("read", &self.path)?;
+        let body_len = u32::from_le_bytes(l) as usize;
+        let end = self.offset + 4 + body_len as u64 + 8;
+        if body_len > BODY_MAX || end > self.len {
+            // Torn at the end (a record being written when the follower stopped) or damaged.
+            return match end > self.len && body_len <= BODY_MAX {
+                true => Ok(None),
+                false => Err(self.damage("record length")),
+            };
+        }
+        let mut rec = vec![0u8; body_len + 8];
+        let n = crate::source::read_full_at(&self.file, &mut rec, self.offset + 4)
+            .ctx("read", &self.path)?;
+        if n < rec.len() {
+            return Ok(None);
+        }
+        let sum = u64::from_le_bytes(rec[body_len..].try_into().expect("8 bytes"));
+        rec.truncate(body_len);
+        if twox_hash::XxHash3_64::oneshot(&rec) != sum {
+            // The last record may be torn mid-write; anything before it is damage.
+            return match end == self.len {
+                true => Ok(None),
+                false => Err(self.damage("record checksum")),
+            };
+        }
+        let at = self.offset + 4;
+        self.offset = end;
+        Ok(Some((at, rec)))
+    }
+
+    fn damage(&self, what: &str) -> Error {
+        Error::corrupt(format!(
+            "{}: capture journal damaged at byte {} ({what})",
+            self.path.display(),
+            self.offset
+        ))
+    }
+
+    /// The next record's entries (its body's offset in `at.1`; `at.0` is left 0).
+    pub fn next_record(&mut self) -> Result<Option<Record>> {
+        let Some((at, body)) = self.next_body()? else {
+            return Ok(None);
+        };
+        let (head, _) = split_body(&body).ok_or_else(|| self.damage("record head"))?;
+        let entries: Vec<Entry> = crate::codec::decode(head, "capture journal record")?;
+        Ok(Some(Record {
+            entries,
+            at: (0, at),
+        }))
+    }
+
+    /// The page images of the record whose body is at `at`, `pages` pages of them.
+    pub fn images_at(&self, at: u64, pages: usize) -> Result<Vec<u8>> {
+        let mut l = [0u8; 4];
+        crate::source::read_full_at(&self.file, &mut l, at - 4).ctx("read", &self.path)?;
+        let body_len = u32::from_le_bytes(l) as usize;
+        if body_len > BODY_MAX {
+            return Err(self.damage("record length"));
+        }
+        let mut body = vec![0u8; body_len + 8];
+        let n = crate::source::read_full_at(&self.file, &mut body, at).ctx("read", &self.path)?;
+        if n < body.len() {
+            return Err(self.damage("record cut short"));
+        }
+        let sum = u64::from_le_bytes(body[body_len..].try_into().expect("8 bytes"));
+        body.truncate(body_len);
+        if twox_hash::XxHash3_64::oneshot(&body) != sum {
+            return Err(self.damage("record checksum"));
+        }
+        let (_, images) = split_body(&body).ok_or_else(|| self.damage("record head"))?;
+        let raw = Some(pages)
+            .filter(|n| *n <= RECORD_PAGES_MAX)
+            .and_then(|n| n.checked_mul(self.page_size as usize))
+            .ok_or_else(|| self.damage("record size"))?;
+        let (flag, stored) = images.split_first().ok_or_else(|| self.damage("images"))?;
+        let compression = match flag {
+            0 => crate::compress::Compression::None,
+            1 => crate::compress::Compression::Zstd,
+            _ => return Err(self.damage("image flag")),
+        };
+        crate::compress::decompress(stored, compression, raw)
+    }
+}
+
+/// A record body's head and the rest (the images with their flag byte).
+fn split_body(body: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (l, rest) = body.split_first_chunk::<4>()?;
+    let l = u32::from_le_bytes(*l) as usize;
+    (l <= rest.len()).then(|| rest.split_at(l))
+}
+
+/// Where the newest image of a page is: the segment, the record's body offset, and the page's
+/// index among the record's images.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageAt {
+    pub segment: usize,
+    pub record: u64,
+    pub index: u32,
+}
+
+/// The changes one chain of a journal holds between two places of the log.
+pub struct Changes {
+    /// The segments they are in.
+    pub segments: Vec<PathBuf>,
+    /// Each changed page's newest image, by page number.
+    pub pages: std::collections::BTreeMap<u32, PageAt>,
+    /// The database's size in pages at `to`.
+    pub db_pages: u32,
+    /// How many entries ran from `from` to `to`.
+    pub entries: u64,
+    /// The pages in each record (for reading its images).
+    pub record_pages: std::collections::HashMap<(usize, u64), usize>,
+}
+
+/// The changes from `from` to `to`, if one chain of the journal in `dir` runs between them
+/// (`Ok(None)` otherwise). `from == to` is an empty chain.
+pub fn changes(dir: &Path, from: &LogPos, to: &LogPos) -> Result<Option<Changes>> {
+    let segs = segments(dir)?;
+    let mut out = Changes {
+        segments: segs.clone(),
+        pages: Default::default(),
+        db_pages: 0,
+        entries: 0,
+        record_pages: Default::default(),
+    };
+    if from == to {
+        return Ok(Some(out));
+    }
+    let mut at: Option<LogPos> = None;
+    for (k, path) in segs.iter().enumerate() {
+        // A segment that cannot be read (damaged, or cut short by a crash before its header
+        // was written) is a gap.
+        let mut reader = match SegmentReader::open(path) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("{e}");
+                at = None;
+                out.pages.clear();
+                out.entries = 0;
+                continue;
+            }
+        };
+        loop {
+            let rec = match reader.next_record() {
+                Ok(Some(rec)) => rec,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!("{e}");
+                    at = None;
+                    out.pages.clear();
+                    out.entries = 0;
+                    break;
+                }
+            };
+            let count: usize = rec.entries.iter().map(|e| e.pages.len()).sum();
+            out.record_pages.insert((k, rec.at.1), count);
+            let mut index = 0u32;
+            for e in &rec.entries {
+                // A gap ends the chain that started at `from`; a later one may start there again
+                // (a follower restarted).
+                if at.is_some_and(|p| e.start != p) {
+                    at = None;
+                    out.pages.clear();
+                    out.entries = 0;
+                }
+                if at.is_none() && e.start == *from {
+                    at = Some(*from);
+                }
+                if at.is_some() {
+                    for (j, pgno) in e.pages.iter().enumerate() {
+                        let at = PageAt {
+                            segment: k,
+                            record: rec.at.1,
+                            index: index + j as u32,
+                        };
+                        out.pages.insert(*pgno, at);
+                    }
+                    out.entries += 1;
+                    out.db_pages = e.db_pages;
+                    at = Some(e.end);
+                    if e.end == *to {
+                        let db_pages = out.db_pages;
+                        out.pages.retain(|pgno, _| *pgno <= db_pages);
+                        return Ok(Some(out));
+                    }
+                }
+                index += e.pages.len() as u32;
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Removes the segments of `dir` every entry of which ended before `seq` (best effort).
+pub fn prune_before(dir: &Path, seq: u64) -> Result<u64> {
+    let segs = segments(dir)?;
+    let mut removed = 0;
+    // A segment's entries all come before the next segment's first.
+    for pair in segs.windows(2) {
+        let next = SegmentReader::open(&pair[1])?.first_seq;
+        if next <= seq {
+            std::fs::remove_file(&pair[0]).ctx("remove", &pair[0])?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}

@@ -1,0 +1,264 @@
+//! Following a WAL database (`strata follow`): its transactions copied into the capture journal
+//! as they commit, snapshots built from the journal after checkpoints reset the log, one
+//! follower per database, and a lost place answered by a full read.
+
+mod common;
+
+use common::*;
+use rusqlite::Connection;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+/// A WAL database of 60,000 rows of 300 random bytes in `src/app.db`, and a repository.
+fn app_db() -> (Env, PathBuf, PathBuf) {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let db = src.join("app.db");
+    let c = Connection::open(&db).unwrap();
+    c.execute_batch(
+        "PRAGMA journal_mode=WAL; CREATE TABLE t(id INTEGER PRIMARY KEY, pad BLOB); BEGIN;
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 60000)
+         INSERT INTO t SELECT i, randomblob(300) FROM n; COMMIT;",
+    )
+    .unwrap();
+    (env, src, db)
+}
+
+/// The table's rows as one digest.
+fn table_digest(db: &Path) -> String {
+    let c = Connection::open(db).unwrap();
+    let mut stmt = c.prepare("SELECT id, pad FROM t ORDER BY id").unwrap();
+    let mut rows = stmt.query([]).unwrap();
+    let mut h = blake3::Hasher::new();
+    while let Some(r) = rows.next().unwrap() {
+        h.update(&r.get::<_, i64>(0).unwrap().to_le_bytes());
+        h.update(r.get_ref(1).unwrap().as_blob().unwrap());
+    }
+    h.finalize().to_hex().to_string()
+}
+
+fn integrity(db: &Path) -> String {
+    let c = Connection::open(db).unwrap();
+    c.query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// A running `strata follow`, stopped (SIGTERM) when dropped.
+struct Following {
+    child: Child,
+    status: PathBuf,
+}
+
+impl Following {
+    fn start(env: &Env, db: &Path, extra: &[&str]) -> Following {
+        let mut args = vec!["follow".to_string()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.push(db.display().to_string());
+        let child = env
+            .cmd()
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let dir = find_journal(&env.repo);
+        let f = Following {
+            child,
+            status: dir.join("status.json"),
+        };
+        f.wait_for(|s| s["pid"].is_u64(), "the follower to start");
+        f
+    }
+
+    fn status(&self) -> serde_json::Value {
+        std::fs::read(&self.status)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Waits (up to 20 s) until the status says `ok`.
+    fn wait_for(&self, ok: impl Fn(&serde_json::Value) -> bool, what: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let s = self.status();
+            if ok(&s) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "waited for {what}: {s}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for a round that began after now (the status is written once a second).
+    fn settle(&self) -> serde_json::Value {
+        let after = chrono::Utc::now().timestamp_millis() + 50;
+        self.wait_for(
+            |s| s["caught_up_ms"].as_i64().is_some_and(|t| t > after),
+            "a round after the last commit",
+        )
+    }
+
+    fn stop(mut self) -> String {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let out = std::mem::replace(
+            &mut self.child,
+            std::process::Command::new("true").spawn().unwrap(),
+        )
+        .wait_with_output()
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "follow: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The one journal directory under the repository (waits for the follower to make it).
+fn find_journal(repo: &Path) -> PathBuf {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(rd) = std::fs::read_dir(repo.join("follow"))
+            && let Some(d) = rd.flatten().next()
+        {
+            return d.path();
+        }
+        assert!(Instant::now() < deadline, "no journal made");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `n` transactions rewriting three rows each, a few milliseconds apart, with a pause after
+/// every 25 (an application's quiet moments, when a checkpoint can take the whole log).
+fn write_some(db: &Path, n: i64, seed: i64) {
+    let c = Connection::open(db).unwrap();
+    c.busy_timeout(Duration::from_secs(5)).unwrap();
+    for k in 0..n {
+        c.execute_batch("BEGIN IMMEDIATE").unwrap();
+        for j in 0..3 {
+            let id = (seed * 7919 + k * 131 + j * 2003) % 60000 + 1;
+            c.execute("UPDATE t SET pad = randomblob(300) WHERE id = ?1", [id])
+                .unwrap();
+        }
+        c.execute_batch("COMMIT").unwrap();
+        let pause = if k % 25 == 24 { 150 } else { 2 };
+        std::thread::sleep(Duration::from_millis(pause));
+    }
+}
+
+fn restored_db(env: &Env, id: &str, name: &str) -> PathBuf {
+    let out = env.path(name);
+    env.ok(&["restore", id, out.to_str().unwrap()]);
+    files_below(&out)
+        .into_iter()
+        .find(|p| p.file_name().is_some_and(|n| n == "app.db"))
+        .expect("app.db restored")
+}
+
+#[test]
+fn snapshots_after_the_log_was_reset_come_from_the_journal() {
+    let (env, src, db) = app_db();
+    let size = std::fs::metadata(&db).unwrap().len();
+    // Checkpoints every 20 frames: the log is reset many times over.
+    let f = Following::start(&env, &db, &["--checkpoint-frames", "20"]);
+    write_some(&db, 5, 0);
+    f.settle();
+    // The first snapshot reads the database whole; the ones after go on from where it ended.
+    env.backup(&[&src]);
+    write_some(&db, 150, 1);
+    let s = f.settle();
+    assert!(s["resets"].as_u64().unwrap() >= 1, "{s}");
+    assert!(s["transactions"].as_u64().unwrap() >= 150, "{s}");
+
+    let out = env.json(&["backup", src.to_str().unwrap()]);
+    let read = out["stats"]["bytes_read"].as_u64().unwrap();
+    // 450 row rewrites touch a few hundred pages; a full read would be the whole file.
+    assert!(read < size / 3, "read {read} of {size}");
+    let live = table_digest(&db);
+    let restored = restored_db(&env, out["id"].as_str().unwrap(), "r1");
+    assert_eq!(integrity(&restored), "ok");
+    assert_eq!(table_digest(&restored), live);
+
+    // Again, from the place that snapshot ended at.
+    write_some(&db, 80, 2);
+    f.settle();
+    let out = env.json(&["backup", src.to_str().unwrap()]);
+    assert!(out["stats"]["bytes_read"].as_u64().unwrap() < size / 3);
+    let restored = restored_db(&env, out["id"].as_str().unwrap(), "r2");
+    assert_eq!(integrity(&restored), "ok");
+    assert_eq!(table_digest(&restored), table_digest(&db));
+    f.stop();
+}
+
+#[test]
+fn one_follower_per_database_and_wal_mode_only() {
+    let (env, _src, db) = app_db();
+    let f = Following::start(&env, &db, &[]);
+    let second = env.run(&["follow", db.to_str().unwrap()]);
+    assert_ne!(code(&second), 0);
+    assert!(
+        stderr(&second).contains("already followed"),
+        "{}",
+        stderr(&second)
+    );
+    f.stop();
+
+    let rollback = env.path("src/rollback.db");
+    Connection::open(&rollback)
+        .unwrap()
+        .execute_batch("CREATE TABLE x(a)")
+        .unwrap();
+    let out = env.run(&["follow", rollback.to_str().unwrap()]);
+    assert_ne!(code(&out), 0);
+    assert!(
+        stderr(&out).contains("journal_mode=WAL"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_replaced_database_loses_the_place_and_is_read_whole() {
+    let (env, src, db) = app_db();
+    let f = Following::start(&env, &db, &["--checkpoint-frames", "20"]);
+    write_some(&db, 30, 3);
+    f.settle();
+    env.backup(&[&src]);
+    // Replaced by a copy (another inode, another log).
+    let copy = env.path("copy.db");
+    {
+        let c = Connection::open(&db).unwrap();
+        c.execute("VACUUM INTO ?1", [copy.to_str().unwrap()])
+            .unwrap();
+    }
+    std::fs::rename(&copy, &db).unwrap();
+    {
+        let c = Connection::open(&db).unwrap();
+        c.execute_batch("PRAGMA journal_mode=WAL").unwrap();
+    }
+    write_some(&db, 10, 4);
+    let s = f.wait_for(|s| s["fallbacks"].as_u64() >= Some(1), "the lost place");
+    assert!(
+        s["last_fallback"].as_str().unwrap().contains("replaced"),
+        "{s}"
+    );
+    let size = std::fs::metadata(&db).unwrap().len();
+    let out = env.json(&["backup", src.to_str().unwrap()]);
+    assert!(out["stats"]["bytes_read"].as_u64().unwrap() >= size);
+    let restored = restored_db(&env, out["id"].as_str().unwrap(), "r");
+    assert_eq!(integrity(&restored), "ok");
+    assert_eq!(table_digest(&restored), table_digest(&db));
+    f.stop();
+}
