@@ -1753,3 +1753,80 @@ fn the_web_page_opens_a_snapshot_into_its_files_in_a_real_browser() {
         "raw error text:\n{dom}"
     );
 }
+
+/// `follow = true`: the daemon runs a follower for the job's database, says how it does in
+/// `/api/followers`, `/metrics` and `/health`, starts it again when it dies, and stops it on
+/// shutdown; the job's snapshots go on from its journal.
+#[test]
+fn a_job_with_follow_keeps_a_follower_running() {
+    let env = Env::new();
+    env.init();
+    let (token, entry) = new_token(&env);
+    let db = env.path("app.db");
+    let c = rusqlite::Connection::open(&db).unwrap();
+    c.execute_batch(
+        "PRAGMA journal_mode=WAL; CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
+         INSERT INTO t(v) VALUES ('first');",
+    )
+    .unwrap();
+    let cfg = config(
+        &env,
+        &format!(
+            "{entry}\n[[job]]\nname = \"app\"\nsqlite = [{:?}]\nfollow = true\n\
+             schedule = \"every 1h\"\nkind = \"hourly\"\n",
+            db.display().to_string()
+        ),
+    );
+    let mut d = Daemon::start(&env, &cfg);
+    let followers = |d: &Daemon| d.get("/api/followers", Some(&token));
+    let wait = |d: &Daemon, what: &str, ok: &dyn Fn(&Value) -> bool| -> Value {
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (status, list) = followers(d);
+            assert_eq!(status, 200, "{list}");
+            if ok(&list[0]) {
+                return list;
+            }
+            assert!(
+                Instant::now() < until,
+                "waited for {what}: {list}\n{}",
+                d.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait(&d, "the follower", &|f| {
+        f["running"] == true && f["status"]["pid"].is_u64()
+    });
+    for n in 0..20 {
+        c.execute("INSERT INTO t(v) VALUES (?1)", [format!("row {n}")])
+            .unwrap();
+    }
+    let list = wait(&d, "the transactions copied", &|f| {
+        f["status"]["transactions"].as_u64() >= Some(20)
+    });
+    let (status, _) = followers(&d);
+    check_response(&openapi(), "get", "/api/followers", status, &list);
+    let m = metrics(&d, &token);
+    assert!(metric(&m, "strata_follow_running") == 1.0, "{m}");
+    assert!(metric(&m, "strata_follow_transactions") >= 20.0, "{m}");
+    let (status, health) = d.get("/health", Some(&token));
+    assert_eq!(status, 200, "{health}");
+
+    // A snapshot of the job, then a follower killed: the daemon starts another.
+    let (_, op) = d.send("POST", "/api/snapshots", &token, "{\"job\": \"app\"}");
+    assert_eq!(d.wait_op(&op, &token)["status"], "succeeded");
+    let pid = list[0]["status"]["pid"].as_u64().unwrap() as i32;
+    // SAFETY: signalling the daemon's child.
+    unsafe { libc_kill(pid, 9) };
+    wait(&d, "a new follower", &|f| {
+        f["restarts"].as_u64() >= Some(1)
+            && f["running"] == true
+            && f["status"]["pid"].as_u64().is_some_and(|p| p as i32 != pid)
+    });
+    let second = followers(&d).1[0]["status"]["pid"].as_u64().unwrap() as i32;
+    assert!(d.terminate().success());
+    // SAFETY: probing (signal 0) whether the follower is gone.
+    let alive = unsafe { libc_kill(second, 0) } == 0;
+    assert!(!alive, "the follower outlived the daemon");
+}

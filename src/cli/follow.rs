@@ -22,9 +22,19 @@ pub struct FollowArgs {
     /// SQLite databases in WAL mode
     #[arg(required = true)]
     databases: Vec<PathBuf>,
-    /// Run a checkpoint once the log holds this many frames (pages)
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Checkpoint once the log holds this many frames
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     checkpoint_frames: u32,
+    /// How long the journal is kept (30m, 24h, 7d)
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_keep)]
+    keep: std::time::Duration,
+}
+
+fn parse_keep(s: &str) -> Result<std::time::Duration, String> {
+    strata::retention::parse_duration(s)
+        .filter(|n| *n > 0)
+        .map(|n| std::time::Duration::from_nanos(n as u64))
+        .ok_or_else(|| format!("{s:?}: expected a duration such as 30m, 24h or 7d"))
 }
 
 pub fn follow(repo: &Repo, args: FollowArgs) -> Result<ExitCode> {
@@ -41,6 +51,7 @@ pub fn follow(repo: &Repo, args: FollowArgs) -> Result<ExitCode> {
         locks.push(lock(&dir, &abs)?);
         let opts = FollowOptions {
             checkpoint_frames: args.checkpoint_frames,
+            keep: args.keep,
             ..FollowOptions::default()
         };
         let f = Follower::new(&abs, &dir, opts)

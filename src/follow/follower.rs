@@ -54,6 +54,8 @@ pub struct FollowOptions {
     /// The largest transaction copied (in frames); a larger one (a `VACUUM` of a large
     /// database) costs the follower its place, and the next snapshot a full read.
     pub max_txn_frames: u32,
+    /// Journal segments last written longer ago than this are removed.
+    pub keep: Duration,
 }
 
 impl Default for FollowOptions {
@@ -64,6 +66,7 @@ impl Default for FollowOptions {
             emergency_frames: 1 << 16,
             batch_frames: 4096,
             max_txn_frames: 1 << 16,
+            keep: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -132,6 +135,7 @@ pub struct Follower {
     pub status: Status,
     last_status: Option<Instant>,
     last_checkpoint: Option<Instant>,
+    last_prune: Option<Instant>,
     /// Pinned without a break since a round found no log: a new one starts at its first frame.
     since_empty: bool,
     /// A checkpoint ran with no read transaction held since the last copy: a reset log may
@@ -186,6 +190,7 @@ impl Follower {
             },
             last_status: None,
             last_checkpoint: None,
+            last_prune: None,
             since_empty: false,
             window: false,
         })
@@ -202,6 +207,7 @@ impl Follower {
                 }
             }
             self.write_status(false);
+            self.prune();
             watch.wait(self.opts.poll);
         }
         self.release_all();
@@ -562,6 +568,21 @@ impl Follower {
             self.pinned = Some(pinned);
         }
         result
+    }
+
+    /// Removes journal segments older than [`FollowOptions::keep`], once a minute.
+    fn prune(&mut self) {
+        if self
+            .last_prune
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(60))
+        {
+            return;
+        }
+        self.last_prune = Some(Instant::now());
+        let cutoff = std::time::SystemTime::now() - self.opts.keep;
+        if let Err(e) = super::journal::prune_older_than(&self.dir, cutoff) {
+            tracing::warn!("follow {}: pruning the journal: {e}", self.path.display());
+        }
     }
 
     /// Writes `status.json` in the journal's directory, at most once a second unless `now`.

@@ -44,6 +44,8 @@ const BODY_MAX: usize = 80 << 20;
 const RECORD_PAGES_MAX: usize = 1 << 17;
 /// A segment is closed once it passes this size.
 pub const SEGMENT_BYTES: u64 = 64 << 20;
+/// ... or once it is this old, so that old entries can be removed a segment at a time.
+const SEGMENT_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
 /// zstd level of the page images: fast, as the follower runs beside the application.
 const LEVEL: i32 = 1;
 
@@ -63,7 +65,7 @@ pub struct Entry {
 pub struct JournalWriter {
     dir: PathBuf,
     page_size: u32,
-    file: Option<(File, u64)>,
+    file: Option<(File, u64, std::time::Instant)>,
     next_seq: u64,
 }
 
@@ -136,19 +138,19 @@ impl JournalWriter {
         record.extend_from_slice(&twox_hash::XxHash3_64::oneshot(&body).to_le_bytes());
         let first = entries.first().map_or(self.next_seq, |e| e.seq);
         let dir = self.dir.clone();
-        let (file, len) = self.segment(first)?;
+        let (file, len, opened) = self.segment(first)?;
         file.write_all_at(&record, *len)
             .and_then(|_| file.sync_data())
             .ctx("write", &dir)?;
         *len += record.len() as u64;
-        if *len >= SEGMENT_BYTES {
+        if *len >= SEGMENT_BYTES || opened.elapsed() >= SEGMENT_AGE {
             self.file = None;
         }
         Ok(())
     }
 
     /// The open segment, or a new one whose first entry is `first`.
-    fn segment(&mut self, first: u64) -> Result<&mut (File, u64)> {
+    fn segment(&mut self, first: u64) -> Result<&mut (File, u64, std::time::Instant)> {
         if self.file.is_none() {
             let path = self.dir.join(format!("{first:016x}.{EXT}"));
             let mut f = OpenOptions::new()
@@ -167,7 +169,7 @@ impl JournalWriter {
                 .and_then(|_| f.sync_all())
                 .ctx("write", &path)?;
             crate::sys::sync_dir(&self.dir)?;
-            self.file = Some((f, HEADER_LEN as u64));
+            self.file = Some((f, HEADER_LEN as u64, std::time::Instant::now()));
         }
         Ok(self.file.as_mut().expect("opened above"))
     }
@@ -449,15 +451,17 @@ pub fn changes(dir: &Path, from: &LogPos, to: &LogPos) -> Result<Option<Changes>
     Ok(None)
 }
 
-/// Removes the segments of `dir` every entry of which ended before `seq` (best effort).
-pub fn prune_before(dir: &Path, seq: u64) -> Result<u64> {
+/// Removes the segments of `dir` last written before `cutoff` (never the newest segment, which
+/// a follower may still append to); returns how many.
+pub fn prune_older_than(dir: &Path, cutoff: std::time::SystemTime) -> Result<u64> {
     let segs = segments(dir)?;
     let mut removed = 0;
-    // A segment's entries all come before the next segment's first.
-    for pair in segs.windows(2) {
-        let next = SegmentReader::open(&pair[1])?.first_seq;
-        if next <= seq {
-            std::fs::remove_file(&pair[0]).ctx("remove", &pair[0])?;
+    for seg in segs.iter().take(segs.len().saturating_sub(1)) {
+        let old = std::fs::metadata(seg)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t < cutoff);
+        if old {
+            std::fs::remove_file(seg).ctx("remove", seg)?;
             removed += 1;
         }
     }

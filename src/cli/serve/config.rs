@@ -71,6 +71,8 @@ struct FileJob {
     retention: Option<Spanned<String>>,
     max_snapshots: Option<usize>,
     alert_after: Option<Spanned<String>>,
+    /// Follow the job's SQLite databases (`strata follow`) while the daemon runs.
+    follow: Option<bool>,
 }
 
 /// A bearer token the API accepts, known only by its BLAKE3 hash.
@@ -97,6 +99,8 @@ pub struct Job {
     pub max_snapshots: Option<usize>,
     /// Health is degraded when the last success is older than this.
     pub alert_after_s: i64,
+    /// The job's `sqlite` databases are followed while the daemon runs.
+    pub follow: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -390,11 +394,11 @@ fn tokens(o: &Origin, from_file: &[FileToken]) -> Result<Vec<Token>> {
 fn jobs(o: &Origin, from_file: &[FileJob]) -> Result<Vec<Job>> {
     let mut jobs = Vec::new();
     let mut file_jobs: Vec<&FileJob> = from_file.iter().collect();
-    let from_env;
+    let from_env: FileJob;
     if file_jobs.is_empty()
         && let Some(paths) = env("STRATA_BACKUP_PATHS")
     {
-        from_env = FileJob {
+        let mut job = FileJob {
             name: Spanned::new(0..0, "default".to_string()),
             paths: std::env::split_paths(&paths).collect(),
             sqlite: vec![],
@@ -409,7 +413,16 @@ fn jobs(o: &Origin, from_file: &[FileJob]) -> Result<Vec<Job>> {
             retention: None,
             max_snapshots: None,
             alert_after: None,
+            follow: None,
         };
+        // STRATA_FOLLOW: databases (as PATH lists are written) backed up and followed.
+        if let Some(dbs) = env("STRATA_FOLLOW") {
+            job.sqlite = std::env::split_paths(&dbs)
+                .map(|p| p.display().to_string())
+                .collect();
+            job.follow = Some(true);
+        }
+        from_env = job;
         file_jobs.push(&from_env);
     }
     for j in file_jobs {
@@ -418,6 +431,18 @@ fn jobs(o: &Origin, from_file: &[FileJob]) -> Result<Vec<Job>> {
     for (i, j) in jobs.iter().enumerate() {
         if jobs[..i].iter().any(|k| k.name == j.name) {
             bail!("{}: two jobs are named {:?}", o.file, j.name);
+        }
+    }
+    let mut followed = std::collections::HashSet::new();
+    for j in jobs.iter().filter(|j| j.follow) {
+        for db in &j.sqlite {
+            let abs = std::path::absolute(db).unwrap_or_else(|_| PathBuf::from(db));
+            if !followed.insert(abs) {
+                bail!(
+                    "{}: {db} is followed by two jobs; a database has one follower",
+                    o.file
+                );
+            }
         }
     }
     Ok(jobs)
@@ -490,6 +515,13 @@ fn job(o: &Origin, j: &FileJob) -> Result<Job> {
             Some(v) => bail!("STRATA_ON_START: expected true or false, got {v:?}"),
         },
     };
+    let follow = j.follow.unwrap_or(false);
+    if follow && j.sqlite.is_empty() {
+        bail!(
+            "{}: job {name:?}: follow = true follows the job's sqlite databases, and it has none",
+            o.at(&j.name)
+        );
+    }
     let kind = job_setting(o, "STRATA_BACKUP_KIND", j.kind.as_ref(), parse_kind)?
         .unwrap_or_else(|| "manual".to_string());
     if (retention.is_some() || max_snapshots.is_some())
@@ -521,6 +553,7 @@ fn job(o: &Origin, j: &FileJob) -> Result<Job> {
             parse_seconds,
         )?
         .unwrap_or(25 * 3600),
+        follow,
         name,
     })
 }
@@ -589,6 +622,25 @@ on_start = true
                 "expected line {line} and {what:?}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn follow_needs_databases_and_one_job_per_database() {
+        let on = GOOD.replace("on_start = true", "on_start = true\nfollow = true");
+        assert!(ServeConfig::parse(&on, "strata.toml").unwrap().jobs[0].follow);
+        let none = on.replace("sqlite = [\"/srv/app.db\"]\n", "");
+        let e = format!(
+            "{:#}",
+            ServeConfig::parse(&none, "strata.toml").unwrap_err()
+        );
+        assert!(e.contains("has none"), "{e}");
+        let twice =
+            format!("{on}\n[[job]]\nname = \"again\"\nsqlite = [\"/srv/app.db\"]\nfollow = true\n");
+        let e = format!(
+            "{:#}",
+            ServeConfig::parse(&twice, "strata.toml").unwrap_err()
+        );
+        assert!(e.contains("followed by two jobs"), "{e}");
     }
 
     #[test]

@@ -193,6 +193,9 @@ pub fn health(d: &Daemon, authenticated: bool) -> Response {
 
 /// `GET /metrics`.
 pub fn metrics(c: &Call) -> Result<Response> {
+    if let Some(f) = c.d.followers.get() {
+        f.update_metrics(&c.d.metrics);
+    }
     Ok(Response {
         status: 200,
         body: c.d.metrics.render().into_bytes(),
@@ -358,6 +361,12 @@ pub fn verify(c: &Call) -> Result<Response> {
 /// `GET /api/jobs`.
 pub fn jobs(c: &Call) -> Result<Response> {
     Ok(Response::json(200, &c.d.job_statuses()))
+}
+
+/// `GET /api/followers`: each followed database, its follower and how far behind it is.
+pub fn followers(c: &Call) -> Result<Response> {
+    let list = c.d.followers.get().map(|f| f.list()).unwrap_or_default();
+    Ok(Response::json(200, &list))
 }
 
 /// `GET /api/operations`: newest first.

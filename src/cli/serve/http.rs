@@ -269,6 +269,7 @@ const ROUTES: &[Route] = &[
     to("POST", "/api/restore", Handler::Token(handlers::restore)),
     to("POST", "/api/verify", Handler::Token(handlers::verify)),
     to("GET", "/api/jobs", Handler::Token(handlers::jobs)),
+    to("GET", "/api/followers", Handler::Token(handlers::followers)),
     to(
         "GET",
         "/api/operations",

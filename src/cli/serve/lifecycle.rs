@@ -131,7 +131,10 @@ fn open(cfg: ServeConfig, repo_path: PathBuf) -> Result<(Arc<Daemon>, Lanes)> {
         children: Mutex::new(Vec::new()),
         started: Utc::now(),
         wake: (Mutex::new(()), Condvar::new()),
+        followers: std::sync::OnceLock::new(),
     });
+    let followers = super::followers::Followers::new(&daemon)?;
+    let _ = daemon.followers.set(followers);
     Ok((daemon, [(wrx, "writer"), (vrx, "verifier")]))
 }
 
@@ -260,6 +263,9 @@ fn listen(daemon: &Arc<Daemon>, token_path: Option<&Path>) -> Result<http::Serve
 /// The scheduler: queues each job when it is due, until `term` is set.
 fn schedule(daemon: &Daemon, term: &AtomicBool) {
     while !term.load(Ordering::SeqCst) {
+        if let Some(f) = daemon.followers.get() {
+            f.tend(daemon);
+        }
         let now = Local::now();
         let mut due = Vec::new();
         {
@@ -294,6 +300,9 @@ fn schedule(daemon: &Daemon, term: &AtomicBool) {
 fn shut_down(daemon: &Daemon, server: http::Server, workers: Vec<JoinHandle<()>>) {
     tracing::info!("shutting down: no new operations; waiting for the running one");
     daemon.stopping.store(true, Ordering::SeqCst);
+    if let Some(f) = daemon.followers.get() {
+        f.stop();
+    }
     server.stop();
     // Closing the lanes ends the workers once the running operation is done; queued ones are
     // cancelled by `run`.

@@ -13,6 +13,12 @@ pub struct JobLabel {
     pub job: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DbLabel {
+    pub job: String,
+    pub database: String,
+}
+
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 pub struct Metrics {
@@ -30,6 +36,12 @@ pub struct Metrics {
     pub gc_runs: Counter,
     pub gc_reclaimed: Counter,
     pub forgotten: Counter,
+    pub follow_running: Family<DbLabel, Gauge>,
+    pub follow_lag: Family<DbLabel, FloatGauge>,
+    pub follow_log_bytes: Family<DbLabel, Gauge>,
+    pub follow_transactions: Family<DbLabel, Gauge>,
+    pub follow_checkpoints: Family<DbLabel, Gauge>,
+    pub follow_fallbacks: Family<DbLabel, Gauge>,
 }
 
 fn duration_buckets() -> Histogram {
@@ -54,6 +66,12 @@ impl Metrics {
             gc_runs: Counter::default(),
             gc_reclaimed: Counter::default(),
             forgotten: Counter::default(),
+            follow_running: Family::default(),
+            follow_lag: Family::default(),
+            follow_log_bytes: Family::default(),
+            follow_transactions: Family::default(),
+            follow_checkpoints: Family::default(),
+            follow_fallbacks: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -116,6 +134,36 @@ impl Metrics {
             "strata_snapshots_forgotten",
             "Snapshots removed by retention policies",
             m.forgotten.clone(),
+        );
+        registry.register(
+            "strata_follow_running",
+            "1 while the database's follower runs",
+            m.follow_running.clone(),
+        );
+        registry.register(
+            "strata_follow_lag_seconds",
+            "Seconds since the follower last read the database's log to its end",
+            m.follow_lag.clone(),
+        );
+        registry.register(
+            "strata_follow_log_bytes",
+            "Size of the database's write-ahead log",
+            m.follow_log_bytes.clone(),
+        );
+        registry.register(
+            "strata_follow_transactions",
+            "Transactions the running follower has copied since it started",
+            m.follow_transactions.clone(),
+        );
+        registry.register(
+            "strata_follow_checkpoints",
+            "Checkpoints the running follower has run since it started",
+            m.follow_checkpoints.clone(),
+        );
+        registry.register(
+            "strata_follow_fallbacks",
+            "Places in the log the running follower lost (each costs a full read)",
+            m.follow_fallbacks.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -11,6 +11,7 @@
 //! `operations` runs what is queued, `http` checks and routes each request to `handlers`.
 
 mod config;
+mod followers;
 mod handlers;
 mod http;
 mod lifecycle;
@@ -228,6 +229,8 @@ pub struct Daemon {
     children: Mutex<Vec<u32>>,
     started: DateTime<Utc>,
     wake: (Mutex<()>, Condvar),
+    /// The followers of jobs with `follow = true`.
+    followers: std::sync::OnceLock<followers::Followers>,
 }
 
 const KEEP_OPERATIONS: usize = 500;
@@ -367,6 +370,9 @@ impl Daemon {
                     human_seconds(j.alert_after_s)
                 ));
             }
+        }
+        if let Some(f) = self.followers.get() {
+            reasons.extend(f.health());
         }
         match disk_free(&self.repo) {
             Some(free) if free < self.cfg.disk_min_free => reasons.push(format!(
