@@ -62,6 +62,19 @@ pub(crate) fn commit(
         .map(|(key, _, sums)| (key.as_slice(), sums.as_deref()))
         .collect();
     crate::pagesums::store(repo, &records);
+    // Followed databases: where this snapshot's image ends in the log, for restores to an
+    // instant (best effort, as the records above).
+    for (key, stamp, _) in stamps {
+        if let crate::index::LogStamp::Frames { log, position, .. } = &stamp.wal {
+            let pos = crate::source::wal::LogPos {
+                salt1: log.salt1,
+                salt2: log.salt2,
+                frame: position.frames,
+                checksum: position.checksum,
+            };
+            crate::follow::attached::attach(repo, key, id, &pos);
+        }
+    }
     if let Some(cache) = repo.backend.node_cache() {
         // Only a cache: a node it failed to keep is downloaded again when needed.
         let _ = cache.flush();

@@ -262,3 +262,94 @@ fn a_replaced_database_loses_the_place_and_is_read_whole() {
     assert_eq!(table_digest(&restored), table_digest(&db));
     f.stop();
 }
+
+/// Nanoseconds since the epoch.
+fn now_ns() -> i64 {
+    chrono::Utc::now().timestamp_nanos_opt().unwrap()
+}
+
+/// The pad transaction `n` writes into row `id`.
+fn pad_of(n: i64, id: i64) -> String {
+    format!("txn {n} row {id} ").repeat(10)
+}
+
+/// Rows transaction `n` rewrites.
+fn rows_of(n: i64) -> [i64; 3] {
+    [
+        n * 37 % 60000 + 1,
+        n * 7919 % 60000 + 1,
+        n * 104729 % 60000 + 1,
+    ]
+}
+
+#[test]
+fn restore_to_an_instant_gives_the_transaction_committed_then() {
+    let (env, src, db) = app_db();
+    let c = Connection::open(&db).unwrap();
+    c.busy_timeout(Duration::from_secs(5)).unwrap();
+    c.execute_batch("CREATE TABLE meta(n INTEGER); INSERT INTO meta VALUES (0);")
+        .unwrap();
+    let f = Following::start(&env, &db, &["--checkpoint-frames", "30"]);
+    // Transaction n sets meta.n = n and rewrites three rows; the times around each commit are
+    // kept. A snapshot after 40 of them and after 80.
+    let mut times: Vec<(i64, i64)> = vec![(0, 0)];
+    for n in 1..=120i64 {
+        if n == 41 || n == 81 {
+            f.settle();
+            env.backup(&[&src]);
+        }
+        c.execute_batch("BEGIN IMMEDIATE").unwrap();
+        c.execute("UPDATE meta SET n = ?1", [n]).unwrap();
+        for id in rows_of(n) {
+            c.execute(
+                "UPDATE t SET pad = ?2 WHERE id = ?1",
+                rusqlite::params![id, pad_of(n, id)],
+            )
+            .unwrap();
+        }
+        let before = now_ns();
+        c.execute_batch("COMMIT").unwrap();
+        times.push((before, now_ns()));
+        std::thread::sleep(Duration::from_millis(if n % 20 == 0 { 200 } else { 25 }));
+    }
+    f.settle();
+
+    // 20 instants from just after the first snapshot to past the last commit.
+    let (lo, hi) = (times[45].1, times[120].1 + 50_000_000);
+    let mut rng = Rng::new(7);
+    for k in 0..20 {
+        let at = lo + (rng.below((hi - lo) as u64) as i64);
+        let text = chrono::DateTime::from_timestamp_nanos(at)
+            .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+        let target = env.path(&format!("at{k}"));
+        let out = env.json(&[
+            "restore",
+            "--at",
+            &text,
+            "--path",
+            "src/app.db",
+            target.to_str().unwrap(),
+        ]);
+        let restored = target.join("src/app.db");
+        assert_eq!(integrity(&restored), "ok", "{out}");
+        let r = Connection::open(&restored).unwrap();
+        let m: i64 = r.query_row("SELECT n FROM meta", [], |x| x.get(0)).unwrap();
+        // Nothing committed after the instant...
+        assert!(times[m as usize].0 <= at, "state {m} at {text}: {out}");
+        // ... and every transaction committed 100 ms before it is there.
+        for (n, t) in times.iter().enumerate().skip(1) {
+            if t.1 + 100_000_000 <= at {
+                assert!(n as i64 <= m, "state {m} at {text} misses {n}: {out}");
+            }
+        }
+        // The rows as transaction m left them.
+        for id in rows_of(m) {
+            let pad: String = r
+                .query_row("SELECT pad FROM t WHERE id = ?1", [id], |x| x.get(0))
+                .unwrap();
+            let last = (1..=m).rev().find(|n| rows_of(*n).contains(&id)).unwrap();
+            assert_eq!(pad, pad_of(last, id), "row {id} at state {m}");
+        }
+    }
+    f.stop();
+}

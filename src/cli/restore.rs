@@ -26,7 +26,8 @@ pub struct RestoreArgs {
     /// Directory to restore into: a snapshot path P lands at TARGET/P, so `--path app` restores
     /// TARGET/app (omit with --to-stdout or --to-original)
     target: Option<PathBuf>,
-    /// The newest snapshot at or before this time ("2026-11-20 14:00" or RFC 3339)
+    /// The newest snapshot at or before this time ("2026-11-20 14:00" or RFC 3339); with one
+    /// --path of a followed database, the database as committed at that instant
     #[arg(long)]
     at: Option<String>,
     /// Restore only this path of the snapshot (repeatable), e.g. data/app.db
@@ -118,6 +119,21 @@ impl RestoreArgs {
 pub fn restore(repo: &Repo, args: RestoreArgs) -> Result<ExitCode> {
     let take_point = args.may_replace();
     let snaps = snapshots::list(repo)?;
+    // One followed database to an instant: from its journal, to the transaction.
+    if let (Some(t), [path], false, false) = (
+        &args.at,
+        args.paths.as_slice(),
+        args.to_stdout,
+        args.to_original,
+    ) {
+        let at_ns = snapshots::parse_time(t)?;
+        if let Some(plan) = strata::restore::instant::plan(repo, &snaps, path, at_ns)? {
+            let Some(target) = args.target_arg() else {
+                super::usage!("where to? give a TARGET directory");
+            };
+            return restore_instant(repo, &plan, &target, at_ns, args.json);
+        }
+    }
     // With --at, the one positional argument is the target.
     let (snap, target) = match (&args.at, &args.snap, &args.target) {
         (Some(t), first, None) => (
@@ -242,6 +258,85 @@ fn top_names(manifest: &strata::manifest::Manifest, paths: &[String]) -> Vec<Str
         .collect();
     names.dedup();
     names
+}
+
+/// Writes a followed database as it was at `at_ns` to TARGET/PATH (a new file: the snapshot's
+/// image with the journal's pages over it, checked, then renamed into place).
+fn restore_instant(
+    repo: &Repo,
+    plan: &strata::restore::instant::Plan,
+    target: &std::path::Path,
+    at_ns: i64,
+    json: bool,
+) -> Result<ExitCode> {
+    use strata::restore::instant::format_ns;
+    let dest = target.join(&plan.entry);
+    if dest.exists() {
+        bail!(
+            "{} exists: a restore to an instant writes a new file; choose another TARGET",
+            dest.display()
+        );
+    }
+    let dir = dest
+        .parent()
+        .context("restore target has no directory")?
+        .to_path_buf();
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let name = dest
+        .file_name()
+        .context("restore target has no name")?
+        .to_string_lossy()
+        .into_owned();
+    let tmp = dir.join(format!(".{name}.strata-tmp.{}", std::process::id()));
+    let written = (|| -> Result<u64> {
+        let size = strata::restore::instant::write(repo, plan, &tmp)?;
+        match strata::source::sqlite::check_image(&tmp, false)? {
+            Ok(()) => {}
+            Err(why) => bail!("the database as of then does not pass quick_check: {why}"),
+        }
+        std::fs::rename(&tmp, &dest)
+            .with_context(|| format!("renaming into {}", dest.display()))?;
+        strata::sys::sync_dir(&dir)?;
+        Ok(size)
+    })();
+    let size = match written {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    let chain = &plan.chain;
+    let last_ns = chain.last_ns.filter(|_| chain.changes.entries > 0);
+    if json {
+        let v = serde_json::json!({
+            "snapshot": plan.snapshot.id.to_string(),
+            "path": plan.entry,
+            "target": dest,
+            "at": format_ns(at_ns),
+            "snapshot_image": format_ns(plan.base_ns),
+            "transactions": chain.changes.entries,
+            "pages": chain.changes.pages.len(),
+            "last_transaction": last_ns.map(format_ns),
+            "bytes": size,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!(
+            "restored {} as it was at {} into {}: snapshot {} (committed at {}) and {} \
+             transaction(s) from its journal{}",
+            plan.entry,
+            format_ns(at_ns),
+            dest.display(),
+            plan.snapshot.id,
+            format_ns(plan.base_ns),
+            chain.changes.entries,
+            last_ns
+                .map(|t| format!(", the last committed at {}", format_ns(t)))
+                .unwrap_or_default()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Where `--to-original` restores: the directory that held the one source the selection

@@ -375,18 +375,79 @@ pub struct Changes {
 /// The changes from `from` to `to`, if one chain of the journal in `dir` runs between them
 /// (`Ok(None)` otherwise). `from == to` is an empty chain.
 pub fn changes(dir: &Path, from: &LogPos, to: &LogPos) -> Result<Option<Changes>> {
+    Ok(chain(dir, from, Stop::At(*to))?.map(|c| c.changes))
+}
+
+/// The changes of the transactions committed (as the follower saw them) after `from` and at or
+/// before `until_ns`, along the chain from `from`; `None` when no chain starts at `from`.
+pub fn changes_until(dir: &Path, from: &LogPos, until_ns: i64) -> Result<Option<Chain>> {
+    chain(dir, from, Stop::Until(until_ns))
+}
+
+/// The times at which the entries ending at each of `places` were committed (as the follower
+/// saw them).
+pub fn times_of(dir: &Path, places: &[LogPos]) -> Result<std::collections::HashMap<LogPos, i64>> {
+    let mut out = std::collections::HashMap::new();
+    for path in segments(dir)? {
+        let Ok(mut reader) = SegmentReader::open(&path) else {
+            continue;
+        };
+        while let Ok(Some(rec)) = reader.next_record() {
+            for e in rec.entries.iter().filter(|e| places.contains(&e.end)) {
+                out.insert(e.end, e.time_ns);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Where a walk along a chain stops.
+#[derive(Clone, Copy)]
+enum Stop {
+    /// After the entry ending there.
+    At(LogPos),
+    /// Before the first entry committed after this time.
+    Until(i64),
+}
+
+/// A walk along one chain: the changes, and how far it went.
+pub struct Chain {
+    pub changes: Changes,
+    /// Where the last entry taken ended (`from` when none was).
+    pub end: LogPos,
+    /// When the last entry taken was committed.
+    pub last_ns: Option<i64>,
+    /// The chain goes on past the stop (an entry committed later follows).
+    pub more: bool,
+}
+
+fn chain(dir: &Path, from: &LogPos, stop: Stop) -> Result<Option<Chain>> {
     let segs = segments(dir)?;
-    let mut out = Changes {
-        segments: segs.clone(),
-        pages: Default::default(),
-        db_pages: 0,
-        entries: 0,
-        record_pages: Default::default(),
+    let mut out = Chain {
+        changes: Changes {
+            segments: segs.clone(),
+            pages: Default::default(),
+            db_pages: 0,
+            entries: 0,
+            record_pages: Default::default(),
+        },
+        end: *from,
+        last_ns: None,
+        more: false,
     };
-    if from == to {
+    if matches!(stop, Stop::At(to) if to == *from) {
         return Ok(Some(out));
     }
     let mut at: Option<LogPos> = None;
+    // The chain found (for `Until`, once it is there, a gap ends it).
+    let mut found = false;
+    let finish = |mut out: Chain| {
+        let db_pages = out.changes.db_pages;
+        if db_pages > 0 {
+            out.changes.pages.retain(|pgno, _| *pgno <= db_pages);
+        }
+        out
+    };
     for (k, path) in segs.iter().enumerate() {
         // A segment that cannot be read (damaged, or cut short by a crash before its header
         // was written) is a gap.
@@ -394,9 +455,10 @@ pub fn changes(dir: &Path, from: &LogPos, to: &LogPos) -> Result<Option<Changes>
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!("{e}");
+                if found && matches!(stop, Stop::Until(_)) {
+                    return Ok(Some(finish(out)));
+                }
                 at = None;
-                out.pages.clear();
-                out.entries = 0;
                 continue;
             }
         };
@@ -406,49 +468,71 @@ pub fn changes(dir: &Path, from: &LogPos, to: &LogPos) -> Result<Option<Changes>
                 Ok(None) => break,
                 Err(e) => {
                     tracing::warn!("{e}");
+                    if found && matches!(stop, Stop::Until(_)) {
+                        return Ok(Some(finish(out)));
+                    }
                     at = None;
-                    out.pages.clear();
-                    out.entries = 0;
                     break;
                 }
             };
             let count: usize = rec.entries.iter().map(|e| e.pages.len()).sum();
-            out.record_pages.insert((k, rec.at.1), count);
+            out.changes.record_pages.insert((k, rec.at.1), count);
             let mut index = 0u32;
             for e in &rec.entries {
                 // A gap ends the chain that started at `from`; a later one may start there again
                 // (a follower restarted).
                 if at.is_some_and(|p| e.start != p) {
+                    if matches!(stop, Stop::Until(_)) {
+                        return Ok(Some(finish(out)));
+                    }
                     at = None;
-                    out.pages.clear();
-                    out.entries = 0;
+                    out.changes.pages.clear();
+                    out.changes.entries = 0;
                 }
                 if at.is_none() && e.start == *from {
                     at = Some(*from);
+                    found = true;
+                }
+                if at.is_none() && e.end == *from {
+                    // The place is this entry's end: the chain goes on from the next.
+                    found = true;
+                    at = Some(*from);
+                    out.last_ns = Some(e.time_ns);
+                    index += e.pages.len() as u32;
+                    continue;
                 }
                 if at.is_some() {
+                    if let Stop::Until(t) = stop
+                        && e.time_ns > t
+                    {
+                        out.more = true;
+                        return Ok(Some(finish(out)));
+                    }
                     for (j, pgno) in e.pages.iter().enumerate() {
                         let at = PageAt {
                             segment: k,
                             record: rec.at.1,
                             index: index + j as u32,
                         };
-                        out.pages.insert(*pgno, at);
+                        out.changes.pages.insert(*pgno, at);
                     }
-                    out.entries += 1;
-                    out.db_pages = e.db_pages;
+                    out.changes.entries += 1;
+                    out.changes.db_pages = e.db_pages;
+                    out.end = e.end;
+                    out.last_ns = Some(e.time_ns);
                     at = Some(e.end);
-                    if e.end == *to {
-                        let db_pages = out.db_pages;
-                        out.pages.retain(|pgno, _| *pgno <= db_pages);
-                        return Ok(Some(out));
+                    if matches!(stop, Stop::At(to) if e.end == to) {
+                        return Ok(Some(finish(out)));
                     }
                 }
                 index += e.pages.len() as u32;
             }
         }
     }
-    Ok(None)
+    Ok(match (stop, found) {
+        (Stop::Until(_), true) => Some(finish(out)),
+        _ => None,
+    })
 }
 
 /// Removes the segments of `dir` last written before `cutoff` (never the newest segment, which

@@ -7,6 +7,7 @@
 //! A journal lives beside the repository's index, in `follow/<BLAKE3 of the file key>/`, so
 //! that `strata backup` finds the journal of each database it reads.
 
+pub mod attached;
 pub mod follower;
 pub mod journal;
 pub mod watch;

@@ -13,6 +13,7 @@ pub mod changes;
 pub mod dump;
 mod files;
 mod groups;
+pub mod instant;
 pub mod live;
 pub mod paged;
 mod report;

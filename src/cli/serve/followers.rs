@@ -233,6 +233,18 @@ fn start(daemon: &Daemon, p: &Proc) -> anyhow::Result<Child> {
         cmd.env_remove("STRATA_PASSWORD_FILE")
             .env("STRATA_PASSWORD", pass);
     }
+    // A daemon killed outright (SIGKILL) takes its followers with it. (Started from the main
+    // thread, which lives as long as the daemon: the signal follows the thread that forked.)
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     let mut child = cmd.spawn()?;
     if let Some(err) = child.stderr.take() {
         let job = p.job.clone();

@@ -1,0 +1,188 @@
+//! A followed database as it was at an instant: the newest snapshot of it whose image ends at a
+//! place of the log that its journal knows (see `crate::follow::attached`), committed at or
+//! before the instant, with the journal's transactions committed after that place and up to the
+//! instant put over it. The journal says when each transaction was committed (as the follower
+//! saw it, within a few milliseconds), so an instant names one committed state.
+
+use crate::error::{Error, IoContext, Result};
+use crate::follow::attached::attached;
+use crate::follow::journal::{self, Chain, SegmentReader};
+use crate::repo::Repo;
+use crate::snapshots::Snapshot;
+use crate::source::wal::LogPos;
+use std::path::{Path, PathBuf};
+
+/// A time for messages: local, to the millisecond.
+pub fn format_ns(ns: i64) -> String {
+    chrono::DateTime::from_timestamp_nanos(ns)
+        .with_timezone(&chrono::Local)
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, false)
+}
+
+/// A restore of a followed database to an instant.
+pub struct Plan<'s> {
+    pub snapshot: &'s Snapshot,
+    /// The database's path in the snapshot.
+    pub entry: String,
+    /// When the snapshot's image was committed.
+    pub base_ns: i64,
+    pub chain: Chain,
+    pub journal: PathBuf,
+}
+
+/// The source file a snapshot's entry came from (absolute), if it came from a path here.
+pub fn original_path(snap: &Snapshot, entry: &str) -> Option<PathBuf> {
+    let entry = entry.trim_matches('/');
+    let (first, rest) = entry.split_once('/').unwrap_or((entry, ""));
+    let source = snap.manifest.sources.iter().find(|s| s.name == first)?;
+    let base = Path::new(&source.path);
+    if !base.is_absolute() {
+        return None;
+    }
+    Some(match rest {
+        "" => base.to_path_buf(),
+        r => base.join(r),
+    })
+}
+
+/// How to restore `entry` (a database's path in the snapshots) as it was at `at_ns`; `None`
+/// when it has no journal here, or no snapshot of it is a starting point at or before then.
+/// An instant past what the journal covers is an error that says how far it goes.
+pub fn plan<'s>(
+    repo: &Repo,
+    snaps: &'s [Snapshot],
+    entry: &str,
+    at_ns: i64,
+) -> Result<Option<Plan<'s>>> {
+    let entry = entry.trim_matches('/').to_string();
+    let holds = |s: &Snapshot| {
+        s.manifest
+            .entries
+            .iter()
+            .any(|e| e.path == entry.as_bytes() && e.page_size > 0)
+    };
+    let Some(newest) = snaps.iter().rev().find(|s| holds(s)) else {
+        return Ok(None);
+    };
+    let Some(abs) = original_path(newest, &entry) else {
+        return Ok(None);
+    };
+    let dir = crate::follow::journal_dir(repo, &abs);
+    let notes = attached(&dir);
+    if notes.is_empty() {
+        return Ok(None);
+    }
+    let places: Vec<LogPos> = notes.iter().map(|n| n.1).collect();
+    let times = journal::times_of(&dir, &places)?;
+    // The newest snapshot whose image was committed at or before the instant.
+    let mut best: Option<(&Snapshot, LogPos, i64)> = None;
+    for (id, pos) in &notes {
+        let Some(snap) = snaps.iter().find(|s| s.id.to_string() == *id) else {
+            continue;
+        };
+        let Some(&t) = times.get(pos) else { continue };
+        if t <= at_ns && holds(snap) && best.is_none_or(|b| t > b.2) {
+            best = Some((snap, *pos, t));
+        }
+    }
+    let Some((snapshot, pos, base_ns)) = best else {
+        return Ok(None);
+    };
+    let Some(chain) = journal::changes_until(&dir, &pos, at_ns)? else {
+        return Ok(None);
+    };
+    // Past the chain's last transaction, the journal knows the instant only while its follower
+    // was reading the log then.
+    if !chain.more {
+        let caught_up_ns = std::fs::read(dir.join("status.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .filter(|s| s.get("following").and_then(|f| f.as_bool()) == Some(true))
+            .and_then(|s| s.get("caught_up_ms")?.as_i64())
+            .map(|ms| ms.saturating_mul(1_000_000));
+        if caught_up_ns.is_none_or(|c| c < at_ns) {
+            let last = chain.last_ns.unwrap_or(base_ns);
+            return Err(Error::not_found(format!(
+                "{entry}: its journal covers only up to {} (the follower was not reading the \
+                 log after that); restore an earlier instant, or a snapshot",
+                format_ns(last)
+            )));
+        }
+    }
+    Ok(Some(Plan {
+        snapshot,
+        entry,
+        base_ns,
+        chain,
+        journal: dir,
+    }))
+}
+
+/// Writes the database of `plan` to `out` (a new file): the snapshot's image, the journal's
+/// pages over it, cut to the database's size; fsynced. Returns its size.
+pub fn write(repo: &Repo, plan: &Plan, out: &Path) -> Result<u64> {
+    let mut file = std::fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .read(true)
+        .open(out)
+        .ctx("create", out)?;
+    super::restore_to_writer(
+        repo,
+        &plan.snapshot.manifest,
+        std::slice::from_ref(&plan.entry),
+        &mut file,
+    )?;
+    let changes = &plan.chain.changes;
+    let page_size = plan
+        .snapshot
+        .manifest
+        .entries
+        .iter()
+        .find(|e| e.path == plan.entry.as_bytes())
+        .map(|e| e.page_size)
+        .ok_or_else(|| Error::not_found(format!("{} is not in the snapshot", plan.entry)))?;
+    let page = page_size as u64;
+    if changes.entries > 0 {
+        let readers = changes
+            .segments
+            .iter()
+            .map(|p| SegmentReader::open(p))
+            .collect::<Result<Vec<_>>>()?;
+        if readers.iter().any(|r| r.page_size != page_size) {
+            return Err(Error::invalid(format!(
+                "{}: the journal's page size is not the snapshot's",
+                plan.journal.display()
+            )));
+        }
+        // Record by record, so each record's images are unpacked once.
+        let mut by_record: std::collections::BTreeMap<(usize, u64), Vec<(u32, u32)>> =
+            Default::default();
+        for (pgno, at) in &changes.pages {
+            by_record
+                .entry((at.segment, at.record))
+                .or_default()
+                .push((at.index, *pgno));
+        }
+        use std::os::unix::fs::FileExt;
+        for ((segment, record), pages) in by_record {
+            let count = *changes
+                .record_pages
+                .get(&(segment, record))
+                .ok_or_else(|| Error::corrupt("capture journal: a record moved"))?;
+            let images = readers[segment].images_at(record, count)?;
+            for (index, pgno) in pages {
+                let at = index as usize * page_size as usize;
+                let src = images
+                    .get(at..at + page_size as usize)
+                    .ok_or_else(|| Error::corrupt("capture journal: page index out of range"))?;
+                file.write_all_at(src, (pgno as u64 - 1) * page)
+                    .ctx("write", out)?;
+            }
+        }
+        file.set_len(changes.db_pages as u64 * page)
+            .ctx("write", out)?;
+    }
+    file.sync_all().ctx("fsync", out)?;
+    Ok(file.metadata().ctx("stat", out)?.len())
+}
