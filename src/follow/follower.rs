@@ -346,12 +346,14 @@ impl Follower {
             None if self.since_empty => {
                 self.since_empty = false;
                 self.status.following = true;
-                Place {
+                let place = Place {
                     header,
                     pos: header.start(),
                     db_pages: self.main_pages()?,
                     truncated: false,
-                }
+                };
+                self.mark_start(&place)?;
+                place
             }
             None => {
                 // A new chain, from the log's committed end.
@@ -371,6 +373,7 @@ impl Follower {
                     db_pages,
                     truncated: false,
                 };
+                self.mark_start(&place)?;
                 self.place = Some(place);
                 self.status.following = true;
                 self.caught_up();
@@ -499,6 +502,21 @@ impl Follower {
     fn in_wal_mode(&self) -> bool {
         let mut h = [0u8; 20];
         read_full_at(&self.main, &mut h, 0).is_ok_and(|n| n == h.len() && h[18] == 2 && h[19] == 2)
+    }
+
+    /// Notes in the journal that a chain starts at `place` (an entry with no pages that starts
+    /// and ends there), so that a chain the follower no longer writes is seen to end where it
+    /// ended, not to go on unseen.
+    fn mark_start(&mut self, place: &Place) -> Result<()> {
+        let mut start = [Entry {
+            seq: 0,
+            time_ns: now_ns(),
+            start: place.pos,
+            end: place.pos,
+            db_pages: place.db_pages,
+            pages: Vec::new(),
+        }];
+        self.journal.append(&mut start, &[])
     }
 
     /// The database's size in pages from its main file (when the log holds no commit).

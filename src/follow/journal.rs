@@ -419,6 +419,9 @@ pub struct Chain {
     pub last_ns: Option<i64>,
     /// The chain goes on past the stop (an entry committed later follows).
     pub more: bool,
+    /// The chain broke before the stop (a follower lost its place, or stopped and another
+    /// started a new chain, or a record is damaged): nothing is known past its end.
+    pub broken: bool,
 }
 
 fn chain(dir: &Path, from: &LogPos, stop: Stop) -> Result<Option<Chain>> {
@@ -434,6 +437,7 @@ fn chain(dir: &Path, from: &LogPos, stop: Stop) -> Result<Option<Chain>> {
         end: *from,
         last_ns: None,
         more: false,
+        broken: false,
     };
     if matches!(stop, Stop::At(to) if to == *from) {
         return Ok(Some(out));
@@ -456,6 +460,7 @@ fn chain(dir: &Path, from: &LogPos, stop: Stop) -> Result<Option<Chain>> {
             Err(e) => {
                 tracing::warn!("{e}");
                 if found && matches!(stop, Stop::Until(_)) {
+                    out.broken = true;
                     return Ok(Some(finish(out)));
                 }
                 at = None;
@@ -469,6 +474,7 @@ fn chain(dir: &Path, from: &LogPos, stop: Stop) -> Result<Option<Chain>> {
                 Err(e) => {
                     tracing::warn!("{e}");
                     if found && matches!(stop, Stop::Until(_)) {
+                        out.broken = true;
                         return Ok(Some(finish(out)));
                     }
                     at = None;
@@ -483,6 +489,7 @@ fn chain(dir: &Path, from: &LogPos, stop: Stop) -> Result<Option<Chain>> {
                 // (a follower restarted).
                 if at.is_some_and(|p| e.start != p) {
                     if matches!(stop, Stop::Until(_)) {
+                        out.broken = true;
                         return Ok(Some(finish(out)));
                     }
                     at = None;

@@ -91,8 +91,8 @@ pub fn plan<'s>(
     let Some(chain) = journal::changes_until(&dir, &pos, at_ns)? else {
         return Ok(None);
     };
-    // Past the chain's last transaction, the journal knows the instant only while its follower
-    // was reading the log then.
+    // Past the chain's last transaction, the journal knows the instant only if the chain is
+    // the one its follower is still writing, and that follower had read the log then.
     if !chain.more {
         let caught_up_ns = std::fs::read(dir.join("status.json"))
             .ok()
@@ -100,7 +100,7 @@ pub fn plan<'s>(
             .filter(|s| s.get("following").and_then(|f| f.as_bool()) == Some(true))
             .and_then(|s| s.get("caught_up_ms")?.as_i64())
             .map(|ms| ms.saturating_mul(1_000_000));
-        if caught_up_ns.is_none_or(|c| c < at_ns) {
+        if chain.broken || caught_up_ns.is_none_or(|c| c < at_ns) {
             let last = chain.last_ns.unwrap_or(base_ns);
             return Err(Error::not_found(format!(
                 "{entry}: its journal covers only up to {} (the follower was not reading the \
