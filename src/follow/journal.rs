@@ -8,8 +8,8 @@
 //! ```text
 //! segment: magic "STRAFJNL", version u32 (1), page size u32, first sequence u64, 8 zero bytes
 //! record:  body length u32, body, XXH3-64 of the body u64
-//! body:    head length u32, head (bincode: Vec<Entry>), page images (zstd, or raw if that is
-//!          not smaller: a flag byte 1 or 0 first)
+//! body:    head length u32, head (bincode: Vec<Entry>), XXH3-64 of the head u64, page images
+//!          (zstd, or raw if that is not smaller: a flag byte 1 or 0 first)
 //! ```
 //!
 //! All integers little-endian. An [`Entry`] is a transaction committed in the log (where it
@@ -124,9 +124,10 @@ impl JournalWriter {
             (crate::compress::Compression::Zstd, z) => (1u8, z),
             (_, raw) => (0u8, raw),
         };
-        let mut body = Vec::with_capacity(4 + head.len() + 1 + stored.len());
+        let mut body = Vec::with_capacity(4 + head.len() + 8 + 1 + stored.len());
         body.extend_from_slice(&(head.len() as u32).to_le_bytes());
         body.extend_from_slice(&head);
+        body.extend_from_slice(&twox_hash::XxHash3_64::oneshot(&head).to_le_bytes());
         body.push(flag);
         body.extend_from_slice(&stored);
         if body.len() > BODY_MAX {
@@ -251,43 +252,6 @@ impl SegmentReader {
         })
     }
 
-    /// The next record's body, or `None` at the end of what was written whole (a torn record
-    /// at the end). A record whose checksum fails before the end is damage.
-    fn next_body(&mut self) -> Result<Option<(u64, Vec<u8>)>> {
-        if self.offset + 4 > self.len {
-            return Ok(None);
-        }
-        let mut l = [0u8; 4];
-        crate::source::read_full_at(&self.file, &mut l, self.offset).ctx("read", &self.path)?;
-        let body_len = u32::from_le_bytes(l) as usize;
-        let end = self.offset + 4 + body_len as u64 + 8;
-        if body_len > BODY_MAX || end > self.len {
-            // Torn at the end (a record being written when the follower stopped) or damaged.
-            return match end > self.len && body_len <= BODY_MAX {
-                true => Ok(None),
-                false => Err(self.damage("record length")),
-            };
-        }
-        let mut rec = vec![0u8; body_len + 8];
-        let n = crate::source::read_full_at(&self.file, &mut rec, self.offset + 4)
-            .ctx("read", &self.path)?;
-        if n < rec.len() {
-            return Ok(None);
-        }
-        let sum = u64::from_le_bytes(rec[body_len..].try_into().expect("8 bytes"));
-        rec.truncate(body_len);
-        if twox_hash::XxHash3_64::oneshot(&rec) != sum {
-            // The last record may be torn mid-write; anything before it is damage.
-            return match end == self.len {
-                true => Ok(None),
-                false => Err(self.damage("record checksum")),
-            };
-        }
-        let at = self.offset + 4;
-        self.offset = end;
-        Ok(Some((at, rec)))
-    }
-
     fn damage(&self, what: &str) -> Error {
         Error::corrupt(format!(
             "{}: capture journal damaged at byte {} ({what})",
@@ -296,13 +260,47 @@ impl SegmentReader {
         ))
     }
 
-    /// The next record's entries (its body's offset in `at.1`; `at.0` is left 0).
+    /// The next record's entries (its body's offset in `at.1`; `at.0` is left 0), or `None` at
+    /// the end of what was written whole. Only the head is read (and checked against its own
+    /// checksum); the images are read, and the whole body checked, by
+    /// [`SegmentReader::images_at`]. A record cut short is the end (a follower stopped while
+    /// writing it); a bad length or head checksum before the end is damage.
     pub fn next_record(&mut self) -> Result<Option<Record>> {
-        let Some((at, body)) = self.next_body()? else {
+        if self.offset + 8 > self.len {
             return Ok(None);
-        };
-        let (head, _) = split_body(&body).ok_or_else(|| self.damage("record head"))?;
-        let entries: Vec<Entry> = crate::codec::decode(head, "capture journal record")?;
+        }
+        let mut l = [0u8; 8];
+        crate::source::read_full_at(&self.file, &mut l, self.offset).ctx("read", &self.path)?;
+        let body_len = u32::from_le_bytes(l[..4].try_into().expect("4 bytes")) as usize;
+        let head_len = u32::from_le_bytes(l[4..].try_into().expect("4 bytes")) as usize;
+        let end = self.offset + 4 + body_len as u64 + 8;
+        if body_len > BODY_MAX {
+            return Err(self.damage("record length"));
+        }
+        if end > self.len {
+            return Ok(None);
+        }
+        if head_len + 4 + 8 + 1 > body_len {
+            return Err(self.damage("record head length"));
+        }
+        let mut head = vec![0u8; head_len + 8];
+        let n = crate::source::read_full_at(&self.file, &mut head, self.offset + 8)
+            .ctx("read", &self.path)?;
+        if n < head.len() {
+            return Ok(None);
+        }
+        let sum = u64::from_le_bytes(head[head_len..].try_into().expect("8 bytes"));
+        head.truncate(head_len);
+        if twox_hash::XxHash3_64::oneshot(&head) != sum {
+            // The last record may be torn mid-write; anything before it is damage.
+            return match end == self.len {
+                true => Ok(None),
+                false => Err(self.damage("record head checksum")),
+            };
+        }
+        let entries: Vec<Entry> = crate::codec::decode(&head, "capture journal record")?;
+        let at = self.offset + 4;
+        self.offset = end;
         Ok(Some(Record {
             entries,
             at: (0, at),
@@ -342,11 +340,13 @@ impl SegmentReader {
     }
 }
 
-/// A record body's head and the rest (the images with their flag byte).
+/// A record body's head and the rest (the images with their flag byte), past the head's
+/// checksum.
 fn split_body(body: &[u8]) -> Option<(&[u8], &[u8])> {
     let (l, rest) = body.split_first_chunk::<4>()?;
     let l = u32::from_le_bytes(*l) as usize;
-    (l <= rest.len()).then(|| rest.split_at(l))
+    let (head, rest) = rest.split_at_checked(l)?;
+    Some((head, rest.get(8..)?))
 }
 
 /// Where the newest image of a page is: the segment, the record's body offset, and the page's
@@ -557,4 +557,89 @@ pub fn prune_older_than(dir: &Path, cutoff: std::time::SystemTime) -> Result<u64
         }
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pos(frame: u32) -> LogPos {
+        LogPos {
+            salt1: 7,
+            salt2: 9,
+            frame,
+            checksum: (frame, frame * 3),
+        }
+    }
+
+    fn entry(from: u32, to: u32, pages: &[u32]) -> Entry {
+        Entry {
+            seq: 0,
+            time_ns: to as i64 * 1000,
+            start: pos(from),
+            end: pos(to),
+            db_pages: 100,
+            pages: pages.to_vec(),
+        }
+    }
+
+    fn images(pages: &[u32], tag: u8) -> Vec<u8> {
+        pages
+            .iter()
+            .flat_map(|p| vec![*p as u8 ^ tag; 512])
+            .collect()
+    }
+
+    /// Records written come back: the chain's newest image of each page, chains cut at gaps
+    /// and at an instant, a torn tail ignored and a damaged head a gap.
+    #[test]
+    fn chains_read_back_and_damage_is_a_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = JournalWriter::open(dir.path(), 512).unwrap();
+        w.append(&mut [entry(1, 3, &[5, 6])], &images(&[5, 6], 1))
+            .unwrap();
+        w.append(&mut [entry(3, 4, &[6, 7]), entry(4, 9, &[5])], &{
+            let mut i = images(&[6, 7], 2);
+            i.extend(images(&[5], 3));
+            i
+        })
+        .unwrap();
+        let c = changes(dir.path(), &pos(1), &pos(9)).unwrap().unwrap();
+        assert_eq!(c.entries, 3);
+        assert_eq!(c.pages.keys().copied().collect::<Vec<_>>(), vec![5, 6, 7]);
+        let at = c.pages[&5];
+        let reader = SegmentReader::open(&c.segments[at.segment]).unwrap();
+        let img = reader
+            .images_at(at.record, c.record_pages[&(at.segment, at.record)])
+            .unwrap();
+        assert_eq!(img[at.index as usize * 512], 5 ^ 3);
+        // From the middle, and up to an instant.
+        assert_eq!(
+            changes(dir.path(), &pos(3), &pos(9))
+                .unwrap()
+                .unwrap()
+                .entries,
+            2
+        );
+        let until = changes_until(dir.path(), &pos(1), 4500).unwrap().unwrap();
+        assert_eq!(
+            (until.changes.entries, until.more, until.broken),
+            (2, true, false)
+        );
+        // No chain from a place never seen, nor to one.
+        assert!(changes(dir.path(), &pos(2), &pos(9)).unwrap().is_none());
+        assert!(changes(dir.path(), &pos(1), &pos(8)).unwrap().is_none());
+
+        // A torn record at the end is not there; a damaged head before the end is a gap.
+        let seg = segments(dir.path()).unwrap().pop().unwrap();
+        let whole = std::fs::read(&seg).unwrap();
+        std::fs::write(&seg, &whole[..whole.len() - 10]).unwrap();
+        assert!(changes(dir.path(), &pos(1), &pos(9)).unwrap().is_none());
+        assert!(changes(dir.path(), &pos(1), &pos(3)).unwrap().is_some());
+        let mut bad = whole.clone();
+        bad[HEADER_LEN + 12] ^= 0xff;
+        std::fs::write(&seg, &bad).unwrap();
+        assert!(changes(dir.path(), &pos(1), &pos(3)).unwrap().is_none());
+        assert!(changes(dir.path(), &pos(3), &pos(9)).unwrap().is_none());
+    }
 }
