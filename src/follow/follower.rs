@@ -28,7 +28,7 @@ use super::journal::{Entry, JournalWriter};
 use crate::error::{Error, IoContext, Result};
 use crate::source::read_full_at;
 use crate::source::sqlite::{in_wal_mode, open_follower, sibling};
-use crate::source::wal::{Header, LogMap, LogPos, holds, read_txns};
+use crate::source::wal::{Header, LogMap, LogPos, TxnReader, committed_end, holds};
 use rusqlite::Connection;
 use serde::Serialize;
 use std::fs::File;
@@ -49,11 +49,8 @@ pub struct FollowOptions {
     pub checkpoint_frames: u32,
     /// Frames in the log past which the follower takes the writer's lock to reset it.
     pub emergency_frames: u32,
-    /// Frames read from the log per journal record (more only for one large transaction).
+    /// Frames read from the log per journal record (a larger transaction goes in pieces).
     pub batch_frames: u32,
-    /// The largest transaction copied (in frames); a larger one (a `VACUUM` of a large
-    /// database) costs the follower its place, and the next snapshot a full read.
-    pub max_txn_frames: u32,
     /// Journal segments last written longer ago than this are removed.
     pub keep: Duration,
 }
@@ -65,7 +62,6 @@ impl Default for FollowOptions {
             checkpoint_frames: 1000,
             emergency_frames: 1 << 16,
             batch_frames: 4096,
-            max_txn_frames: 1 << 16,
             keep: Duration::from_secs(24 * 3600),
         }
     }
@@ -410,6 +406,7 @@ impl Follower {
                 end: header.start(),
                 db_pages: place.db_pages,
                 pages: Vec::new(),
+                more: false,
             }];
             self.journal.append(&mut reset, &[])?;
             self.status.resets += 1;
@@ -435,27 +432,28 @@ impl Follower {
 
     /// Copies the transactions of `header`'s generation after `place` into the journal.
     fn copy_from(&mut self, log: &File, header: &Header, place: &mut Place) -> Result<()> {
-        loop {
-            let txns = match read_txns(
-                log,
-                header,
-                place.pos,
-                self.opts.batch_frames,
-                self.opts.max_txn_frames,
-            ) {
+        let until = committed_end(log, header, place.pos)?;
+        let mut reader = TxnReader::new(*header, place.pos, until);
+        while reader.more() {
+            // A bounded number of frames at a time: a large transaction goes into the journal
+            // in pieces, and only the last one ends it.
+            let txns = match reader.read(log, self.opts.batch_frames) {
                 Ok(t) => t,
                 Err(e) => {
-                    self.lose(&format!("{e}: too large to copy"));
+                    self.lose(&format!("{e}"));
                     return Ok(());
                 }
             };
-            let Some(last) = txns.last() else { break };
-            let (end, db_pages) = (last.end, last.db_pages);
             let time_ns = now_ns();
             let mut images = Vec::new();
             let mut entries: Vec<Entry> = Vec::with_capacity(txns.len());
             for t in txns {
                 self.status.pages += t.pages.len() as u64;
+                if !t.more {
+                    self.status.transactions += 1;
+                    place.pos = t.end;
+                    place.db_pages = t.db_pages;
+                }
                 images.extend_from_slice(&t.data);
                 entries.push(Entry {
                     seq: 0,
@@ -464,12 +462,10 @@ impl Follower {
                     end: t.end,
                     db_pages: t.db_pages,
                     pages: t.pages,
+                    more: t.more,
                 });
             }
-            self.status.transactions += entries.len() as u64;
             self.journal.append(&mut entries, &images)?;
-            place.pos = end;
-            place.db_pages = db_pages;
             self.place = Some(*place);
         }
         Ok(())
@@ -515,6 +511,7 @@ impl Follower {
             end: place.pos,
             db_pages: place.db_pages,
             pages: Vec::new(),
+            more: false,
         }];
         self.journal.append(&mut start, &[])
     }

@@ -39,8 +39,7 @@ const HEADER_LEN: usize = 8 + 4 + 4 + 8 + 8;
 const EXT: &str = "journal";
 /// A record's body is at most this large (a transaction of 64 MiB of pages, with room).
 const BODY_MAX: usize = 80 << 20;
-/// A record holds at most this many page images (a follower's batch, or one transaction of up
-/// to 2^16 frames with the batch before it).
+/// A record holds at most this many page images (a follower writes a batch of at most 4,096).
 const RECORD_PAGES_MAX: usize = 1 << 17;
 /// A segment is closed once it passes this size.
 pub const SEGMENT_BYTES: u64 = 64 << 20;
@@ -59,6 +58,9 @@ pub struct Entry {
     pub end: LogPos,
     pub db_pages: u32,
     pub pages: Vec<u32>,
+    /// A piece of a transaction that the next entry continues (its end is its start, and its
+    /// pages count only once the piece that ends the transaction is there).
+    pub more: bool,
 }
 
 /// Appends records to a journal directory.
@@ -393,7 +395,11 @@ pub fn times_of(dir: &Path, places: &[LogPos]) -> Result<std::collections::HashM
             continue;
         };
         while let Ok(Some(rec)) = reader.next_record() {
-            for e in rec.entries.iter().filter(|e| places.contains(&e.end)) {
+            for e in rec
+                .entries
+                .iter()
+                .filter(|e| !e.more && places.contains(&e.end))
+            {
                 out.insert(e.end, e.time_ns);
             }
         }
@@ -445,6 +451,8 @@ fn chain(dir: &Path, from: &LogPos, stop: Stop) -> Result<Option<Chain>> {
     let mut at: Option<LogPos> = None;
     // The chain found (for `Until`, once it is there, a gap ends it).
     let mut found = false;
+    // Pages of the pieces of a transaction not ended yet.
+    let mut pending: Vec<(u32, PageAt)> = Vec::new();
     let finish = |mut out: Chain| {
         let db_pages = out.changes.db_pages;
         if db_pages > 0 {
@@ -495,12 +503,13 @@ fn chain(dir: &Path, from: &LogPos, stop: Stop) -> Result<Option<Chain>> {
                     at = None;
                     out.changes.pages.clear();
                     out.changes.entries = 0;
+                    pending.clear();
                 }
                 if at.is_none() && e.start == *from {
                     at = Some(*from);
                     found = true;
                 }
-                if at.is_none() && e.end == *from {
+                if at.is_none() && e.end == *from && !e.more {
                     // The place is this entry's end: the chain goes on from the next.
                     found = true;
                     at = Some(*from);
@@ -509,19 +518,28 @@ fn chain(dir: &Path, from: &LogPos, stop: Stop) -> Result<Option<Chain>> {
                     continue;
                 }
                 if at.is_some() {
+                    let place = |j: usize| PageAt {
+                        segment: k,
+                        record: rec.at.1,
+                        index: index + j as u32,
+                    };
+                    if e.more {
+                        // A piece: its pages wait for the end of its transaction.
+                        pending.extend(e.pages.iter().enumerate().map(|(j, p)| (*p, place(j))));
+                        index += e.pages.len() as u32;
+                        continue;
+                    }
                     if let Stop::Until(t) = stop
                         && e.time_ns > t
                     {
                         out.more = true;
                         return Ok(Some(finish(out)));
                     }
+                    for (pgno, at) in pending.drain(..) {
+                        out.changes.pages.insert(pgno, at);
+                    }
                     for (j, pgno) in e.pages.iter().enumerate() {
-                        let at = PageAt {
-                            segment: k,
-                            record: rec.at.1,
-                            index: index + j as u32,
-                        };
-                        out.changes.pages.insert(*pgno, at);
+                        out.changes.pages.insert(*pgno, place(j));
                     }
                     out.changes.entries += 1;
                     out.changes.db_pages = e.db_pages;
@@ -580,6 +598,7 @@ mod tests {
             end: pos(to),
             db_pages: 100,
             pages: pages.to_vec(),
+            more: false,
         }
     }
 
@@ -588,6 +607,52 @@ mod tests {
             .iter()
             .flat_map(|p| vec![*p as u8 ^ tag; 512])
             .collect()
+    }
+
+    /// A transaction in pieces counts only once its last piece is there, and then whole.
+    #[test]
+    fn pieces_count_with_the_entry_that_ends_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = JournalWriter::open(dir.path(), 512).unwrap();
+        let piece = |pages: &[u32], t: i64| Entry {
+            end: pos(3),
+            db_pages: 0,
+            more: true,
+            time_ns: t,
+            ..entry(3, 3, pages)
+        };
+        w.append(&mut [entry(1, 3, &[1])], &images(&[1], 0))
+            .unwrap();
+        w.append(&mut [piece(&[2, 3], 3100)], &images(&[2, 3], 0))
+            .unwrap();
+        w.append(&mut [piece(&[4], 3200)], &images(&[4], 0))
+            .unwrap();
+        // Cut short: only the pieces are there.
+        assert!(changes(dir.path(), &pos(1), &pos(5)).unwrap().is_none());
+        let before = changes_until(dir.path(), &pos(1), 9999).unwrap().unwrap();
+        assert_eq!(
+            before.changes.pages.keys().copied().collect::<Vec<_>>(),
+            vec![1]
+        );
+        w.append(&mut [entry(3, 5, &[2])], &images(&[2], 9))
+            .unwrap();
+        let c = changes(dir.path(), &pos(1), &pos(5)).unwrap().unwrap();
+        assert_eq!(
+            c.pages.keys().copied().collect::<Vec<_>>(),
+            vec![1, 2, 3, 4]
+        );
+        // Page 2's newest image is the last entry's.
+        assert_eq!(c.pages[&2].index, 0);
+        // Up to an instant before the transaction ended: none of its pages.
+        let early = changes_until(dir.path(), &pos(1), 4000).unwrap().unwrap();
+        assert_eq!(early.changes.pages.len(), 1);
+        assert!(early.more);
+        assert_eq!(journal_times(dir.path(), pos(5)), Some(5000));
+        assert_eq!(journal_times(dir.path(), pos(3)), Some(3000));
+    }
+
+    fn journal_times(dir: &Path, p: LogPos) -> Option<i64> {
+        times_of(dir, &[p]).unwrap().get(&p).copied()
     }
 
     /// Records written come back: the chain's newest image of each page, chains cut at gaps

@@ -274,48 +274,33 @@ impl Header {
     }
 }
 
-/// One committed transaction read from a log: its pages, each at its newest image in the
-/// transaction, in the order first written.
+/// A committed transaction read from a log, or a piece of one: its pages, each at its newest
+/// image in the piece, in the order first written.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogTxn {
     pub start: LogPos,
+    /// Where the transaction ends; for a piece that the next one continues (`more`), its
+    /// start.
     pub end: LogPos,
-    /// The database's size in pages after it.
+    /// The database's size in pages after it (0 for a piece the next one continues).
     pub db_pages: u32,
     pub pages: Vec<u32>,
     /// The pages' bytes, one page each, in the order of `pages`.
     pub data: Vec<u8>,
+    /// The transaction goes on in the next piece.
+    pub more: bool,
 }
 
-/// Reads the transactions committed in the log after `from` (a place in this header's
-/// generation that the log still holds), stopping after the first that ends `max_frames` or
-/// more frames past it. Stops at the first frame that is not valid; a transaction without its
-/// commit frame is not returned. A transaction of more than `max_txn` frames is an error (its
-/// pages are not held in memory).
-pub fn read_txns(
-    file: &File,
-    header: &Header,
-    from: LogPos,
-    max_frames: u32,
-    max_txn: u32,
-) -> Result<Vec<LogTxn>> {
+/// The committed end of the log after `from` (a place in this header's generation): the last
+/// frame that ends a transaction and checks out, and the checksum there; `from` if none.
+pub fn committed_end(file: &File, header: &Header, from: LogPos) -> Result<LogPos> {
     if !header.owns(&from) {
         return Err(Error::invalid("log position of another generation"));
     }
     let frame_len = header.frame_len() as usize;
-    let page = header.page_size as usize;
     let per_block = (SCAN_BLOCK / frame_len).max(1);
     let mut buf = vec![0u8; per_block * frame_len];
-    let mut txns = Vec::new();
-    let mut open = LogTxn {
-        start: from,
-        end: from,
-        db_pages: 0,
-        pages: Vec::new(),
-        data: Vec::new(),
-    };
-    let mut slot: HashMap<u32, usize> = HashMap::new();
-    let mut sum = from.checksum;
+    let (mut end, mut sum) = (from, from.checksum);
     let mut n = from
         .frame
         .checked_add(1)
@@ -325,44 +310,16 @@ pub fn read_txns(
             .map_err(|e| Error::io("read log", e))?;
         let whole = got / frame_len;
         for frame in buf[..whole * frame_len].chunks_exact(frame_len) {
-            let Some((pgno, db_pages, next)) = header.check_frame(frame, sum) else {
+            let Some((_, db_pages, next)) = header.check_frame(frame, sum) else {
                 break 'blocks;
             };
-            let image = &frame[FRAME_HEADER_LEN as usize..];
-            if n - open.end.frame > max_txn {
-                return Err(Error::invalid(format!(
-                    "a transaction of more than {max_txn} frames"
-                )));
-            }
-            match slot.get(&pgno) {
-                Some(&i) => open.data[i * page..(i + 1) * page].copy_from_slice(image),
-                None => {
-                    slot.insert(pgno, open.pages.len());
-                    open.pages.push(pgno);
-                    open.data.extend_from_slice(image);
-                }
-            }
             sum = next;
             if db_pages != 0 {
-                let end = LogPos {
-                    salt1: header.salt1,
-                    salt2: header.salt2,
+                end = LogPos {
                     frame: n,
                     checksum: sum,
+                    ..end
                 };
-                let start = open.end;
-                txns.push(LogTxn {
-                    start,
-                    end,
-                    db_pages,
-                    pages: std::mem::take(&mut open.pages),
-                    data: std::mem::take(&mut open.data),
-                });
-                open.end = end;
-                slot.clear();
-                if n - from.frame >= max_frames {
-                    break 'blocks;
-                }
             }
             n = n
                 .checked_add(1)
@@ -372,7 +329,106 @@ pub fn read_txns(
             break;
         }
     }
-    Ok(txns)
+    Ok(end)
+}
+
+/// Reads the frames of a log from a committed place up to a committed end, a bounded number at
+/// a time, as transactions and pieces of transactions (see [`LogTxn::more`]). Each frame is
+/// checked again (salts and the chain of checksums) as it is read.
+pub struct TxnReader {
+    header: Header,
+    /// Where the transaction being read started.
+    start: LogPos,
+    /// The next frame, and the checksum before it.
+    next: u32,
+    sum: Checksum,
+    until: u32,
+}
+
+impl TxnReader {
+    /// A reader of the transactions after `from` up to `until` (a committed end, as
+    /// [`committed_end`] finds it).
+    pub fn new(header: Header, from: LogPos, until: LogPos) -> TxnReader {
+        TxnReader {
+            header,
+            start: from,
+            next: from.frame + 1,
+            sum: from.checksum,
+            until: until.frame,
+        }
+    }
+
+    /// Whether frames are left to read.
+    pub fn more(&self) -> bool {
+        self.next <= self.until
+    }
+
+    /// Reads up to `max_frames` more frames: the transactions they end, and a piece of the one
+    /// they do not (`more`). A frame that no longer checks out is an error: the log was written
+    /// over while pinned, which a follower treats as a lost place.
+    pub fn read(&mut self, file: &File, max_frames: u32) -> Result<Vec<LogTxn>> {
+        let header = &self.header;
+        let frame_len = header.frame_len() as usize;
+        let page = header.page_size as usize;
+        let count = (self.until + 1 - self.next.min(self.until + 1)).min(max_frames) as usize;
+        let mut buf = vec![0u8; count * frame_len];
+        let got = read_full_at(file, &mut buf, header.frame_offset(self.next))
+            .map_err(|e| Error::io("read log", e))?;
+        if got < buf.len() {
+            return Err(Error::invalid(
+                "the log is shorter than its committed frames",
+            ));
+        }
+        let mut out = Vec::new();
+        let mut open = LogTxn {
+            start: self.start,
+            end: self.start,
+            db_pages: 0,
+            pages: Vec::new(),
+            data: Vec::new(),
+            more: true,
+        };
+        let mut slot: HashMap<u32, usize> = HashMap::new();
+        for frame in buf.chunks_exact(frame_len) {
+            let (pgno, db_pages, next) = header
+                .check_frame(frame, self.sum)
+                .ok_or_else(|| Error::invalid("a committed frame of the log changed"))?;
+            let image = &frame[FRAME_HEADER_LEN as usize..];
+            match slot.get(&pgno) {
+                Some(&i) => open.data[i * page..(i + 1) * page].copy_from_slice(image),
+                None => {
+                    slot.insert(pgno, open.pages.len());
+                    open.pages.push(pgno);
+                    open.data.extend_from_slice(image);
+                }
+            }
+            self.sum = next;
+            if db_pages != 0 {
+                let end = LogPos {
+                    frame: self.next,
+                    checksum: next,
+                    ..self.start
+                };
+                out.push(LogTxn {
+                    start: self.start,
+                    end,
+                    db_pages,
+                    pages: std::mem::take(&mut open.pages),
+                    data: std::mem::take(&mut open.data),
+                    more: false,
+                });
+                self.start = end;
+                open.start = end;
+                open.end = end;
+                slot.clear();
+            }
+            self.next += 1;
+        }
+        if !open.pages.is_empty() {
+            out.push(open);
+        }
+        Ok(out)
+    }
 }
 
 /// Whether the log still holds the position an earlier scan ended at: frame `frames` (0: none)
@@ -504,6 +560,50 @@ mod tests {
         // A wrong starting checksum: nothing after it is valid.
         let wrong = LogMap::scan_from(&log, header, first.frames + 1, (1, 2)).unwrap();
         assert!(wrong.pages.is_empty());
+    }
+
+    /// Read a few frames at a time, the transactions come in pieces that, put together, are the
+    /// pages the log's map has.
+    #[test]
+    fn transactions_read_in_pieces_cover_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, c) = database(dir.path());
+        c.execute_batch("UPDATE t SET pad = randomblob(700)")
+            .unwrap();
+        let log = wal(&db);
+        let header = Header::read(&log).unwrap().unwrap();
+        let map = LogMap::scan(&log, header).unwrap();
+        let end = committed_end(&log, &header, header.start()).unwrap();
+        assert_eq!((end.frame, end.checksum), (map.frames, map.checksum));
+        let mut reader = TxnReader::new(header, header.start(), end);
+        let (mut pieces, mut ends, mut last) = (0, 0, header.start());
+        let mut newest: HashMap<u32, Vec<u8>> = HashMap::new();
+        while reader.more() {
+            for t in reader.read(&log, 7).unwrap() {
+                assert_eq!(t.start, last);
+                assert_eq!(t.data.len(), t.pages.len() * 1024);
+                for (p, d) in t.pages.iter().zip(t.data.chunks_exact(1024)) {
+                    newest.insert(*p, d.to_vec());
+                }
+                match t.more {
+                    true => pieces += 1,
+                    false => {
+                        ends += 1;
+                        last = t.end;
+                    }
+                }
+            }
+        }
+        assert!(
+            pieces > 0 && ends >= 50,
+            "{pieces} pieces, {ends} transactions"
+        );
+        assert_eq!(last, end);
+        let (mut page, mut scratch) = (vec![0u8; 1024], Vec::new());
+        for (pgno, at) in &map.pages {
+            assert!(read_frame(&log, &header, *pgno, *at, &mut page, &mut scratch).unwrap());
+            assert_eq!(newest[pgno], page, "page {pgno}");
+        }
     }
 
     /// A damaged byte ends the committed log before the frame it is in; hostile headers are
