@@ -6,9 +6,11 @@
 //! in turn. A reader whose snapshot uses the log (SQLite's read marks 1 and up) keeps every
 //! checkpoint from copying frames past its mark and the log from being reset; a reader that
 //! started when the whole log was already in the main file (read mark 0) keeps every checkpoint
-//! from writing at all. Each round takes the new read transaction first, then reads the log to
-//! its end and appends what it found to the journal (fsynced), and only then ends the old one:
-//! so a frame can be written over (the log reset) only after it was copied.
+//! from writing at all. Every round (at most one each 25 ms, when the log changes) reads the log
+//! to its end and appends what it found to the journal. Once a second the read transaction
+//! moves on: the new one is taken first, the log read to its end, the journal fsynced, and only
+//! then the old one ended. So a frame can be written over (the log reset) only after it was
+//! copied and made durable.
 //!
 //! **Checkpoints.** The application's own automatic checkpoints go on (PASSIVE, they stop at
 //! the follower's mark). Once the log holds [`FollowOptions::checkpoint_frames`] frames the
@@ -37,6 +39,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+/// The read transaction moves on (after an fsync of the journal) at most this often.
+const ADVANCE_EVERY: Duration = Duration::from_secs(1);
 /// The follower's own PASSIVE checkpoints come at most this often.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 
@@ -45,6 +49,8 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 pub struct FollowOptions {
     /// The longest wait between two looks at the log when no change is signalled.
     pub poll: Duration,
+    /// The shortest time between two rounds.
+    pub min_round: Duration,
     /// Frames in the log past which the follower runs a PASSIVE checkpoint.
     pub checkpoint_frames: u32,
     /// Frames in the log past which the follower takes the writer's lock to reset it.
@@ -59,6 +65,7 @@ impl Default for FollowOptions {
     fn default() -> Self {
         FollowOptions {
             poll: Duration::from_millis(20),
+            min_round: Duration::from_millis(25),
             checkpoint_frames: 1000,
             emergency_frames: 1 << 16,
             batch_frames: 4096,
@@ -132,6 +139,7 @@ pub struct Follower {
     last_status: Option<Instant>,
     last_checkpoint: Option<Instant>,
     last_prune: Option<Instant>,
+    last_advance: Option<Instant>,
     /// Pinned without a break since a round found no log: a new one starts at its first frame.
     since_empty: bool,
     /// A checkpoint ran with no read transaction held since the last copy: a reset log may
@@ -187,6 +195,7 @@ impl Follower {
             last_status: None,
             last_checkpoint: None,
             last_prune: None,
+            last_advance: None,
             since_empty: false,
             window: false,
         })
@@ -195,7 +204,16 @@ impl Follower {
     /// Follows until `stop` is set, waiting for the log to change between rounds.
     pub fn run(&mut self, stop: &AtomicBool) -> Result<()> {
         let mut watch = super::watch::LogWatch::new(&self.path);
+        let mut last_round: Option<Instant> = None;
         while !stop.load(Ordering::Relaxed) {
+            // Commits that come close together are copied together: fewer journal writes (each
+            // one fsynced) beside the application's own.
+            if let Some(wait) =
+                last_round.and_then(|t| self.opts.min_round.checked_sub(t.elapsed()))
+            {
+                std::thread::sleep(wait);
+            }
+            last_round = Some(Instant::now());
             if let Err(e) = self.round() {
                 match self.place.is_some() {
                     true => self.lose(&format!("{e}")),
@@ -206,13 +224,15 @@ impl Follower {
             self.prune();
             watch.wait(self.opts.poll);
         }
+        let synced = self.journal.sync();
         self.release_all();
         self.write_status(true);
-        Ok(())
+        synced
     }
 
-    /// One round: a new read transaction, the log read to its end, the old transaction ended,
-    /// and a checkpoint when the log has grown.
+    /// One round: the log read to its end into the journal (once a second, under a new read
+    /// transaction, the journal fsynced before the old one ends), and a checkpoint when the log
+    /// has grown.
     pub fn round(&mut self) -> Result<()> {
         let meta = std::fs::metadata(&self.path).ctx("stat", &self.path)?;
         if (meta.dev(), meta.ino()) != self.identity {
@@ -230,7 +250,16 @@ impl Follower {
             }
             return Ok(());
         }
-        self.advance()?;
+        // Between moves of the read transaction, rounds only copy (the frames past its mark stay
+        // in the log): one fsync of the journal a second instead of one per round.
+        let due = self.pinned.is_none()
+            || self
+                .last_advance
+                .is_none_or(|t| t.elapsed() >= ADVANCE_EVERY);
+        match due {
+            true => self.advance()?,
+            false => self.copy()?,
+        }
         let frames = self.place.map_or(0, |p| p.pos.frame);
         self.status.log_frames = frames;
         if frames >= self.opts.emergency_frames {
@@ -246,14 +275,17 @@ impl Follower {
         Ok(())
     }
 
-    /// Pins the other connection, copies the log to its end, then unpins the old one.
+    /// Pins the other connection, copies the log to its end, makes the journal durable, then
+    /// unpins the old one.
     fn advance(&mut self) -> Result<()> {
         let next = self.pinned.map_or(0, |k| 1 - k);
         self.pin(next)?;
-        let copied = self.copy();
+        // What was copied is durable before the old mark lets checkpoints go past it.
+        let copied = self.copy().and_then(|_| self.journal.sync());
         if let Some(old) = self.pinned.replace(next) {
             self.unpin(old);
         }
+        self.last_advance = Some(Instant::now());
         copied
     }
 
@@ -533,6 +565,8 @@ impl Follower {
     /// after. Frames committed between the last copy and the checkpoint may then be in a reset
     /// log's old generation: the next copy looks for them there (see [`Follower::copy`]).
     fn checkpoint(&mut self) -> Result<()> {
+        self.copy()?;
+        self.journal.sync()?;
         let Some(pinned) = self.pinned.take() else {
             return Ok(());
         };
@@ -564,6 +598,7 @@ impl Follower {
         let result = (|| {
             // No commit can come now: copy to the end, then let the checkpoint copy everything.
             self.copy()?;
+            self.journal.sync()?;
             self.unpin(pinned);
             self.pinned = None;
             let checker = open_follower(&self.path)?;

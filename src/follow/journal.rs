@@ -69,6 +69,8 @@ pub struct JournalWriter {
     page_size: u32,
     file: Option<(File, u64, std::time::Instant)>,
     next_seq: u64,
+    /// Records were appended since the last [`JournalWriter::sync`].
+    unsynced: bool,
 }
 
 impl JournalWriter {
@@ -99,7 +101,17 @@ impl JournalWriter {
             page_size,
             file: None,
             next_seq,
+            unsynced: false,
         })
+    }
+
+    /// Makes every record appended so far durable.
+    pub fn sync(&mut self) -> Result<()> {
+        if let (true, Some((f, _, _))) = (self.unsynced, &self.file) {
+            f.sync_data().ctx("fsync", &self.dir)?;
+        }
+        self.unsynced = false;
+        Ok(())
     }
 
     /// The sequence number the next entry gets.
@@ -108,7 +120,7 @@ impl JournalWriter {
     }
 
     /// Appends one record of `entries` (their sequence numbers are set here) with their pages'
-    /// images, one page each in entry order, and makes it durable.
+    /// images, one page each in entry order; [`JournalWriter::sync`] makes it durable.
     pub fn append(&mut self, entries: &mut [Entry], images: &[u8]) -> Result<()> {
         let page = self.page_size as usize;
         let count: usize = entries.iter().map(|e| e.pages.len()).sum();
@@ -142,11 +154,12 @@ impl JournalWriter {
         let first = entries.first().map_or(self.next_seq, |e| e.seq);
         let dir = self.dir.clone();
         let (file, len, opened) = self.segment(first)?;
-        file.write_all_at(&record, *len)
-            .and_then(|_| file.sync_data())
-            .ctx("write", &dir)?;
+        file.write_all_at(&record, *len).ctx("write", &dir)?;
         *len += record.len() as u64;
-        if *len >= SEGMENT_BYTES || opened.elapsed() >= SEGMENT_AGE {
+        let full = *len >= SEGMENT_BYTES || opened.elapsed() >= SEGMENT_AGE;
+        self.unsynced = true;
+        if full {
+            self.sync()?;
             self.file = None;
         }
         Ok(())
