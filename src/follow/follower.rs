@@ -7,18 +7,20 @@
 //! checkpoint from copying frames past its mark and the log from being reset; a reader that
 //! started when the whole log was already in the main file (read mark 0) keeps every checkpoint
 //! from writing at all. Every round (at most one each 25 ms, when the log changes) reads the log
-//! to its end and appends what it found to the journal. Once a second the read transaction
-//! moves on: the new one is taken first, the log read to its end, the journal fsynced, and only
+//! to its end and appends what it found to the journal. Every 5 s the read transaction moves
+//! on: the new one is taken first, the log read to its end, the journal fsynced, and only
 //! then the old one ended. So a frame can be written over (the log reset) only after it was
 //! copied and made durable.
 //!
 //! **Checkpoints.** The application's own automatic checkpoints go on (PASSIVE, they stop at
-//! the follower's mark). Once the log holds [`FollowOptions::checkpoint_frames`] frames the
-//! follower runs a PASSIVE checkpoint itself between two rounds; when that copies the whole
-//! log, its next read transaction starts at mark 0, and the application's next writer resets
-//! the log. Past [`FollowOptions::emergency_frames`] (a writer that never pauses), the
-//! follower takes the writer's lock for one checkpoint (`BEGIN IMMEDIATE`, nothing written):
-//! the application's writers wait up to their own busy timeout.
+//! the follower's mark). Once the log holds [`FollowOptions::checkpoint_frames`] frames (at most
+//! every 5 s) the follower makes its journal durable, ends its read transaction and runs a
+//! PASSIVE checkpoint, then copies on without one (for at most a second) so that the
+//! application's next writer can reset the log; what the old generation held past the place is
+//! copied from the reset log (see [`Follower::copy`]). Past
+//! [`FollowOptions::emergency_frames`] (a writer that never pauses), the follower takes the
+//! writer's lock for one checkpoint (`BEGIN IMMEDIATE`, nothing written): the application's
+//! writers wait up to their own busy timeout.
 //!
 //! **Losing its place.** The follower goes on only from a place it can prove: the last frame
 //! it copied still carries the salts and checksum it had, or the log was reset exactly once
@@ -40,9 +42,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// The read transaction moves on (after an fsync of the journal) at most this often.
-const ADVANCE_EVERY: Duration = Duration::from_secs(1);
+const ADVANCE_EVERY: Duration = Duration::from_secs(5);
+/// After its checkpoint, the follower waits this long at most without a read transaction for
+/// the application to reset the log.
+const UNPINNED_MAX: Duration = Duration::from_secs(1);
 /// The follower's own PASSIVE checkpoints come at most this often.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
 
 /// How a follower runs.
 #[derive(Clone, Debug)]
@@ -230,7 +235,7 @@ impl Follower {
         synced
     }
 
-    /// One round: the log read to its end into the journal (once a second, under a new read
+    /// One round: the log read to its end into the journal (every 5 s under a new read
     /// transaction, the journal fsynced before the old one ends), and a checkpoint when the log
     /// has grown.
     pub fn round(&mut self) -> Result<()> {
@@ -252,13 +257,28 @@ impl Follower {
         }
         // Between moves of the read transaction, rounds only copy (the frames past its mark stay
         // in the log): one fsync of the journal a second instead of one per round.
+        // After a checkpoint, rounds go on without a read transaction (copying every 25 ms)
+        // until the application's writer resets the log, for at most UNPINNED_MAX: a read
+        // transaction taken before would keep the log from being reset.
+        let waiting = self.pinned.is_none()
+            && self.window
+            && self
+                .last_checkpoint
+                .is_some_and(|t| t.elapsed() < UNPINNED_MAX);
         let due = self.pinned.is_none()
             || self
                 .last_advance
                 .is_none_or(|t| t.elapsed() >= ADVANCE_EVERY);
-        match due {
-            true => self.advance()?,
-            false => self.copy()?,
+        if waiting {
+            self.copy()?;
+            if !self.window {
+                // The reset came (and what the old log held past the place was copied).
+                self.advance()?;
+            }
+        } else if due {
+            self.advance()?;
+        } else {
+            self.copy()?;
         }
         let frames = self.place.map_or(0, |p| p.pos.frame);
         self.status.log_frames = frames;
@@ -453,7 +473,9 @@ impl Follower {
             self.lose("the log no longer holds the last frame copied");
             return Ok(());
         }
-        self.window = false;
+        if self.pinned.is_some() {
+            self.window = false;
+        }
         self.copy_from(&log, &header, &mut place)?;
         if self.place.is_some() {
             self.place = Some(place);
@@ -560,10 +582,13 @@ impl Follower {
         self.status.caught_up_ms = chrono::Utc::now().timestamp_millis();
     }
 
-    /// A PASSIVE checkpoint with no read transaction held, so that it can copy the whole log
-    /// into the main file and the application's next writer can reset it; pinned again right
-    /// after. Frames committed between the last copy and the checkpoint may then be in a reset
-    /// log's old generation: the next copy looks for them there (see [`Follower::copy`]).
+    /// A PASSIVE checkpoint with no read transaction held, so that it (and the application's
+    /// own automatic checkpoint after its next commit, which then has little left to copy) can
+    /// copy the whole log into the main file and the application's next writer can reset it.
+    /// The follower takes a read transaction again at its next round, a few milliseconds on:
+    /// frames committed in between are then in the reset log's old generation, and that round
+    /// copies them from there (see [`Follower::copy`]), or loses its place if the new
+    /// generation has already written over them.
     fn checkpoint(&mut self) -> Result<()> {
         self.copy()?;
         self.journal.sync()?;
@@ -572,17 +597,11 @@ impl Follower {
         };
         self.unpin(pinned);
         self.window = true;
-        let done = self.conns[pinned]
+        self.conns[pinned]
             .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(0))
-            .map_err(|e| sql(&self.path, e));
-        let pinned_again = self.pin(pinned);
-        if pinned_again.is_ok() {
-            self.pinned = Some(pinned);
-        }
-        done?;
-        pinned_again?;
+            .map_err(|e| sql(&self.path, e))?;
         self.status.checkpoints += 1;
-        self.copy()
+        Ok(())
     }
 
     /// Resets a log that a writer never lets go below `emergency_frames`: holding the writer's
