@@ -145,6 +145,8 @@ pub struct Follower {
     last_checkpoint: Option<Instant>,
     last_prune: Option<Instant>,
     last_advance: Option<Instant>,
+    /// The log was reset since the follower last let go of it (true before the first time).
+    reset_since_let_go: bool,
     /// Pinned without a break since a round found no log: a new one starts at its first frame.
     since_empty: bool,
     /// A checkpoint ran with no read transaction held since the last copy: a reset log may
@@ -201,6 +203,7 @@ impl Follower {
             last_checkpoint: None,
             last_prune: None,
             last_advance: None,
+            reset_since_let_go: true,
             since_empty: false,
             window: false,
         })
@@ -285,12 +288,23 @@ impl Follower {
         if frames >= self.opts.emergency_frames {
             self.emergency_reset()?;
         } else if frames >= self.opts.checkpoint_frames
-            && self
-                .last_checkpoint
-                .is_none_or(|t| t.elapsed() >= CHECKPOINT_EVERY)
+            && self.last_checkpoint.is_none_or(|t| {
+                t.elapsed()
+                    >= if self.reset_since_let_go {
+                        CHECKPOINT_EVERY
+                    } else {
+                        UNPINNED_MAX * 2
+                    }
+            })
         {
+            // An application that checkpoints (SQLite's default, every 1,000 pages) copies the
+            // log itself once the follower lets go; the follower checkpoints itself a log that
+            // has grown well past that, or that letting go did not get reset.
+            let run =
+                !self.reset_since_let_go || frames >= self.opts.checkpoint_frames.saturating_mul(4);
             self.last_checkpoint = Some(Instant::now());
-            self.checkpoint()?;
+            self.reset_since_let_go = false;
+            self.checkpoint(run)?;
         }
         Ok(())
     }
@@ -462,6 +476,7 @@ impl Follower {
             }];
             self.journal.append(&mut reset, &[])?;
             self.status.resets += 1;
+            self.reset_since_let_go = true;
             place = Place {
                 header,
                 pos: header.start(),
@@ -582,14 +597,15 @@ impl Follower {
         self.status.caught_up_ms = chrono::Utc::now().timestamp_millis();
     }
 
-    /// A PASSIVE checkpoint with no read transaction held, so that it (and the application's
-    /// own automatic checkpoint after its next commit, which then has little left to copy) can
-    /// copy the whole log into the main file and the application's next writer can reset it.
+    /// Lets go of the log (the journal made durable first, then the read transaction ended), so
+    /// that the application's own automatic checkpoint after its next commit (or, with `run`,
+    /// a PASSIVE checkpoint run here) can copy the whole log into the main file and the
+    /// application's next writer can reset it.
     /// The follower takes a read transaction again at its next round, a few milliseconds on:
     /// frames committed in between are then in the reset log's old generation, and that round
     /// copies them from there (see [`Follower::copy`]), or loses its place if the new
     /// generation has already written over them.
-    fn checkpoint(&mut self) -> Result<()> {
+    fn checkpoint(&mut self, run: bool) -> Result<()> {
         self.copy()?;
         self.journal.sync()?;
         let Some(pinned) = self.pinned.take() else {
@@ -597,10 +613,12 @@ impl Follower {
         };
         self.unpin(pinned);
         self.window = true;
-        self.conns[pinned]
-            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(0))
-            .map_err(|e| sql(&self.path, e))?;
-        self.status.checkpoints += 1;
+        if run {
+            self.conns[pinned]
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(0))
+                .map_err(|e| sql(&self.path, e))?;
+            self.status.checkpoints += 1;
+        }
         Ok(())
     }
 

@@ -184,6 +184,17 @@ impl JournalWriter {
             f.write_all(&h)
                 .and_then(|_| f.sync_all())
                 .ctx("write", &path)?;
+            // The segment's blocks allocated at once (its size unchanged): appends then do not
+            // allocate, which the application's own fsyncs would wait for.
+            // SAFETY: a plain system call on a descriptor `f` owns.
+            let _ = unsafe {
+                libc::fallocate(
+                    std::os::fd::AsRawFd::as_raw_fd(&f),
+                    libc::FALLOC_FL_KEEP_SIZE,
+                    0,
+                    SEGMENT_BYTES as libc::off_t,
+                )
+            };
             crate::sys::sync_dir(&self.dir)?;
             self.file = Some((f, HEADER_LEN as u64, std::time::Instant::now()));
         }

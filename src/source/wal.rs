@@ -298,7 +298,15 @@ pub fn committed_end(file: &File, header: &Header, from: LogPos) -> Result<LogPo
         return Err(Error::invalid("log position of another generation"));
     }
     let frame_len = header.frame_len() as usize;
-    let per_block = (SCAN_BLOCK / frame_len).max(1);
+    // Usually a few new frames: the buffer is as large as what the file holds past `from`.
+    let past = file
+        .metadata()
+        .map_err(|e| Error::io("stat log", e))?
+        .len()
+        .saturating_sub(header.frame_offset(from.frame.saturating_add(1)));
+    let per_block = (SCAN_BLOCK / frame_len)
+        .min((past as usize).div_ceil(frame_len))
+        .max(1);
     let mut buf = vec![0u8; per_block * frame_len];
     let (mut end, mut sum) = (from, from.checksum);
     let mut n = from
