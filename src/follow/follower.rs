@@ -14,13 +14,14 @@
 //!
 //! **Checkpoints.** The application's own automatic checkpoints go on (PASSIVE, they stop at
 //! the follower's mark). Once the log holds [`FollowOptions::checkpoint_frames`] frames (at most
-//! every 5 s) the follower makes its journal durable, ends its read transaction and runs a
-//! PASSIVE checkpoint, then copies on without one (for at most a second) so that the
-//! application's next writer can reset the log; what the old generation held past the place is
-//! copied from the reset log (see [`Follower::copy`]). Past
-//! [`FollowOptions::emergency_frames`] (a writer that never pauses), the follower takes the
-//! writer's lock for one checkpoint (`BEGIN IMMEDIATE`, nothing written): the application's
-//! writers wait up to their own busy timeout.
+//! every 5 s) the follower lets go of it: it makes its journal durable, ends its read
+//! transaction and copies on without one (for at most a second), so that the application's
+//! next automatic checkpoint can copy the whole log and its next writer reset it; what the old
+//! generation held past the place is copied from the reset log (see [`Follower::copy`]). When
+//! letting go did not get the log reset, or the log is four times the threshold, the follower
+//! runs a PASSIVE checkpoint itself as it lets go. Past [`FollowOptions::emergency_frames`] (a
+//! writer that never pauses), it takes the writer's lock for one checkpoint (`BEGIN
+//! IMMEDIATE`, nothing written): the application's writers wait up to their own busy timeout.
 //!
 //! **Losing its place.** The follower goes on only from a place it can prove: the last frame
 //! it copied still carries the salts and checksum it had, or the log was reset exactly once

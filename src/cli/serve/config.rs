@@ -73,6 +73,8 @@ struct FileJob {
     alert_after: Option<Spanned<String>>,
     /// Follow the job's SQLite databases (`strata follow`) while the daemon runs.
     follow: Option<bool>,
+    /// How long a followed database's journal (its restorable instants) is kept.
+    pitr_window: Option<Spanned<String>>,
 }
 
 /// A bearer token the API accepts, known only by its BLAKE3 hash.
@@ -101,6 +103,8 @@ pub struct Job {
     pub alert_after_s: i64,
     /// The job's `sqlite` databases are followed while the daemon runs.
     pub follow: bool,
+    /// How long their journals are kept (`strata follow --keep`), in seconds.
+    pub pitr_window_s: i64,
 }
 
 #[derive(Clone, Debug)]
@@ -414,6 +418,7 @@ fn jobs(o: &Origin, from_file: &[FileJob]) -> Result<Vec<Job>> {
             max_snapshots: None,
             alert_after: None,
             follow: None,
+            pitr_window: None,
         };
         // STRATA_FOLLOW: databases (as PATH lists are written) backed up and followed.
         if let Some(dbs) = env("STRATA_FOLLOW") {
@@ -554,6 +559,13 @@ fn job(o: &Origin, j: &FileJob) -> Result<Job> {
         )?
         .unwrap_or(25 * 3600),
         follow,
+        pitr_window_s: job_setting(
+            o,
+            "STRATA_PITR_WINDOW",
+            j.pitr_window.as_ref(),
+            parse_seconds,
+        )?
+        .unwrap_or(24 * 3600),
         name,
     })
 }
@@ -626,8 +638,13 @@ on_start = true
 
     #[test]
     fn follow_needs_databases_and_one_job_per_database() {
-        let on = GOOD.replace("on_start = true", "on_start = true\nfollow = true");
-        assert!(ServeConfig::parse(&on, "strata.toml").unwrap().jobs[0].follow);
+        let on = GOOD.replace(
+            "on_start = true",
+            "on_start = true\nfollow = true\npitr_window = \"2d\"",
+        );
+        let job = &ServeConfig::parse(&on, "strata.toml").unwrap().jobs[0];
+        assert!(job.follow);
+        assert_eq!(job.pitr_window_s, 2 * 86400);
         let none = on.replace("sqlite = [\"/srv/app.db\"]\n", "");
         let e = format!(
             "{:#}",

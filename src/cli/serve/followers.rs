@@ -20,6 +20,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// One job's follower.
 struct Proc {
     job: String,
+    keep_s: i64,
     databases: Vec<PathBuf>,
     journals: Vec<PathBuf>,
     child: Option<Child>,
@@ -67,6 +68,7 @@ impl Followers {
                     .collect();
                 procs.push(Proc {
                     job: j.name.clone(),
+                    keep_s: j.pitr_window_s,
                     databases,
                     journals,
                     child: None,
@@ -225,6 +227,8 @@ fn start(daemon: &Daemon, p: &Proc) -> anyhow::Result<Child> {
     cmd.arg("--repo")
         .arg(&daemon.repo)
         .arg("follow")
+        .arg("--keep")
+        .arg(format!("{}s", p.keep_s.max(1)))
         .args(&p.databases)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
