@@ -280,6 +280,23 @@ fn pad_of(n: i64, id: i64) -> String {
     format!("txn {n} row {id} ").repeat(10)
 }
 
+/// Commits state `n`: `meta.n = n` and the rows of [`rows_of`] rewritten; returns the times
+/// just before and just after its COMMIT.
+fn commit_state(c: &Connection, n: i64) -> (i64, i64) {
+    c.execute_batch("BEGIN IMMEDIATE").unwrap();
+    c.execute("UPDATE meta SET n = ?1", [n]).unwrap();
+    for id in rows_of(n) {
+        c.execute(
+            "UPDATE t SET pad = ?2 WHERE id = ?1",
+            rusqlite::params![id, pad_of(n, id)],
+        )
+        .unwrap();
+    }
+    let before = now_ns();
+    c.execute_batch("COMMIT").unwrap();
+    (before, now_ns())
+}
+
 /// Rows transaction `n` rewrites.
 fn rows_of(n: i64) -> [i64; 3] {
     [
@@ -305,18 +322,7 @@ fn restore_to_an_instant_gives_the_transaction_committed_then() {
             f.settle();
             env.backup(&[&src]);
         }
-        c.execute_batch("BEGIN IMMEDIATE").unwrap();
-        c.execute("UPDATE meta SET n = ?1", [n]).unwrap();
-        for id in rows_of(n) {
-            c.execute(
-                "UPDATE t SET pad = ?2 WHERE id = ?1",
-                rusqlite::params![id, pad_of(n, id)],
-            )
-            .unwrap();
-        }
-        let before = now_ns();
-        c.execute_batch("COMMIT").unwrap();
-        times.push((before, now_ns()));
+        times.push(commit_state(&c, n));
         std::thread::sleep(Duration::from_millis(if n % 20 == 0 { 200 } else { 25 }));
     }
     f.settle();
@@ -382,18 +388,7 @@ fn torture_every_snapshot_and_instant_is_a_committed_state() {
             let mut n = 0i64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 n += 1;
-                c.execute_batch("BEGIN IMMEDIATE").unwrap();
-                c.execute("UPDATE meta SET n = ?1", [n]).unwrap();
-                for id in rows_of(n) {
-                    c.execute(
-                        "UPDATE t SET pad = ?2 WHERE id = ?1",
-                        rusqlite::params![id, pad_of(n, id)],
-                    )
-                    .unwrap();
-                }
-                let before = now_ns();
-                c.execute_batch("COMMIT").unwrap();
-                times.push((before, now_ns()));
+                times.push(commit_state(&c, n));
                 std::thread::sleep(Duration::from_millis(if n % 50 == 0 { 120 } else { 6 }));
             }
             times

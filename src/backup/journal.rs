@@ -7,10 +7,9 @@ use super::digests::SumState;
 use super::log::place_changes;
 use super::mapped::MapWriter;
 use super::writer::Shared;
-use crate::error::{Error, Result};
-use crate::follow::journal::{self, Changes, PageAt, SegmentReader};
+use crate::error::Result;
+use crate::follow::journal::{self, Changes, PageAt};
 use crate::source::wal::LogPos;
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -44,39 +43,17 @@ pub(super) fn read_journal_changes(
     }
     let changed: Vec<u32> = changes.pages.keys().copied().collect();
     let at: Vec<PageAt> = changes.pages.values().copied().collect();
-    let readers = changes
-        .segments
-        .iter()
-        .map(|p| SegmentReader::open(p))
-        .collect::<Result<Vec<_>>>()?;
-    let page_len = page as usize;
-    if readers.iter().any(|r| r.page_size != page) {
+    let Some(readers) = changes.readers(page)? else {
         return Ok(None);
-    }
+    };
+    let page_len = page as usize;
     let fill = |first: usize, out: &mut [u8]| -> Result<()> {
-        // The round's pages by record, so each record's images are unpacked once.
-        let mut by_record: BTreeMap<(usize, u64), Vec<(u32, usize)>> = BTreeMap::new();
         let n = out.len() / page_len;
-        for (k, a) in at[first..first + n].iter().enumerate() {
-            by_record
-                .entry((a.segment, a.record))
-                .or_default()
-                .push((a.index, k));
-        }
-        for ((segment, record), wanted) in by_record {
-            let count = *changes
-                .record_pages
-                .get(&(segment, record))
-                .ok_or_else(|| Error::corrupt("capture journal: a record moved"))?;
-            let images = readers[segment].images_at(record, count)?;
-            for (index, k) in wanted {
-                let src = images
-                    .get(index as usize * page_len..(index as usize + 1) * page_len)
-                    .ok_or_else(|| Error::corrupt("capture journal: page index out of range"))?;
-                out[k * page_len..(k + 1) * page_len].copy_from_slice(src);
-            }
-        }
-        Ok(())
+        let wanted = at[first..first + n].iter().copied().enumerate();
+        changes.images(&readers, wanted, |k, src| {
+            out[k * page_len..(k + 1) * page_len].copy_from_slice(src);
+            Ok(())
+        })
     };
     place_changes(shared, writer, sums, page, pages, &changed, &fill).map(Some)
 }

@@ -398,6 +398,59 @@ pub struct Changes {
     pub record_pages: std::collections::HashMap<(usize, u64), usize>,
 }
 
+impl Changes {
+    /// Readers of the segments the changes are in; `None` if one holds pages of another size
+    /// than `page_size`.
+    pub fn readers(&self, page_size: u32) -> Result<Option<Vec<SegmentReader>>> {
+        let readers = self
+            .segments
+            .iter()
+            .map(|p| SegmentReader::open(p))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(readers
+            .iter()
+            .all(|r| r.page_size == page_size)
+            .then_some(readers))
+    }
+
+    /// Hands `put` the image at each of `wanted` (a key of the caller's and where the image
+    /// is), record by record, so that each record's images are unpacked once.
+    pub fn images<K>(
+        &self,
+        readers: &[SegmentReader],
+        wanted: impl IntoIterator<Item = (K, PageAt)>,
+        mut put: impl FnMut(K, &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let mut by_record: std::collections::BTreeMap<(usize, u64), Vec<(u32, K)>> =
+            Default::default();
+        for (key, at) in wanted {
+            by_record
+                .entry((at.segment, at.record))
+                .or_default()
+                .push((at.index, key));
+        }
+        for ((segment, record), pages) in by_record {
+            let count = *self
+                .record_pages
+                .get(&(segment, record))
+                .ok_or_else(|| Error::corrupt("capture journal: a record moved"))?;
+            let reader = readers
+                .get(segment)
+                .ok_or_else(|| Error::corrupt("capture journal: a segment moved"))?;
+            let images = reader.images_at(record, count)?;
+            let page = reader.page_size as usize;
+            for (index, key) in pages {
+                let at = index as usize * page;
+                let src = images
+                    .get(at..at + page)
+                    .ok_or_else(|| Error::corrupt("capture journal: page index out of range"))?;
+                put(key, src)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The changes from `from` to `to`, if one chain of the journal in `dir` runs between them
 /// (`Ok(None)` otherwise). `from == to` is an empty chain.
 pub fn changes(dir: &Path, from: &LogPos, to: &LogPos) -> Result<Option<Changes>> {

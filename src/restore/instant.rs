@@ -6,7 +6,7 @@
 
 use crate::error::{Error, IoContext, Result};
 use crate::follow::attached::attached;
-use crate::follow::journal::{self, Chain, SegmentReader};
+use crate::follow::journal::{self, Chain};
 use crate::repo::Repo;
 use crate::snapshots::Snapshot;
 use crate::source::wal::LogPos;
@@ -144,42 +144,18 @@ pub fn write(repo: &Repo, plan: &Plan, out: &Path) -> Result<u64> {
         .ok_or_else(|| Error::not_found(format!("{} is not in the snapshot", plan.entry)))?;
     let page = page_size as u64;
     if changes.entries > 0 {
-        let readers = changes
-            .segments
-            .iter()
-            .map(|p| SegmentReader::open(p))
-            .collect::<Result<Vec<_>>>()?;
-        if readers.iter().any(|r| r.page_size != page_size) {
-            return Err(Error::invalid(format!(
+        let readers = changes.readers(page_size)?.ok_or_else(|| {
+            Error::invalid(format!(
                 "{}: the journal's page size is not the snapshot's",
                 plan.journal.display()
-            )));
-        }
-        // Record by record, so each record's images are unpacked once.
-        let mut by_record: std::collections::BTreeMap<(usize, u64), Vec<(u32, u32)>> =
-            Default::default();
-        for (pgno, at) in &changes.pages {
-            by_record
-                .entry((at.segment, at.record))
-                .or_default()
-                .push((at.index, *pgno));
-        }
+            ))
+        })?;
         use std::os::unix::fs::FileExt;
-        for ((segment, record), pages) in by_record {
-            let count = *changes
-                .record_pages
-                .get(&(segment, record))
-                .ok_or_else(|| Error::corrupt("capture journal: a record moved"))?;
-            let images = readers[segment].images_at(record, count)?;
-            for (index, pgno) in pages {
-                let at = index as usize * page_size as usize;
-                let src = images
-                    .get(at..at + page_size as usize)
-                    .ok_or_else(|| Error::corrupt("capture journal: page index out of range"))?;
-                file.write_all_at(src, (pgno as u64 - 1) * page)
-                    .ctx("write", out)?;
-            }
-        }
+        let wanted = changes.pages.iter().map(|(pgno, at)| (*pgno, *at));
+        changes.images(&readers, wanted, |pgno, src| {
+            file.write_all_at(src, (pgno as u64 - 1) * page)
+                .ctx("write", out)
+        })?;
         file.set_len(changes.db_pages as u64 * page)
             .ctx("write", out)?;
     }
