@@ -10,6 +10,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+/// The tests of this file run one at a time: two of them hold the follower to the timing it
+/// keeps under normal load (each transaction seen within 100 ms), which five tests at once on
+/// two cores are not.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A WAL database of 60,000 rows of 300 random bytes in `src/app.db`, and a repository.
 fn app_db() -> (Env, PathBuf, PathBuf) {
     let env = Env::new();
@@ -169,6 +178,7 @@ fn restored_db(env: &Env, id: &str, name: &str) -> PathBuf {
 
 #[test]
 fn snapshots_after_the_log_was_reset_come_from_the_journal() {
+    let _serial = serial();
     let (env, src, db) = app_db();
     let size = std::fs::metadata(&db).unwrap().len();
     // Checkpoints every 20 frames: the log is reset many times over.
@@ -211,6 +221,7 @@ fn snapshots_after_the_log_was_reset_come_from_the_journal() {
 
 #[test]
 fn one_follower_per_database_and_wal_mode_only() {
+    let _serial = serial();
     let (env, _src, db) = app_db();
     let f = Following::start(&env, &db, &[]);
     let second = env.run(&["follow", db.to_str().unwrap()]);
@@ -238,6 +249,7 @@ fn one_follower_per_database_and_wal_mode_only() {
 
 #[test]
 fn a_replaced_database_loses_the_place_and_is_read_whole() {
+    let _serial = serial();
     let (env, src, db) = app_db();
     let f = Following::start(&env, &db, &["--checkpoint-frames", "20"]);
     write_some(&db, 30, 3);
@@ -308,6 +320,7 @@ fn rows_of(n: i64) -> [i64; 3] {
 
 #[test]
 fn restore_to_an_instant_gives_the_transaction_committed_then() {
+    let _serial = serial();
     let (env, src, db) = app_db();
     let c = Connection::open(&db).unwrap();
     c.busy_timeout(Duration::from_secs(5)).unwrap();
@@ -372,6 +385,7 @@ fn restore_to_an_instant_gives_the_transaction_committed_then() {
 /// restore gives, is one committed state; the writer never fails.
 #[test]
 fn torture_every_snapshot_and_instant_is_a_committed_state() {
+    let _serial = serial();
     let (env, src, db) = app_db();
     Connection::open(&db)
         .unwrap()
