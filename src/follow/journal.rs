@@ -507,6 +507,28 @@ pub struct Chain {
     pub broken: bool,
 }
 
+/// A gap in the journal (entries that do not follow on, a damaged record, an unreadable
+/// segment) during a walk: for `Until`, once the chain was found, its end (returns true); for
+/// `At`, the walk starts over, forgetting what the broken chain had gathered, since a later
+/// chain may start at the same place (a follower restarted there).
+fn gap(
+    stop: Stop,
+    found: bool,
+    out: &mut Chain,
+    at: &mut Option<LogPos>,
+    pending: &mut Vec<(u32, PageAt)>,
+) -> bool {
+    if found && matches!(stop, Stop::Until(_)) {
+        out.broken = true;
+        return true;
+    }
+    *at = None;
+    out.changes.pages.clear();
+    out.changes.entries = 0;
+    pending.clear();
+    false
+}
+
 fn chain(dir: &Path, from: &LogPos, stop: Stop) -> Result<Option<Chain>> {
     let segs = segments(dir)?;
     let mut out = Chain {
@@ -544,11 +566,9 @@ fn chain(dir: &Path, from: &LogPos, stop: Stop) -> Result<Option<Chain>> {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!("{e}");
-                if found && matches!(stop, Stop::Until(_)) {
-                    out.broken = true;
+                if gap(stop, found, &mut out, &mut at, &mut pending) {
                     return Ok(Some(finish(out)));
                 }
-                at = None;
                 continue;
             }
         };
@@ -558,11 +578,9 @@ fn chain(dir: &Path, from: &LogPos, stop: Stop) -> Result<Option<Chain>> {
                 Ok(None) => break,
                 Err(e) => {
                     tracing::warn!("{e}");
-                    if found && matches!(stop, Stop::Until(_)) {
-                        out.broken = true;
+                    if gap(stop, found, &mut out, &mut at, &mut pending) {
                         return Ok(Some(finish(out)));
                     }
-                    at = None;
                     break;
                 }
             };
@@ -572,15 +590,10 @@ fn chain(dir: &Path, from: &LogPos, stop: Stop) -> Result<Option<Chain>> {
             for e in &rec.entries {
                 // A gap ends the chain that started at `from`; a later one may start there again
                 // (a follower restarted).
-                if at.is_some_and(|p| e.start != p) {
-                    if matches!(stop, Stop::Until(_)) {
-                        out.broken = true;
-                        return Ok(Some(finish(out)));
-                    }
-                    at = None;
-                    out.changes.pages.clear();
-                    out.changes.entries = 0;
-                    pending.clear();
+                if at.is_some_and(|p| e.start != p)
+                    && gap(stop, found, &mut out, &mut at, &mut pending)
+                {
+                    return Ok(Some(finish(out)));
                 }
                 if at.is_none() && e.start == *from {
                     at = Some(*from);
@@ -684,6 +697,28 @@ mod tests {
             .iter()
             .flat_map(|p| vec![*p as u8 ^ tag; 512])
             .collect()
+    }
+
+    /// A chain broken by an unreadable segment and begun again at the same place gathers only
+    /// what the new chain holds.
+    #[test]
+    fn a_chain_begun_again_forgets_the_broken_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = JournalWriter::open(dir.path(), 512).unwrap();
+        w.append(&mut [entry(1, 3, &[5])], &images(&[5], 0))
+            .unwrap();
+        drop(w);
+        std::fs::write(
+            dir.path().join("0000000000000001.journal"),
+            b"not a segment",
+        )
+        .unwrap();
+        let mut w = JournalWriter::open(dir.path(), 512).unwrap();
+        w.append(&mut [entry(1, 4, &[6])], &images(&[6], 0))
+            .unwrap();
+        let c = changes(dir.path(), &pos(1), &pos(4)).unwrap().unwrap();
+        assert_eq!(c.pages.keys().copied().collect::<Vec<_>>(), vec![6]);
+        assert_eq!(c.entries, 1);
     }
 
     /// A transaction in pieces counts only once its last piece is there, and then whole.
