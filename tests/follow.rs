@@ -282,6 +282,23 @@ fn a_replaced_database_loses_the_place_and_is_read_whole() {
     f.stop();
 }
 
+/// Runs `restore --at` the instant `at_ns` (RFC 3339 to the nanosecond) `--path src/app.db`
+/// into `name`; returns the run, the instant as given and where the database lands.
+fn restore_at(env: &Env, at_ns: i64, name: &str) -> (std::process::Output, String, PathBuf) {
+    let text = chrono::DateTime::from_timestamp_nanos(at_ns)
+        .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+    let target = env.path(name);
+    let run = env.run(&[
+        "restore",
+        "--at",
+        &text,
+        "--path",
+        "src/app.db",
+        target.to_str().unwrap(),
+    ]);
+    (run, text, target.join("src/app.db"))
+}
+
 /// Nanoseconds since the epoch.
 fn now_ns() -> i64 {
     chrono::Utc::now().timestamp_nanos_opt().unwrap()
@@ -345,18 +362,9 @@ fn restore_to_an_instant_gives_the_transaction_committed_then() {
     let mut rng = Rng::new(7);
     for k in 0..20 {
         let at = lo + (rng.below((hi - lo) as u64) as i64);
-        let text = chrono::DateTime::from_timestamp_nanos(at)
-            .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
-        let target = env.path(&format!("at{k}"));
-        let out = env.json(&[
-            "restore",
-            "--at",
-            &text,
-            "--path",
-            "src/app.db",
-            target.to_str().unwrap(),
-        ]);
-        let restored = target.join("src/app.db");
+        let (run, text, restored) = restore_at(&env, at, &format!("at{k}"));
+        assert!(run.status.success(), "{}", stderr(&run));
+        let out = String::from_utf8_lossy(&run.stdout);
         assert_eq!(integrity(&restored), "ok", "{out}");
         let r = Connection::open(&restored).unwrap();
         let m: i64 = r.query_row("SELECT n FROM meta", [], |x| x.get(0)).unwrap();
@@ -483,17 +491,7 @@ fn torture_every_snapshot_and_instant_is_a_committed_state() {
     let mut restored = 0;
     for k in 0..12 {
         let at = lo + rng.below((hi - lo) as u64) as i64;
-        let text = chrono::DateTime::from_timestamp_nanos(at)
-            .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
-        let target = env.path(&format!("i{k}"));
-        let run = env.run(&[
-            "restore",
-            "--at",
-            &text,
-            "--path",
-            "src/app.db",
-            target.to_str().unwrap(),
-        ]);
+        let (run, text, file) = restore_at(&env, at, &format!("i{k}"));
         if !run.status.success() {
             assert!(
                 stderr(&run).contains("journal") || stderr(&run).contains("snapshot"),
@@ -502,7 +500,6 @@ fn torture_every_snapshot_and_instant_is_a_committed_state() {
             );
             continue;
         }
-        let file = target.join("src/app.db");
         if !file.exists() {
             // No snapshot noted in the journal before it: the snapshot-level restore ran.
             continue;
@@ -522,17 +519,7 @@ fn torture_every_snapshot_and_instant_is_a_committed_state() {
     assert!(restored >= 3, "only {restored} instants restored");
     // While no follower ran, the journal knows nothing: refused, naming how far it goes.
     let at = (down.0 + down.1) / 2;
-    let text = chrono::DateTime::from_timestamp_nanos(at)
-        .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
-    let target = env.path("down");
-    let run = env.run(&[
-        "restore",
-        "--at",
-        &text,
-        "--path",
-        "src/app.db",
-        target.to_str().unwrap(),
-    ]);
+    let (run, _, _) = restore_at(&env, at, "down");
     assert_ne!(code(&run), 0);
     assert!(
         stderr(&run).contains("covers only up to"),
