@@ -357,6 +357,41 @@ fn restore_to_an_instant_gives_the_transaction_committed_then() {
     }
     f.settle();
 
+    // `show` and `list` say what can be restored: from the first snapshot's last transaction
+    // to now, while the follower runs; to its last transaction once it stopped.
+    let span = |env: &Env| {
+        let show = env.json(&["show", "latest"]);
+        let spans = show["restorable"].as_array().unwrap().clone();
+        assert_eq!(spans.len(), 1, "{show}");
+        let ns = |k: &str| {
+            chrono::DateTime::parse_from_rfc3339(spans[0][k].as_str().unwrap())
+                .unwrap()
+                .timestamp_nanos_opt()
+                .unwrap()
+        };
+        assert_eq!(spans[0]["path"], "src/app.db");
+        (
+            ns("from"),
+            ns("to"),
+            spans[0]["following"].as_bool().unwrap(),
+        )
+    };
+    let (from, to, following) = span(&env);
+    assert!(following);
+    // (Times to the millisecond.)
+    assert!(
+        from >= times[40].1 - 1_000_000 && from <= times[41].0,
+        "{from} {times:?}"
+    );
+    assert!(to >= times[120].1 - 1_000_000, "{to} {times:?}");
+    let list = env.ok(&["list"]);
+    assert!(
+        list.contains("restorable to any instant")
+            && list.contains("src/app.db")
+            && list.contains("(following)"),
+        "{list}"
+    );
+
     // 20 instants from just after the first snapshot to past the last commit.
     let (lo, hi) = (times[45].1, times[120].1 + 50_000_000);
     let mut rng = Rng::new(7);
@@ -386,6 +421,10 @@ fn restore_to_an_instant_gives_the_transaction_committed_then() {
         }
     }
     f.stop();
+    let (from2, to2, following) = span(&env);
+    assert!(!following);
+    assert_eq!(from2, from);
+    assert!(to2 >= to, "{to2} {to}");
 }
 
 /// A writer committing every few milliseconds; checkpoints of every mode, a `VACUUM` and the

@@ -78,9 +78,7 @@ fn wait_for(dir: &Path, from: &LogPos, to: &LogPos) -> Result<Option<Changes>> {
     }
 }
 
-/// When the follower last read the log to its end (from its `status.json`).
+/// When the follower last read the log to its end.
 fn caught_up_ms(dir: &Path) -> Option<i64> {
-    let bytes = std::fs::read(dir.join("status.json")).ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    v.get("caught_up_ms")?.as_i64()
+    crate::follow::status(dir).map(|s| s.caught_up_ms)
 }

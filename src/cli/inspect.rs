@@ -253,6 +253,12 @@ pub fn list(repo: &Repo, args: ListArgs) -> Result<ExitCode> {
             }
         );
     }
+    let spans = restorable_all(repo, &all);
+    if !spans.is_empty() {
+        println!();
+        println!("followed databases, restorable to any instant (restore --at):");
+        print_spans(&spans);
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -278,6 +284,74 @@ struct ContentJson {
     id: Option<String>,
 }
 
+/// A span of time a followed database can be restored to any instant of (`restore --at`).
+#[derive(serde::Serialize)]
+pub(super) struct SpanJson {
+    path: String,
+    from: String,
+    to: String,
+    /// The span goes on: a follower is still copying the database's transactions.
+    following: bool,
+}
+
+/// The spans of time each followed database of `paths` (paths in the snapshots) can be
+/// restored to, by path. A journal that cannot be read is left out, with a warning.
+pub(super) fn restorable<'p>(
+    repo: &Repo,
+    snaps: &[Snapshot],
+    paths: impl IntoIterator<Item = &'p [u8]>,
+) -> Vec<SpanJson> {
+    let mut seen: Vec<&[u8]> = Vec::new();
+    let mut out = Vec::new();
+    for p in paths {
+        if seen.contains(&p) {
+            continue;
+        }
+        seen.push(p);
+        let path = String::from_utf8_lossy(p).into_owned();
+        match strata::restore::instant::spans(repo, snaps, &path) {
+            Ok(spans) => out.extend(spans.into_iter().map(|s| SpanJson {
+                path: path.clone(),
+                from: rfc3339_ns(s.from_ns),
+                to: rfc3339_ns(s.to_ns),
+                following: s.following,
+            })),
+            Err(e) => tracing::warn!("the journal of {path}: {e}"),
+        }
+    }
+    out
+}
+
+/// The followed databases' spans for the databases in `snaps`.
+pub(super) fn restorable_all(repo: &Repo, snaps: &[Snapshot]) -> Vec<SpanJson> {
+    let dbs = snaps.iter().flat_map(|s| {
+        s.manifest
+            .entries
+            .iter()
+            .filter(|e| e.page_size > 0)
+            .map(|e| e.path.as_slice())
+    });
+    restorable(repo, snaps, dbs)
+}
+
+fn rfc3339_ns(ns: i64) -> String {
+    chrono::DateTime::from_timestamp_nanos(ns)
+        .with_timezone(&chrono::Local)
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, false)
+}
+
+fn print_spans(spans: &[SpanJson]) {
+    for s in spans {
+        println!(
+            "  {}  {} .. {}{}",
+            s.path,
+            short_time(Some(&s.from)),
+            short_time(Some(&s.to)),
+            if s.following { " (following)" } else { "" }
+        );
+    }
+}
+
 /// `show --json`: the snapshot and its entries.
 #[derive(serde::Serialize)]
 pub(super) struct ShowJson<'a> {
@@ -285,9 +359,12 @@ pub(super) struct ShowJson<'a> {
     snap: SnapJson,
     errors: &'a [String],
     entries: Vec<EntryJson>,
+    /// For each followed database in the snapshot, the spans of time it can be restored to.
+    restorable: Vec<SpanJson>,
 }
 
-pub(super) fn show_json(s: &Snapshot) -> ShowJson<'_> {
+/// `show --json` of `s` (one of `snaps`).
+pub(super) fn show_json<'s>(repo: &Repo, snaps: &[Snapshot], s: &'s Snapshot) -> ShowJson<'s> {
     let m = &s.manifest;
     let entries: Vec<EntryJson> = m
         .entries
@@ -326,10 +403,16 @@ pub(super) fn show_json(s: &Snapshot) -> ShowJson<'_> {
             through_sqlite: e.through_sqlite,
         })
         .collect();
+    let dbs = m
+        .entries
+        .iter()
+        .filter(|e| e.page_size > 0)
+        .map(|e| e.path.as_slice());
     ShowJson {
         snap: snap_json(s),
         errors: &m.errors,
         entries,
+        restorable: restorable(repo, snaps, dbs),
     }
 }
 
@@ -337,8 +420,9 @@ pub fn show(repo: &Repo, args: ShowArgs) -> Result<ExitCode> {
     let snaps = snapshots::list(repo)?;
     let s = snapshots::resolve(&snaps, &args.snap)?;
     let m = &s.manifest;
+    let shown = show_json(repo, &snaps, s);
     if args.json {
-        print_json(&show_json(s))?;
+        print_json(&shown)?;
         return Ok(ExitCode::SUCCESS);
     }
     println!("snapshot {}", s.id);
@@ -392,8 +476,12 @@ pub fn show(repo: &Repo, args: ShowArgs) -> Result<ExitCode> {
     for e in &m.errors {
         println!("not saved {e}");
     }
+    if !shown.restorable.is_empty() {
+        println!("restorable to any instant (restore --at):");
+        print_spans(&shown.restorable);
+    }
     println!();
-    for e in &show_json(s).entries {
+    for e in &shown.entries {
         let kind = match e.kind {
             EntryKind::File => "file",
             EntryKind::Dir => "dir ",

@@ -35,7 +35,7 @@ use crate::source::read_full_at;
 use crate::source::sqlite::{in_wal_mode, open_follower, sibling};
 use crate::source::wal::{Header, LogMap, LogPos, TxnReader, committed_end, holds};
 use rusqlite::Connection;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -49,11 +49,16 @@ const ADVANCE_EVERY: Duration = Duration::from_secs(5);
 const UNPINNED_MAX: Duration = Duration::from_secs(1);
 /// The follower's own PASSIVE checkpoints come at most this often.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
+/// A database written to within this long is busy: rounds come every `poll`, not on writes.
+const BUSY_FOR: Duration = Duration::from_secs(1);
+/// The longest wait of an idle follower for a write (its periodic work runs at least this
+/// often).
+const IDLE_WAIT: Duration = Duration::from_millis(250);
 
 /// How a follower runs.
 #[derive(Clone, Debug)]
 pub struct FollowOptions {
-    /// The longest wait between two looks at the log when no change is signalled.
+    /// The wait between two rounds while the database is busy (or always, without inotify).
     pub poll: Duration,
     /// The shortest time between two rounds.
     pub min_round: Duration,
@@ -81,10 +86,13 @@ impl Default for FollowOptions {
 }
 
 /// What a follower reports (also written, as JSON, to `status.json` in its journal).
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Status {
     pub database: PathBuf,
     pub pid: u32,
+    /// The follower runs (false in the status it writes as it stops).
+    pub running: bool,
     /// Whether the follower has a place in the log (it has none before the database has a log,
     /// and from losing its place until it finds the log's end again).
     pub following: bool,
@@ -214,9 +222,11 @@ impl Follower {
     pub fn run(&mut self, stop: &AtomicBool) -> Result<()> {
         let mut watch = super::watch::LogWatch::new(&self.path);
         let mut last_round: Option<Instant> = None;
+        let mut busy_until: Option<Instant> = None;
+        self.status.running = true;
         while !stop.load(Ordering::Relaxed) {
-            // Commits that come close together are copied together: fewer journal writes (each
-            // one fsynced) beside the application's own.
+            // Commits that come close together are copied together: fewer journal writes
+            // beside the application's own.
             if let Some(wait) =
                 last_round.and_then(|t| self.opts.min_round.checked_sub(t.elapsed()))
             {
@@ -231,10 +241,19 @@ impl Follower {
             }
             self.write_status(false);
             self.prune();
-            watch.wait(self.opts.poll);
+            // Busy (written to within BUSY_FOR): the next round comes from the clock. Idle:
+            // the next write wakes the follower (see the watch's notes).
+            if watch.drain() || !watch.watching() {
+                busy_until = Some(Instant::now() + BUSY_FOR);
+            }
+            match busy_until.is_some_and(|t| Instant::now() < t) {
+                true => std::thread::sleep(self.opts.poll),
+                false => watch.wait(IDLE_WAIT),
+            }
         }
         let synced = self.journal.sync();
         self.release_all();
+        self.status.running = false;
         self.write_status(true);
         synced
     }

@@ -463,25 +463,76 @@ pub fn changes_until(dir: &Path, from: &LogPos, until_ns: i64) -> Result<Option<
     chain(dir, from, Stop::Until(until_ns))
 }
 
-/// The times at which the entries ending at each of `places` were committed (as the follower
-/// saw them).
-pub fn times_of(dir: &Path, places: &[LogPos]) -> Result<std::collections::HashMap<LogPos, i64>> {
-    let mut out = std::collections::HashMap::new();
+/// How far the journal goes from a place: when the entry ending there was committed, and the
+/// last entry of the chain it is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reach {
+    pub from_ns: i64,
+    pub to_ns: i64,
+    /// The chain is the journal's last (no gap after it): its follower may still be writing it.
+    pub last: bool,
+}
+
+/// For each of `places` found in the journal as the end of an entry, how far the chain it is
+/// on goes (one pass over the records' heads; the same gaps as a walk along a chain).
+pub fn reach(dir: &Path, places: &[LogPos]) -> Result<std::collections::HashMap<LogPos, Reach>> {
+    // Chains are numbered as they are met; a place is on the chain current when it was met.
+    let mut chain = 0usize;
+    let mut ends: Vec<i64> = vec![i64::MIN];
+    let mut found: Vec<(LogPos, i64, usize)> = Vec::new();
+    let mut at: Option<LogPos> = None;
+    let new_chain = |ends: &mut Vec<i64>, at: &mut Option<LogPos>| {
+        ends.push(i64::MIN);
+        *at = None;
+        ends.len() - 1
+    };
     for path in segments(dir)? {
-        let Ok(mut reader) = SegmentReader::open(&path) else {
-            continue;
+        let mut reader = match SegmentReader::open(&path) {
+            Ok(r) => r,
+            Err(_) => {
+                chain = new_chain(&mut ends, &mut at);
+                continue;
+            }
         };
-        while let Ok(Some(rec)) = reader.next_record() {
-            for e in rec
-                .entries
-                .iter()
-                .filter(|e| !e.more && places.contains(&e.end))
-            {
-                out.insert(e.end, e.time_ns);
+        loop {
+            let rec = match reader.next_record() {
+                Ok(Some(rec)) => rec,
+                Ok(None) => break,
+                Err(_) => {
+                    chain = new_chain(&mut ends, &mut at);
+                    break;
+                }
+            };
+            for e in &rec.entries {
+                if at.is_some_and(|p| e.start != p) {
+                    chain = new_chain(&mut ends, &mut at);
+                }
+                if e.more {
+                    continue;
+                }
+                at = Some(e.end);
+                ends[chain] = e.time_ns;
+                // The first chain a place is on is the one a walk from it takes.
+                if places.contains(&e.end) && !found.iter().any(|f| f.0 == e.end) {
+                    found.push((e.end, e.time_ns, chain));
+                }
             }
         }
     }
-    Ok(out)
+    let last = ends.len() - 1;
+    Ok(found
+        .into_iter()
+        .map(|(pos, from_ns, c)| {
+            (
+                pos,
+                Reach {
+                    from_ns,
+                    to_ns: ends[c],
+                    last: c == last,
+                },
+            )
+        })
+        .collect())
 }
 
 /// Where a walk along a chain stops.
@@ -764,7 +815,7 @@ mod tests {
     }
 
     fn journal_times(dir: &Path, p: LogPos) -> Option<i64> {
-        times_of(dir, &[p]).unwrap().get(&p).copied()
+        reach(dir, &[p]).unwrap().get(&p).map(|r| r.from_ns)
     }
 
     /// Records written come back: the chain's newest image of each page, chains cut at gaps
@@ -818,5 +869,47 @@ mod tests {
         std::fs::write(&seg, &bad).unwrap();
         assert!(changes(dir.path(), &pos(1), &pos(3)).unwrap().is_none());
         assert!(changes(dir.path(), &pos(3), &pos(9)).unwrap().is_none());
+    }
+
+    /// How far the journal goes from a place: to the end of its chain (a gap ends it), the
+    /// last chain marked as such.
+    #[test]
+    fn reach_ends_at_a_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = JournalWriter::open(dir.path(), 512).unwrap();
+        w.append(
+            &mut [entry(1, 3, &[5]), entry(3, 4, &[6]), entry(4, 6, &[7])],
+            &images(&[5, 6, 7], 0),
+        )
+        .unwrap();
+        // A follower that lost its place starts again elsewhere.
+        w.append(
+            &mut [entry(10, 12, &[8]), entry(12, 15, &[9])],
+            &images(&[8, 9], 0),
+        )
+        .unwrap();
+        let r = reach(dir.path(), &[pos(3), pos(6), pos(12), pos(99)]).unwrap();
+        let first = Reach {
+            from_ns: 3000,
+            to_ns: 6000,
+            last: false,
+        };
+        assert_eq!(r[&pos(3)], first);
+        assert_eq!(
+            r[&pos(6)],
+            Reach {
+                from_ns: 6000,
+                ..first
+            }
+        );
+        assert_eq!(
+            r[&pos(12)],
+            Reach {
+                from_ns: 12000,
+                to_ns: 15000,
+                last: true
+            }
+        );
+        assert!(!r.contains_key(&pos(99)));
     }
 }

@@ -15,6 +15,12 @@ pub mod watch;
 use crate::repo::Repo;
 use std::path::{Path, PathBuf};
 
+/// The status a follower last wrote in the journal's directory `dir`, if any.
+pub fn status(dir: &Path) -> Option<follower::Status> {
+    let bytes = std::fs::read(dir.join("status.json")).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
 /// The directory of the journal of the database at `path` (absolute).
 pub fn journal_dir(repo: &Repo, path: &Path) -> PathBuf {
     use std::os::unix::ffi::OsStrExt;

@@ -1,5 +1,11 @@
 //! Waiting for a database's log to change: inotify on the database's directory (a commit
 //! writes the `-wal` file), with a poll as the fallback and the upper bound of every wait.
+//!
+//! A wakeup on a write runs the follower right beside the application's writer, often on its
+//! CPU (the scheduler puts a task woken by another near it), in the middle of its commit: on a
+//! 2-CPU machine that showed in the writer's commit latency (p99 +35% at 100 commits/s). So a
+//! write only wakes a follower that was idle; while the database is busy, rounds come from the
+//! clock and the events are only drained ([`LogWatch::drain`]).
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
@@ -22,6 +28,29 @@ impl LogWatch {
         }
     }
 
+    /// Whether writes wake a waiting follower (without inotify, every wait is a poll).
+    pub fn watching(&self) -> bool {
+        self.fd.is_some()
+    }
+
+    /// Whether something in the directory was written, created or removed since the last
+    /// wait or drain, without waiting.
+    pub fn drain(&mut self) -> bool {
+        let Some(fd) = &self.fd else {
+            return false;
+        };
+        let mut seen = false;
+        let mut buf = [0u8; 4096];
+        loop {
+            // SAFETY: reading into a buffer of the length given; the descriptor is non-blocking.
+            let r = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if r <= 0 {
+                return seen;
+            }
+            seen = true;
+        }
+    }
+
     /// Waits until something in the directory is written, created or removed, or `timeout`.
     pub fn wait(&mut self, timeout: Duration) {
         let Some(fd) = &self.fd else {
@@ -37,16 +66,8 @@ impl LogWatch {
         // SAFETY: one valid pollfd for the duration of the call.
         let n = unsafe { libc::poll(&mut p, 1, ms) };
         if n > 0 {
-            // Drain the events: what changed is read from the log itself.
-            let mut buf = [0u8; 4096];
-            loop {
-                // SAFETY: reading into a buffer of the length given; the descriptor is
-                // non-blocking.
-                let r = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-                if r <= 0 {
-                    break;
-                }
-            }
+            // What changed is read from the log itself.
+            self.drain();
         }
     }
 }

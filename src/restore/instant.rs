@@ -6,7 +6,7 @@
 
 use crate::error::{Error, IoContext, Result};
 use crate::follow::attached::attached;
-use crate::follow::journal::{self, Chain};
+use crate::follow::journal::{self, Chain, Reach};
 use crate::repo::Repo;
 use crate::snapshots::Snapshot;
 use crate::source::wal::LogPos;
@@ -45,6 +45,111 @@ pub fn original_path(snap: &Snapshot, entry: &str) -> Option<PathBuf> {
     })
 }
 
+/// The journal of a followed database (`entry`, its path in the snapshots) and the snapshots
+/// that are starting points in it, with how far the journal goes from each; `None` when it has
+/// no journal here.
+struct Starts<'s> {
+    dir: PathBuf,
+    starts: Vec<(&'s Snapshot, LogPos, Reach)>,
+}
+
+fn starts<'s>(repo: &Repo, snaps: &'s [Snapshot], entry: &str) -> Result<Option<Starts<'s>>> {
+    let holds = |s: &Snapshot| {
+        s.manifest
+            .entries
+            .iter()
+            .any(|e| e.path == entry.as_bytes() && e.page_size > 0)
+    };
+    let Some(newest) = snaps.iter().rev().find(|s| holds(s)) else {
+        return Ok(None);
+    };
+    let Some(abs) = original_path(newest, entry) else {
+        return Ok(None);
+    };
+    let dir = crate::follow::journal_dir(repo, &abs);
+    let notes = attached(&dir);
+    if notes.is_empty() {
+        return Ok(None);
+    }
+    let places: Vec<LogPos> = notes.iter().map(|n| n.1).collect();
+    let reach = journal::reach(&dir, &places)?;
+    let starts = notes
+        .iter()
+        .filter_map(|(id, pos)| {
+            let snap = snaps.iter().find(|s| s.id.to_string() == *id)?;
+            Some((snap, *pos, *reach.get(pos)?)).filter(|_| holds(snap))
+        })
+        .collect();
+    Ok(Some(Starts { dir, starts }))
+}
+
+/// When the follower of the journal in `dir` last read the log to its end, while it had a
+/// place in it.
+fn caught_up_ns(dir: &Path) -> Option<i64> {
+    crate::follow::status(dir)
+        .filter(|s| s.following)
+        .map(|s| s.caught_up_ms.saturating_mul(1_000_000))
+}
+
+/// Whether a follower is writing the journal in `dir` now: it says it runs, and read the log
+/// within the last 10 s (one killed says it runs, but stops reading).
+fn follower_running(dir: &Path) -> bool {
+    crate::follow::status(dir).is_some_and(|s| {
+        s.running && chrono::Utc::now().timestamp_millis() - s.caught_up_ms < 10_000
+    })
+}
+
+/// A span of time a followed database can be restored to any instant of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Span {
+    pub from_ns: i64,
+    pub to_ns: i64,
+    /// Its end is now: a follower is still writing the journal (`to_ns` is when it last read
+    /// the log, which it does at least every second).
+    pub following: bool,
+}
+
+/// The spans of time `entry` (a database's path in the snapshots) can be restored to, oldest
+/// first, as `restore --at` sees them; empty when it has no journal here.
+pub fn spans(repo: &Repo, snaps: &[Snapshot], entry: &str) -> Result<Vec<Span>> {
+    let entry = entry.trim_matches('/');
+    let Some(s) = starts(repo, snaps, entry)? else {
+        return Ok(Vec::new());
+    };
+    let live = caught_up_ns(&s.dir);
+    let running = follower_running(&s.dir);
+    let mut spans: Vec<Span> = s
+        .starts
+        .iter()
+        .map(|(_, _, r)| match (r.last, live) {
+            (true, Some(now)) if now >= r.to_ns => Span {
+                from_ns: r.from_ns,
+                to_ns: now,
+                following: running,
+            },
+            _ => Span {
+                from_ns: r.from_ns,
+                to_ns: r.to_ns,
+                following: false,
+            },
+        })
+        .collect();
+    spans.sort_by_key(|s| s.from_ns);
+    let mut out: Vec<Span> = Vec::new();
+    for s in spans {
+        match out.last_mut() {
+            Some(l) if s.from_ns <= l.to_ns => {
+                if s.to_ns >= l.to_ns {
+                    l.to_ns = s.to_ns;
+                    l.following = s.following;
+                }
+            }
+            _ => out.push(s),
+        }
+    }
+    Ok(out)
+}
+
 /// How to restore `entry` (a database's path in the snapshots) as it was at `at_ns`; `None`
 /// when it has no journal here, or no snapshot of it is a starting point at or before then.
 /// An instant past what the journal covers is an error that says how far it goes.
@@ -55,37 +160,16 @@ pub fn plan<'s>(
     at_ns: i64,
 ) -> Result<Option<Plan<'s>>> {
     let entry = entry.trim_matches('/').to_string();
-    let holds = |s: &Snapshot| {
-        s.manifest
-            .entries
-            .iter()
-            .any(|e| e.path == entry.as_bytes() && e.page_size > 0)
-    };
-    let Some(newest) = snaps.iter().rev().find(|s| holds(s)) else {
+    let Some(Starts { dir, starts }) = starts(repo, snaps, &entry)? else {
         return Ok(None);
     };
-    let Some(abs) = original_path(newest, &entry) else {
-        return Ok(None);
-    };
-    let dir = crate::follow::journal_dir(repo, &abs);
-    let notes = attached(&dir);
-    if notes.is_empty() {
-        return Ok(None);
-    }
-    let places: Vec<LogPos> = notes.iter().map(|n| n.1).collect();
-    let times = journal::times_of(&dir, &places)?;
     // The newest snapshot whose image was committed at or before the instant.
-    let mut best: Option<(&Snapshot, LogPos, i64)> = None;
-    for (id, pos) in &notes {
-        let Some(snap) = snaps.iter().find(|s| s.id.to_string() == *id) else {
-            continue;
-        };
-        let Some(&t) = times.get(pos) else { continue };
-        if t <= at_ns && holds(snap) && best.is_none_or(|b| t > b.2) {
-            best = Some((snap, *pos, t));
-        }
-    }
-    let Some((snapshot, pos, base_ns)) = best else {
+    let Some((snapshot, pos, base_ns)) = starts
+        .iter()
+        .filter(|(_, _, r)| r.from_ns <= at_ns)
+        .max_by_key(|(_, _, r)| r.from_ns)
+        .map(|(s, p, r)| (*s, *p, r.from_ns))
+    else {
         return Ok(None);
     };
     let Some(chain) = journal::changes_until(&dir, &pos, at_ns)? else {
@@ -93,21 +177,13 @@ pub fn plan<'s>(
     };
     // Past the chain's last transaction, the journal knows the instant only if the chain is
     // the one its follower is still writing, and that follower had read the log then.
-    if !chain.more {
-        let caught_up_ns = std::fs::read(dir.join("status.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .filter(|s| s.get("following").and_then(|f| f.as_bool()) == Some(true))
-            .and_then(|s| s.get("caught_up_ms")?.as_i64())
-            .map(|ms| ms.saturating_mul(1_000_000));
-        if chain.broken || caught_up_ns.is_none_or(|c| c < at_ns) {
-            let last = chain.last_ns.unwrap_or(base_ns);
-            return Err(Error::not_found(format!(
-                "{entry}: its journal covers only up to {} (the follower was not reading the \
-                 log after that); restore an earlier instant, or a snapshot",
-                format_ns(last)
-            )));
-        }
+    if !chain.more && (chain.broken || caught_up_ns(&dir).is_none_or(|c| c < at_ns)) {
+        let last = chain.last_ns.unwrap_or(base_ns);
+        return Err(Error::not_found(format!(
+            "{entry}: its journal covers only up to {} (the follower was not reading the \
+             log after that); restore an earlier instant, or a snapshot",
+            format_ns(last)
+        )));
     }
     Ok(Some(Plan {
         snapshot,

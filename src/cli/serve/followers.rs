@@ -46,7 +46,7 @@ pub struct FollowedDb {
     /// Seconds since the follower last read the log to its end (`None`: never).
     lag_s: Option<f64>,
     /// The follower's own status (see `strata::follow::follower::Status`).
-    status: Option<serde_json::Value>,
+    status: Option<strata::follow::follower::Status>,
 }
 
 impl Followers {
@@ -143,12 +143,10 @@ impl Followers {
         let mut out = Vec::new();
         for p in procs.iter() {
             for (db, dir) in p.databases.iter().zip(&p.journals) {
-                let status: Option<serde_json::Value> = std::fs::read(dir.join("status.json"))
-                    .ok()
-                    .and_then(|b| serde_json::from_slice(&b).ok());
+                let status = strata::follow::status(dir);
                 let lag_s = status
                     .as_ref()
-                    .and_then(|s| s.get("caught_up_ms")?.as_i64())
+                    .map(|s| s.caught_up_ms)
                     .filter(|ms| *ms > 0)
                     .map(|ms| (now_ms - ms).max(0) as f64 / 1000.0);
                 out.push(FollowedDb {
@@ -172,11 +170,8 @@ impl Followers {
                 job: f.job.clone(),
                 database: f.database.display().to_string(),
             };
-            let number = |key: &str| {
-                f.status
-                    .as_ref()
-                    .and_then(|s| s.get(key)?.as_i64())
-                    .unwrap_or(0)
+            let number = |n: fn(&strata::follow::follower::Status) -> u64| {
+                f.status.as_ref().map_or(0, |s| n(s) as i64)
             };
             m.follow_running
                 .get_or_create(&label)
@@ -186,16 +181,16 @@ impl Followers {
                 .set(f.lag_s.unwrap_or(f64::NAN));
             m.follow_log_bytes
                 .get_or_create(&label)
-                .set(number("log_bytes"));
+                .set(number(|s| s.log_bytes));
             m.follow_transactions
                 .get_or_create(&label)
-                .set(number("transactions"));
+                .set(number(|s| s.transactions));
             m.follow_checkpoints
                 .get_or_create(&label)
-                .set(number("checkpoints"));
+                .set(number(|s| s.checkpoints));
             m.follow_fallbacks
                 .get_or_create(&label)
-                .set(number("fallbacks"));
+                .set(number(|s| s.fallbacks));
         }
     }
 

@@ -220,7 +220,7 @@ pub fn show_snapshot(c: &Call) -> Result<Response> {
     let repo = c.d.open_read()?;
     let snaps = snapshots::list(&repo)?;
     Ok(match snapshots::resolve(&snaps, c.id) {
-        Ok(s) => Response::json(200, &super::super::inspect::show_json(s)),
+        Ok(s) => Response::json(200, &super::super::inspect::show_json(&repo, &snaps, s)),
         Err(e) => Response::error(404, e.to_string()),
     })
 }
