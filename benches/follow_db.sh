@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Following a large SQLite database (see docs/SERVE.md, "Following SQLite databases"):
 #
-#   benches/follow_db.sh [--dir DIR] [--size-gb N] [--seconds S] [--rate TPS] [--hours H]
+#   benches/follow_db.sh [--dir DIR] [--size-gb N] [--seconds S] [--rate TPS] [--pairs P]
+#                        [--hours H]
 #
 # On a database made by ../shared/corpus/large_db.sh (8 GiB by default, reused if present):
 #   writer        an application committing TPS small transactions per second for S seconds,
-#                 first alone, then with `strata follow` running: commit latency p50/p99 of each
-#                 run, and the follower's lag (when it stamped each transaction minus when the
-#                 writer's COMMIT returned, from the journal) and peak memory
+#                 alone and with `strata follow` running, P times each, alternated (the
+#                 machine's noise moves a sub-millisecond p99 by more than the follower does):
+#                 commit latency p50/p99 of each run and the median p99 ratio; the follower's
+#                 lag (when it stamped each transaction minus when the writer's COMMIT
+#                 returned, from the journal) and peak memory
 #   hourly        H "hours": `mutate DIR 0.001 truncate` (0.1% of the rows rewritten in one
 #                 transaction, then the application asks for a TRUNCATE checkpoint), then a
 #                 snapshot, with the follower running: wall time, bytes read (read calls, all
@@ -19,7 +22,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 corpus=$here/../shared/corpus/large_db.sh
-size_gb=8 dir="" seconds=30 rate=100 hours=3
+size_gb=8 dir="" seconds=30 rate=100 hours=3 pairs=3
 while [ $# -gt 0 ]; do
   case $1 in
     --dir) dir=$2; shift 2 ;;
@@ -27,6 +30,7 @@ while [ $# -gt 0 ]; do
     --seconds) seconds=$2; shift 2 ;;
     --rate) rate=$2; shift 2 ;;
     --hours) hours=$2; shift 2 ;;
+    --pairs) pairs=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -104,17 +108,22 @@ for name in sorted(f for f in os.listdir(d) if f.endswith(".journal")):
 PY
 
 cat >"$scratch/stats.py" <<'PY'
+# stats.py PAIRS STAMPS: each run's commit latency, the median p99 ratio, the last followed
+# run's lag.
 import statistics, sys
 def pct(xs, p): xs = sorted(xs); return xs[min(len(xs) - 1, int(p * len(xs)))]
-alone = [float(l.split()[1]) for l in open(sys.argv[1])]
-followed = [tuple(map(float, l.split())) for l in open(sys.argv[2])]
-stamps = [float(l) for l in open(sys.argv[3])]
-lat = [x[1] for x in followed]
-print(f"commit latency alone:     p50 {pct(alone, .5)*1e3:.2f} ms, p99 {pct(alone, .99)*1e3:.2f} ms ({len(alone)} commits)")
-print(f"commit latency followed:  p50 {pct(lat, .5)*1e3:.2f} ms, p99 {pct(lat, .99)*1e3:.2f} ms ({len(lat)} commits)")
-print(f"p99 ratio followed/alone: {pct(lat, .99) / pct(alone, .99):.2f}")
+pairs, d = int(sys.argv[1]), sys.argv[2]
+ratios = []
+for k in range(1, pairs + 1):
+    alone = [float(l.split()[1]) for l in open(f"{d}/alone{k}.txt")]
+    lat = [float(l.split()[1]) for l in open(f"{d}/followed{k}.txt")]
+    print(f"pair {k}: commit latency alone p50 {pct(alone, .5)*1e3:.2f} ms, p99 {pct(alone, .99)*1e3:.2f} ms; "
+          f"followed p50 {pct(lat, .5)*1e3:.2f} ms, p99 {pct(lat, .99)*1e3:.2f} ms ({len(lat)} commits)")
+    ratios.append(pct(lat, .99) / pct(alone, .99))
+print(f"p99 ratio followed/alone: {' '.join(f'{r:.2f}' for r in ratios)}; median {statistics.median(ratios):.2f}")
 # The journal's transactions are the writer's, in order (the last len(followed) of them).
-stamps = stamps[-len(followed):]
+followed = [tuple(map(float, l.split())) for l in open(f"{d}/followed{pairs}.txt")]
+stamps = [float(l) for l in open(sys.argv[3])][-len(followed):]
 if len(stamps) == len(followed):
     lag = [s - c[0] for s, c in zip(stamps, followed)]
     print(f"follower lag: p50 {pct(lag, .5)*1e3:.1f} ms, p99 {pct(lag, .99)*1e3:.1f} ms, max {max(lag)*1e3:.1f} ms")
@@ -122,17 +131,23 @@ else:
     print(f"follower copied {len(stamps)} transactions of {len(followed)}")
 PY
 
-echo "== writer: $rate transactions/s for $seconds s, alone, then followed" >&2
-python3 "$scratch/writer.py" "$db" "$seconds" "$rate" "$scratch/alone.txt"
-"$strata" follow --repo "$repo" "$db" 2>"$scratch/follow.err" &
-fpid=$!
-trap 'kill $fpid 2>/dev/null || true' EXIT
-sleep 1
-python3 "$scratch/writer.py" "$db" "$seconds" "$rate" "$scratch/followed.txt"
-sleep 1
+echo "== writer: $rate transactions/s for $seconds s, alone and followed, $pairs times" >&2
+fpid=
+trap '[ -z "$fpid" ] || kill $fpid 2>/dev/null || true' EXIT
+for k in $(seq 1 "$pairs"); do
+  python3 "$scratch/writer.py" "$db" "$seconds" "$rate" "$scratch/alone$k.txt"
+  [ -z "$fpid" ] || { kill $fpid; wait $fpid 2>/dev/null || true; }
+  rm -rf "$repo"; "$strata" init --repo "$repo" >/dev/null
+  "$strata" follow --repo "$repo" "$db" 2>"$scratch/follow.err" &
+  fpid=$!
+  sleep 1
+  python3 "$scratch/writer.py" "$db" "$seconds" "$rate" "$scratch/followed$k.txt"
+  sleep 1
+  [ "$k" = "$pairs" ] || { kill $fpid; wait $fpid 2>/dev/null || true; fpid=; }
+done
 journal=$(ls -d "$repo"/follow/*/)
 python3 "$scratch/journal.py" "$journal" >"$scratch/stamps.txt"
-python3 "$scratch/stats.py" "$scratch/alone.txt" "$scratch/followed.txt" "$scratch/stamps.txt"
+python3 "$scratch/stats.py" "$pairs" "$scratch" "$scratch/stamps.txt"
 echo "follower: $(grep VmHWM /proc/$fpid/status | tr -s ' ')"
 
 cat >"$scratch/measure.py" <<'PY'

@@ -282,6 +282,139 @@ fn a_replaced_database_loses_the_place_and_is_read_whole() {
     f.stop();
 }
 
+/// The other ways of losing the place: a writer killed in the middle of a transaction whose
+/// pages had already spilled into the log (not a loss: they are never copied), the journal mode
+/// switched away from WAL and back, and the log cut short by another process. Each loss is
+/// reported, and every snapshot is the database as SQLite reads it then.
+#[test]
+fn a_killed_writer_a_mode_switch_and_a_cut_log() {
+    let _serial = serial();
+    let (env, src, db) = app_db();
+    let f = Following::start(&env, &db, &["--checkpoint-frames", "20"]);
+    let snapshot_is_the_database = |f: &Following, name: &str| {
+        f.settle();
+        let out = env.json(&["backup", src.to_str().unwrap()]);
+        let restored = restored_db(&env, out["id"].as_str().unwrap(), name);
+        assert_eq!(integrity(&restored), "ok");
+        assert_eq!(table_digest(&restored), table_digest(&db), "{name}");
+    };
+    write_some(&db, 30, 1);
+    snapshot_is_the_database(&f, "before");
+
+    // A writer SIGKILLed inside a transaction larger than its page cache.
+    let mut writer = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sqlite3, sys, time\n\
+             c = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
+             c.execute('PRAGMA cache_size=8')\n\
+             c.execute('BEGIN')\n\
+             c.execute('UPDATE t SET pad = randomblob(300) WHERE id % 5 = 0')\n\
+             print('ready', flush=True)\n\
+             time.sleep(60)\n",
+        )
+        .arg(&db)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(writer.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "ready");
+    let spilled = std::fs::metadata(sibling(&db, "-wal")).unwrap().len();
+    writer.kill().unwrap();
+    writer.wait().unwrap();
+    assert!(
+        spilled > 100 * 4096,
+        "the transaction did not spill: {spilled}"
+    );
+    let lost = f.status()["fallbacks"].as_u64().unwrap();
+    snapshot_is_the_database(&f, "after the killed writer");
+    write_some(&db, 30, 2);
+    snapshot_is_the_database(&f, "after writes over its frames");
+    assert_eq!(
+        f.status()["fallbacks"].as_u64().unwrap(),
+        lost,
+        "{}",
+        f.status()
+    );
+
+    // Leaving WAL mode needs the only connection to the database (SQLite's rule), and the
+    // follower keeps two open: the application's switch is refused as busy, and its writes go on.
+    let c = Connection::open(&db).unwrap();
+    c.busy_timeout(Duration::from_millis(200)).unwrap();
+    let mode: rusqlite::Result<String> =
+        c.query_row("PRAGMA journal_mode=DELETE", [], |r| r.get(0));
+    assert!(
+        matches!(&mode, Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)),
+        "{mode:?}"
+    );
+    drop(c);
+    write_some(&db, 10, 3);
+    snapshot_is_the_database(&f, "after the refused switch");
+    // Switched while no follower ran, written, and switched back: the follower started again
+    // begins a new chain, and the next snapshot reads the database whole.
+    f.stop();
+    let c = Connection::open(&db).unwrap();
+    let mode: String = c
+        .query_row("PRAGMA journal_mode=DELETE", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "delete");
+    drop(c);
+    write_some(&db, 10, 4);
+    Connection::open(&db)
+        .unwrap()
+        .execute_batch("PRAGMA journal_mode=WAL")
+        .unwrap();
+    let f = Following::start(&env, &db, &["--checkpoint-frames", "20"]);
+    write_some(&db, 30, 5);
+    let size = std::fs::metadata(&db).unwrap().len();
+    f.settle();
+    let out = env.json(&["backup", src.to_str().unwrap()]);
+    assert!(
+        out["stats"]["bytes_read"].as_u64().unwrap() >= size,
+        "{out}"
+    );
+    let restored = restored_db(&env, out["id"].as_str().unwrap(), "switched");
+    assert_eq!(integrity(&restored), "ok");
+    assert_eq!(table_digest(&restored), table_digest(&db));
+
+    // The log cut short by another process (the application's commits in it are lost with
+    // it; the main file is what is left).
+    let lost = f.status()["fallbacks"].as_u64().unwrap();
+    write_some(&db, 10, 6);
+    f.settle();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(sibling(&db, "-wal"))
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let s = f.wait_for(|s| s["fallbacks"].as_u64() > Some(lost), "the cut log");
+    let why = s["last_fallback"].as_str().unwrap();
+    // (Or cut while the follower was letting go of the log after a checkpoint.)
+    assert!(
+        why.contains("cut short") || why.contains("truncated"),
+        "{s}"
+    );
+    f.stop();
+    // With no connection left, SQLite reads the main file alone; so does the snapshot.
+    let _ = std::fs::remove_file(sibling(&db, "-shm"));
+    let out = env.json(&["backup", src.to_str().unwrap()]);
+    let restored = restored_db(&env, out["id"].as_str().unwrap(), "cut");
+    assert_eq!(integrity(&restored), "ok");
+    assert_eq!(table_digest(&restored), table_digest(&db));
+}
+
+fn sibling(db: &Path, suffix: &str) -> PathBuf {
+    let mut s = db.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
 /// Runs `restore --at` the instant `at_ns` (RFC 3339 to the nanosecond) `--path src/app.db`
 /// into `name`; returns the run, the instant as given and where the database lands.
 fn restore_at(env: &Env, at_ns: i64, name: &str) -> (std::process::Output, String, PathBuf) {

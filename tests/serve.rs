@@ -1816,6 +1816,32 @@ fn a_job_with_follow_keeps_a_follower_running() {
     // A snapshot of the job, then a follower killed: the daemon starts another.
     let (_, op) = d.send("POST", "/api/snapshots", &token, "{\"job\": \"app\"}");
     assert_eq!(d.wait_op(&op, &token)["status"], "succeeded");
+    // From the snapshot on, the database can be restored to any instant up to now.
+    let list = wait(&d, "a span to restore to", &|f| {
+        f["restorable"].as_array().is_some_and(|s| s.len() == 1)
+            && f["restorable"][0]["following"] == true
+    });
+    let (status, _) = followers(&d);
+    check_response(&openapi(), "get", "/api/followers", status, &list);
+    // The web page shows the followed database and its span.
+    let profile = env.path("chromium-profile");
+    let dom = rendered_dom(
+        &chromium(),
+        &profile,
+        &format!("http://{}/#token={token}", d.addr),
+    );
+    assert!(dom.contains("data-loaded=\"yes\""), "{dom}");
+    let row = dom
+        .split("<tr class=\"followed\">")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no followed database on the page:\n{dom}"));
+    let row = &row[..row.find("</tr>").unwrap()];
+    assert!(
+        row.contains(&db.display().to_string())
+            && row.contains(">following<")
+            && row.contains("– now"),
+        "{row}"
+    );
     let pid = list[0]["status"]["pid"].as_u64().unwrap() as i32;
     // SAFETY: signalling the daemon's child.
     unsafe { libc_kill(pid, 9) };

@@ -286,12 +286,29 @@ struct ContentJson {
 
 /// A span of time a followed database can be restored to any instant of (`restore --at`).
 #[derive(serde::Serialize)]
-pub(super) struct SpanJson {
-    path: String,
+pub(super) struct TimeSpan {
     from: String,
     to: String,
     /// The span goes on: a follower is still copying the database's transactions.
     following: bool,
+}
+
+impl From<strata::restore::instant::Span> for TimeSpan {
+    fn from(s: strata::restore::instant::Span) -> TimeSpan {
+        TimeSpan {
+            from: rfc3339_ns(s.from_ns),
+            to: rfc3339_ns(s.to_ns),
+            following: s.following,
+        }
+    }
+}
+
+/// A followed database's span, by its path in the snapshots.
+#[derive(serde::Serialize)]
+pub(super) struct SpanJson {
+    path: String,
+    #[serde(flatten)]
+    span: TimeSpan,
 }
 
 /// The spans of time each followed database of `paths` (paths in the snapshots) can be
@@ -312,9 +329,7 @@ pub(super) fn restorable<'p>(
         match strata::restore::instant::spans(repo, snaps, &path) {
             Ok(spans) => out.extend(spans.into_iter().map(|s| SpanJson {
                 path: path.clone(),
-                from: rfc3339_ns(s.from_ns),
-                to: rfc3339_ns(s.to_ns),
-                following: s.following,
+                span: s.into(),
             })),
             Err(e) => tracing::warn!("the journal of {path}: {e}"),
         }
@@ -345,9 +360,9 @@ fn print_spans(spans: &[SpanJson]) {
         println!(
             "  {}  {} .. {}{}",
             s.path,
-            short_time(Some(&s.from)),
-            short_time(Some(&s.to)),
-            if s.following { " (following)" } else { "" }
+            short_time(Some(&s.span.from)),
+            short_time(Some(&s.span.to)),
+            if s.span.following { " (following)" } else { "" }
         );
     }
 }

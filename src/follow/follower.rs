@@ -402,11 +402,18 @@ impl Follower {
             // No log (or an empty one): the main file holds every commit. A reset log comes
             // back with the next generation's header; a first one, while the follower stays
             // pinned, starts at its first frame.
+            let cut = self.place.is_some() && !self.window && self.log_was_cut();
             match self.place.as_mut() {
                 // Truncated while nothing was pinned: frames not copied may have gone with it.
                 Some(_) if self.window => {
                     self.window = false;
                     self.lose("the log was truncated while the follower was checkpointing");
+                }
+                // While pinned, SQLite empties the log only as its writer starts it again (with
+                // `journal_size_limit`), when its index says it holds no frame. An index that
+                // says it holds frames the file no longer has: another process cut the log.
+                Some(_) if cut => {
+                    self.lose("the log was cut short by another process");
                 }
                 Some(p) => p.truncated = true,
                 None => self.since_empty = true,
@@ -587,6 +594,14 @@ impl Follower {
     fn in_wal_mode(&self) -> bool {
         let mut h = [0u8; 20];
         read_full_at(&self.main, &mut h, 0).is_ok_and(|n| n == h.len() && h[18] == 2 && h[19] == 2)
+    }
+
+    /// Whether SQLite's index of the log says it holds frames (the log file is empty).
+    fn log_was_cut(&self) -> bool {
+        File::open(sibling(&self.path, "-shm"))
+            .ok()
+            .and_then(|f| crate::source::wal::indexed_frames(&f))
+            .is_some_and(|n| n > 0)
     }
 
     /// Notes in the journal that a chain starts at `place` (an entry with no pages that starts

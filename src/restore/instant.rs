@@ -67,20 +67,30 @@ fn starts<'s>(repo: &Repo, snaps: &'s [Snapshot], entry: &str) -> Result<Option<
         return Ok(None);
     };
     let dir = crate::follow::journal_dir(repo, &abs);
-    let notes = attached(&dir);
-    if notes.is_empty() {
+    let mut starts = starts_in(&dir, snaps)?;
+    if starts.is_empty() {
         return Ok(None);
     }
+    starts.retain(|(s, _, _)| holds(s));
+    Ok(Some(Starts { dir, starts }))
+}
+
+/// The snapshots noted in the journal in `dir` that are among `snaps`, where their images end
+/// and how far the journal goes from there.
+fn starts_in<'s>(dir: &Path, snaps: &'s [Snapshot]) -> Result<Vec<(&'s Snapshot, LogPos, Reach)>> {
+    let notes = attached(dir);
+    if notes.is_empty() {
+        return Ok(Vec::new());
+    }
     let places: Vec<LogPos> = notes.iter().map(|n| n.1).collect();
-    let reach = journal::reach(&dir, &places)?;
-    let starts = notes
+    let reach = journal::reach(dir, &places)?;
+    Ok(notes
         .iter()
         .filter_map(|(id, pos)| {
             let snap = snaps.iter().find(|s| s.id.to_string() == *id)?;
-            Some((snap, *pos, *reach.get(pos)?)).filter(|_| holds(snap))
+            Some((snap, *pos, *reach.get(pos)?))
         })
-        .collect();
-    Ok(Some(Starts { dir, starts }))
+        .collect())
 }
 
 /// When the follower of the journal in `dir` last read the log to its end, while it had a
@@ -113,13 +123,23 @@ pub struct Span {
 /// first, as `restore --at` sees them; empty when it has no journal here.
 pub fn spans(repo: &Repo, snaps: &[Snapshot], entry: &str) -> Result<Vec<Span>> {
     let entry = entry.trim_matches('/');
-    let Some(s) = starts(repo, snaps, entry)? else {
-        return Ok(Vec::new());
-    };
-    let live = caught_up_ns(&s.dir);
-    let running = follower_running(&s.dir);
-    let mut spans: Vec<Span> = s
-        .starts
+    match starts(repo, snaps, entry)? {
+        Some(s) => Ok(merge(&s.dir, &s.starts)),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// The spans of time the database whose journal is in `dir` can be restored to, from the
+/// snapshots of `snaps` noted there.
+pub fn spans_in(dir: &Path, snaps: &[Snapshot]) -> Result<Vec<Span>> {
+    Ok(merge(dir, &starts_in(dir, snaps)?))
+}
+
+/// Each starting point's span, merged where they meet, oldest first.
+fn merge(dir: &Path, starts: &[(&Snapshot, LogPos, Reach)]) -> Vec<Span> {
+    let live = caught_up_ns(dir);
+    let running = follower_running(dir);
+    let mut spans: Vec<Span> = starts
         .iter()
         .map(|(_, _, r)| match (r.last, live) {
             (true, Some(now)) if now >= r.to_ns => Span {
@@ -147,7 +167,7 @@ pub fn spans(repo: &Repo, snaps: &[Snapshot], entry: &str) -> Result<Vec<Span>> 
             _ => out.push(s),
         }
     }
-    Ok(out)
+    out
 }
 
 /// How to restore `entry` (a database's path in the snapshots) as it was at `at_ns`; `None`

@@ -443,6 +443,17 @@ impl TxnReader {
     }
 }
 
+/// How many frames SQLite's index of the log (the `-shm` file, whose header it keeps twice, in
+/// the machine's byte order) says the log holds; `None` when there is no index or its two
+/// copies of the header differ (a writer is changing it) or it is not initialised.
+pub fn indexed_frames(shm: &File) -> Option<u32> {
+    let mut h = [0u8; 96];
+    if read_full_at(shm, &mut h, 0).ok()? < h.len() || h[..48] != h[48..] || h[12] == 0 {
+        return None;
+    }
+    Some(u32::from_ne_bytes(h[16..20].try_into().expect("4 bytes")))
+}
+
 /// Whether the log still holds the position an earlier scan ended at: frame `frames` (0: none)
 /// with the cumulative checksum `checksum`. The frame there must end a transaction, carry the
 /// header's salts and that checksum; at frame 0 the checksum is the header's own.

@@ -47,6 +47,11 @@ pub struct FollowedDb {
     lag_s: Option<f64>,
     /// The follower's own status (see `strata::follow::follower::Status`).
     status: Option<strata::follow::follower::Status>,
+    /// The spans of time the database can be restored to (`restore --at`), from the
+    /// snapshots noted in its journal.
+    pub restorable: Vec<super::super::inspect::TimeSpan>,
+    #[serde(skip)]
+    pub journal: PathBuf,
 }
 
 impl Followers {
@@ -157,6 +162,8 @@ impl Followers {
                     last_exit: p.last_exit.clone(),
                     lag_s,
                     status,
+                    restorable: Vec::new(),
+                    journal: dir.clone(),
                 });
             }
         }

@@ -363,9 +363,20 @@ pub fn jobs(c: &Call) -> Result<Response> {
     Ok(Response::json(200, &c.d.job_statuses()))
 }
 
-/// `GET /api/followers`: each followed database, its follower and how far behind it is.
+/// `GET /api/followers`: each followed database, its follower, how far behind it is and the
+/// spans of time it can be restored to.
 pub fn followers(c: &Call) -> Result<Response> {
-    let list = c.d.followers.get().map(|f| f.list()).unwrap_or_default();
+    let mut list = c.d.followers.get().map(|f| f.list()).unwrap_or_default();
+    if !list.is_empty() {
+        let repo = c.d.open_read()?;
+        let snaps = snapshots::list(&repo)?;
+        for f in &mut list {
+            f.restorable = strata::restore::instant::spans_in(&f.journal, &snaps)?
+                .into_iter()
+                .map(Into::into)
+                .collect();
+        }
+    }
     Ok(Response::json(200, &list))
 }
 
