@@ -2,7 +2,7 @@
 # Following a large SQLite database (see docs/SERVE.md, "Following SQLite databases"):
 #
 #   benches/follow_db.sh [--dir DIR] [--size-gb N] [--seconds S] [--rate TPS] [--pairs P]
-#                        [--hours H]
+#                        [--hours H] [--cold]
 #
 # On a database made by ../shared/corpus/large_db.sh (8 GiB by default, reused if present):
 #   writer        an application committing TPS small transactions per second for S seconds,
@@ -18,11 +18,12 @@
 #   one-shot      the same hour with no follower (the log reset by the application's
 #                 checkpoint: a full pass), for comparison
 #
-# Default flags throughout. STRATA_BIN=PATH runs that binary instead of building.
+# --cold drops the page cache (as root) before each snapshot, so that what it reads comes from the
+# disk. Default flags throughout. STRATA_BIN=PATH runs that binary instead of building.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 corpus=$here/../shared/corpus/large_db.sh
-size_gb=8 dir="" seconds=30 rate=100 hours=3 pairs=3
+size_gb=8 dir="" seconds=30 rate=100 hours=3 pairs=3 cold=0
 while [ $# -gt 0 ]; do
   case $1 in
     --dir) dir=$2; shift 2 ;;
@@ -31,6 +32,7 @@ while [ $# -gt 0 ]; do
     --rate) rate=$2; shift 2 ;;
     --hours) hours=$2; shift 2 ;;
     --pairs) pairs=$2; shift 2 ;;
+    --cold) cold=1; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -169,6 +171,7 @@ sys.exit(os.waitstatus_to_exitcode(status))
 PY
 measure() { # measure CMD...: its figures and the repository's growth
   local before after
+  if [ "$cold" = 1 ]; then sync; echo 3 >/proc/sys/vm/drop_caches; fi
   before=$(du -sb "$repo" | cut -f1)
   printf '  '
   python3 "$scratch/measure.py" "$@"
