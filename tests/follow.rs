@@ -415,6 +415,42 @@ fn sibling(db: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// A snapshot whose previous image's place is gone from the log, with a follower that started
+/// after the gap: the log is parsed only past the follower's place while writers wait, the
+/// journal has no chain across the gap, and the image is read whole with every frame of the
+/// log (read again from its start, up to where the image ends).
+#[test]
+fn a_snapshot_across_a_gap_in_the_journal_reads_the_whole_log() {
+    let _serial = serial();
+    let (env, src, db) = app_db();
+    let no_let_go = ["--checkpoint-frames", "1000000"];
+    let f = Following::start(&env, &db, &no_let_go);
+    write_some(&db, 20, 1);
+    f.settle();
+    env.backup(&[&src]);
+    f.stop();
+    // Unfollowed: the log copied into the main file and reset, and written again.
+    Connection::open(&db)
+        .unwrap()
+        .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+        .unwrap();
+    write_some(&db, 40, 2);
+    let f = Following::start(&env, &db, &no_let_go);
+    write_some(&db, 20, 3);
+    let s = f.settle();
+    assert!(s["place"]["frame"].as_u64().unwrap() > 0, "{s}");
+    let size = std::fs::metadata(&db).unwrap().len();
+    let out = env.json(&["backup", src.to_str().unwrap()]);
+    assert!(
+        out["stats"]["bytes_read"].as_u64().unwrap() >= size,
+        "{out}"
+    );
+    let restored = restored_db(&env, out["id"].as_str().unwrap(), "r");
+    assert_eq!(integrity(&restored), "ok");
+    assert_eq!(table_digest(&restored), table_digest(&db));
+    f.stop();
+}
+
 /// Runs `restore --at` the instant `at_ns` (RFC 3339 to the nanosecond) `--path src/app.db`
 /// into `name`; returns the run, the instant as given and where the database lands.
 fn restore_at(env: &Env, at_ns: i64, name: &str) -> (std::process::Output, String, PathBuf) {

@@ -168,7 +168,7 @@ fn read_once(
         None => state.prev.is_some(),
     };
     let since = match previous {
-        Some(p) if resume && went_on => resume_point(p, &before),
+        Some(p) if resume && went_on => resume_point(p, &before, follower_place(shared, path)),
         _ => None,
     };
     let mut notes = Vec::new();
@@ -379,7 +379,8 @@ fn read_image(
             } else if log.since.is_some() {
                 read_log_changes(shared, db.file, path, page, state, log, snap.pages)?
             } else {
-                let overlay = match (&log.file, &log.map) {
+                let map = log.whole_map()?;
+                let overlay = match (&log.file, &map) {
                     (Some(file), Some(map)) => Some(Overlay { log: file, map }),
                     _ => None,
                 };
@@ -436,9 +437,21 @@ fn journal_changes(
     )
 }
 
+/// Where the follower of the database at `path` last was in its log, if one is following it.
+fn follower_place(shared: &Shared, path: &Path) -> Option<crate::source::wal::LogPos> {
+    let dir = crate::follow::journal_dir(shared.repo, path);
+    crate::follow::status(&dir)
+        .filter(|s| s.following)
+        .and_then(|s| s.place)
+}
+
 /// Where the previous image of a database ended in its log, if it was read from the log and
 /// the main file is still the same file.
-fn resume_point(previous: &FileStamp, now: &std::fs::Metadata) -> Option<Since> {
+fn resume_point(
+    previous: &FileStamp,
+    now: &std::fs::Metadata,
+    hint: Option<crate::source::wal::LogPos>,
+) -> Option<Since> {
     match previous.wal {
         LogStamp::Frames { log, position, .. }
             if previous.ino == now.ino() && previous.dev == now.dev() =>
@@ -447,6 +460,7 @@ fn resume_point(previous: &FileStamp, now: &std::fs::Metadata) -> Option<Since> 
                 log,
                 position,
                 main_unchanged: Seen::of(now) == stamp_seen(previous),
+                hint,
             })
         }
         _ => None,

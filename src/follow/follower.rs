@@ -101,6 +101,8 @@ pub struct Status {
     pub pages: u64,
     /// Unix milliseconds of the last round that read the log to its end.
     pub caught_up_ms: i64,
+    /// Where that round ended in the log (a snapshot parses the log only past it).
+    pub place: Option<LogPos>,
     /// Frames in the log now, and its size in bytes.
     pub log_frames: u32,
     pub log_bytes: u64,
@@ -629,6 +631,7 @@ impl Follower {
 
     fn caught_up(&mut self) {
         self.status.following = self.place.is_some();
+        self.status.place = self.place.map(|p| p.pos);
         self.status.caught_up_ms = chrono::Utc::now().timestamp_millis();
     }
 

@@ -202,6 +202,9 @@ pub struct PinnedLog {
     /// The map holds only the frames after this position, which an earlier image ended at: the
     /// image is that one with these frames' pages put in.
     pub since: Option<LogPosition>,
+    /// The map starts at a follower's place (see [`Since::hint`]), not where an image ended:
+    /// it is not an overlay for the main file; [`PinnedLog::whole_map`] is.
+    pub partial: bool,
 }
 
 /// The previous image of a database, for [`ReadSnapshot::begin`]: the stamp of the log it was
@@ -215,6 +218,11 @@ pub struct Since {
     /// file unchanged, the previous image is the main file with, at most, the frames of the log
     /// as it is now.
     pub main_unchanged: bool,
+    /// A later place in the log, known to end a committed transaction (a follower's, which
+    /// checked every frame up to it): when the log no longer holds `position`, only the frames
+    /// after this one are parsed while writers wait (the image then comes from the follower's
+    /// journal; see [`PinnedLog::partial`]).
+    pub hint: Option<wal::LogPos>,
 }
 
 impl ReadSnapshot {
@@ -459,9 +467,16 @@ fn pin_log(path: &Path, snap: &ReadSnapshot, since: Option<&Since>) -> Result<Pi
             None
         }
     });
-    let map = match resume {
-        Some(p) => wal::LogMap::scan_from(&file, header, p.frames + 1, p.checksum)?,
-        None => wal::LogMap::scan(&file, header)?,
+    let hint = match resume {
+        Some(_) => None,
+        None => since.and_then(|s| s.hint).filter(|h| {
+            header.owns(h) && h.frame > 0 && wal::holds(&file, &header, h.frame, h.checksum)
+        }),
+    };
+    let map = match (resume, hint) {
+        (Some(p), _) => wal::LogMap::scan_from(&file, header, p.frames + 1, p.checksum)?,
+        (None, Some(h)) => wal::LogMap::scan_from(&file, header, h.frame + 1, h.checksum)?,
+        (None, None) => wal::LogMap::scan(&file, header)?,
     };
     // The committed log ends where the transaction's image does: SQLite counts the pages.
     if map.frames >= map.from && map.db_pages as u64 != snap.pages {
@@ -478,6 +493,7 @@ fn pin_log(path: &Path, snap: &ReadSnapshot, since: Option<&Since>) -> Result<Pi
             checksum: map.checksum,
         },
         since: resume,
+        partial: hint.is_some(),
         stamp,
         file: Some(file),
         map: Some(map),
@@ -496,7 +512,28 @@ impl PinnedLog {
             },
             stamp,
             since: None,
+            partial: false,
         }
+    }
+
+    /// The map of every committed frame up to where the image ends: `map` itself, or for a
+    /// partial one, the log read again from its first frame to that place (no frame there
+    /// moves while the read transaction lasts).
+    pub fn whole_map(&self) -> Result<Option<std::borrow::Cow<'_, wal::LogMap>>> {
+        let (Some(file), Some(map)) = (&self.file, &self.map) else {
+            return Ok(None);
+        };
+        if !self.partial {
+            return Ok(Some(std::borrow::Cow::Borrowed(map)));
+        }
+        let h = map.header;
+        let whole = wal::LogMap::scan_between(file, h, 1, h.checksum(), self.position.frames)?;
+        if whole.frames != self.position.frames || whole.checksum != self.position.checksum {
+            return Err(Error::corrupt(
+                "the log changed under a read transaction (its frames do not end where they did)",
+            ));
+        }
+        Ok(Some(std::borrow::Cow::Owned(whole)))
     }
 }
 

@@ -192,6 +192,17 @@ impl LogMap {
     /// (the header's for frame 1), to the end of its valid frames. Only committed frames count:
     /// those of a transaction still being written (no commit frame after them) are left out.
     pub fn scan_from(file: &File, header: Header, from: u32, before: Checksum) -> Result<LogMap> {
+        Self::scan_between(file, header, from, before, u32::MAX)
+    }
+
+    /// [`LogMap::scan_from`], reading no frame past `until`.
+    pub fn scan_between(
+        file: &File,
+        header: Header,
+        from: u32,
+        before: Checksum,
+        until: u32,
+    ) -> Result<LogMap> {
         if from == 0 {
             return Err(Error::invalid("log frames are numbered from 1"));
         }
@@ -208,6 +219,9 @@ impl LogMap {
             let got = read_full_at(file, &mut buf, at).map_err(|e| Error::io("read log", e))?;
             let whole = got / frame_len;
             for frame in buf[..whole * frame_len].chunks_exact(frame_len) {
+                if n > until {
+                    break 'blocks;
+                }
                 let Some((pgno, db_pages, next)) = header.check_frame(frame, sum) else {
                     break 'blocks;
                 };
