@@ -40,6 +40,8 @@ pub struct VerifyReport {
     pub unreferenced_bytes: u64,
     /// Snapshots added since references were last counted (the next forget or gc counts them).
     pub uncounted_snapshots: u64,
+    /// Records of the capture journals of followed databases read whole (with the data).
+    pub journal_records: u64,
 }
 
 impl VerifyReport {
@@ -178,7 +180,31 @@ pub fn verify_reading_with(
         &mut report,
     )?;
     check_counts(repo, &mut report, &txn, &index, &blobs)?;
+    if read != ReadData::Nothing {
+        check_journals(repo, &mut report)?;
+    }
     Ok(report)
+}
+
+/// The capture journals of followed databases (see [`crate::follow`]), read whole: a damaged
+/// record is a gap that `restore --at` cannot cross.
+fn check_journals(repo: &Repo, report: &mut VerifyReport) -> Result<()> {
+    let root = repo.root.join("follow");
+    let Ok(dirs) = std::fs::read_dir(&root) else {
+        return Ok(());
+    };
+    for d in dirs.flatten() {
+        if !d.path().is_dir() {
+            continue;
+        }
+        let c = crate::follow::journal::check(&d.path())?;
+        report.journal_records += c.records;
+        report.bytes_read += c.bytes;
+        for m in c.problems {
+            problem(report, None, None, format!("capture journal: {m}"));
+        }
+    }
+    Ok(())
 }
 
 /// Packs present with the recorded size; returns the numbers of those that are not.

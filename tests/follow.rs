@@ -217,6 +217,27 @@ fn snapshots_after_the_log_was_reset_come_from_the_journal() {
     assert_eq!(integrity(&restored), "ok");
     assert_eq!(table_digest(&restored), table_digest(&db));
     f.stop();
+
+    // `verify --read-data` reads the journal whole too, and names a damaged record.
+    let v = env.json(&["verify", "--read-data"]);
+    assert!(v["journal_records"].as_u64().unwrap() >= 5, "{v}");
+    assert_eq!(v["problems"].as_array().unwrap().len(), 0, "{v}");
+    let journal = find_journal(&env.repo);
+    let seg = std::fs::read_dir(&journal)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "journal"))
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    // The last byte of the first record's body (its images), past its head.
+    let body_len = u32::from_le_bytes(bytes[32..36].try_into().unwrap()) as usize;
+    bytes[32 + 4 + body_len - 1] ^= 0xff;
+    std::fs::write(&seg, &bytes).unwrap();
+    let run = env.run(&["verify", "--read-data"]);
+    assert!(!run.status.success());
+    let text = String::from_utf8_lossy(&run.stdout).into_owned() + &stderr(&run);
+    assert!(text.contains("capture journal"), "{text}");
 }
 
 #[test]

@@ -782,8 +782,12 @@ pub fn verify(repo: &Repo, args: VerifyArgs) -> Result<ExitCode> {
                     ReadData::Part { part, of } => format!(" of part {} of {of}", part + 1),
                     _ => String::new(),
                 };
+                let journals = match report.journal_records {
+                    0 => String::new(),
+                    n => format!(", {n} capture journal records"),
+                };
                 format!(
-                    ", {} chunks in {} packs{part} ({} read)",
+                    ", {} chunks in {} packs{part}{journals} ({} read)",
                     report.blobs_read,
                     report.packs_read,
                     bytes(report.bytes_read)
