@@ -16,6 +16,16 @@ pub struct Snapshot {
 /// The kind of the snapshots restore takes of what it replaces.
 pub const RESTORE_POINT: &str = "restore-point";
 
+/// The kind of the snapshots that hold PostgreSQL's archived WAL files, one file each (see
+/// `pg::archive`). They are not states of an application: `latest`, a time and a
+/// plain `strata list` pass over them.
+pub const PG_WAL: &str = "pg-wal";
+
+/// Whether a snapshot of `kind` is a state of the data (not a restore point or a WAL file).
+fn is_state(kind: &str) -> bool {
+    kind != RESTORE_POINT && kind != PG_WAL
+}
+
 /// All snapshots, oldest first.
 pub fn list(repo: &Repo) -> Result<Vec<Snapshot>> {
     let txn = repo.index.read()?;
@@ -91,11 +101,12 @@ pub fn resolve<'a>(snaps: &'a [Snapshot], spec: &str) -> Result<&'a Snapshot> {
         return Err(Error::not_found("the repository has no snapshots yet"));
     }
     if spec == "latest" {
-        // Restore points are safety copies taken by restore, not new states of the data.
+        // Restore points are safety copies taken by restore, not new states of the data; WAL
+        // files are pieces of one.
         return Ok(snaps
             .iter()
             .rev()
-            .find(|s| s.manifest.kind != RESTORE_POINT)
+            .find(|s| is_state(&s.manifest.kind))
             .unwrap_or_else(|| snaps.last().expect("non-empty")));
     }
     let is_hex = spec.len() >= 4 && spec.chars().all(|c| c.is_ascii_hexdigit());
@@ -137,7 +148,7 @@ pub fn at_time(snaps: &[Snapshot], time_ns: i64) -> Result<&Snapshot> {
     snaps
         .iter()
         .rev()
-        .find(|s| s.manifest.time_ns <= time_ns && s.manifest.kind != RESTORE_POINT)
+        .find(|s| s.manifest.time_ns <= time_ns && is_state(&s.manifest.kind))
         .ok_or_else(|| Error::not_found("no snapshot was taken at or before that time"))
 }
 
