@@ -197,6 +197,46 @@ fn archive_contract_holds() {
     env.ok(&["forget", "--keep-last", "1"]);
     assert_eq!(archived_names(&env).len(), 5);
     env.ok(&["verify"]);
+
+    // Deleted by name, a file is no longer archived, and can be archived again.
+    let id = archived(&env, seg2)["id"].as_str().unwrap().to_string();
+    env.ok(&["delete", &id]);
+    let out = env.run(&[
+        "pg",
+        "restore-wal",
+        seg2,
+        env.path("gone").to_str().unwrap(),
+    ]);
+    assert_ne!(code(&out), 0);
+    write(&dir.join(seg2), &other);
+    env.ok(&["pg", "archive-wal", dir.join(seg2).to_str().unwrap(), seg2]);
+    assert_eq!(restored(&env, seg2), other);
+
+    // With an index rebuilt from the repository's files (no table of archived files yet),
+    // the archive is found by reading the manifests, and the contract holds the same.
+    env.ok(&["repair", "index"]);
+    assert_eq!(restored(&env, seg), first);
+    let out = env.run(&[
+        "pg",
+        "archive-wal",
+        dir.join("other").to_str().unwrap(),
+        seg,
+    ]);
+    assert_ne!(code(&out), 0, "{}", stderr(&out));
+    env.ok(&["pg", "archive-wal", p, seg]);
+    assert_eq!(archived(&env, seg)["id"], before);
+    let out = env.run(&[
+        "pg",
+        "archive-wal",
+        dir.join("longer").to_str().unwrap(),
+        seg,
+    ]);
+    assert_ne!(code(&out), 0, "{}", stderr(&out));
+    for (name, bytes) in &extra {
+        assert_eq!(&restored(&env, name), bytes, "{name}");
+    }
+    assert_eq!(archived_names(&env).len(), 5);
+    env.ok(&["verify"]);
 }
 
 #[test]

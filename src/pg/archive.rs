@@ -21,6 +21,7 @@
 use crate::backup::{BackupOptions, backup};
 use crate::error::{Error, IoContext, Result};
 use crate::id::SnapshotId;
+use crate::index::META_PG_WAL_COMPLETE;
 use crate::manifest::{Entry, EntryKind, Manifest};
 use crate::repo::Repo;
 use crate::source::streams::{StreamFrom, StreamSource};
@@ -64,20 +65,76 @@ pub fn check_name(name: &str) -> Result<()> {
     }
 }
 
-/// The newest archived copy of `name`: its snapshot and its one file entry.
+/// The archived copy of `name`, if the archive holds one: its snapshot and manifest.
+///
+/// The index's table of archived files ([`crate::index::PG_WAL`]) names it in one lookup when
+/// the table is complete; otherwise (an index rebuilt by `repair`) every manifest is read, and
+/// the newest `pg-wal` snapshot of that name is the one.
 pub fn find(repo: &Repo, name: &str) -> Result<Option<(SnapshotId, Manifest)>> {
     let txn = repo.index.read()?;
-    let mut found: Option<(SnapshotId, Manifest)> = None;
-    for (id, bytes) in crate::index::snapshot_manifests(&txn)? {
+    if crate::index::meta(&txn, META_PG_WAL_COMPLETE)? == Some(1) {
+        let Some(id) = crate::index::pg_wal(&txn, name)? else {
+            return Ok(None);
+        };
+        // A deleted snapshot leaves its row: the name is not archived any more.
+        let Some(bytes) = crate::index::snapshot_manifest(&txn, &id)? else {
+            return Ok(None);
+        };
         let m = Manifest::decode(&bytes, Some(&id), repo.keys())?;
-        if m.kind != WAL_KIND || m.name.as_deref() != Some(name) {
-            continue;
+        if m.kind == WAL_KIND && m.name.as_deref() == Some(name) {
+            return Ok(Some((id, m)));
         }
-        if found.as_ref().is_none_or(|(_, f)| m.time_ns > f.time_ns) {
-            found = Some((id, m));
+        return Err(Error::corrupt(format!(
+            "the index's table of archived WAL files names snapshot {} for {name}, which is \
+             not its archived copy; run `strata repair index`",
+            id.short()
+        )));
+    }
+    Ok(scan(repo, &txn)?.remove(name))
+}
+
+/// Every archived file's newest snapshot, by name, from all the manifests.
+fn scan(
+    repo: &Repo,
+    txn: &redb::ReadTransaction,
+) -> Result<std::collections::HashMap<String, (SnapshotId, Manifest)>> {
+    let mut found: std::collections::HashMap<String, (SnapshotId, Manifest)> =
+        std::collections::HashMap::new();
+    for (id, bytes) in crate::index::snapshot_manifests(txn)? {
+        let m = Manifest::decode(&bytes, Some(&id), repo.keys())?;
+        let Some(name) = m.name.clone().filter(|_| m.kind == WAL_KIND) else {
+            continue;
+        };
+        if found.get(&name).is_none_or(|(_, f)| m.time_ns > f.time_ns) {
+            found.insert(name, (id, m));
         }
     }
     Ok(found)
+}
+
+/// Under the writer's lock: fills the index's table of archived files from the manifests and
+/// marks it complete, so that later lookups take one read (an index rebuilt by `repair` has
+/// none). The scan and the mark commit together: nothing can add a snapshot in between.
+fn complete_catalogue(repo: &Repo) -> Result<()> {
+    let found = {
+        let txn = repo.index.read()?;
+        if crate::index::meta(&txn, META_PG_WAL_COMPLETE)? == Some(1) {
+            return Ok(());
+        }
+        scan(repo, &txn)?
+    };
+    repo.ensure_current()?;
+    let txn = repo.index.write()?;
+    {
+        let mut table = txn.open_table(crate::index::PG_WAL)?;
+        for (name, (id, _)) in &found {
+            table.insert(name.as_str(), id.as_bytes())?;
+        }
+        txn.open_table(crate::index::META)?
+            .insert(META_PG_WAL_COMPLETE, 1)?;
+    }
+    txn.commit()?;
+    Ok(())
 }
 
 /// The one file entry of an archived WAL file's snapshot.
@@ -98,6 +155,7 @@ fn entry_of<'m>(id: &SnapshotId, m: &'m Manifest) -> Result<&'m Entry> {
 pub fn archive(repo: &Repo, path: &Path, name: &str) -> Result<Archived> {
     check_name(name)?;
     let size = std::fs::metadata(path).ctx("read", path)?.len();
+    complete_catalogue(repo)?;
     if let Some((id, m)) = find(repo, name)? {
         let entry = entry_of(&id, &m)?;
         return match same_content(repo, entry, path, size)? {
