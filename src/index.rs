@@ -873,6 +873,20 @@ pub fn pg_wal(txn: &ReadTransaction, name: &str) -> Result<Option<ChunkId>> {
     }
 }
 
+/// The ids of every archived WAL file's snapshot, when [`PG_WAL`] names them all.
+pub fn pg_wal_ids(txn: &ReadTransaction) -> Result<Option<std::collections::HashSet<ChunkId>>> {
+    if meta(txn, META_PG_WAL_COMPLETE)? != Some(1) {
+        return Ok(None);
+    }
+    let mut out = std::collections::HashSet::new();
+    if let Some(t) = open_opt(txn, PG_WAL)? {
+        for item in t.iter()? {
+            out.insert(ChunkId(*item?.1.value()));
+        }
+    }
+    Ok(Some(out))
+}
+
 pub fn meta(txn: &ReadTransaction, key: &str) -> Result<Option<u64>> {
     let Some(t) = open_opt(txn, META)? else {
         return Ok(None);

@@ -29,8 +29,30 @@ fn is_state(kind: &str) -> bool {
 /// All snapshots, oldest first.
 pub fn list(repo: &Repo) -> Result<Vec<Snapshot>> {
     let txn = repo.index.read()?;
+    decode(repo, &txn, &Default::default())
+}
+
+/// All snapshots but archived WAL files, oldest first. Those the index's table of archived
+/// files names are not even decoded: a busy server archives a file a minute, each a snapshot.
+pub fn list_without_wal(repo: &Repo) -> Result<Vec<Snapshot>> {
+    let txn = repo.index.read()?;
+    let wal = crate::index::pg_wal_ids(&txn)?.unwrap_or_default();
+    let mut out = decode(repo, &txn, &wal)?;
+    out.retain(|s| s.manifest.kind != PG_WAL);
+    Ok(out)
+}
+
+/// The snapshots of the index but those in `skip`, decoded, oldest first.
+fn decode(
+    repo: &Repo,
+    txn: &redb::ReadTransaction,
+    skip: &std::collections::HashSet<SnapshotId>,
+) -> Result<Vec<Snapshot>> {
     let mut out = Vec::new();
-    for (id, bytes) in crate::index::snapshot_manifests(&txn)? {
+    for (id, bytes) in crate::index::snapshot_manifests(txn)? {
+        if skip.contains(&id) {
+            continue;
+        }
         let manifest = Manifest::decode(&bytes, Some(&id), repo.keys())?;
         out.push(Snapshot {
             id,

@@ -151,7 +151,10 @@ struct GroupJson {
 }
 
 pub fn list(repo: &Repo, args: ListArgs) -> Result<ExitCode> {
-    let all = snapshots::list(repo)?;
+    let all = match args.kind.as_deref() {
+        Some(snapshots::PG_WAL) => snapshots::list(repo)?,
+        _ => snapshots::list_without_wal(repo)?,
+    };
     let snaps: Vec<&Snapshot> = all
         .iter()
         .filter(|s| {
