@@ -15,6 +15,9 @@ use strata::pg::archive::{self, Archived};
 const ARCHIVE_LOCK_WAIT: Duration = Duration::from_secs(10 * 60);
 
 #[derive(Args)]
+#[command(
+    after_help = "Examples:\n  strata pg archive-wal --repo /var/lib/strata/repo pg_wal/000000010000000000000001 000000010000000000000001\n  strata pg restore-wal --repo /var/lib/strata/repo 00000002.history pg_wal/RECOVERYHISTORY\n  strata list --kind pg-wal\n\nIn postgresql.conf (see docs/POSTGRES.md):\n  archive_command = 'strata pg archive-wal --repo /var/lib/strata/repo %p %f'\n  restore_command = 'strata pg restore-wal --repo /var/lib/strata/repo %f %p'"
+)]
 pub struct PgArgs {
     #[command(subcommand)]
     command: PgCommand,
