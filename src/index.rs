@@ -33,13 +33,9 @@ pub const REFS: TableDefinition<&[u8; 32], u32> = TableDefinition::new("refs");
 pub const UNCOUNTED: TableDefinition<&[u8; 32], u8> = TableDefinition::new("uncounted");
 /// pack number -> [`PackUse`] (16 bytes): how many of its blobs are indexed and live.
 pub const PACK_USE: TableDefinition<u32, &[u8; 16]> = TableDefinition::new("pack_use");
-/// archived WAL file name -> the id of the `pg-wal` snapshot holding it (see `pg::archive`).
-/// It names every such snapshot only while [`META_PG_WAL_COMPLETE`] is 1; a row whose snapshot
-/// is gone (deleted) means the name is not archived.
-pub const PG_WAL: TableDefinition<&str, &[u8; 32]> = TableDefinition::new("pg_wal");
-/// 1 once [`PG_WAL`] names every `pg-wal` snapshot: set when a repository is created, or by
-/// the first archiver's full pass over the manifests. Absent in a rebuilt index.
-pub const META_PG_WAL_COMPLETE: &str = "pg_wal_complete";
+/// Archived WAL files by name (see the `wal_names` file).
+pub use wal_names::{META_PG_WAL_COMPLETE, PG_WAL, pg_wal, pg_wal_ids};
+mod wal_names;
 
 pub const META_NEXT_PACK: &str = "next_pack";
 pub const META_INDEX_VERSION: &str = "index_version";
@@ -860,28 +856,6 @@ pub fn ref_counts(
         for item in t.iter()? {
             let (k, v) = item?;
             out.insert(ChunkId(*k.value()), v.value());
-        }
-    }
-    Ok(Some(out))
-}
-
-/// The snapshot [`PG_WAL`] names for an archived WAL file.
-pub fn pg_wal(txn: &ReadTransaction, name: &str) -> Result<Option<ChunkId>> {
-    match open_opt(txn, PG_WAL)? {
-        Some(t) => Ok(t.get(name)?.map(|v| ChunkId(*v.value()))),
-        None => Ok(None),
-    }
-}
-
-/// The ids of every archived WAL file's snapshot, when [`PG_WAL`] names them all.
-pub fn pg_wal_ids(txn: &ReadTransaction) -> Result<Option<std::collections::HashSet<ChunkId>>> {
-    if meta(txn, META_PG_WAL_COMPLETE)? != Some(1) {
-        return Ok(None);
-    }
-    let mut out = std::collections::HashSet::new();
-    if let Some(t) = open_opt(txn, PG_WAL)? {
-        for item in t.iter()? {
-            out.insert(ChunkId(*item?.1.value()));
         }
     }
     Ok(Some(out))
