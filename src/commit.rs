@@ -9,8 +9,8 @@
 use crate::error::Result;
 use crate::id::{ChunkId, SnapshotId};
 use crate::index::{
-    BLOBS, BlobLoc, FILES, FileStamp, META, META_NEXT_PACK, PACK_USE, PACKS, PackInfo, REFS,
-    SNAPSHOTS, UNCOUNTED,
+    BLOBS, BlobLoc, FILES, FileStamp, META, META_NEXT_PACK, PACK_USE, PACKS, PG_WAL, PackInfo,
+    REFS, SNAPSHOTS, UNCOUNTED,
 };
 use crate::packer::WrittenPack;
 use crate::pagesums::{MIN_FILE_SIZE, MIN_PAGED_SIZE};
@@ -28,6 +28,7 @@ pub(crate) fn commit(
     id: &SnapshotId,
     framed: &[u8],
     stamps: &[KeptStamp],
+    wal_name: Option<&str>,
 ) -> Result<()> {
     // The last packs, the snapshot and the file stamps commit together, durably. The snapshot's
     // references are counted by the next forget or gc (see `refs`).
@@ -41,6 +42,10 @@ pub(crate) fn commit(
         meta.insert(META_NEXT_PACK, recorded.max(next_pack as u64))?;
         let mut snaps = txn.open_table(SNAPSHOTS)?;
         snaps.insert(id.as_bytes(), framed)?;
+        // An archived WAL file's snapshot is found by its name (see `pg::archive`).
+        if let Some(name) = wal_name {
+            txn.open_table(PG_WAL)?.insert(name, id.as_bytes())?;
+        }
         let mut files = txn.open_table(FILES)?;
         for (path, stamp, _) in stamps {
             files.insert(path.as_slice(), crate::codec::encode(stamp)?.as_slice())?;

@@ -90,7 +90,8 @@ pub fn copy_with(
         report.packs_written += packs.len() as u64;
         let written: u64 = packs.iter().map(|p| p.size).sum();
         report.pack_bytes += written;
-        crate::commit::commit(dst, packs, next_pack, id, &framed, &[])?;
+        let wal_name = crate::backup::wal_name(&manifest);
+        crate::commit::commit(dst, packs, next_pack, id, &framed, &[], wal_name)?;
         dst.backend
             .put(&crate::manifest::object_name(id), &framed)?;
         report.copied.push(id.to_hex());

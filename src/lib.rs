@@ -60,6 +60,7 @@ pub mod pack;
 pub mod packer;
 pub mod pagemap;
 pub mod pagesums;
+pub mod pg;
 pub mod readers;
 pub mod refs;
 pub mod repair;

@@ -75,7 +75,7 @@ fn create(root: &Path, config: &Config, key: Option<&crate::crypto::KeyFile>) ->
         drop(lease);
         let state = cache_dir_for(&config.id);
         fs::create_dir_all(&state).ctx("create", &state)?;
-        drop(Index::open_write(&state.join(INDEX_NAME))?);
+        mark_wal_catalogue_complete(&Index::open_write(&state.join(INDEX_NAME))?)?;
         return Ok(());
     }
     if root.join(CONFIG_NAME).exists() {
@@ -99,13 +99,24 @@ fn create(root: &Path, config: &Config, key: Option<&crate::crypto::KeyFile>) ->
     }
     let backend = LocalBackend::new(root);
     let lock = Lock::acquire(root, "init")?;
-    drop(Index::open_write(&root.join(INDEX_NAME))?);
+    mark_wal_catalogue_complete(&Index::open_write(&root.join(INDEX_NAME))?)?;
     if let Some(key) = key {
         backend.put(&key.object_name(), &key.encode()?)?;
     }
     backend.put(CONFIG_COPY_NAME, &config.encode()?)?;
     backend.put(CONFIG_NAME, &config.encode()?)?;
     drop(lock);
+    Ok(())
+}
+
+/// A new repository's index has no snapshots, so its table of archived WAL files names them
+/// all (see `pg::archive`).
+fn mark_wal_catalogue_complete(index: &Index) -> Result<()> {
+    let txn = index.write()?;
+    txn.open_table(crate::index::PG_WAL)?;
+    txn.open_table(crate::index::META)?
+        .insert(crate::index::META_PG_WAL_COMPLETE, 1)?;
+    txn.commit()?;
     Ok(())
 }
 

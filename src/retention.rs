@@ -14,8 +14,9 @@ use crate::storage::Backend;
 use chrono::{Datelike, TimeZone, Timelike};
 use std::collections::BTreeMap;
 
-/// Kinds a policy never removes.
-pub const PROTECTED_KINDS: [&str; 2] = ["manual", RESTORE_POINT_KIND];
+/// Kinds a policy never removes. Archived WAL files go only by name until retention knows
+/// which of them the retained base backups need.
+pub const PROTECTED_KINDS: [&str; 3] = ["manual", RESTORE_POINT_KIND, crate::snapshots::PG_WAL];
 /// The kind of the snapshots restore takes of what it replaces.
 const RESTORE_POINT_KIND: &str = "restore-point";
 

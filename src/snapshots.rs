@@ -16,11 +16,43 @@ pub struct Snapshot {
 /// The kind of the snapshots restore takes of what it replaces.
 pub const RESTORE_POINT: &str = "restore-point";
 
+/// The kind of the snapshots that hold PostgreSQL's archived WAL files, one file each (see
+/// `pg::archive`). They are not states of an application: `latest`, a time and a
+/// plain `strata list` pass over them.
+pub const PG_WAL: &str = "pg-wal";
+
+/// Whether a snapshot of `kind` is a state of the data (not a restore point or a WAL file).
+fn is_state(kind: &str) -> bool {
+    kind != RESTORE_POINT && kind != PG_WAL
+}
+
 /// All snapshots, oldest first.
 pub fn list(repo: &Repo) -> Result<Vec<Snapshot>> {
     let txn = repo.index.read()?;
+    decode(repo, &txn, &Default::default())
+}
+
+/// All snapshots but archived WAL files, oldest first. Those the index's table of archived
+/// files names are not even decoded: a busy server archives a file a minute, each a snapshot.
+pub fn list_without_wal(repo: &Repo) -> Result<Vec<Snapshot>> {
+    let txn = repo.index.read()?;
+    let wal = crate::index::pg_wal_ids(&txn)?.unwrap_or_default();
+    let mut out = decode(repo, &txn, &wal)?;
+    out.retain(|s| s.manifest.kind != PG_WAL);
+    Ok(out)
+}
+
+/// The snapshots of the index but those in `skip`, decoded, oldest first.
+fn decode(
+    repo: &Repo,
+    txn: &redb::ReadTransaction,
+    skip: &std::collections::HashSet<SnapshotId>,
+) -> Result<Vec<Snapshot>> {
     let mut out = Vec::new();
-    for (id, bytes) in crate::index::snapshot_manifests(&txn)? {
+    for (id, bytes) in crate::index::snapshot_manifests(txn)? {
+        if skip.contains(&id) {
+            continue;
+        }
         let manifest = Manifest::decode(&bytes, Some(&id), repo.keys())?;
         out.push(Snapshot {
             id,
@@ -91,11 +123,12 @@ pub fn resolve<'a>(snaps: &'a [Snapshot], spec: &str) -> Result<&'a Snapshot> {
         return Err(Error::not_found("the repository has no snapshots yet"));
     }
     if spec == "latest" {
-        // Restore points are safety copies taken by restore, not new states of the data.
+        // Restore points are safety copies taken by restore, not new states of the data; WAL
+        // files are pieces of one.
         return Ok(snaps
             .iter()
             .rev()
-            .find(|s| s.manifest.kind != RESTORE_POINT)
+            .find(|s| is_state(&s.manifest.kind))
             .unwrap_or_else(|| snaps.last().expect("non-empty")));
     }
     let is_hex = spec.len() >= 4 && spec.chars().all(|c| c.is_ascii_hexdigit());
@@ -137,7 +170,7 @@ pub fn at_time(snaps: &[Snapshot], time_ns: i64) -> Result<&Snapshot> {
     snaps
         .iter()
         .rev()
-        .find(|s| s.manifest.time_ns <= time_ns && s.manifest.kind != RESTORE_POINT)
+        .find(|s| s.manifest.time_ns <= time_ns && is_state(&s.manifest.kind))
         .ok_or_else(|| Error::not_found("no snapshot was taken at or before that time"))
 }
 

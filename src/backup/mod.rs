@@ -283,6 +283,7 @@ fn pipeline(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
         &id,
         &framed,
         &collected.stamps,
+        wal_name(&manifest),
     )?;
     phases.mark("index commit");
     // 6. Write the manifest file.
@@ -303,6 +304,14 @@ fn pipeline(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
         phases_ms: phases.done,
         after_hook_error: None,
     })
+}
+
+/// The name an archived WAL file's snapshot is found by (`None` for every other snapshot).
+pub(crate) fn wal_name(manifest: &crate::manifest::Manifest) -> Option<&str> {
+    match manifest.kind == crate::snapshots::PG_WAL {
+        true => manifest.name.as_deref(),
+        false => None,
+    }
 }
 
 fn now_ns() -> i64 {

@@ -25,7 +25,8 @@ pub struct ListArgs {
     /// Only snapshots with this tag (repeatable: with every tag given)
     #[arg(long = "tag", value_name = "TAG")]
     tags: Vec<String>,
-    /// Only snapshots of this kind (manual, hourly, daily, weekly, monthly, restore-point)
+    /// Only snapshots of this kind (manual, hourly, daily, weekly, monthly, restore-point;
+    /// pg-wal, PostgreSQL's archived WAL files, are listed only when asked for by kind)
     #[arg(long, value_name = "KIND")]
     kind: Option<String>,
     /// Only snapshots with this name
@@ -150,13 +151,19 @@ struct GroupJson {
 }
 
 pub fn list(repo: &Repo, args: ListArgs) -> Result<ExitCode> {
-    let all = snapshots::list(repo)?;
+    let all = match args.kind.as_deref() {
+        Some(snapshots::PG_WAL) => snapshots::list(repo)?,
+        _ => snapshots::list_without_wal(repo)?,
+    };
     let snaps: Vec<&Snapshot> = all
         .iter()
         .filter(|s| {
             let m = &s.manifest;
             args.tags.iter().all(|t| m.tags.contains(t))
-                && args.kind.as_ref().is_none_or(|k| m.kind == *k)
+                && match &args.kind {
+                    Some(k) => m.kind == *k,
+                    None => m.kind != snapshots::PG_WAL,
+                }
                 && args
                     .name
                     .as_ref()

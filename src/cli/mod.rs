@@ -15,6 +15,7 @@ mod inspect;
 mod key;
 mod mount;
 mod output;
+mod pg;
 mod repair;
 mod restore;
 mod serve;
@@ -125,6 +126,9 @@ enum Command {
     Key(key::KeyArgs),
     /// Copy snapshots into another repository (only the data it lacks)
     Copy(copy::CopyArgs),
+    /// PostgreSQL's WAL archive: `archive-wal` for archive_command, `restore-wal` for
+    /// restore_command
+    Pg(pg::PgArgs),
     /// Remove a stale repository lock
     Unlock(UnlockArgs),
     /// Run scheduled snapshots and the HTTP admin API, metrics and web page
@@ -380,6 +384,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             None => gc::config(&open(&rp, args.writes(), "config")?, args),
         },
         Command::Copy(args) => copy::copy(&rp, args),
+        Command::Pg(args) => pg::pg(&rp, args),
         Command::Serve(args) => serve::serve(rp.path.clone(), args),
         Command::Verify(args) => restore::verify(&open(&rp, false, "verify")?, args),
         Command::Repair(args) => repair::repair(&rp, args),

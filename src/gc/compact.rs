@@ -7,7 +7,9 @@
 //! stray copy, removed next time); after it, the new one is complete and durable.
 
 use crate::error::{IoContext, Result};
-use crate::index::{BLOBS, FILES, Index, META, PACK_USE, PACKS, REFS, SNAPSHOTS, UNCOUNTED};
+use crate::index::{
+    BLOBS, FILES, Index, META, PACK_USE, PACKS, PG_WAL, REFS, SNAPSHOTS, UNCOUNTED,
+};
 use crate::layout::INDEX_NAME;
 use crate::repo::Repo;
 use redb::{ReadableTable, TableDefinition};
@@ -51,6 +53,7 @@ pub(super) fn compact_index(repo: &Repo) -> Result<Option<(u64, u64)>> {
         copy_table(&from, &to, REFS)?;
         copy_table(&from, &to, UNCOUNTED)?;
         copy_table(&from, &to, PACK_USE)?;
+        copy_table(&from, &to, PG_WAL)?;
         to.commit()?;
     }
     // The index this gc committed to must still be the repository's.

@@ -23,6 +23,9 @@ pub enum StreamFrom {
     /// The RDB file a Redis server sends to a replica, fetched with `redis-cli --rdb`, from a
     /// `redis://` URL or a Unix socket (`unix:///path` or `/path`).
     Redis(String),
+    /// A file read whole as one stream, without the file cache (PostgreSQL's WAL files, each
+    /// read once and stored under its own name).
+    File(std::path::PathBuf),
 }
 
 /// Options given to `pg_dump`. Plain format without compression: a table that did not change
@@ -37,6 +40,7 @@ impl StreamSource {
             StreamFrom::Stdin => (SourceKind::Stdin, "standard input".into()),
             StreamFrom::Postgres(c) => (SourceKind::Postgres, redact_conninfo(c)),
             StreamFrom::Redis(u) => (SourceKind::Redis, redact_conninfo(u)),
+            StreamFrom::File(p) => (SourceKind::Path, p.display().to_string()),
         }
     }
 
@@ -50,6 +54,11 @@ impl StreamSource {
     ) -> Result<(u64, Vec<(String, String)>)> {
         let (kind, described) = self.describe();
         let kind = kind.as_str();
+        if let StreamFrom::File(path) = &self.from {
+            let file = std::fs::File::open(path).map_err(|e| Error::io_path("open", path, e))?;
+            let size = consume(&mut std::io::BufReader::new(file), "read")?;
+            return Ok((size, vec![]));
+        }
         let (size, head) = match self.command() {
             None => {
                 let mut input = Head {
@@ -102,7 +111,7 @@ impl StreamSource {
     fn command(&self) -> Option<std::process::Command> {
         let mut cmd;
         match &self.from {
-            StreamFrom::Stdin => return None,
+            StreamFrom::Stdin | StreamFrom::File(_) => return None,
             StreamFrom::Command(c) => {
                 cmd = std::process::Command::new("sh");
                 cmd.arg("-c").arg(c);

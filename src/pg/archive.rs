@@ -1,0 +1,326 @@
+//! The WAL archive: PostgreSQL's `archive_command` and `restore_command` contract on top of
+//! ordinary snapshots.
+//!
+//! Each archived file (a WAL segment, a timeline `.history` file, a `.backup` label or a
+//! `.partial` segment) is one snapshot of kind [`WAL_KIND`], named after the file, holding one
+//! stream entry of that name. It is committed like any snapshot (packs fsynced, then the index,
+//! then the manifest file), so a kill at any moment leaves either no such snapshot or a whole
+//! one, and gc, verify, copy and repair treat it as they treat every other. Its chunks are cut,
+//! deduplicated and compressed as any stream's: the zeros that fill the rest of a segment after
+//! `pg_switch_wal()` or `archive_timeout` repeat one chunk, stored once per repository.
+//!
+//! The contract, from PostgreSQL's documentation ("Setting Up WAL Archiving"):
+//! - archiving succeeds only once the file is durably stored;
+//! - archiving a name again with the same bytes succeeds (PostgreSQL retries after a crash
+//!   between our success and its own record of it), with different bytes fails and changes
+//!   nothing;
+//! - restoring a name the archive does not have fails (PostgreSQL asks for files that may not
+//!   exist, such as the next timeline's history file), and a restore never leaves a partial
+//!   file where PostgreSQL will read it.
+
+use crate::backup::{BackupOptions, backup};
+use crate::error::{Error, IoContext, Result};
+use crate::id::SnapshotId;
+use crate::index::META_PG_WAL_COMPLETE;
+use crate::manifest::{Entry, EntryKind, Manifest};
+use crate::repo::Repo;
+use crate::source::streams::{StreamFrom, StreamSource};
+use std::io::{Read, Write};
+use std::path::Path;
+
+/// The kind of the snapshots that hold archived WAL files.
+pub use crate::snapshots::PG_WAL as WAL_KIND;
+
+/// What [`archive`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Archived {
+    /// The file is now in the archive, as this snapshot.
+    Stored(SnapshotId),
+    /// The archive already held these same bytes under this name, as this snapshot.
+    AlreadyHad(SnapshotId),
+}
+
+/// Checks that `name` is a file name PostgreSQL archives: a segment (24 hex digits), a
+/// timeline history file (`TTTTTTTT.history`), a backup label (`SEGMENT.OOOOOOOO.backup`) or a
+/// partial segment (`SEGMENT.partial`).
+pub fn check_name(name: &str) -> Result<()> {
+    let hex = |s: &str, n: usize| {
+        s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'A'..=b'F'))
+    };
+    let ok = match name.split('.').collect::<Vec<_>>().as_slice() {
+        [seg] => hex(seg, 24),
+        [tli, "history"] => hex(tli, 8),
+        [seg, "partial"] => hex(seg, 24),
+        [seg, offset, "backup"] => hex(seg, 24) && hex(offset, 8),
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "{name:?} is not a WAL file name (expected 24 hex digits such as \
+             000000010000000000000001, or TTTTTTTT.history, SEGMENT.partial, \
+             SEGMENT.OOOOOOOO.backup); pass PostgreSQL's %f"
+        )))
+    }
+}
+
+/// The archived copy of `name`, if the archive holds one: its snapshot and manifest.
+///
+/// The index's table of archived files ([`crate::index::PG_WAL`]) names it in one lookup when
+/// the table is complete; otherwise (an index rebuilt by `repair`) every manifest is read, and
+/// the newest `pg-wal` snapshot of that name is the one.
+pub fn find(repo: &Repo, name: &str) -> Result<Option<(SnapshotId, Manifest)>> {
+    let txn = repo.index.read()?;
+    if crate::index::meta(&txn, META_PG_WAL_COMPLETE)? == Some(1) {
+        let Some(id) = crate::index::pg_wal(&txn, name)? else {
+            return Ok(None);
+        };
+        // A deleted snapshot leaves its row: the name is not archived any more.
+        let Some(bytes) = crate::index::snapshot_manifest(&txn, &id)? else {
+            return Ok(None);
+        };
+        let m = Manifest::decode(&bytes, Some(&id), repo.keys())?;
+        if m.kind == WAL_KIND && m.name.as_deref() == Some(name) {
+            return Ok(Some((id, m)));
+        }
+        return Err(Error::corrupt(format!(
+            "the index's table of archived WAL files names snapshot {} for {name}, which is \
+             not its archived copy; run `strata repair index`",
+            id.short()
+        )));
+    }
+    Ok(scan(repo, &txn)?.remove(name))
+}
+
+/// Every archived file's newest snapshot, by name, from all the manifests.
+fn scan(
+    repo: &Repo,
+    txn: &redb::ReadTransaction,
+) -> Result<std::collections::HashMap<String, (SnapshotId, Manifest)>> {
+    let mut found: std::collections::HashMap<String, (SnapshotId, Manifest)> =
+        std::collections::HashMap::new();
+    for (id, bytes) in crate::index::snapshot_manifests(txn)? {
+        let m = Manifest::decode(&bytes, Some(&id), repo.keys())?;
+        let Some(name) = m.name.clone().filter(|_| m.kind == WAL_KIND) else {
+            continue;
+        };
+        if found.get(&name).is_none_or(|(_, f)| m.time_ns > f.time_ns) {
+            found.insert(name, (id, m));
+        }
+    }
+    Ok(found)
+}
+
+/// Under the writer's lock: fills the index's table of archived files from the manifests and
+/// marks it complete, so that later lookups take one read (an index rebuilt by `repair` has
+/// none). The scan and the mark commit together: nothing can add a snapshot in between.
+fn complete_catalogue(repo: &Repo) -> Result<()> {
+    let found = {
+        let txn = repo.index.read()?;
+        if crate::index::meta(&txn, META_PG_WAL_COMPLETE)? == Some(1) {
+            return Ok(());
+        }
+        scan(repo, &txn)?
+    };
+    repo.ensure_current()?;
+    let txn = repo.index.write()?;
+    {
+        let mut table = txn.open_table(crate::index::PG_WAL)?;
+        for (name, (id, _)) in &found {
+            table.insert(name.as_str(), id.as_bytes())?;
+        }
+        txn.open_table(crate::index::META)?
+            .insert(META_PG_WAL_COMPLETE, 1)?;
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+/// The one file entry of an archived WAL file's snapshot.
+fn entry_of<'m>(id: &SnapshotId, m: &'m Manifest) -> Result<&'m Entry> {
+    match m.entries.as_slice() {
+        [e] if e.kind == EntryKind::File => Ok(e),
+        _ => Err(Error::corrupt(format!(
+            "snapshot {} of kind {WAL_KIND} holds {} entries, not one file",
+            id.short(),
+            m.entries.len()
+        ))),
+    }
+}
+
+/// Stores the file at `path` in the archive as `name` (`archive_command`'s `%p` and `%f`).
+/// `repo` must be open for writing: its lock keeps another archiver from storing the same name
+/// between the check and the commit.
+pub fn archive(repo: &Repo, path: &Path, name: &str) -> Result<Archived> {
+    check_name(name)?;
+    let size = std::fs::metadata(path).ctx("read", path)?.len();
+    complete_catalogue(repo)?;
+    if let Some((id, m)) = find(repo, name)? {
+        let entry = entry_of(&id, &m)?;
+        return match same_content(repo, entry, path, size)? {
+            true => Ok(Archived::AlreadyHad(id)),
+            false => Err(Error::invalid(format!(
+                "{name} is already archived (snapshot {}, {} bytes) with different contents \
+                 than {} ({size} bytes): nothing was changed. Two servers may be archiving \
+                 into one repository, or this server's WAL diverged from the archive's; \
+                 give each server its own repository",
+                id.short(),
+                entry.size,
+                path.display()
+            ))),
+        };
+    }
+    #[cfg(feature = "testing")]
+    pause_for_tests();
+    let mut opts = BackupOptions::new(vec![]);
+    opts.kind = WAL_KIND.into();
+    opts.name = Some(name.to_string());
+    opts.streams = vec![StreamSource {
+        name: name.to_string(),
+        from: StreamFrom::File(path.to_path_buf()),
+    }];
+    let report = backup(repo, &opts)?;
+    Ok(Archived::Stored(report.id))
+}
+
+/// Whether the archived `entry` holds exactly the bytes of the file at `path`.
+fn same_content(repo: &Repo, entry: &Entry, path: &Path, size: u64) -> Result<bool> {
+    if entry.size != size {
+        return Ok(false);
+    }
+    let file = std::fs::File::open(path).ctx("open", path)?;
+    let mut cmp = Compare {
+        file: std::io::BufReader::new(file),
+        buf: Vec::new(),
+        same: true,
+    };
+    match crate::restore::dump::dump_file(repo, entry, &mut cmp) {
+        Ok(_) => {}
+        // A difference stops the comparison early.
+        Err(_) if !cmp.same => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    // Nothing may follow the archived bytes.
+    let mut rest = [0u8; 1];
+    let more = cmp.file.read(&mut rest).ctx("read", path)?;
+    Ok(cmp.same && more == 0)
+}
+
+/// A writer that compares what is written to it with a file's bytes, and refuses (an error)
+/// at the first difference.
+struct Compare<R> {
+    file: R,
+    buf: Vec<u8>,
+    same: bool,
+}
+
+impl<R: Read> Write for Compare<R> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.resize(data.len(), 0);
+        self.file
+            .read_exact(&mut self.buf)
+            .inspect_err(|_| self.same = false)?;
+        if self.buf != data {
+            self.same = false;
+            return Err(std::io::Error::other("contents differ"));
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Writes the archived file `name` to `dest` (`restore_command`'s `%f` and `%p`): into a new
+/// file beside it, fsynced, renamed into place, and the directory fsynced, so `dest` is either
+/// absent or whole. Fails with a not-found error (and writes nothing) when the archive does not
+/// hold `name`.
+pub fn restore(repo: &Repo, name: &str, dest: &Path) -> Result<u64> {
+    check_name(name)?;
+    let Some((id, m)) = find(repo, name)? else {
+        return Err(Error::not_found(format!(
+            "{name} is not in the WAL archive"
+        )));
+    };
+    let entry = entry_of(&id, &m)?;
+    let dir = match dest.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let file_name = dest
+        .file_name()
+        .ok_or_else(|| Error::invalid(format!("{}: not a file path", dest.display())))?;
+    let tmp = dir.join(format!(
+        ".{}.strata-{}.tmp",
+        file_name.to_string_lossy(),
+        std::process::id()
+    ));
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .ctx("create", &tmp)?;
+        let n = crate::restore::dump::dump_file(repo, entry, &mut f)?;
+        f.sync_all().ctx("fsync", &tmp)?;
+        if n != entry.size {
+            return Err(Error::corrupt(format!(
+                "snapshot {}: {name} gave {n} bytes, its entry says {}",
+                id.short(),
+                entry.size
+            )));
+        }
+        std::fs::rename(&tmp, dest).ctx("rename into place", dest)?;
+        Ok(n)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    let n = written?;
+    crate::sys::sync_dir(dir)?;
+    Ok(n)
+}
+
+/// Tests kill an archiver mid-way: `STRATA_TEST_ARCHIVE_PAUSE_MS` holds it (lock taken,
+/// nothing written yet) for that long.
+#[cfg(feature = "testing")]
+fn pause_for_tests() {
+    if let Some(ms) = std::env::var("STRATA_TEST_ARCHIVE_PAUSE_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_postgresql_archives_are_accepted_and_others_refused() {
+        for ok in [
+            "000000010000000000000001",
+            "00000002.history",
+            "000000010000000000000003.partial",
+            "000000010000000000000002.00000028.backup",
+        ] {
+            assert!(check_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "00000001000000000000001",
+            "000000010000000000000001x",
+            "00000001000000000000000a",
+            "../000000010000000000000001",
+            "0000000.history",
+            "000000010000000000000001.history",
+            "000000010000000000000002.backup",
+            "RECOVERYXLOG",
+        ] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! PostgreSQL physical backups. So far the WAL archive ([`archive`]): the files PostgreSQL's
+//! `archive_command` hands over, each kept as a snapshot of kind [`archive::WAL_KIND`] named
+//! after the file, and given back to its `restore_command`.
+
+pub mod archive;

@@ -1,0 +1,573 @@
+//! PostgreSQL's WAL archive: `strata pg archive-wal` as a real server's `archive_command`, and
+//! the archive contract (re-archiving, conflicts, missing files, kills, a held lock) with
+//! `restore-wal` giving every file back byte for byte.
+//!
+//! The server test needs PostgreSQL's server binaries and pgbench (`tools/test.sh` installs
+//! them); `STRATA_SKIP_SERVER_TESTS=1` skips it on purpose.
+
+mod common;
+use common::*;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A segment's size at PostgreSQL's default.
+const SEGMENT: usize = 16 << 20;
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The archived files' names, from `list --kind pg-wal`.
+fn archived_names(env: &Env) -> Vec<String> {
+    let v = env.json(&["list", "--kind", "pg-wal"]);
+    let mut names: Vec<String> = v
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|s| s["name"].as_str().expect("a name").to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The archived file `name`'s snapshot, from `list --kind pg-wal --name`.
+fn archived(env: &Env, name: &str) -> serde_json::Value {
+    let v = env.json(&["list", "--kind", "pg-wal", "--name", name]);
+    let all = v.as_array().expect("a list");
+    assert_eq!(all.len(), 1, "{name}: {v}");
+    all[0].clone()
+}
+
+/// Restores `name` to a fresh path and returns its bytes.
+fn restored(env: &Env, name: &str) -> Vec<u8> {
+    let dest = env.path(&format!("restored-{name}"));
+    let _ = fs::remove_file(&dest);
+    env.ok(&["pg", "restore-wal", name, dest.to_str().unwrap()]);
+    fs::read(&dest).unwrap()
+}
+
+/// A recycled-looking segment: `live` bytes of WAL-like noise, then zeros to the segment's end.
+fn segment(live: usize, seed: u64) -> Vec<u8> {
+    let mut s = noise(live, seed);
+    s.resize(SEGMENT, 0);
+    s
+}
+
+#[test]
+fn archive_contract_holds() {
+    let env = Env::new();
+    env.init();
+    let dir = env.path("pg_wal");
+    fs::create_dir(&dir).unwrap();
+    let seg = "000000010000000000000001";
+    let first = segment(1 << 20, 1);
+    write(&dir.join(seg), &first);
+    let p = dir.join(seg);
+    let p = p.to_str().unwrap();
+    env.ok(&["pg", "archive-wal", p, seg]);
+    assert_eq!(restored(&env, seg), first);
+
+    // The zeros after the live bytes cost nothing: what was stored is about the noise alone.
+    let stats = &archived(&env, seg)["stats"];
+    let stored = stats["new_stored_bytes"].as_u64().unwrap();
+    eprintln!("a segment of 1 MiB of noise and 15 MiB of zeros stored {stored} bytes");
+    assert!(stored < (1 << 20) + (64 << 10), "stored {stored} bytes");
+    // A second such segment stores its own noise, and nothing for its zeros.
+    let seg2 = "000000010000000000000002";
+    write(&dir.join(seg2), &segment(1 << 20, 2));
+    env.ok(&["pg", "archive-wal", dir.join(seg2).to_str().unwrap(), seg2]);
+    let stored2 = archived(&env, seg2)["stats"]["new_stored_bytes"]
+        .as_u64()
+        .unwrap();
+    eprintln!("a second such segment stored {stored2} bytes");
+    assert!(stored2 < (1 << 20) + (64 << 10), "stored {stored2} bytes");
+
+    // Again with the same bytes (PostgreSQL retrying after a crash): success, nothing added.
+    let before = archived(&env, seg)["id"].clone();
+    env.ok(&["pg", "archive-wal", p, seg]);
+    assert_eq!(archived(&env, seg)["id"], before);
+
+    // Different bytes under an archived name: refused, loudly, and nothing changes.
+    let mut other = first.clone();
+    other[4096] ^= 1;
+    write(&dir.join("other"), &other);
+    let out = env.run(&[
+        "pg",
+        "archive-wal",
+        dir.join("other").to_str().unwrap(),
+        seg,
+    ]);
+    assert_ne!(code(&out), 0);
+    assert!(
+        stderr(&out).contains("already archived") && stderr(&out).contains("different"),
+        "{}",
+        stderr(&out)
+    );
+    // A longer file with the same start is different too.
+    let mut longer = first.clone();
+    longer.push(0);
+    write(&dir.join("longer"), &longer);
+    let out = env.run(&[
+        "pg",
+        "archive-wal",
+        dir.join("longer").to_str().unwrap(),
+        seg,
+    ]);
+    assert_ne!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(archived(&env, seg)["id"], before);
+    assert_eq!(restored(&env, seg), first);
+
+    // A file the archive does not have: non-zero, a short message, nothing at the path.
+    let dest = env.path("pg_wal/RECOVERYHISTORY");
+    let out = env.run(&[
+        "pg",
+        "restore-wal",
+        "00000002.history",
+        dest.to_str().unwrap(),
+    ]);
+    assert_ne!(code(&out), 0);
+    assert!(
+        stderr(&out).contains("not in the WAL archive"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+    assert!(!dest.exists());
+    assert_eq!(
+        fs::read_dir(&dir).unwrap().count(),
+        4,
+        "restore-wal left a file behind"
+    );
+
+    // Timeline history, backup label and partial segment files round-trip.
+    let extra: [(&str, Vec<u8>); 3] = [
+        (
+            "00000002.history",
+            b"1\t0/3000000\tno recovery target specified\n".to_vec(),
+        ),
+        (
+            "000000010000000000000002.00000028.backup",
+            b"START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\n".to_vec(),
+        ),
+        ("000000010000000000000003.partial", segment(200_000, 3)),
+    ];
+    for (name, bytes) in &extra {
+        write(&dir.join(name), bytes);
+        env.ok(&["pg", "archive-wal", dir.join(name).to_str().unwrap(), name]);
+        assert_eq!(&restored(&env, name), bytes, "{name}");
+    }
+    // Restoring over an existing file (PostgreSQL's RECOVERYXLOG) replaces it whole.
+    write(&dest, b"stale");
+    env.ok(&["pg", "restore-wal", seg, dest.to_str().unwrap()]);
+    assert_eq!(fs::read(&dest).unwrap(), first);
+
+    // A name PostgreSQL never archives is a usage error.
+    let out = env.run(&["pg", "archive-wal", p, "../escape"]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    let out = env.run(&["pg", "restore-wal", "pg_wal", dest.to_str().unwrap()]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    // A missing %p fails without archiving anything.
+    let out = env.run(&[
+        "pg",
+        "archive-wal",
+        dir.join("absent").to_str().unwrap(),
+        "000000010000000000000009",
+    ]);
+    assert_ne!(code(&out), 0);
+
+    // The WAL snapshots are not states of the data: a plain list and `latest` pass over them.
+    assert_eq!(env.json(&["list"]).as_array().unwrap().len(), 0);
+    assert_eq!(archived_names(&env).len(), 5);
+    // And a retention policy does not remove them.
+    env.ok(&["forget", "--keep-last", "1"]);
+    assert_eq!(archived_names(&env).len(), 5);
+    env.ok(&["verify"]);
+
+    // Deleted by name, a file is no longer archived, and can be archived again.
+    let id = archived(&env, seg2)["id"].as_str().unwrap().to_string();
+    env.ok(&["delete", &id]);
+    let out = env.run(&[
+        "pg",
+        "restore-wal",
+        seg2,
+        env.path("gone").to_str().unwrap(),
+    ]);
+    assert_ne!(code(&out), 0);
+    write(&dir.join(seg2), &other);
+    env.ok(&["pg", "archive-wal", dir.join(seg2).to_str().unwrap(), seg2]);
+    assert_eq!(restored(&env, seg2), other);
+
+    // With an index rebuilt from the repository's files (no table of archived files yet),
+    // the archive is found by reading the manifests, and the contract holds the same.
+    env.ok(&["repair", "index"]);
+    assert_eq!(restored(&env, seg), first);
+    let out = env.run(&[
+        "pg",
+        "archive-wal",
+        dir.join("other").to_str().unwrap(),
+        seg,
+    ]);
+    assert_ne!(code(&out), 0, "{}", stderr(&out));
+    env.ok(&["pg", "archive-wal", p, seg]);
+    assert_eq!(archived(&env, seg)["id"], before);
+    let out = env.run(&[
+        "pg",
+        "archive-wal",
+        dir.join("longer").to_str().unwrap(),
+        seg,
+    ]);
+    assert_ne!(code(&out), 0, "{}", stderr(&out));
+    for (name, bytes) in &extra {
+        assert_eq!(&restored(&env, name), bytes, "{name}");
+    }
+    assert_eq!(archived_names(&env).len(), 5);
+    env.ok(&["verify"]);
+}
+
+#[test]
+fn killed_archive_leaves_nothing_and_the_retry_succeeds() {
+    let env = Env::new();
+    env.init();
+    let seg = "000000010000000000000005";
+    let path = env.path(seg);
+    let bytes = segment(4 << 20, 5);
+    write(&path, &bytes);
+    let p = path.to_str().unwrap();
+    // Held after taking the lock (the test hook), then at random moments of the real work.
+    env.set_var("STRATA_TEST_ARCHIVE_PAUSE_MS", "3000");
+    assert!(run_and_kill_after(
+        &env,
+        &["pg", "archive-wal", p, seg],
+        Duration::from_millis(1000)
+    ));
+    env.set_var("STRATA_TEST_ARCHIVE_PAUSE_MS", "0");
+    assert!(archived_names(&env).is_empty());
+    let span = {
+        let start = Instant::now();
+        let other = env.path("timing");
+        write(&other, &segment(4 << 20, 6));
+        env.ok(&[
+            "pg",
+            "archive-wal",
+            other.to_str().unwrap(),
+            "000000010000000000000006",
+        ]);
+        start.elapsed()
+    };
+    // Kills at random moments of real work, each on a name not archived yet, until four have
+    // landed mid-way (a run's length varies with the machine's load).
+    let mut rng = Rng::new(27);
+    let (mut killed, mut tries) = (0, 0u64);
+    while killed < 4 && tries < 32 {
+        let name = format!("{:024X}", 0x1_0000_0010 + tries);
+        let path = env.path(&name);
+        let bytes = segment(4 << 20, 100 + tries);
+        write(&path, &bytes);
+        let p = path.to_str().unwrap();
+        let at = Duration::from_micros(rng.below(span.as_micros() as u64 + 1));
+        tries += 1;
+        if run_and_kill_after(&env, &["pg", "archive-wal", p, &name], at) {
+            killed += 1;
+        }
+        // Nothing half-visible: the name is absent, or present whole.
+        let dest = env.path("check");
+        let _ = fs::remove_file(&dest);
+        let out = env.run(&["pg", "restore-wal", &name, dest.to_str().unwrap()]);
+        match code(&out) {
+            0 => assert_eq!(fs::read(&dest).unwrap(), bytes, "{name}"),
+            _ => assert!(!dest.exists(), "{name}"),
+        }
+        // PostgreSQL's retry succeeds, and the file comes back whole.
+        env.ok(&["pg", "archive-wal", p, &name]);
+        assert_eq!(restored(&env, &name), bytes, "{name}");
+    }
+    eprintln!("{killed} of {tries} archivers killed mid-way (a run takes {span:?})");
+    assert_eq!(killed, 4, "only {killed} of {tries} archivers were killed");
+    env.ok(&["pg", "archive-wal", p, seg]);
+    assert_eq!(restored(&env, seg), bytes);
+    assert_eq!(archived_names(&env).len(), 2 + tries as usize);
+    env.ok(&["verify"]);
+}
+
+#[test]
+fn archiving_waits_for_a_held_lock() {
+    let env = Env::new();
+    env.init();
+    let seg = "000000010000000000000007";
+    let path = env.path(seg);
+    let bytes = segment(1 << 20, 7);
+    write(&path, &bytes);
+    let p = path.to_str().unwrap().to_string();
+
+    // Held past the wait asked for: fails with the lock's exit code, saying what happened.
+    let lock = strata::repo::Lock::acquire(&env.repo, "backup").unwrap();
+    let out = env.run(&["pg", "archive-wal", "--retry-lock", "1s", &p, seg]);
+    assert_eq!(code(&out), 5, "{}", stderr(&out));
+    assert!(stderr(&out).contains("stayed locked"), "{}", stderr(&out));
+
+    // Released while it waits: it goes on and archives.
+    let child = env
+        .cmd()
+        .args(["pg", "archive-wal", &p, seg])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    drop(lock);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("waiting for the repository's lock"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(restored(&env, seg), bytes);
+}
+
+/// A private PostgreSQL server that archives into `repo` through strata.
+struct ArchivingServer {
+    dir: tempfile::TempDir,
+    sock: PathBuf,
+    server: Child,
+}
+
+impl ArchivingServer {
+    fn bindir() -> PathBuf {
+        let mut found: Vec<PathBuf> = fs::read_dir("/usr/lib/postgresql")
+            .map(|d| d.flatten().map(|e| e.path().join("bin")).collect())
+            .unwrap_or_default();
+        found.retain(|b| b.join("postgres").exists() && b.join("pgbench").exists());
+        found.sort();
+        found.pop().unwrap_or_else(|| {
+            panic!(
+                "PostgreSQL server binaries not found under /usr/lib/postgresql: apt-get \
+                 install postgresql (or set STRATA_SKIP_SERVER_TESTS=1)"
+            )
+        })
+    }
+
+    /// Runs a server program, as the `postgres` user when we are root (the server refuses root).
+    fn as_server_user(program: &Path) -> Command {
+        if is_root() {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=postgres", "--regid=postgres", "--init-groups"])
+                .arg(program);
+            c
+        } else {
+            Command::new(program)
+        }
+    }
+
+    fn start(env: &Env) -> ArchivingServer {
+        let bin = Self::bindir();
+        let dir = tempfile::tempdir().unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let data = dir.path().join("data");
+        let sock = dir.path().join("sock");
+        for d in [&data, &sock] {
+            fs::create_dir(d).unwrap();
+        }
+        if is_root() {
+            // The server runs the archiver as its own user: it writes the repository.
+            fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+            for d in [&data, &sock, &env.repo] {
+                run_ok(Command::new("chown").arg("-R").arg("postgres:").arg(d));
+            }
+        }
+        run_ok(
+            Self::as_server_user(&bin.join("initdb"))
+                .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+                .arg(&data),
+        );
+        // The repository and passphrase come from the server's environment, as an operator's
+        // service unit would give them.
+        let archive = format!("'{}' pg archive-wal %p %f", bin_path());
+        let mut cmd = Self::as_server_user(&bin.join("postgres"));
+        cmd.arg("-D").arg(&data).arg("-k").arg(&sock);
+        for setting in [
+            "listen_addresses=".to_string(),
+            "fsync=off".to_string(),
+            "wal_level=replica".to_string(),
+            "archive_mode=on".to_string(),
+            format!("archive_command={archive}"),
+            // No checkpoint recycles a segment while the test compares it with its copy.
+            "checkpoint_timeout=1h".to_string(),
+            "max_wal_size=4GB".to_string(),
+        ] {
+            cmd.arg("-c").arg(setting);
+        }
+        cmd.env("STRATA_REPO", &env.repo)
+            .env("HOME", dir.path())
+            .env("XDG_DATA_HOME", dir.path().join("xdg"));
+        for (k, v) in env.vars.borrow().iter() {
+            cmd.env(k, v);
+        }
+        let server = cmd
+            .args(["-p", "5432"])
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(dir.path().join("server.log")).unwrap())
+            .spawn()
+            .expect("start postgres");
+        let pg = ArchivingServer { dir, sock, server };
+        let start = Instant::now();
+        while !Command::new("pg_isready")
+            .arg("-h")
+            .arg(&pg.sock)
+            .args(["-p", "5432"])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "postgres did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        pg
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn conn(&self) -> String {
+        format!(
+            "host={} port=5432 user=postgres dbname=postgres",
+            self.sock.display()
+        )
+    }
+
+    fn psql(&self, sql: &str) -> String {
+        run_ok(
+            Command::new("psql")
+                .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d"])
+                .arg(self.conn())
+                .arg("-c")
+                .arg(sql),
+        )
+        .trim()
+        .to_string()
+    }
+
+    fn pgbench(&self, args: &[&str]) {
+        run_ok(
+            Command::new(Self::bindir().join("pgbench"))
+                .args([
+                    "-h",
+                    self.sock.to_str().unwrap(),
+                    "-p",
+                    "5432",
+                    "-U",
+                    "postgres",
+                ])
+                .args(args)
+                .arg("postgres"),
+        );
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for ArchivingServer {
+    fn drop(&mut self) {
+        // SAFETY: kill only signals the server process this test started.
+        unsafe { libc::kill(self.server.id() as i32, libc::SIGINT) };
+        let _ = self.server.wait();
+    }
+}
+
+/// The strata binary as an absolute path (the server runs it from its data directory).
+fn bin_path() -> String {
+    fs::canonicalize(bin()).unwrap().display().to_string()
+}
+
+#[test]
+fn a_real_server_archives_under_load_and_every_segment_comes_back() {
+    if std::env::var_os("STRATA_SKIP_SERVER_TESTS").is_some_and(|v| v == "1") {
+        eprintln!("STRATA_SKIP_SERVER_TESTS=1: skipping a test that needs a database server");
+        return;
+    }
+    let env = Env::new();
+    env.init();
+    let pg = ArchivingServer::start(&env);
+    pg.pgbench(&["-i", "-q", "-s", "4"]);
+    pg.pgbench(&["-c", "2", "-T", "5"]);
+    // Two switches: the second archives a segment holding little more than its switch record.
+    for _ in 0..2 {
+        pg.psql("SELECT pg_switch_wal(); CREATE TABLE IF NOT EXISTS t (x int); INSERT INTO t VALUES (1)");
+    }
+    let last = pg.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    pg.psql("SELECT pg_switch_wal()");
+    let start = Instant::now();
+    loop {
+        let row =
+            pg.psql("SELECT coalesce(last_archived_wal, ''), failed_count FROM pg_stat_archiver");
+        let (done, failed) = row.split_once('|').unwrap();
+        assert_eq!(failed, "0", "archiving failed: {}", pg.log());
+        if done >= last.as_str() && !done.is_empty() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "archiving did not reach {last} (at {done:?}): {}",
+            pg.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let names = archived_names(&env);
+    let archived_count: usize = pg
+        .psql("SELECT archived_count FROM pg_stat_archiver")
+        .parse()
+        .unwrap();
+    assert_eq!(names.len(), archived_count, "{names:?}");
+    assert!(names.len() >= 3, "{names:?}");
+    // Every archived segment still in pg_wal comes back byte for byte.
+    let mut compared = 0;
+    for name in &names {
+        let Ok(original) = fs::read(pg.data().join("pg_wal").join(name)) else {
+            continue;
+        };
+        assert_eq!(restored(&env, name), original, "{name}");
+        compared += 1;
+    }
+    assert!(compared >= 3, "only {compared} segments compared");
+    let stored: u64 = env
+        .json(&["list", "--kind", "pg-wal"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stats"]["new_stored_bytes"].as_u64().unwrap())
+        .sum();
+    eprintln!(
+        "{} segments ({} MiB) archived in {:?}, stored {} KiB",
+        names.len(),
+        (names.len() * SEGMENT) >> 20,
+        start.elapsed(),
+        stored >> 10
+    );
+    assert_eq!(
+        pg.psql("SELECT failed_count FROM pg_stat_archiver"),
+        "0",
+        "{}",
+        pg.log()
+    );
+    env.ok(&["verify"]);
+}
