@@ -6,31 +6,16 @@
 //! them); `STRATA_SKIP_SERVER_TESTS=1` skips it on purpose.
 
 mod common;
+use common::pg::*;
 use common::*;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 /// A segment's size at PostgreSQL's default.
 const SEGMENT: usize = 16 << 20;
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// The archived files' names, from `list --kind pg-wal`.
 fn archived_names(env: &Env) -> Vec<String> {
@@ -341,156 +326,67 @@ fn archiving_waits_for_a_held_lock() {
 
 /// A private PostgreSQL server that archives into `repo` through strata.
 struct ArchivingServer {
-    dir: tempfile::TempDir,
-    sock: PathBuf,
-    server: Child,
+    pg: PgServer,
+    /// The server's home (where the archiver's strata looks for its state); removed after the
+    /// server stopped.
+    _home: tempfile::TempDir,
 }
 
 impl ArchivingServer {
-    fn bindir() -> PathBuf {
-        let mut found: Vec<PathBuf> = fs::read_dir("/usr/lib/postgresql")
-            .map(|d| d.flatten().map(|e| e.path().join("bin")).collect())
-            .unwrap_or_default();
-        found.retain(|b| b.join("postgres").exists() && b.join("pgbench").exists());
-        found.sort();
-        found.pop().unwrap_or_else(|| {
-            panic!(
-                "PostgreSQL server binaries not found under /usr/lib/postgresql: apt-get \
-                 install postgresql (or set STRATA_SKIP_SERVER_TESTS=1)"
-            )
-        })
-    }
-
-    /// Runs a server program, as the `postgres` user when we are root (the server refuses root).
-    fn as_server_user(program: &Path) -> Command {
-        if is_root() {
-            let mut c = Command::new("setpriv");
-            c.args(["--reuid=postgres", "--regid=postgres", "--init-groups"])
-                .arg(program);
-            c
-        } else {
-            Command::new(program)
-        }
-    }
-
     fn start(env: &Env) -> ArchivingServer {
-        let bin = Self::bindir();
-        let dir = tempfile::tempdir().unwrap();
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-        let data = dir.path().join("data");
-        let sock = dir.path().join("sock");
-        for d in [&data, &sock] {
-            fs::create_dir(d).unwrap();
-        }
         if is_root() {
             // The server runs the archiver as its own user: it writes the repository.
             fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-            for d in [&data, &sock, &env.repo] {
-                run_ok(Command::new("chown").arg("-R").arg("postgres:").arg(d));
-            }
         }
-        run_ok(
-            Self::as_server_user(&bin.join("initdb"))
-                .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
-                .arg(&data),
-        );
         // The repository and passphrase come from the server's environment, as an operator's
         // service unit would give them.
-        let archive = format!("'{}' pg archive-wal %p %f", bin_path());
-        let mut cmd = Self::as_server_user(&bin.join("postgres"));
-        cmd.arg("-D").arg(&data).arg("-k").arg(&sock);
-        for setting in [
-            "listen_addresses=".to_string(),
-            "fsync=off".to_string(),
-            "wal_level=replica".to_string(),
-            "archive_mode=on".to_string(),
-            format!("archive_command={archive}"),
-            // No checkpoint recycles a segment while the test compares it with its copy.
-            "checkpoint_timeout=1h".to_string(),
-            "max_wal_size=4GB".to_string(),
-        ] {
-            cmd.arg("-c").arg(setting);
+        let home = tempfile::tempdir().unwrap();
+        let mut vars = vec![
+            ("STRATA_REPO".to_string(), env.repo.display().to_string()),
+            ("HOME".to_string(), home.path().display().to_string()),
+            (
+                "XDG_DATA_HOME".to_string(),
+                home.path().join("xdg").display().to_string(),
+            ),
+        ];
+        vars.extend(
+            env.vars
+                .borrow()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+        let opts = PgOptions {
+            settings: vec![
+                "wal_level=replica".to_string(),
+                "archive_mode=on".to_string(),
+                format!("archive_command='{}' pg archive-wal %p %f", bin_path()),
+                // No checkpoint recycles a segment while the test compares it with its copy.
+                "checkpoint_timeout=1h".to_string(),
+                "max_wal_size=4GB".to_string(),
+            ],
+            owned: vec![env.repo.clone(), home.path().to_path_buf()],
+            env: vars,
+        };
+        ArchivingServer {
+            pg: PgServer::start(&opts),
+            _home: home,
         }
-        cmd.env("STRATA_REPO", &env.repo)
-            .env("HOME", dir.path())
-            .env("XDG_DATA_HOME", dir.path().join("xdg"));
-        for (k, v) in env.vars.borrow().iter() {
-            cmd.env(k, v);
-        }
-        let server = cmd
-            .args(["-p", "5432"])
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(dir.path().join("server.log")).unwrap())
-            .spawn()
-            .expect("start postgres");
-        let pg = ArchivingServer { dir, sock, server };
-        let start = Instant::now();
-        while !Command::new("pg_isready")
-            .arg("-h")
-            .arg(&pg.sock)
-            .args(["-p", "5432"])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-        {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "postgres did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        pg
     }
 
     fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    fn conn(&self) -> String {
-        format!(
-            "host={} port=5432 user=postgres dbname=postgres",
-            self.sock.display()
-        )
+        self.pg.data()
     }
 
     fn psql(&self, sql: &str) -> String {
-        run_ok(
-            Command::new("psql")
-                .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d"])
-                .arg(self.conn())
-                .arg("-c")
-                .arg(sql),
-        )
-        .trim()
-        .to_string()
+        self.pg.psql("postgres", sql).trim().to_string()
     }
 
     fn pgbench(&self, args: &[&str]) {
-        run_ok(
-            Command::new(Self::bindir().join("pgbench"))
-                .args([
-                    "-h",
-                    self.sock.to_str().unwrap(),
-                    "-p",
-                    "5432",
-                    "-U",
-                    "postgres",
-                ])
-                .args(args)
-                .arg("postgres"),
-        );
+        self.pg.pgbench(args)
     }
 
     fn log(&self) -> String {
-        fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for ArchivingServer {
-    fn drop(&mut self) {
-        // SAFETY: kill only signals the server process this test started.
-        unsafe { libc::kill(self.server.id() as i32, libc::SIGINT) };
-        let _ = self.server.wait();
+        self.pg.log()
     }
 }
 

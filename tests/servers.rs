@@ -5,12 +5,11 @@
 //! these tests fail and say what to install; `STRATA_SKIP_SERVER_TESTS=1` skips them on purpose.
 
 mod common;
+use common::pg::*;
 use common::*;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 /// False (and a note on stderr) when the user asked to skip the server tests.
 fn servers_wanted() -> bool {
@@ -21,125 +20,24 @@ fn servers_wanted() -> bool {
     true
 }
 
-fn have(program: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {program}"))
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !ready() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "{what} did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// A private PostgreSQL cluster listening only on a Unix socket.
-struct Postgres {
-    _dir: tempfile::TempDir,
-    sock: PathBuf,
-    server: Child,
+struct Postgres(PgServer);
+
+impl std::ops::Deref for Postgres {
+    type Target = PgServer;
+    fn deref(&self) -> &PgServer {
+        &self.0
+    }
 }
 
 impl Postgres {
-    fn bindir() -> PathBuf {
-        let mut found: Vec<PathBuf> = fs::read_dir("/usr/lib/postgresql")
-            .map(|d| d.flatten().map(|e| e.path().join("bin")).collect())
-            .unwrap_or_default();
-        found.retain(|b| b.join("postgres").exists() && b.join("initdb").exists());
-        found.sort();
-        match found.pop() {
-            Some(b) => b,
-            None => panic!(
-                "PostgreSQL server binaries not found under /usr/lib/postgresql: \
-                 apt-get install postgresql (or set STRATA_SKIP_SERVER_TESTS=1)"
-            ),
-        }
-    }
-
-    /// Runs a server program, as the `postgres` user when we are root (the server refuses root).
-    /// `setpriv` execs the program in its own process, so signals reach the server itself.
-    fn as_server_user(program: &Path) -> Command {
-        if is_root() {
-            let mut c = Command::new("setpriv");
-            c.args(["--reuid=postgres", "--regid=postgres", "--init-groups"])
-                .arg(program);
-            c
-        } else {
-            Command::new(program)
-        }
-    }
-
     fn start() -> Postgres {
         assert!(
             have("pg_dump") && have("psql"),
             "pg_dump and psql are needed: apt-get install postgresql \
              (or set STRATA_SKIP_SERVER_TESTS=1)"
         );
-        let bin = Self::bindir();
-        let dir = tempfile::tempdir().unwrap();
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-        let data = dir.path().join("data");
-        let sock = dir.path().join("sock");
-        for d in [&data, &sock] {
-            fs::create_dir(d).unwrap();
-            if is_root() {
-                run_ok(Command::new("chown").arg("postgres:").arg(d));
-            }
-        }
-        run_ok(
-            Self::as_server_user(&bin.join("initdb"))
-                .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
-                .arg(&data),
-        );
-        let server = Self::as_server_user(&bin.join("postgres"))
-            .arg("-D")
-            .arg(&data)
-            .arg("-k")
-            .arg(&sock)
-            .args(["-c", "listen_addresses=", "-c", "fsync=off", "-p", "5432"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start postgres");
-        let pg = Postgres {
-            _dir: dir,
-            sock,
-            server,
-        };
-        wait_until("postgres", || {
-            Command::new("pg_isready")
-                .arg("-h")
-                .arg(&pg.sock)
-                .args(["-p", "5432"])
-                .stdout(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        });
-        pg
+        Postgres(PgServer::start(&PgOptions::default()))
     }
 
     /// A server with database `app` holding table `memories`, filled by `insert`.
@@ -156,23 +54,6 @@ impl Postgres {
         pg
     }
 
-    fn conn(&self, db: &str) -> String {
-        format!(
-            "host={} port=5432 user=postgres dbname={db}",
-            self.sock.display()
-        )
-    }
-
-    fn psql(&self, db: &str, sql: &str) -> String {
-        run_ok(
-            Command::new("psql")
-                .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d"])
-                .arg(self.conn(db))
-                .arg("-c")
-                .arg(sql),
-        )
-    }
-
     /// Loads a plain-format dump into a new database.
     fn load(&self, db: &str, dump: &[u8]) {
         self.psql("postgres", &format!("CREATE DATABASE {db}"));
@@ -186,15 +67,6 @@ impl Postgres {
         use std::io::Write;
         child.stdin.take().unwrap().write_all(dump).unwrap();
         assert!(child.wait().unwrap().success(), "loading the dump failed");
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        // SIGINT: fast shutdown.
-        // SAFETY: kill only signals the server process this test started.
-        unsafe { libc::kill(self.server.id() as i32, libc::SIGINT) };
-        let _ = self.server.wait();
     }
 }
 

@@ -1,6 +1,8 @@
 //! Helpers shared by the behaviour tests: run the real binary, build trees, compare trees.
 #![allow(dead_code)]
 
+pub mod pg;
+
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
