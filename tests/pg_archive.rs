@@ -467,3 +467,64 @@ fn a_real_server_archives_under_load_and_every_segment_comes_back() {
     );
     env.ok(&["verify"]);
 }
+
+/// `strata pg restore-point` names the server's position in its WAL: the name (quotes and all)
+/// is in the WAL's restore point record, at or before the server's position after it.
+#[test]
+fn a_named_restore_point_is_written_into_the_wal() {
+    if std::env::var_os("STRATA_SKIP_SERVER_TESTS").is_some_and(|v| v == "1") {
+        eprintln!("STRATA_SKIP_SERVER_TESTS=1: skipping a test that needs a database server");
+        return;
+    }
+    let env = Env::new();
+    let pg = PgServer::start(&PgOptions::default());
+    let name = "before it's done; DROP TABLE x";
+    let run = env.run(&["pg", "restore-point", "--db", &pg.conn("postgres"), name]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let lsn = String::from_utf8_lossy(&run.stdout).trim().to_string();
+    let past = pg.psql(
+        "postgres",
+        &format!("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '{lsn}') >= 0"),
+    );
+    assert_eq!(past.trim(), "t", "{lsn}");
+    // A commit after it writes the WAL out to there.
+    pg.psql("postgres", "CREATE TABLE after_the_point (x int)");
+    let file = pg.psql("postgres", &format!("SELECT pg_walfile_name('{lsn}')"));
+    let dump = std::process::Command::new(PgServer::bindir().join("pg_waldump"))
+        .arg("--path")
+        .arg(pg.data().join("pg_wal"))
+        .args(["--rmgr", "XLOG"])
+        .arg(file.trim())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&dump.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.contains("RESTORE_POINT") && l.contains(name)),
+        "{text}{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
+    // A name PostgreSQL cannot keep is a usage error, before any connection.
+    let run = env.run(&[
+        "pg",
+        "restore-point",
+        "--db",
+        &pg.conn("postgres"),
+        &"x".repeat(64),
+    ]);
+    assert_eq!(code(&run), 2, "{}", stderr(&run));
+    // A server that cannot be reached: a clear error, non-zero.
+    let run = env.run(&[
+        "pg",
+        "restore-point",
+        "--db",
+        "host=/nonexistent port=1",
+        "p",
+    ]);
+    assert!(!run.status.success());
+    assert!(
+        stderr(&run).contains("could not create restore point"),
+        "{}",
+        stderr(&run)
+    );
+}

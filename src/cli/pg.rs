@@ -37,6 +37,22 @@ enum PgCommand {
         after_help = "In postgresql.conf (or the recovery settings):\n  restore_command = 'strata pg restore-wal --repo /var/lib/strata/repo %f %p'"
     )]
     RestoreWal(RestoreWalArgs),
+    /// Name the server's current position in its WAL (`pg_create_restore_point`), a moment a
+    /// recovery can later stop at by name (`recovery_target_name`)
+    #[command(
+        after_help = "Examples:\n  strata pg restore-point --db 'host=/run/postgresql dbname=app' before-migration-42"
+    )]
+    RestorePoint(RestorePointArgs),
+}
+
+#[derive(Args)]
+struct RestorePointArgs {
+    /// How to reach the server: a libpq connection string or postgresql:// URL (psql's own
+    /// environment, PGHOST and the rest, when not given)
+    #[arg(long, value_name = "CONNSTR")]
+    db: Option<String>,
+    /// The restore point's name (at most 63 bytes)
+    name: String,
 }
 
 #[derive(Args)]
@@ -59,7 +75,22 @@ pub fn pg(rp: &RepoPath, args: PgArgs) -> Result<ExitCode> {
     match args.command {
         PgCommand::ArchiveWal(a) => archive_wal(rp, a),
         PgCommand::RestoreWal(a) => restore_wal(rp, a),
+        PgCommand::RestorePoint(a) => restore_point(a),
     }
+}
+
+fn restore_point(args: RestorePointArgs) -> Result<ExitCode> {
+    if let Err(e) = strata::pg::check_restore_point_name(&args.name) {
+        super::usage!("{e}");
+    }
+    let lsn = strata::pg::create_restore_point(args.db.as_deref(), &args.name)?;
+    println!("{lsn}");
+    eprintln!(
+        "restore point {:?} at {lsn}: a recovery can stop there (recovery_target_name) once \
+         the WAL up to it is archived",
+        args.name
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn archive_wal(rp: &RepoPath, args: ArchiveWalArgs) -> Result<ExitCode> {

@@ -3,3 +3,6 @@
 //! after the file, and given back to its `restore_command`.
 
 pub mod archive;
+mod point;
+
+pub use point::{check_restore_point_name, create_restore_point};
