@@ -34,19 +34,7 @@ fn entry<'a>(show: &'a serde_json::Value, path: &str) -> &'a serde_json::Value {
 
 /// A repository and `src/app.db`: a table of 6,000 rows of 300 random bytes.
 fn app_db() -> (Env, std::path::PathBuf, std::path::PathBuf) {
-    let env = Env::new();
-    env.init();
-    let src = env.path("src");
-    std::fs::create_dir_all(&src).unwrap();
-    let db = src.join("app.db");
-    let c = Connection::open(&db).unwrap();
-    c.execute_batch(
-        "CREATE TABLE t(id INTEGER PRIMARY KEY, pad BLOB); BEGIN;
-         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 6000)
-         INSERT INTO t SELECT i, randomblob(300) FROM n; COMMIT;",
-    )
-    .unwrap();
-    (env, src, db)
+    sqlite_app(6000, false)
 }
 
 #[test]

@@ -449,3 +449,24 @@ pub fn build_app(root: &Path) {
     std::os::unix::fs::symlink("data/a.txt", root.join("app/link")).unwrap();
     fs::create_dir_all(root.join("app/empty")).unwrap();
 }
+
+/// A repository and `src/app.db` in it: table `t` of `rows` rows (`id`, 300 random bytes in
+/// `pad`), in WAL mode when `wal`. Returns the environment, `src` and the database's path.
+pub fn sqlite_app(rows: u32, wal: bool) -> (Env, PathBuf, PathBuf) {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    let db = src.join("app.db");
+    let c = rusqlite::Connection::open(&db).unwrap();
+    if wal {
+        c.execute_batch("PRAGMA journal_mode=WAL").unwrap();
+    }
+    c.execute_batch(&format!(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, pad BLOB); BEGIN;
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows})
+         INSERT INTO t SELECT i, randomblob(300) FROM n; COMMIT;"
+    ))
+    .unwrap();
+    (env, src, db)
+}
