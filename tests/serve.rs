@@ -859,6 +859,15 @@ fn the_web_page_lists_snapshots_in_a_real_browser() {
     for name in ["alpha-snap", "beta-snap", "gamma-snap"] {
         env.backup_args(&["--name", name, data.to_str().unwrap()]);
     }
+    // An archived WAL file is a snapshot too, but not a state of the data: not listed.
+    let wal = env.path("000000010000000000000001");
+    write(&wal, &common::noise(16 << 10, 3));
+    env.ok(&[
+        "pg",
+        "archive-wal",
+        wal.to_str().unwrap(),
+        "000000010000000000000001",
+    ]);
     let (token, entry) = new_token(&env);
     let cfg = config(
         &env,

@@ -203,10 +203,10 @@ pub fn metrics(c: &Call) -> Result<Response> {
     })
 }
 
-/// `GET /api/snapshots`: newest first.
+/// `GET /api/snapshots`: newest first, without archived WAL files (as `strata list`).
 pub fn list_snapshots(c: &Call) -> Result<Response> {
     let repo = c.d.open_read()?;
-    let snaps = snapshots::list(&repo)?;
+    let snaps = snapshots::list_without_wal(&repo)?;
     let out: Vec<_> = snaps
         .iter()
         .rev()
@@ -369,7 +369,7 @@ pub fn followers(c: &Call) -> Result<Response> {
     let mut list = c.d.followers.get().map(|f| f.list()).unwrap_or_default();
     if !list.is_empty() {
         let repo = c.d.open_read()?;
-        let snaps = snapshots::list(&repo)?;
+        let snaps = snapshots::list_without_wal(&repo)?;
         for f in &mut list {
             f.restorable = strata::restore::instant::spans_in(&f.journal, &snaps)?
                 .into_iter()
