@@ -6,6 +6,7 @@
 
 use crate::error::{Error, IoContext, Result};
 use crate::follow::attached::attached;
+use crate::follow::follower::Status;
 use crate::follow::journal::{self, Chain, Reach};
 use crate::repo::Repo;
 use crate::snapshots::Snapshot;
@@ -93,18 +94,17 @@ fn starts_in<'s>(dir: &Path, snaps: &'s [Snapshot]) -> Result<Vec<(&'s Snapshot,
         .collect())
 }
 
-/// When the follower of the journal in `dir` last read the log to its end, while it had a
-/// place in it.
-fn caught_up_ns(dir: &Path) -> Option<i64> {
-    crate::follow::status(dir)
+/// When the follower last read the log to its end, while it had a place in it.
+fn caught_up_ns(status: Option<&Status>) -> Option<i64> {
+    status
         .filter(|s| s.following)
         .map(|s| s.caught_up_ms.saturating_mul(1_000_000))
 }
 
-/// Whether a follower is writing the journal in `dir` now: it says it runs, and read the log
-/// within the last 10 s (one killed says it runs, but stops reading).
-fn follower_running(dir: &Path) -> bool {
-    crate::follow::status(dir).is_some_and(|s| {
+/// Whether the follower is writing its journal now: it says it runs, and read the log within
+/// the last 10 s (one killed says it runs, but stops reading).
+fn follower_running(status: Option<&Status>) -> bool {
+    status.is_some_and(|s| {
         s.running && chrono::Utc::now().timestamp_millis() - s.caught_up_ms < 10_000
     })
 }
@@ -137,8 +137,9 @@ pub fn spans_in(dir: &Path, snaps: &[Snapshot]) -> Result<Vec<Span>> {
 
 /// Each starting point's span, merged where they meet, oldest first.
 fn merge(dir: &Path, starts: &[(&Snapshot, LogPos, Reach)]) -> Vec<Span> {
-    let live = caught_up_ns(dir);
-    let running = follower_running(dir);
+    let status = crate::follow::status(dir);
+    let live = caught_up_ns(status.as_ref());
+    let running = follower_running(status.as_ref());
     let mut spans: Vec<Span> = starts
         .iter()
         .map(|(_, _, r)| match (r.last, live) {
@@ -197,7 +198,10 @@ pub fn plan<'s>(
     };
     // Past the chain's last transaction, the journal knows the instant only if the chain is
     // the one its follower is still writing, and that follower had read the log then.
-    if !chain.more && (chain.broken || caught_up_ns(&dir).is_none_or(|c| c < at_ns)) {
+    if !chain.more
+        && (chain.broken
+            || caught_up_ns(crate::follow::status(&dir).as_ref()).is_none_or(|c| c < at_ns))
+    {
         let last = chain.last_ns.unwrap_or(base_ns);
         return Err(Error::not_found(format!(
             "{entry}: its journal covers only up to {} (the follower was not reading the \

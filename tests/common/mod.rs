@@ -78,14 +78,7 @@ impl Env {
 
     /// Runs strata and insists on success.
     pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "strata {args:?} failed: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        run_ok(self.cmd().args(args))
     }
 
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
@@ -469,4 +462,16 @@ pub fn sqlite_app(rows: u32, wal: bool) -> (Env, PathBuf, PathBuf) {
     ))
     .unwrap();
     (env, src, db)
+}
+
+/// Runs `cmd`, which must succeed; its standard output.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
