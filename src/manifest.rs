@@ -1,9 +1,11 @@
 //! Snapshot manifests: what a snapshot holds, file by file.
 //!
 //! A manifest is encoded with bincode (through [`crate::codec`]), compressed with zstd and framed
-//! (magic `STRASNAP`, version 5; version 1, whose sources had no kind, version 2, which had no
-//! capture records, version 3, whose entries did not say how a database was read, and version 4,
-//! which had no page maps, are still read: version 5 only adds [`Content::Pages`]). Its id is the BLAKE3 of the encoded (uncompressed) manifest, and
+//! (magic `STRASNAP`, version 6; version 1, whose sources had no kind, version 2, which had no
+//! capture records, version 3, whose entries did not say how a database was read, version 4,
+//! which had no page maps, and version 5, which had no PostgreSQL base backups, are still read:
+//! version 5 only added [`Content::Pages`], version 6 only adds [`SourceKind::PgBase`]). Its id
+//! is the BLAKE3 of the encoded (uncompressed) manifest, and
 //! it is stored twice: in the index and as `snapshots/<id>.snap`.
 
 use crate::codec::{self, frame};
@@ -13,7 +15,7 @@ use crate::id::{ChunkId, SnapshotId};
 use serde::{Deserialize, Serialize};
 
 pub const MAGIC: &[u8; 8] = b"STRASNAP";
-pub const VERSION: u32 = 5;
+pub const VERSION: u32 = 6;
 
 /// How a file's bytes are found.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,6 +127,9 @@ pub enum SourceKind {
     Command,
     /// Standard input.
     Stdin,
+    /// A PostgreSQL base backup streamed by `pg_basebackup` (see [`crate::pg::base`]); its
+    /// details say where it starts and ends in the WAL. Manifest version 6.
+    PgBase,
 }
 
 impl SourceKind {
@@ -136,6 +141,7 @@ impl SourceKind {
             SourceKind::Redis => "redis",
             SourceKind::Command => "command",
             SourceKind::Stdin => "stdin",
+            SourceKind::PgBase => "pg-base",
         }
     }
 }

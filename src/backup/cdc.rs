@@ -10,17 +10,18 @@ use crate::id::ChunkId;
 use crate::pack::BlobKind;
 use rayon::prelude::*;
 
-/// Cuts what `reader` yields by content and stores it; returns the bytes read. I/O errors come
+/// Cuts what `reader` yields (by content, or at fixed pages as `mode` says) and stores it; returns the bytes read. I/O errors come
 /// back as `std::io::Error` for the caller to name the source.
 pub(super) fn read_cdc(
     shared: &Shared,
     reader: impl std::io::Read,
+    mode: CutMode,
     window: usize,
     state: &mut FileState,
     previous: Option<(PreviousVersion, u64)>,
 ) -> std::result::Result<u64, ReadError> {
     let chunker = shared.repo.chunker();
-    let mut stream = ChunkStream::with_window(reader, chunker, CutMode::Cdc, window);
+    let mut stream = ChunkStream::with_window(reader, chunker, mode, window);
     let (sums, mut sink) = SumState::split_opt(state.sums.take());
     let mut skip = match (sums, previous) {
         (Some(ctx), Some((prev, prev_size))) => Some(CdcSkip {

@@ -195,7 +195,8 @@ fn read_once(
             let window = (before.len() as usize)
                 .saturating_add(1)
                 .min(crate::chunker::WINDOW);
-            let size = read_cdc(shared, &file, window, &mut state, cdc_prev).ctx("read", path)?;
+            let size = read_cdc(shared, &file, CutMode::Cdc, window, &mut state, cdc_prev)
+                .ctx("read", path)?;
             (size, false)
         }
     };

@@ -6,8 +6,10 @@ use super::BackupOptions;
 use super::cache::{Stored, ToRead, cached_stamp};
 use super::cdc::{ReadContext, read_cdc};
 use super::file::{ReadFile, read_file, read_stably};
+use super::pgbase::{ReadBase, read_pg_base};
 use super::sources::Walk;
 use super::writer::{FileState, Shared};
+use crate::chunker::CutMode;
 use crate::error::{Error, Result};
 use crate::id::ChunkId;
 use crate::index::IndexReader;
@@ -18,7 +20,7 @@ use crate::source::capture::{
     CaptureOptions, FileRead, Group, GroupCapture, GroupIo, Seen, capture_group,
 };
 use crate::source::sqlite::looks_paged;
-use crate::source::streams::StreamSource;
+use crate::source::streams::{StreamFrom, StreamSource};
 use crate::source::walk::{Excludes, WalkItem};
 use crate::tree::TreeBuilder;
 use rayon::prelude::*;
@@ -43,6 +45,8 @@ pub(super) struct Ingested {
     pub(super) stores: Vec<Result<GroupCapture<Got>>>,
     /// The streams, each read to its end.
     pub(super) streams: Result<Vec<ReadStream>>,
+    /// The PostgreSQL base backups, each read to its end.
+    pub(super) bases: Result<Vec<ReadBase>>,
     /// The packs written and fsynced but not yet in the index.
     pub(super) packs: Result<Vec<WrittenPack>>,
     pub(super) written: Written,
@@ -83,7 +87,7 @@ pub(super) fn ingest(
         opts.raw_sqlite,
         &walk.databases,
     );
-    let (files, stores, streams, packs) = std::thread::scope(|s| {
+    let (files, stores, streams, bases, packs) = std::thread::scope(|s| {
         // Full packs are recorded in the index while reading goes on, a few per transaction, so
         // the index never holds a whole backup's dirty pages and the commit at the end is small.
         // Blobs indexed without a snapshot are harmless: their packs are durable, and the next
@@ -99,6 +103,14 @@ pub(super) fn ingest(
             .iter()
             .map(|st| read_stream_source(&shared, st))
             .collect();
+        let bases: Result<Vec<ReadBase>> = match streams {
+            Ok(_) => opts
+                .pg_bases
+                .iter()
+                .map(|b| read_pg_base(&shared, b))
+                .collect(),
+            Err(_) => Ok(vec![]),
+        };
         let finished = shared.packer.finish();
         if finished.is_err() {
             shared.packer.abandon();
@@ -106,7 +118,7 @@ pub(super) fn ingest(
         let packs = writer
             .join()
             .unwrap_or_else(|_| Err(Error::invalid("pack writer thread panicked")));
-        (files, stores, streams, finished.and(packs))
+        (files, stores, streams, bases, finished.and(packs))
     });
     let written = Written {
         chunks: shared.new_chunks.load(Ordering::Relaxed),
@@ -118,6 +130,7 @@ pub(super) fn ingest(
         files,
         stores,
         streams,
+        bases,
         packs,
         written,
     }
@@ -264,8 +277,21 @@ fn read_stream_source(shared: &Shared, src: &StreamSource) -> Result<ReadStream>
         emit: &mut emit,
     };
     let what = PathBuf::from(&src.name);
+    // PostgreSQL's WAL files, at its WAL pages: those a base backup holds are the same.
+    let mode = match src.from {
+        StreamFrom::File(_) => CutMode::Fixed(crate::pg::base::PAGE),
+        _ => CutMode::Cdc,
+    };
     let (size, details) = src.read_with(|input, reading| {
-        read_cdc(shared, input, crate::chunker::WINDOW, &mut state, None).ctx(reading, &what)
+        read_cdc(
+            shared,
+            input,
+            mode,
+            crate::chunker::WINDOW,
+            &mut state,
+            None,
+        )
+        .ctx(reading, &what)
     })?;
     let content = builder.finish(&mut emit)?;
     Ok((content, size, details))

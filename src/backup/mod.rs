@@ -43,6 +43,7 @@ mod journal;
 mod log;
 mod mapped;
 mod pages;
+mod pgbase;
 mod previous;
 mod record;
 mod sources;
@@ -70,6 +71,8 @@ pub struct BackupOptions<'a> {
     /// Named streams (command output, standard input, database dumps) stored as files of the
     /// snapshot.
     pub streams: Vec<StreamSource>,
+    /// PostgreSQL base backups, each stored as a directory of the snapshot.
+    pub pg_bases: Vec<crate::pg::base::PgBaseSource>,
     /// Retries of files and stores that change while they are read, and the stores to capture
     /// as one.
     pub capture: CaptureOptions,
@@ -99,6 +102,7 @@ impl BackupOptions<'_> {
             raw_sqlite: false,
             databases: vec![],
             streams: vec![],
+            pg_bases: vec![],
             capture: CaptureOptions::default(),
             hooks: Hooks::default(),
         }
@@ -225,7 +229,11 @@ fn stale_store_files<'w>(
 fn pipeline(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
     let started = Instant::now();
     let start_ns = now_ns();
-    if opts.sources.is_empty() && opts.streams.is_empty() && opts.databases.is_empty() {
+    if opts.sources.is_empty()
+        && opts.streams.is_empty()
+        && opts.databases.is_empty()
+        && opts.pg_bases.is_empty()
+    {
         return Err(Error::invalid("nothing to back up: give at least one PATH"));
     }
 
@@ -254,6 +262,7 @@ fn pipeline(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
     // reads gave goes into the manifest.
     let packs = read.packs?;
     let streamed = read.streams?;
+    let bases = read.bases?;
     phases.mark("read, chunk, store");
     let collected = collect::collect(
         repo,
@@ -268,7 +277,7 @@ fn pipeline(repo: &Repo, opts: &BackupOptions) -> Result<BackupReport> {
         opts,
         &walk,
         collected.listing,
-        streamed,
+        (streamed, bases),
         &read.written,
         started,
         start_ns,
@@ -314,6 +323,6 @@ pub(crate) fn wal_name(manifest: &crate::manifest::Manifest) -> Option<&str> {
     }
 }
 
-fn now_ns() -> i64 {
+pub(super) fn now_ns() -> i64 {
     chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX)
 }

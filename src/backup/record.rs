@@ -5,6 +5,7 @@ use super::BackupOptions;
 use super::cache::Stored;
 use super::collect::Listing;
 use super::ingest::{ReadStream, Written};
+use super::pgbase::ReadBase;
 use super::sources::Walk;
 use crate::manifest::{Content, Entry, EntryKind, Manifest, SnapshotStats, Source, SourceKind};
 use crate::source::streams::StreamSource;
@@ -14,13 +15,13 @@ use std::os::unix::fs::MetadataExt;
 use std::time::Instant;
 
 /// The manifest of the snapshot: the walked entries (files with the content `listing` gives
-/// them, unreadable ones left out), the stores' entries and the streams. `started` and
+/// them, unreadable ones left out), the stores' entries, the streams and the base backups. `started` and
 /// `start_ns` are when the backup began.
 pub(super) fn manifest(
     opts: &BackupOptions,
     walk: &Walk,
     listing: Listing,
-    streamed: Vec<ReadStream>,
+    (streamed, bases): (Vec<ReadStream>, Vec<ReadBase>),
     written: &Written,
     started: Instant,
     start_ns: i64,
@@ -45,6 +46,20 @@ pub(super) fn manifest(
         bytes_read += size;
         entries.push(stream_entry(st, content, size, start_ns));
     }
+    let mut base_details = Vec::with_capacity(bases.len());
+    for base in bases {
+        for e in &base.entries {
+            match e.kind {
+                EntryKind::File => stats.files += 1,
+                EntryKind::Dir => stats.dirs += 1,
+                EntryKind::Symlink => stats.symlinks += 1,
+            }
+        }
+        stats.bytes += base.bytes;
+        bytes_read += base.bytes;
+        entries.extend(base.entries);
+        base_details.push(base.details);
+    }
     stats.bytes_read = bytes_read;
     stats.new_chunks = written.chunks;
     stats.new_raw_bytes = written.raw_bytes;
@@ -56,7 +71,7 @@ pub(super) fn manifest(
         name: opts.name.clone(),
         kind: opts.kind.clone(),
         tags: opts.tags.clone(),
-        sources: sources(walk, &opts.streams, stream_details),
+        sources: sources(walk, opts, stream_details, base_details),
         entries,
         stats,
         errors: listing.errors,
@@ -125,11 +140,12 @@ fn stream_entry(st: &StreamSource, content: Content, size: u64, start_ns: i64) -
 }
 
 /// The sources: each walked path (a database named as such, or a path), then each stream with
-/// the details its first bytes gave.
+/// the details its first bytes gave, then each base backup with what it said of itself.
 fn sources(
     walk: &Walk,
-    streams: &[StreamSource],
+    opts: &BackupOptions,
     stream_details: Vec<Vec<(String, String)>>,
+    base_details: Vec<Vec<(String, String)>>,
 ) -> Vec<Source> {
     walk.names
         .iter()
@@ -143,14 +159,30 @@ fn sources(
             },
             details: vec![],
         })
-        .chain(streams.iter().zip(stream_details).map(|(st, details)| {
-            let (kind, path) = st.describe();
-            Source {
-                name: st.name.clone(),
-                path,
-                kind,
-                details,
-            }
-        }))
+        .chain(
+            opts.streams
+                .iter()
+                .zip(stream_details)
+                .map(|(st, details)| {
+                    let (kind, path) = st.describe();
+                    Source {
+                        name: st.name.clone(),
+                        path,
+                        kind,
+                        details,
+                    }
+                }),
+        )
+        .chain(
+            opts.pg_bases
+                .iter()
+                .zip(base_details)
+                .map(|(b, details)| Source {
+                    name: b.name.clone(),
+                    path: crate::source::streams::redact_conninfo(&b.conn),
+                    kind: SourceKind::PgBase,
+                    details,
+                }),
+        )
         .collect()
 }

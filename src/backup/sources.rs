@@ -53,14 +53,19 @@ pub(super) fn walk(repo: &Repo, opts: &BackupOptions) -> Result<(Walk, Problems)
     }
     let excludes = Excludes::new(&opts.excludes);
     let walked = walk_sources_excluding(&named, &repo.root, &excludes, opts.one_file_system)?;
-    for (i, st) in opts.streams.iter().enumerate() {
-        let clash = walked.sources.iter().any(|(n, _)| n == &st.name)
-            || opts.streams[..i].iter().any(|o| o.name == st.name);
-        check_source_name(&st.name)?;
+    let named_sources: Vec<&str> = opts
+        .streams
+        .iter()
+        .map(|s| s.name.as_str())
+        .chain(opts.pg_bases.iter().map(|b| b.name.as_str()))
+        .collect();
+    for (i, name) in named_sources.iter().enumerate() {
+        let clash =
+            walked.sources.iter().any(|(n, _)| n == name) || named_sources[..i].contains(name);
+        check_source_name(name)?;
         if clash {
             return Err(Error::invalid(format!(
-                "two sources are named {:?}; give each its own NAME",
-                st.name
+                "two sources are named {name:?}; give each its own NAME"
             )));
         }
     }

@@ -103,7 +103,7 @@ pub fn init(rp: &RepoPath, args: InitArgs) -> Result<ExitCode> {
 )]
 pub struct BackupArgs {
     /// Files and directories to snapshot (one snapshot holds them all)
-    #[arg(required_unless_present_any = ["from_command", "stdin", "sqlite", "postgres", "redis", "files_from"])]
+    #[arg(required_unless_present_any = ["from_command", "stdin", "sqlite", "postgres", "pg_base", "redis", "files_from"])]
     paths: Vec<PathBuf>,
     /// A SQLite database, read through SQLite as one consistent image while writers go on;
     /// stored as NAME (default: its file name) (repeatable)
@@ -114,6 +114,13 @@ pub struct BackupArgs {
     /// choose the stored name, default DBNAME.sql) (repeatable)
     #[arg(long, value_name = "CONNSTR[=NAME]")]
     postgres: Vec<String>,
+    /// A PostgreSQL server's physical base backup, streamed by `pg_basebackup` (a user with
+    /// REPLICATION) and stored as a directory cut at 8 KiB pages, so the next one stores only
+    /// the pages that changed; with the WAL archive (`strata pg archive-wal`), `strata pg
+    /// restore` recovers it to any moment. Add =NAME to choose the directory's name, default
+    /// pgdata (repeatable)
+    #[arg(long = "pg-base", value_name = "CONNSTR[=NAME]")]
+    pg_base: Vec<String>,
     /// A Redis server, stored as the RDB file `redis-cli --rdb` fetches (a redis:// URL or a
     /// Unix socket path; add =NAME to choose the stored name, default redis.rdb) (repeatable)
     #[arg(long, value_name = "URL[=NAME]")]
@@ -372,6 +379,7 @@ pub fn backup(rp: &RepoPath, mut args: BackupArgs) -> Result<ExitCode> {
         raw_sqlite: args.raw_sqlite,
         databases,
         streams,
+        pg_bases: pg_bases(&args)?,
         capture: CaptureOptions {
             retries: args.capture_retries,
             settle: Duration::from_millis(args.settle_ms),
@@ -412,6 +420,7 @@ fn dry_run(rp: &RepoPath, args: &BackupArgs) -> Result<ExitCode> {
     let plan = strata::backup::plan(&repo, &opts)?;
     let unrun = args.from_command.len()
         + args.postgres.len()
+        + args.pg_base.len()
         + args.redis.len()
         + usize::from(args.stdin.is_some());
     if args.json {
@@ -465,6 +474,22 @@ fn dry_run(rp: &RepoPath, args: &BackupArgs) -> Result<ExitCode> {
     }
     println!("dry run: nothing was read or written");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The base backups to take (`--pg-base`).
+fn pg_bases(args: &BackupArgs) -> Result<Vec<strata::pg::base::PgBaseSource>> {
+    let mut bases = Vec::new();
+    for spec in &args.pg_base {
+        let (conn, name) = split_postgres(spec);
+        if conn.trim().is_empty() {
+            bail!("--pg-base {spec:?}: expected a connection string");
+        }
+        bases.push(strata::pg::base::PgBaseSource {
+            name: name.unwrap_or_else(|| "pgdata".to_string()),
+            conn,
+        });
+    }
+    Ok(bases)
 }
 
 /// The streams to store: `--from-command`, `--postgres`, `--redis` and `--stdin`, in that order.

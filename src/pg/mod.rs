@@ -3,6 +3,8 @@
 //! after the file, and given back to its `restore_command`.
 
 pub mod archive;
+pub mod base;
+pub mod lsn;
 mod point;
 
 pub use point::{check_restore_point_name, create_restore_point};
