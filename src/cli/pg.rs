@@ -43,6 +43,49 @@ enum PgCommand {
         after_help = "Examples:\n  strata pg restore-point --db 'host=/run/postgresql dbname=app' before-migration-42"
     )]
     RestorePoint(RestorePointArgs),
+    /// Lay down a data directory that recovers to a moment: the newest base backup before it,
+    /// `recovery.signal`, and recovery settings whose `restore_command` fetches the WAL from
+    /// this repository; then start the server on it
+    #[command(
+        after_help = "Examples:\n  strata pg restore --at '2026-12-08 14:03:27' /srv/pg/restored\n  strata pg restore --at 2026-12-08T14:03:27.123456Z /srv/pg/restored\n  strata pg restore --lsn 0/5A000028 /srv/pg/restored\n  strata pg restore --name before-migration-42 --no-archive /tmp/look\n  strata pg restore /srv/pg/restored          (to the end of the archive)\n\nThe files keep their recorded owner; run as the server's user (postgres) or as root."
+    )]
+    Restore(PgRestoreArgs),
+}
+
+#[derive(Args)]
+struct PgRestoreArgs {
+    /// Recover to this moment (commits at it included): RFC 3339 with fractional seconds
+    /// (2026-12-08T14:03:27.123456Z), or a local time as `restore --at` takes it
+    /// ('2026-12-08 14:03:27', the end of that second)
+    #[arg(long, value_name = "TIME", conflicts_with_all = ["lsn", "name"])]
+    at: Option<String>,
+    /// Recover to this WAL position (0/5A000028), included
+    #[arg(long, value_name = "LSN", conflicts_with = "name")]
+    lsn: Option<String>,
+    /// Recover to this restore point (`strata pg restore-point NAME`)
+    #[arg(long, value_name = "RESTORE_POINT")]
+    name: Option<String>,
+    /// What the server does at the target: promote (open for writes on a new timeline), pause
+    /// (stay read-only, to look before deciding), shutdown
+    #[arg(long, value_enum, default_value = "promote")]
+    action: ActionArg,
+    /// The timeline to follow (recovery_target_timeline): latest (PostgreSQL's default),
+    /// current (the base backup's), or a number
+    #[arg(long, value_name = "TIMELINE")]
+    timeline: Option<String>,
+    /// Set archive_mode = off in the copy, so that its new timeline stays out of the archive:
+    /// for a copy made to look at the past beside the server that goes on
+    #[arg(long)]
+    no_archive: bool,
+    /// The new data directory (absent or empty)
+    target_dir: PathBuf,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ActionArg {
+    Promote,
+    Pause,
+    Shutdown,
 }
 
 #[derive(Args)]
@@ -76,7 +119,91 @@ pub fn pg(rp: &RepoPath, args: PgArgs) -> Result<ExitCode> {
         PgCommand::ArchiveWal(a) => archive_wal(rp, a),
         PgCommand::RestoreWal(a) => restore_wal(rp, a),
         PgCommand::RestorePoint(a) => restore_point(a),
+        PgCommand::Restore(a) => pg_restore(rp, a),
     }
+}
+
+fn pg_restore(rp: &RepoPath, args: PgRestoreArgs) -> Result<ExitCode> {
+    use strata::pg::lsn::Lsn;
+    use strata::pg::recover::{Action, RecoverOptions, Target};
+    let target = match (&args.at, &args.lsn, &args.name) {
+        (Some(t), _, _) => match strata::snapshots::parse_time(t) {
+            Ok(ns) => Target::Time(ns),
+            Err(e) => super::usage!("--at: {e}"),
+        },
+        (_, Some(l), _) => match Lsn::parse(l) {
+            Ok(l) => Target::Lsn(l),
+            Err(e) => super::usage!("--lsn: {e}"),
+        },
+        (_, _, Some(n)) => {
+            if let Err(e) = strata::pg::check_restore_point_name(n) {
+                super::usage!("--name: {e}");
+            }
+            Target::Name(n.clone(), None)
+        }
+        _ => Target::End,
+    };
+    if let Some(t) = &args.timeline
+        && !(t == "latest" || t == "current" || t.parse::<u32>().is_ok_and(|n| n > 0))
+    {
+        super::usage!("--timeline {t:?}: expected latest, current or a timeline number");
+    }
+    let repo = open(rp, false, "pg restore")?;
+    let exe = std::env::current_exe().context("finding the strata program for restore_command")?;
+    let repo_dir = std::path::absolute(&rp.path).context("the repository's path")?;
+    let password_file = match &rp.password_file {
+        Some(p) => Some(std::path::absolute(p).context("the passphrase file's path")?),
+        None => None,
+    };
+    if repo.keys().is_some() && password_file.is_none() {
+        eprintln!(
+            "note: the repository is encrypted and its passphrase came from STRATA_PASSWORD; \
+             the server needs it in its environment to run restore_command (or restore with \
+             --password-file)"
+        );
+    }
+    let opts = RecoverOptions {
+        target,
+        action: match args.action {
+            ActionArg::Promote => Action::Promote,
+            ActionArg::Pause => Action::Pause,
+            ActionArg::Shutdown => Action::Shutdown,
+        },
+        timeline: args.timeline.clone(),
+        restore_command: strata::pg::recover::restore_command(
+            &exe,
+            &repo_dir,
+            password_file.as_ref(),
+        ),
+        no_archive: args.no_archive,
+    };
+    let done = strata::pg::recover::recover(&repo, &args.target_dir, &opts)?;
+    let b = &done.base;
+    println!(
+        "restored base backup {} of snapshot {} (WAL {} to {}, timeline {}, ended {}) into {}: \
+         {} files, {}",
+        b.name,
+        b.snapshot.short(),
+        b.info.start_lsn,
+        b.info.stop_lsn,
+        b.info.timeline,
+        strata::pg::recover::fmt_time(b.info.stop_time_ns),
+        args.target_dir.display(),
+        done.report.files,
+        super::output::bytes(done.report.bytes)
+    );
+    println!("recovery settings (in postgresql.auto.conf, with recovery.signal):");
+    for (k, v) in &done.settings {
+        println!("  {k} = '{v}'");
+    }
+    let dir = std::path::absolute(&args.target_dir).unwrap_or(args.target_dir.clone());
+    println!("start the server on it (as its user; -o '-p PORT' to run it beside another):");
+    println!(
+        "  pg_ctl -D {} -l {} start",
+        strata::pg::recover::shell_quote(&dir.to_string_lossy()),
+        strata::pg::recover::shell_quote(&dir.join("recovery.log").to_string_lossy())
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn restore_point(args: RestorePointArgs) -> Result<ExitCode> {

@@ -6,5 +6,6 @@ pub mod archive;
 pub mod base;
 pub mod lsn;
 mod point;
+pub mod recover;
 
 pub use point::{check_restore_point_name, create_restore_point};
