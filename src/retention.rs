@@ -16,7 +16,12 @@ use std::collections::BTreeMap;
 
 /// Kinds a policy never removes. Archived WAL files go only by name until retention knows
 /// which of them the retained base backups need.
-pub const PROTECTED_KINDS: [&str; 3] = ["manual", RESTORE_POINT_KIND, crate::snapshots::PG_WAL];
+pub const PROTECTED_KINDS: [&str; 4] = [
+    "manual",
+    RESTORE_POINT_KIND,
+    crate::snapshots::PG_WAL,
+    crate::snapshots::PG_POINT,
+];
 /// The kind of the snapshots restore takes of what it replaces.
 const RESTORE_POINT_KIND: &str = "restore-point";
 

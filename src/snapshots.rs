@@ -21,9 +21,13 @@ pub const RESTORE_POINT: &str = "restore-point";
 /// plain `strata list` pass over them.
 pub const PG_WAL: &str = "pg-wal";
 
+/// The kind of the snapshots that record a PostgreSQL restore point made with `strata pg
+/// restore-point`: named after it, its WAL position in a tag `lsn=...` (see `pg::point`).
+pub const PG_POINT: &str = "pg-point";
+
 /// Whether a snapshot of `kind` is a state of the data (not a restore point or a WAL file).
 fn is_state(kind: &str) -> bool {
-    kind != RESTORE_POINT && kind != PG_WAL
+    kind != RESTORE_POINT && kind != PG_WAL && kind != PG_POINT
 }
 
 /// All snapshots, oldest first.

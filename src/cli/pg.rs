@@ -118,7 +118,7 @@ pub fn pg(rp: &RepoPath, args: PgArgs) -> Result<ExitCode> {
     match args.command {
         PgCommand::ArchiveWal(a) => archive_wal(rp, a),
         PgCommand::RestoreWal(a) => restore_wal(rp, a),
-        PgCommand::RestorePoint(a) => restore_point(a),
+        PgCommand::RestorePoint(a) => restore_point(rp, a),
         PgCommand::Restore(a) => pg_restore(rp, a),
     }
 }
@@ -206,12 +206,30 @@ fn pg_restore(rp: &RepoPath, args: PgRestoreArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn restore_point(args: RestorePointArgs) -> Result<ExitCode> {
+fn restore_point(rp: &RepoPath, args: RestorePointArgs) -> Result<ExitCode> {
     if let Err(e) = strata::pg::check_restore_point_name(&args.name) {
         super::usage!("{e}");
     }
     let lsn = strata::pg::create_restore_point(args.db.as_deref(), &args.name)?;
     println!("{lsn}");
+    if rp.path.join(strata::repo::CONFIG_NAME).exists() {
+        let repo = open(&waiting(rp), true, "pg restore-point")?;
+        let at = strata::pg::lsn::Lsn::parse(&lsn)?;
+        let id = strata::pg::record_restore_point(&repo, &args.name, at)
+            .context("recording the restore point in the repository")?;
+        eprintln!(
+            "recorded in {} (snapshot {}): `strata pg restore --name` starts from the base \
+             backup before it",
+            rp.path.display(),
+            id.short()
+        );
+    } else {
+        eprintln!(
+            "note: no repository at {} to record it in; `strata pg restore --name` will \
+             start from the oldest base backup",
+            rp.path.display()
+        );
+    }
     eprintln!(
         "restore point {:?} at {lsn}: a recovery can stop there (recovery_target_name) once \
          the WAL up to it is archived",
@@ -220,17 +238,22 @@ fn restore_point(args: RestorePointArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `rp`, waiting for the lock as `archive-wal` does unless `--retry-lock` says otherwise.
+fn waiting(rp: &RepoPath) -> RepoPath {
+    RepoPath {
+        path: rp.path.clone(),
+        is_default: rp.is_default,
+        password_file: rp.password_file.clone(),
+        retry_lock: Some(rp.retry_lock.unwrap_or(ARCHIVE_LOCK_WAIT)),
+    }
+}
+
 fn archive_wal(rp: &RepoPath, args: ArchiveWalArgs) -> Result<ExitCode> {
     if let Err(e) = archive::check_name(&args.name) {
         super::usage!("{e}");
     }
-    let wait = rp.retry_lock.unwrap_or(ARCHIVE_LOCK_WAIT);
-    let waiting = RepoPath {
-        path: rp.path.clone(),
-        is_default: rp.is_default,
-        password_file: rp.password_file.clone(),
-        retry_lock: Some(wait),
-    };
+    let waiting = waiting(rp);
+    let wait = waiting.retry_lock.unwrap_or(ARCHIVE_LOCK_WAIT);
     let repo = open(&waiting, true, "pg archive-wal").map_err(|e| {
         match e
             .chain()

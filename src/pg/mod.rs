@@ -8,4 +8,6 @@ pub mod lsn;
 mod point;
 pub mod recover;
 
-pub use point::{check_restore_point_name, create_restore_point};
+pub use point::{
+    check_restore_point_name, create_restore_point, find_restore_point, record_restore_point,
+};

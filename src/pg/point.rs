@@ -1,6 +1,11 @@
-//! Named restore points: `pg_create_restore_point` on the server, through `psql`.
+//! Named restore points: `pg_create_restore_point` on the server, through `psql`, and their
+//! record in the repository (a snapshot of kind [`PG_POINT`] named after the point, its WAL
+//! position in a tag `lsn=...`), by which `pg restore --name` picks the base backup before it.
 
+use super::lsn::Lsn;
 use crate::error::{Error, Result};
+use crate::repo::Repo;
+pub use crate::snapshots::PG_POINT;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
@@ -63,6 +68,49 @@ pub fn create_restore_point(db: Option<&str>, name: &str) -> Result<String> {
         )));
     }
     Ok(lsn)
+}
+
+/// The tag that holds a restore point's position.
+const LSN_TAG: &str = "lsn=";
+
+/// Records restore point `name` at `lsn` in `repo` (open for writing); returns its snapshot.
+pub fn record_restore_point(repo: &Repo, name: &str, lsn: Lsn) -> Result<crate::id::SnapshotId> {
+    let mut opts = crate::backup::BackupOptions::new(vec![]);
+    opts.kind = PG_POINT.into();
+    opts.name = Some(name.to_string());
+    opts.tags = vec![format!("{LSN_TAG}{lsn}")];
+    opts.streams = vec![crate::source::streams::StreamSource {
+        name: "restore-point".into(),
+        from: crate::source::streams::StreamFrom::Bytes(
+            format!("{name}\n{lsn}\n").into_bytes(),
+            "pg_create_restore_point".into(),
+        ),
+    }];
+    Ok(crate::backup::backup(repo, &opts)?.id)
+}
+
+/// Where restore point `name` is, as its newest record in `repo` says (`None` when strata did
+/// not record it).
+pub fn find_restore_point(repo: &Repo, name: &str) -> Result<Option<Lsn>> {
+    let found = crate::snapshots::list_without_wal(repo)?
+        .into_iter()
+        .rev()
+        .find(|s| s.manifest.kind == PG_POINT && s.manifest.name.as_deref() == Some(name));
+    let Some(s) = found else {
+        return Ok(None);
+    };
+    let lsn = s
+        .manifest
+        .tags
+        .iter()
+        .find_map(|t| t.strip_prefix(LSN_TAG))
+        .ok_or_else(|| {
+            Error::corrupt(format!(
+                "restore point record {} has no {LSN_TAG} tag",
+                s.id.short()
+            ))
+        })?;
+    Lsn::parse(lsn).map(Some)
 }
 
 #[cfg(test)]

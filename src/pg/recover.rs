@@ -119,7 +119,20 @@ pub fn fmt_time(ns: i64) -> String {
 /// recovery settings.
 pub fn recover(repo: &Repo, dir: &Path, opts: &RecoverOptions) -> Result<Recovered> {
     let all = bases(repo)?;
-    let base = choose(&all, &opts.target)?.clone();
+    let target = match &opts.target {
+        Target::Name(n, None) => Target::Name(n.clone(), super::find_restore_point(repo, n)?),
+        t => t.clone(),
+    };
+    let base = match &target {
+        // A point strata did not record could be anywhere: the oldest base backup reaches
+        // every point after it.
+        Target::Name(_, None) => match all.first() {
+            Some(b) => b,
+            None => choose(&all, &target)?,
+        },
+        t => choose(&all, t)?,
+    }
+    .clone();
     prepare_dir(dir)?;
     let manifest = Manifest::decode(
         &repo

@@ -26,6 +26,9 @@ pub enum StreamFrom {
     /// A file read whole as one stream, without the file cache (PostgreSQL's WAL files, each
     /// read once and stored under its own name).
     File(std::path::PathBuf),
+    /// Bytes the caller already holds (a PostgreSQL restore point's record), with what made
+    /// them.
+    Bytes(Vec<u8>, String),
 }
 
 /// Options given to `pg_dump`. Plain format without compression: a table that did not change
@@ -41,6 +44,7 @@ impl StreamSource {
             StreamFrom::Postgres(c) => (SourceKind::Postgres, redact_conninfo(c)),
             StreamFrom::Redis(u) => (SourceKind::Redis, redact_conninfo(u)),
             StreamFrom::File(p) => (SourceKind::Path, p.display().to_string()),
+            StreamFrom::Bytes(_, what) => (SourceKind::Command, what.clone()),
         }
     }
 
@@ -54,6 +58,10 @@ impl StreamSource {
     ) -> Result<(u64, Vec<(String, String)>)> {
         let (kind, described) = self.describe();
         let kind = kind.as_str();
+        if let StreamFrom::Bytes(bytes, _) = &self.from {
+            let size = consume(&mut &bytes[..], "store")?;
+            return Ok((size, vec![]));
+        }
         if let StreamFrom::File(path) = &self.from {
             let file = std::fs::File::open(path).map_err(|e| Error::io_path("open", path, e))?;
             let size = consume(&mut std::io::BufReader::new(file), "read")?;
@@ -111,7 +119,7 @@ impl StreamSource {
     fn command(&self) -> Option<std::process::Command> {
         let mut cmd;
         match &self.from {
-            StreamFrom::Stdin | StreamFrom::File(_) => return None,
+            StreamFrom::Stdin | StreamFrom::File(_) | StreamFrom::Bytes(..) => return None,
             StreamFrom::Command(c) => {
                 cmd = std::process::Command::new("sh");
                 cmd.arg("-c").arg(c);
