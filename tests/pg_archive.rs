@@ -9,8 +9,6 @@ mod common;
 use common::pg::*;
 use common::*;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -322,77 +320,6 @@ fn archiving_waits_for_a_held_lock() {
         stderr(&out)
     );
     assert_eq!(restored(&env, seg), bytes);
-}
-
-/// A private PostgreSQL server that archives into `repo` through strata.
-struct ArchivingServer {
-    pg: PgServer,
-    /// The server's home (where the archiver's strata looks for its state); removed after the
-    /// server stopped.
-    _home: tempfile::TempDir,
-}
-
-impl ArchivingServer {
-    fn start(env: &Env) -> ArchivingServer {
-        if is_root() {
-            // The server runs the archiver as its own user: it writes the repository.
-            fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-        }
-        // The repository and passphrase come from the server's environment, as an operator's
-        // service unit would give them.
-        let home = tempfile::tempdir().unwrap();
-        let mut vars = vec![
-            ("STRATA_REPO".to_string(), env.repo.display().to_string()),
-            ("HOME".to_string(), home.path().display().to_string()),
-            (
-                "XDG_DATA_HOME".to_string(),
-                home.path().join("xdg").display().to_string(),
-            ),
-        ];
-        vars.extend(
-            env.vars
-                .borrow()
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone())),
-        );
-        let opts = PgOptions {
-            settings: vec![
-                "wal_level=replica".to_string(),
-                "archive_mode=on".to_string(),
-                format!("archive_command='{}' pg archive-wal %p %f", bin_path()),
-                // No checkpoint recycles a segment while the test compares it with its copy.
-                "checkpoint_timeout=1h".to_string(),
-                "max_wal_size=4GB".to_string(),
-            ],
-            owned: vec![env.repo.clone(), home.path().to_path_buf()],
-            env: vars,
-        };
-        ArchivingServer {
-            pg: PgServer::start(&opts),
-            _home: home,
-        }
-    }
-
-    fn data(&self) -> PathBuf {
-        self.pg.data()
-    }
-
-    fn psql(&self, sql: &str) -> String {
-        self.pg.psql("postgres", sql).trim().to_string()
-    }
-
-    fn pgbench(&self, args: &[&str]) {
-        self.pg.pgbench(args)
-    }
-
-    fn log(&self) -> String {
-        self.pg.log()
-    }
-}
-
-/// The strata binary as an absolute path (the server runs it from its data directory).
-fn bin_path() -> String {
-    fs::canonicalize(bin()).unwrap().display().to_string()
 }
 
 #[test]

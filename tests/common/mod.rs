@@ -30,6 +30,9 @@ pub struct Env {
     pub repo: PathBuf,
     /// Environment variables every strata run gets (a passphrase...).
     pub vars: std::cell::RefCell<Vec<(String, String)>>,
+    /// Run strata as PostgreSQL's user (`postgres`) when the tests run as root: the repository
+    /// is then the server's, as its archiver writes it.
+    pub as_server_user: std::cell::Cell<bool>,
 }
 
 impl Env {
@@ -40,6 +43,7 @@ impl Env {
             dir,
             repo,
             vars: Default::default(),
+            as_server_user: Default::default(),
         };
         if encrypted_suite() {
             env.set_var("STRATA_PASSWORD", "suite passphrase");
@@ -60,7 +64,14 @@ impl Env {
     }
 
     pub fn cmd(&self) -> Command {
-        let mut c = Command::new(bin());
+        let mut c = if self.as_server_user.get() && pg::is_root() {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=postgres", "--regid=postgres", "--init-groups"])
+                .arg(std::fs::canonicalize(bin()).expect("the strata binary"));
+            c
+        } else {
+            Command::new(bin())
+        };
         c.env("STRATA_REPO", &self.repo);
         c.env("XDG_DATA_HOME", self.dir.path().join("xdg"));
         c.env("HOME", self.dir.path());

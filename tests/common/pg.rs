@@ -2,7 +2,7 @@
 //! only on a Unix socket there, stopped (fast shutdown) when dropped. Run as the `postgres` user
 //! when the tests run as root (the server refuses root).
 
-use super::run_ok;
+use super::{Env, bin, run_ok};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -50,6 +50,7 @@ pub struct PgOptions {
 pub struct PgServer {
     pub dir: tempfile::TempDir,
     pub sock: PathBuf,
+    data: PathBuf,
     server: Child,
 }
 
@@ -86,23 +87,36 @@ impl PgServer {
     pub fn start(opts: &PgOptions) -> PgServer {
         let bin = Self::bindir();
         let dir = tempfile::tempdir().unwrap();
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
         let data = dir.path().join("data");
-        let sock = dir.path().join("sock");
-        for d in [&data, &sock] {
-            fs::create_dir(d).unwrap();
-        }
+        fs::create_dir(&data).unwrap();
         if is_root() {
-            for d in [&data, &sock].into_iter().chain(&opts.owned) {
-                run_ok(Command::new("chown").arg("-R").arg("postgres:").arg(d));
-            }
+            run_ok(Command::new("chown").arg("-R").arg("postgres:").arg(&data));
         }
         run_ok(
             Self::as_server_user(&bin.join("initdb"))
                 .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
                 .arg(&data),
         );
-        let mut cmd = Self::as_server_user(&bin.join("postgres"));
+        Self::run(dir, data, opts)
+    }
+
+    /// A server started on the data directory `data` (a restored copy), ready (accepting
+    /// connections; it may still be replaying, or paused at its target).
+    pub fn start_on(data: &Path, opts: &PgOptions) -> PgServer {
+        Self::run(tempfile::tempdir().unwrap(), data.to_path_buf(), opts)
+    }
+
+    /// Starts the server of `data`, with its socket and log in `dir`.
+    fn run(dir: tempfile::TempDir, data: PathBuf, opts: &PgOptions) -> PgServer {
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let sock = dir.path().join("sock");
+        fs::create_dir(&sock).unwrap();
+        if is_root() {
+            for d in std::iter::once(&sock).chain(&opts.owned) {
+                run_ok(Command::new("chown").arg("-R").arg("postgres:").arg(d));
+            }
+        }
+        let mut cmd = Self::as_server_user(&Self::bindir().join("postgres"));
         cmd.arg("-D").arg(&data).arg("-k").arg(&sock);
         for setting in ["listen_addresses=", "fsync=off"]
             .iter()
@@ -118,8 +132,16 @@ impl PgServer {
             .stderr(fs::File::create(dir.path().join("server.log")).unwrap())
             .spawn()
             .expect("start postgres");
-        let pg = PgServer { dir, sock, server };
+        let mut pg = PgServer {
+            dir,
+            sock,
+            data,
+            server,
+        };
         wait_until("postgres", || {
+            if let Ok(Some(status)) = pg.server.try_wait() {
+                panic!("postgres exited ({status}): {}", pg.log());
+            }
             Command::new("pg_isready")
                 .arg("-h")
                 .arg(&pg.sock)
@@ -132,7 +154,7 @@ impl PgServer {
     }
 
     pub fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.data.clone()
     }
 
     pub fn conn(&self, db: &str) -> String {
@@ -182,4 +204,119 @@ impl Drop for PgServer {
         unsafe { libc::kill(self.server.id() as i32, libc::SIGINT) };
         let _ = self.server.wait();
     }
+}
+
+/// A private PostgreSQL server that archives into `env`'s repository through strata.
+pub struct ArchivingServer {
+    pub pg: PgServer,
+    /// The server's home (where the archiver's strata looks for its state); removed after the
+    /// server stopped.
+    _home: tempfile::TempDir,
+}
+
+impl ArchivingServer {
+    pub fn start(env: &Env) -> ArchivingServer {
+        Self::start_with(env, &[])
+    }
+
+    /// A server with `settings` besides those archiving needs.
+    pub fn start_with(env: &Env, settings: &[&str]) -> ArchivingServer {
+        if is_root() {
+            // The server runs the archiver as its own user: it writes the repository.
+            fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let home = tempfile::tempdir().unwrap();
+        let opts = PgOptions {
+            settings: [
+                "wal_level=replica".to_string(),
+                "archive_mode=on".to_string(),
+                format!("archive_command='{}' pg archive-wal %p %f", bin_path()),
+                // No checkpoint recycles a segment while the test compares it with its copy.
+                "checkpoint_timeout=1h".to_string(),
+                "max_wal_size=4GB".to_string(),
+            ]
+            .into_iter()
+            .chain(settings.iter().map(|s| s.to_string()))
+            .collect(),
+            owned: vec![env.repo.clone(), home.path().to_path_buf()],
+            env: server_env(env, home.path()),
+        };
+        ArchivingServer {
+            pg: PgServer::start(&opts),
+            _home: home,
+        }
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.pg.data()
+    }
+
+    pub fn psql(&self, sql: &str) -> String {
+        self.pg.psql("postgres", sql).trim().to_string()
+    }
+
+    pub fn pgbench(&self, args: &[&str]) {
+        self.pg.pgbench(args)
+    }
+
+    pub fn log(&self) -> String {
+        self.pg.log()
+    }
+
+    /// Switches to a new segment and waits until the archive holds the one that was current
+    /// (and every one before it).
+    pub fn archive_all(&self) {
+        let last = self.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+        self.psql("SELECT pg_switch_wal()");
+        let start = std::time::Instant::now();
+        loop {
+            let row = self
+                .psql("SELECT coalesce(last_archived_wal, ''), failed_count FROM pg_stat_archiver");
+            let (done, failed) = row.split_once('|').unwrap();
+            assert_eq!(failed, "0", "archiving failed: {}", self.log());
+            if done >= last.as_str() && !done.is_empty() {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(300),
+                "archiving did not reach {last} (at {done:?}): {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// The environment the server's strata commands get: the repository and passphrase, as an
+/// operator's service unit would give them, and a home of their own.
+pub fn server_env(env: &Env, home: &Path) -> Vec<(String, String)> {
+    let mut vars = vec![
+        ("STRATA_REPO".to_string(), env.repo.display().to_string()),
+        ("HOME".to_string(), home.display().to_string()),
+        (
+            "XDG_DATA_HOME".to_string(),
+            home.join("xdg").display().to_string(),
+        ),
+    ];
+    vars.extend(
+        env.vars
+            .borrow()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
+    vars
+}
+
+/// The strata binary as an absolute path (the server runs it from its data directory).
+pub fn bin_path() -> String {
+    fs::canonicalize(bin()).unwrap().display().to_string()
+}
+
+/// Whether the server tests are skipped on purpose (`STRATA_SKIP_SERVER_TESTS=1`), said once.
+pub fn skip_server_tests() -> bool {
+    let skip = std::env::var_os("STRATA_SKIP_SERVER_TESTS").is_some_and(|v| v == "1");
+    if skip {
+        eprintln!("STRATA_SKIP_SERVER_TESTS=1: skipping a test that needs a database server");
+    }
+    skip
 }
