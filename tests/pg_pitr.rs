@@ -101,8 +101,15 @@ fn marks(pg: &ArchivingServer) -> Vec<Mark> {
 /// Restores with `target` (`--at TIME`, `--lsn LSN` or `--name NAME`) into a new directory,
 /// starts the copy and waits until it is promoted; returns it.
 fn recovered(env: &Env, target: &[&str], dir: &Path) -> PgServer {
-    let mut args = vec!["pg", "restore", "--no-archive"];
+    let mut args = vec!["--no-archive"];
     args.extend(target);
+    recovered_with(env, &args, dir, vec![])
+}
+
+/// [`recovered`] with `pg restore` options `args` and the copy started with `settings`.
+fn recovered_with(env: &Env, args: &[&str], dir: &Path, settings: Vec<String>) -> PgServer {
+    let target = args.to_vec();
+    let mut args = [&["pg", "restore"][..], args].concat();
     args.push(dir.to_str().unwrap());
     let out = env.ok(&args);
     assert!(out.contains("pg_ctl -D"), "{out}");
@@ -110,7 +117,7 @@ fn recovered(env: &Env, target: &[&str], dir: &Path) -> PgServer {
     let copy = PgServer::start_on(
         dir,
         &PgOptions {
-            settings: vec![],
+            settings,
             owned: vec![home.path().to_path_buf()],
             env: server_env(env, home.path()),
         },
@@ -268,4 +275,106 @@ fn recovery_to_moments_by_time_position_and_name_gives_what_the_server_had() {
         stderr(&run)
     );
     assert!(!copies.join("too-early").exists());
+}
+
+/// A copy promoted onto a new timeline archives into the same repository (its timeline's
+/// history file, its WAL); a second restore follows that timeline by default, and stays on the
+/// base backup's with `--timeline current`.
+#[test]
+fn a_new_timeline_is_archived_and_a_second_restore_follows_it() {
+    if skip_server_tests() {
+        return;
+    }
+    let env = Env::new();
+    env.init();
+    let pg = ArchivingServer::start(&env);
+    env.as_server_user.set(true);
+    let copies = env.path("copies");
+    fs::create_dir(&copies).unwrap();
+    if is_root() {
+        run_ok(Command::new("chown").arg("postgres:").arg(&copies));
+    }
+    let count = |s: &PgServer| -> i64 {
+        s.psql("postgres", "SELECT count(*) FROM t")
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    pg.psql("CREATE TABLE t (x int)");
+    env.ok(&["backup", "--pg-base", &pg.pg.conn("postgres")]);
+    pg.psql("INSERT INTO t SELECT generate_series(1, 100)");
+    pg.archive_all();
+
+    // The copy: recovered to the archive's end, promoted, archiving as the server does.
+    let first = recovered_with(&env, &[], &copies.join("first"), archiving());
+    assert_eq!(count(&first), 100);
+    // Both go on, each on its own timeline.
+    pg.psql("INSERT INTO t SELECT generate_series(1, 10)");
+    first.psql("postgres", "INSERT INTO t SELECT generate_series(1, 5)");
+    std::thread::sleep(Duration::from_millis(50));
+    let moment = first
+        .psql(
+            "postgres",
+            "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+        )
+        .trim()
+        .to_string();
+    std::thread::sleep(Duration::from_millis(50));
+    pg.psql("INSERT INTO t SELECT generate_series(1, 1000)");
+    first.psql("postgres", "INSERT INTO t SELECT generate_series(1, 1000)");
+    pg.archive_all();
+    first.archive_all();
+    let timeline = first.psql(
+        "postgres",
+        "SELECT timeline_id FROM pg_control_checkpoint()",
+    );
+    assert_eq!(timeline.trim(), "2");
+    let history = first.data().join("pg_wal/00000002.history");
+    let names: Vec<String> = env
+        .json(&["list", "--kind", "pg-wal"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect();
+    assert!(names.iter().any(|n| n == "00000002.history"), "{names:?}");
+    assert!(
+        names
+            .iter()
+            .any(|n| n.starts_with("00000002") && n.len() == 24),
+        "{names:?}"
+    );
+    let back = env.path("history");
+    env.as_server_user.set(false);
+    env.ok(&[
+        "pg",
+        "restore-wal",
+        "00000002.history",
+        back.to_str().unwrap(),
+    ]);
+    env.as_server_user.set(true);
+    assert_eq!(fs::read(&back).unwrap(), fs::read(&history).unwrap());
+    drop(first);
+
+    // The second restore follows the new timeline to the moment: the copy's rows.
+    let second = recovered(&env, &["--at", &moment], &copies.join("second"));
+    assert_eq!(count(&second), 105, "{}", second.log());
+    assert_eq!(
+        second
+            .psql(
+                "postgres",
+                "SELECT timeline_id FROM pg_control_checkpoint()"
+            )
+            .trim(),
+        "3",
+        "a new timeline past the archive's newest"
+    );
+    drop(second);
+    // On the base backup's timeline: the server's rows at that moment.
+    let third = recovered(
+        &env,
+        &["--at", &moment, "--timeline", "current"],
+        &copies.join("third"),
+    );
+    assert_eq!(count(&third), 110, "{}", third.log());
 }

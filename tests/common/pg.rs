@@ -227,17 +227,10 @@ impl ArchivingServer {
         }
         let home = tempfile::tempdir().unwrap();
         let opts = PgOptions {
-            settings: [
-                "wal_level=replica".to_string(),
-                "archive_mode=on".to_string(),
-                format!("archive_command='{}' pg archive-wal %p %f", bin_path()),
-                // No checkpoint recycles a segment while the test compares it with its copy.
-                "checkpoint_timeout=1h".to_string(),
-                "max_wal_size=4GB".to_string(),
-            ]
-            .into_iter()
-            .chain(settings.iter().map(|s| s.to_string()))
-            .collect(),
+            settings: archiving()
+                .into_iter()
+                .chain(settings.iter().map(|s| s.to_string()))
+                .collect(),
             owned: vec![env.repo.clone(), home.path().to_path_buf()],
             env: server_env(env, home.path()),
         };
@@ -266,12 +259,21 @@ impl ArchivingServer {
     /// Switches to a new segment and waits until the archive holds the one that was current
     /// (and every one before it).
     pub fn archive_all(&self) {
-        let last = self.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
-        self.psql("SELECT pg_switch_wal()");
+        self.pg.archive_all()
+    }
+}
+
+impl PgServer {
+    /// For a server that archives: switches to a new segment and waits until the archive
+    /// holds the one that was current (and every one before it).
+    pub fn archive_all(&self) {
+        let psql = |sql: &str| self.psql("postgres", sql).trim().to_string();
+        let last = psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+        psql("SELECT pg_switch_wal()");
         let start = std::time::Instant::now();
         loop {
-            let row = self
-                .psql("SELECT coalesce(last_archived_wal, ''), failed_count FROM pg_stat_archiver");
+            let row =
+                psql("SELECT coalesce(last_archived_wal, ''), failed_count FROM pg_stat_archiver");
             let (done, failed) = row.split_once('|').unwrap();
             assert_eq!(failed, "0", "archiving failed: {}", self.log());
             if done >= last.as_str() && !done.is_empty() {
@@ -285,6 +287,18 @@ impl ArchivingServer {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
+}
+
+/// The settings of a server that archives through strata.
+pub fn archiving() -> Vec<String> {
+    vec![
+        "wal_level=replica".to_string(),
+        "archive_mode=on".to_string(),
+        format!("archive_command='{}' pg archive-wal %p %f", bin_path()),
+        // No checkpoint recycles a segment while a test compares it with its copy.
+        "checkpoint_timeout=1h".to_string(),
+        "max_wal_size=4GB".to_string(),
+    ]
 }
 
 /// The environment the server's strata commands get: the repository and passphrase, as an
