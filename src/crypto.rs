@@ -35,6 +35,8 @@ pub enum Object {
     Manifest,
     Retention,
     PageSums,
+    /// A WAL file in the archive's spool (see `pg::spool`).
+    Spool,
 }
 
 impl Object {
@@ -44,6 +46,7 @@ impl Object {
             Object::Manifest => b"strata manifest v1",
             Object::Retention => b"strata retention v1",
             Object::PageSums => b"strata page sums v1",
+            Object::Spool => b"strata spool v1",
         }
     }
 }

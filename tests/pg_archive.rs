@@ -288,7 +288,7 @@ fn killed_archive_leaves_nothing_and_the_retry_succeeds() {
 }
 
 #[test]
-fn archiving_waits_for_a_held_lock() {
+fn a_held_repository_spools_and_the_next_archiver_stores() {
     let env = Env::new();
     env.init();
     let seg = "000000010000000000000007";
@@ -297,16 +297,45 @@ fn archiving_waits_for_a_held_lock() {
     write(&path, &bytes);
     let p = path.to_str().unwrap().to_string();
 
-    // Held past the wait asked for: fails with the lock's exit code, saying what happened.
+    // Held by a backup past the wait asked for: fails with the lock's exit code.
     let lock = strata::repo::Lock::acquire(&env.repo, "backup").unwrap();
     let out = env.run(&["pg", "archive-wal", "--retry-lock", "1s", &p, seg]);
     assert_eq!(code(&out), 5, "{}", stderr(&out));
     assert!(stderr(&out).contains("stayed locked"), "{}", stderr(&out));
 
-    // Released while it waits: it goes on and archives.
+    // Without a wait asked for: into the spool at once, and back from it.
+    let t = Instant::now();
+    let out = env.run(&["pg", "archive-wal", &p, seg]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("spool"), "{}", stderr(&out));
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    assert_eq!(restored(&env, seg), bytes);
+    // Again with the same bytes: fine; with others: refused, nothing changed.
+    let out = env.run(&["pg", "archive-wal", &p, seg]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let other = env.path("other");
+    write(&other, &segment(1 << 20, 8));
+    let out = env.run(&["pg", "archive-wal", other.to_str().unwrap(), seg]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("different contents"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(restored(&env, seg), bytes);
+    assert!(archived_names(&env).is_empty());
+    drop(lock);
+
+    // Another archiver's short hold is waited for; the archiver that gets the lock stores the
+    // spooled file too, and empties the spool.
+    let lock = strata::repo::Lock::acquire(&env.repo, "pg archive-wal").unwrap();
+    let next = "000000010000000000000008";
+    let next_path = env.path(next);
+    let next_bytes = segment(1 << 20, 9);
+    write(&next_path, &next_bytes);
     let child = env
         .cmd()
-        .args(["pg", "archive-wal", &p, seg])
+        .args(["pg", "archive-wal", next_path.to_str().unwrap(), next])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -319,7 +348,18 @@ fn archiving_waits_for_a_held_lock() {
         "{}",
         stderr(&out)
     );
+    assert_eq!(
+        archived_names(&env),
+        vec![seg.to_string(), next.to_string()]
+    );
+    let spool = env.repo.join("spool/pg-wal");
+    let left: Vec<_> = fs::read_dir(&spool)
+        .map(|d| d.flatten().collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
     assert_eq!(restored(&env, seg), bytes);
+    assert_eq!(restored(&env, next), next_bytes);
+    env.ok(&["verify", "--read-data"]);
 }
 
 #[test]

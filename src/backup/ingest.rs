@@ -20,7 +20,7 @@ use crate::source::capture::{
     CaptureOptions, FileRead, Group, GroupCapture, GroupIo, Seen, capture_group,
 };
 use crate::source::sqlite::looks_paged;
-use crate::source::streams::{StreamFrom, StreamSource};
+use crate::source::streams::StreamSource;
 use crate::source::walk::{Excludes, WalkItem};
 use crate::tree::TreeBuilder;
 use rayon::prelude::*;
@@ -101,7 +101,7 @@ pub(super) fn ingest(
         let streams: Result<Vec<ReadStream>> = opts
             .streams
             .iter()
-            .map(|st| read_stream_source(&shared, st))
+            .map(|st| read_stream_source(&shared, st, opts.kind == crate::snapshots::PG_WAL))
             .collect();
         let bases: Result<Vec<ReadBase>> = match streams {
             Ok(_) => opts
@@ -265,8 +265,9 @@ impl GroupIo<Got> for StoreIo<'_, '_> {
 /// A stream read to its end: its content, size and details for its `Source`.
 pub(super) type ReadStream = (Content, u64, Vec<(String, String)>);
 
-/// Reads a stream source to its end.
-fn read_stream_source(shared: &Shared, src: &StreamSource) -> Result<ReadStream> {
+/// Reads a stream source to its end; `wal` for an archived WAL file, cut at its 8 KiB pages as
+/// a base backup's copy of it is.
+fn read_stream_source(shared: &Shared, src: &StreamSource, wal: bool) -> Result<ReadStream> {
     let mut builder = TreeBuilder::new(shared.key);
     let mut emit = |id: ChunkId, bytes: Vec<u8>| shared.store_node(id, bytes);
     let mut state = FileState {
@@ -277,10 +278,9 @@ fn read_stream_source(shared: &Shared, src: &StreamSource) -> Result<ReadStream>
         emit: &mut emit,
     };
     let what = PathBuf::from(&src.name);
-    // PostgreSQL's WAL files, at its WAL pages: those a base backup holds are the same.
-    let mode = match src.from {
-        StreamFrom::File(_) => CutMode::Fixed(crate::pg::base::PAGE),
-        _ => CutMode::Cdc,
+    let mode = match wal {
+        true => CutMode::Fixed(crate::pg::base::PAGE),
+        false => CutMode::Cdc,
     };
     let (size, details) = src.read_with(|input, reading| {
         read_cdc(

@@ -9,9 +9,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 use strata::pg::archive::{self, Archived};
 
-/// How long `archive-wal` waits for a lock another strata process holds (a backup, a gc)
-/// unless `--retry-lock` says otherwise. PostgreSQL waits for its `archive_command` and keeps
-/// the WAL meanwhile; past this the call fails and PostgreSQL tries again later.
+/// How long `pg restore-point` waits for a lock another strata process holds (a backup, a gc)
+/// unless `--retry-lock` says otherwise, before failing.
 const ARCHIVE_LOCK_WAIT: Duration = Duration::from_secs(10 * 60);
 
 #[derive(Args)]
@@ -238,7 +237,7 @@ fn restore_point(rp: &RepoPath, args: RestorePointArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `rp`, waiting for the lock as `archive-wal` does unless `--retry-lock` says otherwise.
+/// `rp`, waiting for the lock [`ARCHIVE_LOCK_WAIT`] unless `--retry-lock` says otherwise.
 fn waiting(rp: &RepoPath) -> RepoPath {
     RepoPath {
         path: rp.path.clone(),
@@ -252,31 +251,60 @@ fn archive_wal(rp: &RepoPath, args: ArchiveWalArgs) -> Result<ExitCode> {
     if let Err(e) = archive::check_name(&args.name) {
         super::usage!("{e}");
     }
-    let waiting = waiting(rp);
-    let wait = waiting.retry_lock.unwrap_or(ARCHIVE_LOCK_WAIT);
-    let repo = open(&waiting, true, "pg archive-wal").map_err(|e| {
-        match e
-            .chain()
+    let is_locked = |e: &anyhow::Error| {
+        e.chain()
             .find_map(|c| c.downcast_ref::<strata::Error>())
             .map(strata::Error::kind)
-        {
-            Some(strata::ErrorKind::Locked) => e.context(format!(
-                "{} not archived: the repository stayed locked for {}s; PostgreSQL will try \
-                 again (wait longer with --retry-lock)",
-                args.name,
-                wait.as_secs()
-            )),
-            _ => e,
+            == Some(strata::ErrorKind::Locked)
+    };
+    let done = match rp.retry_lock {
+        // Told how long to wait: wait, and never spool.
+        Some(wait) => {
+            let repo = open(rp, true, "pg archive-wal").map_err(|e| {
+                if is_locked(&e) {
+                    e.context(format!(
+                        "{} not archived: the repository stayed locked for {}s; PostgreSQL \
+                         will try again",
+                        args.name,
+                        wait.as_secs()
+                    ))
+                } else {
+                    e
+                }
+            })?;
+            archive::archive(&repo, &args.path, &args.name)
         }
-    })?;
-    match archive::archive(&repo, &args.path, &args.name)
-        .with_context(|| format!("archiving {}", args.path.display()))?
-    {
+        // Another archiver's short hold is waited for; a backup's or a gc's long one is not:
+        // the file goes to the spool, which the next archiver empties.
+        None => match open(rp, true, "pg archive-wal") {
+            Ok(repo) => archive::archive(&repo, &args.path, &args.name),
+            Err(e) if is_locked(&e) => {
+                let repo = open(rp, false, "pg archive-wal").with_context(|| {
+                    format!(
+                        "{} not archived: the repository is locked ({e:#})",
+                        args.name
+                    )
+                })?;
+                archive::spool(&repo, &args.path, &args.name)
+            }
+            Err(e) => return Err(e),
+        },
+    };
+    match done.with_context(|| format!("archiving {}", args.path.display()))? {
         Archived::Stored(id) => eprintln!("archived {} as snapshot {}", args.name, id.short()),
         Archived::AlreadyHad(id) => eprintln!(
             "{} was already archived with the same contents (snapshot {})",
             args.name,
             id.short()
+        ),
+        Archived::Spooled => eprintln!(
+            "{} is in the repository's spool (another strata process holds the repository); \
+             the next archive-wal stores it as its snapshot",
+            args.name
+        ),
+        Archived::AlreadySpooled => eprintln!(
+            "{} was already in the repository's spool with the same contents",
+            args.name
         ),
     }
     Ok(ExitCode::SUCCESS)

@@ -38,6 +38,11 @@ pub enum Archived {
     Stored(SnapshotId),
     /// The archive already held these same bytes under this name, as this snapshot.
     AlreadyHad(SnapshotId),
+    /// The repository was held by another process: the file is in the spool (see
+    /// [`super::spool`]), stored as a snapshot by the next archiver that gets the lock.
+    Spooled,
+    /// The spool already held these same bytes under this name.
+    AlreadySpooled,
 }
 
 /// Checks that `name` is a file name PostgreSQL archives: a segment (24 hex digits), a
@@ -156,32 +161,112 @@ pub fn archive(repo: &Repo, path: &Path, name: &str) -> Result<Archived> {
     check_name(name)?;
     let size = std::fs::metadata(path).ctx("read", path)?.len();
     complete_catalogue(repo)?;
+    drain_spool(repo)?;
     if let Some((id, m)) = find(repo, name)? {
         let entry = entry_of(&id, &m)?;
         return match same_content(repo, entry, path, size)? {
             true => Ok(Archived::AlreadyHad(id)),
-            false => Err(Error::invalid(format!(
-                "{name} is already archived (snapshot {}, {} bytes) with different contents \
-                 than {} ({size} bytes): nothing was changed. Two servers may be archiving \
-                 into one repository, or this server's WAL diverged from the archive's; \
-                 give each server its own repository",
-                id.short(),
-                entry.size,
-                path.display()
-            ))),
+            false => Err(conflict(
+                name,
+                &format!("snapshot {}, {} bytes", id.short(), entry.size),
+                path,
+                size,
+            )),
         };
     }
     #[cfg(feature = "testing")]
     pause_for_tests();
+    let id = store(repo, name, StreamFrom::File(path.to_path_buf()))?;
+    Ok(Archived::Stored(id))
+}
+
+/// Commits the WAL file `name` from `from` as its snapshot.
+fn store(repo: &Repo, name: &str, from: StreamFrom) -> Result<SnapshotId> {
     let mut opts = BackupOptions::new(vec![]);
     opts.kind = WAL_KIND.into();
     opts.name = Some(name.to_string());
     opts.streams = vec![StreamSource {
         name: name.to_string(),
-        from: StreamFrom::File(path.to_path_buf()),
+        from,
     }];
-    let report = backup(repo, &opts)?;
-    Ok(Archived::Stored(report.id))
+    Ok(backup(repo, &opts)?.id)
+}
+
+/// The message for a name already archived (or spooled) with other bytes.
+fn conflict(name: &str, held: &str, path: &Path, size: u64) -> Error {
+    Error::invalid(format!(
+        "{name} is already archived ({held}) with different contents than {} ({size} bytes): \
+         nothing was changed. Two servers may be archiving into one repository, or this \
+         server's WAL diverged from the archive's; give each server its own repository",
+        path.display()
+    ))
+}
+
+/// Stores every spooled file as its snapshot, oldest first, each removed from the spool once
+/// committed; returns the names stored. A spooled name the archive already holds with the same
+/// bytes only leaves the spool; with other bytes it stays there and is reported.
+pub fn drain_spool(repo: &Repo) -> Result<Vec<String>> {
+    let mut stored = Vec::new();
+    for name in super::spool::names(repo)? {
+        let Some(bytes) = super::spool::get(repo, &name)? else {
+            continue;
+        };
+        if let Some((id, m)) = find(repo, &name)? {
+            let entry = entry_of(&id, &m)?;
+            let mut same = Compare {
+                file: &bytes[..],
+                buf: Vec::new(),
+                same: true,
+            };
+            let matched = match crate::restore::dump::dump_file(repo, entry, &mut same) {
+                Ok(n) => same.same && n == bytes.len() as u64,
+                Err(_) if !same.same => false,
+                Err(e) => return Err(e),
+            };
+            if !matched {
+                return Err(Error::invalid(format!(
+                    "spooled {name} differs from its archived copy (snapshot {}): both kept; \
+                     two servers may be archiving into one repository",
+                    id.short()
+                )));
+            }
+        } else {
+            let what = format!("{name}, spooled while the repository was held");
+            store(repo, &name, StreamFrom::Bytes(bytes, what))?;
+            stored.push(name.clone());
+        }
+        super::spool::remove(repo, &name)?;
+    }
+    Ok(stored)
+}
+
+/// Spools the file at `path` as `name` (see [`super::spool`]): for when the repository is held
+/// by another process for longer than the archiver can wait. `repo` may be open for reading
+/// only. Refuses, changing nothing, a name the archive or the spool holds with other bytes.
+pub fn spool(repo: &Repo, path: &Path, name: &str) -> Result<Archived> {
+    check_name(name)?;
+    let bytes = std::fs::read(path).ctx("read", path)?;
+    let size = bytes.len() as u64;
+    if let Some((id, m)) = find(repo, name)? {
+        let entry = entry_of(&id, &m)?;
+        return match same_content(repo, entry, path, size)? {
+            true => Ok(Archived::AlreadyHad(id)),
+            false => Err(conflict(
+                name,
+                &format!("snapshot {}", id.short()),
+                path,
+                size,
+            )),
+        };
+    }
+    if let Some(held) = super::spool::get(repo, name)? {
+        return match held == bytes {
+            true => Ok(Archived::AlreadySpooled),
+            false => Err(conflict(name, "in the spool", path, size)),
+        };
+    }
+    super::spool::put(repo, name, &bytes)?;
+    Ok(Archived::Spooled)
 }
 
 /// Whether the archived `entry` holds exactly the bytes of the file at `path`.
@@ -239,12 +324,17 @@ impl<R: Read> Write for Compare<R> {
 /// hold `name`.
 pub fn restore(repo: &Repo, name: &str, dest: &Path) -> Result<u64> {
     check_name(name)?;
-    let Some((id, m)) = find(repo, name)? else {
-        return Err(Error::not_found(format!(
-            "{name} is not in the WAL archive"
-        )));
+    let held = match find(repo, name)? {
+        Some(found) => Held::Archived(Box::new(found)),
+        None => match super::spool::get(repo, name)? {
+            Some(bytes) => Held::Spooled(bytes),
+            None => {
+                return Err(Error::not_found(format!(
+                    "{name} is not in the WAL archive"
+                )));
+            }
+        },
     };
-    let entry = entry_of(&id, &m)?;
     let dir = match dest.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -263,15 +353,26 @@ pub fn restore(repo: &Repo, name: &str, dest: &Path) -> Result<u64> {
             .create_new(true)
             .open(&tmp)
             .ctx("create", &tmp)?;
-        let n = crate::restore::dump::dump_file(repo, entry, &mut f)?;
+        let n = match &held {
+            Held::Archived(found) => {
+                let (id, m) = &**found;
+                let entry = entry_of(id, m)?;
+                let n = crate::restore::dump::dump_file(repo, entry, &mut f)?;
+                if n != entry.size {
+                    return Err(Error::corrupt(format!(
+                        "snapshot {}: {name} gave {n} bytes, its entry says {}",
+                        id.short(),
+                        entry.size
+                    )));
+                }
+                n
+            }
+            Held::Spooled(bytes) => {
+                f.write_all(bytes).ctx("write", &tmp)?;
+                bytes.len() as u64
+            }
+        };
         f.sync_all().ctx("fsync", &tmp)?;
-        if n != entry.size {
-            return Err(Error::corrupt(format!(
-                "snapshot {}: {name} gave {n} bytes, its entry says {}",
-                id.short(),
-                entry.size
-            )));
-        }
         std::fs::rename(&tmp, dest).ctx("rename into place", dest)?;
         Ok(n)
     })();
@@ -281,6 +382,12 @@ pub fn restore(repo: &Repo, name: &str, dest: &Path) -> Result<u64> {
     let n = written?;
     crate::sys::sync_dir(dir)?;
     Ok(n)
+}
+
+/// Where a WAL file to restore is.
+enum Held {
+    Archived(Box<(SnapshotId, Manifest)>),
+    Spooled(Vec<u8>),
 }
 
 /// Tests kill an archiver mid-way: `STRATA_TEST_ARCHIVE_PAUSE_MS` holds it (lock taken,

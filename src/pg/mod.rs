@@ -7,6 +7,7 @@ pub mod base;
 pub mod lsn;
 mod point;
 pub mod recover;
+pub mod spool;
 
 pub use point::{
     check_restore_point_name, create_restore_point, find_restore_point, record_restore_point,
