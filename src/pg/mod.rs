@@ -1,12 +1,14 @@
-//! PostgreSQL physical backups. So far the WAL archive ([`archive`]): the files PostgreSQL's
+//! PostgreSQL physical backups: the WAL archive ([`archive`]), the files PostgreSQL's
 //! `archive_command` hands over, each kept as a snapshot of kind [`archive::WAL_KIND`] named
-//! after the file, and given back to its `restore_command`.
+//! after the file, and given back to its `restore_command`; base backups ([`base`]); recovery
+//! from them ([`recover`]); and the retention rule that keeps recovery possible ([`retain`]).
 
 pub mod archive;
 pub mod base;
 pub mod lsn;
 mod point;
 pub mod recover;
+pub mod retain;
 
 pub use point::{
     check_restore_point_name, create_restore_point, find_restore_point, record_restore_point,
