@@ -4,7 +4,8 @@
 //! tag scheme. A bucket rule such as `daily N` walks snapshots newest first and keeps the newest
 //! snapshot of each of the N most recent days that have one. A snapshot is kept if any rule keeps
 //! it, and every rule that kept it is reported. Snapshots of kind `manual` or `restore-point` are
-//! never removed by a policy; they go only when named explicitly.
+//! never removed by a policy; they go only when named explicitly. Nor are archived WAL files and
+//! PostgreSQL restore point records (see [`PROTECTED_KINDS`]).
 
 use crate::codec::frame;
 use crate::crypto::{Keys, Object};
@@ -14,8 +15,10 @@ use crate::storage::Backend;
 use chrono::{Datelike, TimeZone, Timelike};
 use std::collections::BTreeMap;
 
-/// Kinds a policy never removes. Archived WAL files go only by name until retention knows
-/// which of them the retained base backups need.
+/// Kinds a policy never removes. Archived WAL files and restore point records are not states
+/// of the data that a count or an age can judge: they go by name, or by the rule of
+/// [`crate::pg::retain`] (which every forget and delete applies after the policy), once they
+/// lie before the start of the oldest base backup that is left.
 pub const PROTECTED_KINDS: [&str; 4] = [
     "manual",
     RESTORE_POINT_KIND,

@@ -1,5 +1,7 @@
-//! Verification: every snapshot's manifest, chunk-list trees and chunks are accounted for; with
-//! `read_data`, every pack is read and every blob decompressed and checked against its id.
+//! Verification: every snapshot's manifest, chunk-list trees and chunks are accounted for, and
+//! the WAL archive holds every segment from each PostgreSQL base backup's start to its newest
+//! segment ([`crate::pg::retain`]); with `read_data`, every pack is read and every blob
+//! decompressed and checked against its id.
 
 use crate::blobs::{BlobReader, check_hash};
 use crate::error::{Error, Result};
@@ -166,7 +168,12 @@ pub fn verify_reading_with(
         verdicts: HashMap::new(),
         lengths: HashMap::new(),
     };
-    let indexed = check_snapshots(repo, &txn, &mut walk, &mut report)?;
+    let mut archive = crate::pg::retain::ArchiveView::default();
+    let indexed = check_snapshots(repo, &txn, &mut walk, &mut archive, &mut report)?;
+    // A base backup is only as good as the WAL archive after it.
+    for gap in archive.gaps(repo) {
+        problem(&mut report, None, None, gap);
+    }
     check_unlisted_snapshot_files(repo, &indexed, &mut report)?;
     // Recount: every blob reached above is referenced; indexed blobs that were not are leaks
     // until gc reclaims them, and referenced ones missing from the index were reported above.
@@ -379,6 +386,7 @@ fn check_snapshots(
     repo: &Repo,
     txn: &redb::ReadTransaction,
     walk: &mut Walk,
+    archive: &mut crate::pg::retain::ArchiveView,
     report: &mut VerifyReport,
 ) -> Result<HashSet<String>> {
     let mut indexed: HashSet<String> = HashSet::new();
@@ -406,6 +414,9 @@ fn check_snapshots(
                 id.short()
             )),
             Err(e) => problem(report, Some(&id), None, format!("manifest file: {e}")),
+        }
+        if let Err(e) = archive.note(&id, &manifest) {
+            problem(report, Some(&id), None, e.to_string());
         }
         check_entries(&id, &manifest, walk, report);
     }

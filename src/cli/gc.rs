@@ -1,8 +1,9 @@
 //! `strata forget`, `delete` and `gc`.
 
 use super::output::{bytes, print_json};
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::Args;
+use std::collections::HashSet;
 use std::process::ExitCode;
 use strata::gc::{GcPlan, GcReport, forecast, remove_snapshots};
 use strata::repo::Repo;
@@ -166,7 +167,13 @@ pub fn config(repo: &Repo, args: ConfigArgs) -> Result<ExitCode> {
                     println!("max-snapshots: {n}");
                 }
                 for k in PROTECTED_KINDS {
-                    println!("{k} snapshots: kept until deleted");
+                    match k {
+                        snapshots::PG_WAL | snapshots::PG_POINT => println!(
+                            "{k} snapshots: kept until deleted, or until they lie before the \
+                             oldest base backup's start"
+                        ),
+                        _ => println!("{k} snapshots: kept until deleted"),
+                    }
                 }
             }
             return Ok(ExitCode::SUCCESS);
@@ -280,7 +287,8 @@ pub fn forget(repo: &Repo, args: ForgetArgs) -> Result<ExitCode> {
         named: &named,
     };
     let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
-    let decisions = decide_forget(&candidates, &request, now, &chrono::Local);
+    let mut decisions = decide_forget(&candidates, &request, now, &chrono::Local);
+    let wal = with_unneeded_wal(&snaps, &mut decisions)?;
     let remove: Vec<_> = decisions.iter().filter(|d| !d.keep).map(|d| d.id).collect();
     if !args.dry_run {
         remove_snapshots(repo, &remove)?;
@@ -289,8 +297,35 @@ pub fn forget(repo: &Repo, args: ForgetArgs) -> Result<ExitCode> {
         print_decisions_json(&decisions)?;
     } else {
         print_decisions(&decisions, remove.len(), args.dry_run);
+        for line in wal.describe(if args.dry_run {
+            "would remove"
+        } else {
+            "removed"
+        }) {
+            println!("{line}");
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Adds to what `decisions` remove the archived WAL files and restore point records that no
+/// base backup left after them needs (see `strata::pg::retain`): a policy never removes those
+/// kinds itself, so this rule is the only one that does.
+fn with_unneeded_wal(
+    snaps: &[snapshots::Snapshot],
+    decisions: &mut [Decision],
+) -> Result<strata::pg::retain::Reclaimable> {
+    let removing: HashSet<_> = decisions.iter().filter(|d| !d.keep).map(|d| d.id).collect();
+    let found = strata::pg::retain::ArchiveView::of(snaps)
+        .context("cannot tell which archived WAL files the base backups need")?
+        .reclaimable(&removing);
+    let start = found.start_segment().unwrap_or_default();
+    let gone: HashSet<_> = found.ids().collect();
+    for d in decisions.iter_mut().filter(|d| gone.contains(&d.id)) {
+        d.keep = false;
+        d.reasons = vec![format!("before the oldest base backup (start {start})")];
+    }
+    Ok(found)
 }
 
 /// The policy the command line gives (empty when it gives none).
@@ -380,10 +415,19 @@ pub fn delete(repo: &Repo, args: DeleteArgs) -> Result<ExitCode> {
     for spec in &args.snaps {
         ids.push(snapshots::resolve(&snaps, spec)?.id);
     }
-    ids.dedup();
+    let mut seen = HashSet::new();
+    ids.retain(|id| seen.insert(*id));
+    let wal = strata::pg::retain::ArchiveView::of(&snaps)
+        .context("cannot tell which archived WAL files the base backups need")?
+        .reclaimable(&ids.iter().copied().collect());
+    let named = ids.len();
+    ids.extend(wal.ids());
     remove_snapshots(repo, &ids)?;
-    for id in &ids {
+    for id in &ids[..named] {
         println!("removed snapshot {}", id.short());
+    }
+    for line in wal.describe("removed") {
+        println!("{line}");
     }
     println!("run `strata gc` to reclaim their space");
     Ok(ExitCode::SUCCESS)

@@ -154,6 +154,33 @@ fn entry_of<'m>(id: &SnapshotId, m: &'m Manifest) -> Result<&'m Entry> {
     }
 }
 
+/// The bytes of the small archived (or spooled) file `name` (a timeline history file), or
+/// `None` when the archive does not hold it. Refuses a file over `max` bytes: the size comes from a manifest,
+/// which is not trusted to be what it claims.
+pub fn read_small(repo: &Repo, name: &str, max: u64) -> Result<Option<Vec<u8>>> {
+    let Some((id, m)) = find(repo, name)? else {
+        // Not stored yet, perhaps spooled.
+        return match super::spool::get(repo, name)? {
+            Some(b) if b.len() as u64 > max => Err(Error::corrupt(format!(
+                "spooled {name} is {} bytes, more than such a file ever is ({max})",
+                b.len()
+            ))),
+            found => Ok(found),
+        };
+    };
+    let entry = entry_of(&id, &m)?;
+    if entry.size > max {
+        return Err(Error::corrupt(format!(
+            "archived {name} (snapshot {}) is {} bytes, more than such a file ever is ({max})",
+            id.short(),
+            entry.size
+        )));
+    }
+    let mut out = Vec::with_capacity(entry.size as usize);
+    crate::restore::dump::dump_file(repo, entry, &mut out)?;
+    Ok(Some(out))
+}
+
 /// Stores the file at `path` in the archive as `name` (`archive_command`'s `%p` and `%f`).
 /// `repo` must be open for writing: its lock keeps another archiver from storing the same name
 /// between the check and the commit.

@@ -1,12 +1,15 @@
-//! PostgreSQL physical backups. So far the WAL archive ([`archive`]): the files PostgreSQL's
+//! PostgreSQL physical backups: the WAL archive ([`archive`]), the files PostgreSQL's
 //! `archive_command` hands over, each kept as a snapshot of kind [`archive::WAL_KIND`] named
-//! after the file, and given back to its `restore_command`.
+//! after the file, and given back to its `restore_command`; base backups ([`base`]); recovery
+//! from them ([`recover`]); the spool for WAL handed over while the repository is held
+//! ([`spool`]); and the retention rule that keeps recovery possible ([`retain`]).
 
 pub mod archive;
 pub mod base;
 pub mod lsn;
 mod point;
 pub mod recover;
+pub mod retain;
 pub mod spool;
 
 pub use point::{

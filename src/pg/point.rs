@@ -96,21 +96,28 @@ pub fn find_restore_point(repo: &Repo, name: &str) -> Result<Option<Lsn>> {
         .into_iter()
         .rev()
         .find(|s| s.manifest.kind == PG_POINT && s.manifest.name.as_deref() == Some(name));
-    let Some(s) = found else {
-        return Ok(None);
-    };
-    let lsn = s
-        .manifest
+    match found {
+        Some(s) => recorded_lsn(&s.id, &s.manifest).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The position a restore point record (snapshot `id`, of kind [`PG_POINT`]) holds in its tag.
+pub fn recorded_lsn(
+    id: &crate::id::SnapshotId,
+    manifest: &crate::manifest::Manifest,
+) -> Result<Lsn> {
+    let lsn = manifest
         .tags
         .iter()
         .find_map(|t| t.strip_prefix(LSN_TAG))
         .ok_or_else(|| {
             Error::corrupt(format!(
                 "restore point record {} has no {LSN_TAG} tag",
-                s.id.short()
+                id.short()
             ))
         })?;
-    Lsn::parse(lsn).map(Some)
+    Lsn::parse(lsn)
 }
 
 #[cfg(test)]
