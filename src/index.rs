@@ -34,7 +34,7 @@ pub const UNCOUNTED: TableDefinition<&[u8; 32], u8> = TableDefinition::new("unco
 /// pack number -> [`PackUse`] (16 bytes): how many of its blobs are indexed and live.
 pub const PACK_USE: TableDefinition<u32, &[u8; 16]> = TableDefinition::new("pack_use");
 /// Archived WAL files by name (see the `wal_names` file).
-pub use wal_names::{META_PG_WAL_COMPLETE, PG_WAL, pg_wal, pg_wal_ids};
+pub use wal_names::{META_PG_WAL_COMPLETE, PG_WAL, pg_wal, pg_wal_ids, pg_wal_newest_first};
 mod wal_names;
 
 pub const META_NEXT_PACK: &str = "next_pack";

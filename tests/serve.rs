@@ -2,7 +2,8 @@
 //! is configured), scheduled jobs with retention, metrics, health, the API's operations checked
 //! against docs/openapi.json, requests browsers send for other sites, restore and snapshot paths
 //! confined to their roots, header limits and slow clients, shutdown during a snapshot, the web
-//! page in a headless Chromium, and a bounded load test.
+//! page in a headless Chromium, a bounded load test, and a real PostgreSQL server's base backups
+//! and WAL archive watched (`/api/postgres`, metrics, health, the page).
 
 mod common;
 
@@ -310,7 +311,12 @@ fn conforms(doc: &Value, schema: &Value, value: &Value, at: &str) {
     if let Some(e) = schema.get("enum").and_then(|e| e.as_array()) {
         assert!(e.contains(value), "{at}: {value} not in {e:?}");
     }
-    if let Some(req) = schema.get("required").and_then(|r| r.as_array()) {
+    // A `["object", "null"]` that is null has no properties to require.
+    if let Some(req) = schema
+        .get("required")
+        .and_then(|r| r.as_array())
+        .filter(|_| !value.is_null())
+    {
         for k in req {
             let k = k.as_str().unwrap();
             assert!(
@@ -1864,4 +1870,177 @@ fn a_job_with_follow_keeps_a_follower_running() {
     // SAFETY: probing (signal 0) whether the follower is gone.
     let alive = unsafe { libc_kill(second, 0) } == 0;
     assert!(!alive, "the follower outlived the daemon");
+}
+
+/// Polls `/api/postgres` until `check` holds; returns the answer.
+fn wait_postgres(d: &Daemon, token: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let until = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (status, p) = d.get("/api/postgres", Some(token));
+        assert_eq!(status, 200, "{p}");
+        if check(&p) {
+            return p;
+        }
+        assert!(
+            Instant::now() < until,
+            "timed out waiting for {what}: {p}\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_postgres_job_takes_base_backups_and_the_archive_is_watched() {
+    use common::pg::{ArchivingServer, bin_path, skip_server_tests};
+    if skip_server_tests() {
+        return;
+    }
+    let browser = chromium();
+    let env = Env::new();
+    env.init();
+    // Archiving fails while this file exists (as an archive_command that cannot reach its
+    // repository would).
+    let broken = env.path("archiving-broken");
+    let pg = ArchivingServer::start_with(
+        &env,
+        &[&format!(
+            "archive_command=test ! -e '{}' && '{}' pg archive-wal %p %f",
+            broken.display(),
+            bin_path()
+        )],
+    );
+    // The daemon writes the repository the server archives into: as the server's user.
+    env.as_server_user.set(true);
+    let conn = pg.pg.conn("postgres");
+    let (token, entry) = new_token(&env);
+    let cfg = config(
+        &env,
+        &format!(
+            "{entry}\n[postgres_archive]\ndb = {conn:?}\nstall_after = \"1h\"\n\
+             check_every = \"1s\"\n\n[[job]]\nname = \"pg\"\npg_base = [{:?}]\n\
+             kind = \"hourly\"\n",
+            format!("{conn}=main")
+        ),
+    );
+    let d = Daemon::start(&env, &cfg);
+    let doc = openapi();
+
+    // The job's base backup: a snapshot with a pg-base source named after the job's setting.
+    let (status, accepted) = d.send("POST", "/api/snapshots", &token, r#"{"job":"pg"}"#);
+    assert_eq!(status, 202, "{accepted}");
+    let op = d.wait_op(&accepted, &token);
+    assert_eq!(op["status"], "succeeded", "{op}\n{}", d.log());
+    let id = op["result"]["id"]
+        .as_str()
+        .expect("snapshot id")
+        .to_string();
+    let show = env.json(&["show", &id]);
+    assert!(
+        show["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["kind"] == "pg-base" && s["name"] == "main"),
+        "{show}"
+    );
+
+    // The archive's newest segment once the server archived everything, and the base backup.
+    pg.psql("CREATE TABLE early AS SELECT generate_series(1, 1000) AS n");
+    let last = pg.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    pg.archive_all();
+    let p = wait_postgres(&d, &token, "the newest segment", |p| {
+        p["newest_segment"]["name"].as_str() == Some(last.as_str())
+            && p["server"]["last_archived_wal"].as_str() == Some(last.as_str())
+    });
+    check_response(&doc, "get", "/api/postgres", 200, &p);
+    assert_eq!(p["monitored"], true, "{p}");
+    let bases = p["base_backups"].as_array().unwrap();
+    assert_eq!(bases.len(), 1, "{p}");
+    assert_eq!(bases[0]["name"], "main");
+    assert_eq!(bases[0]["snapshot"].as_str(), Some(id.as_str()));
+    assert!(p["newest_segment"]["age_s"].as_i64().unwrap() < 120, "{p}");
+    assert!(p["reasons"].as_array().unwrap().is_empty(), "{p}");
+    let (status, health) = d.get("/health", Some(&token));
+    assert_eq!(status, 200, "{health}");
+    let text = metrics(&d, &token);
+    assert!(metric(&text, "strata_pg_archive_newest_age_seconds") < 120.0);
+    assert!(metric(&text, "strata_pg_base_backup_age_seconds{name=\"main\"}") < 600.0);
+    assert!(metric(&text, "strata_pg_archive_archived_total") >= 1.0);
+    assert_eq!(metric(&text, "strata_pg_archive_failed_total"), 0.0);
+    assert_eq!(metric(&text, "strata_pg_archive_ok"), 1.0);
+
+    // The page shows it.
+    let profile = env.path("chromium-profile");
+    let dom = rendered_dom(
+        &browser,
+        &profile,
+        &format!("http://{}/#token={token}", d.addr),
+    );
+    assert!(dom.contains("data-loaded=\"yes\""), "{dom}");
+    let section = dom
+        .split("id=\"postgres\"")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no PostgreSQL section:\n{dom}"));
+    let section = section.split("</section>").next().unwrap();
+    assert!(!section.starts_with(" hidden"), "{section}");
+    for want in ["PostgreSQL", last.as_str(), "class=\"pg-base\"", &id[..8]] {
+        assert!(
+            section.contains(want),
+            "{want} is not in the section:\n{section}"
+        );
+    }
+
+    // Archiving fails: /health is degraded and names the segment that failed.
+    std::fs::write(&broken, b"").unwrap();
+    pg.psql("CREATE TABLE filler AS SELECT generate_series(1, 10000) AS n");
+    let failing = pg.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    pg.psql("SELECT pg_switch_wal()");
+    let until = Instant::now() + Duration::from_secs(120);
+    let reasons = loop {
+        let (status, h) = d.get("/health", Some(&token));
+        if status == 503 {
+            break h["reasons"].clone();
+        }
+        assert!(Instant::now() < until, "never degraded: {h}\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    check_response(
+        &doc,
+        "get",
+        "/health",
+        503,
+        &serde_json::json!({"status": "degraded", "reasons": reasons}),
+    );
+    let reason = reasons
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|r| r.as_str().filter(|r| r.contains("failing")));
+    let reason = reason.unwrap_or_else(|| panic!("no archiver failure among {reasons}"));
+    assert!(
+        reason.contains(&failing),
+        "{reason} does not name {failing}"
+    );
+    let p = wait_postgres(&d, &token, "the failure", |p| {
+        p["server"]["failed_count"].as_u64() > Some(0)
+    });
+    check_response(&doc, "get", "/api/postgres", 200, &p);
+    assert!(metric(&metrics(&d, &token), "strata_pg_archive_failed_total") >= 1.0);
+    assert_eq!(metric(&metrics(&d, &token), "strata_pg_archive_ok"), 0.0);
+
+    // It recovers: the segment is archived, and /health is ok again.
+    std::fs::remove_file(&broken).unwrap();
+    pg.psql("SELECT pg_reload_conf()");
+    let p = wait_postgres(&d, &token, "the segment archived after the failure", |p| {
+        p["newest_segment"]["name"].as_str() >= Some(failing.as_str())
+            && p["reasons"].as_array().is_some_and(|r| r.is_empty())
+    });
+    assert_eq!(
+        p["server"]["last_archived_wal"].as_str(),
+        Some(failing.as_str()),
+        "{p}"
+    );
+    let (status, health) = d.get("/health", Some(&token));
+    assert_eq!(status, 200, "{health}");
 }

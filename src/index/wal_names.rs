@@ -35,3 +35,20 @@ pub fn pg_wal_ids(txn: &ReadTransaction) -> Result<Option<std::collections::Hash
     }
     Ok(Some(out))
 }
+
+/// Visits [`PG_WAL`]'s rows from the last name to the first (for segments, newest first) until
+/// `visit` returns false. Rows may name deleted snapshots; none when the table is absent.
+pub fn pg_wal_newest_first(
+    txn: &ReadTransaction,
+    mut visit: impl FnMut(&str, ChunkId) -> Result<bool>,
+) -> Result<()> {
+    if let Some(t) = open_opt(txn, PG_WAL)? {
+        for item in t.iter()?.rev() {
+            let (name, id) = item?;
+            if !visit(name.value(), ChunkId(*id.value()))? {
+                break;
+            }
+        }
+    }
+    Ok(())
+}

@@ -98,6 +98,45 @@ pub fn find(repo: &Repo, name: &str) -> Result<Option<(SnapshotId, Manifest)>> {
     Ok(scan(repo, &txn)?.remove(name))
 }
 
+/// The newest WAL segment in the archive (the highest timeline, then the highest segment: the
+/// order of their names), its snapshot and manifest (whose time is when it was archived).
+///
+/// With the index's table of archived files complete, the names are read from it, newest first,
+/// and only the first that is still archived is decoded: this is cheap enough to ask every few
+/// seconds of an archive of many thousand files. Otherwise every manifest is read.
+pub fn newest_segment(repo: &Repo) -> Result<Option<(String, SnapshotId, Manifest)>> {
+    let is_segment = |n: &str| n.len() == 24 && check_name(n).is_ok();
+    let txn = repo.index.read()?;
+    if crate::index::meta(&txn, META_PG_WAL_COMPLETE)? == Some(1) {
+        let mut found = None;
+        crate::index::pg_wal_newest_first(&txn, |name, id| {
+            if !is_segment(name) {
+                return Ok(true);
+            }
+            // A deleted snapshot leaves its row: the next older name may still be there.
+            let Some(bytes) = crate::index::snapshot_manifest(&txn, &id)? else {
+                return Ok(true);
+            };
+            let m = Manifest::decode(&bytes, Some(&id), repo.keys())?;
+            if m.kind != WAL_KIND || m.name.as_deref() != Some(name) {
+                return Err(Error::corrupt(format!(
+                    "the index's table of archived WAL files names snapshot {} for {name}, \
+                     which is not its archived copy; run `strata repair index`",
+                    id.short()
+                )));
+            }
+            found = Some((name.to_string(), id, m));
+            Ok(false)
+        })?;
+        return Ok(found);
+    }
+    Ok(scan(repo, &txn)?
+        .into_iter()
+        .filter(|(n, _)| is_segment(n))
+        .max_by(|a, b| a.0.cmp(&b.0))
+        .map(|(n, (id, m))| (n, id, m)))
+}
+
 /// Every archived file's newest snapshot, by name, from all the manifests.
 fn scan(
     repo: &Repo,

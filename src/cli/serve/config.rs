@@ -37,6 +37,16 @@ struct FileConfig {
     token: Vec<FileToken>,
     #[serde(default)]
     job: Vec<FileJob>,
+    postgres_archive: Option<FilePgArchive>,
+}
+
+/// `[postgres_archive]`: what the daemon watches of a PostgreSQL server's WAL archive.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePgArchive {
+    db: Option<String>,
+    stall_after: Option<Spanned<String>>,
+    check_every: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -56,6 +66,9 @@ struct FileJob {
     sqlite: Vec<String>,
     #[serde(default)]
     postgres: Vec<String>,
+    /// `CONNSTR[=NAME]`: a physical base backup (`backup --pg-base`).
+    #[serde(default)]
+    pg_base: Vec<String>,
     #[serde(default)]
     redis: Vec<String>,
     /// `COMMAND=NAME`: NAME stores the command's standard output (`sh -c COMMAND`).
@@ -90,6 +103,8 @@ pub struct Job {
     pub paths: Vec<PathBuf>,
     pub sqlite: Vec<String>,
     pub postgres: Vec<String>,
+    /// Base backups (`backup --pg-base`), `CONNSTR[=NAME]`.
+    pub pg_base: Vec<String>,
     pub redis: Vec<String>,
     pub commands: Vec<String>,
     pub exclude: Vec<String>,
@@ -129,6 +144,21 @@ pub struct ServeConfig {
     /// configured jobs).
     pub backup_roots: Vec<PathBuf>,
     pub jobs: Vec<Job>,
+    /// Health checks of a PostgreSQL server's WAL archive (`[postgres_archive]`); without it,
+    /// what the repository holds of one is still reported, but never makes `/health` degraded.
+    pub pg_archive: Option<PgArchive>,
+}
+
+/// `[postgres_archive]`, checked.
+#[derive(Clone, Debug)]
+pub struct PgArchive {
+    /// The server whose `pg_stat_archiver` and WAL position are read (`psql -d`); without it,
+    /// the server is taken to be always writing.
+    pub db: Option<String>,
+    /// Archiving has stalled when no segment came for this long while the server wrote WAL.
+    pub stall_after_s: i64,
+    /// How often the archive and the server are looked at.
+    pub check_every_s: i64,
 }
 
 /// Where a setting came from, for error messages: a line of the file or a variable.
@@ -327,6 +357,11 @@ impl ServeConfig {
                 &raw.backup_roots,
             )?,
             jobs,
+            pg_archive: raw
+                .postgres_archive
+                .as_ref()
+                .map(|p| pg_archive(&o, p))
+                .transpose()?,
         };
         config.check(file)?;
         Ok(config)
@@ -394,6 +429,35 @@ fn tokens(o: &Origin, from_file: &[FileToken]) -> Result<Vec<Token>> {
     Ok(tokens)
 }
 
+fn pg_archive(o: &Origin, p: &FilePgArchive) -> Result<PgArchive> {
+    let seconds = |s: Option<&Spanned<String>>| -> Result<Option<i64>> {
+        s.map(|s| {
+            parse_seconds(s.get_ref())
+                .and_then(|v| {
+                    if v < 1 {
+                        bail!("{:?} is shorter than a second", s.get_ref())
+                    }
+                    Ok(v)
+                })
+                .map_err(|e| anyhow!("{}: {e:#}", o.at(s)))
+        })
+        .transpose()
+    };
+    if let Some(db) = &p.db
+        && db.trim().is_empty()
+    {
+        bail!(
+            "{}: [postgres_archive] db is empty: give a connection string, or leave it out",
+            o.file
+        );
+    }
+    Ok(PgArchive {
+        db: p.db.clone(),
+        stall_after_s: seconds(p.stall_after.as_ref())?.unwrap_or(600),
+        check_every_s: seconds(p.check_every.as_ref())?.unwrap_or(30),
+    })
+}
+
 /// The file's `[[job]]` entries, or else the job `default` that `STRATA_BACKUP_PATHS` defines.
 fn jobs(o: &Origin, from_file: &[FileJob]) -> Result<Vec<Job>> {
     let mut jobs = Vec::new();
@@ -407,6 +471,7 @@ fn jobs(o: &Origin, from_file: &[FileJob]) -> Result<Vec<Job>> {
             paths: std::env::split_paths(&paths).collect(),
             sqlite: vec![],
             postgres: vec![],
+            pg_base: vec![],
             redis: vec![],
             commands: vec![],
             exclude: vec![],
@@ -458,13 +523,24 @@ fn job(o: &Origin, j: &FileJob) -> Result<Job> {
     if j.paths.is_empty()
         && j.sqlite.is_empty()
         && j.postgres.is_empty()
+        && j.pg_base.is_empty()
         && j.redis.is_empty()
         && j.commands.is_empty()
     {
         bail!(
-            "{}: job {name:?} has no sources (paths, sqlite, postgres, redis or commands)",
+            "{}: job {name:?} has no sources (paths, sqlite, postgres, pg_base, redis or \
+             commands)",
             o.at(&j.name)
         );
+    }
+    // The connection string itself is `backup --pg-base`'s to check.
+    for b in &j.pg_base {
+        if b.trim().is_empty() {
+            bail!(
+                "{}: job {name:?}: pg_base {b:?}: expected CONNSTR[=NAME]",
+                o.at(&j.name)
+            );
+        }
     }
     for c in &j.commands {
         if !matches!(c.rsplit_once('='), Some((cmd, n)) if !cmd.trim().is_empty() && !n.is_empty())
@@ -542,6 +618,7 @@ fn job(o: &Origin, j: &FileJob) -> Result<Job> {
         paths: j.paths.clone(),
         sqlite: j.sqlite.clone(),
         postgres: j.postgres.clone(),
+        pg_base: j.pg_base.clone(),
         redis: j.redis.clone(),
         commands: j.commands.clone(),
         exclude: j.exclude.clone(),
@@ -698,6 +775,38 @@ on_start = true
         ] {
             let e = format!("{:#}", ServeConfig::parse(bad, "s.toml").unwrap_err());
             assert!(e.contains("not an absolute path"), "{e}");
+        }
+    }
+
+    #[test]
+    fn base_backups_are_a_source_and_the_archive_watch_has_defaults() {
+        let text = "[[job]]\nname = \"pg\"\npg_base = [\"host=/run/postgresql=main\"]\n";
+        let c = ServeConfig::parse(text, "s.toml").unwrap();
+        assert_eq!(c.jobs[0].pg_base, ["host=/run/postgresql=main"]);
+        assert!(c.pg_archive.is_none());
+        let c = ServeConfig::parse(&format!("{text}[postgres_archive]\n"), "s.toml").unwrap();
+        let w = c.pg_archive.unwrap();
+        assert_eq!((w.db, w.stall_after_s, w.check_every_s), (None, 600, 30));
+        let set = "[postgres_archive]\ndb = \"dbname=postgres\"\nstall_after = \"5m\"\n";
+        let w = ServeConfig::parse(set, "s.toml")
+            .unwrap()
+            .pg_archive
+            .unwrap();
+        assert_eq!(
+            (w.db.as_deref(), w.stall_after_s),
+            (Some("dbname=postgres"), 300)
+        );
+        for (bad, what) in [
+            ("[postgres_archive]\nstall_after = \"soon\"\n", "s.toml:2:"),
+            ("[postgres_archive]\ndb = \" \"\n", "db is empty"),
+            ("[postgres_archive]\nstal_after = \"5m\"\n", "unknown field"),
+            (
+                "[[job]]\nname = \"x\"\npg_base = [\"\"]\n",
+                "CONNSTR[=NAME]",
+            ),
+        ] {
+            let e = format!("{:#}", ServeConfig::parse(bad, "s.toml").unwrap_err());
+            assert!(e.contains(what), "{bad}: {e}");
         }
     }
 

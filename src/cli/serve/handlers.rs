@@ -196,6 +196,7 @@ pub fn metrics(c: &Call) -> Result<Response> {
     if let Some(f) = c.d.followers.get() {
         f.update_metrics(&c.d.metrics);
     }
+    c.d.pg_watch.update_metrics(&c.d.metrics);
     Ok(Response {
         status: 200,
         body: c.d.metrics.render().into_bytes(),
@@ -378,6 +379,12 @@ pub fn followers(c: &Call) -> Result<Response> {
         }
     }
     Ok(Response::json(200, &list))
+}
+
+/// `GET /api/postgres`: the WAL archive's newest segment, the newest base backup of each name,
+/// the server's archiver (with `[postgres_archive] db`) and what is wrong, as of the last check.
+pub fn postgres(c: &Call) -> Result<Response> {
+    Ok(Response::json(200, &c.d.pg_watch.report()))
 }
 
 /// `GET /api/operations`: newest first.

@@ -270,6 +270,7 @@ const ROUTES: &[Route] = &[
     to("POST", "/api/verify", Handler::Token(handlers::verify)),
     to("GET", "/api/jobs", Handler::Token(handlers::jobs)),
     to("GET", "/api/followers", Handler::Token(handlers::followers)),
+    to("GET", "/api/postgres", Handler::Token(handlers::postgres)),
     to(
         "GET",
         "/api/operations",

@@ -35,6 +35,7 @@ pub fn serve(repo_path: PathBuf, args: ServeArgs) -> Result<ExitCode> {
     daemon.refresh_repo_metrics();
     zero_job_series(&daemon);
     let workers = start_workers(&daemon, lanes)?;
+    super::pg_watch::PgWatch::start(daemon.clone())?;
     for name in due_now {
         daemon.submit(Task::Job(name), "schedule")?;
     }
@@ -115,6 +116,7 @@ fn open(cfg: ServeConfig, repo_path: PathBuf) -> Result<(Arc<Daemon>, Lanes)> {
     };
     let (wtx, wrx) = mpsc::channel();
     let (vtx, vrx) = mpsc::channel();
+    let cfg_pg = cfg.pg_archive.clone();
     let daemon = Arc::new(Daemon {
         jobs: Mutex::new(cfg.jobs.iter().map(JobStatus::new).collect()),
         cfg,
@@ -132,6 +134,7 @@ fn open(cfg: ServeConfig, repo_path: PathBuf) -> Result<(Arc<Daemon>, Lanes)> {
         started: Utc::now(),
         wake: (Mutex::new(()), Condvar::new()),
         followers: std::sync::OnceLock::new(),
+        pg_watch: super::pg_watch::PgWatch::new(cfg_pg),
     });
     let followers = super::followers::Followers::new(&daemon)?;
     let _ = daemon.followers.set(followers);

@@ -19,6 +19,15 @@ pub struct DbLabel {
     pub database: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NameLabel {
+    pub name: String,
+}
+
+/// The labels of a series that has none, for a family whose series appears only once there
+/// is something to say (an empty set renders without braces).
+pub type NoLabels = Vec<(String, String)>;
+
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 pub struct Metrics {
@@ -42,6 +51,11 @@ pub struct Metrics {
     pub follow_transactions: Family<DbLabel, Gauge>,
     pub follow_checkpoints: Family<DbLabel, Gauge>,
     pub follow_fallbacks: Family<DbLabel, Gauge>,
+    pub pg_newest_age: Family<NoLabels, FloatGauge>,
+    pub pg_base_age: Family<NameLabel, FloatGauge>,
+    pub pg_archived: Family<NoLabels, Counter>,
+    pub pg_failed: Family<NoLabels, Counter>,
+    pub pg_archive_ok: Family<NoLabels, Gauge>,
 }
 
 fn duration_buckets() -> Histogram {
@@ -72,6 +86,11 @@ impl Metrics {
             follow_transactions: Family::default(),
             follow_checkpoints: Family::default(),
             follow_fallbacks: Family::default(),
+            pg_newest_age: Family::default(),
+            pg_base_age: Family::default(),
+            pg_archived: Family::default(),
+            pg_failed: Family::default(),
+            pg_archive_ok: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -165,6 +184,31 @@ impl Metrics {
             "Places in the log the running follower lost (each costs a full read)",
             m.follow_fallbacks.clone(),
         );
+        registry.register(
+            "strata_pg_archive_newest_age_seconds",
+            "Seconds since the WAL archive's newest segment was archived",
+            m.pg_newest_age.clone(),
+        );
+        registry.register(
+            "strata_pg_base_backup_age_seconds",
+            "Seconds since the newest PostgreSQL base backup of this name ended",
+            m.pg_base_age.clone(),
+        );
+        registry.register(
+            "strata_pg_archive_archived",
+            "WAL files the server's archiver archived (pg_stat_archiver.archived_count)",
+            m.pg_archived.clone(),
+        );
+        registry.register(
+            "strata_pg_archive_failed",
+            "Failed attempts of the server's archiver (pg_stat_archiver.failed_count)",
+            m.pg_failed.clone(),
+        );
+        registry.register(
+            "strata_pg_archive_ok",
+            "1 while the WAL archive's checks find nothing wrong",
+            m.pg_archive_ok.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -204,5 +248,21 @@ mod tests {
         );
         assert!(text.contains("strata_dedup_ratio 2.5"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
+        // A series without labels appears once set, without braces.
+        assert!(
+            !text.contains("strata_pg_archive_newest_age_seconds "),
+            "{text}"
+        );
+        m.pg_newest_age.get_or_create(&Vec::new()).set(12.5);
+        m.pg_failed.get_or_create(&Vec::new()).inc_by(2);
+        let text = m.render();
+        assert!(
+            text.contains("\nstrata_pg_archive_newest_age_seconds 12.5\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nstrata_pg_archive_failed_total 2\n"),
+            "{text}"
+        );
     }
 }

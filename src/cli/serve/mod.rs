@@ -17,6 +17,7 @@ mod http;
 mod lifecycle;
 mod metrics;
 mod operations;
+mod pg_watch;
 mod roots;
 mod token_file;
 mod wire;
@@ -231,6 +232,8 @@ pub struct Daemon {
     wake: (Mutex<()>, Condvar),
     /// The followers of jobs with `follow = true`.
     followers: std::sync::OnceLock<followers::Followers>,
+    /// What the repository holds of PostgreSQL, and the server's archiver.
+    pg_watch: pg_watch::PgWatch,
 }
 
 const KEEP_OPERATIONS: usize = 500;
@@ -374,6 +377,7 @@ impl Daemon {
         if let Some(f) = self.followers.get() {
             reasons.extend(f.health());
         }
+        reasons.extend(self.pg_watch.health());
         match disk_free(&self.repo) {
             Some(free) if free < self.cfg.disk_min_free => reasons.push(format!(
                 "repository disk almost full: {:.1}% free (threshold {:.1}%)",

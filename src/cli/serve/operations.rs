@@ -521,6 +521,7 @@ fn backup_args(job: &Job) -> Vec<String> {
     flag("--tag", &job.tags);
     flag("--sqlite", &job.sqlite);
     flag("--postgres", &job.postgres);
+    flag("--pg-base", &job.pg_base);
     flag("--redis", &job.redis);
     flag("--from-command", &job.commands);
     flag("--exclude", &job.exclude);
