@@ -127,7 +127,7 @@ pub enum SourceKind {
     Command,
     /// Standard input.
     Stdin,
-    /// A PostgreSQL base backup streamed by `pg_basebackup` (see [`crate::pg::base`]); its
+    /// A PostgreSQL base backup streamed by `pg_basebackup` (see `source::pgbase`); its
     /// details say where it starts and ends in the WAL. Manifest version 6.
     PgBase,
 }

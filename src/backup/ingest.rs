@@ -279,7 +279,7 @@ fn read_stream_source(shared: &Shared, src: &StreamSource, wal: bool) -> Result<
     };
     let what = PathBuf::from(&src.name);
     let mode = match wal {
-        true => CutMode::Fixed(crate::pg::base::PAGE),
+        true => CutMode::Fixed(crate::source::pgbase::PAGE),
         false => CutMode::Cdc,
     };
     let (size, details) = src.read_with(|input, reading| {

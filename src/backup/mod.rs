@@ -72,7 +72,7 @@ pub struct BackupOptions<'a> {
     /// snapshot.
     pub streams: Vec<StreamSource>,
     /// PostgreSQL base backups, each stored as a directory of the snapshot.
-    pub pg_bases: Vec<crate::pg::base::PgBaseSource>,
+    pub pg_bases: Vec<crate::source::pgbase::PgBaseSource>,
     /// Retries of files and stores that change while they are read, and the stores to capture
     /// as one.
     pub capture: CaptureOptions,

@@ -1,6 +1,6 @@
 //! PostgreSQL base backups: `pg_basebackup`'s tar stream read entry by entry, each file cut at
 //! PostgreSQL's pages and stored as a file of the snapshot under the source's name (see
-//! [`crate::pg::base`]).
+//! [`crate::source::pgbase`]).
 
 use super::cdc::{ReadContext, read_cdc};
 use super::writer::{FileState, Shared};
@@ -8,7 +8,7 @@ use crate::chunker::CutMode;
 use crate::error::{Error, Result};
 use crate::id::ChunkId;
 use crate::manifest::{Content, Entry, EntryKind};
-use crate::pg::base::{BaseFacts, PAGE, PgBaseSource, kept};
+use crate::source::pgbase::{BaseFacts, PAGE, PgBaseSource, kept};
 use crate::tree::TreeBuilder;
 use std::io::Read;
 use std::path::PathBuf;

@@ -5,8 +5,10 @@
 //! ([`spool`]); and the retention rule that keeps recovery possible ([`retain`]).
 
 pub mod archive;
-pub mod base;
-pub mod lsn;
+/// WAL positions and file names.
+pub use crate::source::lsn;
+/// Base backups as the backup reads them (kept beside the other sources).
+pub use crate::source::pgbase as base;
 mod point;
 pub mod recover;
 pub mod retain;

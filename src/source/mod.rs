@@ -2,10 +2,13 @@
 //! paths ([`walk`]), stable capture of files and stores that change while they are read
 //! ([`capture`]), SQLite databases, recognised and read as consistent images ([`sqlite`]), and
 //! the write-ahead logs of WAL databases, parsed directly ([`wal`]), and
-//! named streams: a command's output, standard input, PostgreSQL and Redis dumps ([`streams`]).
+//! named streams: a command's output, standard input, PostgreSQL and Redis dumps ([`streams`]),
+//! and PostgreSQL base backups, with the WAL positions they record ([`pgbase`], [`lsn`]).
 //! Large files are read past the page cache where it does not hold them ([`uncached`]).
 
 pub mod capture;
+pub mod lsn;
+pub mod pgbase;
 pub mod sqlite;
 pub mod streams;
 pub(crate) mod uncached;
