@@ -368,7 +368,10 @@ fn print_decisions_json(decisions: &[Decision]) -> Result<()> {
 }
 
 fn print_decisions(decisions: &[Decision], removed: usize, dry_run: bool) {
-    for d in decisions {
+    // Archived WAL files and restore point records are summed up after (a busy server archives
+    // a file a minute): one line each would bury the snapshots that matter.
+    let wal = |k: &str| k == snapshots::PG_WAL || k == snapshots::PG_POINT;
+    for d in decisions.iter().filter(|d| !wal(&d.kind)) {
         let time = chrono::DateTime::from_timestamp_nanos(d.time_ns)
             .with_timezone(&chrono::Local)
             .format("%Y-%m-%d %H:%M:%S");
