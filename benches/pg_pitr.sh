@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # PostgreSQL base backups, WAL archive and recovery to a moment (docs/POSTGRES.md):
 #
-#   benches/pg_pitr.sh [--scale N] [--minutes M] [--clients C] [--dir DIR] [--no-dumps]
+#   benches/pg_pitr.sh [--scale N] [--minutes M] [--clients C] [--overlap S] [--dir DIR]
+#                      [--no-dumps]
 #
 # A PostgreSQL server (the newest under /usr/lib/postgresql, default settings but for
 # archive_mode=on, archive_command = strata pg archive-wal, archive_timeout=60), pgbench at scale
@@ -10,7 +11,9 @@
 #   load          pgbench -c C for M minutes; every second the archiver's lag in segments
 #                 (pg_walfile_name(pg_current_wal_lsn()) against pg_stat_archiver's
 #                 last_archived_wal), its maximum and failures
-#   base 2        under no load: time, stored bytes, against the bytes of the 8 KiB pages that
+#   base 2        when the load's M minutes are over (with --overlap S the load goes on S more
+#                 seconds, through the backup, the archiver's lag still sampled): time, stored
+#                 bytes, against the bytes of the 8 KiB pages that
 #                 differ between the two base backups (counted from both, restored) plus the WAL
 #                 inside base 2
 #   recovery      to the moment the load ended (M minutes after base 1): `strata pg restore`
@@ -24,7 +27,7 @@
 # instead of building.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-scale=100 minutes=10 clients=2 dir="" dumps=1
+scale=100 minutes=10 clients=2 dir="" dumps=1 overlap=0
 while [ $# -gt 0 ]; do
   case $1 in
     --scale) scale=$2; shift 2 ;;
@@ -32,6 +35,7 @@ while [ $# -gt 0 ]; do
     --clients) clients=$2; shift 2 ;;
     --dir) dir=$2; shift 2 ;;
     --no-dumps) dumps=0; shift ;;
+    --overlap) overlap=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -82,27 +86,43 @@ read -r base1 base1_s <<<"$(base)"
 read -r base1_stored base1_raw <<<"$(added "$base1")"
 echo "base 1: $base1_s s, stored $((base1_stored >> 20)) MiB (new raw $((base1_raw >> 20)) MiB)"
 
-# Load, with the archiver's lag sampled every second.
-as_pg "$bin/pgbench" -h "$sock" -U postgres -c "$clients" -j "$clients" -T $((minutes * 60)) postgres >"$dir/pgbench.out" 2>&1 &
+# Load, with the archiver's lag sampled every second; base 2 once the M minutes are over.
+as_pg "$bin/pgbench" -h "$sock" -U postgres -c "$clients" -j "$clients" -T $((minutes * 60 + overlap)) postgres >"$dir/pgbench.out" 2>&1 &
 bench=$!
-max_lag=0 samples=0
-while kill -0 $bench 2>/dev/null; do
+load_start=$(now)
+max_lag=0 samples=0 base2_job=""
+per_log=$(( 4294967296 / $(psql -c "SELECT setting::bigint * (CASE unit WHEN 'B' THEN 1 WHEN 'kB' THEN 1024 ELSE 1048576 END) FROM pg_settings WHERE name = 'wal_segment_size'") ))
+sample() {
   row=$(psql -c "SELECT pg_walfile_name(pg_current_wal_lsn()), coalesce(last_archived_wal,''), failed_count FROM pg_stat_archiver" 2>/dev/null || true)
   IFS='|' read -r cur last failed <<<"$row"
   if [ -n "$last" ] && [ ${#last} = 24 ] && [ -n "$cur" ]; then
-    lag=$(( 16#${cur:8:16} - 16#${last:8:16} - 1 ))
+    # Segment numbers: the "log" part counts 4 GiB, the segment part seg_size units of it.
+    lag=$(( (16#${cur:8:8} - 16#${last:8:8}) * per_log + 16#${cur:16:8} - 16#${last:16:8} - 1 ))
     [ $lag -gt $max_lag ] && max_lag=$lag
   fi
   samples=$((samples + 1))
+}
+# The moment recovered to below, and the total then: read while the accounts are locked
+# against pgbench's writers.
+mark() {
+  psql -c "BEGIN; LOCK TABLE pgbench_accounts IN SHARE MODE; SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') || ' ' || sum(abalance) FROM pgbench_accounts; COMMIT;"
+}
+while kill -0 $bench 2>/dev/null || { [ -n "$base2_job" ] && kill -0 "$base2_job" 2>/dev/null; }; do
+  sample
+  if [ -z "$base2_job" ] && python3 -c "import sys; sys.exit(0 if $(now) - $load_start >= $minutes * 60 else 1)"; then
+    if [ "$overlap" = 0 ]; then wait $bench || { echo "pgbench failed"; cat "$dir/pgbench.out"; exit 1; }; fi
+    read -r target total <<<"$(mark)"
+    base >"$dir/base2.out" &
+    base2_job=$!
+  fi
   sleep 1
 done
 wait $bench || { echo "pgbench failed"; cat "$dir/pgbench.out"; exit 1; }
-target=$(psql -c "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
-total=$(psql -c "SELECT sum(abalance) FROM pgbench_accounts")
+wait "$base2_job" || { echo "base 2 failed"; exit 1; }
 tps=$(grep -o 'tps = [0-9.]*' "$dir/pgbench.out" | head -1)
 wal_mb=$(psql -c "SELECT (pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0') / 1048576)::bigint")
-echo "load: $tps; archiver lag max $max_lag segments over $samples samples, failures $(psql -c 'SELECT failed_count FROM pg_stat_archiver')"
-read -r base2 base2_s <<<"$(base)"
+echo "load: $tps; archiver lag max $max_lag segments over $samples samples (overlap with base 2: $overlap s), failures $(psql -c 'SELECT failed_count FROM pg_stat_archiver')"
+read -r base2 base2_s <"$dir/base2.out"
 read -r base2_stored base2_raw <<<"$(added "$base2")"
 echo "base 2: $base2_s s, stored $((base2_stored >> 20)) MiB (new raw $((base2_raw >> 20)) MiB)"
 
@@ -202,14 +222,14 @@ if [ $dumps = 1 ]; then
     t0=$(now)
     out=$(as_pg bash -c "'$bin/pg_dump' -h '$sock' -U postgres --format=plain postgres | '$strata' --repo '$repo' backup --stdin app.sql --kind hourly --json")
     t1=$(now)
+    before=$(du -sb "$dir/restic" | cut -f1)
     as_pg bash -c "'$bin/pg_dump' -h '$sock' -U postgres --format=plain postgres | RESTIC_PASSWORD=bench restic --repo '$dir/restic' backup --stdin --stdin-filename app.sql --json" >"$dir/restic.json"
     t2=$(now)
     id=$(echo "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
     read -r st _ <<<"$(added "$id")"
-    rs=$(python3 -c 'import json,sys
-for l in open(sys.argv[1]):
-    j=json.loads(l)
-    if j.get("message_type")=="summary": print(j.get("data_added_packed", j.get("data_added")))' "$dir/restic.json")
+    # What the repository grew by on disk (restic's own data_added counts bytes before
+    # compression).
+    rs=$(( $(du -sb "$dir/restic" | cut -f1) - before ))
     echo "$(python3 -c "print(f'{$t1-$t0:.1f}')") $st $(python3 -c "print(f'{$t2-$t1:.1f}')") $rs"
   }
   read -r s1 a1 r1 b1 <<<"$(dump_round)"
