@@ -99,6 +99,7 @@ sample() {
     # Segment numbers: the "log" part counts 4 GiB, the segment part seg_size units of it.
     lag=$(( (16#${cur:8:8} - 16#${last:8:8}) * per_log + 16#${cur:16:8} - 16#${last:16:8} - 1 ))
     [ $lag -gt $max_lag ] && max_lag=$lag
+    echo "$(now) $cur $last $lag" >>"$dir/lag.log"
   fi
   samples=$((samples + 1))
 }
@@ -112,6 +113,7 @@ while kill -0 $bench 2>/dev/null || { [ -n "$base2_job" ] && kill -0 "$base2_job
   if [ -z "$base2_job" ] && python3 -c "import sys; sys.exit(0 if $(now) - $load_start >= $minutes * 60 else 1)"; then
     if [ "$overlap" = 0 ]; then wait $bench || { echo "pgbench failed"; cat "$dir/pgbench.out"; exit 1; }; fi
     read -r target total <<<"$(mark)"
+    base2_at=$(now)
     base >"$dir/base2.out" &
     base2_job=$!
   fi
@@ -122,6 +124,16 @@ wait "$base2_job" || { echo "base 2 failed"; exit 1; }
 tps=$(grep -o 'tps = [0-9.]*' "$dir/pgbench.out" | head -1)
 wal_mb=$(psql -c "SELECT (pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0') / 1048576)::bigint")
 echo "load: $tps; archiver lag max $max_lag segments over $samples samples (overlap with base 2: $overlap s), failures $(psql -c 'SELECT failed_count FROM pg_stat_archiver')"
+python3 - "$dir/lag.log" "$base2_at" <<'PY'
+import sys
+rows = [l.split() for l in open(sys.argv[1])]
+b2 = float(sys.argv[2])
+before = [int(r[3]) for r in rows if float(r[0]) < b2 - 5]
+during = [int(r[3]) for r in rows if float(r[0]) >= b2 - 5]
+q = lambda v, p: sorted(v)[min(len(v) - 1, int(p * len(v)))] if v else 0
+print(f"  archiver lag in segments, load alone: p50 {q(before, .5)}, p99 {q(before, .99)}, max {max(before, default=0)}; "
+      f"from 5 s before base 2 on: p50 {q(during, .5)}, p99 {q(during, .99)}, max {max(during, default=0)}")
+PY
 read -r base2 base2_s <"$dir/base2.out"
 read -r base2_stored base2_raw <<<"$(added "$base2")"
 echo "base 2: $base2_s s, stored $((base2_stored >> 20)) MiB (new raw $((base2_raw >> 20)) MiB)"
