@@ -120,6 +120,12 @@ while kill -0 $bench 2>/dev/null || { [ -n "$base2_job" ] && kill -0 "$base2_job
   sleep 1
 done
 wait $bench || { echo "pgbench failed"; cat "$dir/pgbench.out"; exit 1; }
+if [ -z "$base2_job" ]; then # the load ended between two samples
+  read -r target total <<<"$(mark)"
+  base2_at=$(now)
+  base >"$dir/base2.out" &
+  base2_job=$!
+fi
 wait "$base2_job" || { echo "base 2 failed"; exit 1; }
 tps=$(grep -o 'tps = [0-9.]*' "$dir/pgbench.out" | head -1)
 wal_mb=$(psql -c "SELECT (pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0') / 1048576)::bigint")
