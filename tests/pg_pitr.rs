@@ -301,7 +301,30 @@ fn a_new_timeline_is_archived_and_a_second_restore_follows_it() {
             .unwrap()
     };
     pg.psql("CREATE TABLE t (x int)");
-    env.ok(&["backup", "--pg-base", &pg.pg.conn("postgres")]);
+    // The base backup and the application's files, in one snapshot.
+    let app = env.path("app");
+    fs::create_dir(&app).unwrap();
+    write(
+        &app.join("memory.jsonl"),
+        b"{\"note\": \"kept with the database\"}\n",
+    );
+    env.ok(&[
+        "backup",
+        "--pg-base",
+        &format!("{}=main", pg.pg.conn("postgres")),
+        app.to_str().unwrap(),
+    ]);
+    let shown = env.json(&["show", "latest"]);
+    let kinds: Vec<(&str, &str)> = shown["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap(), s["kind"].as_str().unwrap()))
+        .collect();
+    assert_eq!(kinds, vec![("app", "path"), ("main", "pg-base")], "{shown}");
+    let paths = entry_paths(&shown);
+    assert!(paths.iter().any(|p| p == "main/PG_VERSION"), "{paths:?}");
+    assert!(paths.iter().any(|p| p == "app/memory.jsonl"), "{paths:?}");
     pg.psql("INSERT INTO t SELECT generate_series(1, 100)");
     pg.archive_all();
 
