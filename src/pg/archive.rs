@@ -228,17 +228,9 @@ pub fn archive(repo: &Repo, path: &Path, name: &str) -> Result<Archived> {
     let size = std::fs::metadata(path).ctx("read", path)?.len();
     complete_catalogue(repo)?;
     drain_spool(repo)?;
-    if let Some((id, m)) = find(repo, name)? {
-        let entry = entry_of(&id, &m)?;
-        return match same_content(repo, entry, path, size)? {
-            true => Ok(Archived::AlreadyHad(id)),
-            false => Err(conflict(
-                name,
-                &format!("snapshot {}, {} bytes", id.short(), entry.size),
-                path,
-                size,
-            )),
-        };
+    let file = std::fs::File::open(path).ctx("open", path)?;
+    if let Some(had) = archived_copy(repo, name, std::io::BufReader::new(file), size, path)? {
+        return Ok(had);
     }
     #[cfg(feature = "testing")]
     pause_for_tests();
@@ -279,17 +271,8 @@ pub fn drain_spool(repo: &Repo) -> Result<Vec<String>> {
         };
         if let Some((id, m)) = find(repo, &name)? {
             let entry = entry_of(&id, &m)?;
-            let mut same = Compare {
-                file: &bytes[..],
-                buf: Vec::new(),
-                same: true,
-            };
-            let matched = match crate::restore::dump::dump_file(repo, entry, &mut same) {
-                Ok(n) => same.same && n == bytes.len() as u64,
-                Err(_) if !same.same => false,
-                Err(e) => return Err(e),
-            };
-            if !matched {
+            let size = bytes.len() as u64;
+            if !same_content(repo, entry, &bytes[..], size, Path::new(&name))? {
                 return Err(Error::invalid(format!(
                     "spooled {name} differs from its archived copy (snapshot {}): both kept; \
                      two servers may be archiving into one repository",
@@ -313,17 +296,8 @@ pub fn spool(repo: &Repo, path: &Path, name: &str) -> Result<Archived> {
     check_name(name)?;
     let bytes = std::fs::read(path).ctx("read", path)?;
     let size = bytes.len() as u64;
-    if let Some((id, m)) = find(repo, name)? {
-        let entry = entry_of(&id, &m)?;
-        return match same_content(repo, entry, path, size)? {
-            true => Ok(Archived::AlreadyHad(id)),
-            false => Err(conflict(
-                name,
-                &format!("snapshot {}", id.short()),
-                path,
-                size,
-            )),
-        };
+    if let Some(had) = archived_copy(repo, name, &bytes[..], size, path)? {
+        return Ok(had);
     }
     if let Some(held) = super::spool::get(repo, name)? {
         return match held == bytes {
@@ -335,14 +309,44 @@ pub fn spool(repo: &Repo, path: &Path, name: &str) -> Result<Archived> {
     Ok(Archived::Spooled)
 }
 
-/// Whether the archived `entry` holds exactly the bytes of the file at `path`.
-fn same_content(repo: &Repo, entry: &Entry, path: &Path, size: u64) -> Result<bool> {
+/// What the archive holds under `name` against the `size` bytes of `input` (read from
+/// `path`): `None` when it holds nothing, `AlreadyHad` when the same bytes, a conflict error
+/// (nothing changed) when others.
+fn archived_copy(
+    repo: &Repo,
+    name: &str,
+    input: impl Read,
+    size: u64,
+    path: &Path,
+) -> Result<Option<Archived>> {
+    let Some((id, m)) = find(repo, name)? else {
+        return Ok(None);
+    };
+    let entry = entry_of(&id, &m)?;
+    match same_content(repo, entry, input, size, path)? {
+        true => Ok(Some(Archived::AlreadyHad(id))),
+        false => Err(conflict(
+            name,
+            &format!("snapshot {}, {} bytes", id.short(), entry.size),
+            path,
+            size,
+        )),
+    }
+}
+
+/// Whether the archived `entry` holds exactly the `size` bytes of `input` (read from `path`).
+fn same_content(
+    repo: &Repo,
+    entry: &Entry,
+    input: impl Read,
+    size: u64,
+    path: &Path,
+) -> Result<bool> {
     if entry.size != size {
         return Ok(false);
     }
-    let file = std::fs::File::open(path).ctx("open", path)?;
     let mut cmp = Compare {
-        file: std::io::BufReader::new(file),
+        file: input,
         buf: Vec::new(),
         same: true,
     };
