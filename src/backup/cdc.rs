@@ -7,7 +7,9 @@ use super::writer::{FRAME_TARGET, FileState, Sealed, Shared};
 use crate::chunker::{ChunkStream, CutMode};
 use crate::error::{Error, Result};
 use crate::id::ChunkId;
+use crate::manifest::Content;
 use crate::pack::BlobKind;
+use crate::tree::TreeBuilder;
 use rayon::prelude::*;
 
 /// Cuts what `reader` yields (by content, or at fixed pages as `mode` says) and stores it; returns the bytes read. I/O errors come
@@ -87,6 +89,28 @@ pub(super) fn read_cdc(
         process_batch(shared, &[bytes], &spans, &ids, state).map_err(ReadError::Store)?;
     }
     Ok(stream.bytes_read())
+}
+
+/// Cuts and stores everything `input` yields as a file with no previous version (a stream, a
+/// file of a base backup); returns its content and size.
+pub(super) fn store_whole(
+    shared: &Shared,
+    input: impl std::io::Read,
+    mode: CutMode,
+    window: usize,
+) -> std::result::Result<(Content, u64), ReadError> {
+    let mut builder = TreeBuilder::new(shared.key);
+    let mut emit = |id: ChunkId, bytes: Vec<u8>| shared.store_node(id, bytes);
+    let mut state = FileState {
+        prev: None,
+        sums: None,
+        builder: &mut builder,
+        map: None,
+        emit: &mut emit,
+    };
+    let size = read_cdc(shared, input, mode, window, &mut state, None)?;
+    let content = builder.finish(&mut emit).map_err(ReadError::Store)?;
+    Ok((content, size))
 }
 
 /// Recognises, in a file cut by content, the chunks of the previous version that the cutter

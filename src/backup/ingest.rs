@@ -4,14 +4,13 @@
 
 use super::BackupOptions;
 use super::cache::{Stored, ToRead, cached_stamp};
-use super::cdc::{ReadContext, read_cdc};
+use super::cdc::{ReadContext, store_whole};
 use super::file::{ReadFile, read_file, read_stably};
 use super::pgbase::{ReadBase, read_pg_base};
 use super::sources::Walk;
-use super::writer::{FileState, Shared};
+use super::writer::Shared;
 use crate::chunker::CutMode;
 use crate::error::{Error, Result};
-use crate::id::ChunkId;
 use crate::index::IndexReader;
 use crate::manifest::Content;
 use crate::packer::{Packer, WrittenPack};
@@ -22,7 +21,6 @@ use crate::source::capture::{
 use crate::source::sqlite::looks_paged;
 use crate::source::streams::StreamSource;
 use crate::source::walk::{Excludes, WalkItem};
-use crate::tree::TreeBuilder;
 use rayon::prelude::*;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -268,31 +266,13 @@ pub(super) type ReadStream = (Content, u64, Vec<(String, String)>);
 /// Reads a stream source to its end; `wal` for an archived WAL file, cut at its 8 KiB pages as
 /// a base backup's copy of it is.
 fn read_stream_source(shared: &Shared, src: &StreamSource, wal: bool) -> Result<ReadStream> {
-    let mut builder = TreeBuilder::new(shared.key);
-    let mut emit = |id: ChunkId, bytes: Vec<u8>| shared.store_node(id, bytes);
-    let mut state = FileState {
-        prev: None,
-        sums: None,
-        builder: &mut builder,
-        map: None,
-        emit: &mut emit,
-    };
     let what = PathBuf::from(&src.name);
     let mode = match wal {
         true => CutMode::Fixed(crate::source::pgbase::PAGE),
         false => CutMode::Cdc,
     };
-    let (size, details) = src.read_with(|input, reading| {
-        read_cdc(
-            shared,
-            input,
-            mode,
-            crate::chunker::WINDOW,
-            &mut state,
-            None,
-        )
-        .ctx(reading, &what)
+    let ((content, size), details) = src.read_with(|input, reading| {
+        store_whole(shared, input, mode, crate::chunker::WINDOW).ctx(reading, &what)
     })?;
-    let content = builder.finish(&mut emit)?;
     Ok((content, size, details))
 }

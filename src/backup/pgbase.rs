@@ -2,14 +2,12 @@
 //! PostgreSQL's pages and stored as a file of the snapshot under the source's name (see
 //! [`crate::source::pgbase`]).
 
-use super::cdc::{ReadContext, read_cdc};
-use super::writer::{FileState, Shared};
+use super::cdc::{ReadContext, store_whole};
+use super::writer::Shared;
 use crate::chunker::CutMode;
 use crate::error::{Error, Result};
-use crate::id::ChunkId;
 use crate::manifest::{Content, Entry, EntryKind};
 use crate::source::pgbase::{BaseFacts, PAGE, PgBaseSource, kept};
-use crate::tree::TreeBuilder;
 use std::io::Read;
 use std::path::PathBuf;
 
@@ -180,32 +178,16 @@ fn read_tar(
 
 /// Stores one file of the stream, cut at pages.
 fn store(shared: &Shared, input: &mut dyn Read, size: u64, rel: &str) -> Result<Content> {
-    let mut builder = TreeBuilder::new(shared.key);
-    let mut emit = |id: ChunkId, bytes: Vec<u8>| shared.store_node(id, bytes);
-    let mut state = FileState {
-        prev: None,
-        sums: None,
-        builder: &mut builder,
-        map: None,
-        emit: &mut emit,
-    };
     // A small file needs no large window.
     let window = (size as usize).clamp(PAGE as usize, crate::chunker::WINDOW);
-    let read = read_cdc(
-        shared,
-        input,
-        CutMode::Fixed(PAGE),
-        window,
-        &mut state,
-        None,
-    )
-    .ctx("read from pg_basebackup", &PathBuf::from(rel))?;
+    let (content, read) = store_whole(shared, input, CutMode::Fixed(PAGE), window)
+        .ctx("read from pg_basebackup", &PathBuf::from(rel))?;
     if read != size {
         return Err(Error::invalid(format!(
             "{rel}: the tar stream gave {read} bytes of {size}"
         )));
     }
-    builder.finish(&mut emit)
+    Ok(content)
 }
 
 /// A directory entry of the backup's user.

@@ -52,10 +52,10 @@ impl StreamSource {
     /// standard input for", "read the output of the command for"): standard input, or the
     /// output of the program that produces the stream, which must then succeed. Returns what
     /// `consume` returned and what the stream's first bytes say about its source.
-    pub(crate) fn read_with(
+    pub(crate) fn read_with<T>(
         &self,
-        consume: impl FnOnce(&mut dyn std::io::Read, &str) -> Result<u64>,
-    ) -> Result<(u64, Vec<(String, String)>)> {
+        consume: impl FnOnce(&mut dyn std::io::Read, &str) -> Result<T>,
+    ) -> Result<(T, Vec<(String, String)>)> {
         let (kind, described) = self.describe();
         let kind = kind.as_str();
         if let StreamFrom::Bytes(bytes, _) = &self.from {
