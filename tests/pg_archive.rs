@@ -364,8 +364,7 @@ fn a_held_repository_spools_and_the_next_archiver_stores() {
 
 #[test]
 fn a_real_server_archives_under_load_and_every_segment_comes_back() {
-    if std::env::var_os("STRATA_SKIP_SERVER_TESTS").is_some_and(|v| v == "1") {
-        eprintln!("STRATA_SKIP_SERVER_TESTS=1: skipping a test that needs a database server");
+    if skip_server_tests() {
         return;
     }
     let env = Env::new();
@@ -377,24 +376,8 @@ fn a_real_server_archives_under_load_and_every_segment_comes_back() {
     for _ in 0..2 {
         pg.psql("SELECT pg_switch_wal(); CREATE TABLE IF NOT EXISTS t (x int); INSERT INTO t VALUES (1)");
     }
-    let last = pg.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
-    pg.psql("SELECT pg_switch_wal()");
     let start = Instant::now();
-    loop {
-        let row =
-            pg.psql("SELECT coalesce(last_archived_wal, ''), failed_count FROM pg_stat_archiver");
-        let (done, failed) = row.split_once('|').unwrap();
-        assert_eq!(failed, "0", "archiving failed: {}", pg.log());
-        if done >= last.as_str() && !done.is_empty() {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(300),
-            "archiving did not reach {last} (at {done:?}): {}",
-            pg.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    pg.archive_all();
     let names = archived_names(&env);
     let archived_count: usize = pg
         .psql("SELECT archived_count FROM pg_stat_archiver")
@@ -439,8 +422,7 @@ fn a_real_server_archives_under_load_and_every_segment_comes_back() {
 /// is in the WAL's restore point record, at or before the server's position after it.
 #[test]
 fn a_named_restore_point_is_written_into_the_wal() {
-    if std::env::var_os("STRATA_SKIP_SERVER_TESTS").is_some_and(|v| v == "1") {
-        eprintln!("STRATA_SKIP_SERVER_TESTS=1: skipping a test that needs a database server");
+    if skip_server_tests() {
         return;
     }
     let env = Env::new();

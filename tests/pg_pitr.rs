@@ -103,35 +103,7 @@ fn marks(pg: &ArchivingServer) -> Vec<Mark> {
 fn recovered(env: &Env, target: &[&str], dir: &Path) -> PgServer {
     let mut args = vec!["--no-archive"];
     args.extend(target);
-    recovered_with(env, &args, dir, vec![])
-}
-
-/// [`recovered`] with `pg restore` options `args` and the copy started with `settings`.
-fn recovered_with(env: &Env, args: &[&str], dir: &Path, settings: Vec<String>) -> PgServer {
-    let target = args.to_vec();
-    let mut args = [&["pg", "restore"][..], args].concat();
-    args.push(dir.to_str().unwrap());
-    let out = env.ok(&args);
-    assert!(out.contains("pg_ctl -D"), "{out}");
-    let home = tempfile::tempdir().unwrap();
-    let copy = PgServer::start_on(
-        dir,
-        &PgOptions {
-            settings,
-            owned: vec![home.path().to_path_buf()],
-            env: server_env(env, home.path()),
-        },
-    );
-    let start = Instant::now();
-    while copy.psql("postgres", "SELECT pg_is_in_recovery()").trim() != "f" {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "{target:?}: still recovering: {}",
-            copy.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    copy
+    recovered_copy(env, &args, dir, vec![])
 }
 
 #[test]
@@ -144,11 +116,7 @@ fn recovery_to_moments_by_time_position_and_name_gives_what_the_server_had() {
     let pg = ArchivingServer::start_with(&env, &[]);
     env.as_server_user.set(true);
     // The copies are laid down by the server's user, in a directory of theirs.
-    let copies = env.path("copies");
-    fs::create_dir(&copies).unwrap();
-    if is_root() {
-        run_ok(Command::new("chown").arg("postgres:").arg(&copies));
-    }
+    let copies = server_dir(&env.path("copies"));
     pg.pgbench(&["-i", "-q", "-s", "10"]);
     pg.psql("CREATE TABLE marks (n int PRIMARY KEY, at timestamptz, lsn pg_lsn, total bigint)");
     let conn = pg.pg.conn("postgres");
@@ -289,11 +257,7 @@ fn a_new_timeline_is_archived_and_a_second_restore_follows_it() {
     env.init();
     let pg = ArchivingServer::start(&env);
     env.as_server_user.set(true);
-    let copies = env.path("copies");
-    fs::create_dir(&copies).unwrap();
-    if is_root() {
-        run_ok(Command::new("chown").arg("postgres:").arg(&copies));
-    }
+    let copies = server_dir(&env.path("copies"));
     let count = |s: &PgServer| -> i64 {
         s.psql("postgres", "SELECT count(*) FROM t")
             .trim()
@@ -329,7 +293,7 @@ fn a_new_timeline_is_archived_and_a_second_restore_follows_it() {
     pg.archive_all();
 
     // The copy: recovered to the archive's end, promoted, archiving as the server does.
-    let first = recovered_with(&env, &[], &copies.join("first"), archiving());
+    let first = recovered_copy(&env, &[], &copies.join("first"), archiving());
     assert_eq!(count(&first), 100);
     // Both go on, each on its own timeline.
     pg.psql("INSERT INTO t SELECT generate_series(1, 10)");

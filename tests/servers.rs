@@ -11,15 +11,6 @@ use std::fs;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
-/// False (and a note on stderr) when the user asked to skip the server tests.
-fn servers_wanted() -> bool {
-    if std::env::var_os("STRATA_SKIP_SERVER_TESTS").is_some_and(|v| v == "1") {
-        eprintln!("STRATA_SKIP_SERVER_TESTS=1: skipping a test that needs a database server");
-        return false;
-    }
-    true
-}
-
 /// A private PostgreSQL cluster listening only on a Unix socket.
 struct Postgres(PgServer);
 
@@ -208,7 +199,7 @@ fn source<'a>(show: &'a serde_json::Value, name: &str) -> &'a serde_json::Value 
 
 #[test]
 fn postgres_points_restore_exactly_and_deduplicate() {
-    if !servers_wanted() {
+    if skip_server_tests() {
         return;
     }
     let pg = Postgres::with_memories(
@@ -267,7 +258,7 @@ fn postgres_points_restore_exactly_and_deduplicate() {
 
 #[test]
 fn redis_points_restore_into_fresh_servers() {
-    if !servers_wanted() {
+    if skip_server_tests() {
         return;
     }
     let redis = Redis::start(None);
@@ -337,7 +328,7 @@ fn redis_points_restore_into_fresh_servers() {
 
 #[test]
 fn one_snapshot_of_several_sources_is_all_or_nothing() {
-    if !servers_wanted() {
+    if skip_server_tests() {
         return;
     }
     let pg = Postgres::with_memories("INSERT INTO memories VALUES (1, 'one', 1), (2, 'two', 2);");

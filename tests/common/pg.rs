@@ -334,3 +334,41 @@ pub fn skip_server_tests() -> bool {
     }
     skip
 }
+
+/// A directory at `path` made for the server's user (under root: `postgres`'s), such as one to
+/// restore copies into.
+pub fn server_dir(path: &Path) -> PathBuf {
+    fs::create_dir_all(path).unwrap();
+    if is_root() {
+        run_ok(Command::new("chown").arg("postgres:").arg(path));
+    }
+    path.to_path_buf()
+}
+
+/// `strata pg restore ARGS DIR`, then a server started on the copy with `settings`, returned
+/// once it has left recovery (promoted).
+pub fn recovered_copy(env: &Env, args: &[&str], dir: &Path, settings: Vec<String>) -> PgServer {
+    let mut run = [&["pg", "restore"][..], args].concat();
+    run.push(dir.to_str().unwrap());
+    let out = env.ok(&run);
+    assert!(out.contains("pg_ctl -D"), "{out}");
+    let home = tempfile::tempdir().unwrap();
+    let copy = PgServer::start_on(
+        dir,
+        &PgOptions {
+            settings,
+            owned: vec![home.path().to_path_buf()],
+            env: server_env(env, home.path()),
+        },
+    );
+    let start = std::time::Instant::now();
+    while copy.psql("postgres", "SELECT pg_is_in_recovery()").trim() != "f" {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "{args:?}: still recovering: {}",
+            copy.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    copy
+}
